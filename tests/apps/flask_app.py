@@ -1,0 +1,61 @@
+"""A plain Flask app (test-only dependency): routing, forms, uploads, cookies, streaming."""
+
+import hashlib
+
+from flask import Flask, Response, jsonify, request, stream_with_context
+
+app = Flask(__name__)
+
+
+@app.get("/")
+def index():
+    return "flask index"
+
+
+@app.get("/user/<name>")
+def user(name):
+    return jsonify(name=name, script_root=request.script_root, path=request.path,
+                   url=request.url)
+
+
+@app.post("/form")
+def form():
+    return jsonify(dict(request.form))
+
+
+@app.post("/upload")
+def upload():
+    files = {field: {"filename": f.filename, "sha256": hashlib.sha256(data := f.read()).hexdigest(),
+                     "length": len(data)}
+             for field, f in request.files.items()}
+    return jsonify(files=files, form=dict(request.form))
+
+
+@app.post("/raw")
+def raw():
+    data = request.get_data()
+    return jsonify(length=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+@app.get("/cookie/set")
+def cookie_set():
+    resp = jsonify(ok=True)
+    resp.set_cookie("flavour", "oatmeal")
+    resp.set_cookie("session", "abc123", httponly=True)
+    return resp
+
+
+@app.get("/cookie/get")
+def cookie_get():
+    return jsonify(dict(request.cookies))
+
+
+@app.get("/stream")
+def stream():
+    count = request.args.get("n", 100, type=int)
+
+    @stream_with_context
+    def lines():
+        for i in range(count):
+            yield f"line {i} of {request.path}\n"
+    return Response(lines(), mimetype="text/plain")
