@@ -1,0 +1,877 @@
+"""fpm.config and fpm.ini: what a user writing pyfpm.conf or pyfpm.toml sees."""
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from fpm import config, ini
+from fpm.config import Config, ConfigError, GlobalConfig, PoolConfig
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+POOL = """\
+[www]
+listen = 127.0.0.1:9000
+pm = static
+pm.max_children = 3
+"""
+
+
+def ini_text(text):
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def load_ini(text, path="/etc/pyfpm/pyfpm.conf", **kw):
+    return config.loads(ini_text(text), path, "ini", **kw)
+
+
+def load_toml(text, path="/etc/pyfpm/pyfpm.toml", **kw):
+    return config.loads(ini_text(text), path, "toml", **kw)
+
+
+def errors_of(text, fmt="ini", path="/etc/pyfpm/pyfpm.conf"):
+    with pytest.raises(ConfigError) as info:
+        config.loads(ini_text(text), path, fmt)
+    assert str(info.value) == "\n".join(info.value.errors)
+    return info.value.errors
+
+
+def one_error(text, fmt="ini", path="/etc/pyfpm/pyfpm.conf"):
+    errors = errors_of(text, fmt, path)
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def www(text):
+    """The one pool of a config, read from `[www]` lines plus `text`."""
+    (pool,) = load_ini(POOL + ini_text(text)).pools
+    return pool
+
+
+# --- the shipped files ---------------------------------------------------------------------
+
+def test_shipped_ini_and_toml_load_and_agree():
+    conf = config.load(str(CONF / "pyfpm.conf"))
+    toml = config.load(str(CONF / "pyfpm.toml"))
+    assert conf.path == str(CONF / "pyfpm.conf")
+    assert [p.name for p in conf.pools] == ["www"]  # found through include=pool.d/*.conf
+    assert conf.pools[0].listen == "127.0.0.1:9000"
+    assert conf.pools[0].app == "fpm.demo:app"
+    assert (conf.global_, conf.pools) == (toml.global_, toml.pools)
+    assert conf.messages == () and toml.messages == ()
+
+
+def test_shipped_files_document_every_directive():
+    text = {name: (CONF / name).read_text() for name in
+            ("pyfpm.conf", "pool.d/www.conf", "pyfpm.toml")}
+    for d in config.DIRECTIVES:
+        ini_file = "pyfpm.conf" if d.section == "global" else "pool.d/www.conf"
+        assert f"{d.name}" in text[ini_file], (ini_file, d.name)
+        assert d.name in text["pyfpm.toml"], ("pyfpm.toml", d.name)
+
+
+def test_shipped_commented_examples_are_valid(tmp_path):
+    """Un-commenting every `;name = value` example of the INI files still loads."""
+    (tmp_path / "pool.d").mkdir()
+    (tmp_path / "srv").mkdir()
+    for name in ("pyfpm.conf", "pool.d/www.conf"):
+        lines = []
+        for line in (CONF / name).read_text().splitlines():
+            if line.startswith(";") and not line.startswith("; ") and "=" in line and \
+                    not line.startswith(";;"):
+                line = line[1:]
+            lines.append(line.replace("/srv/myapp", str(tmp_path / "srv")))
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    conf = config.load(str(tmp_path / "pyfpm.conf"))
+    (pool,) = conf.pools
+    assert pool.listen == "/run/pyfpm/www.sock"  # the later listen line wins
+    assert pool.mount == "/app"
+    assert conf.global_.pid == str(tmp_path / "run/pyfpm.pid")
+
+
+# --- the INI reader --------------------------------------------------------------------------
+
+def test_comments_and_trailing_comments():
+    pool = www("""
+        ; a comment line
+        app = app:application ; what runs
+        mount = /shop;no space before the comment
+    """)
+    assert pool.app == "app:application"
+    assert pool.mount == "/shop"
+
+
+def test_quoted_values():
+    doc = ini.parse(ini_text(r"""
+        [www]
+        a = "semi;colon kept" ; comment
+        b = 'single ${HOME} \n literal'
+        c = "quote \" backslash \\ dollar \${HOME} other \n"
+        d = "  spaces kept  "
+    """), environ={"HOME": "/root"})
+    values = {e.name: e.value for e in doc.entries if e.name}
+    assert values == {
+        "a": "semi;colon kept",
+        "b": r"single ${HOME} \n literal",
+        "c": r"quote " + '" backslash \\ dollar ${HOME} other \\n',
+        "d": "  spaces kept  ",
+    }
+    assert doc.errors == []
+
+
+def test_reader_errors_name_file_and_line():
+    doc = ini.parse(ini_text("""
+        [www]
+        listen = "unterminated
+        just words
+        x = "a" b
+        [broken
+        [ ]
+        app = ${unclosed
+    """), "/etc/p.conf")
+    assert doc.errors == [
+        "[/etc/p.conf:2] missing closing '\"'",
+        "[/etc/p.conf:3] expected 'name = value' or '[section]', got 'just words'",
+        "[/etc/p.conf:4] x: unexpected text after the closing quote: 'b'",
+        "[/etc/p.conf:5] malformed section header '[broken' (expected [name])",
+        "[/etc/p.conf:6] empty section name '[]'",
+        "[/etc/p.conf:7] [pool www] app: invalid value '${unclosed' "
+        "(unterminated '${' in '${unclosed')",
+    ]
+
+
+def test_entries_carry_file_line_section():
+    doc = ini.parse("pid = x\n[WWW]\nlisten = 1\n[global]\nlog_level = debug\n[www]\npm=static\n",
+                    "f.conf")
+    assert doc.entries == [
+        ini.Entry("f.conf", 1, None, "pid", "x"),
+        ini.Entry("f.conf", 2, "WWW", "", ""),
+        ini.Entry("f.conf", 3, "WWW", "listen", "1"),
+        ini.Entry("f.conf", 5, None, "log_level", "debug"),
+        ini.Entry("f.conf", 6, "WWW", "", ""),  # [www] re-opens [WWW], under its first name
+        ini.Entry("f.conf", 7, "WWW", "pm", "static"),
+    ]
+
+
+def test_global_section_is_case_insensitive_and_pools_reopen():
+    conf = load_ini("""
+        [GLOBAL]
+        log_level = debug
+        [www]
+        listen = 9000
+        [other]
+        listen = 9001
+        pm = static
+        pm.max_children = 1
+        [WWW]
+        pm = static
+        pm.max_children = 2
+    """)
+    assert conf.global_.log_level == "debug"
+    assert [(p.name, p.listen, p.pm_max_children) for p in conf.pools] == [
+        ("www", "9000", 2), ("other", "9001", 1)]
+
+
+def test_directive_names_are_case_insensitive():
+    pool = www("PM.Max_Children = 7\nAPP = a:b\n")
+    assert pool.pm_max_children == 7 and pool.app == "a:b"
+
+
+def test_later_value_overrides_earlier():
+    assert www("pm.max_children = 9\n").pm_max_children == 9
+
+
+def test_pool_variable_is_replaced_in_every_value(tmp_path):
+    conf = load_ini("""
+        [api]
+        listen = run/$pool.sock
+        pm = static
+        pm.max_children = 1
+        app = $pool.wsgi:app
+        env[NAME] = "pool $pool"
+    """, path=str(tmp_path / "pyfpm.conf"))
+    (pool,) = conf.pools
+    assert pool.listen == str(tmp_path / "run/api.sock")
+    assert pool.app == "api.wsgi:app"
+    assert pool.env == (("NAME", "pool api"),)
+
+
+def test_pool_variable_in_global_is_an_error():
+    error = one_error("pid = /run/$pool.pid\n" + POOL)
+    assert error == ("[/etc/pyfpm/pyfpm.conf:1] [global] pid: invalid value '/run/$pool.pid' "
+                     "('$pool' can only be used in a pool section)")
+
+
+def test_env_expansion(monkeypatch):
+    monkeypatch.setenv("FPM_PORT", "9100")
+    monkeypatch.setenv("FPM_EMPTY", "")
+    monkeypatch.delenv("FPM_UNSET", raising=False)
+    conf = load_ini("""
+        [global]
+        log_level = ${FPM_UNSET:-warning}
+        [a]
+        listen = 127.0.0.1:${FPM_PORT}
+        pm = static
+        pm.max_children = ${FPM_UNSET:-4}
+        mount = "/x${FPM_UNSET}"
+        app = "${FPM_EMPTY:-mod}:app"
+    """)
+    assert conf.global_.log_level == "warning"
+    (pool,) = conf.pools
+    assert pool.listen == "127.0.0.1:9100"
+    assert pool.pm_max_children == 4
+    assert pool.mount == "/x"  # an unset variable is empty, as in PHP
+    assert pool.app == "mod:app"  # :- also covers an empty variable
+
+
+def test_env_expansion_errors_name_the_value():
+    error = one_error(POOL + "app = ${1BAD}\n")
+    assert error == ("[/etc/pyfpm/pyfpm.conf:5] [pool www] app: invalid value '${1BAD}' "
+                     "(invalid variable name '1BAD' in '${1BAD}')")
+
+
+def test_env_default_may_hold_a_semicolon(monkeypatch):
+    monkeypatch.delenv("FPM_UNSET", raising=False)
+    assert www("mount = ${FPM_UNSET:-/a;b} ; comment\n").mount == "/a;b"
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"),
+                                      blacklist_characters='"\\$\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'),
+               max_size=40))
+def test_double_quoted_values_round_trip(value):
+    (entry,) = [e for e in ini.parse(f'[p]\nv = "{value}"\n', environ={}).entries if e.name]
+    assert entry.value == value
+
+
+# --- includes --------------------------------------------------------------------------------
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ini_text(text))
+    return str(path)
+
+
+def test_include_glob_sorted_relative_to_the_config_dir(tmp_path):
+    main = write(tmp_path / "pyfpm.conf", "[global]\nlog_level = error\ninclude = pool.d/*.conf\n")
+    write(tmp_path / "pool.d/b.conf", "[b]\nlisten = 9002\npm = static\npm.max_children = 1\n")
+    write(tmp_path / "pool.d/a.conf", "[a]\nlisten = 9001\npm = static\npm.max_children = 1\n")
+    write(tmp_path / "pool.d/skip.txt", "garbage")
+    (tmp_path / "pool.d/dir.conf").mkdir()  # a directory matching the glob is skipped
+    conf = config.load(main)
+    assert [p.name for p in conf.pools] == ["a", "b"]
+    assert conf.global_.log_level == "error"
+
+
+def test_include_continues_the_current_section(tmp_path):
+    main = write(tmp_path / "pyfpm.conf", """
+        [www]
+        listen = 9000
+        include = www.d/*.conf
+        app = after:include
+    """)
+    write(tmp_path / "www.d/pm.conf", "pm = static\npm.max_children = 4\n")
+    (pool,) = config.load(main).pools
+    assert (pool.pm_max_children, pool.app) == (4, "after:include")
+
+
+def test_include_relative_to_prefix(tmp_path):
+    write(tmp_path / "prefix/pools/www.conf", POOL)
+    main = write(tmp_path / "etc/pyfpm.conf", "pid = run/fpm.pid\ninclude = pools/*.conf\n")
+    conf = config.load(main, prefix=str(tmp_path / "prefix"))
+    assert [p.name for p in conf.pools] == ["www"]
+    assert conf.global_.pid == str(tmp_path / "prefix/run/fpm.pid")
+
+
+def test_include_without_match_is_a_warning(tmp_path):
+    main = write(tmp_path / "pyfpm.conf", "include = nothing/*.conf\n" + POOL)
+    conf = config.load(main)
+    assert conf.messages == (("warning", f"Nothing matches the include pattern 'nothing/*.conf' "
+                                         f"from {main} at line 1."),)
+
+
+def test_include_depth_limit(tmp_path):
+    for n in range(7):
+        write(tmp_path / f"l{n}.conf", f"include = l{n + 1}.conf\n")
+    write(tmp_path / "l7.conf", POOL)
+    errors = errors_of((tmp_path / "l0.conf").read_text(), path=str(tmp_path / "l0.conf"))
+    assert errors[0] == (f"[{tmp_path}/l5.conf:1] include 'l6.conf': "
+                         f"failed to include more than 5 files recursively")
+
+
+def test_include_depth_five_is_fine(tmp_path):
+    for n in range(5):
+        write(tmp_path / f"l{n}.conf", f"include = l{n + 1}.conf\n")
+    write(tmp_path / "l5.conf", POOL)
+    assert config.load(str(tmp_path / "l0.conf")).pools[0].name == "www"
+
+
+def test_errors_in_included_files_name_that_file(tmp_path):
+    main = write(tmp_path / "pyfpm.conf", "include = pool.d/*.conf\n")
+    inc = write(tmp_path / "pool.d/www.conf", POOL + "pm.max_children = lots\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(main)
+    assert info.value.errors == [f"[{inc}:5] [pool www] pm.max_children: invalid value 'lots' "
+                                 f"(expected an integer >= 1)"]
+
+
+# --- value types -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, value", [
+    ("yes", True), ("on", True), ("true", True), ("1", True), ("YES", True),
+    ("no", False), ("off", False), ("false", False), ("0", False), ("", False), ("none", False),
+])
+def test_booleans(text, value):
+    assert load_ini(f"daemonize = {text}\n" + POOL).global_.daemonize is value
+
+
+def test_bad_boolean():
+    error = one_error("daemonize = maybe\n" + POOL)
+    assert error == ("[/etc/pyfpm/pyfpm.conf:1] [global] daemonize: invalid value 'maybe' "
+                     "(expected a boolean: yes/no, on/off, true/false or 1/0)")
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("0", 0), ("30", 30), ("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400), ("10M", 600)])
+def test_times(text, seconds):
+    assert load_ini(f"process_control_timeout = {text}\n" + POOL
+                    ).global_.process_control_timeout == seconds
+
+
+@pytest.mark.parametrize("text", ["1.5m", "5x", "-1", "", "m"])
+def test_bad_times(text):
+    error = one_error(f"process_control_timeout = {text}\n" + POOL)
+    assert error.startswith(f"[/etc/pyfpm/pyfpm.conf:1] [global] process_control_timeout: "
+                            f"invalid value '{text}' (expected a time in seconds")
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["", "s", "m", "h", "d"]))
+def test_time_units(n, unit):
+    assert ini.parse_time(f"{n}{unit}") == n * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def test_log_level_words():
+    assert load_ini("log_level = WARN\n" + POOL).global_.log_level == "warning"
+    error = one_error("log_level = verbose\n" + POOL)
+    assert "log_level: invalid value 'verbose' (expected one of debug, notice, warning, error, " \
+           "alert)" in error
+
+
+def test_error_log():
+    assert load_ini("error_log = log/fpm.log\n" + POOL).global_.error_log == \
+        "/etc/pyfpm/log/fpm.log"
+    assert load_ini("error_log = stderr\n" + POOL).global_.error_log == "stderr"
+    assert "syslog is not supported yet" in one_error("error_log = syslog\n" + POOL)
+
+
+# --- pool directives -------------------------------------------------------------------------
+
+def test_defaults():
+    conf = load_ini(POOL)
+    assert conf.global_ == GlobalConfig()
+    assert conf.global_ == GlobalConfig(pid=None, error_log="stderr", log_level="notice",
+                                        daemonize=True, process_control_timeout=0)
+    assert conf.pools == (PoolConfig(name="www", listen="127.0.0.1:9000", pm_max_children=3),)
+    pool = conf.pools[0]
+    assert (pool.listen_backlog, pool.listen_mode, pool.pm, pool.mount,
+            pool.fastcgi_params_max, pool.python_path) == (-1, 0o660, "static", "", 1048576, ())
+
+
+def test_every_field_is_set_from_the_file(tmp_path):
+    conf = load_ini(f"""
+        [global]
+        pid = /run/pyfpm.pid
+        error_log = /var/log/pyfpm.log
+        log_level = alert
+        daemonize = no
+        process_control_timeout = 1m
+        [www]
+        listen = /run/www.sock
+        listen.backlog = 128
+        listen.owner = nginx
+        listen.group = www-data
+        listen.mode = 0600
+        pm = static
+        pm.max_children = 8
+        app = site.wsgi:application
+        chdir = {tmp_path}
+        python_path = /srv/a:/srv/b, lib
+        mount = /shop/
+        fastcgi.params_max = 65536
+        env[A] = 1
+        env[B] = two
+    """)
+    assert conf == Config(
+        "/etc/pyfpm/pyfpm.conf",
+        GlobalConfig("/run/pyfpm.pid", "/var/log/pyfpm.log", "alert", False, 60),
+        (PoolConfig("www", "/run/www.sock", 128, "nginx", "www-data", 0o600, "static", 8,
+                    0, 0, 0, "site.wsgi:application", str(tmp_path), ("/srv/a", "/srv/b", "lib"),
+                    "/shop", 65536, (("A", "1"), ("B", "two"))),))
+
+
+def test_config_is_frozen():
+    conf = load_ini(POOL)
+    with pytest.raises(AttributeError):
+        conf.pools[0].pm_max_children = 10
+
+
+@pytest.mark.parametrize("listen", [
+    "127.0.0.1:9000", "[::1]:9000", "[::]:1", "9000", "localhost:65535", "/run/x.sock"])
+def test_listen_forms(listen):
+    assert www(f"listen = {listen}\n").listen == listen
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "127.0.0.1:65536", "0", "::1:9000",
+                                    "127.0.0.1:http", "[::1]9000", ":9000"])
+def test_bad_listen(listen):
+    error = one_error(POOL + f"listen = {listen}\n")
+    assert error == (f"[/etc/pyfpm/pyfpm.conf:5] [pool www] listen: invalid value '{listen}' "
+                     f"(expected 'ip:port', '[ipv6]:port', 'port' or a unix socket path; "
+                     f"port from 1 to 65535)")
+
+
+def test_relative_paths_use_the_config_dir_or_the_prefix(tmp_path):
+    (tmp_path / "app").mkdir()
+    text = "pid = run/fpm.pid\nerror_log = log/err.log\n[www]\nlisten = run/www.sock\n" \
+           "pm = static\npm.max_children = 1\nchdir = app\n"
+    conf = config.loads(text, str(tmp_path / "pyfpm.conf"))
+    assert conf.global_.pid == str(tmp_path / "run/fpm.pid")
+    assert conf.global_.error_log == str(tmp_path / "log/err.log")
+    assert conf.pools[0].listen == str(tmp_path / "run/www.sock")
+    assert conf.pools[0].chdir == str(tmp_path / "app")
+    conf = config.loads(text.replace("chdir = app", "chdir = /"), "/nowhere/pyfpm.conf",
+                        prefix=str(tmp_path))
+    assert conf.global_.pid == str(tmp_path / "run/fpm.pid")
+    assert conf.pools[0].listen == str(tmp_path / "run/www.sock")
+
+
+def test_chdir_must_exist(tmp_path):
+    error = one_error(POOL + f"chdir = {tmp_path}/missing\n")
+    assert error == (f"[/etc/pyfpm/pyfpm.conf:5] [pool www] chdir: invalid value "
+                     f"'{tmp_path}/missing' (expected an existing directory; "
+                     f"'{tmp_path}/missing' is not one)")
+
+
+@pytest.mark.parametrize("mode, value", [("0660", 0o660), ("600", 0o600), ("0o755", 0o755),
+                                         ("0", 0)])
+def test_listen_mode_is_octal(mode, value):
+    assert www(f"listen.mode = {mode}\n").listen_mode == value
+
+
+@pytest.mark.parametrize("mode", ["0888", "rw", "01777", ""])
+def test_bad_listen_mode(mode):
+    assert f"listen.mode: invalid value '{mode}' (expected an octal file mode from 0 to 0777" \
+        in one_error(POOL + f"listen.mode = {mode}\n")
+
+
+@pytest.mark.parametrize("app", ["app:application", "my_site.wsgi:app", "pkg.mod:obj.wsgi_app"])
+def test_app_forms(app):
+    assert www(f"app = {app}\n").app == app
+
+
+@pytest.mark.parametrize("app", ["app", "app:", ":app", "my-site:app", "a:b()", "a b:c"])
+def test_bad_app(app):
+    error = one_error(POOL + f"app = {app}\n")
+    assert error == (f"[/etc/pyfpm/pyfpm.conf:5] [pool www] app: invalid value '{app}' "
+                     f"(expected 'module:callable', e.g. 'mysite.wsgi:application')")
+
+
+@pytest.mark.parametrize("text, value", [("", ""), ("/", ""), ("/app", "/app"),
+                                         ("/app/", "/app"), ("/a/b", "/a/b")])
+def test_mount(text, value):
+    assert www(f"mount = {text}\n").mount == value
+
+
+def test_mount_must_start_with_a_slash():
+    error = one_error(POOL + "mount = app\n")
+    assert error == ("[/etc/pyfpm/pyfpm.conf:5] [pool www] mount: invalid value 'app' "
+                     "(expected '' or a URL path starting with '/', e.g. /app)")
+
+
+@pytest.mark.parametrize("text, value", [
+    ("/a:/b", ("/a", "/b")), ("/a, /b", ("/a", "/b")), ("lib", ("lib",)), ("", ())])
+def test_python_path(text, value):
+    assert www(f"python_path = {text}\n").python_path == value
+
+
+@pytest.mark.parametrize("directive, value, expected", [
+    ("pm.max_children", "abc", "an integer >= 1"),
+    ("pm.max_children", "0", "an integer >= 1"),
+    ("pm.max_children", "-3", "an integer >= 1"),
+    ("pm.max_children", "", "an integer >= 1"),
+    ("listen.backlog", "-2", "an integer >= -1"),
+    ("fastcgi.params_max", "0", "an integer >= 1"),
+    ("fastcgi.params_max", "1M", "an integer >= 1"),
+    ("pm.min_spare_servers", "-1", "an integer >= 0"),
+    ("pm", "fast", "one of static, dynamic, ondemand"),
+])
+def test_invalid_values_name_everything(directive, value, expected):
+    error = one_error(POOL + f"{directive} = {value}\n")
+    assert error == (f"[/etc/pyfpm/pyfpm.conf:5] [pool www] {directive}: "
+                     f"invalid value '{value}' (expected {expected})")
+
+
+def test_unknown_entries():
+    errors = errors_of("""
+        foo = 1
+        listen = 9000
+        [www]
+        listen = 127.0.0.1:9000
+        pm = static
+        pm.max_children = 3
+        pid = /run/x.pid
+        bar[x] = 1
+        env = 1
+        pm[x] = 1
+    """)
+    assert errors == [
+        "[/etc/pyfpm/pyfpm.conf:1] [global] unknown entry 'foo'",
+        "[/etc/pyfpm/pyfpm.conf:2] [global] unknown entry 'listen' "
+        "(listen belongs in a pool section)",
+        "[/etc/pyfpm/pyfpm.conf:7] [pool www] unknown entry 'pid' "
+        "(pid belongs in the [global] section)",
+        "[/etc/pyfpm/pyfpm.conf:8] [pool www] unknown directive 'bar'",
+        "[/etc/pyfpm/pyfpm.conf:9] [pool www] unknown entry 'env' (write env[NAME] = value)",
+        "[/etc/pyfpm/pyfpm.conf:10] [pool www] unknown directive 'pm'",
+    ]
+
+
+def test_env_array():
+    pool = www("env[PATH] = /bin\nenv[lower] = x\nenv[PATH] = /usr/bin\n")
+    assert pool.env == (("PATH", "/usr/bin"), ("lower", "x"))  # keys keep their case
+    assert one_error(POOL + "env[X] =\n") == "[/etc/pyfpm/pyfpm.conf:5] [pool www] env[X]: empty value"
+    assert "env[]: a key is needed" in one_error(POOL + "env[] = 1\n")
+
+
+# --- cross-field rules -----------------------------------------------------------------------
+
+def test_listen_pm_and_max_children_are_mandatory():
+    errors = errors_of("[www]\napp = a:b\n[other]\nlisten = 9001\npm = static\n")
+    assert errors == [
+        "[/etc/pyfpm/pyfpm.conf:1] [pool www] no listen address have been defined!",
+        "[/etc/pyfpm/pyfpm.conf:1] [pool www] the process manager is missing "
+        "(static, dynamic or ondemand)",
+        "[/etc/pyfpm/pyfpm.conf:1] [pool www] pm.max_children must be set "
+        "(expected an integer >= 1)",
+        "[/etc/pyfpm/pyfpm.conf:3] [pool other] pm.max_children must be set "
+        "(expected an integer >= 1)",
+    ]
+
+
+def test_an_invalid_listen_is_not_reported_as_missing():
+    assert one_error(POOL + "listen = 127.0.0.1:99999\n").startswith(
+        "[/etc/pyfpm/pyfpm.conf:5] [pool www] listen: invalid value '127.0.0.1:99999'")
+
+
+def test_no_pool_is_an_error():
+    assert one_error("log_level = debug\n") == \
+        "[/etc/pyfpm/pyfpm.conf] no pool defined: at least one pool section ([www]) is needed"
+
+
+def test_two_pools_on_one_address():
+    error = one_error(POOL + "[api]\nlisten = 127.0.0.1:9000\npm = static\npm.max_children = 1\n")
+    assert error == ("[/etc/pyfpm/pyfpm.conf:6] [pool api] listen: address '127.0.0.1:9000' "
+                     "is already used by pool 'www'")
+
+
+def test_two_pools_on_one_socket_through_relative_paths():
+    errors = errors_of("""
+        [a]
+        listen = /etc/pyfpm/run/a.sock
+        pm = static
+        pm.max_children = 1
+        [b]
+        listen = run/a.sock
+        pm = static
+        pm.max_children = 1
+    """)
+    assert errors == ["[/etc/pyfpm/pyfpm.conf:6] [pool b] listen: address "
+                      "'/etc/pyfpm/run/a.sock' is already used by pool 'a'"]
+
+
+def dynamic(text):
+    return POOL.replace("pm = static", "pm = dynamic").replace(
+        "pm.max_children = 3", "pm.max_children = 10") + ini_text(text)
+
+
+def test_dynamic_fills_in_start_servers():
+    conf = load_ini(dynamic("pm.min_spare_servers = 2\npm.max_spare_servers = 7\n"))
+    pool = conf.pools[0]
+    assert (pool.pm, pool.pm_start_servers) == ("dynamic", 4)
+    assert conf.messages == (
+        ("notice", "[pool www] pm.start_servers is not set. It's been set to 4."),)
+
+
+def test_dynamic_accepts_a_consistent_setup():
+    pool = load_ini(dynamic("pm.start_servers = 3\npm.min_spare_servers = 1\n"
+                            "pm.max_spare_servers = 5\n")).pools[0]
+    assert (pool.pm_start_servers, pool.pm_min_spare_servers, pool.pm_max_spare_servers) == \
+        (3, 1, 5)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("pm.max_spare_servers = 3\n",
+     "[/etc/pyfpm/pyfpm.conf:1] [pool www] pm.min_spare_servers(0) must be a positive value"),
+    ("pm.min_spare_servers = 1\n",
+     "[/etc/pyfpm/pyfpm.conf:1] [pool www] pm.max_spare_servers(0) must be a positive value"),
+    ("pm.min_spare_servers = 1\npm.max_spare_servers = 11\n",
+     "[/etc/pyfpm/pyfpm.conf:6] [pool www] pm.min_spare_servers(1) and pm.max_spare_servers(11) "
+     "cannot be greater than pm.max_children(10)"),
+    ("pm.min_spare_servers = 3\npm.max_spare_servers = 2\n",
+     "[/etc/pyfpm/pyfpm.conf:6] [pool www] pm.max_spare_servers(2) must not be less than "
+     "pm.min_spare_servers(3)"),
+    ("pm.min_spare_servers = 2\npm.max_spare_servers = 4\npm.start_servers = 5\n",
+     "[/etc/pyfpm/pyfpm.conf:7] [pool www] pm.start_servers(5) must not be less than "
+     "pm.min_spare_servers(2) and not greater than pm.max_spare_servers(4)"),
+])
+def test_dynamic_rules(text, error):
+    assert one_error(dynamic(text)) == error
+
+
+def test_static_and_ondemand_ignore_spare_settings():
+    assert www("pm.min_spare_servers = 9\n").pm_min_spare_servers == 9
+    assert www("pm = ondemand\n").pm == "ondemand"
+
+
+def test_all_errors_are_reported_together():
+    errors = errors_of("""
+        daemonize = perhaps
+        [www]
+        listen = 127.0.0.1:0
+        pm = static
+        pm.max_children = many
+        mount = app
+    """)
+    assert [e.split("] ", 1)[0] for e in errors] == [
+        "[/etc/pyfpm/pyfpm.conf:1", "[/etc/pyfpm/pyfpm.conf:3", "[/etc/pyfpm/pyfpm.conf:5",
+        "[/etc/pyfpm/pyfpm.conf:6"]
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError) as info:
+        config.load("/nonexistent/pyfpm.conf")
+    assert str(info.value) == ("failed to load configuration file '/nonexistent/pyfpm.conf': "
+                               "No such file or directory")
+
+
+# --- TOML ------------------------------------------------------------------------------------
+
+FULL_INI = """
+[global]
+pid = run/pyfpm.pid
+log_level = debug
+daemonize = no
+process_control_timeout = 10s
+
+[www]
+listen = run/$pool.sock
+listen.backlog = 64
+listen.owner = nginx
+listen.mode = 0600
+pm = dynamic
+pm.max_children = 10
+pm.min_spare_servers = 2
+pm.max_spare_servers = 6
+app = site.wsgi:application
+python_path = /srv/site:/srv/lib
+mount = /site/
+fastcgi.params_max = 32768
+env[TZ] = UTC
+
+[api]
+listen = 127.0.0.1:9001
+pm = static
+pm.max_children = 2
+app = api:app
+"""
+
+FULL_TOML = """
+[global]
+pid = "run/pyfpm.pid"
+log_level = "debug"
+daemonize = false
+process_control_timeout = 10
+
+[pools.www]
+listen = "run/$pool.sock"
+"listen.backlog" = 64
+"listen.owner" = "nginx"
+"listen.mode" = 0o600
+pm = "dynamic"
+"pm.max_children" = 10
+"pm.min_spare_servers" = 2
+"pm.max_spare_servers" = 6
+app = "site.wsgi:application"
+python_path = ["/srv/site", "/srv/lib"]
+mount = "/site/"
+fastcgi = { params_max = 32768 }
+env = { TZ = "UTC" }
+
+[pools.api]
+listen = "127.0.0.1:9001"
+pm = "static"
+pm.max_children = 2   # the dotted key makes a table: not with `pm = ...` in the same table
+app = "api:app"
+"""
+
+
+def test_toml_and_ini_give_equal_configs():
+    with pytest.raises(ConfigError):  # pm = "static" and pm.max_children clash in TOML itself
+        load_toml(FULL_TOML)
+    toml = load_toml(FULL_TOML.replace('pm = "static"\npm.max_children = 2',
+                                       '"pm" = "static"\n"pm.max_children" = 2'))
+    conf = load_ini(FULL_INI)
+    assert (toml.global_, toml.pools) == (conf.global_, conf.pools)
+    assert conf.pools[0].listen == "/etc/pyfpm/run/www.sock"
+    assert toml.messages == conf.messages
+
+
+def test_toml_nested_tables_are_dotted_names():
+    conf = load_toml("""
+        [pools.www]
+        listen = "9000"
+        pm = "static"
+        "pm.max_children" = 4
+        [pools.www.fastcgi]
+        params_max = 4096
+    """)
+    assert conf.pools[0].fastcgi_params_max == 4096
+
+
+def test_toml_values_of_other_types():
+    (pool,) = load_toml("""
+        [pools.www]
+        listen = 9000
+        pm = "static"
+        "pm.max_children" = "3"
+        "listen.mode" = "0640"
+        python_path = "/a,/b"
+    """).pools
+    assert (pool.listen, pool.pm_max_children, pool.listen_mode, pool.python_path) == \
+        ("9000", 3, 0o640, ("/a", "/b"))
+
+
+def test_toml_errors_name_file_line_pool_directive_value():
+    errors = errors_of("""
+        [global]
+        daemonize = "maybe"
+
+        [pools.www]
+        listen = "127.0.0.1:9000"
+        pm = "static"
+        "pm.max_children" = true
+        mount = "app"
+        bogus = 1
+        [pools.www.inner]
+        x = 1
+    """, "toml", "/etc/pyfpm/pyfpm.toml")
+    assert errors == [
+        "[/etc/pyfpm/pyfpm.toml:2] [global] daemonize: invalid value 'maybe' "
+        "(expected a boolean: yes/no, on/off, true/false or 1/0)",
+        "[/etc/pyfpm/pyfpm.toml:7] [pool www] pm.max_children: invalid value 'True' "
+        "(expected an integer >= 1)",
+        "[/etc/pyfpm/pyfpm.toml:8] [pool www] mount: invalid value 'app' "
+        "(expected '' or a URL path starting with '/', e.g. /app)",
+        "[/etc/pyfpm/pyfpm.toml:9] [pool www] unknown entry 'bogus'",
+        "[/etc/pyfpm/pyfpm.toml:11] [pool www] unknown entry 'inner.x'",
+    ]
+
+
+def test_toml_missing_listen_names_the_pool_table():
+    assert one_error('[global]\n\n[pools.www]\npm = "static"\n"pm.max_children" = 1\n',
+                     "toml", "/p.toml") == "[/p.toml:3] [pool www] no listen address have been defined!"
+
+
+def test_toml_syntax_and_shape_errors():
+    assert one_error("[pools.www\n", "toml", "/p.toml").startswith("[/p.toml] invalid TOML: ")
+    assert one_error(f'listen = 1\n[pools.www]\nlisten = "1"\npm = "static"\n'
+                     f'"pm.max_children" = 1\n', "toml", "/p.toml") == \
+        "[/p.toml:1] unknown table or key 'listen' (expected [global] and [pools.NAME] tables)"
+
+
+def test_toml_env_and_pool_expansion(monkeypatch):
+    monkeypatch.setenv("FPM_APP", "site")
+    (pool,) = load_toml("""
+        [pools.api]
+        listen = "/run/$pool.sock"
+        pm = "static"
+        "pm.max_children" = 1
+        app = "${FPM_APP}.wsgi:app"
+    """).pools
+    assert (pool.listen, pool.app) == ("/run/api.sock", "site.wsgi:app")
+    assert "'$pool' can only be used in a pool section" in one_error(
+        '[global]\npid = "$pool"\n[pools.www]\nlisten = "1"\npm = "static"\n'
+        '"pm.max_children" = 1\n', "toml")
+
+
+def test_toml_include(tmp_path):
+    main = write(tmp_path / "pyfpm.toml", '[global]\ninclude = ["pools/*.toml", "ini/*.conf"]\n')
+    write(tmp_path / "pools/www.toml", '[pools.www]\nlisten = "9000"\npm = "static"\n'
+                                       '"pm.max_children" = 1\n')
+    write(tmp_path / "ini/api.conf", "[api]\nlisten = 9001\npm = static\npm.max_children = 1\n")
+    conf = config.load(main)
+    assert [p.name for p in conf.pools] == ["www", "api"]
+
+
+def test_load_picks_the_format_by_extension(tmp_path):
+    toml = write(tmp_path / "x.TOML", '[pools.www]\nlisten = "9000"\npm = "static"\n'
+                                      '"pm.max_children" = 1\n')
+    assert config.load(toml).pools[0].listen == "9000"
+    conf = write(tmp_path / "x.cfg", "[www]\nlisten = 9000\npm = static\npm.max_children = 1\n")
+    assert config.load(conf).pools[0].listen == "9000"
+
+
+# --- dump (-tt) ------------------------------------------------------------------------------
+
+def test_dump_shape():
+    text = config.dump(load_ini(POOL + "env[TZ] = UTC\n"))
+    assert text == ini_text("""
+        [global]
+        \tpid = undefined
+        \terror_log = stderr
+        \tlog_level = notice
+        \tdaemonize = yes
+        \tprocess_control_timeout = 0s
+
+        [www]
+        \tlisten = 127.0.0.1:9000
+        \tlisten.backlog = -1
+        \tlisten.owner = undefined
+        \tlisten.group = undefined
+        \tlisten.mode = 0660
+        \tpm = static
+        \tpm.max_children = 3
+        \tpm.start_servers = 0
+        \tpm.min_spare_servers = 0
+        \tpm.max_spare_servers = 0
+        \tapp = undefined
+        \tchdir = undefined
+        \tpython_path = 
+        \tmount = 
+        \tfastcgi.params_max = 1048576
+        \tenv[TZ] = UTC
+    """)
+
+
+def test_dump_reads_back_as_the_same_config():
+    conf = load_ini(FULL_INI)
+    dumped = config.dump(conf).replace(" = undefined", " = ")
+    assert load_ini(dumped).pools == conf.pools
+
+
+# --- the table -------------------------------------------------------------------------------
+
+def test_table_drives_the_dataclass_defaults():
+    for d in config.DIRECTIVES:
+        if not d.stored:
+            continue
+        cls = GlobalConfig if d.section == "global" else PoolConfig
+        if d.name != "listen":  # mandatory, so the dataclass has no default for it
+            assert cls.__dataclass_fields__[d.field].default == d.default, d.name
+        assert d.doc
+
+
+def test_names_map_to_fields():
+    assert {d.name: d.field for d in config.DIRECTIVES}["fastcgi.params_max"] == \
+        "fastcgi_params_max"
