@@ -83,10 +83,18 @@ def sha256_route(environ, start_response):
 
 
 def stream_route(environ, start_response):
-    """N MiB in 64 KiB blocks from a generator: the server must send as it is produced."""
-    size = int(float(_query(environ).get("mib", "1")) * 1024 * 1024)
+    """N MiB in 64 KiB blocks from a generator, optionally pausing after each block: the
+    server must send each block as it is produced."""
+    q = _query(environ)
+    size, pause = int(float(q.get("mib", "1")) * 1024 * 1024), float(q.get("pause", "0"))
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
-    return (stream_block(i)[:size - i * BLOCK] for i in range(-(-size // BLOCK)))
+
+    def blocks():
+        for i in range(-(-size // BLOCK)):
+            yield stream_block(i)[:size - i * BLOCK]
+            if pause:
+                time.sleep(pause)
+    return blocks()
 
 
 def write_route(environ, start_response):
@@ -159,7 +167,9 @@ ROUTES = {
 def raw_app(environ, start_response):
     route = ROUTES.get(environ.get("PATH_INFO", ""))
     if route is None:
-        return _reply(start_response, {"error": "no route", "PATH_INFO": environ.get("PATH_INFO")},
+        # Unrouted paths still show how the server split the URL.
+        return _reply(start_response, {k: environ.get(k) for k in
+                                       ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")},
                       status="404 Not Found")
     return route(environ, start_response)
 

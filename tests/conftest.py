@@ -1,0 +1,312 @@
+"""Fixtures shared by the integration tests: a real pyfpm master, a real nginx in front of it,
+and an HTTP helper. Every process runs in its own process group and is killed at teardown."""
+
+import dataclasses
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+APPS = TESTS / "apps"
+FASTCGI_PARAMS = Path("/etc/nginx/fastcgi_params")
+# The test apps import by module name, as a pool's `app = module:callable` does.
+sys.path[:0] = [str(TESTS), str(APPS)]
+
+
+def in_ci():
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(what, found, hint):
+    """A peer the test needs: skip locally with the reason, but fail under CI, where the test
+    command is meant to have installed it."""
+    if found:
+        return
+    reason = f"{what} not available ({hint})"
+    if in_ci():
+        pytest.fail(f"{reason}; CI must not skip it", pytrace=False)
+    pytest.skip(reason)
+
+
+def find_program(name):
+    """A peer's executable; Debian puts nginx in /usr/sbin, which a non-root PATH may lack."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    require(name, found, "run scripts/install-test-deps")
+    return found
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{what} not listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def kill_group(proc, grace=3.0):
+    """Stop a process started with start_new_session: TERM its group, then KILL what is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the leader is gone; make sure none of its children outlive it
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# --- pyfpm ---------------------------------------------------------------------------------
+
+POOL = """\
+[global]
+error_log = {error_log}
+log_level = {log_level}
+
+[{pool}]
+listen = {listen}
+listen.mode = 0666
+pm = static
+pm.max_children = {workers}
+app = {app}
+python_path = {python_path}
+mount = {mount}
+{extra}
+"""
+
+
+def pyfpm_config(tmp, *, listen="unix", app="wsgi_app:app", workers=2, mount="", pool="www",
+                 log_level="notice", extra=""):
+    """A config for one pool serving a test app; listen is "unix", "tcp" or an address."""
+    if listen == "unix":
+        listen = str(tmp / f"{pool}.sock")
+    elif listen == "tcp":
+        listen = f"127.0.0.1:{free_port()}"
+    return POOL.format(error_log=tmp / "pyfpm.log", log_level=log_level, pool=pool,
+                       listen=listen, workers=workers, app=app, python_path=APPS,
+                       mount=mount, extra=extra)
+
+
+@pytest.fixture
+def pyfpm(tmp_path_factory):
+    """Factory: pyfpm(config_text) or pyfpm(listen=..., app=..., workers=..., mount=...) →
+    a running harness.Server (.address, .log_text(), .wait_log())."""
+    import harness  # tests/harness.py; imported here so unit tests never depend on it
+    servers = []
+
+    def start(config=None, **kwargs):
+        tmp = tmp_path_factory.mktemp("pyfpm")
+        if config is None:
+            config = pyfpm_config(tmp, **kwargs)
+        server = harness.Server(config, tmp)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+
+
+def fastcgi_address(address):
+    """pyfpm's listen address as nginx's fastcgi_pass / upstream server wants it."""
+    address = str(address)
+    return f"unix:{address}" if address.startswith("/") else address
+
+
+# --- nginx ---------------------------------------------------------------------------------
+
+NGINX = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log notice;
+{user}
+events {{ worker_connections 1024; }}
+
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    fastcgi_temp_path {tmp}/fastcgi;
+    proxy_temp_path {tmp}/proxy;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+
+    client_max_body_size 20m;
+    # 32 KiB of request headers: each line must fit one buffer, all of them the set.
+    large_client_header_buffers 8 64k;
+    fastcgi_read_timeout 30s;
+    fastcgi_send_timeout 30s;
+
+    upstream pyfpm {{
+        server {upstream};
+        keepalive 16;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+
+        location / {{
+            include {params};
+{common}
+        }}
+        # TLS termination in front: HTTPS=on reaches the app as wsgi.url_scheme=https.
+        location /tls/ {{
+            include {params};
+            fastcgi_param HTTPS on;
+{common}
+        }}
+        # The documented alternative to `mount`: nginx splits the path itself.
+        location /split/ {{
+            fastcgi_split_path_info ^(/split)(/.*)$;
+            include {params};
+            fastcgi_param PATH_INFO $fastcgi_path_info;
+{common}
+        }}
+{locations}
+    }}
+}}
+"""
+
+COMMON = """\
+            fastcgi_pass pyfpm;
+            fastcgi_keep_conn {keep_conn};
+            fastcgi_request_buffering {request_buffering};
+            fastcgi_buffering {buffering};"""
+
+
+def onoff(flag):
+    return "on" if flag else "off"
+
+
+@dataclasses.dataclass
+class Nginx:
+    """A running nginx: .port to send HTTP to, .error_log() for what it logged."""
+    port: int
+    tmp: Path
+    proc: subprocess.Popen
+
+    def error_log(self):
+        return (self.tmp / "error.log").read_text(errors="replace")
+
+    def request(self, method, path, **kwargs):
+        return http_request(self.port, method, path, **kwargs)
+
+    def get(self, path, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+
+def nginx_config(tmp, port, upstream, *, keep_conn=False, request_buffering=True, buffering=True,
+                 locations=""):
+    common = COMMON.format(keep_conn=onoff(keep_conn), request_buffering=onoff(request_buffering),
+                           buffering=onoff(buffering))
+    # As root, nginx's workers would run as nobody and could not reach pyfpm's socket or tmp.
+    user = "user root;" if os.geteuid() == 0 else ""
+    return NGINX.format(tmp=tmp, user=user, port=port, upstream=fastcgi_address(upstream),
+                        params=FASTCGI_PARAMS, common=common, locations=locations)
+
+
+@pytest.fixture
+def nginx(tmp_path_factory):
+    """Factory: nginx(upstream_address, keep_conn=, request_buffering=, buffering=, locations=)
+    → a running Nginx in front of that pyfpm address."""
+    binary = find_program("nginx")
+    require(str(FASTCGI_PARAMS), FASTCGI_PARAMS.exists(), "the stock file ships with nginx-common")
+    running = []
+
+    def start(upstream, **options):
+        tmp = tmp_path_factory.mktemp("nginx")
+        port = free_port()
+        conf = tmp / "nginx.conf"
+        conf.write_text(nginx_config(tmp, port, upstream, **options))
+        proc = subprocess.Popen([binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        running.append(proc)
+        server = Nginx(port, tmp, proc)
+        try:
+            wait_port(port, proc, 10, "nginx")
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n--- nginx error.log ---\n{server.error_log()}") from None
+        return server
+
+    yield start
+    for proc in reversed(running):
+        kill_group(proc)
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class HTTPResult:
+    status: int
+    headers: list
+    body: bytes
+    seconds: float
+
+    def header(self, name):
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def header_all(self, name):
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self):
+        import json
+        return json.loads(self.body)
+
+
+def http_request(port, method, path, body=None, headers=None, chunked=False, timeout=30, conn=None):
+    """One HTTP/1.1 request to 127.0.0.1:port (on `conn` if given, kept open for reuse).
+    chunked=True sends `body` (an iterable of bytes) with Transfer-Encoding: chunked."""
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    start = time.monotonic()
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}), encode_chunked=chunked)
+        resp = conn.getresponse()
+        data = resp.read()
+        return HTTPResult(resp.status, resp.getheaders(), data, time.monotonic() - start)
+    finally:
+        if own:
+            conn.close()
+
+
+@pytest.fixture
+def served(pyfpm, nginx):
+    """Factory for the common case: pyfpm with a test app behind nginx; returns (nginx, pyfpm).
+    nginx options (keep_conn, request_buffering, buffering, locations) go to nginx, the rest to
+    pyfpm."""
+    nginx_keys = {"keep_conn", "request_buffering", "buffering", "locations"}
+
+    def start(**kwargs):
+        server = pyfpm(**{k: v for k, v in kwargs.items() if k not in nginx_keys})
+        front = nginx(server.address, **{k: v for k, v in kwargs.items() if k in nginx_keys})
+        return front, server
+
+    return start
