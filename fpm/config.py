@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping
 
 from fpm import ini
@@ -65,7 +65,7 @@ class Path(Str):
 class Int(Kind):
     def __init__(self, minimum: int | None = None, maximum: int | None = None):
         self.minimum, self.maximum = minimum, maximum
-        self.expected = ini._int_expected(minimum, maximum)
+        self.expected = ini.int_expected(minimum, maximum)
 
     def parse(self, raw: Any) -> int:
         if isinstance(raw, str):
@@ -355,19 +355,6 @@ class Config:
     messages: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
-def _check_table() -> None:
-    """The table and the dataclasses must name the same fields; fail at import if not."""
-    for section, cls, extra in (("global", GlobalConfig, set()), ("pool", PoolConfig, {"name"})):
-        table = {d.field for d in DIRECTIVES if d.section == section and d.stored}
-        declared = {f.name for f in fields(cls)} - extra
-        if table != declared:
-            raise AssertionError(f"{cls.__name__} fields differ from the directive table: "
-                                 f"{sorted(table ^ declared)}")
-
-
-_check_table()
-
-
 # --- loading ---------------------------------------------------------------------------------
 
 def load(path: str, prefix: str | None = None) -> Config:
@@ -597,20 +584,13 @@ def _read_entry(e: ini.Entry, pool: _Pool | None, global_values: dict, global_or
     section = "global" if pool is None else "pool"
     d = _TABLE.get((section, e.name.lower()))
     if d is None or d.array != (e.key is not None):
-        if e.key is not None:
-            return f"unknown directive '{e.name}'"
-        elsewhere = _TABLE.get(("pool" if pool is None else "global", e.name.lower()))
-        hint = f" ({e.name} belongs in {'a pool' if pool is None else 'the [global]'} section)" \
-            if elsewhere and not elsewhere.array else ""
-        if d is not None and d.array:
-            hint = f" (write {d.name}[NAME] = value)"
-        return f"unknown entry '{e.name}'{hint}"
+        return _unknown(e, d, section)
     values, origin = (global_values, global_origin) if pool is None else (pool.values, pool.origin)
     origin[d.field] = (e.file, e.line)  # even if invalid: a bad value is not a missing one
     try:
         value = d.kind.parse(e.value)
     except ValueError as x:
-        return f"{d.name}: invalid value '{e.value}' (expected {x})"
+        return f"{d.name}: invalid value '{_shown(e.value)}' (expected {x})"
     if not d.array:
         values[d.field] = value
     elif not e.key:
@@ -620,6 +600,23 @@ def _read_entry(e: ini.Entry, pool: _Pool | None, global_values: dict, global_or
     else:
         pool.arrays.setdefault(d.field, {})[e.key] = value
     return ""
+
+
+def _unknown(e: ini.Entry, d: Directive | None, section: str) -> str:
+    if e.key is not None:
+        return f"unknown directive '{e.name}'"
+    if d is not None:  # an array directive written without its [KEY]
+        return f"unknown entry '{e.name}' (write {d.name}[NAME] = value)"
+    other = "pool" if section == "global" else "global"
+    if (other, e.name.lower()) in _TABLE:
+        where = "a pool section" if other == "pool" else "the [global] section"
+        return f"unknown entry '{e.name}' ({e.name} belongs in {where})"
+    return f"unknown entry '{e.name}'"
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: TOML's true/false rather than Python's True/False."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _make_global(values: dict, base: str) -> GlobalConfig:

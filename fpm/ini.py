@@ -9,7 +9,7 @@ import glob
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 MAX_INCLUDE_DEPTH = 5  # PHP-FPM's limit on nested includes
 
@@ -32,7 +32,7 @@ class Entry(NamedTuple):
     line: int
     section: str | None  # None for [global], else the pool name as first spelled
     name: str  # as written; directive tables match it case-insensitively
-    value: str
+    value: Any  # a str from INI; from TOML a str, int, bool or list, as written
     key: str | None = None  # the KEY of an array directive `name[KEY] = value`
 
 
@@ -49,19 +49,10 @@ class _Syntax(Exception):
     """A line that cannot be read; the message says why."""
 
 
-def read(path: str, base_dir: str | None = None, environ: Mapping[str, str] | None = None) -> Document:
-    """Read the INI file at `path` (and its includes). Problems are collected, not raised.
-
-    `base_dir` anchors relative `include` patterns; it defaults to the file's own directory.
-    """
-    reader = _Reader(base_dir or os.path.dirname(os.path.abspath(path)), environ)
-    reader.read_file(path, 0, None)
-    return reader.doc
-
-
 def parse(text: str, path: str = "<string>", base_dir: str | None = None,
           environ: Mapping[str, str] | None = None) -> Document:
-    """Like `read`, for text already in memory (`path` only names it in messages)."""
+    """Read INI text (and its includes); `path` names it in messages. Problems are collected,
+    not raised. `base_dir` (default: the working directory) anchors relative includes."""
     reader = _Reader(base_dir or os.getcwd(), environ)
     reader.read_text(text, path, 0)
     return reader.doc
@@ -119,7 +110,7 @@ def parse_bool(text: str) -> bool:
 
 def parse_int(text: str, minimum: int | None = None, maximum: int | None = None) -> int:
     """A decimal integer within [minimum, maximum]. Unlike PHP, an empty value is an error."""
-    expected = _int_expected(minimum, maximum)
+    expected = int_expected(minimum, maximum)
     text = text.strip()
     if not re.fullmatch(r"-?\d+", text):
         raise ValueError(expected)
@@ -139,11 +130,11 @@ TIME_EXPECTED = "a time in seconds, with an optional suffix s, m, h or d (e.g. 3
 
 def check_range(value: int, minimum: int | None, maximum: int | None, expected: str = "") -> int:
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(expected or _int_expected(minimum, maximum))
+        raise ValueError(expected or int_expected(minimum, maximum))
     return value
 
 
-def _int_expected(minimum: int | None, maximum: int | None) -> str:
+def int_expected(minimum: int | None, maximum: int | None) -> str:
     if minimum is not None and maximum is not None:
         return f"an integer from {minimum} to {maximum}"
     if minimum is not None:
@@ -163,14 +154,14 @@ class _Reader:
         self.section: str | None = None  # lines before any section header belong to [global]
         self.pools: dict[str, str] = {}  # lower-case name -> first spelling (re-opening continues it)
 
-    def read_file(self, path: str, depth: int, origin: tuple[str, int] | None) -> None:
+    def read_file(self, path: str, depth: int, origin: tuple[str, int]) -> None:
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) else f"not UTF-8 ({e.reason})"
-            where = f"[{origin[0]}:{origin[1]}] include: " if origin else ""
-            self.doc.errors.append(f"{where}cannot read '{path}': {reason}")
+            self.doc.errors.append(f"[{origin[0]}:{origin[1]}] include: cannot read '{path}': "
+                                   f"{reason}")
             return
         self.read_text(text, path, depth)
 

@@ -769,7 +769,7 @@ def test_toml_errors_name_file_line_pool_directive_value():
     assert errors == [
         "[/etc/pyfpm/pyfpm.toml:2] [global] daemonize: invalid value 'maybe' "
         "(expected a boolean: yes/no, on/off, true/false or 1/0)",
-        "[/etc/pyfpm/pyfpm.toml:7] [pool www] pm.max_children: invalid value 'True' "
+        "[/etc/pyfpm/pyfpm.toml:7] [pool www] pm.max_children: invalid value 'true' "
         "(expected an integer >= 1)",
         "[/etc/pyfpm/pyfpm.toml:8] [pool www] mount: invalid value 'app' "
         "(expected '' or a URL path starting with '/', e.g. /app)",
@@ -870,6 +870,12 @@ def test_table_drives_the_dataclass_defaults():
         if d.name != "listen":  # mandatory, so the dataclass has no default for it
             assert cls.__dataclass_fields__[d.field].default == d.default, d.name
         assert d.doc
+
+
+def test_table_and_dataclasses_name_the_same_fields():
+    for section, cls in (("global", GlobalConfig), ("pool", PoolConfig)):
+        table = {d.field for d in config.DIRECTIVES if d.section == section and d.stored}
+        assert table == set(cls.__dataclass_fields__) - {"name"}, cls
 
 
 def test_names_map_to_fields():
