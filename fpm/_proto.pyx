@@ -1,0 +1,1209 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""FastCGI 1.0 server side: a sans-IO codec and the worker's accept/read/dispatch/write loop.
+
+The codec (Decoder) takes bytes and gives events or reply bytes; it makes no system call.
+Worker.run() drives it over raw file descriptors and calls the WSGI application.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.errno cimport EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, errno
+from posix.types cimport off_t
+
+cdef extern from "<errno.h>":
+    int EWOULDBLOCK
+
+cdef extern from "<sys/types.h>":
+    ctypedef long ssize_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memmove, memset
+
+import os
+import socket
+import stat
+import sys
+import traceback
+from urllib.parse import unquote_to_bytes
+
+cdef extern from "<poll.h>" nogil:
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+        POLLERR
+        POLLHUP
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    int accept4(int fd, void *addr, void *addrlen, int flags)
+    enum:
+        MSG_DONTWAIT
+        SOCK_CLOEXEC
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
+cdef extern from "<sys/sendfile.h>" nogil:
+    ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+# Record types, roles, flags and protocol statuses of the FastCGI 1.0 specification.
+BEGIN_REQUEST = 1
+ABORT_REQUEST = 2
+END_REQUEST = 3
+PARAMS = 4
+STDIN = 5
+STDOUT = 6
+STDERR = 7
+DATA = 8
+GET_VALUES = 9
+GET_VALUES_RESULT = 10
+UNKNOWN_TYPE = 11
+RESPONDER = 1
+AUTHORIZER = 2
+FILTER = 3
+KEEP_CONN = 1
+REQUEST_COMPLETE = 0
+CANT_MPX_CONN = 1
+OVERLOADED = 2
+UNKNOWN_ROLE = 3
+MAX_CONTENT = 65535
+MAX_HELD = C_MAX_HELD
+
+cdef enum:
+    T_BEGIN = 1
+    T_ABORT = 2
+    T_END = 3
+    T_PARAMS = 4
+    T_STDIN = 5
+    T_STDOUT = 6
+    T_STDERR = 7
+    T_DATA = 8
+    T_GET_VALUES = 9
+    T_GET_VALUES_RESULT = 10
+    T_UNKNOWN_TYPE = 11
+    HEADER_LEN = 8
+    # Stream records carry at most this much so that only the last one needs padding.
+    BLOCK = 65528
+    # Bodies up to this size are copied into the output buffer; larger ones go out by writev.
+    COPY_LIMIT = 32768
+    # The output buffer is written out once it holds this much.
+    OUT_FLUSH = 262144
+    READ_SIZE = 65536
+    # Idle kept connections one worker watches; beyond this a new idle one is closed.
+    C_MAX_HELD = 1024
+
+cdef const char *ZEROS = b"\0\0\0\0\0\0\0\0"
+cdef dict RECORD_NAMES = {
+    1: "BEGIN_REQUEST", 2: "ABORT_REQUEST", 3: "END_REQUEST", 4: "PARAMS", 5: "STDIN",
+    6: "STDOUT", 7: "STDERR", 8: "DATA", 9: "GET_VALUES", 10: "GET_VALUES_RESULT",
+    11: "UNKNOWN_TYPE",
+}
+cdef tuple HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ",
+                           b"PATCH ", b"CONNECT ", b"TRACE ", b"PRI * HTTP/2")
+cdef bytes HTTP_REFUSAL = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                b"This port speaks FastCGI, not HTTP: put a web server (nginx fastcgi_pass) "
+                b"in front of pyfpm.\n")
+
+
+class PeerError(Exception):
+    """The web server on a connection misbehaved or went away; the connection is dropped."""
+
+
+class ProtocolError(PeerError, ValueError):
+    """Bytes that are not valid FastCGI from a web server."""
+
+
+class PeerClosed(PeerError, ConnectionError):
+    """The web server closed or reset the connection before the request was done."""
+
+
+class HTTPOnFastCGIPort(ProtocolError):
+    """Someone spoke HTTP to the FastCGI port."""
+
+
+cdef bint _stop = 0
+
+
+def request_stop():
+    """Ask serve() to return after the request in progress (graceful stop)."""
+    global _stop
+    _stop = 1
+
+
+cdef inline void _put_header(unsigned char *h, int rtype, int request_id, Py_ssize_t clen,
+                             int padding) noexcept nogil:
+    h[0] = 1
+    h[1] = <unsigned char>rtype
+    h[2] = <unsigned char>(request_id >> 8)
+    h[3] = <unsigned char>(request_id & 0xff)
+    h[4] = <unsigned char>(clen >> 8)
+    h[5] = <unsigned char>(clen & 0xff)
+    h[6] = <unsigned char>padding
+    h[7] = 0
+
+
+cdef bytes _record(int rtype, int request_id, bytes content):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(content)
+    cdef int pad = (-n) & 7
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, HEADER_LEN + n + pad)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    _put_header(p, rtype, request_id, n, pad)
+    memcpy(p + HEADER_LEN, PyBytes_AS_STRING(content), n)
+    memset(p + HEADER_LEN + n, 0, pad)
+    return out
+
+
+def encode_stream(int rtype, int request_id, bytes data):
+    """Records of one stream carrying data (none for empty data; the end record is separate)."""
+    cdef Py_ssize_t i = 0, n = len(data)
+    parts = []
+    while i < n:
+        parts.append(_record(rtype, request_id, data[i:i + BLOCK]))
+        i += BLOCK
+    return b"".join(parts)
+
+
+def encode_stdout(int request_id, bytes data):
+    return encode_stream(T_STDOUT, request_id, data)
+
+
+def encode_stderr(int request_id, bytes data):
+    return encode_stream(T_STDERR, request_id, data)
+
+
+def encode_end_request(int request_id, unsigned int app_status=0, int protocol_status=0):
+    """An END_REQUEST record (the caller ends the STDOUT stream first)."""
+    body = bytes([(app_status >> 24) & 0xff, (app_status >> 16) & 0xff, (app_status >> 8) & 0xff,
+                  app_status & 0xff, protocol_status, 0, 0, 0])
+    return _record(T_END, request_id, body)
+
+
+cdef void _pair_into(bytearray out, bytes name, bytes value):
+    for n in (len(name), len(value)):
+        if n < 128:
+            out.append(n)
+        else:
+            out += (n | 0x80000000).to_bytes(4, "big")
+    out += name
+    out += value
+
+
+cdef Py_ssize_t _pair_len(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i) except -1:
+    cdef Py_ssize_t at = i[0]
+    if at >= n:
+        raise ProtocolError("malformed FastCGI name-value pair: a length is missing at byte %d of %d" % (at, n))
+    if p[at] < 128:
+        i[0] = at + 1
+        return p[at]
+    if at + 4 > n:
+        raise ProtocolError("malformed FastCGI name-value pair: a 4-byte length is cut at byte %d of %d" % (at, n))
+    i[0] = at + 4
+    return ((p[at] & 0x7f) << 24) | (p[at + 1] << 16) | (p[at + 2] << 8) | p[at + 3]
+
+
+cdef int _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out, bint as_str) except -1:
+    """Name-value pairs into out, as latin-1 str (environ) or bytes; the last duplicate wins."""
+    cdef Py_ssize_t i = 0, start, nl, vl
+    while i < n:
+        start = i
+        nl = _pair_len(p, n, &i)
+        vl = _pair_len(p, n, &i)
+        if nl + vl > n - i:
+            raise ProtocolError(
+                "malformed FastCGI name-value pair at byte %d: it claims %d + %d bytes but %d remain"
+                % (start, nl, vl, n - i))
+        if as_str:
+            out[PyUnicode_DecodeLatin1(<const char *>p + i, nl, NULL)] = \
+                PyUnicode_DecodeLatin1(<const char *>p + i + nl, vl, NULL)
+        else:
+            out[PyBytes_FromStringAndSize(<const char *>p + i, nl)] = \
+                PyBytes_FromStringAndSize(<const char *>p + i + nl, vl)
+        i += nl + vl
+    return 0
+
+
+cdef str _describe_garbage(const unsigned char *p, Py_ssize_t n):
+    head = PyBytes_FromStringAndSize(<const char *>p, min(n, 64))
+    if head.startswith(HTTP_METHODS) or (n < 8 and any(m.startswith(head) for m in HTTP_METHODS)):
+        raise HTTPOnFastCGIPort("HTTP request sent to the FastCGI port (%r)" % head.split(b"\r\n")[0])
+    if n >= 2 and p[0] == 0x16 and p[1] == 0x03:
+        return "TLS handshake sent to the FastCGI port"
+    return "unsupported FastCGI version %d in record header %s" % (p[0], head[:8].hex(" "))
+
+
+cdef class Decoder:
+    """Server side of one FastCGI connection: feed() bytes in, get events and reply bytes out."""
+
+    def __cinit__(self):
+        self.cap = READ_SIZE + HEADER_LEN
+        self.buf = <char *>malloc(self.cap)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.params = bytearray()
+        self.outbox = bytearray()
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    def __init__(self, Py_ssize_t params_max=1048576, int max_conns=1, int max_reqs=1):
+        self.params_max = params_max
+        self.known_values = {
+            b"FCGI_MAX_CONNS": str(max_conns).encode(),
+            b"FCGI_MAX_REQS": str(max_reqs).encode(),
+            b"FCGI_MPXS_CONNS": b"0",
+        }
+
+    cdef int _reserve(self, Py_ssize_t n) except -1:
+        cdef Py_ssize_t used = self.end - self.start
+        cdef char *nb
+        if self.cap - self.end >= n:
+            return 0
+        if self.start:
+            memmove(self.buf, self.buf + self.start, used)
+            self.start = 0
+            self.end = used
+        if self.cap - used < n:
+            nb = <char *>realloc(self.buf, used + n)
+            if nb == NULL:
+                raise MemoryError()
+            self.buf = nb
+            self.cap = used + n
+        return 0
+
+    cdef void _consume(self, Py_ssize_t n) noexcept:
+        self.start += n
+        if self.start == self.end:
+            self.start = self.end = 0
+
+    cdef int _reply_end(self, int request_id, unsigned int app_status, int protocol_status) except -1:
+        self.outbox += encode_end_request(request_id, app_status, protocol_status)
+        return 0
+
+    cdef int _management(self, int rtype, const unsigned char *content, Py_ssize_t clen) except -1:
+        cdef dict asked
+        cdef bytearray reply
+        if rtype != T_GET_VALUES:
+            self.outbox += _record(T_UNKNOWN_TYPE, 0, bytes([rtype, 0, 0, 0, 0, 0, 0, 0]))
+            return 0
+        asked = {}
+        _parse_pairs(content, clen, asked, False)
+        reply = bytearray()
+        for name in asked:
+            value = self.known_values.get(name)
+            if value is not None:
+                _pair_into(reply, name, value)
+        self.outbox += _record(T_GET_VALUES_RESULT, 0, bytes(reply))
+        return 0
+
+    cdef Step _step(self) except <Step>-1:
+        cdef Py_ssize_t avail = self.end - self.start
+        cdef const unsigned char *p = <const unsigned char *>self.buf + self.start
+        cdef int rtype, rid, role
+        cdef Py_ssize_t clen, total
+        if avail == 0:
+            return STEP_NEED
+        if p[0] != 1:
+            raise ProtocolError(_describe_garbage(p, avail))
+        if avail < HEADER_LEN:
+            return STEP_NEED
+        rtype = p[1]
+        rid = (p[2] << 8) | p[3]
+        clen = (p[4] << 8) | p[5]
+        total = HEADER_LEN + clen + p[6]
+        if avail < total:
+            return STEP_NEED
+        p += HEADER_LEN
+        if rid == 0:
+            if rtype in (T_GET_VALUES, T_DATA) or rtype > T_UNKNOWN_TYPE or rtype == 0:
+                self._management(rtype, p, clen)
+                self._consume(total)
+                return STEP_RECORD
+            raise ProtocolError("%s record with request id 0" % RECORD_NAMES[rtype])
+        if rtype == T_BEGIN:
+            if clen != 8:
+                raise ProtocolError("BEGIN_REQUEST body of %d bytes (must be 8)" % clen)
+            role = (p[0] << 8) | p[1]
+            if self.state != ST_IDLE:
+                if rid != self.request_id:
+                    self._reply_end(rid, 0, CANT_MPX_CONN)
+                    self._consume(total)
+                    return STEP_RECORD
+                if self.state == ST_INPUT_DONE:
+                    return STEP_BLOCKED
+                raise ProtocolError("second BEGIN_REQUEST for the active request %d" % rid)
+            if role != RESPONDER:
+                self._reply_end(rid, 0, UNKNOWN_ROLE)
+                if not (p[2] & KEEP_CONN):
+                    self.want_close = True
+                self._consume(total)
+                return STEP_RECORD
+            self.state = ST_PARAMS
+            self.request_id = rid
+            self.role = role
+            self.keep_conn = p[2] & KEEP_CONN
+            self.stdin_ended = False
+            self.aborted = False
+            del self.params[:]
+            self._consume(total)
+            return STEP_BEGIN
+        if rtype in (T_END, T_STDOUT, T_STDERR, T_GET_VALUES_RESULT, T_UNKNOWN_TYPE):
+            raise ProtocolError("%s record sent to the application (it flows the other way)"
+                                % RECORD_NAMES[rtype])
+        if rid != self.request_id or self.state == ST_IDLE:
+            # The specification has records of inactive requests ignored.
+            self._consume(total)
+            return STEP_RECORD
+        if rtype == T_PARAMS:
+            if self.state != ST_PARAMS:
+                raise ProtocolError("PARAMS record after the end of the params stream")
+            self._consume(total)
+            if clen == 0:
+                self.state = ST_STDIN
+                return STEP_PARAMS_DONE
+            if len(self.params) + clen > self.params_max:
+                raise ProtocolError("FastCGI params too large (%d bytes, limit %d)"
+                                    % (len(self.params) + clen, self.params_max))
+            self.params += PyBytes_FromStringAndSize(<const char *>p, clen)
+            return STEP_RECORD
+        if rtype == T_STDIN:
+            if self.state == ST_PARAMS:
+                raise ProtocolError("STDIN record before the end of the params stream")
+            self._consume(total)
+            if self.stdin_ended:
+                if clen == 0:
+                    return STEP_RECORD
+                raise ProtocolError("STDIN record after the end of the stdin stream")
+            if clen == 0:
+                self.stdin_ended = True
+                self.state = ST_INPUT_DONE
+                return STEP_STDIN_END
+            self.chunk = <const char *>p
+            self.chunk_len = clen
+            return STEP_STDIN
+        if rtype == T_ABORT:
+            self.aborted = True
+            self.state = ST_INPUT_DONE
+            self._consume(total)
+            return STEP_ABORT
+        if rtype == T_DATA:
+            self._consume(total)
+            return STEP_RECORD
+        self.outbox += _record(T_UNKNOWN_TYPE, 0, bytes([rtype, 0, 0, 0, 0, 0, 0, 0]))
+        self._consume(total)
+        return STEP_RECORD
+
+    cdef bytes _end(self, unsigned int app_status, int protocol_status):
+        rid = self.request_id
+        self.state = ST_IDLE
+        self.request_id = 0
+        if not self.keep_conn:
+            self.want_close = True
+        return _record(T_STDOUT, rid, b"") + encode_end_request(rid, app_status, protocol_status)
+
+    def feed(self, data):
+        """Take received bytes; return the events they complete (see fpm/_proto.pyi)."""
+        cdef const unsigned char[:] view = data
+        cdef Py_ssize_t n = view.shape[0]
+        cdef Step step
+        cdef dict params
+        events = []
+        self._reserve(n)
+        if n:
+            memcpy(self.buf + self.end, &view[0], n)
+        self.end += n
+        while True:
+            step = self._step()
+            if step == STEP_NEED or step == STEP_BLOCKED:
+                return events
+            if step == STEP_BEGIN:
+                events.append(("begin", self.request_id, self.role, bool(self.keep_conn)))
+            elif step == STEP_PARAMS_DONE:
+                params = {}
+                _parse_pairs(<const unsigned char *>PyBytes_AS_STRING(bytes(self.params)),
+                             len(self.params), params, False)
+                events.append(("params", self.request_id, params))
+            elif step == STEP_STDIN:
+                events.append(("stdin", self.request_id, PyBytes_FromStringAndSize(self.chunk, self.chunk_len)))
+            elif step == STEP_STDIN_END:
+                events.append(("stdin_end", self.request_id))
+            elif step == STEP_ABORT:
+                events.append(("abort", self.request_id))
+
+    def eof(self):
+        """The peer closed: raise ProtocolError when that cut a record or a request short."""
+        cdef Py_ssize_t avail = self.end - self.start
+        cdef const unsigned char *p = <const unsigned char *>self.buf + self.start
+        if avail >= HEADER_LEN:
+            raise ProtocolError("truncated record: connection closed after %d of %d bytes of a %s record"
+                                % (avail, HEADER_LEN + ((p[4] << 8) | p[5]) + p[6],
+                                   RECORD_NAMES.get(p[1], "type %d" % p[1])))
+        if avail:
+            raise ProtocolError("truncated record: connection closed after %d of 8 header bytes" % avail)
+        if self.state == ST_PARAMS:
+            raise ProtocolError("connection closed before the end of the params of request %d" % self.request_id)
+        if self.state == ST_STDIN:
+            raise ProtocolError("connection closed before the end of the body of request %d" % self.request_id)
+
+    def data_to_send(self):
+        """Replies the codec made itself (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST refusals)."""
+        out = bytes(self.outbox)
+        del self.outbox[:]
+        return out
+
+    def end_request(self, unsigned int app_status=0, int protocol_status=REQUEST_COMPLETE):
+        """Bytes that end the active request (empty STDOUT + END_REQUEST); the next may begin."""
+        return self._end(app_status, protocol_status)
+
+
+cdef class FileWrapper:
+    """wsgi.file_wrapper: regular files go out by sendfile(), other file-likes by read()."""
+    cdef public object filelike
+    cdef public Py_ssize_t blksize
+
+    def __init__(self, filelike, Py_ssize_t blksize=8192):
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+    def close(self):
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+cdef class Conn:
+    def __init__(self, int fd, Decoder dec):
+        self.fd = fd
+        self.dec = dec
+        self.body = bytearray()
+        self.body_pos = 0
+
+
+cdef class Input:
+    """wsgi.input: the request body, streamed from STDIN records as the application reads it."""
+    cdef Worker w
+    cdef Conn conn
+    cdef Py_ssize_t remaining     # CONTENT_LENGTH bytes still to give, -1 when unknown
+
+    def __init__(self, Worker w, Conn conn, Py_ssize_t remaining):
+        self.w = w
+        self.conn = conn
+        self.remaining = remaining
+
+    cdef Py_ssize_t _available(self):
+        return len(self.conn.body) - self.conn.body_pos
+
+    cdef bint _more(self) except -1:
+        """Read more of the body; False at its end."""
+        cdef Decoder dec = self.conn.dec
+        if dec.stdin_ended or dec.aborted:
+            return False
+        if self.conn.body_pos > READ_SIZE:
+            del self.conn.body[:self.conn.body_pos]
+            self.conn.body_pos = 0
+        self.w._fill(self.conn, True)
+        return True
+
+    cdef bytes _take(self, Py_ssize_t n):
+        cdef Conn c = self.conn
+        data = bytes(c.body[c.body_pos:c.body_pos + n])
+        c.body_pos += n
+        if c.body_pos == len(c.body):
+            del c.body[:]
+            c.body_pos = 0
+        if self.remaining > 0:
+            self.remaining -= n
+        return data
+
+    def read(self, size=-1):
+        cdef Py_ssize_t want
+        if self.remaining == 0:
+            return b""
+        want = -1 if size is None or size < 0 else size
+        if self.remaining > 0 and (want < 0 or want > self.remaining):
+            want = self.remaining
+        while (want < 0 or self._available() < want) and self._more():
+            pass
+        if want < 0 or want > self._available():
+            want = self._available()
+        return self._take(want)
+
+    def readline(self, size=-1):
+        cdef Py_ssize_t limit, at, scanned = 0
+        if self.remaining == 0:
+            return b""
+        limit = -1 if size is None or size < 0 else size
+        if self.remaining > 0 and (limit < 0 or limit > self.remaining):
+            limit = self.remaining
+        while True:
+            at = self.conn.body.find(b"\n", self.conn.body_pos + scanned)
+            if at >= 0:
+                n = at - self.conn.body_pos + 1
+                return self._take(n if limit < 0 else min(n, limit))
+            if 0 <= limit <= self._available():
+                return self._take(limit)
+            scanned = self._available()
+            if not self._more():
+                return self._take(self._available())
+
+    def readlines(self, hint=-1):
+        lines = []
+        total = 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if line:
+            return line
+        raise StopIteration
+
+
+cdef class Request:
+    """One request's response side: start_response, write, wsgi.errors, and the body sender."""
+    cdef Worker w
+    cdef Conn conn
+    cdef int rid
+    cdef object status
+    cdef list headers
+    cdef readonly bint headers_sent
+    cdef bint stderr_used
+
+    def __init__(self, Worker w, Conn conn, int rid):
+        self.w = w
+        self.conn = conn
+        self.rid = rid
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.w.wrote:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+            # Nothing reached the web server yet: the error response replaces what was queued.
+            self.w.out_len = 0
+            self.headers_sent = False
+        elif self.status is not None:
+            raise AssertionError("start_response() called a second time without exc_info")
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError("WSGI status must be a str like '200 OK', got %r" % (status,))
+        if type(headers) is not list:
+            raise TypeError("WSGI response headers must be a list, got %s" % type(headers).__name__)
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str or type(item[1]) is not str:
+                raise TypeError("WSGI response header must be a (str, str) tuple, got %r" % (item,))
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    cdef int _send_headers(self) except -1:
+        if self.status is None:
+            raise AssertionError("the application sent a body before calling start_response()")
+        lines = ["Status: ", self.status, "\r\n"]
+        for name, value in self.headers:
+            lines += (name, ": ", value, "\r\n")
+        lines.append("\r\n")
+        self.headers_sent = True
+        self.w._out_stream(self.conn, T_STDOUT, self.rid, "".join(lines).encode("latin-1"))
+        return 0
+
+    cdef int _body(self, data, bint flush) except -1:
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError("WSGI body chunks must be bytes, got %s" % type(data).__name__)
+            data = bytes(data)
+        if not self.headers_sent:
+            self._send_headers()
+        if PyBytes_GET_SIZE(data):
+            self.w._out_stream(self.conn, T_STDOUT, self.rid, data)
+        if flush:
+            self.w._flush(self.conn)
+        return 0
+
+    def write(self, data):
+        """The PEP 3333 write() callable: sends at once."""
+        self._body(data, True)
+
+    cdef int _sendfile(self, int fd) except -1:
+        cdef off_t offset = os.lseek(fd, 0, os.SEEK_CUR)
+        cdef off_t size = os.fstat(fd).st_size
+        cdef Py_ssize_t block, left
+        cdef ssize_t sent
+        cdef int sock = self.conn.fd, err = 0
+        cdef unsigned char hdr[8]
+        if not self.headers_sent:
+            self._send_headers()
+        while offset < size:
+            block = min(size - offset, BLOCK)
+            _put_header(hdr, T_STDOUT, self.rid, block, (-block) & 7)
+            self.w._out_append(<const char *>hdr, HEADER_LEN)
+            self.w._flush(self.conn)
+            left = block
+            while left > 0:
+                with nogil:
+                    sent = sendfile(sock, fd, &offset, left)
+                    if sent < 0:
+                        err = errno
+                if sent < 0:
+                    if err == EINTR:
+                        PyErr_CheckSignals()
+                        continue
+                    _raise_write_error(err)
+                if sent == 0:
+                    raise OSError("file %r shrank while it was being sent" % fd)
+                left -= sent
+            self.w._out_append(ZEROS, (-block) & 7)
+        return 0
+
+    cdef int send_result(self, result) except -1:
+        if type(result) is list or type(result) is tuple:
+            for chunk in result:
+                self._body(chunk, False)
+        elif type(result) is FileWrapper and _regular_fileno((<FileWrapper>result).filelike) >= 0:
+            self._sendfile(_regular_fileno((<FileWrapper>result).filelike))
+        else:
+            for chunk in result:
+                if chunk:
+                    self._body(chunk, True)
+        if not self.headers_sent:
+            self._send_headers()
+        return 0
+
+    # wsgi.errors: lines travel to the web server as STDERR records (nginx logs them).
+    def write_error(self, s):
+        if type(s) is not str:
+            raise TypeError("wsgi.errors takes str, got %s" % type(s).__name__)
+        if s:
+            self.stderr_used = True
+            self.w._out_stream(self.conn, T_STDERR, self.rid, s.encode("utf-8", "backslashreplace"))
+
+
+cdef class Errors:
+    """wsgi.errors for one request."""
+    cdef Request req
+
+    def __init__(self, Request req):
+        self.req = req
+
+    def write(self, s):
+        self.req.write_error(s)
+
+    def writelines(self, seq):
+        for s in seq:
+            self.req.write_error(s)
+
+    def flush(self):
+        pass
+
+
+cdef int _regular_fileno(filelike) except -2:
+    fileno = getattr(filelike, "fileno", None)
+    if fileno is None:
+        return -1
+    try:
+        fd = fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else -1
+    except (OSError, ValueError, AttributeError):
+        return -1
+
+
+cdef int _raise_write_error(int err) except -1:
+    if err == EPIPE or err == ECONNRESET:
+        raise PeerClosed("connection closed by the web server while the response was being sent")
+    raise OSError(err, os.strerror(err))
+
+
+cdef str _path_of(dict environ):
+    """The request path for PATH_INFO when the web server sent none (see README: the mount rule)."""
+    uri = environ.get("REQUEST_URI")
+    if uri:
+        path = uri.partition("?")[0]
+        if "://" in path[:10]:
+            path = "/" + path.partition("://")[2].partition("/")[2]
+        if "%" in path:
+            path = unquote_to_bytes(path).decode("latin-1")
+        return path
+    return environ.get("DOCUMENT_URI") or environ.get("SCRIPT_NAME") or ""
+
+
+cdef class Worker:
+    """One worker process's loop over its listening sockets and the connections it holds."""
+
+    def __cinit__(self):
+        self.pfds_cap = 16
+        self.pfds = <pollfd *>malloc(self.pfds_cap * sizeof(pollfd))
+        self.out_cap = 65536
+        self.out = <char *>malloc(self.out_cap)
+        if self.pfds == NULL or self.out == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.pfds)
+        free(self.out)
+
+    def __init__(self, list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
+                 int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None,
+                 log_app_error=None):
+        cdef int i
+        self.listen_fds = list(listen_fds)
+        self.app = app
+        self.base_environ = base_environ
+        self.mount = mount.rstrip("/")
+        self.params_max = params_max
+        self.max_conns = max_conns
+        self.max_reqs = max_reqs
+        self.read_timeout_ms = <int>(read_timeout * 1000)
+        self.log_peer = log_peer
+        self.log_app_error = log_app_error
+        self.held = []
+        self.nlisten = len(self.listen_fds)
+        if self.nlisten + 1 > self.pfds_cap:
+            self.pfds_cap = self.nlisten + 16
+            self.pfds = <pollfd *>realloc(self.pfds, self.pfds_cap * sizeof(pollfd))
+        for i in range(self.nlisten):
+            self.pfds[i].fd = self.listen_fds[i]
+            self.pfds[i].events = POLLIN
+            self.pfds[i].revents = 0
+        self.npfds = self.nlisten
+
+    # --- connections held between requests -------------------------------------------------
+
+    cdef int _hold(self, Conn conn) except -1:
+        cdef pollfd *np
+        if len(self.held) >= C_MAX_HELD:
+            self._close(conn)
+            return 0
+        if self.npfds == self.pfds_cap:
+            np = <pollfd *>realloc(self.pfds, 2 * self.pfds_cap * sizeof(pollfd))
+            if np == NULL:
+                raise MemoryError()
+            self.pfds = np
+            self.pfds_cap *= 2
+        self.pfds[self.npfds].fd = conn.fd
+        self.pfds[self.npfds].events = POLLIN
+        self.pfds[self.npfds].revents = 0
+        self.npfds += 1
+        self.held.append(conn)
+        return 0
+
+    cdef Conn _unhold(self, int index):
+        cdef int last = self.npfds - 1
+        cdef int h = index - self.nlisten
+        conn = <Conn>self.held[h]
+        self.pfds[index] = self.pfds[last]
+        self.held[h] = self.held[last - self.nlisten]
+        self.held.pop()
+        self.npfds -= 1
+        return conn
+
+    cdef void _close(self, Conn conn) noexcept:
+        if conn.fd >= 0:
+            close(conn.fd)
+            conn.fd = -1
+
+    def _peer(self, Conn conn):
+        if conn.peer_cache is None:
+            try:
+                s = socket.socket(fileno=conn.fd)
+                try:
+                    if s.family == socket.AF_UNIX:
+                        conn.peer_cache = "unix:" + (s.getsockname() or "?")
+                    elif s.family == socket.AF_INET6:
+                        host, port = s.getpeername()[:2]
+                        conn.peer_cache = "[%s]:%d" % (host, port)
+                    else:
+                        conn.peer_cache = "%s:%d" % s.getpeername()
+                finally:
+                    s.detach()
+            except OSError:
+                conn.peer_cache = "unknown"
+        return conn.peer_cache
+
+    cdef int _drop(self, Conn conn, str level, str message) except -1:
+        if self.log_peer is not None:
+            self.log_peer(level, self._peer(conn), message)
+        self._close(conn)
+        return 0
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self):
+        """Serve until request_stop(); return the number of requests served."""
+        cdef int i, n, cfd, err = 0
+        cdef Conn conn
+        global _stop
+        while not _stop:
+            if not self.held:
+                # Optimistic accept: under load the queue is never empty, so no poll() is needed.
+                for i in range(self.nlisten):
+                    with nogil:
+                        cfd = accept4(self.pfds[i].fd, NULL, NULL, SOCK_CLOEXEC)
+                        err = errno
+                    if cfd >= 0:
+                        self._serve_conn(Conn(cfd, self._decoder()))
+                        break
+                    self._accept_error(err)
+                else:
+                    cfd = -1
+                if cfd >= 0:
+                    continue
+            with nogil:
+                n = poll(self.pfds, self.npfds, -1)
+            if n < 0:
+                if errno != EINTR:
+                    raise OSError(errno, os.strerror(errno))
+                PyErr_CheckSignals()
+                continue
+            ready = []
+            for i in range(self.npfds - 1, self.nlisten - 1, -1):
+                if self.pfds[i].revents:
+                    ready.append(self._unhold(i))
+            for i in range(self.nlisten):
+                if self.pfds[i].revents:
+                    with nogil:
+                        cfd = accept4(self.pfds[i].fd, NULL, NULL, SOCK_CLOEXEC)
+                        err = errno
+                    if cfd >= 0:
+                        self._serve_conn(Conn(cfd, self._decoder()))
+                    else:
+                        self._accept_error(err)
+            for conn in ready:
+                self._serve_conn(conn)
+        self._finish_held()
+        return self.requests
+
+    def _accept_error(self, int err):
+        if err == EAGAIN or err == EWOULDBLOCK or err == ECONNABORTED:
+            return
+        if err == EINTR:
+            PyErr_CheckSignals()
+            return
+        raise OSError(err, "accept() failed: " + os.strerror(err))
+
+    def _decoder(self):
+        return Decoder(self.params_max, self.max_conns, self.max_reqs)
+
+    def _finish_held(self):
+        """On a graceful stop, serve what already arrived on held connections, then close them."""
+        cdef int n
+        if self.held:
+            with nogil:
+                n = poll(self.pfds, self.npfds, 0)
+            for i in range(self.npfds - 1, self.nlisten - 1, -1):
+                ready = n > 0 and self.pfds[i].revents
+                conn = self._unhold(i)
+                if ready:
+                    self._serve_conn(conn)
+                self._close(conn)
+
+    cdef int _serve_conn(self, Conn conn) except -1:
+        """Read from a connection and run the requests on it until it is idle or closed."""
+        cdef Decoder dec = conn.dec
+        cdef Step step
+        cdef Py_ssize_t r
+        try:
+            r = self._read(conn, False)
+            while True:
+                if r == 0:
+                    dec.eof()
+                    self._close(conn)
+                    return 0
+                if r == -2:
+                    self._hold(conn)
+                    return 0
+                step = dec._step()
+                if step == STEP_PARAMS_DONE:
+                    self._run_request(conn)
+                    if conn.fd < 0:
+                        return 0
+                elif step == STEP_ABORT:
+                    end = dec._end(0, REQUEST_COMPLETE)
+                    self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
+                    self._flush(conn)
+                elif step == STEP_BLOCKED:
+                    raise ProtocolError("BEGIN_REQUEST for request %d before it ended" % dec.request_id)
+                elif step == STEP_NEED:
+                    if dec.outbox:
+                        self._flush(conn)
+                    if dec.want_close or _stop and dec.state == ST_IDLE:
+                        self._close(conn)
+                        return 0
+                    # Between requests with nothing buffered, the connection waits in poll();
+                    # inside a record or a request the rest is due now.
+                    r = self._read(conn, dec.state != ST_IDLE or dec.end != dec.start)
+                    continue
+                r = 1
+        except HTTPOnFastCGIPort as e:
+            self._write_all(conn, HTTP_REFUSAL, len(HTTP_REFUSAL))
+            self._drop(conn, "warning", str(e))
+        except ProtocolError as e:
+            self._drop(conn, "warning", str(e))
+        except PeerError as e:
+            self._drop(conn, "notice", str(e))
+        return 0
+
+    cdef int _read(self, Conn conn, bint wait) except -1:
+        """recv() into the decoder: bytes read, 0 at EOF, -2 if nothing is there and not wait."""
+        cdef Decoder dec = conn.dec
+        cdef ssize_t n
+        cdef int r, err
+        cdef pollfd pfd
+        dec._reserve(READ_SIZE)
+        while True:
+            with nogil:
+                n = recv(conn.fd, dec.buf + dec.end, dec.cap - dec.end, MSG_DONTWAIT)
+            if n >= 0:
+                dec.end += n
+                return n
+            err = errno
+            if err == EINTR:
+                PyErr_CheckSignals()
+            elif err == EAGAIN or err == EWOULDBLOCK:
+                if not wait:
+                    return -2
+                pfd.fd = conn.fd
+                pfd.events = POLLIN
+                with nogil:
+                    r = poll(&pfd, 1, self.read_timeout_ms)
+                if r == 0:
+                    raise PeerError("no data from the web server for %d s in the middle of a request"
+                                    % (self.read_timeout_ms // 1000))
+                if r < 0 and errno == EINTR:
+                    PyErr_CheckSignals()
+            elif err == ECONNRESET:
+                if dec.state == ST_IDLE and dec.end == dec.start:
+                    return 0
+                raise PeerClosed("connection reset by the web server")
+            else:
+                raise OSError(err, os.strerror(err))
+
+    cdef int _fill(self, Conn conn, bint for_body) except -1:
+        """Process records until body bytes, the body's end or an abort arrive."""
+        cdef Decoder dec = conn.dec
+        cdef Step step
+        while True:
+            step = dec._step()
+            if step == STEP_STDIN:
+                if for_body:
+                    conn.body += PyBytes_FromStringAndSize(dec.chunk, dec.chunk_len)
+                return 0
+            if step == STEP_STDIN_END or step == STEP_ABORT:
+                return 0
+            if step == STEP_NEED or step == STEP_BLOCKED:
+                if self._read(conn, True) == 0:
+                    dec.eof()
+                    raise PeerClosed("connection closed by the web server in the middle of a request")
+
+    cdef int _run_request(self, Conn conn) except -1:
+        cdef Decoder dec = conn.dec
+        cdef dict environ = self.base_environ.copy()
+        cdef Request req = Request(self, conn, dec.request_id)
+        cdef unsigned int app_status = 0
+        cdef Py_ssize_t length = -1
+        _parse_pairs(<const unsigned char *>PyBytes_AS_STRING(bytes(dec.params)), len(dec.params), environ, True)
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            value = environ.pop("HTTP_" + key, None)
+            if value is not None and key not in environ:
+                environ[key] = value
+        cl = environ.get("CONTENT_LENGTH")
+        if cl:
+            if not cl.isdigit():
+                raise ProtocolError("CONTENT_LENGTH %r is not a number" % cl)
+            length = int(cl)
+        if "PATH_INFO" not in environ:
+            path = _path_of(environ)
+            if self.mount and (path == self.mount or path.startswith(self.mount + "/")):
+                environ["SCRIPT_NAME"] = self.mount
+                environ["PATH_INFO"] = path[len(self.mount):]
+            else:
+                environ["SCRIPT_NAME"] = ""
+                environ["PATH_INFO"] = path
+        https = environ.get("HTTPS")
+        if https and https.lower() != "off":
+            environ["wsgi.url_scheme"] = "https"
+        environ.setdefault("REQUEST_METHOD", "GET")
+        environ.setdefault("QUERY_STRING", "")
+        environ.setdefault("SERVER_NAME", "localhost")
+        environ.setdefault("SERVER_PORT", "80")
+        environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
+        environ["wsgi.input"] = Input(self, conn, length)
+        environ["wsgi.errors"] = Errors(req)
+        self.out_len = 0
+        self.wrote = False
+        try:
+            result = self.app(environ, req.start_response)
+            try:
+                req.send_result(result)
+            finally:
+                close_result = getattr(result, "close", None)
+                if close_result is not None:
+                    close_result()
+        except PeerError:
+            raise
+        except Exception:
+            app_status = 1
+            if self.log_app_error is not None:
+                self.log_app_error(environ.get("REQUEST_METHOD", "-"), environ.get("REQUEST_URI") or
+                                   environ.get("PATH_INFO", "-"), traceback.format_exc())
+            if not self.wrote:
+                self.out_len = 0
+                req.status = None
+                req.headers_sent = False
+                req.start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+                req._body(b"Internal Server Error\n", False)
+        self.requests += 1
+        # The rest of the body must be read before the connection can carry anything else.
+        del conn.body[:]
+        conn.body_pos = 0
+        while not dec.stdin_ended and not dec.aborted:
+            self._fill(conn, False)
+        if req.stderr_used:
+            self._out_record(T_STDERR, dec.request_id, NULL, 0)
+        end = dec._end(app_status, REQUEST_COMPLETE)
+        self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
+        self._flush(conn)
+        if dec.want_close or _stop:
+            self._close(conn)
+        return 0
+
+    # --- output ------------------------------------------------------------------------------
+
+    cdef int _out_reserve(self, Py_ssize_t n) except -1:
+        cdef char *nb
+        cdef Py_ssize_t cap = self.out_cap
+        if self.out_len + n <= cap:
+            return 0
+        while cap < self.out_len + n:
+            cap *= 2
+        nb = <char *>realloc(self.out, cap)
+        if nb == NULL:
+            raise MemoryError()
+        self.out = nb
+        self.out_cap = cap
+        return 0
+
+    cdef int _out_append(self, const char *data, Py_ssize_t n) except -1:
+        if n:
+            self._out_reserve(n)
+            memcpy(self.out + self.out_len, data, n)
+            self.out_len += n
+        return 0
+
+    cdef int _out_record(self, int rtype, int request_id, const char *data, Py_ssize_t n) except -1:
+        cdef int pad = (-n) & 7
+        self._out_reserve(HEADER_LEN + n + pad)
+        _put_header(<unsigned char *>self.out + self.out_len, rtype, request_id, n, pad)
+        self.out_len += HEADER_LEN
+        self._out_append(data, n)
+        self._out_append(ZEROS, pad)
+        return 0
+
+    cdef int _out_stream(self, Conn conn, int rtype, int request_id, object data) except -1:
+        """Queue stream records; a large body goes out at once by writev() without a copy."""
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0, block
+        cdef iovec iov[97]
+        cdef unsigned char hdrs[32][8]
+        cdef int cnt, k
+        if n <= COPY_LIMIT:
+            while i < n:
+                block = min(n - i, BLOCK)
+                self._out_record(rtype, request_id, p + i, block)
+                i += block
+            if self.out_len >= OUT_FLUSH:
+                self._flush(conn)
+            return 0
+        while i < n:
+            cnt = 0
+            if self.out_len:
+                iov[0].iov_base = self.out
+                iov[0].iov_len = self.out_len
+                cnt = 1
+            k = 0
+            while i < n and k < 32:
+                block = min(n - i, BLOCK)
+                _put_header(hdrs[k], rtype, request_id, block, (-block) & 7)
+                iov[cnt].iov_base = hdrs[k]
+                iov[cnt].iov_len = HEADER_LEN
+                iov[cnt + 1].iov_base = <void *>(p + i)
+                iov[cnt + 1].iov_len = block
+                cnt += 2
+                if block & 7:
+                    iov[cnt].iov_base = <void *>ZEROS
+                    iov[cnt].iov_len = (-block) & 7
+                    cnt += 1
+                i += block
+                k += 1
+            self.out_len = 0
+            _writev_all(conn.fd, iov, cnt)
+            self.wrote = True
+        return 0
+
+    cdef int _flush(self, Conn conn) except -1:
+        cdef Decoder dec = conn.dec
+        if dec.outbox:
+            self._out_append(PyBytes_AS_STRING(bytes(dec.outbox)), len(dec.outbox))
+            del dec.outbox[:]
+        if self.out_len:
+            self._write_all(conn, self.out, self.out_len)
+            self.out_len = 0
+            self.wrote = True
+        return 0
+
+    cdef int _write_all(self, Conn conn, const char *data, Py_ssize_t n) except -1:
+        cdef iovec iov
+        iov.iov_base = <void *>data
+        iov.iov_len = n
+        return _writev_all(conn.fd, &iov, 1)
+
+
+cdef int _writev_all(int fd, iovec *iov, int cnt) except -1:
+    """writev() everything, resuming after partial writes and signals."""
+    cdef ssize_t n
+    while cnt > 0:
+        with nogil:
+            n = writev(fd, iov, cnt)
+        if n < 0:
+            if errno == EINTR:
+                PyErr_CheckSignals()
+                continue
+            _raise_write_error(errno)
+        while cnt > 0 and <size_t>n >= iov[0].iov_len:
+            n -= iov[0].iov_len
+            iov += 1
+            cnt -= 1
+        if cnt > 0:
+            iov[0].iov_base = <char *>iov[0].iov_base + n
+            iov[0].iov_len -= n
+    return 0
+
+
+def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
+          int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None, log_app_error=None):
+    """Run a worker's loop on inherited listening sockets until request_stop()."""
+    global _stop
+    _stop = 0
+    return Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs, read_timeout,
+                  log_peer, log_app_error).run()

@@ -1,0 +1,105 @@
+"""The child side after fork: signals, parent-death watch, app loading, then the serve loop."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import signal
+import socket
+from typing import NoReturn
+
+from fpm import __version__, _proto, apps
+from fpm.proctitle import set_process_title
+
+PR_SET_PDEATHSIG = 1
+EX_SOFTWARE = 70
+# How long a request may wait for the rest of its records from the web server.
+READ_TIMEOUT = 60.0
+
+
+def run(pool, listen_fds: list[int], log) -> NoReturn:
+    """Serve ``pool`` on the inherited ``listen_fds`` until told to stop; never returns."""
+    try:
+        code = serve(pool, listen_fds, log)
+    except BaseException as e:  # the worker must end in os._exit, never unwind into the master's code
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            log.exception("[pool %s] child %d: worker failed" % (pool.name, os.getpid()))
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else EX_SOFTWARE
+    os._exit(code)
+
+
+def serve(pool, listen_fds: list[int], log) -> int:
+    _init_signals()
+    _die_with_parent()
+    set_process_title("pyfpm: pool %s" % pool.name)
+    pid = os.getpid()
+    try:
+        app = apps.load(pool.app, pool.chdir, pool.python_path)
+    except apps.AppLoadError as e:
+        log.error("[pool %s] child %d: %s" % (pool.name, pid, e))
+        return EX_SOFTWARE
+    for fd in listen_fds:
+        _prepare_listener(fd)
+
+    def log_peer(level: str, peer: str, message: str) -> None:
+        getattr(log, level)("[pool %s] child %d: peer %s: %s; connection closed"
+                            % (pool.name, pid, peer, message))
+
+    def log_app_error(method: str, uri: str, text: str) -> None:
+        log.error('[pool %s] child %d: the application raised an exception on "%s %s"\n%s'
+                  % (pool.name, pid, method, uri, text.rstrip("\n")))
+
+    _proto.serve(listen_fds, app, base_environ(pool), pool.mount, pool.fastcgi_params_max,
+                 max_conns=pool.pm_max_children * _proto.MAX_HELD, max_reqs=pool.pm_max_children,
+                 read_timeout=READ_TIMEOUT, log_peer=log_peer, log_app_error=log_app_error)
+    return 0
+
+
+def base_environ(pool) -> dict:
+    """The environ keys that are the same for every request of the pool."""
+    return {
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        # Our wsgi.input returns b"" at the body's end even without CONTENT_LENGTH (chunked).
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": _proto.FileWrapper,
+        "fpm.pool": pool,
+        "fpm.version": __version__,
+    }
+
+
+def _init_signals() -> None:
+    """QUIT finishes the request in hand, then the worker exits; TERM and INT kill at once."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP,
+                signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    # A web server that hangs up mid-response must give EPIPE, not kill the worker.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, lambda signum, frame: _proto.request_stop())
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _die_with_parent() -> None:
+    """Workers never outlive the master, even one killed with SIGKILL."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the master died before prctl() took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _prepare_listener(fd: int) -> None:
+    """Non-blocking (the loop tries accept first and polls on EAGAIN); on TCP, TCP_NODELAY,
+    which accepted sockets inherit on Linux, so a response's last record is not held back."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    s = socket.socket(fileno=fd)
+    try:
+        if s.family in (socket.AF_INET, socket.AF_INET6):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        s.detach()
