@@ -1,0 +1,194 @@
+"""fpm.sockets: the listen address rule, and binding on unix paths and TCP ports."""
+import dataclasses
+import errno
+import fcntl
+import os
+import socket
+import stat
+
+import pytest
+
+from fpm.log import Logger
+from fpm.sockets import (Address, ListenError, close_all, open_all, open_listener,
+                         parse_listen, resolve_owner)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:9000", Address("127.0.0.1:9000", socket.AF_INET, "127.0.0.1", 9000)),
+    ("[::1]:9000", Address("[::1]:9000", socket.AF_INET6, "::1", 9000)),
+    ("[::]:1", Address("[::]:1", socket.AF_INET6, "::", 1)),
+    ("9000", Address("9000", socket.AF_INET6, None, 9000)),
+    ("localhost:65535", Address("localhost:65535", socket.AF_UNSPEC, "localhost", 65535)),
+    ("/run/pyfpm/www.sock", Address("/run/pyfpm/www.sock", socket.AF_UNIX, path="/run/pyfpm/www.sock")),
+    ("www.sock", Address("www.sock", socket.AF_UNIX, path="www.sock")),
+    (" 127.0.0.1:80 ", Address("127.0.0.1:80", socket.AF_INET, "127.0.0.1", 80)),
+])
+def test_parse_listen(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("127.0.0.1:0", "invalid port value '0' in listen address '127.0.0.1:0' (must be 1..65535)"),
+    ("127.0.0.1:65536", "invalid port value '65536'"),
+    ("0", "invalid port value '0'"),
+    ("127.0.0.1:http", "invalid port value 'http'"),
+    ("127.0.0.1:", "invalid port value ''"),
+    (":9000", "no host before ':'"),
+    ("[]:9000", "empty IPv6 address"),
+    ("::1:9000", "an IPv6 address needs brackets"),
+    ("", "empty listen address"),
+])
+def test_parse_listen_errors(text, message):
+    with pytest.raises(ListenError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")):
+        parse_listen(text)
+
+
+def test_resolve_owner():
+    assert resolve_owner("www", None, None) == (-1, -1)
+    assert resolve_owner("www", "0", None) == (0, 0)  # uid 0 exists: its primary group
+    assert resolve_owner("www", "root", "0") == (0, 0)
+    assert resolve_owner("www", None, "123") == (-1, 123)
+    assert resolve_owner("www", "4242424", None) == (4242424, -1)  # unknown uid: as given
+
+
+def test_resolve_owner_errors():
+    with pytest.raises(ListenError, match=r"\[pool www\] cannot get uid for user 'no-such-user'"):
+        resolve_owner("www", "no-such-user", None)
+    with pytest.raises(ListenError, match=r"\[pool www\] cannot get gid for group 'no-such-group'"):
+        resolve_owner("www", None, "no-such-group")
+
+
+@dataclasses.dataclass
+class Pool:
+    listen: str
+    name: str = "www"
+    listen_backlog: int = -1
+    listen_owner: str | None = None
+    listen_group: str | None = None
+    listen_mode: int = 0o660
+
+
+@pytest.fixture
+def log(tmp_path):
+    return Logger(str(tmp_path / "log"))
+
+
+def test_unix_socket_mode_nonblocking_and_removed(tmp_path, log):
+    path = tmp_path / "www.sock"
+    listener = open_listener(Pool(str(path), listen_mode=0o604), log)
+    try:
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o604
+        assert fcntl.fcntl(listener.fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        assert listener.key == str(path)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+    finally:
+        listener.close()
+    assert not path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_unix_socket_owner_and_group(tmp_path, log):
+    path = tmp_path / "www.sock"
+    listener = open_listener(Pool(str(path), listen_owner="nobody", listen_group="0"), log)
+    try:
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (65534, 0)
+    finally:
+        listener.close()
+
+
+def test_stale_unix_socket_is_replaced(tmp_path, log):
+    path = tmp_path / "www.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody answers: a previous instance died
+    listener = open_listener(Pool(str(path)), log)
+    listener.close()
+
+
+def test_live_unix_socket_is_refused(tmp_path, log):
+    path = tmp_path / "www.sock"
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(path))
+        other.listen()
+        with pytest.raises(ListenError) as e:
+            open_listener(Pool(str(path)), log)
+    assert str(e.value) == "Another FPM instance seems to already listen on %s" % path
+    assert path.exists()  # the other instance's socket is left alone
+
+
+def test_non_socket_path_is_refused(tmp_path, log):
+    path = tmp_path / "data.txt"
+    path.write_text("keep me")
+    with pytest.raises(ListenError, match="the path exists and is not a socket"):
+        open_listener(Pool(str(path)), log)
+    assert path.read_text() == "keep me"
+
+
+def test_tcp_listener(log):
+    listener = open_listener(Pool("127.0.0.1:%d" % _free_port()), log)
+    try:
+        assert fcntl.fcntl(listener.fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        assert listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        host, port = listener.sock.getsockname()
+        assert listener.key == "127.0.0.1:%d" % port
+        socket.create_connection((host, port), 1).close()
+    finally:
+        listener.close()
+
+
+def test_bare_port_is_dual_stack(log):
+    if not socket.has_dualstack_ipv6():
+        pytest.skip("no IPv6 here")
+    port = _free_port()
+    listener = open_listener(Pool(str(port)), log)
+    try:
+        assert listener.sock.family == socket.AF_INET6
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        socket.create_connection(("::1", port), 1).close()
+    finally:
+        listener.close()
+
+
+def test_backlog(log):
+    listener = open_listener(Pool("127.0.0.1:%d" % _free_port(), listen_backlog=3), log)
+    listener.close()
+
+
+def test_address_in_use(log):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(ListenError) as e:
+            open_listener(Pool("127.0.0.1:%d" % port), log)
+    assert str(e.value) == ("unable to bind listening socket for address '127.0.0.1:%d': "
+                            "Address already in use (%d)" % (port, errno.EADDRINUSE))
+
+
+def test_open_all_closes_what_it_opened_on_failure(tmp_path, log):
+    good = tmp_path / "a.sock"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        pools = [Pool(str(good), name="a"), Pool("127.0.0.1:%d" % other.getsockname()[1], name="b")]
+        with pytest.raises(ListenError):
+            open_all(pools, log)
+    assert not good.exists()
+
+
+def test_open_all_in_pool_order(tmp_path, log):
+    listeners = open_all([Pool(str(tmp_path / "a.sock"), name="a"),
+                          Pool(str(tmp_path / "b.sock"), name="b")], log)
+    assert [listener.pool_name for listener in listeners] == ["a", "b"]
+    close_all(listeners)
+    assert list(tmp_path.glob("*.sock")) == []
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
