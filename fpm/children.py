@@ -1,0 +1,152 @@
+"""Fork and reap workers; describe how they ended; decide how soon to replace them.
+
+Worker contract (``fpm.worker.run(pool, listen_fds, log)``): it is entered right after
+fork() with SIGTERM, SIGINT and SIGQUIT *blocked* and every signal the master handled back
+at SIG_DFL. It installs its own handlers, then unblocks those signals, so a worker can
+never die from a signal that arrives before it knows how to take it (PHP-FPM's rule). It
+must not return; if it does, or raises, the child exits 70.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from fpm.log import Logger
+from fpm.signals import SignalQueue, name as signal_name
+
+FORK_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+
+EX_SOFTWARE = 70  # a worker exits with it when its app cannot be loaded
+
+# Respawn rule: a worker that exits 70 less than FAST_FAILURE seconds after it started failed
+# to load its app, and would fail again at once. The pool's next spawn then waits
+# 1 s, 2 s, 4 s ... (doubling with each consecutive such failure, at most MAX_BACKOFF);
+# any other exit resets the count. Every other exit is replaced at once.
+FAST_FAILURE = 1.0
+MAX_BACKOFF = 32.0
+
+
+@dataclass
+class Child:
+    pid: int
+    pool: object  # the PoolConfig it serves
+    started: float  # time.monotonic() at fork
+
+
+@dataclass(frozen=True)
+class Exit:
+    child: Child
+    status: int  # the raw wait status
+    lifetime: float  # seconds from fork to reap
+
+    def describe(self) -> tuple[str, str]:
+        """(level, log line) in PHP-FPM's words."""
+        level, how = describe_status(self.status)
+        return level, "[pool %s] child %d exited %s after %.6f seconds from start" % (
+            self.child.pool.name, self.child.pid, how, self.lifetime)
+
+
+def describe_status(status: int) -> tuple[str, str]:
+    """``("notice", "with code 0")`` or ``("warning", "on signal 9 (SIGKILL)")``.
+
+    A non-zero exit code and any signal but SIGQUIT (the graceful stop) are warnings: a
+    request may have been lost.
+    """
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        return ("notice" if code == 0 else "warning"), "with code %d" % code
+    sig = os.WTERMSIG(status)
+    core = " - core dumped" if os.WCOREDUMP(status) else ""
+    level = "notice" if sig == signal.SIGQUIT else "warning"
+    return level, "on signal %d (%s%s)" % (sig, signal_name(sig), core)
+
+
+def respawn_delay(status: int, lifetime: float, failures: int) -> tuple[float, int]:
+    """(seconds to wait before the pool spawns again, new consecutive-failure count)."""
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EX_SOFTWARE and lifetime < FAST_FAILURE:
+        failures += 1
+        return min(2.0 ** (failures - 1), MAX_BACKOFF), failures
+    return 0.0, 0
+
+
+class Children:
+    """The master's view of its workers: fork them, signal them, reap them."""
+
+    def __init__(self, log: Logger, signals: SignalQueue, fds_by_pool: dict[str, list[int]]):
+        self.log = log
+        self.signals = signals
+        self.fds_by_pool = fds_by_pool
+        self.by_pid: dict[int, Child] = {}
+        # Descriptors a worker must not keep (e.g. the daemon status pipe).
+        self.close_in_child: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.by_pid)
+
+    def count(self, pool_name: str) -> int:
+        return sum(1 for c in self.by_pid.values() if c.pool.name == pool_name)
+
+    def spawn(self, pool) -> Child:
+        """Fork one worker of ``pool``. Raises OSError when fork() fails."""
+        # Import in the master, once: every worker then shares the loaded modules.
+        from fpm import worker
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(worker.run, pool)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        child = Child(pid, pool, time.monotonic())
+        self.by_pid[pid] = child
+        self.log.notice("[pool %s] child %d started" % (pool.name, pid))
+        return child
+
+    def _become_worker(self, run, pool) -> None:
+        """In the new child: shed the master's state and run the worker. Never returns."""
+        code = EX_SOFTWARE
+        try:
+            self.signals.close()
+            own = self.fds_by_pool[pool.name]
+            others = {fd for fds in self.fds_by_pool.values() for fd in fds} - set(own)
+            for fd in others | self.close_in_child:
+                os.close(fd)
+            run(pool, list(own), self.log)
+            self.log.error("[pool %s] child %d: the worker returned" % (pool.name, os.getpid()))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else EX_SOFTWARE
+        except BaseException:
+            self.log.exception("[pool %s] child %d: the worker failed" % (pool.name, os.getpid()))
+        finally:
+            # Never unwind into the master's code: no atexit, no finally blocks of the parent.
+            os._exit(code)
+
+    def reap(self) -> list[Exit]:
+        """Collect every exited child without blocking; log how each one ended."""
+        exits = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            child = self.by_pid.pop(pid, None)
+            if child is None:
+                continue
+            gone = Exit(child, status, time.monotonic() - child.started)
+            level, line = gone.describe()
+            self.log.log(level, line)
+            exits.append(gone)
+        return exits
+
+    def kill_all(self, sig: int) -> None:
+        for pid, child in self.by_pid.items():
+            self.log.debug("[pool %s] sending signal %d %s to child %d"
+                           % (child.pool.name, sig, signal_name(sig), pid))
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass  # exited, not reaped yet: its SIGCHLD is on the way
