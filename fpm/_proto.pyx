@@ -440,15 +440,15 @@ cdef class Decoder:
         cdef Py_ssize_t avail = self.end - self.start
         cdef const unsigned char *p = <const unsigned char *>self.buf + self.start
         if avail >= HEADER_LEN:
-            raise ProtocolError("truncated record: connection closed after %d of %d bytes of a %s record"
+            raise ProtocolError("truncated record: the peer hung up after %d of %d bytes of a %s record"
                                 % (avail, HEADER_LEN + ((p[4] << 8) | p[5]) + p[6],
                                    RECORD_NAMES.get(p[1], "type %d" % p[1])))
         if avail:
-            raise ProtocolError("truncated record: connection closed after %d of 8 header bytes" % avail)
+            raise ProtocolError("truncated record: the peer hung up after %d of 8 header bytes" % avail)
         if self.state == ST_PARAMS:
-            raise ProtocolError("connection closed before the end of the params of request %d" % self.request_id)
+            raise ProtocolError("the peer hung up before the end of the params of request %d" % self.request_id)
         if self.state == ST_STDIN:
-            raise ProtocolError("connection closed before the end of the body of request %d" % self.request_id)
+            raise ProtocolError("the peer hung up before the end of the body of request %d" % self.request_id)
 
     def data_to_send(self):
         """Replies the codec made itself (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST refusals)."""
@@ -731,7 +731,7 @@ cdef int _regular_fileno(filelike) except -2:
 
 cdef int _raise_write_error(int err) except -1:
     if err == EPIPE or err == ECONNRESET:
-        raise PeerClosed("connection closed by the web server while the response was being sent")
+        raise PeerClosed("the peer hung up while the response was being sent")
     raise OSError(err, os.strerror(err))
 
 
@@ -1014,7 +1014,7 @@ cdef class Worker:
             if step == STEP_NEED or step == STEP_BLOCKED:
                 if self._read(conn, True) == 0:
                     dec.eof()
-                    raise PeerClosed("connection closed by the web server in the middle of a request")
+                    raise PeerClosed("the peer hung up in the middle of a request")
 
     cdef int _run_request(self, Conn conn) except -1:
         cdef Decoder dec = conn.dec

@@ -34,6 +34,7 @@ def serve(pool, listen_fds: list[int], log) -> int:
     _die_with_parent()
     set_process_title("pyfpm: pool %s" % pool.name)
     pid = os.getpid()
+    os.environ.update(pool.env)
     try:
         app = apps.load(pool.app, pool.chdir, pool.python_path)
     except apps.AppLoadError as e:
