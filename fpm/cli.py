@@ -1,0 +1,119 @@
+"""The ``pyfpm`` command: php-fpm's flags, exit codes 0, 64 (usage), 70, 78 (configuration).
+
+``pyfpm request ...`` is the FastCGI client (fpm.client). Without ``-y`` the embedded
+default (fpm/default.conf) is served: pool www on 127.0.0.1:9000 with the demo app.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import resources
+
+from fpm import config as fpm_config
+from fpm.log import Logger, choose_target, strerror
+from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
+from fpm.sockets import ListenError, parse_listen, resolve_owner
+
+EMBEDDED = "(embedded)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, "%s: error: %s\n" % (self.prog, message))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pyfpm", description="FastCGI Process Manager for Python WSGI apps.",
+                epilog="pyfpm request ADDRESS [URI] ... sends one FastCGI request "
+                       "(see pyfpm request -h).")
+    p.add_argument("-y", "--fpm-config", metavar="FILE",
+                   help="configuration file (INI, or TOML if it ends in .toml); "
+                        "default: the embedded demo configuration")
+    p.add_argument("-p", "--prefix", metavar="DIR",
+                   help="directory relative paths in the configuration are taken from")
+    p.add_argument("-g", "--pid", metavar="FILE", help="pid file (overrides 'pid')")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-F", "--nodaemonize", action="store_true",
+                      help="stay in the foreground (overrides 'daemonize')")
+    mode.add_argument("-D", "--daemonize", action="store_true",
+                      help="go to the background (overrides 'daemonize')")
+    p.add_argument("-O", "--force-stderr", action="store_true",
+                   help="in the foreground, log to stderr even if it is not a terminal")
+    p.add_argument("-t", "--test", action="count", default=0,
+                   help="test the configuration and exit; twice (-tt) also dumps it")
+    p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "request":
+        from fpm import client
+        return client.main(argv[1:])
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EX_USAGE
+    if args.version:
+        from fpm import __version__
+        print("pyfpm %s (Python %s)" % (__version__, sys.version.split()[0]))
+        return EX_OK
+
+    # Until the configuration says where, messages go to stderr.
+    log = Logger("stderr")
+    try:
+        config = _load(args)
+    except fpm_config.ConfigError as e:
+        for line in e.errors:
+            log.error(line)
+        log.error("FPM initialization failed")
+        return EX_CONFIG
+    if args.test:
+        return _test(config, log, dump=args.test > 1)
+
+    daemon = args.daemonize or (config.global_.daemonize and not args.nodaemonize)
+    target = choose_target(config.global_.error_log, daemon, args.force_stderr,
+                           os.isatty(2))
+    try:
+        log = Logger(target, config.global_.log_level, echo_stderr=True)
+    except OSError as e:
+        log.error("failed to open error log file '%s': %s" % (target, strerror(e)))
+        log.error("FPM initialization failed")
+        return EX_CONFIG
+    pid_file = os.path.abspath(args.pid) if args.pid else config.global_.pid
+    return serve(config, log, pid_file=pid_file, daemon=daemon)
+
+
+def _load(args) -> fpm_config.Config:
+    if args.prefix is not None and not os.path.isdir(args.prefix):
+        raise fpm_config.ConfigError(
+            ["the global prefix '%s' does not exist or is not a directory" % args.prefix])
+    if args.fpm_config is None:
+        text = resources.files("fpm").joinpath("default.conf").read_text(encoding="utf-8")
+        return fpm_config.loads(text, EMBEDDED, prefix=args.prefix)
+    return fpm_config.load(os.path.abspath(args.fpm_config), args.prefix)
+
+
+def _test(config, log: Logger, dump: bool) -> int:
+    """``-t``: what start-up would check before binding, without binding anything."""
+    errors = []
+    for pool in config.pools:
+        try:
+            parse_listen(pool.listen)
+            resolve_owner(pool.name, pool.listen_owner, pool.listen_group)
+        except ListenError as e:
+            errors.append(str(e))
+    if errors:
+        for line in errors:
+            log.error(line)
+        log.error("FPM initialization failed")
+        return EX_CONFIG
+    for level, text in config.messages:
+        log.log(level, text)
+    if dump:
+        for line in fpm_config.dump(config).splitlines():
+            log.notice(line)
+    log.notice("configuration file %s test is successful" % config.path)
+    return EX_OK
