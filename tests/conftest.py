@@ -84,7 +84,6 @@ def kill_group(proc, grace=3.0):
 
 POOL = """\
 [global]
-error_log = {error_log}
 log_level = {log_level}
 
 [{pool}]
@@ -101,12 +100,13 @@ mount = {mount}
 
 def pyfpm_config(tmp, *, listen="unix", app="wsgi_app:app", workers=2, mount="", pool="www",
                  log_level="notice", extra=""):
-    """A config for one pool serving a test app; listen is "unix", "tcp" or an address."""
+    """A config for one pool serving a test app; listen is "unix", "tcp" or an address.
+    The error log is the default, stderr, which the harness captures for .log_text()."""
     if listen == "unix":
         listen = str(tmp / f"{pool}.sock")
     elif listen == "tcp":
         listen = f"127.0.0.1:{free_port()}"
-    return POOL.format(error_log=tmp / "pyfpm.log", log_level=log_level, pool=pool,
+    return POOL.format(log_level=log_level, pool=pool,
                        listen=listen, workers=workers, app=app, python_path=APPS,
                        mount=mount, extra=extra)
 

@@ -50,12 +50,21 @@ def test_chunked_upload_unbuffered(served, mode):
     front, _ = served(request_buffering=False)
     body = b"".join(b"line %d " % i + payload(i % 300) + b"\n" for i in range(2000))
     pieces = [body[i:i + 7777] for i in range(0, len(body), 7777)]
-    r = front.request("POST", "/environ", body=iter(pieces), chunked=True)
-    assert r.status == 200
-    assert r.json().get("CONTENT_LENGTH", "") == ""
     r = front.request("POST", f"/echo?mode={mode}", body=iter(pieces), chunked=True)
     assert r.status == 200
     assert r.body == body
+
+
+def test_unread_chunked_body_unbuffered(served):
+    """An app that answers without reading a streamed body (a 404, a refused upload): nginx
+    stops sending the body once the response header is in, so the worker must end the
+    request without waiting for the rest of STDIN."""
+    front, _ = served(request_buffering=False, workers=1)
+    pieces = [payload(8192)] * 100  # 800 KiB: more than the socket buffers hold
+    r = front.request("POST", "/environ", body=iter(pieces), chunked=True, timeout=10)
+    assert r.status == 200
+    assert r.json()["CONTENT_LENGTH"] == ""
+    assert front.get("/hello", timeout=10).body == b"hello world"
 
 
 @pytest.mark.parametrize("request_buffering", [True, False], ids=["buffered", "unbuffered"])
