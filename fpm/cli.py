@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("FPM initialization failed")
         return EX_CONFIG
     pid_file = os.path.abspath(args.pid) if args.pid else config.global_.pid
-    return serve(config, log, pid_file=pid_file, daemon=daemon)
+    code = serve(config, log, pid_file=pid_file, daemon=daemon)
+    # The master is done and has cleaned up: skip the interpreter's finalization, which
+    # costs ~13 ms of the 100 ms an idle master has to be gone after TERM or QUIT.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _load(args) -> fpm_config.Config:
