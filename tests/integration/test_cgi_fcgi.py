@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import find_program
+from tests.conftest import find_program
 
 
 def cgi_fcgi(address, env, body=b""):
