@@ -132,8 +132,9 @@ class RecordParser:
         while len(self._buf) >= _HEADER.size:
             version, type, request_id, clen, plen = _HEADER.unpack_from(self._buf)
             if version != VERSION:
+                hint = "; the peer speaks HTTP, not FastCGI" if self._buf.startswith(b"HTTP/") else ""
                 raise FastCGIError(f"record version {version}, expected {VERSION} "
-                                   f"(first bytes {bytes(self._buf[:16])!r})")
+                                   f"(first bytes {bytes(self._buf[:16])!r}){hint}")
             end = _HEADER.size + clen + plen
             if len(self._buf) < end:
                 break

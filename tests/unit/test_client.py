@@ -130,6 +130,11 @@ def test_parser_rejects_bad_version():
         c.RecordParser().feed(b"\x02\x06\x00\x01\x00\x00\x00\x00")
 
 
+def test_parser_names_an_http_answer():
+    with pytest.raises(c.FastCGIError, match="speaks HTTP, not FastCGI"):
+        c.RecordParser().feed(b"HTTP/1.1 400 Bad Request\r\n")
+
+
 def test_iter_records_rejects_a_truncated_record():
     with pytest.raises(c.FastCGIError, match="truncated record: 9 bytes"):
         list(c.iter_records(header(6, 1, 3, 5) + b"a"))
