@@ -6,10 +6,18 @@ import http.client
 import json
 import uuid
 
+import importlib.util
+
 import pytest
 
-pytest.importorskip("flask")
-pytest.importorskip("django")
+from tests.conftest import require
+
+
+@pytest.fixture(autouse=True)
+def frameworks():
+    """Flask and Django are test extras: skip locally without them, fail under CI."""
+    for name in ("flask", "django"):
+        require(name, importlib.util.find_spec(name), "pip install -e .[test]")
 
 
 def multipart(fields, files):
