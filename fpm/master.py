@@ -299,9 +299,16 @@ class Master:
         except OSError as e:
             self.log.syserror("unable to reopen the error log file '%s'" % self.log.target, e)
             return
-        if self.log.is_file:
-            os.dup2(self.log.fd, 2)  # stderr was pointed at the old file at launch
+        if not self.log.is_file:
+            self.log.notice("error log file re-opened")
+            return
+        os.dup2(self.log.fd, 2)  # stderr was pointed at the old file at launch
         self.log.notice("error log file re-opened")
+        if self.state is State.NORMAL and self.children:
+            # The workers still hold the old file (a fork-time copy of the fd). Recycle them
+            # gracefully, as PHP-FPM does for its access logs, so their lines follow.
+            self.log.notice("gracefully restarting the workers so they log to the new file")
+            self.children.kill_all(signal.SIGQUIT)
 
     def handle_usr2(self) -> None:
         self.log.warning("graceful reload (SIGUSR2) is not supported by this version; "

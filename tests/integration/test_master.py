@@ -256,7 +256,7 @@ def test_usr1_reopens_the_error_log(tmp_path):
     log_file = tmp_path / "fpm.log"
     (tmp_path / "testapp.py").write_text(APP)
     config = CONFIG.format(listen="{sock}", children=1, app="testapp:app", mode="0660",
-                           global_extra="", pool_extra="", tmp="{tmp}", sock="{sock}")
+                           global_extra="", pool_extra="", tmp="{tmp}", sock="{sock}", port="{port}")
     config = config.replace("error_log = stderr", "error_log = {tmp}/fpm.log")
     # -F without -O and stderr not a terminal: the log goes to error_log.
     server = harness.Server(config, tmp_path, flags=("-F",))
@@ -266,17 +266,27 @@ def test_usr1_reopens_the_error_log(tmp_path):
         while "ready to handle connections" not in (log_file.read_text() if log_file.exists() else ""):
             assert time.monotonic() < deadline, server.log_text()
             time.sleep(0.01)
+        old_worker = server.wait_idle(1)[0]
         os.rename(log_file, tmp_path / "fpm.log.1")
         server.signal(signal.SIGUSR1)
         deadline = time.monotonic() + 5
         while not log_file.exists() or "error log file re-opened" not in log_file.read_text():
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        worker = server.children()[0]
-        os.kill(worker, signal.SIGKILL)
+        # The workers held the old file: they are recycled, and the new ones log here.
         deadline = time.monotonic() + 5
-        while "child %d exited" % worker not in log_file.read_text():
-            assert time.monotonic() < deadline
+        while "child %d exited with code 0" % old_worker not in log_file.read_text():
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.01)
+        worker = server.wait_idle(1)[0]
+        assert worker != old_worker
+        with socket.socket(socket.AF_UNIX) as peer:
+            peer.connect(str(tmp_path / "fpm.sock"))
+            peer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            peer.recv(100)
+        deadline = time.monotonic() + 5
+        while "child %d: peer" % worker not in log_file.read_text():
+            assert time.monotonic() < deadline, log_file.read_text()
             time.sleep(0.01)
         assert "ready to handle connections" in (tmp_path / "fpm.log.1").read_text()
         assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
