@@ -123,6 +123,10 @@ class PeerClosed(PeerError, ConnectionError):
     """The web server closed or reset the connection before the request was done."""
 
 
+class RequestAborted(PeerError):
+    """The web server sent ABORT_REQUEST before the whole body arrived."""
+
+
 class HTTPOnFastCGIPort(ProtocolError):
     """Someone spoke HTTP to the FastCGI port."""
 
@@ -355,8 +359,9 @@ cdef class Decoder:
         if rtype in (T_END, T_STDOUT, T_STDERR, T_GET_VALUES_RESULT, T_UNKNOWN_TYPE):
             raise ProtocolError("%s record sent to the application (it flows the other way)"
                                 % RECORD_NAMES[rtype])
-        if rid != self.request_id or self.state == ST_IDLE:
-            # The specification has records of inactive requests ignored.
+        if rid != self.request_id or self.state == ST_IDLE or (self.aborted and rtype != T_ABORT):
+            # The specification has records of inactive requests ignored; an aborted
+            # request is inactive for the web server already.
             self._consume(total)
             return STEP_RECORD
         if rtype == T_PARAMS:
@@ -399,6 +404,8 @@ cdef class Decoder:
         return STEP_RECORD
 
     cdef bytes _end(self, unsigned int app_status, int protocol_status):
+        if self.state == ST_IDLE:
+            raise RuntimeError("end_request() with no active request")
         rid = self.request_id
         self.state = ST_IDLE
         self.request_id = 0
@@ -437,14 +444,23 @@ cdef class Decoder:
 
     def eof(self):
         """The peer closed: raise ProtocolError when that cut a record or a request short."""
-        cdef Py_ssize_t avail = self.end - self.start
+        cdef Py_ssize_t avail = self.end - self.start, total
         cdef const unsigned char *p = <const unsigned char *>self.buf + self.start
+        while avail >= HEADER_LEN:
+            total = HEADER_LEN + ((p[4] << 8) | p[5]) + p[6]
+            if total > avail:
+                break
+            p += total
+            avail -= total
         if avail >= HEADER_LEN:
             raise ProtocolError("truncated record: the peer hung up after %d of %d bytes of a %s record"
                                 % (avail, HEADER_LEN + ((p[4] << 8) | p[5]) + p[6],
                                    RECORD_NAMES.get(p[1], "type %d" % p[1])))
         if avail:
             raise ProtocolError("truncated record: the peer hung up after %d of 8 header bytes" % avail)
+        if self.end - self.start > avail:
+            raise ProtocolError("the peer hung up with %d bytes of records not yet processed"
+                                % (self.end - self.start))
         if self.state == ST_PARAMS:
             raise ProtocolError("the peer hung up before the end of the params of request %d" % self.request_id)
         if self.state == ST_STDIN:
@@ -510,8 +526,11 @@ cdef class Input:
     cdef bint _more(self) except -1:
         """Read more of the body; False at its end."""
         cdef Decoder dec = self.conn.dec
-        if dec.stdin_ended or dec.aborted:
+        if dec.stdin_ended:
             return False
+        if dec.aborted:
+            raise RequestAborted("the web server aborted request %d before its body was complete"
+                                 % dec.request_id)
         if self.conn.body_pos > READ_SIZE:
             del self.conn.body[:self.conn.body_pos]
             self.conn.body_pos = 0
@@ -1012,6 +1031,12 @@ cdef class Worker:
             if step == STEP_STDIN_END or step == STEP_ABORT:
                 return 0
             if step == STEP_NEED or step == STEP_BLOCKED:
+                if dec.outbox:
+                    # A refusal or management answer must not wait behind a body that may
+                    # never come; the response so far stays queued for its single write.
+                    reply = bytes(dec.outbox)
+                    del dec.outbox[:]
+                    self._write_all(conn, reply, len(reply))
                 if self._read(conn, True) == 0:
                     dec.eof()
                     raise PeerClosed("the peer hung up in the middle of a request")
@@ -1060,6 +1085,9 @@ cdef class Worker:
                 close_result = getattr(result, "close", None)
                 if close_result is not None:
                     close_result()
+        except RequestAborted:
+            app_status = 1
+            self.out_len = 0
         except PeerError:
             raise
         except Exception:
