@@ -145,6 +145,7 @@ def test_idle_master_stops_within_100_ms(server, sig, word):
 
 
 def start_slow_request(server, seconds):
+    server.wait_idle()  # every worker has loaded the app; one of them takes the request
     result = {}
 
     def run():
@@ -197,7 +198,6 @@ def test_term_does_not_wait_for_requests(server):
 
 def test_quit_escalates_after_process_control_timeout(tmp_path):
     with make_server(tmp_path, global_extra="process_control_timeout = 1") as server:
-        server.wait_idle(2)
         thread, result = start_slow_request(server, 10.0)
         seconds, code = timed_stop(server, signal.SIGQUIT)
         thread.join(10)
