@@ -99,7 +99,7 @@ mount = {mount}
 
 
 def pyfpm_config(tmp, *, listen="unix", app="wsgi_app:app", workers=2, mount="", pool="www",
-                 log_level="notice", extra=""):
+                 log_level="notice", python_path=APPS, extra=""):
     """A config for one pool serving a test app; listen is "unix", "tcp" or an address.
     The error log is the default, stderr, which the harness captures for .log_text()."""
     if listen == "unix":
@@ -107,7 +107,7 @@ def pyfpm_config(tmp, *, listen="unix", app="wsgi_app:app", workers=2, mount="",
     elif listen == "tcp":
         listen = f"127.0.0.1:{free_port()}"
     return POOL.format(log_level=log_level, pool=pool,
-                       listen=listen, workers=workers, app=app, python_path=APPS,
+                       listen=listen, workers=workers, app=app, python_path=python_path,
                        mount=mount, extra=extra)
 
 
