@@ -39,6 +39,7 @@ cdef class Decoder:
     cdef readonly int request_id, role
     cdef readonly bint keep_conn
     cdef bint stdin_ended, aborted
+    cdef int draining                    # an ended request whose STDIN is still arriving
     cdef public bint want_close          # a reply ended a non-keep request: close after sending
     cdef bytearray params                # raw PARAMS stream of the active request
     cdef bytearray outbox                # replies the codec makes by itself

@@ -36,8 +36,10 @@ cdef extern from "<poll.h>" nogil:
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     int accept4(int fd, void *addr, void *addrlen, int flags)
+    int shutdown(int fd, int how)
     enum:
         MSG_DONTWAIT
+        SHUT_WR
         SOCK_CLOEXEC
 
 cdef extern from "<sys/uio.h>" nogil:
@@ -349,6 +351,7 @@ cdef class Decoder:
                 return STEP_RECORD
             self.state = ST_PARAMS
             self.request_id = rid
+            self.draining = 0
             self.role = role
             self.keep_conn = p[2] & KEEP_CONN
             self.stdin_ended = False
@@ -362,6 +365,8 @@ cdef class Decoder:
         if rid != self.request_id or self.state == ST_IDLE or (self.aborted and rtype != T_ABORT):
             # The specification has records of inactive requests ignored; an aborted
             # request is inactive for the web server already.
+            if rid == self.draining and rtype == T_STDIN and clen == 0:
+                self.draining = 0
             self._consume(total)
             return STEP_RECORD
         if rtype == T_PARAMS:
@@ -407,6 +412,8 @@ cdef class Decoder:
         if self.state == ST_IDLE:
             raise RuntimeError("end_request() with no active request")
         rid = self.request_id
+        if not self.stdin_ended and not self.aborted:
+            self.draining = rid
         self.state = ST_IDLE
         self.request_id = 0
         if not self.keep_conn:
@@ -966,12 +973,16 @@ cdef class Worker:
                 elif step == STEP_NEED:
                     if dec.outbox:
                         self._flush(conn)
-                    if dec.want_close or _stop and dec.state == ST_IDLE:
+                    if (dec.want_close or _stop and dec.state == ST_IDLE) and not dec.draining:
                         self._close(conn)
                         return 0
                     # Between requests with nothing buffered, the connection waits in poll();
-                    # inside a record or a request the rest is due now.
-                    r = self._read(conn, dec.state != ST_IDLE or dec.end != dec.start)
+                    # inside a record or a request, or the rest of an unread body, is due now.
+                    r = self._read(conn, dec.state != ST_IDLE or dec.end != dec.start or dec.draining)
+                    if r == 0 and dec.draining:
+                        # The response is complete: a web server may drop an unwanted body.
+                        self._close(conn)
+                        return 0
                     continue
                 r = 1
         except HTTPOnFastCGIPort as e:
@@ -1102,18 +1113,23 @@ cdef class Worker:
                 req.start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
                 req._body(b"Internal Server Error\n", False)
         self.requests += 1
-        # The rest of the body must be read before the connection can carry anything else.
         del conn.body[:]
         conn.body_pos = 0
-        while not dec.stdin_ended and not dec.aborted:
-            self._fill(conn, False)
+        # END_REQUEST goes out before any unread body is drained: nginx stops sending a
+        # streamed body once it has the response header, and waits for END_REQUEST.
         if req.stderr_used:
             self._out_record(T_STDERR, dec.request_id, NULL, 0)
         end = dec._end(app_status, REQUEST_COMPLETE)
         self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
         self._flush(conn)
         if dec.want_close or _stop:
-            self._close(conn)
+            if not dec.draining:
+                # Nothing unread is left, so closing now sends no RST and nginx loses no byte.
+                self._close(conn)
+            else:
+                # nginx ends a response without keep-conn at the upstream's FIN, and closing
+                # with unread bytes would reset it: half-close, then drain until it hangs up.
+                shutdown(conn.fd, SHUT_WR)
         return 0
 
     # --- output ------------------------------------------------------------------------------
@@ -1230,8 +1246,9 @@ cdef int _writev_all(int fd, iovec *iov, int cnt) except -1:
 
 def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
           int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None, log_app_error=None):
-    """Run a worker's loop on inherited listening sockets until request_stop()."""
-    global _stop
-    _stop = 0
+    """Run a worker's loop on inherited listening sockets until request_stop().
+
+    A stop requested earlier (a QUIT while the app was loading) holds: the loop returns at once.
+    """
     return Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs, read_timeout,
                   log_peer, log_app_error).run()
