@@ -269,8 +269,8 @@ def test_slow_requests_spread_over_workers(served):
     front, _ = served(workers=2, keep_conn=True)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         start = time.monotonic()
-        results = list(pool.map(lambda _: front.get("/slow?s=0.5"), range(2)))
+        results = list(pool.map(lambda _: front.get("/slow?s=1"), range(2)))
         elapsed = time.monotonic() - start
     assert [r.status for r in results] == [200, 200]
     assert len({r.json()["pid"] for r in results}) == 2
-    assert elapsed < 0.95, f"took {elapsed:.2f} s"
+    assert elapsed < 1.8, f"took {elapsed:.2f} s: the requests ran one after the other"
