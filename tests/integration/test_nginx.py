@@ -55,11 +55,12 @@ def test_chunked_upload_unbuffered(served, mode):
     assert r.body == body
 
 
-def test_unread_chunked_body_unbuffered(served):
+@pytest.mark.parametrize("keep_conn", [False, True], ids=["keep_conn_off", "keep_conn_on"])
+def test_unread_chunked_body_unbuffered(served, keep_conn):
     """An app that answers without reading a streamed body (a 404, a refused upload): nginx
     stops sending the body once the response header is in, so the worker must end the
     request without waiting for the rest of STDIN."""
-    front, _ = served(request_buffering=False, workers=1)
+    front, _ = served(request_buffering=False, workers=1, keep_conn=keep_conn)
     pieces = [payload(8192)] * 100  # 800 KiB: more than the socket buffers hold
     r = front.request("POST", "/environ", body=iter(pieces), chunked=True, timeout=10)
     assert r.status == 200
@@ -130,6 +131,8 @@ def test_headers_32k(served):
     ("/app/environ?x=1&y=%20", "/app", "/environ", "x=1&y=%20"),
     ("/app/environ/", "/app", "/environ/", ""),
     ("/app/sub/%7Etilde%20space", "/app", "/sub/~tilde space", ""),
+    # PEP 3333: the UTF-8 bytes of the path, each as one latin-1 character
+    ("/app/caf%C3%A9", "/app", "/caf\u00c3\u00a9", ""),
     ("/elsewhere", "", "/elsewhere", ""),
     ("/application", "", "/application", ""),
 ])
@@ -204,6 +207,13 @@ def test_cookies(served):
     r = front.get("/cookies", headers={"Cookie": "x=1; y=2"})
     assert r.json() == {"cookie": "x=1; y=2"}
     assert r.header_all("Set-Cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
+
+
+def test_head_request(served):
+    front, _ = served()
+    r = front.request("HEAD", "/hello")
+    assert (r.status, r.header("Content-Length"), r.body) == (200, "11", b"")
+    assert front.get("/hello").body == b"hello world"
 
 
 def test_status_line(served):
