@@ -4,6 +4,7 @@ and an HTTP helper. Every process runs in its own process group and is killed at
 import dataclasses
 import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,7 +18,8 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 APPS = TESTS / "apps"
 FASTCGI_PARAMS = Path("/etc/nginx/fastcgi_params")
-# The test apps import by module name, as a pool's `app = module:callable` does.
+# The test apps import by module name, as a pool's `app = module:callable` does; tests/ itself
+# is on the path too, so that test modules can `import harness`.
 sys.path[:0] = [str(TESTS), str(APPS)]
 
 
@@ -115,7 +117,7 @@ def pyfpm_config(tmp, *, listen="unix", app="wsgi_app:app", workers=2, mount="",
 def pyfpm(tmp_path_factory):
     """Factory: pyfpm(config_text) or pyfpm(listen=..., app=..., workers=..., mount=...) →
     a running harness.Server (.address, .log_text(), .wait_log())."""
-    import harness  # tests/harness.py; imported here so unit tests never depend on it
+    import harness  # tests/harness.py, imported here so that unit tests never depend on it
     servers = []
 
     def start(config=None, **kwargs):
@@ -206,13 +208,21 @@ def onoff(flag):
 
 @dataclasses.dataclass
 class Nginx:
-    """A running nginx: .port to send HTTP to, .error_log() for what it logged."""
+    """A running nginx: .port to send HTTP to, .error_log() for what it logged. At teardown
+    any error line fails the test unless it matches one of .expected_errors (regexes)."""
     port: int
     tmp: Path
     proc: subprocess.Popen
+    expected_errors: list = dataclasses.field(default_factory=list)
 
     def error_log(self):
         return (self.tmp / "error.log").read_text(errors="replace")
+
+    def upstream_errors(self):
+        """Lines of level error or worse that the test did not expect."""
+        return [line for line in self.error_log().splitlines()
+                if re.search(r"\[(error|crit|alert|emerg)\]", line)
+                and not any(re.search(p, line) for p in self.expected_errors)]
 
     def request(self, method, path, **kwargs):
         return http_request(self.port, method, path, **kwargs)
@@ -237,7 +247,7 @@ def nginx(tmp_path_factory):
     → a running Nginx in front of that pyfpm address."""
     binary = find_program("nginx")
     require(str(FASTCGI_PARAMS), FASTCGI_PARAMS.exists(), "the stock file ships with nginx-common")
-    running = []
+    running, servers = [], []
 
     def start(upstream, **options):
         tmp = tmp_path_factory.mktemp("nginx")
@@ -249,6 +259,7 @@ def nginx(tmp_path_factory):
                                 start_new_session=True)
         running.append(proc)
         server = Nginx(port, tmp, proc)
+        servers.append(server)
         try:
             wait_port(port, proc, 10, "nginx")
         except RuntimeError as e:
@@ -258,6 +269,10 @@ def nginx(tmp_path_factory):
     yield start
     for proc in reversed(running):
         kill_group(proc)
+    # Whatever the test checked, nginx must have found no fault with pyfpm on the way.
+    problems = [line for server in servers for line in server.upstream_errors()]
+    if problems:
+        pytest.fail("nginx logged errors:\n" + "\n".join(problems), pytrace=False)
 
 
 # --- HTTP ----------------------------------------------------------------------------------
