@@ -142,8 +142,9 @@ def stderr_route(environ, start_response):
 
 
 def slow_route(environ, start_response):
+    began = time.time()
     time.sleep(float(_query(environ).get("s", "0.2")))
-    return _reply(start_response, {"pid": os.getpid()})
+    return _reply(start_response, {"pid": os.getpid(), "began": began})
 
 
 def hello_route(environ, start_response):
