@@ -3,6 +3,7 @@ and an HTTP helper. Every process runs in its own process group and is killed at
 
 import dataclasses
 import http.client
+import json
 import os
 import re
 import shutil
@@ -291,7 +292,6 @@ class HTTPResult:
         return [v for k, v in self.headers if k.lower() == name.lower()]
 
     def json(self):
-        import json
         return json.loads(self.body)
 
 
