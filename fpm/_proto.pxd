@@ -80,7 +80,7 @@ cdef class Worker:
 
     cdef int _hold(self, Conn conn) except -1
     cdef Conn _unhold(self, int index)
-    cdef int _serve_conn(self, Conn conn) except -1
+    cdef int _serve_conn(self, Conn conn, bint fresh) except -1
     cdef int _run_request(self, Conn conn) except -1
     cdef int _fill(self, Conn conn, bint for_body) except -1
     cdef int _read(self, Conn conn, bint wait) except -1

@@ -97,6 +97,9 @@ cdef enum:
     # The output buffer is written out once it holds this much.
     OUT_FLUSH = 262144
     READ_SIZE = 65536
+    # How long a new connection may take to send its first bytes before the worker goes
+    # back to accept(): nginx writes right after connect(), a silent peer must not pin us.
+    FIRST_BYTES_MS = 50
     # Idle kept connections one worker watches; beyond this a new idle one is closed.
     C_MAX_HELD = 1024
 
@@ -888,7 +891,7 @@ cdef class Worker:
                         cfd = accept4(self.pfds[i].fd, NULL, NULL, SOCK_CLOEXEC)
                         err = errno
                     if cfd >= 0:
-                        self._serve_conn(Conn(cfd, self._decoder()))
+                        self._serve_conn(Conn(cfd, self._decoder()), True)
                         break
                     self._accept_error(err)
                 else:
@@ -912,11 +915,11 @@ cdef class Worker:
                         cfd = accept4(self.pfds[i].fd, NULL, NULL, SOCK_CLOEXEC)
                         err = errno
                     if cfd >= 0:
-                        self._serve_conn(Conn(cfd, self._decoder()))
+                        self._serve_conn(Conn(cfd, self._decoder()), True)
                     else:
                         self._accept_error(err)
             for conn in ready:
-                self._serve_conn(conn)
+                self._serve_conn(conn, False)
         self._finish_held()
         return self.requests
 
@@ -941,16 +944,27 @@ cdef class Worker:
                 ready = n > 0 and self.pfds[i].revents
                 conn = self._unhold(i)
                 if ready:
-                    self._serve_conn(conn)
+                    self._serve_conn(conn, False)
                 self._close(conn)
 
-    cdef int _serve_conn(self, Conn conn) except -1:
+    cdef int _serve_conn(self, Conn conn, bint fresh) except -1:
         """Read from a connection and run the requests on it until it is idle or closed."""
         cdef Decoder dec = conn.dec
         cdef Step step
         cdef Py_ssize_t r
+        cdef pollfd pfd
+        cdef int n
         try:
             r = self._read(conn, False)
+            if r == -2 and fresh:
+                # Holding a just-accepted connection and accepting another could leave its
+                # first request queued behind a slow one while another worker sits idle.
+                pfd.fd = conn.fd
+                pfd.events = POLLIN
+                with nogil:
+                    n = poll(&pfd, 1, FIRST_BYTES_MS)
+                if n > 0:
+                    r = self._read(conn, False)
             while True:
                 if r == 0:
                     dec.eof()
