@@ -33,7 +33,6 @@ cdef class Decoder:
     cdef char *buf                       # received bytes [start, end)
     cdef Py_ssize_t cap, start, end
     cdef Py_ssize_t params_max
-    cdef bytes get_values_reply_src      # "FCGI_MAX_CONNS" etc. values, pre-encoded per name
     cdef dict known_values
     cdef State state
     cdef readonly int request_id, role
