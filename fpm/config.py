@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping
 
@@ -76,17 +77,63 @@ class Int(Kind):
 
 
 class Time(Kind):
-    expected = ini.TIME_EXPECTED
+    """Seconds: `30`, `30s`, `5m`, `1h`, `2d` in INI; an integer or such a string in TOML."""
+
+    def __init__(self, minimum: int = 0):
+        self.minimum = minimum
+        self.expected = ini.TIME_EXPECTED + (f", at least {minimum}s" if minimum else "")
 
     def parse(self, raw: Any) -> int:
         if isinstance(raw, str):
-            return ini.parse_time(raw)
-        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            raw = ini.parse_time(raw)
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= self.minimum:
             return raw
         raise ValueError(self.expected)
 
     def show(self, value: int) -> str:
         return f"{value}s"
+
+
+class Size(Kind):
+    """Bytes, with K/M/G suffixes; 0 means off, anything else must reach `minimum`."""
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+        self.expected = f"{ini.SIZE_EXPECTED}: 0 (off) or at least {self.show(minimum)}"
+
+    def parse(self, raw: Any) -> int:
+        if isinstance(raw, str):
+            raw = ini.parse_size(raw)
+        if isinstance(raw, int) and not isinstance(raw, bool) and (
+                raw == 0 or raw >= self.minimum):
+            return raw
+        raise ValueError(self.expected)
+
+    def show(self, value: int) -> str:
+        """The largest unit that divides the value exactly, so it reads back the same."""
+        for suffix, unit in reversed(ini.SIZE_UNITS.items()):
+            if value and value % unit == 0:
+                return f"{value // unit}{suffix.upper()}"
+        return str(value)
+
+
+class Rlimit(Int):
+    """A resource limit: an integer >= 0 or `unlimited` (stored as -1, RLIM_INFINITY)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.expected = "an integer >= 0 or 'unlimited'"
+
+    def parse(self, raw: Any) -> int:
+        if isinstance(raw, str) and raw.strip().lower() == "unlimited":
+            return -1
+        try:
+            return super().parse(raw)
+        except ValueError:
+            raise ValueError(self.expected) from None
+
+    def show(self, value: int | None) -> str:
+        return "unlimited" if value == -1 else super().show(value)
 
 
 class Bool(Kind):
@@ -119,6 +166,61 @@ class Choice(Kind):
         if word not in self.choices:
             raise ValueError(self.expected)
         return word
+
+
+class Events(Choice):
+    """events.mechanism: auto or a poller this system has. PHP-FPM's other names (kqueue,
+    port, /dev/poll, select) are refused like any unknown word: not available here."""
+
+    def __init__(self) -> None:
+        super().__init__("auto", *(name for name in ("epoll", "poll") if hasattr(select, name)))
+
+    def parse(self, raw: Any) -> str:
+        try:
+            return super().parse(raw)
+        except ValueError:
+            raise ValueError(f"{self.expected}; event mechanism '{str(raw).strip()}' "
+                             f"is not available on this system") from None
+
+
+class Text(Kind):
+    """A string that must not be empty (its default is not None, so empty cannot mean unset)."""
+
+    expected = "a non-empty string"
+
+    def parse(self, raw: Any) -> str:
+        if not super().parse(raw):
+            raise ValueError(self.expected)
+        return raw
+
+
+class UrlPath(Kind):
+    """A URL path starting with '/', optionally limited to the characters PHP-FPM allows."""
+
+    def __init__(self, pattern: str = r"/.*", expected: str = "a URL path starting with '/'"):
+        self.pattern, self.expected = re.compile(pattern + r"\Z", re.S), expected
+
+    def parse(self, raw: Any) -> str | None:
+        value = super().parse(raw).strip()
+        if value and not self.pattern.match(value):
+            raise ValueError(self.expected)
+        return value or None
+
+
+class Words(Kind):
+    """Words separated by spaces or tabs in INI, a list of strings in TOML."""
+
+    expected = "a list of words separated by spaces"
+
+    def parse(self, raw: Any) -> tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = raw.split()
+        if not isinstance(raw, list) or not all(isinstance(w, str) for w in raw):
+            raise ValueError(self.expected)
+        return tuple(w.strip() for w in raw if w.strip())
+
+    def show(self, value: tuple[str, ...]) -> str:
+        return " ".join(value)
 
 
 class Octal(Kind):
@@ -240,8 +342,11 @@ class Directive:
     default: Any
     doc: str
     required: str | None = None  # message when a pool leaves it out
-    array: bool = False  # written name[KEY] = value; stored as ((KEY, value), ...)
+    # "map": name[KEY] = value, stored as ((KEY, value), ...);
+    # "list": name[] = value (a list in TOML), stored as (value, ...)
+    array: Literal["", "map", "list"] = ""
     stored: bool = True  # False: consumed while reading (include), no dataclass field
+    pending: str | None = None  # the issue that implements it; until then: parsed, warned, ignored
 
     @property
     def field(self) -> str:
@@ -249,22 +354,69 @@ class Directive:
 
 
 _LOG_LEVELS = Choice("debug", "notice", "warning", "error", "alert", aliases={"warn": "warning"})
+_FACILITIES = Choice("auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news",
+                     "syslog", "user", "uucp", *(f"local{n}" for n in range(8)))
+# Status and ping URLs: PHP-FPM's character set, so they never need escaping in a URL.
+_STATUS_PATH = UrlPath(r"/[A-Za-z0-9/_.~-]*",
+                       "a URL path starting with '/', made of letters, digits and /_-.~")
+# pm.max_memory floor: a bare Python worker already holds about 10 MB, so anything lower would
+# recycle every worker after every request; a number without suffix is almost surely a typo.
+MIN_MAX_MEMORY = 16 << 20
 
+# Left out of PHP-FPM 8.2's directives: php_value/php_flag/php_admin_value/php_admin_flag (PHP ini
+# settings; Python has none), listen.setfib (FreeBSD only) and apparmor_hat (needs libapparmor).
 DIRECTIVES: tuple[Directive, ...] = (
     Directive("pid", "global", Path(), None,
               "Pid file, written at start and removed at exit. Default: none."),
     Directive("error_log", "global", ErrorLog(), "stderr",
               "Where the master and the workers log: 'stderr' or a file path."),
+    Directive("syslog.ident", "global", Text(), "pyfpm",
+              "Name syslog lines are tagged with (error_log = syslog).", pending="issue 4"),
+    Directive("syslog.facility", "global", _FACILITIES, "daemon",
+              "Syslog facility of the log lines (error_log = syslog).", pending="issue 4"),
     Directive("log_level", "global", _LOG_LEVELS, "notice",
               "Least severe level logged: debug, notice, warning, error or alert."),
-    Directive("daemonize", "global", Bool(), True,
-              "Detach into the background; -F keeps pyfpm in the foreground."),
+    Directive("log_limit", "global", Int(512), 1024,
+              "Longest log line in characters, prefix included; longer ones are wrapped.",
+              pending="issue 4"),
+    Directive("log_buffering", "global", Bool(), True,
+              "Write each log line with one write(), so lines from workers never interleave.",
+              pending="issue 4"),
+    Directive("emergency_restart_threshold", "global", Int(0), 0,
+              "Restart the master gracefully when this many workers die of a signal within "
+              "emergency_restart_interval; 0 disables."),
+    Directive("emergency_restart_interval", "global", Time(), 0,
+              "The window emergency_restart_threshold counts in; 0 disables."),
     Directive("process_control_timeout", "global", Time(), 0,
               "How long workers get to finish on a graceful stop before they are killed; "
               "0 waits for ever."),
+    Directive("process.max", "global", Int(0), 0,
+              "Most workers all pools together may run; 0 means no limit."),
+    Directive("process.priority", "global", Int(-19, 20), None,
+              "nice(2) value of the master, from -19 (first) to 20 (last); root only. "
+              "Default: unchanged."),
+    Directive("daemonize", "global", Bool(), True,
+              "Detach into the background; -F keeps pyfpm in the foreground."),
+    Directive("rlimit_files", "global", Int(1), None,
+              "Open file limit (RLIMIT_NOFILE) of the master. Default: unchanged."),
+    Directive("rlimit_core", "global", Rlimit(), None,
+              "Core file size limit (RLIMIT_CORE) of the master: bytes or 'unlimited'. "
+              "Default: unchanged."),
+    Directive("events.mechanism", "global", Events(), "auto",
+              "How the master waits for events: auto (the best there is), epoll or poll."),
+    Directive("systemd_interval", "global", Time(), 10,
+              "How often the master reports its status to systemd (Type=notify); 0 disables."),
     Directive("include", "global", Include(), None,
               "Read more files here: a glob, sorted; no match is only a warning.", stored=False),
 
+    Directive("prefix", "pool", Path(), None,
+              "Directory this pool's relative paths are relative to; it must exist. "
+              "Default: the global prefix (-p), else the directory of the main file."),
+    Directive("user", "pool", Str(), None,
+              "User the workers run as (name or uid); needed when pyfpm runs as root, "
+              "ignored otherwise."),
+    Directive("group", "pool", Str(), None,
+              "Group the workers run as (name or gid). Default: the user's group."),
     Directive("listen", "pool", Listen(), None,
               "Address to accept FastCGI requests on: 'ip:port', '[ipv6]:port', 'port' "
               "(all addresses) or a unix socket path.",
@@ -277,9 +429,22 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Group of the unix socket (group name or gid). Default: the owner's group."),
     Directive("listen.mode", "pool", Octal(), 0o660,
               "Permissions of the unix socket, in octal."),
+    Directive("listen.allowed_clients", "pool", Str(), None,
+              "TCP only: comma-separated IP addresses that may connect. Default: any.",
+              pending="issue 5"),
+    Directive("listen.acl_users", "pool", Str(), None,
+              "Users (comma-separated) given access to the unix socket by POSIX ACL, "
+              "instead of listen.owner.", pending="issue 5"),
+    Directive("listen.acl_groups", "pool", Str(), None,
+              "Groups (comma-separated) given access to the unix socket by POSIX ACL, "
+              "instead of listen.group.", pending="issue 5"),
+    Directive("process.priority", "pool", Int(-19, 20), None,
+              "nice(2) value of the workers, from -19 to 20; root only. Default: the master's."),
+    Directive("process.dumpable", "pool", Bool(), False,
+              "Let the workers dump core and be traced after they drop root (PR_SET_DUMPABLE)."),
     Directive("pm", "pool", Choice("static", "dynamic", "ondemand"), "static",
-              "Process manager: static keeps pm.max_children workers running "
-              "(dynamic and ondemand are validated but not implemented yet).",
+              "Process manager: static keeps pm.max_children workers, dynamic keeps "
+              "spare idle ones, ondemand starts them when requests come.",
               required="the process manager is missing (static, dynamic or ondemand)"),
     Directive("pm.max_children", "pool", Int(1), 5,
               "Number of workers (static), or the most there can be (dynamic, ondemand).",
@@ -291,12 +456,84 @@ DIRECTIVES: tuple[Directive, ...] = (
               "dynamic: fewest idle workers wanted (mandatory for dynamic)."),
     Directive("pm.max_spare_servers", "pool", Int(0), 0,
               "dynamic: most idle workers wanted (mandatory for dynamic)."),
+    Directive("pm.max_spawn_rate", "pool", Int(1), 32,
+              "dynamic: most workers started in one second when idle ones run short."),
+    Directive("pm.process_idle_timeout", "pool", Time(1), 10,
+              "ondemand: a worker idle this long is stopped."),
+    Directive("pm.max_requests", "pool", Int(0), 0,
+              "Requests a worker serves before it is replaced (against leaks); 0: no limit."),
+    Directive("pm.max_requests_jitter", "pool", Int(0), 0,
+              "Up to this many extra requests, random per worker, so workers are not all "
+              "replaced at once."),
+    Directive("pm.max_memory", "pool", Size(MIN_MAX_MEMORY), 0,
+              "A worker whose memory (RSS) exceeds this is replaced after its request; "
+              "K/M/G suffixes; 0: no limit."),
+    Directive("pm.status_path", "pool", _STATUS_PATH, None,
+              "URL of the status page, e.g. /status. Default: no status page.",
+              pending="issue 4"),
+    Directive("pm.status_listen", "pool", Listen(), None,
+              "Separate address to serve only the status and ping pages on. Default: none.",
+              pending="issue 4"),
+    Directive("ping.path", "pool", _STATUS_PATH, None,
+              "URL that answers ping.response, for health checks. Default: none.",
+              pending="issue 4"),
+    Directive("ping.response", "pool", Text(), "pong",
+              "Body of the answer to ping.path.", pending="issue 4"),
+    Directive("access.log", "pool", Path(), None,
+              "Access log file, one line per request. Default: none.", pending="issue 4"),
+    Directive("access.format", "pool", Text(), '%R - %u %t "%m %r" %s',
+              "Access log line format (PHP-FPM's % codes).", pending="issue 4"),
+    Directive("access.suppress_path", "pool", UrlPath(), (),
+              "access.suppress_path[] = /ping: successful GET/HEAD requests of this exact path "
+              "are not logged.", array="list", pending="issue 4"),
+    Directive("slowlog", "pool", Path(), None,
+              "File the Python stack of slow requests is written to. Default: none.",
+              pending="issue 4"),
+    Directive("request_slowlog_timeout", "pool", Time(), 0,
+              "A request running longer gets its stack written to slowlog; 0 disables.",
+              pending="issue 4"),
+    Directive("request_slowlog_trace_depth", "pool", Int(1), 20,
+              "Most stack frames written to slowlog per request.", pending="issue 4"),
+    Directive("request_terminate_timeout", "pool", Time(), 0,
+              "A request running longer has its worker killed; 0 disables."),
+    Directive("request_terminate_timeout_track_finished", "pool", Bool(), False,
+              "Keep counting request_terminate_timeout after the response is complete "
+              "(code running after the response)."),
+    Directive("request_read_timeout", "pool", Time(1), 60,
+              "How long a worker waits for the rest of a request's records before it drops "
+              "the connection."),
+    Directive("rlimit_files", "pool", Int(1), None,
+              "Open file limit (RLIMIT_NOFILE) of the workers. Default: the master's."),
+    Directive("rlimit_core", "pool", Rlimit(), None,
+              "Core file size limit (RLIMIT_CORE) of the workers: bytes or 'unlimited'. "
+              "Default: the master's."),
+    Directive("chroot", "pool", Path(), None,
+              "Directory the workers chroot(2) into; absolute ('$prefix' may start it), root "
+              "only. Default: none."),
+    Directive("chdir", "pool", Path(), None,
+              "Directory the workers change into before loading the app; it must exist "
+              "(inside the chroot when there is one)."),
+    Directive("catch_workers_output", "pool", Bool(), False,
+              "Send what workers print on stdout/stderr to the error log, else to /dev/null.",
+              pending="issue 4"),
+    Directive("decorate_workers_output", "pool", Bool(), True,
+              "With catch_workers_output: prefix each captured line with the pool and pid.",
+              pending="issue 4"),
+    Directive("clear_env", "pool", Bool(), True,
+              "Start workers with an empty environment plus env[]; no: inherit the master's."),
+    Directive("security.limit_extensions", "pool", Words(), (".py",),
+              "SCRIPT_FILENAME suffixes a request may name, separated by spaces; empty: any.",
+              pending="issue 5"),
     Directive("app", "pool", App(), None,
               "The WSGI application, 'module:callable'."),
-    Directive("chdir", "pool", Path(), None,
-              "Directory the workers change into before loading the app; it must exist."),
     Directive("python_path", "pool", PathList(), (),
               "Directories put in front of sys.path in the workers, separated by ':' or ','."),
+    Directive("virtualenv", "pool", Path(), None,
+              "A virtual environment whose site-packages the workers import from. "
+              "Default: none."),
+    Directive("preload", "pool", Bool(), False,
+              "Import the app in the master before forking, so workers share its memory and "
+              "start fast (a reload re-imports it)."),
     Directive("mount", "pool", Mount(), "",
               "URL prefix the app is mounted at. When the web server sends no PATH_INFO, "
               "SCRIPT_NAME = mount and PATH_INFO = the request path minus the mount."),
@@ -304,46 +541,96 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Largest FastCGI PARAMS block (bytes) a request may send; more closes the "
               "connection."),
     Directive("env", "pool", Str(), (),
-              "env[NAME] = value: environment variables set in the workers.", array=True),
+              "env[NAME] = value: environment variables set in the workers.", array="map"),
 )
 
 _TABLE: dict[tuple[str, str], Directive] = {(d.section, d.name): d for d in DIRECTIVES}
 
 
-def _default(name: str) -> Any:
-    return next(d.default for d in DIRECTIVES if d.name == name)
+def _default(section: str, name: str) -> Any:
+    return _TABLE[(section, name)].default
 
 
 # --- the frozen result -----------------------------------------------------------------------
+# Field order: the first ones keep their places (callers build these positionally); the rest
+# follow the table. A unit test checks that fields and table agree.
 
 @dataclass(frozen=True)
 class GlobalConfig:
-    pid: str | None = _default("pid")
-    error_log: str = _default("error_log")
-    log_level: str = _default("log_level")
-    daemonize: bool = _default("daemonize")
-    process_control_timeout: int = _default("process_control_timeout")
+    pid: str | None = _default("global", "pid")
+    error_log: str = _default("global", "error_log")
+    log_level: str = _default("global", "log_level")
+    daemonize: bool = _default("global", "daemonize")
+    process_control_timeout: int = _default("global", "process_control_timeout")
+    syslog_ident: str = _default("global", "syslog.ident")
+    syslog_facility: str = _default("global", "syslog.facility")
+    log_limit: int = _default("global", "log_limit")
+    log_buffering: bool = _default("global", "log_buffering")
+    emergency_restart_threshold: int = _default("global", "emergency_restart_threshold")
+    emergency_restart_interval: int = _default("global", "emergency_restart_interval")
+    process_max: int = _default("global", "process.max")
+    process_priority: int | None = _default("global", "process.priority")
+    rlimit_files: int | None = _default("global", "rlimit_files")
+    rlimit_core: int | None = _default("global", "rlimit_core")  # -1: unlimited
+    events_mechanism: str = _default("global", "events.mechanism")
+    systemd_interval: int = _default("global", "systemd_interval")
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     name: str
     listen: str
-    listen_backlog: int = _default("listen.backlog")
-    listen_owner: str | None = _default("listen.owner")
-    listen_group: str | None = _default("listen.group")
-    listen_mode: int = _default("listen.mode")
-    pm: str = _default("pm")
-    pm_max_children: int = _default("pm.max_children")
-    pm_start_servers: int = _default("pm.start_servers")
-    pm_min_spare_servers: int = _default("pm.min_spare_servers")
-    pm_max_spare_servers: int = _default("pm.max_spare_servers")
-    app: str | None = _default("app")
-    chdir: str | None = _default("chdir")
-    python_path: tuple[str, ...] = _default("python_path")
-    mount: str = _default("mount")
-    fastcgi_params_max: int = _default("fastcgi.params_max")
-    env: tuple[tuple[str, str], ...] = _default("env")
+    listen_backlog: int = _default("pool", "listen.backlog")
+    listen_owner: str | None = _default("pool", "listen.owner")
+    listen_group: str | None = _default("pool", "listen.group")
+    listen_mode: int = _default("pool", "listen.mode")
+    pm: str = _default("pool", "pm")
+    pm_max_children: int = _default("pool", "pm.max_children")
+    pm_start_servers: int = _default("pool", "pm.start_servers")
+    pm_min_spare_servers: int = _default("pool", "pm.min_spare_servers")
+    pm_max_spare_servers: int = _default("pool", "pm.max_spare_servers")
+    app: str | None = _default("pool", "app")
+    chdir: str | None = _default("pool", "chdir")
+    python_path: tuple[str, ...] = _default("pool", "python_path")
+    mount: str = _default("pool", "mount")
+    fastcgi_params_max: int = _default("pool", "fastcgi.params_max")
+    env: tuple[tuple[str, str], ...] = _default("pool", "env")
+    prefix: str | None = _default("pool", "prefix")
+    user: str | None = _default("pool", "user")
+    group: str | None = _default("pool", "group")
+    listen_allowed_clients: str | None = _default("pool", "listen.allowed_clients")
+    listen_acl_users: str | None = _default("pool", "listen.acl_users")
+    listen_acl_groups: str | None = _default("pool", "listen.acl_groups")
+    process_priority: int | None = _default("pool", "process.priority")
+    process_dumpable: bool = _default("pool", "process.dumpable")
+    pm_max_spawn_rate: int = _default("pool", "pm.max_spawn_rate")
+    pm_process_idle_timeout: int = _default("pool", "pm.process_idle_timeout")
+    pm_max_requests: int = _default("pool", "pm.max_requests")
+    pm_max_requests_jitter: int = _default("pool", "pm.max_requests_jitter")
+    pm_max_memory: int = _default("pool", "pm.max_memory")  # bytes; 0: no limit
+    pm_status_path: str | None = _default("pool", "pm.status_path")
+    pm_status_listen: str | None = _default("pool", "pm.status_listen")
+    ping_path: str | None = _default("pool", "ping.path")
+    ping_response: str = _default("pool", "ping.response")
+    access_log: str | None = _default("pool", "access.log")
+    access_format: str = _default("pool", "access.format")
+    access_suppress_path: tuple[str, ...] = _default("pool", "access.suppress_path")
+    slowlog: str | None = _default("pool", "slowlog")
+    request_slowlog_timeout: int = _default("pool", "request_slowlog_timeout")
+    request_slowlog_trace_depth: int = _default("pool", "request_slowlog_trace_depth")
+    request_terminate_timeout: int = _default("pool", "request_terminate_timeout")
+    request_terminate_timeout_track_finished: bool = _default(
+        "pool", "request_terminate_timeout_track_finished")
+    request_read_timeout: int = _default("pool", "request_read_timeout")
+    rlimit_files: int | None = _default("pool", "rlimit_files")
+    rlimit_core: int | None = _default("pool", "rlimit_core")  # -1: unlimited
+    chroot: str | None = _default("pool", "chroot")
+    catch_workers_output: bool = _default("pool", "catch_workers_output")
+    decorate_workers_output: bool = _default("pool", "decorate_workers_output")
+    clear_env: bool = _default("pool", "clear_env")
+    security_limit_extensions: tuple[str, ...] = _default("pool", "security.limit_extensions")
+    virtualenv: str | None = _default("pool", "virtualenv")
+    preload: bool = _default("pool", "preload")
 
 
 @dataclass(frozen=True)
@@ -441,13 +728,18 @@ def _expand(value: Any, section: str | None) -> Any:
 
 def _flatten(table: dict, section: str, prefix: str = "") -> Iterator[tuple[str, str | None, Any]]:
     """Nested tables become dotted names (`pm = {max_children = 5}` is `pm.max_children`);
-    the table of an array directive gives its keys (`env = {PATH = "/bin"}`)."""
+    the table of a map directive gives its keys (`env = {PATH = "/bin"}`), the items of a
+    list directive are its values (`"access.suppress_path" = ["/ping"]`), as in INI."""
     for k, v in table.items():
         name = prefix + k
         directive = _TABLE.get((section, name.lower()))
-        if isinstance(v, dict) and directive is not None and directive.array:
+        array = directive.array if directive is not None else ""
+        if isinstance(v, dict) and array == "map":
             for key, item in v.items():
                 yield name, key, item
+        elif array == "list":
+            for item in v if isinstance(v, list) else [v]:
+                yield name, "", item
         elif isinstance(v, dict):
             yield from _flatten(v, section, name + ".")
         else:
@@ -539,6 +831,7 @@ class _Pool:
     values: dict[str, Any] = field(default_factory=dict)  # field -> value
     origin: dict[str, tuple[str, int]] = field(default_factory=dict)  # field -> (file, line)
     arrays: dict[str, dict[str, str]] = field(default_factory=dict)  # field -> {KEY: value}
+    lists: dict[str, list[str]] = field(default_factory=dict)  # field -> [value, ...]
 
 
 def _at(where: tuple[str, int]) -> str:
@@ -583,7 +876,7 @@ def _read_entry(e: ini.Entry, pool: _Pool | None, global_values: dict, global_or
     """Store one entry's checked value; return the problem ("" if none)."""
     section = "global" if pool is None else "pool"
     d = _TABLE.get((section, e.name.lower()))
-    if d is None or d.array != (e.key is not None):
+    if d is None or bool(d.array) != (e.key is not None):
         return _unknown(e, d, section)
     values, origin = (global_values, global_origin) if pool is None else (pool.values, pool.origin)
     origin[d.field] = (e.file, e.line)  # even if invalid: a bad value is not a missing one
@@ -593,10 +886,14 @@ def _read_entry(e: ini.Entry, pool: _Pool | None, global_values: dict, global_or
         return f"{d.name}: invalid value '{_shown(e.value)}' (expected {x})"
     if not d.array:
         values[d.field] = value
-    elif not e.key:
-        return f"{d.name}[]: a key is needed, e.g. {d.name}[NAME] = value"
     elif value is None:
         return f"{d.name}[{e.key}]: empty value"
+    elif d.array == "list" and e.key:
+        return f"{d.name}[{e.key}]: keys are not allowed here (write {d.name}[] = value)"
+    elif d.array == "list":
+        pool.lists.setdefault(d.field, []).append(value)
+    elif not e.key:
+        return f"{d.name}[]: a key is needed, e.g. {d.name}[NAME] = value"
     else:
         pool.arrays.setdefault(d.field, {})[e.key] = value
     return ""
@@ -606,7 +903,8 @@ def _unknown(e: ini.Entry, d: Directive | None, section: str) -> str:
     if e.key is not None:
         return f"unknown directive '{e.name}'"
     if d is not None:  # an array directive written without its [KEY]
-        return f"unknown entry '{e.name}' (write {d.name}[NAME] = value)"
+        key = "NAME" if d.array == "map" else ""
+        return f"unknown entry '{e.name}' (write {d.name}[{key}] = value)"
     other = "pool" if section == "global" else "global"
     if (other, e.name.lower()) in _TABLE:
         where = "a pool section" if other == "pool" else "the [global] section"
@@ -631,8 +929,11 @@ def _make_pool(p: _Pool, base: str, errors: list[str],
     for d in DIRECTIVES:
         if d.section != "pool" or not d.stored:
             continue
-        if d.array:
+        if d.array == "map":
             v[d.field] = tuple(p.arrays.get(d.field, {}).items())
+            continue
+        if d.array == "list":
+            v[d.field] = tuple(p.lists.get(d.field, ()))
             continue
         if d.required and d.field not in p.origin:
             found.append(f"{_at(p.where)} [pool {p.name}] {d.required}")
@@ -707,8 +1008,12 @@ def dump(config: Config) -> str:
             if d.section != "pool" or not d.stored:
                 continue
             value = getattr(pool, d.field)
-            if d.array:
+            if d.array == "map":
                 out += [f"\t{d.name}[{k}] = {item}" for k, item in value]
-            else:
+            elif d.array == "list":
+                out += [f"\t{d.name}[] = {item}" for item in value]
+            if d.array and not value:
+                out.append(f"\t{d.name} = undefined")
+            elif not d.array:
                 out.append(f"\t{d.name} = {d.kind.show(value)}")
     return "\n".join(out) + "\n"

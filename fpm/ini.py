@@ -17,6 +17,8 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ARRAY_NAME = re.compile(r"([^\[\]\s]+)\s*\[([^\[\]]*)\]\Z")
 _TIME = re.compile(r"(\d+)([smhd]?)\Z")
 _TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"(\d+)([kmg]?)\Z")
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 # PHP's INI scanner turns yes/on/true into "1" and no/off/false/none into "" and FPM then
 # rejects a literal 0. We accept 0 (and 1) as well: nobody writing `daemonize = 0` means yes.
@@ -126,6 +128,17 @@ def parse_time(text: str) -> int:
 
 
 TIME_EXPECTED = "a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m)"
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `1048576`, `512K`, `64M` or `1G` (binary units, as PHP's memory_limit)."""
+    m = _SIZE.match(text.strip().lower())
+    if not m:
+        raise ValueError(SIZE_EXPECTED)
+    return int(m.group(1)) * SIZE_UNITS[m.group(2)]
+
+
+SIZE_EXPECTED = "a size in bytes, with an optional suffix K, M or G (e.g. 256M)"
 
 
 def check_range(value: int, minimum: int | None, maximum: int | None, expected: str = "") -> int:

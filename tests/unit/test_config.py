@@ -825,38 +825,93 @@ def test_load_picks_the_format_by_extension(tmp_path):
 # --- dump (-tt) ------------------------------------------------------------------------------
 
 def test_dump_shape():
-    text = config.dump(load_ini(POOL + "env[TZ] = UTC\n"))
+    """Every directive, in table order: times in s, None as undefined, booleans yes/no."""
+    text = config.dump(load_ini(POOL + "env[TZ] = UTC\naccess.suppress_path[] = /ping\n"
+                                "pm.max_memory = 256M\nrlimit_core = unlimited\n"))
     assert text == ini_text("""
         [global]
         \tpid = undefined
         \terror_log = stderr
+        \tsyslog.ident = pyfpm
+        \tsyslog.facility = daemon
         \tlog_level = notice
-        \tdaemonize = yes
+        \tlog_limit = 1024
+        \tlog_buffering = yes
+        \temergency_restart_threshold = 0
+        \temergency_restart_interval = 0s
         \tprocess_control_timeout = 0s
+        \tprocess.max = 0
+        \tprocess.priority = undefined
+        \tdaemonize = yes
+        \trlimit_files = undefined
+        \trlimit_core = undefined
+        \tevents.mechanism = auto
+        \tsystemd_interval = 10s
 
         [www]
+        \tprefix = undefined
+        \tuser = undefined
+        \tgroup = undefined
         \tlisten = 127.0.0.1:9000
         \tlisten.backlog = -1
         \tlisten.owner = undefined
         \tlisten.group = undefined
         \tlisten.mode = 0660
+        \tlisten.allowed_clients = undefined
+        \tlisten.acl_users = undefined
+        \tlisten.acl_groups = undefined
+        \tprocess.priority = undefined
+        \tprocess.dumpable = no
         \tpm = static
         \tpm.max_children = 3
         \tpm.start_servers = 0
         \tpm.min_spare_servers = 0
         \tpm.max_spare_servers = 0
-        \tapp = undefined
+        \tpm.max_spawn_rate = 32
+        \tpm.process_idle_timeout = 10s
+        \tpm.max_requests = 0
+        \tpm.max_requests_jitter = 0
+        \tpm.max_memory = 256M
+        \tpm.status_path = undefined
+        \tpm.status_listen = undefined
+        \tping.path = undefined
+        \tping.response = pong
+        \taccess.log = undefined
+        \taccess.format = %R - %u %t "%m %r" %s
+        \taccess.suppress_path[] = /ping
+        \tslowlog = undefined
+        \trequest_slowlog_timeout = 0s
+        \trequest_slowlog_trace_depth = 20
+        \trequest_terminate_timeout = 0s
+        \trequest_terminate_timeout_track_finished = no
+        \trequest_read_timeout = 60s
+        \trlimit_files = undefined
+        \trlimit_core = unlimited
+        \tchroot = undefined
         \tchdir = undefined
+        \tcatch_workers_output = no
+        \tdecorate_workers_output = yes
+        \tclear_env = yes
+        \tsecurity.limit_extensions = .py
+        \tapp = undefined
         \tpython_path = 
+        \tvirtualenv = undefined
+        \tpreload = no
         \tmount = 
         \tfastcgi.params_max = 1048576
         \tenv[TZ] = UTC
     """)
 
 
+def test_dump_shows_empty_arrays_as_undefined():
+    lines = config.dump(load_ini(POOL)).splitlines()
+    assert "\tenv = undefined" in lines and "\taccess.suppress_path = undefined" in lines
+
+
 def test_dump_reads_back_as_the_same_config():
     conf = load_ini(FULL_INI)
-    dumped = config.dump(conf).replace(" = undefined", " = ")
+    dumped = "\n".join(line for line in config.dump(conf).splitlines()
+                       if not line.endswith(" = undefined"))  # unset: the default again
     assert load_ini(dumped).pools == conf.pools
 
 
