@@ -91,7 +91,7 @@ class Server:
     """
 
     def __init__(self, config: str, tmp=None, *, flags=("-F", "-O"), args=(),
-                 ready_timeout: float = 10.0, **values):
+                 ready_timeout: float = 10.0, env=None, **values):
         self._own_tmp = tmp is None
         self.tmp = Path(tempfile.mkdtemp(prefix="pyfpm-")) if tmp is None else Path(tmp)
         values = {"tmp": self.tmp, "sock": self.tmp / "fpm.sock", **values}
@@ -104,6 +104,7 @@ class Server:
         self.log_path = self.tmp / "fpm-stderr.log"
         self.argv = COMMAND + list(flags) + ["-y", str(self.conf_path)] + list(args)
         self.ready_timeout = ready_timeout
+        self.env = {**fpm_env(), **(env or {})}  # env: extra variables (NOTIFY_SOCKET, ...)
         self.proc: subprocess.Popen | None = None
 
     # --- life cycle ---------------------------------------------------------------------
@@ -111,7 +112,7 @@ class Server:
     def start(self, wait_ready: bool = True) -> "Server":
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, cwd=self.tmp, env=fpm_env(),
+                                         stderr=log, cwd=self.tmp, env=self.env,
                                          start_new_session=True)
         if wait_ready:
             self.wait_log(re.escape(READY), self.ready_timeout)
