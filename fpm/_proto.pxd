@@ -1,5 +1,7 @@
-# FastCGI 1.0 server side: the sans-IO codec and the worker's serve loop.
+# FastCGI 1.0 server side: the sans-IO codec, the worker's serve loop and the scoreboard.
 # This header declares the C-level state; _proto.pyx holds the logic.
+
+from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
 
 
 cdef extern from "<poll.h>" nogil:
@@ -76,6 +78,17 @@ cdef class Worker:
     cdef Py_ssize_t out_len, out_cap
     cdef public unsigned long requests
     cdef bint wrote                      # some of the current response reached the socket
+    cdef unsigned long max_requests      # stop after this many (0: never)
+    cdef uint64_t max_memory             # stop once RSS exceeds this after a request (0: never)
+    cdef int statm_fd                    # /proc/self/statm, read with pread when max_memory
+    cdef public str stop_reason          # "", "max_requests" or "max_memory"
+    cdef public uint64_t rss
+    cdef Board board                     # keeps the mapping of `slot` alive
+    cdef Slot *slot
+
+    cdef void _stage(self, Stage stage) noexcept nogil
+    cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1
+    cdef int _after_request(self) except -1
 
     cdef int _hold(self, Conn conn) except -1
     cdef Conn _unhold(self, int index)
@@ -91,3 +104,55 @@ cdef class Worker:
     cdef int _write_all(self, Conn conn, const char *data, Py_ssize_t n) except -1
     cdef void _close(self, Conn conn) noexcept
     cdef int _drop(self, Conn conn, str level, str message) except -1
+
+
+# --- the scoreboard: one shared mapping per pool, a header then one Slot per worker --------
+
+# Request stages, PHP-FPM's in spirit. STARTING and IDLE count as idle for the process
+# managers; READING..FINISHING as active.
+cdef enum Stage:
+    STAGE_FREE = 0        # no worker in this slot
+    STAGE_STARTING = 1    # forked, loading the app
+    STAGE_IDLE = 2        # waiting for a connection or for the next request on a kept one
+    STAGE_READING = 3     # a request began: reading its params
+    STAGE_RUNNING = 4     # the app runs
+    STAGE_FINISHING = 5   # END_REQUEST sent, the request's tail (unread body) is being drained
+
+# Why the master is about to signal a worker; read by the worker's SIGTERM handler.
+cdef enum Order:
+    ORDER_NONE = 0
+    ORDER_TIMEOUT = 1     # request_terminate_timeout: answer 504 before dying
+
+ctypedef struct BoardHeader:
+    uint32_t magic
+    uint32_t nslots
+    uint64_t accepted_conn     # requests begun in the pool, across worker deaths
+    uint64_t reserved[6]
+
+# Written by its worker between two increments of `seq` (odd while writing: readers retry),
+# except `pid` and `order`, single words the master stores.
+ctypedef struct Slot:
+    uint32_t seq
+    int32_t pid
+    uint32_t stage
+    uint32_t order
+    int64_t started            # µs on CLOCK_MONOTONIC: when the master forked the worker
+    int64_t changed            # µs: the last stage change
+    int64_t accepted           # µs: when the current (or last) request began
+    int64_t duration           # µs: how long the last finished request took
+    uint64_t requests
+    int64_t content_length
+    uint64_t rss               # bytes, after the last request (only with pm.max_memory)
+    uint64_t reserved[3]
+    char method[16]
+    char request_uri[512]
+    char script[256]
+    char user[32]
+
+
+cdef class Board:
+    cdef char *mem
+    cdef size_t size
+    cdef readonly int nslots, fd
+    cdef Slot *slot(self, int index) noexcept nogil
+    cdef Slot *_checked(self, int index) except NULL

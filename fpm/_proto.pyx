@@ -10,6 +10,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.errno cimport EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, errno
 from posix.types cimport off_t
+from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
 
 cdef extern from "<errno.h>":
     int EWOULDBLOCK
@@ -18,6 +19,11 @@ cdef extern from "<sys/types.h>":
     ctypedef long ssize_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
+from libc.signal cimport SIGTERM, SIGINT, SIG_DFL, signal as c_signal, raise_
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.unistd cimport pread, write as c_write
+from cpython.unicode cimport PyUnicode_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_1BYTE_KIND
 
 import os
 import socket
@@ -53,6 +59,14 @@ cdef extern from "<sys/sendfile.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
+
+cdef extern from * nogil:
+    """
+    #define fpm_barrier() __sync_synchronize()
+    #define fpm_atomic_add(p, n) __sync_fetch_and_add((p), (n))
+    """
+    void fpm_barrier()
+    uint64_t fpm_atomic_add(uint64_t *p, uint64_t n)
 
 # Record types, roles, flags and protocol statuses of the FastCGI 1.0 specification.
 BEGIN_REQUEST = 1
@@ -143,6 +157,176 @@ def request_stop():
     """Ask serve() to return after the request in progress (graceful stop)."""
     global _stop
     _stop = 1
+
+
+# --- scoreboard ------------------------------------------------------------------------------
+
+BOARD_MAGIC = 0x46504D31  # "FPM1": a mapping from another layout is refused
+STAGE_NAMES = ("free", "starting", "idle", "reading", "running", "finishing")
+SLOT_FIELDS = ("pid", "stage", "order", "started", "changed", "accepted", "duration", "requests",
+               "content_length", "rss", "method", "request_uri", "script", "user")
+
+
+cdef inline int64_t _now_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+def board_size(int nslots):
+    """Bytes a scoreboard for ``nslots`` workers needs."""
+    return sizeof(BoardHeader) + nslots * sizeof(Slot)
+
+
+cdef class Board:
+    """A pool's scoreboard mapped from a memfd: the master resets and reads slots, each
+    worker stamps its own. The mapping is inherited by forked workers."""
+
+    def __cinit__(self):
+        self.mem = NULL
+        self.fd = -1
+
+    def __init__(self, int fd, int nslots, bint create=False):
+        self.size = board_size(nslots)
+        cdef void *m = mmap(NULL, self.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if m == MAP_FAILED:
+            raise OSError(errno, "mmap() of the scoreboard failed: " + os.strerror(errno))
+        self.mem = <char *>m
+        self.fd = fd
+        self.nslots = nslots
+        cdef BoardHeader *h = <BoardHeader *>self.mem
+        if create:
+            memset(self.mem, 0, self.size)
+            h.magic = BOARD_MAGIC
+            h.nslots = nslots
+        elif h.magic != BOARD_MAGIC or h.nslots != <uint32_t>nslots:
+            raise ValueError("fd %d holds no scoreboard of %d slots" % (fd, nslots))
+
+    def __dealloc__(self):
+        if self.mem != NULL:
+            munmap(self.mem, self.size)
+
+    cdef Slot *slot(self, int index) noexcept nogil:
+        return <Slot *>(self.mem + sizeof(BoardHeader)) + index
+
+    cdef Slot *_checked(self, int index) except NULL:
+        if not 0 <= index < self.nslots:
+            raise IndexError("scoreboard slot %d out of 0..%d" % (index, self.nslots - 1))
+        return self.slot(index)
+
+    @property
+    def accepted_conn(self):
+        return (<BoardHeader *>self.mem).accepted_conn
+
+    def reset(self, int index, int64_t started_us):
+        """Prepare a slot for a worker about to be forked (the slot's old worker is gone)."""
+        cdef Slot *s = self._checked(index)
+        memset(s, 0, sizeof(Slot))
+        s.stage = STAGE_STARTING
+        s.started = s.changed = started_us
+
+    def set_pid(self, int index, int pid):
+        self._checked(index).pid = pid
+
+    def set_order(self, int index, int order):
+        self._checked(index).order = order
+
+    def free(self, int index):
+        cdef Slot *s = self._checked(index)
+        s.pid = 0
+        s.stage = STAGE_FREE
+
+    def read(self, int index):
+        """A consistent copy of a slot as a tuple in SLOT_FIELDS order (times in µs)."""
+        cdef Slot *s = self._checked(index)
+        cdef Slot c
+        cdef uint32_t seq
+        while True:
+            seq = s.seq
+            fpm_barrier()
+            memcpy(&c, s, sizeof(Slot))
+            fpm_barrier()
+            if not seq & 1 and seq == s.seq:
+                break
+        return (c.pid, c.stage, c.order, c.started, c.changed, c.accepted, c.duration, c.requests,
+                c.content_length, c.rss, _cstr(c.method, 16), _cstr(c.request_uri, 512),
+                _cstr(c.script, 256), _cstr(c.user, 32))
+
+
+cdef str _cstr(const char *p, Py_ssize_t cap):
+    cdef Py_ssize_t n = 0
+    while n < cap and p[n]:
+        n += 1
+    return PyUnicode_DecodeLatin1(p, n, NULL)
+
+
+cdef inline void _slot_begin(Slot *s) noexcept nogil:
+    s.seq += 1
+    fpm_barrier()
+
+
+cdef inline void _slot_end(Slot *s) noexcept nogil:
+    fpm_barrier()
+    s.seq += 1
+
+
+cdef void _copy_field(char *dst, Py_ssize_t cap, object value) noexcept:
+    """Copy a latin-1 str (an environ value) into a fixed field, truncated, NUL-terminated."""
+    cdef Py_ssize_t n = 0
+    if isinstance(value, str) and PyUnicode_KIND(value) == PyUnicode_1BYTE_KIND:
+        n = min(PyUnicode_GET_LENGTH(value), cap - 1)
+        memcpy(dst, PyUnicode_DATA(value), n)
+    dst[n] = 0
+
+
+# A worker's own slot when it serves without a scoreboard (tests, benches).
+cdef Slot _private_slot
+
+# --- what a SIGTERM does to a request in progress --------------------------------------------
+# The handler runs in signal context: it may only write() prebuilt bytes. A request whose
+# response has not started gets a complete error response (504 when the master terminates it
+# for request_terminate_timeout, else 503) so the web server shows a clean error instead of
+# "upstream prematurely closed"; then the default action kills the worker.
+
+cdef int _g_fd = -1              # the connection of the request in progress
+cdef int _g_rid = 0
+cdef volatile int _g_started = 0  # some of its response may have reached the socket
+cdef Slot *_g_slot = &_private_slot
+cdef char _timeout_reply[256]
+cdef char _stopping_reply[256]
+cdef int _timeout_len = 0, _stopping_len = 0
+
+
+cdef int _error_reply(char *dst, bytes status, bytes text) except -1:
+    """STDOUT(headers + text), an empty STDOUT, END_REQUEST(app status 1); request id 0."""
+    cdef bytes out = (_record(T_STDOUT, 0, b"Status: " + status + b"\r\nContent-Type: text/plain\r\n\r\n" + text)
+                      + _record(T_STDOUT, 0, b"") + _record(T_END, 0, b"\0\0\0\1\0\0\0\0"))
+    assert len(out) <= 256
+    memcpy(dst, PyBytes_AS_STRING(out), len(out))
+    return len(out)
+
+
+cdef void _on_term(int sig) noexcept nogil:
+    cdef char *reply
+    cdef int n, at = 0, w
+    if _g_fd >= 0 and not _g_started:
+        if _g_slot.order == ORDER_TIMEOUT:
+            reply, n = _timeout_reply, _timeout_len
+        else:
+            reply, n = _stopping_reply, _stopping_len
+        # Each record's request id sits at bytes 2-3 of its 8-byte header.
+        while at < n:
+            reply[at + 2] = (_g_rid >> 8) & 0xFF
+            reply[at + 3] = _g_rid & 0xFF
+            at += 8 + ((<unsigned char>reply[at + 4]) << 8 | <unsigned char>reply[at + 5]) + <unsigned char>reply[at + 6]
+        at = 0
+        while at < n:
+            w = c_write(_g_fd, reply + at, n - at)
+            if w <= 0:
+                break
+            at += w
+    c_signal(sig, SIG_DFL)
+    raise_(sig)  # blocked while the handler runs; delivered, with its default action, on return
 
 
 cdef inline void _put_header(unsigned char *h, int rtype, int request_id, Py_ssize_t clen,
@@ -791,11 +975,21 @@ cdef class Worker:
     def __dealloc__(self):
         free(self.pfds)
         free(self.out)
+        if self.statm_fd >= 0:
+            close(self.statm_fd)
 
     def __init__(self, list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
                  int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None,
-                 log_app_error=None):
+                 log_app_error=None, Board board=None, int slot=-1, unsigned long max_requests=0,
+                 uint64_t max_memory=0):
         cdef int i
+        self.board = board
+        self.slot = board._checked(slot) if board is not None else &_private_slot
+        self.max_requests = max_requests
+        self.max_memory = max_memory
+        self.statm_fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC) if max_memory else -1
+        self.stop_reason = ""
+        self.rss = 0
         self.listen_fds = list(listen_fds)
         self.app = app
         self.base_environ = base_environ
@@ -984,6 +1178,8 @@ cdef class Worker:
                     self._flush(conn)
                 elif step == STEP_BLOCKED:
                     raise ProtocolError("BEGIN_REQUEST for request %d before it ended" % dec.request_id)
+                elif step == STEP_BEGIN:
+                    self._stage(STAGE_READING)
                 elif step == STEP_NEED:
                     if dec.outbox:
                         self._flush(conn)
@@ -1006,6 +1202,11 @@ cdef class Worker:
             self._drop(conn, "warning", str(e))
         except PeerError as e:
             self._drop(conn, "notice", str(e))
+        finally:
+            global _g_fd
+            _g_fd = -1
+            if self.slot.stage != STAGE_IDLE:
+                self._stage(STAGE_IDLE)
         return 0
 
     cdef int _read(self, Conn conn, bint wait) except -1:
@@ -1102,6 +1303,11 @@ cdef class Worker:
         environ["wsgi.errors"] = Errors(req)
         self.out_len = 0
         self.wrote = False
+        self._stamp_request(environ, length)
+        global _g_fd, _g_rid, _g_started
+        _g_rid = dec.request_id
+        _g_started = 0
+        _g_fd = conn.fd
         try:
             result = self.app(environ, req.start_response)
             try:
@@ -1136,6 +1342,10 @@ cdef class Worker:
         end = dec._end(app_status, REQUEST_COMPLETE)
         self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
         self._flush(conn)
+        _g_fd = -1
+        self._after_request()
+        if dec.draining:
+            self._stage(STAGE_FINISHING)
         if dec.want_close or _stop:
             if not dec.draining:
                 # Nothing unread is left, so closing now sends no RST and nginx loses no byte.
@@ -1144,6 +1354,64 @@ cdef class Worker:
                 # nginx ends a response without keep-conn at the upstream's FIN, and closing
                 # with unread bytes would reset it: half-close, then drain until it hangs up.
                 shutdown(conn.fd, SHUT_WR)
+        return 0
+
+    # --- scoreboard stamps: plain stores into shared memory, no system call -------------------
+
+    cdef void _stage(self, Stage stage) noexcept nogil:
+        cdef Slot *s = self.slot
+        cdef int64_t now = _now_us()
+        _slot_begin(s)
+        s.stage = stage
+        s.changed = now
+        if stage == STAGE_READING:
+            s.accepted = now
+            s.method[0] = s.request_uri[0] = s.script[0] = s.user[0] = 0
+            s.content_length = 0
+            fpm_atomic_add(&(<BoardHeader *>(self.board.mem)).accepted_conn, 1) if self.board is not None else 0
+        _slot_end(s)
+
+    cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1:
+        """What the request is, for the status page and the master's timeout lines."""
+        cdef Slot *s = self.slot
+        script = environ.get("SCRIPT_FILENAME") or environ.get("SCRIPT_NAME", "")
+        _slot_begin(s)
+        _copy_field(s.method, 16, environ.get("REQUEST_METHOD"))
+        _copy_field(s.request_uri, 512, environ.get("REQUEST_URI") or environ.get("PATH_INFO"))
+        _copy_field(s.script, 256, script)
+        _copy_field(s.user, 32, environ.get("REMOTE_USER"))
+        s.content_length = length if length > 0 else 0
+        s.stage = STAGE_RUNNING
+        s.changed = _now_us()
+        _slot_end(s)
+        return 0
+
+    cdef int _after_request(self) except -1:
+        """Count the request; decide whether this worker has served its time."""
+        cdef Slot *s = self.slot
+        cdef char buf[64]
+        cdef ssize_t n
+        cdef int64_t now = _now_us()
+        global _stop
+        _slot_begin(s)
+        s.requests += 1
+        s.duration = now - s.accepted
+        s.stage = STAGE_IDLE
+        s.changed = now
+        _slot_end(s)
+        if self.max_requests and self.requests >= self.max_requests:
+            self.stop_reason = "max_requests"
+            _stop = 1
+        if self.max_memory:
+            # statm's second field is the resident set in pages; one pread, no open().
+            n = pread(self.statm_fd, buf, 63, 0)
+            if n > 0:
+                buf[n] = 0
+                self.rss = int(buf[:n].split()[1]) * PAGE_SIZE
+                s.rss = self.rss
+                if self.rss > self.max_memory:
+                    self.stop_reason = "max_memory"
+                    _stop = 1
         return 0
 
     # --- output ------------------------------------------------------------------------------
@@ -1215,16 +1483,20 @@ cdef class Worker:
                 i += block
                 k += 1
             self.out_len = 0
+            global _g_started
+            _g_started = 1
             _writev_all(conn.fd, iov, cnt)
             self.wrote = True
         return 0
 
     cdef int _flush(self, Conn conn) except -1:
         cdef Decoder dec = conn.dec
+        global _g_started
         if dec.outbox:
             self._out_append(PyBytes_AS_STRING(bytes(dec.outbox)), len(dec.outbox))
             del dec.outbox[:]
         if self.out_len:
+            _g_started = 1
             self._write_all(conn, self.out, self.out_len)
             self.out_len = 0
             self.wrote = True
@@ -1258,11 +1530,29 @@ cdef int _writev_all(int fd, iovec *iov, int cnt) except -1:
     return 0
 
 
-def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
-          int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None, log_app_error=None):
-    """Run a worker's loop on inherited listening sockets until request_stop().
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
-    A stop requested earlier (a QUIT while the app was loading) holds: the loop returns at once.
+
+def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
+          int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None, log_app_error=None,
+          Board board=None, int slot=-1, unsigned long max_requests=0, uint64_t max_memory=0):
+    """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
+
+    Returns (requests served, stop reason: "" / "max_requests" / "max_memory", RSS in bytes
+    after the last request, 0 unless max_memory is set). A stop requested earlier (a QUIT
+    while the app was loading) holds: the loop returns at once. From here SIGTERM and SIGINT
+    answer the request in progress with an error response before the worker dies.
     """
-    return Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs, read_timeout,
-                  log_peer, log_app_error).run()
+    global _g_slot, _timeout_len, _stopping_len
+    cdef Worker w = Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs,
+                           read_timeout, log_peer, log_app_error, board, slot, max_requests, max_memory)
+    _g_slot = w.slot
+    _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
+                                b"The request ran too long and was stopped (request_terminate_timeout).\n")
+    _stopping_len = _error_reply(_stopping_reply, b"503 Service Unavailable",
+                                 b"The server is shutting down; try again.\n")
+    c_signal(SIGTERM, _on_term)
+    c_signal(SIGINT, _on_term)
+    w._stage(STAGE_IDLE)
+    w.run()
+    return w.requests, w.stop_reason, w.rss
