@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import select
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 from fpm import ini
 
@@ -45,6 +46,10 @@ class Kind:
         """Make relative paths absolute; only path kinds do anything."""
         return value
 
+    def check(self, value: Any) -> str | None:
+        """What was expected, if the resolved value fails a check of the file system."""
+        return None
+
     def show(self, value: Any) -> str:
         return "undefined" if value is None else str(value)
 
@@ -63,6 +68,51 @@ class Path(Str):
         return None if value is None else os.path.join(base, value)
 
 
+class Dir(Path):
+    """A directory that must exist when the configuration is loaded."""
+
+    def check(self, value: str) -> str | None:
+        return None if os.path.isdir(value) else \
+            f"an existing directory; '{value}' is not one"
+
+
+class Chroot(Dir):
+    """An absolute directory; `$prefix` at its start stands for the pool's prefix (as in
+    PHP-FPM: the only place $prefix is expanded)."""
+
+    expected = "an absolute path, or one starting with $prefix"
+
+    def parse(self, raw: Any) -> str | None:
+        value = super().parse(raw)
+        if value is not None and not value.startswith(("/", "$prefix")):
+            raise ValueError(self.expected)
+        return value
+
+    def resolve(self, value: str | None, base: str) -> str | None:
+        if value is not None and value.startswith("$prefix"):
+            value = base + value.removeprefix("$prefix")
+        return value
+
+
+def venv_site_packages(venv: str) -> str:
+    """The site-packages of `venv` that this Python can import from."""
+    return os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                        "site-packages")
+
+
+class Virtualenv(Path):
+    """A venv for the running Python. Its lib/pythonX.Y/site-packages must exist: that is what
+    goes on sys.path, and a venv of another Python version holds modules this one cannot
+    load. pyvenv.cfg is not required, so environments made by old virtualenv (or conda,
+    whose layout is the same) also work."""
+
+    def check(self, value: str) -> str | None:
+        site = venv_site_packages(value)
+        return None if os.path.isdir(site) else \
+            f"a virtualenv for Python {sys.version_info[0]}.{sys.version_info[1]}; " \
+            f"'{site}' is not a directory"
+
+
 class Int(Kind):
     def __init__(self, minimum: int | None = None, maximum: int | None = None):
         self.minimum, self.maximum = minimum, maximum
@@ -76,6 +126,14 @@ class Int(Kind):
         raise ValueError(self.expected)
 
 
+def _or_expected(parse: Callable[[str], int], text: str, expected: str) -> int:
+    """`parse(text)`, failing with the kind's own, more complete, expectation."""
+    try:
+        return parse(text)
+    except ValueError:
+        raise ValueError(expected) from None
+
+
 class Time(Kind):
     """Seconds: `30`, `30s`, `5m`, `1h`, `2d` in INI; an integer or such a string in TOML."""
 
@@ -85,7 +143,7 @@ class Time(Kind):
 
     def parse(self, raw: Any) -> int:
         if isinstance(raw, str):
-            raw = ini.parse_time(raw)
+            raw = _or_expected(ini.parse_time, raw, self.expected)
         if isinstance(raw, int) and not isinstance(raw, bool) and raw >= self.minimum:
             return raw
         raise ValueError(self.expected)
@@ -103,7 +161,7 @@ class Size(Kind):
 
     def parse(self, raw: Any) -> int:
         if isinstance(raw, str):
-            raw = ini.parse_size(raw)
+            raw = _or_expected(ini.parse_size, raw, self.expected)
         if isinstance(raw, int) and not isinstance(raw, bool) and (
                 raw == 0 or raw >= self.minimum):
             return raw
@@ -347,6 +405,9 @@ class Directive:
     array: Literal["", "map", "list"] = ""
     stored: bool = True  # False: consumed while reading (include), no dataclass field
     pending: str | None = None  # the issue that implements it; until then: parsed, warned, ignored
+    # A path the workers use after chroot(2): with chroot set it must be absolute, is checked
+    # inside the chroot and kept as the path the worker sees.
+    in_chroot: bool = False
 
     @property
     def field(self) -> str:
@@ -409,7 +470,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("include", "global", Include(), None,
               "Read more files here: a glob, sorted; no match is only a warning.", stored=False),
 
-    Directive("prefix", "pool", Path(), None,
+    Directive("prefix", "pool", Dir(), None,
               "Directory this pool's relative paths are relative to; it must exist. "
               "Default: the global prefix (-p), else the directory of the main file."),
     Directive("user", "pool", Str(), None,
@@ -507,12 +568,12 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("rlimit_core", "pool", Rlimit(), None,
               "Core file size limit (RLIMIT_CORE) of the workers: bytes or 'unlimited'. "
               "Default: the master's."),
-    Directive("chroot", "pool", Path(), None,
+    Directive("chroot", "pool", Chroot(), None,
               "Directory the workers chroot(2) into; absolute ('$prefix' may start it), root "
               "only. Default: none."),
-    Directive("chdir", "pool", Path(), None,
+    Directive("chdir", "pool", Dir(), None,
               "Directory the workers change into before loading the app; it must exist "
-              "(inside the chroot when there is one)."),
+              "(inside the chroot when there is one).", in_chroot=True),
     Directive("catch_workers_output", "pool", Bool(), False,
               "Send what workers print on stdout/stderr to the error log, else to /dev/null.",
               pending="issue 4"),
@@ -528,9 +589,9 @@ DIRECTIVES: tuple[Directive, ...] = (
               "The WSGI application, 'module:callable'."),
     Directive("python_path", "pool", PathList(), (),
               "Directories put in front of sys.path in the workers, separated by ':' or ','."),
-    Directive("virtualenv", "pool", Path(), None,
+    Directive("virtualenv", "pool", Virtualenv(), None,
               "A virtual environment whose site-packages the workers import from. "
-              "Default: none."),
+              "Default: none.", in_chroot=True),
     Directive("preload", "pool", Bool(), False,
               "Import the app in the master before forking, so workers share its memory and "
               "start fast (a reload re-imports it)."),
@@ -822,16 +883,35 @@ def _toml_line(lines: dict[str, int], dotted: str) -> int:
     return 0
 
 
-# --- validation: each directive as read, then per pool, then across pools ---------------------
+# --- validation: each directive as read, then per section, then across pools -----------------
+
+# With pm = ondemand, connections wait in the backlog while their worker starts; PHP-FPM raises
+# a smaller backlog to its FPM_BACKLOG_DEFAULT, 511 where the kernel maximum (-1) is not used.
+ONDEMAND_MIN_BACKLOG = 511
+
 
 @dataclass
-class _Pool:
-    name: str
+class _Section:
+    """What the files said for [global] (name None) or one pool, before defaults."""
+
+    name: str | None
     where: tuple[str, int]  # where the section was first opened
     values: dict[str, Any] = field(default_factory=dict)  # field -> value
     origin: dict[str, tuple[str, int]] = field(default_factory=dict)  # field -> (file, line)
     arrays: dict[str, dict[str, str]] = field(default_factory=dict)  # field -> {KEY: value}
     lists: dict[str, list[str]] = field(default_factory=dict)  # field -> [value, ...]
+
+    @property
+    def kind(self) -> Literal["global", "pool"]:
+        return "global" if self.name is None else "pool"
+
+    @property
+    def scope(self) -> str:
+        return _scope(self.name)
+
+    def at(self, name: str) -> str:
+        """`[file:line] [pool www] ` for a directive: where it was set, else the section."""
+        return f"{_at(self.origin.get(name.replace('.', '_'), self.where))} {self.scope} "
 
 
 def _at(where: tuple[str, int]) -> str:
@@ -846,56 +926,52 @@ def _scope(pool: str | None) -> str:
 def _build(doc: ini.Document, path: str, base: str) -> Config:
     errors = list(doc.errors)
     messages = [("warning", w) for w in doc.warnings]
-    global_values: dict[str, Any] = {}
-    global_origin: dict[str, tuple[str, int]] = {}
-    pools: dict[str, _Pool] = {}
+    global_ = _Section(None, (path, 0))
+    pools: dict[str, _Section] = {}
 
     for e in doc.entries:
-        where = (e.file, e.line)
-        pool = None
+        section = global_
         if e.section is not None:
             # one pool per name, case-insensitively, as PHP-FPM re-opens sections
-            pool = pools.setdefault(e.section.lower(), _Pool(e.section, where))
+            section = pools.setdefault(e.section.lower(), _Section(e.section, (e.file, e.line)))
             if not e.name:
                 continue
-        problem = _read_entry(e, pool, global_values, global_origin)
+        problem = _read_entry(e, section)
         if problem:
-            errors.append(f"{_at(where)} {_scope(e.section)} {problem}")
+            errors.append(f"{_at((e.file, e.line))} {section.scope} {problem}")
 
     if not pools and not errors:
         errors.append(f"[{path}] no pool defined: at least one pool section ([www]) is needed")
-    global_config = _make_global(global_values, base)
+    global_config = GlobalConfig(**_resolve(global_, base, errors, messages))
     pool_configs = [_make_pool(p, base, errors, messages) for p in pools.values()]
-    _check_listen_clashes(pools, base, errors)
+    _check_listen_clashes(list(zip(pools.values(), pool_configs)), errors)
     if errors:
         raise ConfigError(errors)
     return Config(path, global_config, tuple(pool_configs), tuple(messages))
 
 
-def _read_entry(e: ini.Entry, pool: _Pool | None, global_values: dict, global_origin: dict) -> str:
+def _read_entry(e: ini.Entry, section: _Section) -> str:
     """Store one entry's checked value; return the problem ("" if none)."""
-    section = "global" if pool is None else "pool"
-    d = _TABLE.get((section, e.name.lower()))
+    d = _TABLE.get((section.kind, e.name.lower()))
     if d is None or bool(d.array) != (e.key is not None):
-        return _unknown(e, d, section)
-    values, origin = (global_values, global_origin) if pool is None else (pool.values, pool.origin)
-    origin[d.field] = (e.file, e.line)  # even if invalid: a bad value is not a missing one
+        return _unknown(e, d, section.kind)
+    section.origin[d.field] = (e.file, e.line)  # even if invalid: a bad value is not a missing one
     try:
         value = d.kind.parse(e.value)
     except ValueError as x:
         return f"{d.name}: invalid value '{_shown(e.value)}' (expected {x})"
     if not d.array:
-        values[d.field] = value
+        section.values[d.field] = value
     elif value is None:
         return f"{d.name}[{e.key}]: empty value"
     elif d.array == "list" and e.key:
         return f"{d.name}[{e.key}]: keys are not allowed here (write {d.name}[] = value)"
     elif d.array == "list":
-        pool.lists.setdefault(d.field, []).append(value)
+        section.lists.setdefault(d.field, []).append(value)
     elif not e.key:
         return f"{d.name}[]: a key is needed, e.g. {d.name}[NAME] = value"
     else:
-        pool.arrays.setdefault(d.field, {})[e.key] = value
+        section.arrays.setdefault(d.field, {})[e.key] = value
     return ""
 
 
@@ -917,84 +993,155 @@ def _shown(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _make_global(values: dict, base: str) -> GlobalConfig:
-    return GlobalConfig(**{d.field: d.kind.resolve(values.get(d.field, d.default), base)
-                           for d in DIRECTIVES if d.section == "global" and d.stored})
-
-
-def _make_pool(p: _Pool, base: str, errors: list[str],
-               messages: list[tuple[str, str]]) -> PoolConfig:
-    found: list[str] = []
+def _resolve(s: _Section, base: str, errors: list[str],
+             messages: list[tuple[str, str]]) -> dict[str, Any]:
+    """Every field of a section: its value or default, paths resolved and checked; warns
+    about pending directives. Table order matters: prefix re-anchors the pool's later paths,
+    chroot comes before the paths inside it."""
     v: dict[str, Any] = {}
     for d in DIRECTIVES:
-        if d.section != "pool" or not d.stored:
+        if d.section != s.kind or not d.stored:
             continue
+        if d.required and d.field not in s.origin:
+            errors.append(f"{_at(s.where)} {s.scope} {d.required}")
+        if d.pending and d.field in s.origin:
+            messages.append(("warning", f"{s.scope} {d.name} is not implemented yet "
+                                        f"({d.pending}); ignored"))
         if d.array == "map":
-            v[d.field] = tuple(p.arrays.get(d.field, {}).items())
-            continue
-        if d.array == "list":
-            v[d.field] = tuple(p.lists.get(d.field, ()))
-            continue
-        if d.required and d.field not in p.origin:
-            found.append(f"{_at(p.where)} [pool {p.name}] {d.required}")
-        v[d.field] = d.kind.resolve(p.values.get(d.field, d.default), base)
-    if v["chdir"] is not None and not os.path.isdir(v["chdir"]):
-        found.append(f"{_at(p.origin['chdir'])} [pool {p.name}] chdir: invalid value "
-                     f"'{p.values['chdir']}' (expected an existing directory; "
-                     f"'{v['chdir']}' is not one)")
+            v[d.field] = tuple(s.arrays.get(d.field, {}).items())
+        elif d.array == "list":
+            v[d.field] = tuple(s.lists.get(d.field, ()))
+        elif s.values.get(d.field) is None:  # not set, or set empty: unset in PHP-FPM too
+            v[d.field] = d.default
+        elif d.in_chroot and v.get("chroot") is not None:
+            v[d.field] = _inside_chroot(s, d, v["chroot"], errors)
+        else:
+            v[d.field] = d.kind.resolve(s.values[d.field], base)
+            problem = d.kind.check(v[d.field])
+            if problem:
+                errors.append(f"{s.at(d.name)}{d.name}: invalid value "
+                              f"'{s.values[d.field]}' (expected {problem})")
+        if d.name == "prefix" and v[d.field] is not None:
+            base = v[d.field]
+    return v
+
+
+def _inside_chroot(s: _Section, d: Directive, chroot: str, errors: list[str]) -> str:
+    """A path the workers use once chrooted: absolute, and checked as seen from outside."""
+    value = s.values[d.field]
+    if not value.startswith("/"):
+        problem = f"an absolute path inside chroot '{chroot}'"
+    else:
+        problem = d.kind.check(os.path.join(chroot, value.lstrip("/")))
+    if problem:
+        errors.append(f"{s.at(d.name)}{d.name}: invalid value '{value}' (expected {problem})")
+    return value
+
+
+def _make_pool(p: _Section, base: str, errors: list[str],
+               messages: list[tuple[str, str]]) -> PoolConfig:
+    v = _resolve(p, base, errors, messages)
+    if v["chroot"] is not None and v["chdir"] is None:
+        v["chdir"] = "/"  # PHP-FPM's default: the master's directory is outside the chroot
+    if v["pm"] == "ondemand":
+        _adjust_ondemand(p, v, messages)
     if v["pm"] == "dynamic" and "pm_max_children" in p.values:
-        found.extend(_check_dynamic(p, v, messages))
-    errors.extend(found)
+        errors.extend(_check_dynamic(p, v, messages))
+    errors.extend(_check_pool_rules(p, v))
     return PoolConfig(name=p.name, **v)  # discarded by the caller when errors were found
 
 
-def _check_dynamic(p: _Pool, v: dict[str, Any], messages: list[tuple[str, str]]) -> list[str]:
-    """PHP-FPM's rules for pm = dynamic; may fill in pm.start_servers as PHP-FPM does."""
-    children, start = v["pm_max_children"], v["pm_start_servers"]
-    lo, hi = v["pm_min_spare_servers"], v["pm_max_spare_servers"]
+def _adjust_ondemand(p: _Section, v: dict[str, Any], messages: list[tuple[str, str]]) -> None:
+    """PHP-FPM's changes for ondemand: no spare workers, and a backlog deep enough to hold
+    connections while their worker starts."""
+    v.update(pm_start_servers=0, pm_min_spare_servers=0, pm_max_spare_servers=0)
+    backlog = v["listen_backlog"]
+    if 0 <= backlog < ONDEMAND_MIN_BACKLOG:
+        v["listen_backlog"] = ONDEMAND_MIN_BACKLOG
+        messages.append(("warning", f"[pool {p.name}] listen.backlog({backlog}) was too low for "
+                                    f"the ondemand process manager. I updated it for you to "
+                                    f"{ONDEMAND_MIN_BACKLOG}."))
 
-    def at(name: str) -> str:
-        return f"{_at(p.origin.get(name.replace('.', '_'), p.where))} [pool {p.name}] "
 
-    problems = []
-    if lo <= 0:
-        problems.append(at("pm.min_spare_servers") +
-                        f"pm.min_spare_servers({lo}) must be a positive value")
-    if hi <= 0:
-        problems.append(at("pm.max_spare_servers") +
-                        f"pm.max_spare_servers({hi}) must be a positive value")
-    if problems:
-        return problems
-    if lo > children or hi > children:
-        return [at("pm.max_spare_servers" if hi > children else "pm.min_spare_servers") +
-                f"pm.min_spare_servers({lo}) and pm.max_spare_servers({hi}) "
-                f"cannot be greater than pm.max_children({children})"]
-    if hi < lo:
-        return [at("pm.max_spare_servers") +
-                f"pm.max_spare_servers({hi}) must not be less than pm.min_spare_servers({lo})"]
-    if start == 0:
-        v["pm_start_servers"] = lo + (hi - lo) // 2
-        messages.append(("notice", f"[pool {p.name}] pm.start_servers is not set. "
-                                   f"It's been set to {v['pm_start_servers']}."))
-    elif not lo <= start <= hi:
-        return [at("pm.start_servers") +
-                f"pm.start_servers({start}) must not be less than pm.min_spare_servers({lo}) "
-                f"and not greater than pm.max_spare_servers({hi})"]
+def _compare(p: _Section, v: dict[str, Any], left: str, op: Literal["<=", ">="],
+             right: str | int) -> str | None:
+    """The error when `left op right` does not hold; `right` is a directive or a number."""
+    a = v[left.replace(".", "_")]
+    if isinstance(right, int):
+        b, right_text = right, str(right)
+    else:
+        b = v[right.replace(".", "_")]
+        right_text = f"{right} ({_TABLE[(p.kind, right)].kind.show(b)})"
+    if (a <= b) if op == "<=" else (a >= b):
+        return None
+    words = "greater than" if op == "<=" else "less than"
+    return (f"{p.at(left)}{left} ({_TABLE[(p.kind, left)].kind.show(a)}) must not be {words} "
+            f"{right_text}")
+
+
+# pm = dynamic, in PHP-FPM's order; each rule assumes the ones before it hold.
+_DYNAMIC_RULES: tuple[tuple[str, Literal["<=", ">="], str | int], ...] = (
+    ("pm.min_spare_servers", ">=", 1),
+    ("pm.max_spare_servers", ">=", 1),
+    ("pm.max_spare_servers", "<=", "pm.max_children"),
+    ("pm.max_spare_servers", ">=", "pm.min_spare_servers"),
+    ("pm.start_servers", ">=", "pm.min_spare_servers"),
+    ("pm.start_servers", "<=", "pm.max_spare_servers"),
+)
+
+
+def _check_dynamic(p: _Section, v: dict[str, Any], messages: list[tuple[str, str]]) -> list[str]:
+    """PHP-FPM's rules for pm = dynamic; fills in pm.start_servers as PHP-FPM does. Reports
+    the first broken rule only: each rule assumes the ones before it hold."""
+    for left, op, right in _DYNAMIC_RULES:
+        if left == "pm.start_servers" and v["pm_start_servers"] == 0:
+            # not set: the middle of the spare range, valid once the spare rules hold
+            lo, hi = v["pm_min_spare_servers"], v["pm_max_spare_servers"]
+            v["pm_start_servers"] = lo + (hi - lo) // 2
+            messages.append(("notice", f"[pool {p.name}] pm.start_servers is not set. "
+                                       f"It's been set to {v['pm_start_servers']}."))
+            return []
+        problem = _compare(p, v, left, op, right)
+        if problem:  # a bare number is a limit of pm = dynamic only: say so
+            return [problem + (" (pm = dynamic)" if isinstance(right, int) else "")]
     return []
 
 
-def _check_listen_clashes(pools: dict[str, _Pool], base: str, errors: list[str]) -> None:
+def _check_pool_rules(p: _Section, v: dict[str, Any]) -> list[str]:
+    """The rules between directives other than pm's."""
+    problems = []
+    if v["request_slowlog_timeout"] and v["request_terminate_timeout"]:
+        problems.append(_compare(p, v, "request_slowlog_timeout", "<=",
+                                 "request_terminate_timeout"))
+    if v["request_slowlog_timeout"] and v["slowlog"] is None:
+        problems.append(f"{p.at('request_slowlog_timeout')}request_slowlog_timeout "
+                        f"({v['request_slowlog_timeout']}s) needs slowlog set: the file slow "
+                        f"requests are written to")
+    # '/' would take every request of the pool; the status page may have it on its own address
+    if v["pm_status_path"] == "/" and v["pm_status_listen"] is None:
+        problems.append(f"{p.at('pm.status_path')}pm.status_path: invalid value '/' (expected "
+                        f"a longer path, since '/' would take every request of the pool, or "
+                        f"pm.status_listen set)")
+    if v["ping_path"] == "/":
+        problems.append(f"{p.at('ping.path')}ping.path: invalid value '/' (expected a longer "
+                        f"path, since '/' would take every request of the pool)")
+    return [problem for problem in problems if problem]
+
+
+def _check_listen_clashes(pools: list[tuple[_Section, PoolConfig]], errors: list[str]) -> None:
+    """No two sockets may share an address: every pool's listen and pm.status_listen."""
     owners: dict[str, str] = {}
-    kind = _TABLE[("pool", "listen")].kind
-    for p in pools.values():
-        if "listen" not in p.values:
-            continue
-        address = kind.resolve(p.values["listen"], base)
-        if address in owners:
-            errors.append(f"{_at(p.origin['listen'])} [pool {p.name}] listen: address "
-                          f"'{address}' is already used by pool '{owners[address]}'")
-        else:
-            owners[address] = p.name
+    for p, config in pools:
+        for d in DIRECTIVES:
+            address = getattr(config, d.field) if isinstance(d.kind, Listen) else None
+            if address is None:
+                continue
+            if address in owners:
+                errors.append(f"{p.at(d.name)}{d.name}: address '{address}' is already used "
+                              f"by {owners[address]}")
+            else:
+                owners[address] = f"pool '{p.name}'" + (f" ({d.name})" if d.name != "listen"
+                                                         else "")
 
 
 def dump(config: Config) -> str:

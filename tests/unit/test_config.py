@@ -1,5 +1,6 @@
 """fpm.config and fpm.ini: what a user writing pyfpm.conf or pyfpm.toml sees."""
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -44,6 +45,13 @@ def one_error(text, fmt="ini", path="/etc/pyfpm/pyfpm.conf"):
     return errors[0]
 
 
+def make_venv(path):
+    """The part of a venv pyfpm checks: site-packages for the running Python."""
+    site = path / f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
+    site.mkdir(parents=True)
+    return site
+
+
 def www(text):
     """The one pool of a config, read from `[www]` lines plus `text`."""
     (pool,) = load_ini(POOL + ini_text(text)).pools
@@ -76,6 +84,7 @@ def test_shipped_commented_examples_are_valid(tmp_path):
     """Un-commenting every `;name = value` example of the INI files still loads."""
     (tmp_path / "pool.d").mkdir()
     (tmp_path / "srv").mkdir()
+    make_venv(tmp_path / "srv/.venv")
     for name in ("pyfpm.conf", "pool.d/www.conf"):
         lines = []
         for line in (CONF / name).read_text().splitlines():
@@ -612,18 +621,26 @@ def test_dynamic_accepts_a_consistent_setup():
 
 @pytest.mark.parametrize("text, error", [
     ("pm.max_spare_servers = 3\n",
-     "[/etc/pyfpm/pyfpm.conf:1] [pool www] pm.min_spare_servers(0) must be a positive value"),
+     "[/etc/pyfpm/pyfpm.conf:1] [pool www] pm.min_spare_servers (0) must not be less than 1 "
+     "(pm = dynamic)"),
     ("pm.min_spare_servers = 1\n",
-     "[/etc/pyfpm/pyfpm.conf:1] [pool www] pm.max_spare_servers(0) must be a positive value"),
+     "[/etc/pyfpm/pyfpm.conf:1] [pool www] pm.max_spare_servers (0) must not be less than 1 "
+     "(pm = dynamic)"),
     ("pm.min_spare_servers = 1\npm.max_spare_servers = 11\n",
-     "[/etc/pyfpm/pyfpm.conf:6] [pool www] pm.min_spare_servers(1) and pm.max_spare_servers(11) "
-     "cannot be greater than pm.max_children(10)"),
+     "[/etc/pyfpm/pyfpm.conf:6] [pool www] pm.max_spare_servers (11) must not be greater than "
+     "pm.max_children (10)"),
+    ("pm.min_spare_servers = 11\npm.max_spare_servers = 12\n",
+     "[/etc/pyfpm/pyfpm.conf:6] [pool www] pm.max_spare_servers (12) must not be greater than "
+     "pm.max_children (10)"),
     ("pm.min_spare_servers = 3\npm.max_spare_servers = 2\n",
-     "[/etc/pyfpm/pyfpm.conf:6] [pool www] pm.max_spare_servers(2) must not be less than "
-     "pm.min_spare_servers(3)"),
+     "[/etc/pyfpm/pyfpm.conf:6] [pool www] pm.max_spare_servers (2) must not be less than "
+     "pm.min_spare_servers (3)"),
     ("pm.min_spare_servers = 2\npm.max_spare_servers = 4\npm.start_servers = 5\n",
-     "[/etc/pyfpm/pyfpm.conf:7] [pool www] pm.start_servers(5) must not be less than "
-     "pm.min_spare_servers(2) and not greater than pm.max_spare_servers(4)"),
+     "[/etc/pyfpm/pyfpm.conf:7] [pool www] pm.start_servers (5) must not be greater than "
+     "pm.max_spare_servers (4)"),
+    ("pm.min_spare_servers = 2\npm.max_spare_servers = 4\npm.start_servers = 1\n",
+     "[/etc/pyfpm/pyfpm.conf:7] [pool www] pm.start_servers (1) must not be less than "
+     "pm.min_spare_servers (2)"),
 ])
 def test_dynamic_rules(text, error):
     assert one_error(dynamic(text)) == error
@@ -632,6 +649,356 @@ def test_dynamic_rules(text, error):
 def test_static_and_ondemand_ignore_spare_settings():
     assert www("pm.min_spare_servers = 9\n").pm_min_spare_servers == 9
     assert www("pm = ondemand\n").pm == "ondemand"
+
+
+def test_ondemand_zeroes_the_spare_settings():
+    pool = www("pm = ondemand\npm.start_servers = 2\npm.min_spare_servers = 1\n"
+               "pm.max_spare_servers = 3\n")
+    assert (pool.pm_start_servers, pool.pm_min_spare_servers, pool.pm_max_spare_servers) == \
+        (0, 0, 0)
+
+
+@pytest.mark.parametrize("backlog, raised", [("0", 511), ("128", 511), ("510", 511)])
+def test_ondemand_raises_a_low_backlog(backlog, raised):
+    conf = load_ini(POOL + f"pm = ondemand\nlisten.backlog = {backlog}\n")
+    assert conf.pools[0].listen_backlog == raised
+    assert conf.messages == (("warning", f"[pool www] listen.backlog({backlog}) was too low for "
+                                         f"the ondemand process manager. I updated it for you "
+                                         f"to 511."),)
+
+
+@pytest.mark.parametrize("backlog", ["-1", "511", "4096"])
+def test_ondemand_keeps_a_deep_enough_backlog(backlog):
+    conf = load_ini(POOL + f"pm = ondemand\nlisten.backlog = {backlog}\n")
+    assert conf.pools[0].listen_backlog == int(backlog) and conf.messages == ()
+
+
+def test_a_low_backlog_is_kept_by_other_process_managers():
+    assert www("listen.backlog = 16\n").listen_backlog == 16
+
+
+def test_slowlog_timeout_must_not_exceed_terminate_timeout():
+    error = one_error(POOL + "slowlog = /var/log/slow.log\nrequest_slowlog_timeout = 1m\n"
+                             "request_terminate_timeout = 30s\n")
+    assert error == ("[/etc/pyfpm/pyfpm.conf:6] [pool www] request_slowlog_timeout (60s) must "
+                     "not be greater than request_terminate_timeout (30s)")
+
+
+@pytest.mark.parametrize("terminate", ["0", "60", "2m"])
+def test_slowlog_timeout_within_terminate_timeout(terminate):
+    pool = www(f"slowlog = /s.log\nrequest_slowlog_timeout = 60\n"
+               f"request_terminate_timeout = {terminate}\n")
+    assert pool.request_slowlog_timeout == 60
+
+
+def test_slowlog_timeout_needs_slowlog():
+    error = one_error(POOL + "request_slowlog_timeout = 5s\n")
+    assert error == ("[/etc/pyfpm/pyfpm.conf:5] [pool www] request_slowlog_timeout (5s) needs "
+                     "slowlog set: the file slow requests are written to")
+    assert www("request_slowlog_timeout = 0\n").slowlog is None
+
+
+@pytest.mark.parametrize("directive, value", [
+    ("pm.status_path", "/status"), ("pm.status_path", "/a/B-c_d.e~f"), ("ping.path", "/ping")])
+def test_status_and_ping_paths(directive, value):
+    assert getattr(www(f"{directive} = {value}\n"), directive.replace(".", "_")) == value
+
+
+@pytest.mark.parametrize("directive", ["pm.status_path", "ping.path"])
+@pytest.mark.parametrize("value", ["status", "/st atus", "/status?full", "/caf\u00e9"])
+def test_bad_status_and_ping_paths(directive, value):
+    assert one_error(POOL + f"{directive} = {value}\n") == (
+        f"[/etc/pyfpm/pyfpm.conf:5] [pool www] {directive}: invalid value '{value}' (expected "
+        f"a URL path starting with '/', made of letters, digits and /_-.~)")
+
+
+def test_root_status_path_needs_its_own_address():
+    assert one_error(POOL + "pm.status_path = /\n") == (
+        "[/etc/pyfpm/pyfpm.conf:5] [pool www] pm.status_path: invalid value '/' (expected a "
+        "longer path, since '/' would take every request of the pool, or pm.status_listen set)")
+    pool = www("pm.status_path = /\npm.status_listen = 127.0.0.1:9001\n")
+    assert (pool.pm_status_path, pool.pm_status_listen) == ("/", "127.0.0.1:9001")
+
+
+def test_root_ping_path_is_refused():
+    assert one_error(POOL + "pm.status_listen = 9001\nping.path = /\n") == (
+        "[/etc/pyfpm/pyfpm.conf:6] [pool www] ping.path: invalid value '/' (expected a longer "
+        "path, since '/' would take every request of the pool)")
+
+
+def test_ping_response_must_not_be_empty():
+    assert www("ping.response = ok\n").ping_response == "ok"
+    assert one_error(POOL + "ping.response =\n") == (
+        "[/etc/pyfpm/pyfpm.conf:5] [pool www] ping.response: invalid value '' "
+        "(expected a non-empty string)")
+
+
+def test_status_listen_cannot_take_a_used_address():
+    errors = errors_of(POOL + "pm.status_listen = 127.0.0.1:9000\n"
+                              "[api]\nlisten = 9001\npm = static\npm.max_children = 1\n"
+                              "pm.status_listen = /etc/pyfpm/s.sock\n"
+                              "[b]\nlisten = s.sock\npm = static\npm.max_children = 1\n")
+    assert errors == [
+        "[/etc/pyfpm/pyfpm.conf:5] [pool www] pm.status_listen: address '127.0.0.1:9000' "
+        "is already used by pool 'www'",
+        "[/etc/pyfpm/pyfpm.conf:12] [pool b] listen: address '/etc/pyfpm/s.sock' "
+        "is already used by pool 'api' (pm.status_listen)",
+    ]
+
+
+def test_suppress_path_is_a_list():
+    pool = www("access.suppress_path[] = /ping\naccess.suppress_path[] = /health\n")
+    assert pool.access_suppress_path == ("/ping", "/health")
+    assert www("").access_suppress_path == ()
+
+
+@pytest.mark.parametrize("line, error", [
+    ("access.suppress_path[] = ping",
+     "access.suppress_path: invalid value 'ping' (expected a URL path starting with '/')"),
+    ("access.suppress_path[x] = /ping",
+     "access.suppress_path[x]: keys are not allowed here (write access.suppress_path[] = value)"),
+    ("access.suppress_path[] =", "access.suppress_path[]: empty value"),
+    ("access.suppress_path = /ping",
+     "unknown entry 'access.suppress_path' (write access.suppress_path[] = value)"),
+])
+def test_bad_suppress_path(line, error):
+    assert one_error(POOL + line + "\n") == f"[/etc/pyfpm/pyfpm.conf:5] [pool www] {error}"
+
+
+def test_suppress_path_in_toml_is_a_list():
+    text = '[pools.www]\nlisten = "9000"\n"pm" = "static"\n"pm.max_children" = 1\n'
+    pool, = load_toml(text + '"access.suppress_path" = ["/ping", "/health"]\n').pools
+    assert pool.access_suppress_path == ("/ping", "/health")
+    assert one_error(text + '"access.suppress_path" = ["/ping", "health"]\n', "toml",
+                     "/p.toml") == ("[/p.toml:5] [pool www] access.suppress_path: invalid value "
+                                    "'health' (expected a URL path starting with '/')")
+
+
+@pytest.mark.parametrize("section", ["global", "www"])
+@pytest.mark.parametrize("value, stored", [("-19", -19), ("0", 0), ("20", 20)])
+def test_process_priority(section, value, stored):
+    conf = load_ini(f"[{section}]\nprocess.priority = {value}\n" + POOL)
+    config_of = conf.global_ if section == "global" else conf.pools[0]
+    assert config_of.process_priority == stored
+
+
+@pytest.mark.parametrize("value", ["-20", "21", "high"])
+def test_bad_process_priority(value):
+    assert one_error(POOL + f"process.priority = {value}\n") == (
+        f"[/etc/pyfpm/pyfpm.conf:5] [pool www] process.priority: invalid value '{value}' "
+        f"(expected an integer from -19 to 20)")
+
+
+@pytest.mark.parametrize("value, stored", [("unlimited", -1), ("UNLIMITED", -1), ("0", 0),
+                                           ("1048576", 1048576)])
+def test_rlimit_core(value, stored):
+    conf = load_ini(f"rlimit_core = {value}\n" + POOL + f"rlimit_core = {value}\n")
+    assert conf.global_.rlimit_core == conf.pools[0].rlimit_core == stored
+
+
+@pytest.mark.parametrize("value", ["-1", "infinite", "1M"])
+def test_bad_rlimit_core(value):
+    assert one_error(f"rlimit_core = {value}\n" + POOL) == (
+        f"[/etc/pyfpm/pyfpm.conf:1] [global] rlimit_core: invalid value '{value}' "
+        f"(expected an integer >= 0 or 'unlimited')")
+
+
+@pytest.mark.parametrize("value, stored", [("0", 0), ("16M", 16 << 20), ("256m", 256 << 20),
+                                           ("1G", 1 << 30), ("20000K", 20000 << 10),
+                                           ("17000000", 17000000)])
+def test_max_memory(value, stored):
+    assert www(f"pm.max_memory = {value}\n").pm_max_memory == stored
+
+
+@pytest.mark.parametrize("value", ["512", "15M", "1.5G", "1T", "-1", "lots"])
+def test_bad_max_memory(value):
+    assert one_error(POOL + f"pm.max_memory = {value}\n") == (
+        f"[/etc/pyfpm/pyfpm.conf:5] [pool www] pm.max_memory: invalid value '{value}' (expected "
+        f"a size in bytes, with an optional suffix K, M or G (e.g. 256M): 0 (off) or at least 16M)")
+
+
+@pytest.mark.parametrize("directive, value, expected", [
+    ("pm.max_spawn_rate", "0", "an integer >= 1"),
+    ("pm.max_requests", "-1", "an integer >= 0"),
+    ("pm.max_requests_jitter", "-1", "an integer >= 0"),
+    ("request_slowlog_trace_depth", "0", "an integer >= 1"),
+    ("rlimit_files", "0", "an integer >= 1"),
+    ("pm.process_idle_timeout", "0",
+     "a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least 1s"),
+    ("request_read_timeout", "0s",
+     "a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least 1s"),
+    ("request_read_timeout", "soon",
+     "a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least 1s"),
+    ("request_terminate_timeout", "-5", "a time in seconds, with an optional suffix s, m, h or d "
+                                        "(e.g. 30s, 5m)"),
+    ("access.format", "", "a non-empty string"),
+    ("clear_env", "sometimes", "a boolean: yes/no, on/off, true/false or 1/0"),
+])
+def test_new_pool_value_limits(directive, value, expected):
+    assert one_error(POOL + f"{directive} = {value}\n") == (
+        f"[/etc/pyfpm/pyfpm.conf:5] [pool www] {directive}: invalid value '{value}' "
+        f"(expected {expected})")
+
+
+@pytest.mark.parametrize("directive, value, expected", [
+    ("log_limit", "511", "an integer >= 512"),
+    ("process.max", "-1", "an integer >= 0"),
+    ("emergency_restart_threshold", "-1", "an integer >= 0"),
+    ("emergency_restart_interval", "1.5m", ini.TIME_EXPECTED),
+    ("syslog.facility", "local8", "one of auth, authpriv, cron, daemon, ftp, kern, lpr, mail, "
+                                  "news, syslog, user, uucp, local0, local1, local2, local3, "
+                                  "local4, local5, local6, local7"),
+    ("syslog.ident", "", "a non-empty string"),
+])
+def test_new_global_value_limits(directive, value, expected):
+    assert one_error(f"{directive} = {value}\n" + POOL) == (
+        f"[/etc/pyfpm/pyfpm.conf:1] [global] {directive}: invalid value '{value}' "
+        f"(expected {expected})")
+
+
+@pytest.mark.parametrize("value, stored", [("auto", "auto"), ("epoll", "epoll"),
+                                           ("Poll", "poll")])
+def test_events_mechanism(value, stored):
+    assert load_ini(f"events.mechanism = {value}\n" + POOL).global_.events_mechanism == stored
+
+
+@pytest.mark.parametrize("value", ["kqueue", "select", "/dev/poll", "port"])
+def test_events_mechanism_not_available(value):
+    assert one_error(f"events.mechanism = {value}\n" + POOL) == (
+        f"[/etc/pyfpm/pyfpm.conf:1] [global] events.mechanism: invalid value '{value}' "
+        f"(expected one of auto, epoll, poll; event mechanism '{value}' is not available "
+        f"on this system)")
+
+
+@pytest.mark.parametrize("value, stored", [(".py", (".py",)), (".py  .wsgi\t.cgi", (".py", ".wsgi", ".cgi")),
+                                           ("", ())])
+def test_limit_extensions_are_words(value, stored):
+    assert www(f"security.limit_extensions = {value}\n").security_limit_extensions == stored
+
+
+# --- pending directives ----------------------------------------------------------------------
+
+def test_pending_directives_warn_once_per_section_that_sets_them():
+    conf = load_ini("""
+        log_limit = 2048
+        log_limit = 4096
+        [www]
+        listen = 9000
+        pm = static
+        pm.max_children = 1
+        pm.status_path = /status
+        listen.allowed_clients = 127.0.0.1
+        [api]
+        listen = 9001
+        pm = static
+        pm.max_children = 1
+        pm.status_path = /status
+        pm.max_requests = 10
+    """)
+    assert conf.messages == (
+        ("warning", "[global] log_limit is not implemented yet (issue 4); ignored"),
+        ("warning", "[pool www] listen.allowed_clients is not implemented yet (issue 5); "
+                    "ignored"),
+        ("warning", "[pool www] pm.status_path is not implemented yet (issue 4); ignored"),
+        ("warning", "[pool api] pm.status_path is not implemented yet (issue 4); ignored"),
+    )
+
+
+def test_pending_directive_left_at_its_default_gives_no_warning():
+    assert load_ini(POOL).messages == ()
+
+
+def test_pending_directives_are_the_ones_the_spec_names():
+    pending = {d.name: d.pending for d in config.DIRECTIVES if d.pending}
+    issue4 = ["syslog.ident", "syslog.facility", "log_limit", "log_buffering", "pm.status_path",
+              "pm.status_listen", "ping.path", "ping.response", "access.log", "access.format",
+              "access.suppress_path", "slowlog", "request_slowlog_timeout",
+              "request_slowlog_trace_depth", "catch_workers_output", "decorate_workers_output"]
+    issue5 = ["listen.acl_users", "listen.acl_groups", "listen.allowed_clients",
+              "security.limit_extensions"]
+    assert pending == {**dict.fromkeys(issue4, "issue 4"), **dict.fromkeys(issue5, "issue 5")}
+
+
+# --- prefix, chroot, chdir, virtualenv -------------------------------------------------------
+
+def test_pool_prefix_anchors_the_pools_relative_paths(tmp_path):
+    (tmp_path / "site/app").mkdir(parents=True)
+    make_venv(tmp_path / "site/venv")
+    conf = load_ini("""
+        [www]
+        prefix = site
+        listen = run/$pool.sock
+        pm = static
+        pm.max_children = 1
+        chdir = app
+        virtualenv = venv
+        access.log = log/access.log
+        slowlog = /abs/slow.log
+        pm.status_listen = run/status.sock
+        [other]
+        listen = run/other.sock
+        pm = static
+        pm.max_children = 1
+    """, path=str(tmp_path / "pyfpm.conf"))
+    www_pool, other = conf.pools
+    site = tmp_path / "site"
+    assert (www_pool.prefix, www_pool.listen, www_pool.chdir, www_pool.virtualenv) == \
+        (str(site), str(site / "run/www.sock"), str(site / "app"), str(site / "venv"))
+    assert (www_pool.access_log, www_pool.slowlog, www_pool.pm_status_listen) == \
+        (str(site / "log/access.log"), "/abs/slow.log", str(site / "run/status.sock"))
+    assert other.listen == str(tmp_path / "run/other.sock")  # no prefix: the config's directory
+
+
+def test_prefix_must_exist(tmp_path):
+    assert one_error(POOL + "prefix = nowhere\n", path=str(tmp_path / "p.conf")) == (
+        f"[{tmp_path}/p.conf:5] [pool www] prefix: invalid value 'nowhere' "
+        f"(expected an existing directory; '{tmp_path}/nowhere' is not one)")
+
+
+def test_chroot_must_be_absolute_and_exist(tmp_path):
+    assert one_error(POOL + "chroot = jail\n") == (
+        "[/etc/pyfpm/pyfpm.conf:5] [pool www] chroot: invalid value 'jail' "
+        "(expected an absolute path, or one starting with $prefix)")
+    assert one_error(POOL + f"chroot = {tmp_path}/jail\n") == (
+        f"[/etc/pyfpm/pyfpm.conf:5] [pool www] chroot: invalid value '{tmp_path}/jail' "
+        f"(expected an existing directory; '{tmp_path}/jail' is not one)")
+
+
+def test_chroot_with_prefix_and_default_chdir(tmp_path):
+    (tmp_path / "jail").mkdir()
+    pool = www(f"prefix = {tmp_path}\nchroot = $prefix/jail\n")
+    assert (pool.chroot, pool.chdir) == (f"{tmp_path}/jail", "/")
+
+
+def test_chdir_and_virtualenv_are_inside_the_chroot(tmp_path):
+    (tmp_path / "srv/app").mkdir(parents=True)
+    make_venv(tmp_path / "srv/venv")
+    pool = www(f"chroot = {tmp_path}\nchdir = /srv/app\nvirtualenv = /srv/venv\n")
+    assert (pool.chroot, pool.chdir, pool.virtualenv) == (str(tmp_path), "/srv/app", "/srv/venv")
+
+
+def test_chdir_inside_chroot_must_exist_there(tmp_path):
+    (tmp_path / "jail").mkdir()
+    errors = errors_of(POOL + f"chroot = {tmp_path}/jail\nchdir = {tmp_path}\nvirtualenv = venv\n")
+    assert errors == [
+        f"[/etc/pyfpm/pyfpm.conf:6] [pool www] chdir: invalid value '{tmp_path}' (expected an "
+        f"existing directory; '{tmp_path}/jail{tmp_path}' is not one)",
+        f"[/etc/pyfpm/pyfpm.conf:7] [pool www] virtualenv: invalid value 'venv' (expected an "
+        f"absolute path inside chroot '{tmp_path}/jail')",
+    ]
+
+
+def test_virtualenv_needs_site_packages_for_this_python(tmp_path):
+    (tmp_path / "venv/lib/python2.7/site-packages").mkdir(parents=True)
+    (tmp_path / "venv/pyvenv.cfg").write_text("home = /usr/bin\n")
+    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert one_error(POOL + f"virtualenv = {tmp_path}/venv\n") == (
+        f"[/etc/pyfpm/pyfpm.conf:5] [pool www] virtualenv: invalid value '{tmp_path}/venv' "
+        f"(expected a virtualenv for Python {py}; '{tmp_path}/venv/lib/python{py}/site-packages' "
+        f"is not a directory)")
+    site = make_venv(tmp_path / "venv")
+    assert www(f"virtualenv = {tmp_path}/venv\n").virtualenv == f"{tmp_path}/venv"
+    assert config.venv_site_packages(f"{tmp_path}/venv") == str(site)
 
 
 def test_all_errors_are_reported_together():
