@@ -1,5 +1,6 @@
 """fpm.config and fpm.ini: what a user writing pyfpm.conf or pyfpm.toml sees."""
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fpm import config, ini
+from fpm.config import tomllib
 from fpm.config import Config, ConfigError, GlobalConfig, PoolConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -71,13 +73,36 @@ def test_shipped_ini_and_toml_load_and_agree():
     assert conf.messages == () and toml.messages == ()
 
 
-def test_shipped_files_document_every_directive():
-    text = {name: (CONF / name).read_text() for name in
-            ("pyfpm.conf", "pool.d/www.conf", "pyfpm.toml")}
-    for d in config.DIRECTIVES:
-        ini_file = "pyfpm.conf" if d.section == "global" else "pool.d/www.conf"
-        assert f"{d.name}" in text[ini_file], (ini_file, d.name)
-        assert d.name in text["pyfpm.toml"], ("pyfpm.toml", d.name)
+_DOCUMENTED = {  # a directive line, commented out or not: `;name = `, `#"name" = `, `env[X] = `
+    "ini": re.compile(r"^;?([a-z_.]+)(?:\[[^\]]*\])?\s*=", re.M),
+    "toml": re.compile(r"^#?\"?([a-z_.]+)\"?\s*=", re.M),
+}
+
+
+@pytest.mark.parametrize("name, section", [
+    ("pyfpm.conf", "global"), ("pool.d/www.conf", "pool"),
+    ("pyfpm.toml", "global"), ("pyfpm.toml", "pool")])
+def test_shipped_files_document_every_directive(name, section):
+    """Each file shows exactly the table's directives: none missing, none misspelt."""
+    text = (CONF / name).read_text()
+    if name == "pyfpm.toml":
+        text = text.split("[pools.www]")[section == "pool"]
+    found = set(_DOCUMENTED["toml" if name.endswith(".toml") else "ini"].findall(text))
+    assert found == {d.name for d in config.DIRECTIVES if d.section == section}
+
+
+def test_shipped_toml_examples_are_valid():
+    """Every commented-out `#key = value` of pyfpm.toml, read as TOML, is a valid value."""
+    section = "global"
+    for line in (CONF / "pyfpm.toml").read_text().splitlines():
+        if line.startswith("[pools."):
+            section = "pool"
+        if not _DOCUMENTED["toml"].match(line) or not line.startswith("#"):
+            continue
+        for name, key, value in config._flatten(tomllib.loads(line[1:]), section):
+            d = config._TABLE[(section, name)]
+            assert (key is not None) == bool(d.array), line
+            d.kind.parse(value)
 
 
 def test_shipped_commented_examples_are_valid(tmp_path):
@@ -1030,18 +1055,53 @@ pid = run/pyfpm.pid
 log_level = debug
 daemonize = no
 process_control_timeout = 10s
+syslog.facility = LOCAL3
+log_limit = 4096
+emergency_restart_threshold = 5
+emergency_restart_interval = 1m
+process.max = 64
+process.priority = -5
+rlimit_files = 4096
+rlimit_core = unlimited
+events.mechanism = poll
+systemd_interval = 0
 
 [www]
+user = www-data
 listen = run/$pool.sock
 listen.backlog = 64
 listen.owner = nginx
 listen.mode = 0600
+listen.acl_users = nginx,www-data
+process.dumpable = yes
 pm = dynamic
 pm.max_children = 10
 pm.min_spare_servers = 2
 pm.max_spare_servers = 6
+pm.max_spawn_rate = 4
+pm.process_idle_timeout = 30s
+pm.max_requests = 1000
+pm.max_requests_jitter = 100
+pm.max_memory = 256M
+pm.status_path = /status
+ping.path = /ping
+ping.response = alive
+access.log = log/$pool.access.log
+access.format = "%R %m %r %s"
+access.suppress_path[] = /ping
+access.suppress_path[] = /status
+slowlog = log/$pool.slow.log
+request_slowlog_timeout = 5s
+request_terminate_timeout = 2m
+request_terminate_timeout_track_finished = yes
+request_read_timeout = 15
+rlimit_core = 0
+catch_workers_output = yes
+clear_env = no
+security.limit_extensions = .py .wsgi
 app = site.wsgi:application
 python_path = /srv/site:/srv/lib
+preload = yes
 mount = /site/
 fastcgi.params_max = 32768
 env[TZ] = UTC
@@ -1059,18 +1119,50 @@ pid = "run/pyfpm.pid"
 log_level = "debug"
 daemonize = false
 process_control_timeout = 10
+syslog = { facility = "local3" }
+log_limit = 4096
+emergency_restart_threshold = 5
+emergency_restart_interval = "1m"
+process = { max = 64, priority = -5 }
+rlimit_files = 4096
+rlimit_core = "unlimited"
+"events.mechanism" = "poll"
+systemd_interval = 0
 
 [pools.www]
+user = "www-data"
 listen = "run/$pool.sock"
 "listen.backlog" = 64
 "listen.owner" = "nginx"
 "listen.mode" = 0o600
+"listen.acl_users" = "nginx,www-data"
+process.dumpable = true
 pm = "dynamic"
 "pm.max_children" = 10
 "pm.min_spare_servers" = 2
 "pm.max_spare_servers" = 6
+"pm.max_spawn_rate" = 4
+"pm.process_idle_timeout" = 30
+"pm.max_requests" = 1000
+"pm.max_requests_jitter" = 100
+"pm.max_memory" = 268435456
+"pm.status_path" = "/status"
+ping = { path = "/ping", response = "alive" }
+access.log = "log/$pool.access.log"
+access.format = "%R %m %r %s"
+access.suppress_path = ["/ping", "/status"]
+slowlog = "log/$pool.slow.log"
+request_slowlog_timeout = "5s"
+request_terminate_timeout = 120
+request_terminate_timeout_track_finished = true
+request_read_timeout = "15s"
+rlimit_core = 0
+catch_workers_output = true
+clear_env = false
+"security.limit_extensions" = [".py", ".wsgi"]
 app = "site.wsgi:application"
 python_path = ["/srv/site", "/srv/lib"]
+preload = true
 mount = "/site/"
 fastcgi = { params_max = 32768 }
 env = { TZ = "UTC" }
@@ -1092,6 +1184,12 @@ def test_toml_and_ini_give_equal_configs():
     assert (toml.global_, toml.pools) == (conf.global_, conf.pools)
     assert conf.pools[0].listen == "/etc/pyfpm/run/www.sock"
     assert toml.messages == conf.messages
+    # every directive of the fixture differs from its default, so a dropped one shows
+    for section, values, fixture in (("global", conf.global_, FULL_INI.split("[www]")[0]),
+                                     ("pool", conf.pools[0], FULL_INI.split("[www]")[1])):
+        for d in config.DIRECTIVES:
+            if d.section == section and f"\n{d.name}" in fixture:
+                assert getattr(values, d.field) != d.default, d.name
 
 
 def test_toml_nested_tables_are_dotted_names():
