@@ -412,6 +412,41 @@ def test_defaults():
             pool.fastcgi_params_max, pool.python_path) == (-1, 0o660, "static", "", 1048576, ())
 
 
+def test_new_defaults_are_the_ones_the_spec_names():
+    """Written out, not read from the table: other modules rely on these values."""
+    conf = load_ini(POOL)
+    assert {name: getattr(conf.global_, name) for name in (
+        "syslog_ident", "syslog_facility", "log_limit", "log_buffering",
+        "emergency_restart_threshold", "emergency_restart_interval", "process_max",
+        "process_priority", "rlimit_files", "rlimit_core", "events_mechanism",
+        "systemd_interval")} == {
+        "syslog_ident": "pyfpm", "syslog_facility": "daemon", "log_limit": 1024,
+        "log_buffering": True, "emergency_restart_threshold": 0, "emergency_restart_interval": 0,
+        "process_max": 0, "process_priority": None, "rlimit_files": None, "rlimit_core": None,
+        "events_mechanism": "auto", "systemd_interval": 10}
+    expected_pool = {
+        "prefix": None, "user": None, "group": None, "listen_acl_users": None,
+        "listen_acl_groups": None, "listen_allowed_clients": None, "process_priority": None,
+        "process_dumpable": False, "pm_max_spawn_rate": 32, "pm_process_idle_timeout": 10,
+        "pm_max_requests": 0, "pm_max_requests_jitter": 0, "pm_max_memory": 0,
+        "pm_status_path": None, "pm_status_listen": None, "ping_path": None,
+        "ping_response": "pong", "access_log": None, "access_format": '%R - %u %t "%m %r" %s',
+        "access_suppress_path": (), "slowlog": None, "request_slowlog_timeout": 0,
+        "request_slowlog_trace_depth": 20, "request_terminate_timeout": 0,
+        "request_terminate_timeout_track_finished": False, "rlimit_files": None,
+        "rlimit_core": None, "chroot": None, "catch_workers_output": False,
+        "decorate_workers_output": True, "clear_env": True,
+        "security_limit_extensions": (".py",), "virtualenv": None, "preload": False,
+        "request_read_timeout": 60}
+    assert {name: getattr(conf.pools[0], name) for name in expected_pool} == expected_pool
+
+
+@given(st.integers(0, 1 << 40))
+def test_sizes_show_as_they_read_back(n):
+    kind = config.Size(0)
+    assert kind.parse(kind.show(n)) == n
+
+
 def test_every_field_is_set_from_the_file(tmp_path):
     conf = load_ini(f"""
         [global]
