@@ -3,7 +3,7 @@
 Each directive is checked as it is read (type, range), then each pool's cross-field rules run;
 every problem found is reported at once in a `ConfigError`, naming file:line, pool, directive,
 value and limit. Relative paths are anchored at the prefix (-p) when given, else at the directory
-of the main configuration file.
+of the main configuration file; a pool's own `prefix` anchors that pool's.
 """
 from __future__ import annotations
 
@@ -902,7 +902,7 @@ class _Section:
     lists: dict[str, list[str]] = field(default_factory=dict)  # field -> [value, ...]
 
     @property
-    def kind(self) -> Literal["global", "pool"]:
+    def section(self) -> Literal["global", "pool"]:
         return "global" if self.name is None else "pool"
 
     @property
@@ -952,9 +952,9 @@ def _build(doc: ini.Document, path: str, base: str) -> Config:
 
 def _read_entry(e: ini.Entry, section: _Section) -> str:
     """Store one entry's checked value; return the problem ("" if none)."""
-    d = _TABLE.get((section.kind, e.name.lower()))
+    d = _TABLE.get((section.section, e.name.lower()))
     if d is None or bool(d.array) != (e.key is not None):
-        return _unknown(e, d, section.kind)
+        return _unknown(e, d, section.section)
     section.origin[d.field] = (e.file, e.line)  # even if invalid: a bad value is not a missing one
     try:
         value = d.kind.parse(e.value)
@@ -1000,7 +1000,7 @@ def _resolve(s: _Section, base: str, errors: list[str],
     chroot comes before the paths inside it."""
     v: dict[str, Any] = {}
     for d in DIRECTIVES:
-        if d.section != s.kind or not d.stored:
+        if d.section != s.section or not d.stored:
             continue
         if d.required and d.field not in s.origin:
             errors.append(f"{_at(s.where)} {s.scope} {d.required}")
@@ -1071,11 +1071,11 @@ def _compare(p: _Section, v: dict[str, Any], left: str, op: Literal["<=", ">="],
         b, right_text = right, str(right)
     else:
         b = v[right.replace(".", "_")]
-        right_text = f"{right} ({_TABLE[(p.kind, right)].kind.show(b)})"
+        right_text = f"{right} ({_TABLE[(p.section, right)].kind.show(b)})"
     if (a <= b) if op == "<=" else (a >= b):
         return None
     words = "greater than" if op == "<=" else "less than"
-    return (f"{p.at(left)}{left} ({_TABLE[(p.kind, left)].kind.show(a)}) must not be {words} "
+    return (f"{p.at(left)}{left} ({_TABLE[(p.section, left)].kind.show(a)}) must not be {words} "
             f"{right_text}")
 
 
