@@ -1,8 +1,10 @@
 """Load a pool's WSGI application from ``app = module:callable``."""
 from __future__ import annotations
 
+import glob
 import importlib
 import os
+import site
 import sys
 
 
@@ -10,15 +12,19 @@ class AppLoadError(Exception):
     """The application named by a pool cannot be loaded; the message says why."""
 
 
-def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = ()):
+def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
+         virtualenv: str | None = None):
     """Import ``module:callable`` (``module`` alone means ``module:application``).
 
-    ``chdir`` becomes the working directory first and ``python_path`` goes in front of
-    sys.path, so an app is found the same way whether the master was started from its
-    directory or not.
+    ``chdir`` becomes the working directory first; sys.path then starts with ``python_path``,
+    then the working directory, then the ``virtualenv``'s site-packages, so an app is found
+    the same way whether the master was started from its directory or not, and the venv's
+    packages win over the interpreter's own.
     """
     if chdir:
         os.chdir(chdir)
+    if virtualenv:
+        add_virtualenv(virtualenv)
     for entry in reversed(python_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -39,3 +45,30 @@ def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = ())
     if not callable(obj):
         raise AppLoadError("app '%s' is a %s, not a WSGI callable" % (spec, type(obj).__name__))
     return obj
+
+
+def add_virtualenv(venv: str) -> None:
+    """Put ``venv``'s site-packages, and what its .pth files add, in front of sys.path.
+
+    Only a venv made for this interpreter's X.Y can work (compiled modules and bytecode are
+    per version); another one is an AppLoadError naming both versions.
+    """
+    here = "%d.%d" % sys.version_info[:2]
+    if not os.path.isdir(venv):
+        raise AppLoadError("virtualenv '%s' is not a directory" % venv)
+    packages = os.path.join(venv, "lib", "python" + here, "site-packages")
+    if not os.path.isdir(packages):
+        found = sorted(os.path.basename(os.path.dirname(p))[len("python"):]
+                       for p in glob.glob(os.path.join(glob.escape(venv), "lib", "python*",
+                                                       "site-packages")))
+        if found:
+            raise AppLoadError("virtualenv '%s' was made for Python %s, but pyfpm runs Python "
+                               "%s (%s); recreate it with python%s -m venv, or run pyfpm with "
+                               "Python %s" % (venv, " and ".join(found), here, sys.executable,
+                                              here, found[0]))
+        raise AppLoadError("virtualenv '%s' has no lib/python%s/site-packages directory; is it "
+                           "a virtualenv?" % (venv, here))
+    before = list(sys.path)
+    site.addsitedir(packages)  # appends the directory and runs its .pth files
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = added + [p for p in sys.path if p not in added]
