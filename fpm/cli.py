@@ -1,7 +1,8 @@
 """The ``pyfpm`` command: php-fpm's flags, exit codes 0, 64 (usage), 70, 78 (configuration).
 
 ``pyfpm request ...`` is the FastCGI client (fpm.client). Without ``-y`` the embedded
-default (fpm/default.conf) is served: pool www on 127.0.0.1:9000 with the demo app.
+default (fpm/default.conf) is served: pool www on 127.0.0.1:9000 with the demo app; started
+as root, it implies -R (its pool has no ``user``) and says so.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from importlib import resources
 
 from fpm import config as fpm_config
+from fpm import unix
 from fpm.log import Logger, choose_target, strerror
 from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
 from fpm.sockets import ListenError, parse_listen, resolve_owner
@@ -41,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="go to the background (overrides 'daemonize')")
     p.add_argument("-O", "--force-stderr", action="store_true",
                    help="in the foreground, log to stderr even if it is not a terminal")
+    p.add_argument("-R", "--allow-to-run-as-root", action="store_true",
+                   help="allow pools to run as root (no 'user', or uid/gid 0)")
     p.add_argument("-t", "--test", action="count", default=0,
                    help="test the configuration and exit; twice (-tt) also dumps it")
     p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
@@ -66,12 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _load(args)
     except fpm_config.ConfigError as e:
-        for line in e.errors:
-            log.error(line)
-        log.error("FPM initialization failed")
-        return EX_CONFIG
+        return _fail(log, e.errors)
+    allow_root = args.allow_to_run_as_root
+    if config.path == EMBEDDED and os.geteuid() == 0 and not allow_root:
+        # A try-out on a root shell should work; a real deployment names its user (-y).
+        allow_root = True
+        log.warning("the embedded demo configuration runs its pool as root; use -y with a "
+                    "configuration that sets 'user' for anything but a try-out")
+    errors, notices = unix.check_pools(config, allow_root)
     if args.test:
-        return _test(config, log, dump=args.test > 1)
+        return _test(config, log, errors, notices, dump=args.test > 1)
+    if errors:
+        return _fail(log, errors)
 
     daemon = args.daemonize or (config.global_.daemonize and not args.nodaemonize)
     target = choose_target(config.global_.error_log, daemon, args.force_stderr,
@@ -79,11 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log = Logger(target, config.global_.log_level, echo_stderr=True)
     except OSError as e:
-        log.error("failed to open error log file '%s': %s" % (target, strerror(e)))
-        log.error("FPM initialization failed")
-        return EX_CONFIG
+        return _fail(log, ["failed to open error log file '%s': %s" % (target, strerror(e))])
+    for level, text in notices:
+        log.log(level, text)
+    try:
+        unix.apply_global(config.global_, log)
+    except unix.UnixError as e:
+        return _fail(log, [str(e)])
     pid_file = os.path.abspath(args.pid) if args.pid else config.global_.pid
-    code = serve(config, log, pid_file=pid_file, daemon=daemon)
+    # -R stays on the command line, which the master re-executes on reload (USR2).
+    code = serve(config, log, pid_file=pid_file, daemon=daemon, allow_root=allow_root)
     # The master is done and has cleaned up: skip the interpreter's finalization, which
     # costs ~13 ms of the 100 ms an idle master has to be gone after TERM or QUIT.
     sys.stdout.flush()
@@ -101,9 +116,18 @@ def _load(args) -> fpm_config.Config:
     return fpm_config.load(os.path.abspath(args.fpm_config), args.prefix)
 
 
-def _test(config, log: Logger, dump: bool) -> int:
-    """``-t``: what start-up would check before binding, without binding anything."""
-    errors = []
+def _fail(log: Logger, errors: list[str]) -> int:
+    for line in errors:
+        log.error(line)
+    log.error("FPM initialization failed")
+    return EX_CONFIG
+
+
+def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]],
+          dump: bool) -> int:
+    """``-t``: what start-up would check before binding, without binding anything;
+    ``errors`` and ``notices`` are those of the pools' users (fpm.unix.check_pools)."""
+    errors = list(errors)
     for pool in config.pools:
         try:
             parse_listen(pool.listen)
@@ -111,11 +135,8 @@ def _test(config, log: Logger, dump: bool) -> int:
         except ListenError as e:
             errors.append(str(e))
     if errors:
-        for line in errors:
-            log.error(line)
-        log.error("FPM initialization failed")
-        return EX_CONFIG
-    for level, text in config.messages:
+        return _fail(log, errors)
+    for level, text in list(config.messages) + notices:
         log.log(level, text)
     if dump:
         for line in fpm_config.dump(config).splitlines():

@@ -41,8 +41,15 @@ def fpm_env() -> dict[str, str]:
     return env
 
 
-def run_fpm(*args: str, timeout: float = 10.0, cwd=None) -> subprocess.CompletedProcess:
-    """Run ``pyfpm ARGS`` to completion (for -t, --version, failing starts); text output."""
+def run_fpm(*args: str, timeout: float = 10.0, cwd=None,
+            allow_root: bool = True) -> subprocess.CompletedProcess:
+    """Run ``pyfpm ARGS`` to completion (for -t, --version, failing starts); text output.
+
+    ``-R`` goes first unless ``allow_root`` is false (or for ``pyfpm request``): the suite
+    runs as root with pools that set no ``user``.
+    """
+    if allow_root and args[:1] != ("request",):
+        args = ("-R",) + args
     return subprocess.run(COMMAND + list(args), capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=fpm_env(), start_new_session=True)
 
@@ -86,12 +93,13 @@ class Server:
 
     ``config`` is written to ``tmp/pyfpm.conf`` after substituting ``{tmp}`` (the directory),
     ``{sock}`` (``tmp/fpm.sock``), ``{port}`` (a free TCP port) and any keyword given.
-    The master runs as ``python -m fpm -F -O -y CONF`` (``flags`` replaces ``-F -O``) in its
-    own session; its stderr and stdout go to ``.log_path``.
+    The master runs as ``python -m fpm -F -O -R -y CONF`` (``flags`` replaces ``-F -O``;
+    ``allow_root=False`` drops ``-R``, which the suite needs as root with pools that set no
+    ``user``) in its own session; its stderr and stdout go to ``.log_path``.
     """
 
     def __init__(self, config: str, tmp=None, *, flags=("-F", "-O"), args=(),
-                 ready_timeout: float = 10.0, env=None, **values):
+                 allow_root: bool = True, ready_timeout: float = 10.0, env=None, **values):
         self._own_tmp = tmp is None
         self.tmp = Path(tempfile.mkdtemp(prefix="pyfpm-")) if tmp is None else Path(tmp)
         values = {"tmp": self.tmp, "sock": self.tmp / "fpm.sock", **values}
@@ -102,7 +110,8 @@ class Server:
         self.conf_path = self.tmp / "pyfpm.conf"
         self.conf_path.write_text(self.config_text)
         self.log_path = self.tmp / "fpm-stderr.log"
-        self.argv = COMMAND + list(flags) + ["-y", str(self.conf_path)] + list(args)
+        self.argv = (COMMAND + list(flags) + (["-R"] if allow_root else [])
+                     + ["-y", str(self.conf_path)] + list(args))
         self.ready_timeout = ready_timeout
         self.env = {**fpm_env(), **(env or {})}  # env: extra variables (NOTIFY_SOCKET, ...)
         self.proc: subprocess.Popen | None = None
