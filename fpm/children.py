@@ -1,6 +1,6 @@
 """Fork and reap workers; describe how they ended; decide how soon to replace them.
 
-Worker contract (``fpm.worker.run(pool, listen_fds, log)``): it is entered right after
+Worker contract (``fpm.worker.run(pool, listen_fds, log, seat, allow_root)``): it is entered right after
 fork() with SIGTERM, SIGINT and SIGQUIT *blocked* and every signal the master handled back
 at SIG_DFL. It installs its own handlers, then unblocks those signals, so a worker can
 never die from a signal that arrives before it knows how to take it (PHP-FPM's rule). It
@@ -33,6 +33,24 @@ class Child:
     pid: int
     pool: object  # the PoolConfig it serves
     started: float  # time.monotonic() at fork
+    board: object = None  # its pool's scoreboard.Board (of its generation)
+    slot: int = -1
+    # Why the master asked it to go ("idle", "reload"); None while it serves.
+    # A stopping worker is not replaced and no longer counts for its process manager.
+    stopping: str | None = None
+    last_signal: int | None = None  # the last signal the master sent it alone
+    timed_out: int = 0  # `accepted` of the request it was terminated for
+
+
+@dataclass(frozen=True)
+class Seat:
+    """What a new worker needs besides its pool: its scoreboard slot, its own request limit
+    (pm.max_requests plus its share of jitter) and the app when the master preloaded it."""
+
+    board: object
+    slot: int
+    max_requests: int = 0
+    app: object = None
 
 
 @dataclass(frozen=True)
@@ -74,37 +92,45 @@ def respawn_delay(status: int, lifetime: float, failures: int) -> tuple[float, i
 class Children:
     """The master's view of its workers: fork them, signal them, reap them."""
 
-    def __init__(self, log: Logger, signals: SignalQueue, fds_by_pool: dict[str, list[int]]):
+    def __init__(self, log: Logger, signals: SignalQueue, fds_by_pool: dict[str, list[int]],
+                 allow_root: bool = False):
         self.log = log
+        self.allow_root = allow_root
         self.signals = signals
         self.fds_by_pool = fds_by_pool
         self.by_pid: dict[int, Child] = {}
-        # Descriptors a worker must not keep (e.g. the daemon status pipe).
+        # Descriptors a worker must not keep (e.g. the daemon status pipe, scoreboard fds).
         self.close_in_child: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.by_pid)
 
-    def count(self, pool_name: str) -> int:
-        return sum(1 for c in self.by_pid.values() if c.pool.name == pool_name)
+    def serving(self, pool_name: str) -> list[Child]:
+        """The pool's workers that are not on their way out."""
+        return [c for c in self.by_pid.values() if c.pool.name == pool_name and c.stopping is None]
 
-    def spawn(self, pool) -> Child:
-        """Fork one worker of ``pool``. Raises OSError when fork() fails."""
+    def spawn(self, pool, seat: Seat) -> Child:
+        """Fork one worker of ``pool`` into ``seat``. Raises OSError when fork() fails."""
         # Import in the master, once: every worker then shares the loaded modules.
         from fpm import worker
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(worker.run, pool)
+                self._become_worker(worker.run, pool, seat)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        child = Child(pid, pool, time.monotonic())
+        seat.board.mem.set_pid(seat.slot, pid)
+        child = Child(pid, pool, time.monotonic(), seat.board, seat.slot)
         self.by_pid[pid] = child
         self.log.notice("[pool %s] child %d started" % (pool.name, pid))
         return child
 
-    def _become_worker(self, run, pool) -> None:
+    def adopt(self, child: Child) -> None:
+        """Take over a worker of the master this process was before a re-exec."""
+        self.by_pid[child.pid] = child
+
+    def _become_worker(self, run, pool, seat: Seat) -> None:
         """In the new child: shed the master's state and run the worker. Never returns."""
         code = EX_SOFTWARE
         try:
@@ -113,7 +139,7 @@ class Children:
             others = {fd for fds in self.fds_by_pool.values() for fd in fds} - set(own)
             for fd in others | self.close_in_child:
                 os.close(fd)
-            run(pool, list(own), self.log)
+            run(pool, list(own), self.log, seat, self.allow_root)
             self.log.error("[pool %s] child %d: the worker returned" % (pool.name, os.getpid()))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else EX_SOFTWARE
@@ -135,18 +161,28 @@ class Children:
                 break
             child = self.by_pid.pop(pid, None)
             if child is None:
+                self.log.warning("unknown child (%d) exited %s" % (pid, describe_status(status)[1]))
                 continue
+            if child.board is not None:
+                child.board.release(child.slot)
             gone = Exit(child, status, time.monotonic() - child.started)
             level, line = gone.describe()
+            if child.stopping == "idle" and level == "notice":
+                level, line = "debug", ("[pool %s] child %d has been killed by the process "
+                                        "management after %.6f seconds from start"
+                                        % (child.pool.name, pid, gone.lifetime))
             self.log.log(level, line)
             exits.append(gone)
         return exits
 
+    def kill(self, child: Child, sig: int) -> None:
+        self.log.debug("[pool %s] sending signal %d %s to child %d"
+                       % (child.pool.name, sig, signal_name(sig), child.pid))
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass  # exited, not reaped yet: its SIGCHLD is on the way
+
     def kill_all(self, sig: int) -> None:
-        for pid, child in self.by_pid.items():
-            self.log.debug("[pool %s] sending signal %d %s to child %d"
-                           % (child.pool.name, sig, signal_name(sig), pid))
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass  # exited, not reaped yet: its SIGCHLD is on the way
+        for child in list(self.by_pid.values()):
+            self.kill(child, sig)

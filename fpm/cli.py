@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(log, [str(e)])
     pid_file = os.path.abspath(args.pid) if args.pid else config.global_.pid
     # -R stays on the command line, which the master re-executes on reload (USR2).
-    code = serve(config, log, pid_file=pid_file, daemon=daemon, allow_root=allow_root)
+    code = serve(config, log, pid_file=pid_file, daemon=daemon, allow_root=allow_root,
+                 loader=lambda: _reload(args, allow_root))
     # The master is done and has cleaned up: skip the interpreter's finalization, which
     # costs ~13 ms of the 100 ms an idle master has to be gone after TERM or QUIT.
     sys.stdout.flush()
@@ -114,6 +115,15 @@ def _load(args) -> fpm_config.Config:
         text = resources.files("fpm").joinpath("default.conf").read_text(encoding="utf-8")
         return fpm_config.loads(text, EMBEDDED, prefix=args.prefix)
     return fpm_config.load(os.path.abspath(args.fpm_config), args.prefix)
+
+
+def _reload(args, allow_root: bool) -> fpm_config.Config:
+    """The configuration a reload (USR2) would start: read and checked as at start-up."""
+    config = _load(args)
+    errors, _ = unix.check_pools(config, allow_root)
+    if errors:
+        raise fpm_config.ConfigError(errors)
+    return config
 
 
 def _fail(log: Logger, errors: list[str]) -> int:

@@ -1,20 +1,26 @@
-"""The master: bind, fork the workers, then wait on signals and timers, in PHP-FPM's states.
+"""The master: bind, fork the workers, then wait on signals, timers and (ondemand) listening
+sockets, in PHP-FPM's states.
 
 =========== ============= ================= =============================================
 state        entered on    first signal      escalation (pct = process_control_timeout)
 =========== ============= ================= =============================================
-NORMAL       start         -                 a worker that exits is replaced
-RELOADING    USR2 (later)  SIGQUIT           as FINISHING, then re-exec instead of exit
+NORMAL       start         -                 workers are managed by their pool's pm
 FINISHING    QUIT          SIGQUIT           pct > 0: SIGTERM after pct, then SIGKILL
                                              every 1 s; pct = 0: wait for the workers
 TERMINATING  TERM, INT     SIGTERM           SIGKILL after pct (1 s if 0), then every 1 s
 =========== ============= ================= =============================================
 
-Overrides: NORMAL -> any other; RELOADING -> FINISHING or TERMINATING; FINISHING ->
-TERMINATING; TERMINATING -> none. No worker is spawned outside NORMAL. Outside NORMAL, the
-moment the last worker is reaped the master logs ``exiting, bye-bye!``, removes its pid file
-and unix sockets, and exits 0. The loop blocks in poll() on the signal pipe with the next
-timer as timeout, so an idle master reacts to a signal within microseconds.
+Overrides: NORMAL -> any other; FINISHING -> TERMINATING; TERMINATING -> none. No worker is
+spawned outside NORMAL. Outside NORMAL, the moment the last worker is reaped the master logs
+``exiting, bye-bye!``, removes its pid file and unix sockets, and exits 0.
+
+USR2 (and an emergency restart) is no state: in NORMAL, the new configuration is checked and
+its new sockets bound, then the master re-executes itself at once (fpm.reexec). The new
+master serves with new workers while the previous ones finish their requests; a broken
+configuration is logged and the current one keeps serving.
+
+Besides the signal pipe, the loop sleeps until the next timer: pm maintenance every second,
+the request-timeout heartbeat, per-worker escalations, the reload hand-over, systemd reports.
 """
 from __future__ import annotations
 
@@ -25,25 +31,33 @@ import select
 import signal
 import time
 
-from fpm import sockets
-from fpm.children import Children, respawn_delay
+from fpm import config as fpm_config
+from fpm import pm, reexec, sockets, systemd
+from fpm.children import Child, Children, Seat, respawn_delay
 from fpm.log import Logger, strerror
 from fpm.proctitle import set_process_title
-from fpm.signals import SignalQueue, handler_name, name as signal_name
+from fpm.scoreboard import FINISHING, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board, now_us
+from fpm.signals import HANDLED, SignalQueue, handler_name, name as signal_name
 
 EX_OK, EX_USAGE, EX_SOFTWARE, EX_CONFIG = 0, 64, 70, 78
+
+# Deaths that mean the code, not the load, is broken: they count for emergency_restart_*.
+FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                           signal.SIGABRT, signal.SIGSYS})
+MAINTENANCE = 1.0  # seconds between pm decisions (PHP-FPM's heartbeat)
+MIN_HEARTBEAT = 0.13  # floor of the request-timeout check interval, as PHP-FPM's
+HANDOVER_POLL = 0.02  # how often a reload checks whether the new workers are ready
+ONDEMAND_RECHECK = 0.01  # a connection still queued with nobody idle: look again this soon
 
 
 class State(enum.Enum):
     NORMAL = "normal"
-    RELOADING = "reloading"
     FINISHING = "finishing"
     TERMINATING = "terminating"
 
 
 _OVERRIDES = {
-    State.NORMAL: {State.RELOADING, State.FINISHING, State.TERMINATING},
-    State.RELOADING: {State.FINISHING, State.TERMINATING},
+    State.NORMAL: {State.FINISHING, State.TERMINATING},
     State.FINISHING: {State.TERMINATING},
     State.TERMINATING: set(),
 }
@@ -66,6 +80,34 @@ def next_signal(state: State, last: int | None, timeout: int) -> tuple[int, floa
     if last == signal.SIGQUIT:
         return signal.SIGTERM, 1.0
     return signal.SIGKILL, 1.0
+
+
+def record_fault(faults: tuple[float, ...], now: float, threshold: int,
+                 interval: int) -> tuple[tuple[float, ...], bool]:
+    """emergency_restart_*: remember a crash; True when the last ``threshold`` crashes all
+    happened within ``interval`` seconds (then start counting afresh)."""
+    if threshold <= 0 or interval <= 0:
+        return faults, False
+    faults = (faults + (now,))[-threshold:]
+    if len(faults) == threshold and now - faults[0] <= interval:
+        return (), True
+    return faults, False
+
+
+def timed_out(slot, timeout: int, track_finished: bool, now: int) -> float | None:
+    """Seconds the slot's request has run when that is past ``timeout``, else None."""
+    if timeout <= 0 or slot.stage not in (READING, RUNNING, FINISHING):
+        return None
+    if slot.stage == FINISHING and not track_finished:
+        return None
+    elapsed = (now - slot.accepted) / 1e6
+    return elapsed if elapsed >= timeout else None
+
+
+def heartbeat(pools) -> float | None:
+    """How often to check request timeouts: a third of the shortest, at least 130 ms."""
+    timeouts = [p.request_terminate_timeout for p in pools if p.request_terminate_timeout > 0]
+    return max(MIN_HEARTBEAT, min(timeouts) / 3) if timeouts else None
 
 
 class Timers:
@@ -97,14 +139,22 @@ class Timers:
 
 
 class Master:
-    """Runs the pools of ``config`` until a stop signal; ``run()`` returns the exit code."""
+    """Runs the pools of ``config`` until a stop signal; ``run()`` returns the exit code.
+
+    ``loader`` re-reads and checks the configuration for a reload (raises ConfigError).
+    ``inherited`` is what the previous master passed across a re-exec.
+    """
 
     def __init__(self, config, log: Logger, pid_file: str | None = None,
-                 status_fd: int | None = None):
+                 status_fd: int | None = None, *, allow_root: bool = False, loader=None,
+                 inherited: reexec.Inherited | None = None):
         self.config = config
         self.log = log
         self.pid_file = pid_file
         self.status_fd = status_fd  # a daemon's pipe to the process that launched it
+        self.allow_root = allow_root
+        self.loader = loader
+        self.inherited = inherited
         self.pools = {pool.name: pool for pool in config.pools}
         self.state = State.NORMAL
         self.timers = Timers()
@@ -112,15 +162,30 @@ class Master:
         self.failures: dict[str, int] = {}  # consecutive fast app-load failures per pool
         self.reaped: list = []  # exits seen in the current batch of signals
         self.listeners: list[sockets.Listener] = []
+        self.boards: dict[str, Board] = {}  # this generation's, by pool
+        self.old_boards: list[Board] = []  # inherited, until their last worker is gone
+        self.pm_states = {name: pm.PmState() for name in self.pools}
+        self.apps: dict[str, object] = {}  # preloaded apps by pool
+        self.handover: set[str] = set()  # pools whose inherited workers await the new ones
+        self.faults: tuple[float, ...] = ()
+        self.warned_process_max = False
         self.pid_written = False
+        self.orig_stderr: int | None = None
+        self.notifier = systemd.Notifier.from_env(os.environ, log)
+        self.report_every: float | None = None
+        self.reported_requests = 0
+        self.poller = select.epoll()
+        self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.signals: SignalQueue
         self.children: Children
 
     # --- start and stop ------------------------------------------------------------------
 
     def run(self) -> int:
-        # Handlers first: a TERM during start-up is queued, not fatal.
+        # Handlers first: a TERM during start-up is queued, not fatal. A re-exec arrives
+        # with these signals blocked, so that none is lost in between: unblock them now.
         self.signals = SignalQueue()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         try:
             code = self._start()
             if code == EX_OK:
@@ -137,7 +202,7 @@ class Master:
 
     def _start(self) -> int:
         try:
-            self.listeners = sockets.open_all(self.config.pools, self.log)
+            self.listeners = self._open_listeners()
         except sockets.ListenError as e:
             self.log.error(str(e))
             self.log.error("FPM initialization failed")
@@ -154,28 +219,94 @@ class Master:
         fds: dict[str, list[int]] = {name: [] for name in self.pools}
         for listener in self.listeners:
             fds[listener.pool_name].append(listener.fd)
-        self.children = Children(self.log, self.signals, fds)
+        for pool in self.config.pools:
+            self.boards[pool.name] = Board(pool.name, _slots(pool))
+        self.children = Children(self.log, self.signals, fds, self.allow_root)
+        self.children.close_in_child.update(b.fd for b in self.boards.values())
         if self.status_fd is not None:
             self.children.close_in_child.add(self.status_fd)
+        if self.inherited is not None:
+            self._adopt_children(self.inherited)
+        code = self._preload()
+        if code != EX_OK:
+            return code
         self._launch()
         self.log.notice("fpm is running, pid %d" % os.getpid())
         for pool in self.config.pools:
-            if pool.pm != "static":
-                self.log.warning("[pool %s] pm = %s is not implemented yet; running "
-                                 "pm.max_children (%d) workers as pm = static"
-                                 % (pool.name, pool.pm, pool.pm_max_children))
-            self._fill(pool)
+            self._spawn(pool, pm.initial(pool))
+            if pool.pm == "ondemand":
+                for fd in fds[pool.name]:
+                    self.ondemand_fds[fd] = pool.name
+                    self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
+        self.timers.set(("maintenance",), time.monotonic() + MAINTENANCE)
+        beat = heartbeat(self.config.pools)
+        if beat is not None:
+            self.timers.set(("heartbeat",), time.monotonic() + beat)
+        if self.handover:
+            self.timers.set(("handover",), time.monotonic())
+        self._start_systemd()
         self.log.notice("ready to handle connections")
         self._report(EX_OK)
+        return EX_OK
+
+    def _open_listeners(self) -> list[sockets.Listener]:
+        adopted: dict[str, sockets.Listener] = {}
+        if self.inherited is not None:
+            adopted, unused = reexec.adopt_listeners(self.inherited, self.config.pools)
+            for name, listener in adopted.items():
+                self.log.notice('using inherited socket fd=%d, "%s"' % (listener.fd, listener.key))
+            sockets.close_all(unused)
+        for name, sock in systemd.adopt_sockets(self.config.pools, self.log).items():
+            pool = self.pools[name]
+            adopted[name] = sockets.Listener(name, sockets.parse_listen(pool.listen), sock,
+                                             owned=False)
+        return sockets.open_all(self.config.pools, self.log, adopted)
+
+    def _adopt_children(self, inherited: reexec.Inherited) -> None:
+        """The previous master's workers: ours to reap, retired once the new ones serve."""
+        boards = {}
+        for fd, nslots, pool_name in inherited.boards:
+            boards[fd] = Board(pool_name, nslots, fd)
+            os.set_inheritable(fd, False)
+            self.children.close_in_child.add(fd)
+        self.old_boards = list(boards.values())
+        for pid, pool_name, board_fd, slot, started in inherited.children:
+            pool = self.pools.get(pool_name) or fpm_config.PoolConfig(name=pool_name, listen="")
+            boards[board_fd].adopt(slot)
+            self.children.adopt(Child(pid, pool, started, boards[board_fd], slot, stopping="reload"))
+            self.handover.add(pool_name)
+        # Workers that died while the exec ran were reaped by nobody yet.
+        self.reaped += self.children.reap()
+
+    def _preload(self) -> int:
+        """``preload``: import each such pool's app here, once, so workers share its pages."""
+        from fpm import apps
+        for pool in self.config.pools:
+            if not pool.preload:
+                continue
+            cwd = os.getcwd()
+            try:
+                self.apps[pool.name] = apps.load(pool.app, pool.chdir, pool.python_path,
+                                                 pool.virtualenv)
+            except apps.AppLoadError as e:
+                self.log.error("[pool %s] preload: %s" % (pool.name, e))
+                self.log.error("FPM initialization failed")
+                return EX_CONFIG
+            finally:
+                os.chdir(cwd)
         return EX_OK
 
     def _launch(self) -> None:
         """From here the log is final: stderr follows a log file (so stray output of the
         workers lands there too) and a daemon lets go of the terminal."""
         self.log.echo_stderr = False
+        daemon = self.status_fd is not None
         if self.log.is_file:
+            # What a re-executed master starts with as stderr; a daemon keeps no copy of
+            # the launcher's, or whoever waits on that pipe would wait for ever.
+            self.orig_stderr = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC) if daemon else os.dup(2)
             os.dup2(self.log.fd, 2)
-        if self.status_fd is not None:
+        if daemon:
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(null, 1)
@@ -200,48 +331,142 @@ class Master:
             self.pid_written = False
 
     def _loop(self) -> int:
-        poller = select.poll()
-        poller.register(self.signals.rfd, select.POLLIN)
+        self.poller.register(self.signals.rfd, select.EPOLLIN)
         while True:
             for key in self.timers.pop_due(time.monotonic()):
                 self._on_timer(key)
             if self.state is not State.NORMAL and not self.children:
+                if self.notifier is not None:
+                    self.notifier.stopping()
                 self.log.notice("exiting, bye-bye!")
                 return EX_OK
             timeout = self.timers.timeout(time.monotonic())
             # Round up: waking a hair early would spin until the deadline.
-            poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+            events = self.poller.poll(-1 if timeout is None else math.ceil(timeout * 1000) / 1000)
+            for fd, _ in events:
+                if fd in self.ondemand_fds and self.state is State.NORMAL:
+                    self._on_waiting_connection(self.pools[self.ondemand_fds[fd]])
             for sig in self.signals.drain():
                 getattr(self, handler_name(sig))()
             # Replace the dead only after the whole batch: a Ctrl-C reaches the workers and
             # the master together, and the master's SIGINT may sit behind their SIGCHLD.
-            if self.reaped and self.state is State.NORMAL:
-                self._replace(self.reaped)
+            if self.reaped:
+                self._after_exits(self.reaped)
             self.reaped = []
 
     def _on_timer(self, key: tuple) -> None:
-        if key[0] == "pctl":
+        kind = key[0]
+        if kind == "pctl":
             self._pctl_round()
-        elif key[0] == "spawn" and self.state is State.NORMAL:
-            self._fill(self.pools[key[1]])
+        elif kind == "maintenance" and self.state is State.NORMAL:
+            self._maintain()
+            self.timers.set(key, time.monotonic() + MAINTENANCE)
+        elif kind == "heartbeat":
+            self._check_timeouts()
+            self.timers.set(key, time.monotonic() + heartbeat(self.config.pools))
+        elif kind == "spawn" and self.state is State.NORMAL:
+            self._maintain_pool(self.pools[key[1]])
+        elif kind == "escalate":
+            self._escalate(key[1])
+        elif kind == "handover" and self.state is State.NORMAL:
+            self._hand_over()
+        elif kind == "ondemand" and self.state is State.NORMAL:
+            self._recheck_queue(self.pools[key[1]])
+        elif kind == "systemd":
+            self._report_systemd()
 
     # --- workers --------------------------------------------------------------------------
 
-    def _fill(self, pool) -> None:
-        """Fork until ``pool`` has pm.max_children workers (static)."""
-        while self.children.count(pool.name) < pool.pm_max_children:
+    def _spawn(self, pool, n: int) -> int:
+        """Fork up to ``n`` workers of ``pool``, within process.max; how many were forked."""
+        running = sum(1 for c in self.children.by_pid.values() if c.stopping is None)
+        allowed = pm.process_room(self.config.global_.process_max, running, n)
+        if allowed < n and not self.warned_process_max:
+            self.log.warning("The maximum number of processes has been reached. Please review "
+                             "your configuration and consider raising 'process.max'")
+            self.warned_process_max = True
+        board = self.boards[pool.name]
+        for i in range(allowed):
+            slot = board.claim()
+            if slot is None:
+                return i  # workers told to stop still hold their slots: next tick
+            jitter = (int.from_bytes(os.urandom(4), "little") % (pool.pm_max_requests_jitter + 1)
+                      if pool.pm_max_requests else 0)
+            seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name))
             try:
-                self.children.spawn(pool)
+                self.children.spawn(pool, seat)
             except OSError as e:
+                board.release(slot)
                 self.log.syserror("[pool %s] fork() failed; trying again in 1 second" % pool.name, e)
                 self.timers.set(("spawn", pool.name), time.monotonic() + 1.0)
-                return
+                return i
+        return allowed
 
-    def _replace(self, exits) -> None:
-        """Respawn after exits in NORMAL, holding back pools whose app does not load."""
+    def _slots(self, pool_name: str) -> list:
+        """Scoreboard copies of the pool's serving workers, for its process manager."""
+        return [c.board.read(c.slot) for c in self.children.serving(pool_name)]
+
+    def _apply(self, pool, plan: pm.Plan) -> None:
+        self.pm_states[pool.name] = plan.state
+        for level, text in plan.messages:
+            self.log.log(level, text)
+        if plan.stop is not None:
+            child = self.children.by_pid[plan.stop]
+            child.stopping = "idle"
+            self.children.kill(child, signal.SIGQUIT)
+        if plan.spawn:
+            self._spawn(pool, plan.spawn)
+
+    def _maintain(self) -> None:
+        for pool in self.config.pools:
+            if not self.timers.pending(("spawn", pool.name)):
+                self._maintain_pool(pool)
+
+    def _maintain_pool(self, pool) -> None:
+        self._apply(pool, pm.maintain(pool, self._slots(pool.name), self.pm_states[pool.name],
+                                      now_us()))
+
+    def _on_waiting_connection(self, pool) -> None:
+        if self.timers.pending(("spawn", pool.name)):
+            return  # its app does not load: forking per connection would only fail faster
+        plan = pm.on_waiting_connection(pool, self._slots(pool.name), self.pm_states[pool.name])
+        self._apply(pool, plan)
+        if len(self.children.serving(pool.name)) < pool.pm_max_children:
+            self.timers.set(("ondemand", pool.name), time.monotonic() + ONDEMAND_RECHECK)
+
+    def _recheck_queue(self, pool) -> None:
+        """Edge-triggered readiness says nothing about connections that were already
+        queued: while one still waits, act as if it had just arrived."""
+        fds = [fd for fd, name in self.ondemand_fds.items() if name == pool.name]
+        waiting = select.poll()
+        for fd in fds:
+            waiting.register(fd, select.POLLIN)
+        if waiting.poll(0):
+            self._on_waiting_connection(pool)
+
+    def _after_exits(self, exits) -> None:
+        """Emergency restart bookkeeping; in NORMAL, replace the workers that were not told
+        to go (holding back pools whose app does not load)."""
         now = time.monotonic()
+        reload = False
         for gone in exits:
-            pool = gone.child.pool
+            if os.WIFSIGNALED(gone.status) and os.WTERMSIG(gone.status) in FAULT_SIGNALS:
+                g = self.config.global_
+                self.faults, hit = record_fault(self.faults, now, g.emergency_restart_threshold,
+                                                g.emergency_restart_interval)
+                if hit:
+                    self.log.warning("failed processes threshold (%d in %d sec) is reached, "
+                                     "initiating reload" % (g.emergency_restart_threshold,
+                                                            g.emergency_restart_interval))
+                    reload = True
+        self._close_spent_boards()
+        if self.state is not State.NORMAL:
+            return
+        if self.handover:
+            self._hand_over()
+        replace = [g for g in exits if g.child.stopping is None and g.child.pool.name in self.pools]
+        for gone in replace:
+            pool = self.pools[gone.child.pool.name]
             delay, self.failures[pool.name] = respawn_delay(
                 gone.status, gone.lifetime, self.failures.get(pool.name, 0))
             if delay:
@@ -249,9 +474,148 @@ class Master:
                                  "%.6f seconds after start); next spawn in %g seconds"
                                  % (pool.name, gone.child.pid, gone.lifetime, delay))
                 self.timers.set(("spawn", pool.name), now + delay)
-        for pool in {gone.child.pool.name: gone.child.pool for gone in exits}.values():
+        for gone in replace:
+            pool = self.pools[gone.child.pool.name]
             if not self.timers.pending(("spawn", pool.name)):
-                self._fill(pool)
+                # One for one, as PHP-FPM respawns; a static pool refills to max_children.
+                room = pool.pm_max_children - len(self.children.serving(pool.name))
+                self._spawn(pool, min(room, pool.pm_max_children if pool.pm == "static" else 1))
+        if reload:
+            self._reload()
+
+    def _close_spent_boards(self) -> None:
+        in_use = {id(c.board) for c in self.children.by_pid.values()}
+        for board in [b for b in self.old_boards if id(b) not in in_use]:
+            self.old_boards.remove(board)
+            self.children.close_in_child.discard(board.fd)
+            board.close()
+
+    # --- timeouts and per-worker escalation --------------------------------------------------
+
+    def _check_timeouts(self) -> None:
+        now = now_us()
+        for child in list(self.children.by_pid.values()):
+            pool = self.pools.get(child.pool.name)
+            if pool is None or pool.request_terminate_timeout <= 0:
+                continue
+            slot = child.board.read(child.slot)
+            elapsed = timed_out(slot, pool.request_terminate_timeout,
+                                pool.request_terminate_timeout_track_finished, now)
+            if elapsed is None or child.timed_out == slot.accepted:
+                continue
+            child.timed_out = slot.accepted
+            self.log.warning('[pool %s] child %d, script \'%s\' (request: "%s %s") execution '
+                             'timed out (%.6f sec), terminating'
+                             % (pool.name, child.pid, _printable(slot.script or pool.app or ""),
+                                slot.method, _printable(slot.request_uri), elapsed))
+            child.board.mem.set_order(child.slot, ORDER_TIMEOUT)
+            self._signal(child, signal.SIGTERM, 1.0)
+
+    def _signal(self, child: Child, sig: int, escalate_after: float | None) -> None:
+        """Signal one worker; unless it has gone by ``escalate_after`` s, signal it harder."""
+        child.last_signal = sig
+        self.children.kill(child, sig)
+        if escalate_after is not None:
+            self.timers.set(("escalate", child.pid), time.monotonic() + escalate_after)
+
+    def _escalate(self, pid: int) -> None:
+        child = self.children.by_pid.get(pid)
+        if child is None:
+            return
+        sig = signal.SIGTERM if child.last_signal == signal.SIGQUIT else signal.SIGKILL
+        self.log.notice("[pool %s] child %d still alive, sending %s"
+                        % (child.pool.name, pid, signal_name(sig)))
+        self._signal(child, sig, 1.0)
+
+    # --- reload ------------------------------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """Retire the inherited workers of each pool whose new workers are all ready."""
+        self.timers.cancel(("handover",))
+        for name in sorted(self.handover):
+            pool = self.pools.get(name)
+            if pool is not None:
+                fresh = self._slots(name)
+                if len(fresh) < pm.initial(pool) or any(s.stage == STARTING for s in fresh):
+                    continue
+            old = [c for c in self.children.by_pid.values()
+                   if c.pool.name == name and c.stopping == "reload" and c.last_signal is None]
+            if old:
+                self.log.notice("[pool %s] %d child(ren) of the previous configuration finish "
+                                "their requests and exit" % (name, len(old)))
+            pct = self.config.global_.process_control_timeout
+            for child in old:
+                self._signal(child, signal.SIGQUIT, float(pct) if pct > 0 else None)
+            self.handover.discard(name)
+        if self.handover:
+            self.timers.set(("handover",), time.monotonic() + HANDOVER_POLL)
+        elif self.notifier is not None:
+            self.notifier.ready()
+
+    def _reload(self) -> None:
+        """Check the new configuration and bind its new sockets, then re-execute; on any
+        problem, say so and go on serving as before."""
+        if self.state is not State.NORMAL:
+            self.log.debug("not reloading, because already in '%s' state" % self.state.value)
+            return
+        self.log.notice("Reloading in progress ...")
+        try:
+            if self.loader is None:
+                raise fpm_config.ConfigError(["this master cannot re-read its configuration"])
+            config = self.loader()
+        except fpm_config.ConfigError as e:
+            for line in e.errors:
+                self.log.error(line)
+            self.log.error("reload failed: the new configuration is invalid; still serving "
+                           "with the current one")
+            return
+        current = {l.address.text for l in self.listeners}
+        fresh: list[sockets.Listener] = []
+        try:
+            for pool in config.pools:
+                if pool.listen.strip() not in current:
+                    fresh.append(sockets.open_listener(pool, self.log))
+        except sockets.ListenError as e:
+            sockets.close_all(fresh)
+            self.log.error(str(e))
+            self.log.error("reload failed: still serving with the current configuration")
+            return
+        if self.notifier is not None:
+            self.notifier.reloading()
+        argv = reexec.command()
+        self.log.notice("reloading: execvp(\"%s\", {%s})"
+                        % (argv[0], ", ".join('"%s"' % a for a in argv)))
+        error = reexec.execute(self.listeners + fresh,
+                               list(self.boards.values()) + self.old_boards,
+                               list(self.children.by_pid.values()), self.orig_stderr)
+        sockets.close_all(fresh)
+        self.log.syserror("failed to reload: execvp() failed; still serving", error)
+
+    # --- systemd ---------------------------------------------------------------------------
+
+    def _start_systemd(self) -> None:
+        if self.notifier is None:
+            return
+        every, watchdog, messages = systemd.interval(
+            os.environ, self.config.global_.systemd_interval, os.getpid())
+        for level, text in messages:
+            self.log.log(level, text)
+        self.report_every, self.watchdog = every, watchdog
+        if not self.handover:
+            self.notifier.ready()
+        if every is not None:
+            self.timers.set(("systemd",), time.monotonic() + every)
+
+    def _report_systemd(self) -> None:
+        slots = [c.board.read(c.slot) for c in self.children.by_pid.values()]
+        idle = sum(s.idle for s in slots)
+        requests = sum(b.mem.accepted_conn for b in self.boards.values())
+        self.notifier.status(systemd.status_line(len(slots) - idle, idle, requests, 0,
+                                                 self.reported_requests, self.report_every))
+        self.reported_requests = requests
+        if self.watchdog:
+            self.notifier.watchdog()
+        self.timers.set(("systemd",), time.monotonic() + self.report_every)
 
     # --- states ---------------------------------------------------------------------------
 
@@ -264,8 +628,10 @@ class Master:
             return
         self.state = new
         self.last_signal = None
-        for key in [("spawn", name) for name in self.pools]:
-            self.timers.cancel(key)
+        for name in self.pools:
+            self.timers.cancel(("spawn", name))
+        if self.notifier is not None:
+            self.notifier.stopping()
         self._pctl_round()
 
     def _pctl_round(self) -> None:
@@ -311,13 +677,23 @@ class Master:
             self.children.kill_all(signal.SIGQUIT)
 
     def handle_usr2(self) -> None:
-        self.log.warning("graceful reload (SIGUSR2) is not supported by this version; "
-                         "signal ignored")
+        self._reload()
 
     def handle_chld(self) -> None:
         self.reaped += self.children.reap()
         if not self.children:
             self.timers.cancel(("pctl",))
+
+
+def _slots(pool) -> int:
+    """Scoreboard size: twice pm.max_children, so workers told to stop may still hold their
+    slots while their replacements start."""
+    return 2 * pool.pm_max_children
+
+
+def _printable(text: str) -> str:
+    """PHP-FPM's rule for the script in timeout lines: non-printable bytes become '.'."""
+    return "".join(ch if ch.isprintable() else "." for ch in text)
 
 
 def _write_pid_file(path: str) -> None:
@@ -366,11 +742,22 @@ def _await_daemon(read_fd: int, log: Logger) -> int:
     return status[0] if status else EX_SOFTWARE
 
 
-def serve(config, log: Logger, *, pid_file: str | None, daemon: bool) -> int:
-    """Run ``config`` as a master (in the background if ``daemon``); the exit code."""
+def serve(config, log: Logger, *, pid_file: str | None, daemon: bool, allow_root: bool = False,
+          loader=None) -> int:
+    """Run ``config`` as a master (in the background if ``daemon``); the exit code.
+
+    A master re-executed by a reload inherits its predecessor's sockets and workers, and
+    stays in the foreground it already has (its pid must not change).
+    """
     for level, text in config.messages:
         log.log(level, text)
-    status_fd = daemonize(log) if daemon else None
+    try:
+        inherited = reexec.take()
+    except ValueError as e:
+        log.error(str(e))
+        return EX_SOFTWARE
+    status_fd = daemonize(log) if daemon and inherited is None else None
     where = config.path if config.path.startswith("(") else "(%s)" % config.path
     set_process_title("pyfpm: master process %s" % where)
-    return Master(config, log, pid_file, status_fd).run()
+    return Master(config, log, pid_file, status_fd, allow_root=allow_root, loader=loader,
+                  inherited=inherited).run()

@@ -100,10 +100,12 @@ def resolve_owner(pool_name: str, owner: str | None, group: str | None) -> tuple
 class Listener:
     """A bound, listening, non-blocking socket of one pool."""
 
-    def __init__(self, pool_name: str, address: Address, sock: socket.socket):
+    def __init__(self, pool_name: str, address: Address, sock: socket.socket, owned: bool = True):
         self.pool_name = pool_name
         self.address = address
         self.sock = sock
+        # False for a socket systemd passed: its unix socket file is systemd's to remove.
+        self.owned = owned
 
     @property
     def fd(self) -> int:
@@ -120,7 +122,7 @@ class Listener:
     def close(self) -> None:
         """Close; a unix socket's file is removed so the next start can bind it."""
         self.sock.close()
-        if self.address.family == socket.AF_UNIX and self.address.path:
+        if self.owned and self.address.family == socket.AF_UNIX and self.address.path:
             try:
                 os.unlink(self.address.path)
             except FileNotFoundError:
@@ -239,14 +241,17 @@ def _someone_listens(path: str) -> bool:
     return True
 
 
-def open_all(pools, log: Logger) -> list[Listener]:
-    """One listener per pool, in pool order; on failure close those already open."""
+def open_all(pools, log: Logger, adopted: dict[str, Listener] | None = None) -> list[Listener]:
+    """One listener per pool, in pool order: the one ``adopted`` holds for the pool's name
+    (passed by systemd, or kept across a reload), else a new one. On failure, close those
+    this call opened."""
+    adopted = adopted or {}
     listeners: list[Listener] = []
     try:
         for pool in pools:
-            listeners.append(open_listener(pool, log))
+            listeners.append(adopted.get(pool.name) or open_listener(pool, log))
     except BaseException:
-        close_all(listeners)
+        close_all(l for l in listeners if l not in adopted.values())
         raise
     return listeners
 

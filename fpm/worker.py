@@ -9,19 +9,17 @@ import signal
 import socket
 from typing import NoReturn
 
-from fpm import __version__, _proto, apps
+from fpm import __version__, _proto, apps, unix
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
 EX_SOFTWARE = 70
-# How long a request may wait for the rest of its records from the web server.
-READ_TIMEOUT = 60.0
 
 
-def run(pool, listen_fds: list[int], log) -> NoReturn:
+def run(pool, listen_fds: list[int], log, seat, allow_root: bool = False) -> NoReturn:
     """Serve ``pool`` on the inherited ``listen_fds`` until told to stop; never returns."""
     try:
-        code = serve(pool, listen_fds, log)
+        code = serve(pool, listen_fds, log, seat, allow_root)
     except BaseException as e:  # the worker must end in os._exit, never unwind into the master's code
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
             log.exception("[pool %s] child %d: worker failed" % (pool.name, os.getpid()))
@@ -29,14 +27,18 @@ def run(pool, listen_fds: list[int], log) -> NoReturn:
     os._exit(code)
 
 
-def serve(pool, listen_fds: list[int], log) -> int:
+def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
     _init_signals()
-    _die_with_parent()
-    set_process_title("pyfpm: pool %s" % pool.name)
+    set_process_title("pyfpm: pool %s" % pool.name)  # before a chroot hides libc's path
     pid = os.getpid()
-    os.environ.update(pool.env)
     try:
-        app = apps.load(pool.app, pool.chdir, pool.python_path)
+        unix.apply(pool, log, allow_root)
+    except unix.UnixError as e:
+        log.error("[pool %s] child %d: %s" % (pool.name, pid, e.reason))
+        return EX_SOFTWARE
+    _die_with_parent()  # after apply(): changing the uid clears the parent-death signal
+    try:
+        app = seat.app or apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv)
     except apps.AppLoadError as e:
         log.error("[pool %s] child %d: %s" % (pool.name, pid, e))
         return EX_SOFTWARE
@@ -51,9 +53,19 @@ def serve(pool, listen_fds: list[int], log) -> int:
         log.error('[pool %s] child %d: the application raised an exception on "%s %s"\n%s'
                   % (pool.name, pid, method, uri, text.rstrip("\n")))
 
-    _proto.serve(listen_fds, app, base_environ(pool), pool.mount, pool.fastcgi_params_max,
-                 max_conns=pool.pm_max_children * _proto.MAX_HELD, max_reqs=pool.pm_max_children,
-                 read_timeout=READ_TIMEOUT, log_peer=log_peer, log_app_error=log_app_error)
+    requests, reason, rss = _proto.serve(
+        listen_fds, app, base_environ(pool), pool.mount, pool.fastcgi_params_max,
+        max_conns=pool.pm_max_children * _proto.MAX_HELD, max_reqs=pool.pm_max_children,
+        read_timeout=pool.request_read_timeout, log_peer=log_peer, log_app_error=log_app_error,
+        board=seat.board.mem, slot=seat.slot, max_requests=seat.max_requests,
+        max_memory=pool.pm_max_memory)
+    if reason == "max_memory":
+        log.notice("[pool %s] child %d: RSS %.1f MiB exceeds pm.max_memory (%.1f MiB) after "
+                   "request %d; recycling" % (pool.name, pid, rss / 2**20,
+                                              pool.pm_max_memory / 2**20, requests))
+    elif reason == "max_requests":
+        log.debug("[pool %s] child %d: served its %d requests (pm.max_requests); recycling"
+                  % (pool.name, pid, requests))
     return 0
 
 

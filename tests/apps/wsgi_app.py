@@ -8,6 +8,7 @@ Routes dispatch on PATH_INFO, so they work under any mount prefix.
 import hashlib
 import json
 import os
+import signal
 import tempfile
 import time
 from urllib.parse import parse_qs
@@ -147,6 +148,23 @@ def slow_route(environ, start_response):
     return _reply(start_response, {"pid": os.getpid(), "began": began})
 
 
+def crash_route(environ, start_response):
+    """Die the way a broken C extension does: SIGSEGV, no response."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(5)
+
+
+_HELD = []
+
+
+def grow_route(environ, start_response):
+    """Keep ?mb= MiB alive in this worker, touched so that it counts in RSS."""
+    _HELD.append(bytearray(int(_query(environ).get("mb", "1")) << 20))
+    for block in _HELD[-1:]:
+        block[::4096] = b"x" * len(block[::4096])
+    return _reply(start_response, {"pid": os.getpid(), "held_mb": sum(map(len, _HELD)) >> 20})
+
+
 def hello_route(environ, start_response):
     return _reply(start_response, b"hello world", "text/plain")
 
@@ -161,7 +179,7 @@ ROUTES = {
     "/stream": stream_route, "/write": write_route, "/file": file_route,
     "/raise-before": raise_before_route, "/raise-after": raise_after_route,
     "/cookies": cookies_route, "/stderr": stderr_route, "/slow": slow_route,
-    "/hello": hello_route, "/status": status_route,
+    "/hello": hello_route, "/status": status_route, "/crash": crash_route, "/grow": grow_route,
 }
 
 

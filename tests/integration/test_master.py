@@ -297,14 +297,6 @@ def test_usr1_reopens_the_error_log(tmp_path):
         server.stop()
 
 
-def test_usr2_does_not_stop_the_master(server):
-    mark = server.mark()
-    server.signal(signal.SIGUSR2)
-    server.wait_log(r"WARNING: graceful reload \(SIGUSR2\) is not supported", since=mark)
-    assert server.proc.poll() is None
-    assert server.request("/").status == 200
-
-
 # --- failures and the command line ----------------------------------------------------------
 
 def test_bad_config_exits_78(tmp_path):
@@ -360,6 +352,14 @@ def test_daemonize(tmp_path):
         assert harness.alive(daemon) and os.getsid(daemon) == daemon
         assert "ready to handle connections" in (tmp_path / "fpm.log").read_text()
         from fpm.client import request
+        assert request(str(tmp_path / "fpm.sock"), "/").status == 200
+        # A reload re-executes the daemon in place: same pid, no second launch, still serving.
+        os.kill(daemon, signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while (tmp_path / "fpm.log").read_text().count("ready to handle connections") < 2:
+            assert time.monotonic() < deadline, (tmp_path / "fpm.log").read_text()
+            time.sleep(0.02)
+        assert int((tmp_path / "fpm.pid").read_text()) == daemon and os.getsid(daemon) == daemon
         assert request(str(tmp_path / "fpm.sock"), "/").status == 200
         os.kill(daemon, signal.SIGTERM)
         deadline = time.monotonic() + 5

@@ -3,12 +3,13 @@ import signal
 
 import pytest
 
-from fpm.master import State, Timers, may_switch, next_signal
+from fpm.master import (State, Timers, heartbeat, may_switch, next_signal, record_fault,
+                        timed_out)
+from fpm.scoreboard import FINISHING, IDLE, READING, RUNNING, Slot
 
 
 @pytest.mark.parametrize("current, allowed", [
-    (State.NORMAL, {State.RELOADING, State.FINISHING, State.TERMINATING}),
-    (State.RELOADING, {State.FINISHING, State.TERMINATING}),
+    (State.NORMAL, {State.FINISHING, State.TERMINATING}),
     (State.FINISHING, {State.TERMINATING}),
     (State.TERMINATING, set()),
 ])
@@ -45,8 +46,47 @@ def test_finishing_escalates_quit_term_kill():
         (signal.SIGQUIT, 10.0), (signal.SIGTERM, 1.0), (signal.SIGKILL, 1.0)]
 
 
-def test_reloading_starts_like_finishing():
-    assert next_signal(State.RELOADING, None, 3) == (signal.SIGQUIT, 3.0)
+def test_emergency_restart_needs_threshold_crashes_within_interval():
+    faults, hits = (), []
+    for t in (0, 5, 20, 21, 22):  # threshold 3 in 10 s: only 20, 21, 22 qualify
+        faults, hit = record_fault(faults, float(t), 3, 10)
+        hits.append(hit)
+    assert hits == [False, False, False, False, True]
+    assert faults == (), "counting starts afresh after a reload is triggered"
+
+
+@pytest.mark.parametrize("threshold, interval", [(0, 10), (3, 0)])
+def test_emergency_restart_off_unless_both_are_set(threshold, interval):
+    faults = ()
+    for t in range(10):
+        faults, hit = record_fault(faults, float(t), threshold, interval)
+        assert not hit
+
+
+def slot(stage, accepted_s):
+    return Slot(1, stage, 0, 0, 0, int(accepted_s * 1e6), 0, 0, 0, 0, "GET", "/", "", "")
+
+
+@pytest.mark.parametrize("stage, track, expected", [
+    (READING, False, 12.0), (RUNNING, False, 12.0), (FINISHING, False, None),
+    (FINISHING, True, 12.0), (IDLE, True, None)])
+def test_terminate_timeout_applies_to_requests_in_progress(stage, track, expected):
+    assert timed_out(slot(stage, 8.0), 10, track, int(20e6)) == expected
+
+
+def test_terminate_timeout_not_yet_and_off():
+    assert timed_out(slot(RUNNING, 15.0), 10, False, int(20e6)) is None
+    assert timed_out(slot(RUNNING, 0.0), 0, False, int(20e6)) is None
+
+
+def test_heartbeat_is_a_third_of_the_shortest_timeout():
+    class P:
+        def __init__(self, t):
+            self.request_terminate_timeout = t
+    assert heartbeat([P(0)]) is None
+    assert heartbeat([P(30), P(9), P(0)]) == 3.0
+    assert heartbeat([P(0), P(0)]) is None
+    assert heartbeat([P(1)]) == pytest.approx(1 / 3)
 
 
 def test_timers():

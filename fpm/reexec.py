@@ -1,0 +1,106 @@
+"""Graceful reload by re-executing the master in place (same pid).
+
+What crosses the exec, in ``PYFPM_INHERIT`` (JSON): the listening sockets with the ``listen``
+text each was opened for, the scoreboards (memfds) and the workers still running, which
+stay this process's children. The new master matches sockets to its pools by ``listen``
+text, serves with new workers, and retires the inherited ones once their pool's new workers
+are ready. Nothing is closed in between, so no connection is refused or lost.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from fpm.signals import HANDLED
+from fpm.sockets import Listener, parse_listen
+
+ENV = "PYFPM_INHERIT"
+
+
+@dataclass(frozen=True)
+class Inherited:
+    listeners: tuple[tuple[str, int, bool], ...]  # (listen text, fd, owned)
+    boards: tuple[tuple[int, int, str], ...]  # (fd, nslots, pool name)
+    # (pid, pool name, board fd, slot, started on time.monotonic())
+    children: tuple[tuple[int, str, int, int, float], ...]
+
+
+def encode(listeners, boards, children) -> str:
+    return json.dumps({
+        "listeners": [[l.address.text, l.fd, l.owned] for l in listeners],
+        "boards": [[b.fd, b.nslots, b.pool_name] for b in boards],
+        "children": [[c.pid, c.pool.name, c.board.fd, c.slot, c.started] for c in children],
+    })
+
+
+def decode(text: str) -> Inherited:
+    """Raises ValueError on anything but what encode() makes."""
+    try:
+        data = json.loads(text)
+        return Inherited(tuple((str(t), int(fd), bool(o)) for t, fd, o in data["listeners"]),
+                         tuple((int(fd), int(n), str(p)) for fd, n, p in data["boards"]),
+                         tuple((int(pid), str(p), int(fd), int(s), float(t))
+                               for pid, p, fd, s, t in data["children"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError("malformed %s: %s" % (ENV, e)) from None
+
+
+def take(environ=None) -> Inherited | None:
+    """What the previous master left, removed from the environment; None on a fresh start."""
+    environ = os.environ if environ is None else environ
+    text = environ.pop(ENV, None)
+    return None if text is None else decode(text)
+
+
+def adopt_listeners(inherited: Inherited, pools) -> tuple[dict[str, Listener], list[Listener]]:
+    """({pool name: listener} for pools whose ``listen`` is unchanged, [the rest])."""
+    by_text = {pool.listen.strip(): pool.name for pool in pools}
+    adopted, unused = {}, []
+    for text, fd, owned in inherited.listeners:
+        sock = socket.socket(fileno=fd)
+        os.set_inheritable(fd, False)
+        name = by_text.get(text)
+        listener = Listener(name or "", parse_listen(text), sock, owned)
+        if name is None:
+            unused.append(listener)
+        else:
+            adopted[name] = listener
+    return adopted, unused
+
+
+def command() -> list[str]:
+    """This master's command line: the same interpreter options, script or -m, arguments."""
+    return [sys.executable] + sys.orig_argv[1:]
+
+
+def execute(listeners, boards, children, stderr_fd: int | None) -> OSError:
+    """Replace this process with a new master that inherits the lot. Returns only on failure,
+    with the error, everything restored."""
+    fds = [l.fd for l in listeners] + [b.fd for b in boards]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    os.environ[ENV] = encode(listeners, boards, children)
+    # Signals that arrive during the exec wait, blocked, for the new master's handlers.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    saved_stderr = None
+    if stderr_fd is not None:
+        # The launch pointed stderr at the log file; the new master starts as this one did.
+        saved_stderr = os.dup(2)
+        os.dup2(stderr_fd, 2)
+    argv = command()
+    try:
+        os.execv(argv[0], argv)
+    except OSError as e:
+        error = e
+    if saved_stderr is not None:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    del os.environ[ENV]
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    return error

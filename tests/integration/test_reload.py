@@ -1,0 +1,213 @@
+"""SIGUSR2 reload (the master re-executes itself and keeps its sockets), emergency restart, and
+request_terminate_timeout, through nginx where a user would notice."""
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+from pathlib import Path
+
+import harness
+import load
+from conftest import APPS, find_program, http_request
+
+CONFIG = """\
+[global]
+log_level = {log_level}
+{global_extra}
+
+[www]
+listen = {listen}
+listen.mode = 0666
+pm = static
+pm.max_children = {children}
+app = wsgi_app:app
+python_path = %s
+{pool_extra}
+""" % APPS
+
+
+def config(tmp, listen=None, children=2, log_level="notice", global_extra="", pool_extra=""):
+    return CONFIG.format(listen=listen or tmp / "www.sock", children=children, log_level=log_level,
+                         global_extra=global_extra, pool_extra=pool_extra)
+
+
+@pytest.fixture
+def fpm(pyfpm, tmp_path_factory):
+    def start(**kwargs):
+        tmp = tmp_path_factory.mktemp("reload")
+        return pyfpm(config(tmp, **kwargs))
+    return start
+
+
+def reload(server, timeout=10.0):
+    """USR2, then wait until the new master is up and the previous workers are told to go."""
+    mark = server.mark()
+    server.signal(signal.SIGUSR2)
+    server.wait_log(r"NOTICE: ready to handle connections$", timeout, since=mark)
+    return mark
+
+
+def worker_pids(server):
+    return set(server.children())
+
+
+def test_reload_under_load_loses_no_request(fpm, nginx):
+    """wrk through nginx for 10 s, 3 reloads, plus a 3 s request in flight across the first:
+    no failed request, no request cut short, the master keeps its pid."""
+    wrk = find_program("wrk")
+    server = fpm(children=2)
+    front = nginx(server.address)
+    server.wait_idle(2)
+    master, first_workers = server.pid, worker_pids(server)
+    slow = {}
+    slow_thread = threading.Thread(
+        target=lambda: slow.update(r=http_request(front.port, "GET", "/slow?s=3")))
+    proc = load.start_wrk(wrk, front.port, "/hello", 10, 16)
+    time.sleep(1.0)
+    slow_thread.start()
+    time.sleep(0.3)
+    for _ in range(3):
+        reload(server)
+        time.sleep(2.5)
+    result = load.finish(proc)
+    slow_thread.join(10)
+    print("reload under load: %d requests, p50 %.2f ms, p99 %.2f ms"
+          % (result.requests, result.p50_ms, result.p99_ms))
+    assert result.requests > 1000, result.text
+    assert result.failures == 0, result.text
+    assert slow["r"].status == 200, "the in-flight request was cut short"
+    assert server.pid == master
+    text = server.log_text()
+    assert text.count("NOTICE: Reloading in progress ...") == 3
+    assert len(re.findall(r'NOTICE: using inherited socket fd=\d+, ".*www\.sock"', text)) == 3
+    assert not worker_pids(server) & first_workers
+    # Old workers left with code 0 (graceful), none was killed.
+    assert not re.search(r"exited on signal", text), text
+
+
+def test_reload_with_a_broken_config_keeps_serving(fpm, tmp_path):
+    server = fpm(children=2)
+    before = server.wait_idle(2)
+    good = server.conf_path.read_text()
+    server.conf_path.write_text(good.replace("pm.max_children = 2", "pm.max_children = lots"))
+    mark = server.mark()
+    server.signal(signal.SIGUSR2)
+    server.wait_log(r"ERROR: reload failed: the new configuration is invalid; still serving "
+                    r"with the current one$", since=mark)
+    text = server.log_text()[mark:]
+    assert re.search(r"ERROR: \[.*pyfpm\.conf:\d+\] \[pool www\] pm\.max_children: invalid "
+                     r"value 'lots'", text), text
+    assert "reloading: execvp" not in text
+    assert server.request("/hello").body == b"hello world"
+    assert sorted(server.children()) == sorted(before), "the workers were disturbed"
+    # Fixed, the next reload goes through.
+    server.conf_path.write_text(good)
+    reload(server)
+    server.wait_log(r"child\(ren\) of the previous configuration finish their requests", since=mark)
+    assert server.request("/hello").status == 200
+
+
+def test_reload_applies_a_changed_config(fpm, tmp_path):
+    server = fpm(children=2)
+    server.wait_idle(2)
+    old_sock = Path(server.address)
+    new_sock = old_sock.parent / "moved.sock"
+    text = server.conf_path.read_text()
+    text = text.replace("listen = %s" % old_sock, "listen = %s" % new_sock)
+    text = text.replace("pm.max_children = 2", "pm.max_children = 3")
+    text += "\n[extra]\nlisten = %s\npm = static\npm.max_children = 1\napp = wsgi_app:app\n" \
+            "python_path = %s\n" % (server.tmp / "extra.sock", APPS)
+    server.conf_path.write_text(text)
+    mark = reload(server)
+    server.wait_log(r"\[pool www\] 2 child\(ren\) of the previous configuration", since=mark)
+    deadline = time.monotonic() + 5
+    while len(server.children()) != 4:  # 3 www + 1 extra, the old 2 gone
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.02)
+    from fpm import client
+    assert client.request(str(new_sock), "/hello").body == b"hello world"
+    assert client.request(str(server.tmp / "extra.sock"), "/hello").status == 200
+    assert not old_sock.exists(), "the socket no pool listens on any more was left behind"
+
+
+def test_reload_keeps_the_old_workers_while_the_new_app_fails_to_load(fpm):
+    server = fpm(children=2)
+    before = set(server.wait_idle(2))
+    server.conf_path.write_text(server.conf_path.read_text().replace(
+        "app = wsgi_app:app", "app = no_such_module:app"))
+    mark = reload(server)
+    server.wait_log(r"could not load the app \(exit code 70", since=mark)
+    # The previous workers still serve: nobody told them to go.
+    assert before <= set(server.children())
+    for _ in range(5):
+        assert server.request("/hello").body == b"hello world"
+    assert "of the previous configuration finish" not in server.log_text()[mark:]
+
+
+def test_emergency_restart_after_crashes(fpm):
+    server = fpm(children=2, global_extra="emergency_restart_threshold = 3\n"
+                                          "emergency_restart_interval = 10s")
+    server.wait_idle(2)
+    mark = server.mark()
+    for _ in range(3):
+        with pytest.raises(Exception):
+            server.request("/crash", timeout=5)
+    server.wait_log(r"WARNING: failed processes threshold \(3 in 10 sec\) is reached, "
+                    r"initiating reload$", since=mark)
+    server.wait_log(r"NOTICE: reloading: execvp", since=mark)
+    server.wait_log(r"NOTICE: ready to handle connections$", since=mark)
+    text = server.log_text()[mark:]
+    assert len(re.findall(r"exited on signal 11 \(SIGSEGV", text)) == 3
+    assert server.request("/hello").status == 200
+
+
+def test_crashes_below_the_threshold_do_not_reload(fpm):
+    server = fpm(children=2, global_extra="emergency_restart_threshold = 3\n"
+                                          "emergency_restart_interval = 10s")
+    server.wait_idle(2)
+    mark = server.mark()
+    for _ in range(2):
+        with pytest.raises(Exception):
+            server.request("/crash", timeout=5)
+    deadline = time.monotonic() + 5
+    while server.log_text()[mark:].count("exited on signal 11 (SIGSEGV") < 2:
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.02)
+    server.wait_idle(2)
+    assert "initiating reload" not in server.log_text()[mark:]
+
+
+def test_terminate_timeout_answers_504_and_respawns(fpm, nginx):
+    server = fpm(children=2, pool_extra="request_terminate_timeout = 1s")
+    front = nginx(server.address)
+    before = set(server.wait_idle(2))
+    stuck = {}
+    thread = threading.Thread(target=lambda: stuck.update(r=front.get("/slow?s=10")))
+    thread.start()
+    # The other worker keeps answering meanwhile.
+    for _ in range(10):
+        assert front.get("/hello").status == 200
+    thread.join(15)
+    response = stuck["r"]
+    assert response.status == 504
+    assert b"request_terminate_timeout" in response.body
+    assert 1.0 <= response.seconds < 3.0
+    text = server.wait_log(r"WARNING: \[pool www\] child (\d+), script 'wsgi_app:app' "
+                           r"\(request: \"GET /slow\?s=10\"\) execution timed out "
+                           r"\(1\.\d{6} sec\), terminating$")
+    victim = int(text[1])
+    assert victim in before
+    server.wait_log(r"WARNING: \[pool www\] child %d exited on signal 15 \(SIGTERM\)" % victim)
+    after = set(server.wait_idle(2))
+    assert victim not in after and len(after) == 2
+
+
+def test_terminate_timeout_off_lets_slow_requests_finish(fpm, nginx):
+    server = fpm(children=1)
+    front = nginx(server.address)
+    server.wait_idle(1)
+    assert front.get("/slow?s=1.5").status == 200
+    assert "timed out" not in server.log_text()
