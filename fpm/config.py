@@ -944,6 +944,11 @@ def _build(doc: ini.Document, path: str, base: str) -> Config:
         errors.append(f"[{path}] no pool defined: at least one pool section ([www]) is needed")
     global_config = GlobalConfig(**_resolve(global_, base, errors, messages))
     pool_configs = [_make_pool(p, base, errors, messages) for p in pools.values()]
+    if global_config.events_mechanism == "poll":
+        # The master learns of a waiting connection from an edge-triggered epoll event.
+        errors.extend(f"{_at(p.origin.get('pm', p.where))} [pool {p.name}] the ondemand process "
+                      f"manager can only be used with events.mechanism = epoll (or auto), "
+                      f"not poll" for p, c in zip(pools.values(), pool_configs) if c.pm == "ondemand")
     _check_listen_clashes(list(zip(pools.values(), pool_configs)), errors)
     if errors:
         raise ConfigError(errors)

@@ -174,7 +174,7 @@ class Master:
         self.notifier = systemd.Notifier.from_env(os.environ, log)
         self.report_every: float | None = None
         self.reported_requests = 0
-        self.poller = select.epoll()
+        self.poller = _Poll() if config.global_.events_mechanism == "poll" else select.epoll()
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.signals: SignalQueue
         self.children: Children
@@ -683,6 +683,20 @@ class Master:
         self.reaped += self.children.reap()
         if not self.children:
             self.timers.cancel(("pctl",))
+
+
+class _Poll:
+    """``events.mechanism = poll``: select.poll behind epoll's interface (level-triggered,
+    so the configuration refuses ondemand with it)."""
+
+    def __init__(self):
+        self._poll = select.poll()
+
+    def register(self, fd: int, mask: int) -> None:
+        self._poll.register(fd, select.POLLIN)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._poll.poll(None if timeout < 0 else timeout * 1000)
 
 
 def _slots(pool) -> int:

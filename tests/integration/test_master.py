@@ -437,3 +437,14 @@ def test_embedded_default_serves_the_demo_page():
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_events_mechanism_poll_runs_the_master_on_poll(tmp_path):
+    with make_server(tmp_path, global_extra="events.mechanism = poll",
+                     pool_extra="request_terminate_timeout = 1s") as server:
+        assert server.request("/").status == 200
+        thread, result = start_slow_request(server, 5.0)
+        thread.join(10)
+        assert result["response"].status == 504, "the timers did not run"
+        server.signal(signal.SIGQUIT)
+        assert server.wait_exit(5) == 0

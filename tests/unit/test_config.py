@@ -1436,3 +1436,13 @@ def test_table_and_dataclasses_name_the_same_fields():
 def test_names_map_to_fields():
     assert {d.name: d.field for d in config.DIRECTIVES}["fastcgi.params_max"] == \
         "fastcgi_params_max"
+
+
+def test_ondemand_needs_edge_triggered_events():
+    text = "[global]\nevents.mechanism = poll\n[www]\nlisten = 9000\npm = ondemand\npm.max_children = 2\n"
+    with pytest.raises(config.ConfigError) as e:
+        config.loads(text, "/etc/pyfpm.conf")
+    assert e.value.errors == ["[/etc/pyfpm.conf:5] [pool www] the ondemand process manager can "
+                              "only be used with events.mechanism = epoll (or auto), not poll"]
+    assert config.loads(text.replace("ondemand", "dynamic\npm.min_spare_servers = 1\n"
+                                     "pm.max_spare_servers = 1"), "/etc/pyfpm.conf")
