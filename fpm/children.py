@@ -109,8 +109,12 @@ class Children:
         """The pool's workers that are not on their way out."""
         return [c for c in self.by_pid.values() if c.pool.name == pool_name and c.stopping is None]
 
-    def spawn(self, pool, seat: Seat) -> Child:
-        """Fork one worker of ``pool`` into ``seat``. Raises OSError when fork() fails."""
+    def spawn(self, pool, seat: Seat, respawn: bool = False) -> Child:
+        """Fork one worker of ``pool`` into ``seat``. Raises OSError when fork() fails.
+
+        Logged at NOTICE when it replaces one that exited, else (start, process manager)
+        at DEBUG, as PHP-FPM does: an ondemand pool would otherwise fill the log.
+        """
         # Import in the master, once: every worker then shares the loaded modules.
         from fpm import worker
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
@@ -123,7 +127,7 @@ class Children:
         seat.board.mem.set_pid(seat.slot, pid)
         child = Child(pid, pool, time.monotonic(), seat.board, seat.slot)
         self.by_pid[pid] = child
-        self.log.notice("[pool %s] child %d started" % (pool.name, pid))
+        self.log.log("notice" if respawn else "debug", "[pool %s] child %d started" % (pool.name, pid))
         return child
 
     def adopt(self, child: Child) -> None:

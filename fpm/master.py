@@ -377,7 +377,7 @@ class Master:
 
     # --- workers --------------------------------------------------------------------------
 
-    def _spawn(self, pool, n: int) -> int:
+    def _spawn(self, pool, n: int, respawn: bool = False) -> int:
         """Fork up to ``n`` workers of ``pool``, within process.max; how many were forked."""
         running = sum(1 for c in self.children.by_pid.values() if c.stopping is None)
         allowed = pm.process_room(self.config.global_.process_max, running, n)
@@ -394,7 +394,7 @@ class Master:
                       if pool.pm_max_requests else 0)
             seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name))
             try:
-                self.children.spawn(pool, seat)
+                self.children.spawn(pool, seat, respawn)
             except OSError as e:
                 board.release(slot)
                 self.log.syserror("[pool %s] fork() failed; trying again in 1 second" % pool.name, e)
@@ -415,7 +415,8 @@ class Master:
             child.stopping = "idle"
             self.children.kill(child, signal.SIGQUIT)
         if plan.spawn:
-            self._spawn(pool, plan.spawn)
+            # A static pool short of workers lost some: those are respawns.
+            self._spawn(pool, plan.spawn, respawn=pool.pm == "static")
 
     def _maintain(self) -> None:
         for pool in self.config.pools:
@@ -479,7 +480,8 @@ class Master:
             if not self.timers.pending(("spawn", pool.name)):
                 # One for one, as PHP-FPM respawns; a static pool refills to max_children.
                 room = pool.pm_max_children - len(self.children.serving(pool.name))
-                self._spawn(pool, min(room, pool.pm_max_children if pool.pm == "static" else 1))
+                self._spawn(pool, min(room, pool.pm_max_children if pool.pm == "static" else 1),
+                            respawn=True)
         if reload:
             self._reload()
 
