@@ -431,6 +431,9 @@ class Master:
         if self.timers.pending(("spawn", pool.name)):
             return  # its app does not load: forking per connection would only fail faster
         plan = pm.on_waiting_connection(pool, self._slots(pool.name), self.pm_states[pool.name])
+        if plan.spawn:
+            self.log.debug("[pool %s] got accept without idle child available .... I forked"
+                           % pool.name)
         self._apply(pool, plan)
         if len(self.children.serving(pool.name)) < pool.pm_max_children:
             self.timers.set(("ondemand", pool.name), time.monotonic() + ONDEMAND_RECHECK)
