@@ -359,6 +359,8 @@ def test_ondemand_starts_with_none_and_forks_for_the_first_request(pyfpm):
         workers = server.children()
         assert len(workers) == 1, server.log_text()
         assert started(server.log_text()) == workers
+        assert server.log_text().count("DEBUG: [pool www] got accept without idle child "
+                                       "available .... I forked\n") == 1
     print("ondemand first request with zero workers: %s ms, median %.1f ms"
           % (", ".join("%.1f" % f for f in figures), statistics.median(figures)))
     assert statistics.median(figures) < 5000
