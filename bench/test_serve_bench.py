@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from fpm import _proto, client
+from fpm import _proto, client, scoreboard
 
 BATCH = 2000
 
@@ -22,9 +22,11 @@ def hello(environ, start_response):
     return [b"Hello world\n"]
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    """(path of a unix socket, pid) of one forked worker running serve()."""
+@pytest.fixture(scope="module", params=["scoreboard", "private-slot"])
+def worker(request, tmp_path_factory):
+    """(path of a unix socket, pid) of one forked worker running serve(), stamping a shared
+    scoreboard as pool workers do, or (to price the stamps) a slot in its own memory."""
+    board = scoreboard.Board("bench", 2) if request.param == "scoreboard" else None
     path = str(tmp_path_factory.mktemp("serve") / "worker.sock")
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cpus)})  # inherited by the worker through fork
@@ -35,7 +37,8 @@ def worker(tmp_path_factory):
     if pid == 0:  # the worker: serve until killed, never return into pytest
         code = 1
         try:
-            _proto.serve([listener.fileno()], hello, {"SERVER_SOFTWARE": "pyfpm-bench"})
+            _proto.serve([listener.fileno()], hello, {"SERVER_SOFTWARE": "pyfpm-bench"},
+                         board=board and board.mem, slot=board.claim() if board else -1)
             code = 0
         finally:
             os._exit(code)
