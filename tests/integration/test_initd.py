@@ -158,8 +158,6 @@ def test_restart_replaces_the_master(init):
     assert request(str(init.sock), "/").status == 200
 
 
-@pytest.mark.xfail(strict=True, reason="graceful reload (SIGUSR2) is being implemented by "
-                   "LEAD in issue 3; remove this mark when it lands (strict: an XPASS fails)")
 def test_reload_keeps_the_master_and_replaces_the_workers(init):
     assert_ok(init.run("start"), "done")
     pid = init.pid()
@@ -178,9 +176,12 @@ def test_reload_keeps_the_master_and_replaces_the_workers(init):
     assert "ready to handle connections" in init.log_text()[mark:]
     assert init.pid() == pid and harness.alive(pid)
     assert init.run("status").returncode == 0
+    # The old workers retire once the new ones have loaded the app.
+    for worker in before:
+        wait_gone(worker, 10)
     response = request(str(init.sock), "/")
     assert response.status == 200
-    assert int(response.body.split()[1]) not in before, "an old worker served after reload"
+    assert int(response.body.split()[1]) in harness.children_of(pid)
 
 
 def test_reload_with_a_broken_configuration_keeps_the_old_master(init):
