@@ -244,8 +244,8 @@ class Master:
             self.timers.set(("heartbeat",), time.monotonic() + beat)
         if self.handover:
             self.timers.set(("handover",), time.monotonic())
-        self._start_systemd()
         self.log.notice("ready to handle connections")
+        self._start_systemd()
         self._report(EX_OK)
         return EX_OK
 
@@ -336,8 +336,6 @@ class Master:
             for key in self.timers.pop_due(time.monotonic()):
                 self._on_timer(key)
             if self.state is not State.NORMAL and not self.children:
-                if self.notifier is not None:
-                    self.notifier.stopping()
                 self.log.notice("exiting, bye-bye!")
                 return EX_OK
             timeout = self.timers.timeout(time.monotonic())

@@ -20,7 +20,7 @@ import time
 import pytest
 
 import load
-from conftest import APPS, find_program
+from tests.conftest import APPS, find_program
 from fpm import client
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

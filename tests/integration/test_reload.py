@@ -11,7 +11,7 @@ from pathlib import Path
 
 import harness
 import load
-from conftest import APPS, find_program, http_request
+from tests.conftest import APPS, find_program, http_request
 
 CONFIG = """\
 [global]
