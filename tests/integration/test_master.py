@@ -448,3 +448,17 @@ def test_events_mechanism_poll_runs_the_master_on_poll(tmp_path):
         assert result["response"].status == 504, "the timers did not run"
         server.signal(signal.SIGQUIT)
         assert server.wait_exit(5) == 0
+
+
+def test_process_titles(server):
+    """What ps and pgrep -f show, as PHP-FPM's: the master with its config, workers by pool."""
+    workers = server.wait_idle(2)
+
+    def cmdline(pid):
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().split(b"\0")[0].decode()
+
+    assert cmdline(server.pid) == "pyfpm: master process (%s)" % server.conf_path
+    assert [cmdline(pid) for pid in workers] == ["pyfpm: pool www"] * 2
+    with open("/proc/%d/comm" % workers[0]) as f:
+        assert f.read().strip() == "pyfpm: pool www"  # top's name: the kernel keeps 15 bytes
