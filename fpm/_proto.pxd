@@ -85,6 +85,9 @@ cdef class Worker:
     cdef public uint64_t rss
     cdef Board board                     # keeps the mapping of `slot` alive
     cdef Slot *slot
+    cdef dict special                    # request path -> app answering it (status, ping)
+    cdef bint track_cpu                  # stamp each request's CPU time (status page)
+    cdef int64_t cpu_mark                # process CPU µs when the last request ended
 
     cdef void _stage(self, Stage stage) noexcept nogil
     cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1
@@ -123,11 +126,22 @@ cdef enum Order:
     ORDER_NONE = 0
     ORDER_TIMEOUT = 1     # request_terminate_timeout: answer 504 before dying
 
+# Pool-wide numbers for the status page. Workers keep accepted_conn, active and max_active
+# with atomic operations; the master stores the rest (and corrects `active` every second,
+# as a worker killed mid-request never gives its count back).
 ctypedef struct BoardHeader:
     uint32_t magic
     uint32_t nslots
     uint64_t accepted_conn     # requests begun in the pool, across worker deaths
-    uint64_t reserved[6]
+    int64_t start_epoch_us     # when the pool started (wall clock, µs)
+    uint64_t slow_requests
+    uint32_t active            # workers inside a request
+    uint32_t max_active
+    uint32_t max_children_reached
+    uint32_t listen_queue      # connections waiting to be accepted, at the last tick
+    uint32_t max_listen_queue
+    uint32_t listen_queue_len  # the queues' capacity
+    uint64_t reserved[2]
 
 # Written by its worker between two increments of `seq` (odd while writing: readers retry),
 # except `pid` and `order`, single words the master stores.
@@ -143,7 +157,8 @@ ctypedef struct Slot:
     uint64_t requests
     int64_t content_length
     uint64_t rss               # bytes, after the last request (only with pm.max_memory)
-    uint64_t reserved[3]
+    uint64_t cpu               # µs of CPU the last request took (only with pm.status_path)
+    uint64_t reserved[2]
     char method[16]
     char request_uri[512]
     char script[256]

@@ -21,7 +21,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
 from libc.signal cimport SIGTERM, SIGINT, SIG_DFL, signal as c_signal, raise_
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID
 from posix.unistd cimport pread, write as c_write
 from cpython.unicode cimport PyUnicode_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_1BYTE_KIND
 
@@ -64,9 +64,13 @@ cdef extern from * nogil:
     """
     #define fpm_barrier() __sync_synchronize()
     #define fpm_atomic_add(p, n) __sync_fetch_and_add((p), (n))
+    #define fpm_atomic_add32(p, n) __sync_add_and_fetch((p), (n))
+    #define fpm_cas32(p, old, new) __sync_bool_compare_and_swap((p), (old), (new))
     """
     void fpm_barrier()
     uint64_t fpm_atomic_add(uint64_t *p, uint64_t n)
+    uint32_t fpm_atomic_add32(uint32_t *p, int n)
+    bint fpm_cas32(uint32_t *p, uint32_t old, uint32_t new)
 
 # Record types, roles, flags and protocol statuses of the FastCGI 1.0 specification.
 BEGIN_REQUEST = 1
@@ -164,7 +168,9 @@ def request_stop():
 BOARD_MAGIC = 0x46504D31  # "FPM1": a mapping from another layout is refused
 STAGE_NAMES = ("free", "starting", "idle", "reading", "running", "finishing")
 SLOT_FIELDS = ("pid", "stage", "order", "started", "changed", "accepted", "duration", "requests",
-               "content_length", "rss", "method", "request_uri", "script", "user")
+               "content_length", "rss", "cpu", "method", "request_uri", "script", "user")
+HEADER_FIELDS = ("accepted_conn", "start_epoch_us", "slow_requests", "active", "max_active",
+                 "max_children_reached", "listen_queue", "max_listen_queue", "listen_queue_len")
 
 
 cdef inline int64_t _now_us() noexcept nogil:
@@ -218,6 +224,28 @@ cdef class Board:
     def accepted_conn(self):
         return (<BoardHeader *>self.mem).accepted_conn
 
+    def header(self):
+        """The pool-wide numbers, a tuple in HEADER_FIELDS order."""
+        cdef BoardHeader *h = <BoardHeader *>self.mem
+        return (h.accepted_conn, h.start_epoch_us, h.slow_requests, h.active, h.max_active,
+                h.max_children_reached, h.listen_queue, h.max_listen_queue, h.listen_queue_len)
+
+    def set_master_counters(self, int64_t start_epoch_us, uint32_t active,
+                            uint32_t max_children_reached, uint32_t listen_queue,
+                            uint32_t listen_queue_len):
+        """The master's once-a-second update: its own numbers, the recounted active workers,
+        and the listen queue, whose high-water mark is kept here."""
+        cdef BoardHeader *h = <BoardHeader *>self.mem
+        h.start_epoch_us = start_epoch_us
+        h.active = active
+        if active > h.max_active:
+            h.max_active = active
+        h.max_children_reached = max_children_reached
+        h.listen_queue = listen_queue
+        if listen_queue > h.max_listen_queue:
+            h.max_listen_queue = listen_queue
+        h.listen_queue_len = listen_queue_len
+
     def reset(self, int index, int64_t started_us):
         """Prepare a slot for a worker about to be forked (the slot's old worker is gone)."""
         cdef Slot *s = self._checked(index)
@@ -249,7 +277,7 @@ cdef class Board:
             if not seq & 1 and seq == s.seq:
                 break
         return (c.pid, c.stage, c.order, c.started, c.changed, c.accepted, c.duration, c.requests,
-                c.content_length, c.rss, _cstr(c.method, 16), _cstr(c.request_uri, 512),
+                c.content_length, c.rss, c.cpu, _cstr(c.method, 16), _cstr(c.request_uri, 512),
                 _cstr(c.script, 256), _cstr(c.user, 32))
 
 
@@ -258,6 +286,28 @@ cdef str _cstr(const char *p, Py_ssize_t cap):
     while n < cap and p[n]:
         n += 1
     return PyUnicode_DecodeLatin1(p, n, NULL)
+
+
+cdef inline bint _busy(Stage stage) noexcept nogil:
+    return stage >= STAGE_READING
+
+
+cdef inline void _count_active(BoardHeader *h, bint was, bint now) noexcept nogil:
+    """Keep the pool's count of workers inside a request, and its high-water mark."""
+    cdef uint32_t active, seen
+    if was == now:
+        return
+    active = fpm_atomic_add32(&h.active, 1 if now else -1)
+    if now:
+        seen = h.max_active
+        while active > seen and not fpm_cas32(&h.max_active, seen, active):
+            seen = h.max_active
+
+
+cdef inline int64_t _cpu_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+    return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
 
 
 cdef inline void _slot_begin(Slot *s) noexcept nogil:
@@ -981,9 +1031,12 @@ cdef class Worker:
     def __init__(self, list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
                  int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None,
                  log_app_error=None, Board board=None, int slot=-1, unsigned long max_requests=0,
-                 uint64_t max_memory=0):
+                 uint64_t max_memory=0, dict special=None):
         cdef int i
         self.board = board
+        self.special = special or None
+        self.track_cpu = self.special is not None
+        self.cpu_mark = _cpu_us()
         self.slot = board._checked(slot) if board is not None else &_private_slot
         self.max_requests = max_requests
         self.max_memory = max_memory
@@ -1308,8 +1361,12 @@ cdef class Worker:
         _g_rid = dec.request_id
         _g_started = 0
         _g_fd = conn.fd
+        app = self.app
+        if self.special is not None:
+            # The status and ping pages answer their exact path, whatever the app routes.
+            app = self.special.get(environ["SCRIPT_NAME"] + environ["PATH_INFO"], app)
         try:
-            result = self.app(environ, req.start_response)
+            result = app(environ, req.start_response)
             try:
                 req.send_result(result)
             finally:
@@ -1361,6 +1418,7 @@ cdef class Worker:
     cdef void _stage(self, Stage stage) noexcept nogil:
         cdef Slot *s = self.slot
         cdef int64_t now = _now_us()
+        cdef Stage was = <Stage>s.stage
         _slot_begin(s)
         s.stage = stage
         s.changed = now
@@ -1368,8 +1426,11 @@ cdef class Worker:
             s.accepted = now
             s.method[0] = s.request_uri[0] = s.script[0] = s.user[0] = 0
             s.content_length = 0
-            fpm_atomic_add(&(<BoardHeader *>(self.board.mem)).accepted_conn, 1) if self.board is not None else 0
         _slot_end(s)
+        if self.board is not None:
+            if stage == STAGE_READING:
+                fpm_atomic_add(&(<BoardHeader *>self.board.mem).accepted_conn, 1)
+            _count_active(<BoardHeader *>self.board.mem, _busy(was), _busy(stage))
 
     cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1:
         """What the request is, for the status page and the master's timeout lines."""
@@ -1392,13 +1453,22 @@ cdef class Worker:
         cdef char buf[64]
         cdef ssize_t n
         cdef int64_t now = _now_us()
+        cdef int64_t cpu = _cpu_us() if self.track_cpu else 0
+        cdef Stage was = <Stage>s.stage
         global _stop
         _slot_begin(s)
         s.requests += 1
         s.duration = now - s.accepted
         s.stage = STAGE_IDLE
         s.changed = now
+        if self.track_cpu:
+            # From the end of the previous request: the worker's wait in between costs
+            # next to nothing, and one clock read per request is all this takes.
+            s.cpu = cpu - self.cpu_mark
+            self.cpu_mark = cpu
         _slot_end(s)
+        if self.board is not None:
+            _count_active(<BoardHeader *>self.board.mem, _busy(was), False)
         if self.max_requests and self.requests >= self.max_requests:
             self.stop_reason = "max_requests"
             _stop = 1
@@ -1535,8 +1605,13 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
           int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None, log_app_error=None,
-          Board board=None, int slot=-1, unsigned long max_requests=0, uint64_t max_memory=0):
+          Board board=None, int slot=-1, unsigned long max_requests=0, uint64_t max_memory=0,
+          dict special=None):
     """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
+
+    ``special`` maps request paths (SCRIPT_NAME + PATH_INFO) to the WSGI apps that answer
+    them instead of ``app``: the status and ping pages. It also turns on the per-request CPU
+    stamp the status page shows.
 
     Returns (requests served, stop reason: "" / "max_requests" / "max_memory", RSS in bytes
     after the last request, 0 unless max_memory is set). A stop requested earlier (a QUIT
@@ -1545,7 +1620,8 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     """
     global _g_slot, _timeout_len, _stopping_len
     cdef Worker w = Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs,
-                           read_timeout, log_peer, log_app_error, board, slot, max_requests, max_memory)
+                           read_timeout, log_peer, log_app_error, board, slot, max_requests, max_memory,
+                           special)
     _g_slot = w.slot
     _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
                                 b"The request ran too long and was stopped (request_terminate_timeout).\n")

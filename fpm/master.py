@@ -32,7 +32,7 @@ import signal
 import time
 
 from fpm import config as fpm_config
-from fpm import pm, reexec, sockets, systemd
+from fpm import pm, reexec, sockdiag, sockets, systemd
 from fpm.children import Child, Children, Seat, respawn_delay
 from fpm.log import Logger, strerror
 from fpm.proctitle import set_process_title
@@ -175,6 +175,8 @@ class Master:
         self.report_every: float | None = None
         self.reported_requests = 0
         self.poller = _Poll() if config.global_.events_mechanism == "poll" else select.epoll()
+        self.queues = sockdiag.ListenQueues()
+        self.started_epoch_us = time.time_ns() // 1000
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.signals: SignalQueue
         self.children: Children
@@ -238,6 +240,7 @@ class Master:
                 for fd in fds[pool.name]:
                     self.ondemand_fds[fd] = pool.name
                     self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
+            self._publish(pool)
         self.timers.set(("maintenance",), time.monotonic() + MAINTENANCE)
         beat = heartbeat(self.config.pools)
         if beat is not None:
@@ -420,6 +423,21 @@ class Master:
         for pool in self.config.pools:
             if not self.timers.pending(("spawn", pool.name)):
                 self._maintain_pool(pool)
+            self._publish(pool)
+
+    def _publish(self, pool) -> None:
+        """The status page's pool-wide numbers that only the master knows or can correct."""
+        board = self.boards[pool.name]
+        slots = [board.read(i) for i in board.taken]
+        queued = capacity = 0
+        for listener in self.listeners:
+            if listener.pool_name == pool.name:
+                numbers = self.queues.query(listener.fd)
+                if numbers is not None:
+                    queued, capacity = queued + numbers[0], capacity + numbers[1]
+        board.mem.set_master_counters(self.started_epoch_us, sum(not s.idle for s in slots),
+                                      self.pm_states[pool.name].max_children_reached,
+                                      queued, capacity)
 
     def _maintain_pool(self, pool) -> None:
         self._apply(pool, pm.maintain(pool, self._slots(pool.name), self.pm_states[pool.name],

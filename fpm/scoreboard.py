@@ -32,6 +32,7 @@ class Slot:
     requests: int
     content_length: int
     rss: int
+    cpu: int  # µs of CPU the last request took (pools with a status page)
     method: str
     request_uri: str
     script: str

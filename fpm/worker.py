@@ -9,7 +9,7 @@ import signal
 import socket
 from typing import NoReturn
 
-from fpm import __version__, _proto, apps, unix
+from fpm import __version__, _proto, apps, pages, unix
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
@@ -58,7 +58,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         max_conns=pool.pm_max_children * _proto.MAX_HELD, max_reqs=pool.pm_max_children,
         read_timeout=pool.request_read_timeout, log_peer=log_peer, log_app_error=log_app_error,
         board=seat.board.mem, slot=seat.slot, max_requests=seat.max_requests,
-        max_memory=pool.pm_max_memory)
+        max_memory=pool.pm_max_memory, special=pages.special_paths(pool, seat.board))
     if reason == "max_memory":
         log.notice("[pool %s] child %d: RSS %.1f MiB exceeds pm.max_memory (%.1f MiB) after "
                    "request %d; recycling" % (pool.name, pid, rss / 2**20,

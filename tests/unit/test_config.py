@@ -946,21 +946,21 @@ def test_pending_directives_warn_once_per_section_that_sets_them():
         listen = 9000
         pm = static
         pm.max_children = 1
-        pm.status_path = /status
+        access.log = /var/log/www.access.log
         listen.allowed_clients = 127.0.0.1
         [api]
         listen = 9001
         pm = static
         pm.max_children = 1
-        pm.status_path = /status
+        access.log = /var/log/api.access.log
         pm.max_requests = 10
     """)
     assert conf.messages == (
         ("warning", "[global] log_limit is not implemented yet (issue 4); ignored"),
         ("warning", "[pool www] listen.allowed_clients is not implemented yet (issue 5); "
                     "ignored"),
-        ("warning", "[pool www] pm.status_path is not implemented yet (issue 4); ignored"),
-        ("warning", "[pool api] pm.status_path is not implemented yet (issue 4); ignored"),
+        ("warning", "[pool www] access.log is not implemented yet (issue 4); ignored"),
+        ("warning", "[pool api] access.log is not implemented yet (issue 4); ignored"),
     )
 
 
@@ -970,8 +970,8 @@ def test_pending_directive_left_at_its_default_gives_no_warning():
 
 def test_pending_directives_are_the_ones_the_spec_names():
     pending = {d.name: d.pending for d in config.DIRECTIVES if d.pending}
-    issue4 = ["syslog.ident", "syslog.facility", "log_limit", "log_buffering", "pm.status_path",
-              "pm.status_listen", "ping.path", "ping.response", "access.log", "access.format",
+    issue4 = ["syslog.ident", "syslog.facility", "log_limit", "log_buffering",
+              "pm.status_listen", "access.log", "access.format",
               "access.suppress_path", "slowlog", "request_slowlog_timeout",
               "request_slowlog_trace_depth", "catch_workers_output", "decorate_workers_output"]
     issue5 = ["listen.acl_users", "listen.acl_groups", "listen.allowed_clients",

@@ -64,7 +64,7 @@ def test_emergency_restart_off_unless_both_are_set(threshold, interval):
 
 
 def slot(stage, accepted_s):
-    return Slot(1, stage, 0, 0, 0, int(accepted_s * 1e6), 0, 0, 0, 0, "GET", "/", "", "")
+    return Slot(1, stage, 0, 0, 0, int(accepted_s * 1e6), 0, 0, 0, 0, 0, "GET", "/", "", "")
 
 
 @pytest.mark.parametrize("stage, track, expected", [

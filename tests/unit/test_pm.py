@@ -18,7 +18,7 @@ def pool(pm_name="dynamic", **kw):
 
 
 def worker(pid, stage=IDLE, started=0, changed=0):
-    return Slot(pid, stage, 0, started * S, changed * S, 0, 0, 0, 0, 0, "", "", "", "")
+    return Slot(pid, stage, 0, started * S, changed * S, 0, 0, 0, 0, 0, 0, "", "", "", "")
 
 
 def busy(n, first_pid=100):

@@ -1,0 +1,93 @@
+"""The WSGI apps a worker answers ``pm.status_path`` and ``ping.path`` with: a snapshot of the
+pool's scoreboard rendered by fpm.status, and the ping reply."""
+from __future__ import annotations
+
+import os
+import time
+
+from fpm import _proto, status
+from fpm.scoreboard import FINISHING, IDLE, READING, RUNNING, STARTING, Slot
+
+STATES = {STARTING: "Starting", IDLE: "Idle", READING: "Reading headers", RUNNING: "Running",
+          FINISHING: "Finishing"}
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(pid: int) -> int:
+    """The worker's resident set now, in bytes; 0 once it is gone."""
+    try:
+        with open("/proc/%d/statm" % pid, "rb") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def proc_status(slot: Slot, now_us: int, epoch_now: float) -> status.ProcStatus:
+    idle = slot.stage in (STARTING, IDLE)
+    duration = slot.duration if idle else now_us - slot.accepted
+    # CPU and memory describe a finished request, so PHP-FPM shows them for idle workers only.
+    cpu = 100.0 * slot.cpu / slot.duration if idle and slot.duration else 0.0
+    rss = _rss(slot.pid)
+    return status.ProcStatus(
+        pid=slot.pid, state=STATES.get(slot.stage, "Idle"),
+        start_time=epoch_now - (now_us - slot.started) / 1e6,
+        start_since=(now_us - slot.started) // 1_000_000, requests=slot.requests,
+        request_duration=max(0, duration), request_method=slot.method,
+        request_uri=slot.request_uri, content_length=slot.content_length, user=slot.user,
+        script=slot.script, last_request_cpu=cpu,
+        last_request_memory=(slot.rss or rss) if idle else 0, rss=rss)
+
+
+def snapshot(pool, board) -> status.PoolStatus:
+    """The pool's status now, from its scoreboard (this request's own worker included)."""
+    now_us = time.monotonic_ns() // 1000
+    epoch_now = time.time()
+    header = dict(zip(_proto.HEADER_FIELDS, board.mem.header()))
+    slots = [board.read(i) for i in range(board.nslots)]
+    procs = tuple(proc_status(s, now_us, epoch_now) for s in slots if s.pid and s.stage)
+    idle = sum(p.state in ("Starting", "Idle") for p in procs)
+    start = header["start_epoch_us"] / 1e6 or epoch_now
+    return status.PoolStatus(
+        pool=pool.name, process_manager=pool.pm, start_time=start,
+        start_since=int(epoch_now - start), accepted_conn=header["accepted_conn"],
+        listen_queue=header["listen_queue"], max_listen_queue=header["max_listen_queue"],
+        listen_queue_len=header["listen_queue_len"], idle_processes=idle,
+        active_processes=len(procs) - idle, total_processes=len(procs),
+        max_active_processes=max(header["max_active"], len(procs) - idle),
+        max_children_reached=header["max_children_reached"],
+        slow_requests=header["slow_requests"], max_children=pool.pm_max_children,
+        start_servers=pool.pm_start_servers, min_spare_servers=pool.pm_min_spare_servers,
+        max_spare_servers=pool.pm_max_spare_servers, procs=procs)
+
+
+def status_app(pool, board):
+    def app(environ, start_response):
+        fmt, full = status.choose(environ.get("QUERY_STRING", ""))
+        content_type, body = status.render(snapshot(pool, board), fmt, full,
+                                           time.localtime().tm_gmtoff)
+        return _reply(environ, start_response, content_type, body)
+    return app
+
+
+def ping_app(text: str):
+    content_type, body = status.ping_response(text)
+
+    def app(environ, start_response):
+        return _reply(environ, start_response, content_type, body)
+    return app
+
+
+def _reply(environ, start_response, content_type: str, body: bytes):
+    start_response("200 OK", [("Content-Type", content_type), *status.NO_CACHE_HEADERS,
+                              ("Content-Length", str(len(body)))])
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+def special_paths(pool, board) -> dict:
+    """{path: app} for the worker loop: the pool's status and ping pages, when configured."""
+    paths = {}
+    if pool.pm_status_path:
+        paths[pool.pm_status_path] = status_app(pool, board)
+    if pool.ping_path:
+        paths[pool.ping_path] = ping_app(pool.ping_response)
+    return paths
