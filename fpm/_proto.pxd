@@ -73,7 +73,9 @@ cdef class Worker:
     cdef object log_peer, log_app_error
     cdef pollfd *pfds
     cdef int npfds, nlisten, pfds_cap
-    cdef list held                       # Conn objects idle between requests, parallel to pfds[nlisten:]
+    cdef int nfixed                      # pfds: the listen fds, then the stop pipe, then held conns
+    cdef int wake_r                      # read end of the stop pipe (see watch_quit)
+    cdef list held                       # Conn objects idle between requests, parallel to pfds[nfixed:]
     cdef char *out                       # response bytes not yet written
     cdef Py_ssize_t out_len, out_cap
     cdef public unsigned long requests

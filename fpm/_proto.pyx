@@ -19,7 +19,7 @@ cdef extern from "<sys/types.h>":
     ctypedef long ssize_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
-from libc.signal cimport SIGTERM, SIGINT, SIG_DFL, signal as c_signal, raise_
+from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, raise_
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID
 from posix.unistd cimport pread, write as c_write
@@ -155,12 +155,29 @@ class HTTPOnFastCGIPort(ProtocolError):
 
 
 cdef bint _stop = 0
+cdef int _wake_w = -1  # a pipe the waiting loop polls, so a stop cannot slip in before poll()
 
 
 def request_stop():
     """Ask serve() to return after the request in progress (graceful stop)."""
     global _stop
     _stop = 1
+    if _wake_w >= 0:
+        c_write(_wake_w, b"q", 1)
+
+
+cdef void _on_quit(int sig) noexcept nogil:
+    global _stop
+    _stop = 1
+    if _wake_w >= 0:
+        c_write(_wake_w, b"q", 1)
+
+
+def watch_quit():
+    """SIGQUIT means request_stop(), from a C handler: a Python-level handler would only run
+    at the next bytecode, and a QUIT landing between the loop's check and its poll() would
+    then be lost until the next connection."""
+    c_signal(SIGQUIT, _on_quit)
 
 
 # --- scoreboard ------------------------------------------------------------------------------
@@ -1015,6 +1032,7 @@ cdef class Worker:
     """One worker process's loop over its listening sockets and the connections it holds."""
 
     def __cinit__(self):
+        self.wake_r = -1
         self.pfds_cap = 16
         self.pfds = <pollfd *>malloc(self.pfds_cap * sizeof(pollfd))
         self.out_cap = 65536
@@ -1023,10 +1041,15 @@ cdef class Worker:
             raise MemoryError()
 
     def __dealloc__(self):
+        global _wake_w
         free(self.pfds)
         free(self.out)
         if self.statm_fd >= 0:
             close(self.statm_fd)
+        if self.wake_r >= 0:
+            close(self.wake_r)
+            close(_wake_w)
+            _wake_w = -1
 
     def __init__(self, list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
                  int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None,
@@ -1055,14 +1078,20 @@ cdef class Worker:
         self.log_app_error = log_app_error
         self.held = []
         self.nlisten = len(self.listen_fds)
-        if self.nlisten + 1 > self.pfds_cap:
-            self.pfds_cap = self.nlisten + 16
+        self.nfixed = self.nlisten + 1
+        if self.nfixed + 1 > self.pfds_cap:
+            self.pfds_cap = self.nfixed + 16
             self.pfds = <pollfd *>realloc(self.pfds, self.pfds_cap * sizeof(pollfd))
         for i in range(self.nlisten):
             self.pfds[i].fd = self.listen_fds[i]
             self.pfds[i].events = POLLIN
             self.pfds[i].revents = 0
-        self.npfds = self.nlisten
+        global _wake_w
+        self.wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pfds[self.nlisten].fd = self.wake_r
+        self.pfds[self.nlisten].events = POLLIN
+        self.pfds[self.nlisten].revents = 0
+        self.npfds = self.nfixed
 
     # --- connections held between requests -------------------------------------------------
 
@@ -1086,10 +1115,10 @@ cdef class Worker:
 
     cdef Conn _unhold(self, int index):
         cdef int last = self.npfds - 1
-        cdef int h = index - self.nlisten
+        cdef int h = index - self.nfixed
         conn = <Conn>self.held[h]
         self.pfds[index] = self.pfds[last]
-        self.held[h] = self.held[last - self.nlisten]
+        self.held[h] = self.held[last - self.nfixed]
         self.held.pop()
         self.npfds -= 1
         return conn
@@ -1153,7 +1182,7 @@ cdef class Worker:
                 PyErr_CheckSignals()
                 continue
             ready = []
-            for i in range(self.npfds - 1, self.nlisten - 1, -1):
+            for i in range(self.npfds - 1, self.nfixed - 1, -1):
                 if self.pfds[i].revents:
                     ready.append(self._unhold(i))
             for i in range(self.nlisten):
@@ -1187,7 +1216,7 @@ cdef class Worker:
         if self.held:
             with nogil:
                 n = poll(self.pfds, self.npfds, 0)
-            for i in range(self.npfds - 1, self.nlisten - 1, -1):
+            for i in range(self.npfds - 1, self.nfixed - 1, -1):
                 ready = n > 0 and self.pfds[i].revents
                 conn = self._unhold(i)
                 if ready:

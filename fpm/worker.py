@@ -93,7 +93,7 @@ def _init_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
     # A web server that hangs up mid-response must give EPIPE, not kill the worker.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGQUIT, lambda signum, frame: _proto.request_stop())
+    _proto.watch_quit()
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
