@@ -158,19 +158,20 @@ cdef bint _stop = 0
 cdef int _wake_w = -1  # a pipe the waiting loop polls, so a stop cannot slip in before poll()
 
 
-def request_stop():
-    """Ask serve() to return after the request in progress (graceful stop)."""
+cdef void _stop_now() noexcept nogil:
     global _stop
     _stop = 1
     if _wake_w >= 0:
         c_write(_wake_w, b"q", 1)
+
+
+def request_stop():
+    """Ask serve() to return after the request in progress (graceful stop)."""
+    _stop_now()
 
 
 cdef void _on_quit(int sig) noexcept nogil:
-    global _stop
-    _stop = 1
-    if _wake_w >= 0:
-        c_write(_wake_w, b"q", 1)
+    _stop_now()
 
 
 def watch_quit():
@@ -183,7 +184,8 @@ def watch_quit():
 # --- scoreboard ------------------------------------------------------------------------------
 
 BOARD_MAGIC = 0x46504D31  # "FPM1": a mapping from another layout is refused
-STAGE_NAMES = ("free", "starting", "idle", "reading", "running", "finishing")
+# By Stage, in the status page's words (PHP-FPM's, plus Starting).
+STAGE_NAMES = ("Free", "Starting", "Idle", "Reading headers", "Running", "Finishing")
 SLOT_FIELDS = ("pid", "stage", "order", "started", "changed", "accepted", "duration", "requests",
                "content_length", "rss", "cpu", "method", "request_uri", "script", "user")
 HEADER_FIELDS = ("accepted_conn", "start_epoch_us", "slow_requests", "active", "max_active",
@@ -1059,7 +1061,7 @@ cdef class Worker:
         self.board = board
         self.special = special or None
         self.track_cpu = self.special is not None
-        self.cpu_mark = _cpu_us()
+        self.cpu_mark = _cpu_us() if self.track_cpu else 0
         self.slot = board._checked(slot) if board is not None else &_private_slot
         self.max_requests = max_requests
         self.max_memory = max_memory

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import random
 import select
 import signal
 import time
@@ -173,6 +174,7 @@ class Master:
         self.orig_stderr: int | None = None
         self.notifier = systemd.Notifier.from_env(os.environ, log)
         self.report_every: float | None = None
+        self.watchdog = False
         self.reported_requests = 0
         self.poller = _Poll() if config.global_.events_mechanism == "poll" else select.epoll()
         self.queues = sockdiag.ListenQueues()
@@ -391,8 +393,7 @@ class Master:
             slot = board.claim()
             if slot is None:
                 return i  # workers told to stop still hold their slots: next tick
-            jitter = (int.from_bytes(os.urandom(4), "little") % (pool.pm_max_requests_jitter + 1)
-                      if pool.pm_max_requests else 0)
+            jitter = random.randint(0, pool.pm_max_requests_jitter) if pool.pm_max_requests else 0
             seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name))
             try:
                 self.children.spawn(pool, seat, respawn)

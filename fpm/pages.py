@@ -6,10 +6,8 @@ import os
 import time
 
 from fpm import _proto, status
-from fpm.scoreboard import FINISHING, IDLE, READING, RUNNING, STARTING, Slot
+from fpm.scoreboard import Slot
 
-STATES = {STARTING: "Starting", IDLE: "Idle", READING: "Reading headers", RUNNING: "Running",
-          FINISHING: "Finishing"}
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -23,13 +21,13 @@ def _rss(pid: int) -> int:
 
 
 def proc_status(slot: Slot, now_us: int, epoch_now: float) -> status.ProcStatus:
-    idle = slot.stage in (STARTING, IDLE)
+    idle = slot.idle
     duration = slot.duration if idle else now_us - slot.accepted
     # CPU and memory describe a finished request, so PHP-FPM shows them for idle workers only.
     cpu = 100.0 * slot.cpu / slot.duration if idle and slot.duration else 0.0
     rss = _rss(slot.pid)
     return status.ProcStatus(
-        pid=slot.pid, state=STATES.get(slot.stage, "Idle"),
+        pid=slot.pid, state=slot.stage_name,
         start_time=epoch_now - (now_us - slot.started) / 1e6,
         start_since=(now_us - slot.started) // 1_000_000, requests=slot.requests,
         request_duration=max(0, duration), request_method=slot.method,
@@ -43,9 +41,9 @@ def snapshot(pool, board) -> status.PoolStatus:
     now_us = time.monotonic_ns() // 1000
     epoch_now = time.time()
     header = dict(zip(_proto.HEADER_FIELDS, board.mem.header()))
-    slots = [board.read(i) for i in range(board.nslots)]
-    procs = tuple(proc_status(s, now_us, epoch_now) for s in slots if s.pid and s.stage)
-    idle = sum(p.state in ("Starting", "Idle") for p in procs)
+    slots = [s for s in map(board.read, range(board.nslots)) if s.pid and s.stage]
+    procs = tuple(proc_status(s, now_us, epoch_now) for s in slots)
+    idle = sum(s.idle for s in slots)
     start = header["start_epoch_us"] / 1e6 or epoch_now
     return status.PoolStatus(
         pool=pool.name, process_manager=pool.pm, start_time=start,

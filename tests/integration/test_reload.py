@@ -149,14 +149,22 @@ def test_reload_keeps_the_old_workers_while_the_new_app_fails_to_load(fpm):
     assert "of the previous configuration finish" not in server.log_text()[mark:]
 
 
-def test_emergency_restart_after_crashes(fpm):
-    server = fpm(children=2, global_extra="emergency_restart_threshold = 3\n"
-                                          "emergency_restart_interval = 10s")
+EMERGENCY = "emergency_restart_threshold = 3\nemergency_restart_interval = 10s"
+
+
+def crash_workers(server, n):
+    """Make ``n`` workers die of SIGSEGV; the log position before the first."""
     server.wait_idle(2)
     mark = server.mark()
-    for _ in range(3):
+    for _ in range(n):
         with pytest.raises(Exception):
             server.request("/crash", timeout=5)
+    return mark
+
+
+def test_emergency_restart_after_crashes(fpm):
+    server = fpm(children=2, global_extra=EMERGENCY)
+    mark = crash_workers(server, 3)
     server.wait_log(r"WARNING: failed processes threshold \(3 in 10 sec\) is reached, "
                     r"initiating reload$", since=mark)
     server.wait_log(r"NOTICE: reloading: execvp", since=mark)
@@ -167,13 +175,8 @@ def test_emergency_restart_after_crashes(fpm):
 
 
 def test_crashes_below_the_threshold_do_not_reload(fpm):
-    server = fpm(children=2, global_extra="emergency_restart_threshold = 3\n"
-                                          "emergency_restart_interval = 10s")
-    server.wait_idle(2)
-    mark = server.mark()
-    for _ in range(2):
-        with pytest.raises(Exception):
-            server.request("/crash", timeout=5)
+    server = fpm(children=2, global_extra=EMERGENCY)
+    mark = crash_workers(server, 2)
     deadline = time.monotonic() + 5
     while server.log_text()[mark:].count("exited on signal 11 (SIGSEGV") < 2:
         assert time.monotonic() < deadline, server.log_text()

@@ -1,0 +1,39 @@
+"""The scoreboard as the master uses it: slots claimed, read back consistently, released."""
+import dataclasses
+
+from fpm import _proto, scoreboard
+
+
+def test_slot_copy_matches_the_c_layout_order():
+    assert tuple(f.name for f in dataclasses.fields(scoreboard.Slot)) == _proto.SLOT_FIELDS
+
+
+def test_claim_read_release():
+    board = scoreboard.Board("www", 2)
+    try:
+        first, second = board.claim(), board.claim()
+        assert (first, second) == (0, 1) and board.claim() is None
+        board.mem.set_pid(second, 4242)
+        slot = board.read(second)
+        assert (slot.pid, slot.stage_name, slot.idle, slot.requests) == (4242, "Starting", True, 0)
+        assert abs(slot.started - scoreboard.now_us()) < 5_000_000
+        board.release(second)
+        assert board.read(second).pid == 0 and board.claim() == second
+    finally:
+        board.close()
+
+
+def test_a_scoreboard_maps_again_from_its_fd_and_refuses_a_wrong_size():
+    board = scoreboard.Board("www", 3)
+    try:
+        board.mem.set_pid(board.claim(), 7)
+        again = scoreboard.Board("www", 3, board.fd)  # what a re-executed master does
+        assert again.read(0).pid == 7
+        try:
+            scoreboard.Board("www", 4, board.fd)
+        except ValueError as e:
+            assert "no scoreboard of 4 slots" in str(e)
+        else:
+            raise AssertionError("a 3-slot scoreboard was mapped as 4 slots")
+    finally:
+        board.close()
