@@ -90,10 +90,14 @@ cdef class Worker:
     cdef dict special                    # request path -> app answering it (status, ping)
     cdef bint track_cpu                  # stamp each request's CPU time (status page)
     cdef int64_t cpu_mark                # process CPU µs when the last request ended
+    cdef object access                   # the access log writer (fpm.accesslog.Writer) or None
+    cdef object on_reopen                # takes the master's new log fds after a USR1
+    cdef uint64_t log_generation         # the board's log_generation this worker has seen
 
     cdef void _stage(self, Stage stage) noexcept nogil
     cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1
     cdef int _after_request(self) except -1
+    cdef int _log_request(self, Conn conn, dict environ, object status, object headers) except -1
 
     cdef int _hold(self, Conn conn) except -1
     cdef Conn _unhold(self, int index)
@@ -143,7 +147,8 @@ ctypedef struct BoardHeader:
     uint32_t listen_queue      # connections waiting to be accepted, at the last tick
     uint32_t max_listen_queue
     uint32_t listen_queue_len  # the queues' capacity
-    uint64_t reserved[2]
+    uint64_t log_generation    # bumped by the master on USR1: workers take new log fds
+    uint64_t reserved[1]
 
 # Written by its worker between two increments of `seq` (odd while writing: readers retry),
 # except `pid` and `order`, single words the master stores.

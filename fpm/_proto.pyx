@@ -21,7 +21,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
 from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, raise_
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID, CLOCK_REALTIME
 from posix.unistd cimport pread, write as c_write
 from cpython.unicode cimport PyUnicode_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_1BYTE_KIND
 
@@ -248,6 +248,13 @@ cdef class Board:
         cdef BoardHeader *h = <BoardHeader *>self.mem
         return (h.accepted_conn, h.start_epoch_us, h.slow_requests, h.active, h.max_active,
                 h.max_children_reached, h.listen_queue, h.max_listen_queue, h.listen_queue_len)
+
+    def bump_log_generation(self):
+        """Tell the pool's workers to take the reopened log files before their next line."""
+        (<BoardHeader *>self.mem).log_generation += 1
+
+    def count_slow_request(self):
+        (<BoardHeader *>self.mem).slow_requests += 1
 
     def set_master_counters(self, int64_t start_epoch_us, uint32_t active,
                             uint32_t max_children_reached, uint32_t listen_queue,
@@ -1056,9 +1063,12 @@ cdef class Worker:
     def __init__(self, list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
                  int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None,
                  log_app_error=None, Board board=None, int slot=-1, unsigned long max_requests=0,
-                 uint64_t max_memory=0, dict special=None):
+                 uint64_t max_memory=0, dict special=None, access=None, on_reopen=None):
         cdef int i
         self.board = board
+        self.access = access
+        self.on_reopen = on_reopen
+        self.log_generation = (<BoardHeader *>board.mem).log_generation if board is not None else 0
         self.special = special or None
         self.track_cpu = self.special is not None
         self.cpu_mark = _cpu_us() if self.track_cpu else 0
@@ -1431,6 +1441,8 @@ cdef class Worker:
         self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
         self._flush(conn)
         _g_fd = -1
+        if self.access is not None or self.on_reopen is not None:
+            self._log_request(conn, environ, req.status, req.headers)
         self._after_request()
         if dec.draining:
             self._stage(STAGE_FINISHING)
@@ -1513,6 +1525,24 @@ cdef class Worker:
                 if self.rss > self.max_memory:
                     self.stop_reason = "max_memory"
                     _stop = 1
+        return 0
+
+    cdef int _log_request(self, Conn conn, dict environ, object status, object headers) except -1:
+        """Take the log files the master reopened (USR1), then write the access log line."""
+        cdef Slot *s = self.slot
+        cdef int64_t now = _now_us()
+        cdef timespec ts
+        cdef uint64_t generation
+        if self.on_reopen is not None and self.board is not None:
+            generation = (<BoardHeader *>self.board.mem).log_generation
+            if generation != self.log_generation:
+                self.log_generation = generation
+                self.on_reopen()
+        if self.access is not None:
+            clock_gettime(CLOCK_REALTIME, &ts)
+            self.access.write(environ, status or "", headers or [],
+                              ts.tv_sec * 1000000 + ts.tv_nsec // 1000 - (now - s.accepted),
+                              now - s.accepted, conn.fd)
         return 0
 
     # --- output ------------------------------------------------------------------------------
@@ -1637,12 +1667,16 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
           int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None, log_app_error=None,
           Board board=None, int slot=-1, unsigned long max_requests=0, uint64_t max_memory=0,
-          dict special=None):
+          dict special=None, access=None, on_reopen=None):
     """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
 
     ``special`` maps request paths (SCRIPT_NAME + PATH_INFO) to the WSGI apps that answer
     them instead of ``app``: the status and ping pages. It also turns on the per-request CPU
     stamp the status page shows.
+
+    ``access.write(environ, status, headers, accepted_epoch_us, duration_us, sock_fd)`` is
+    called after each response is sent (fpm.accesslog.Writer). ``on_reopen()`` is called
+    before that when the master has bumped the board's log generation (USR1).
 
     Returns (requests served, stop reason: "" / "max_requests" / "max_memory", RSS in bytes
     after the last request, 0 unless max_memory is set). A stop requested earlier (a QUIT
@@ -1652,7 +1686,7 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     global _g_slot, _timeout_len, _stopping_len
     cdef Worker w = Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs,
                            read_timeout, log_peer, log_app_error, board, slot, max_requests, max_memory,
-                           special)
+                           special, access, on_reopen)
     _g_slot = w.slot
     _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
                                 b"The request ran too long and was stopped (request_terminate_timeout).\n")
