@@ -36,9 +36,18 @@ Deliberate differences from PHP-FPM:
   appends ``default_charset`` to every ``text/*`` type).
 * Times in text and HTML use the one UTC offset passed in; PHP-FPM formats each time with the
   offset in force at that time, which differs only across a DST change.
+
+The live page (``?live``, pyfpm's addition, in the role of PHP-FPM's separate status.html) is
+one self-contained HTML document, the same bytes for every request: its script polls
+``?json&full`` relative to its own URL every ``&refresh=N`` seconds (default 2, clamped to
+1..60), so it works under whatever location a proxy mounts it, and draws every value with
+``textContent``, never as markup. ``live`` wins over the other format keys (``?html&live`` is
+the live page); ``full`` changes nothing on it.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import re
@@ -94,10 +103,12 @@ class PoolStatus:
 
 
 FORMATS = ("html", "xml", "json", "openmetrics")  # PHP-FPM's precedence; anything else: text
+LIVE = "live"  # pyfpm's live page: above every format, being a different page, not a format
 
 CONTENT_TYPES = {
     "text": "text/plain;charset=UTF-8",
     "html": "text/html;charset=UTF-8",
+    LIVE: "text/html;charset=UTF-8",
     "xml": "text/xml;charset=UTF-8",
     "json": "application/json",
     "openmetrics": "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -110,13 +121,14 @@ NO_CACHE_HEADERS = [
 
 
 def choose(query_string: str) -> tuple[str, bool]:
-    """(format, full) from the query string's keys: html > xml > json > openmetrics > text.
+    """(format, full) from the query string's keys: live > html > xml > json > openmetrics >
+    text.
 
     A key counts whatever its value (``?json=1``, ``?full=0``) and in any order; keys are
     URL-decoded and must match whole and case-sensitively, as PHP's ``$_GET`` keys do.
     """
     keys = {unquote_plus(part.partition("=")[0]) for part in query_string.split("&")}
-    fmt = next((f for f in FORMATS if f in keys), "text")
+    fmt = next((f for f in (LIVE, *FORMATS) if f in keys), "text")
     return fmt, "full" in keys
 
 
@@ -309,6 +321,8 @@ def render(status: PoolStatus, fmt: str, full: bool, utc_offset_seconds: int) ->
     """
     if fmt not in CONTENT_TYPES:
         raise ValueError("unknown status format %r" % fmt)
+    if fmt == LIVE:  # its script fetches the data itself
+        return CONTENT_TYPES[LIVE], LIVE_PAGE
 
     def rows(fields, obj):
         return [(f, _show(fmt, f, v, utc_offset_seconds)) for f, v in _pairs(fields, obj)]
@@ -413,3 +427,204 @@ def _render_openmetrics(pool, procs):
 
 _RENDERERS = {"text": _render_text, "json": _render_json, "xml": _render_xml,
               "html": _render_html, "openmetrics": _render_openmetrics}
+
+
+# --- the live page ----------------------------------------------------------------------------
+# Static: no value of the pool is ever written into it, so there is nothing to escape here; the
+# script puts every value into the DOM as text. The Content-Security-Policy admits exactly this
+# script and style (by hash), so even a mistake that turned data into markup could not run.
+
+_LIVE_STYLE = """
+:root { color-scheme: light dark; --fg: #1d2327; --dim: #6b7479; --line: #d5dadd;
+  --accent: #2463eb; --busy: #b45309; --bad: #b91c1c; --bg: #fff; }
+@media (prefers-color-scheme: dark) { :root { --fg: #e6e8ea; --dim: #9aa3a8; --line: #3a4146;
+  --accent: #6ea0ff; --busy: #f0a050; --bad: #f87171; --bg: #16191c; } }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: var(--fg);
+  background: var(--bg); }
+h1 { font-size: 1.3em; margin: 0; }
+h2 { font-size: 1em; margin: 1.2em 0 .4em; color: var(--dim); font-weight: 600; }
+#summary { color: var(--dim); margin: .3em 0; }
+#error { color: var(--bad); font-weight: 600; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { padding: .15em .7em .15em 0; text-align: left; vertical-align: top; }
+#pool th { font-weight: normal; color: var(--dim); }
+#workers thead th { border-bottom: 1px solid var(--line); }
+#workers td.num { text-align: right; }
+#workers td.uri { font-family: ui-monospace, monospace; word-break: break-all; }
+#workers tr.running td, #workers tr.reading td, #workers tr.finishing td { color: var(--busy); }
+svg { width: 100%; max-width: 60em; height: 9em; border: 1px solid var(--line); }
+#rate-line { fill: none; stroke: var(--accent); stroke-width: 1.5;
+  vector-effect: non-scaling-stroke; }
+#rate-area { fill: var(--accent); opacity: .15; }
+svg text { fill: var(--dim); font-size: 11px; }
+.columns { display: flex; flex-wrap: wrap; gap: 0 3em; }
+"""
+
+_LIVE_SCRIPT = r"""
+"use strict";
+(() => {
+  const WINDOW_S = 300;  // the span of the chart
+  const W = 600, H = 120;  // the chart's viewBox
+  const asked = parseFloat(new URLSearchParams(location.search).get("refresh"));
+  const refresh = Number.isFinite(asked) ? Math.min(60, Math.max(1, asked)) : 2;
+  // Relative to this page's own URL: the same path under whatever location a proxy mounts it.
+  const source = new URL("?json&full", location.href);
+  const STATES = { "Idle": "idle", "Running": "running", "Reading headers": "reading",
+                   "Finishing": "finishing", "Starting": "starting" };
+  const $ = (id) => document.getElementById(id);
+  let samples = [];  // {t: seconds on this page's clock, accepted, started}
+
+  const seconds = (s) => {
+    const d = Math.floor(s / 86400), hms = new Date((s % 86400) * 1000).toISOString().slice(11, 19);
+    return d ? d + "d " + hms : hms;
+  };
+  const duration = (us) => us >= 1e6 ? (us / 1e6).toFixed(2) + " s" : (us / 1e3).toFixed(1) + " ms";
+  const bytes = (b) => b >= 1048576 ? (b / 1048576).toFixed(1) + " MiB" : Math.round(b / 1024) + " KiB";
+  const rate = (r) => (r >= 100 ? r.toFixed(0) : r.toFixed(1)) + " req/s";
+
+  function cell(row, value, cls) {
+    const td = row.insertCell();
+    td.textContent = String(value);
+    if (cls) td.className = cls;
+  }
+
+  function showPool(data) {
+    const body = document.createElement("tbody");
+    for (const [key, value] of Object.entries(data)) {
+      if (key === "processes") continue;
+      const row = body.insertRow();
+      const th = document.createElement("th");
+      th.textContent = key;
+      row.appendChild(th);
+      cell(row, key === "start time" ? new Date(value * 1000).toLocaleString()
+                : key === "start since" ? seconds(value) : value);
+    }
+    $("pool").replaceChildren(body);
+  }
+
+  function showWorkers(procs) {
+    const body = document.createElement("tbody");
+    for (const p of [...procs].sort((a, b) => a.pid - b.pid)) {
+      const row = body.insertRow();
+      row.className = STATES[p.state] || "";
+      row.dataset.pid = String(p.pid);
+      cell(row, p.pid, "num");
+      cell(row, p.state);
+      cell(row, p.requests, "num");
+      cell(row, duration(p["request duration"]), "num");
+      cell(row, p["request method"]);
+      cell(row, p["request uri"], "uri");
+      cell(row, p.rss === undefined ? "-" : bytes(p.rss), "num");
+      cell(row, Number(p["last request cpu"]).toFixed(2) + " %", "num");
+    }
+    $("workers").tBodies[0].replaceWith(body);
+  }
+
+  function record(data, now) {
+    const last = samples[samples.length - 1];
+    // A restarted pool counts from zero again: the old history says nothing about it.
+    if (last && (data["accepted conn"] < last.accepted || data["start time"] !== last.started)) {
+      samples = [];
+    }
+    samples.push({ t: now, accepted: data["accepted conn"], started: data["start time"] });
+    samples = samples.filter((s) => now - s.t <= WINDOW_S + refresh);
+  }
+
+  function rates() {
+    const out = [];
+    for (let i = 1; i < samples.length; i++) {
+      const a = samples[i - 1], b = samples[i];
+      out.push({ t: b.t, rate: (b.accepted - a.accepted) / (b.t - a.t) });
+    }
+    return out;
+  }
+
+  function draw(points, now) {
+    // The axis tops at the first 1, 2 or 5 times a power of ten at or above the peak.
+    const peak = Math.max(0, ...points.map((p) => p.rate));
+    let top = 1;
+    for (let k = 0; top < peak; k++) top = [1, 2, 5][k % 3] * 10 ** Math.floor(k / 3);
+    const xy = points.map((p) => [(W - (now - p.t) / WINDOW_S * W).toFixed(1),
+                                  (H - p.rate / top * H).toFixed(1)]);
+    const line = xy.map(([x, y], i) => (i ? "L" : "M") + x + " " + y).join(" ");
+    $("rate-line").setAttribute("d", line);
+    $("rate-area").setAttribute("d", xy.length < 2 ? "" :
+      line + " L" + xy[xy.length - 1][0] + " " + H + " L" + xy[0][0] + " " + H + " Z");
+    $("rate-top").textContent = rate(top);
+    $("rate-now").textContent = points.length ? rate(points[points.length - 1].rate) : "-";
+  }
+
+  function show(data) {
+    if (typeof data !== "object" || data === null || !("accepted conn" in data)) {
+      throw new Error(source.pathname + " did not answer with a status page");
+    }
+    const now = performance.now() / 1000;
+    record(data, now);
+    document.title = "pyfpm status: " + data.pool;
+    $("pool-name").textContent = data.pool;
+    $("summary").textContent = data["process manager"] + " \u00b7 "
+      + data["active processes"] + " active, " + data["idle processes"] + " idle of "
+      + data["total processes"] + " \u00b7 accepted " + data["accepted conn"]
+      + " \u00b7 updated " + new Date().toLocaleTimeString() + ", every " + refresh + " s";
+    showPool(data);
+    showWorkers(data.processes || []);
+    draw(rates(), now);
+    $("error").hidden = true;
+  }
+
+  function fail(err) {
+    $("error").textContent = "Update failed: " + err.message + " (showing the last data)";
+    $("error").hidden = false;
+  }
+
+  function poll() {
+    fetch(source, { cache: "no-store", headers: { "Accept": "application/json" } })
+      .then((r) => {
+        if (!r.ok) throw new Error(source.pathname + " answered " + r.status + " " + r.statusText);
+        return r.json();
+      })
+      .then(show)
+      .catch(fail)
+      .finally(() => setTimeout(poll, refresh * 1000));
+  }
+  poll();
+})();
+"""
+
+_LIVE_BODY = """\
+<body>
+<h1>pyfpm status <span id="pool-name"></span></h1>
+<p id="summary">Loading&#8230;</p>
+<p id="error" role="alert" hidden></p>
+<h2>Accepted requests per second, last 5 minutes (<span id="rate-now">-</span> now;
+status requests count too)</h2>
+<svg id="chart" viewBox="0 0 600 120" preserveAspectRatio="none" role="img"
+ aria-label="requests per second">
+<path id="rate-area" d=""/><path id="rate-line" d=""/>
+<text id="rate-top" x="4" y="12"></text><text x="4" y="116">0</text>
+</svg>
+<div class="columns">
+<section><h2>Pool</h2><table id="pool"></table></section>
+<section><h2>Workers</h2><table id="workers"><thead><tr><th>pid</th><th>state</th>
+<th>requests</th><th>duration</th><th>method</th><th>uri</th><th>rss</th><th>cpu</th></tr>
+</thead><tbody></tbody></table></section>
+</div>
+<noscript><p>This page needs JavaScript; <a href="?html&amp;full">?html&amp;full</a> shows
+the same data as a static table.</p></noscript>
+"""
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+LIVE_PAGE = (
+    '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+    '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "script-src %s; style-src %s\">\n"
+    '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+    "<title>pyfpm status</title>\n<style>%s</style>\n</head>\n%s<script>%s</script>\n"
+    "</body>\n</html>\n"
+    % (_csp_hash(_LIVE_SCRIPT), _csp_hash(_LIVE_STYLE), _LIVE_STYLE, _LIVE_BODY, _LIVE_SCRIPT)
+).encode()

@@ -571,3 +571,43 @@ def test_dataclasses_are_the_agreed_interface():
     assert {f.attr for f in status.POOL_FIELDS} == {
         f.name for f in dataclasses.fields(PoolStatus)} - {"procs"}
     assert {f.attr for f in status.PROC_FIELDS} == {f.name for f in dataclasses.fields(ProcStatus)}
+
+
+# --- the live page (?live) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("query, expected", [
+    ("live", ("live", False)),
+    ("live&refresh=5", ("live", False)),
+    ("html&live&full", ("live", True)),    # live wins over every format
+    ("json&live=0", ("live", False)),
+    ("lively", ("text", False)),
+])
+def test_choose_live(query, expected):
+    assert choose(query) == expected
+
+
+def test_live_page_is_static_and_self_contained():
+    """No value of the pool is in it (the script fetches them), so nothing can be injected;
+    nothing is loaded from elsewhere."""
+    hostile = dataclasses.replace(DYNAMIC, pool="</script><script>alert(1)</script>")
+    content_type, page = render(hostile, "live", True, OFFSET)
+    assert content_type == "text/html;charset=UTF-8"
+    assert page == render(DYNAMIC, "live", False, 0)[1] == status.LIVE_PAGE
+    text = page.decode()
+    assert "alert(1)" not in text and "innerHTML" not in text
+    assert not re.search(r"https?://|\bsrc=|<link|@import", text)
+    assert text.count("<script>") == 1 and text.startswith("<!DOCTYPE html>")
+
+
+def test_live_page_policy_admits_its_own_script_and_style_only():
+    """A browser runs the inline script and style only if their hashes are in the policy."""
+    import base64
+    import hashlib
+    text = status.LIVE_PAGE.decode()
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', text)[1]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    for tag, directive in (("script", "script-src"), ("style", "style-src")):
+        inline = re.search(r"<%s>(.*?)</%s>" % (tag, tag), text, re.S)[1]
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert directives[directive] == "'sha256-%s'" % digest
+    assert directives["default-src"] == "'none'" and directives["connect-src"] == "'self'"
