@@ -1,15 +1,31 @@
 """Error log in PHP-FPM's line shape: ``[21-Nov-2026 10:00:00] NOTICE: message``.
 
-One ``os.write`` per message, so lines from the master and its workers (which inherit
-the fd) never interleave mid-line, and a traceback stays in one piece.
+Targets: ``stderr``, ``syslog`` (``[NOTICE] message``, tagged with syslog.ident, sent with
+syslog.facility) or a file. One ``os.write`` per message, so lines from the master and its
+workers (which inherit the fd) never interleave mid-line, and a traceback stays in one piece.
 """
 from __future__ import annotations
 
 import os
+import syslog
 import time
 import traceback
 
 LEVELS = ("debug", "notice", "warning", "error", "alert")
+
+# Each message goes to syslog with its own level's priority. PHP-FPM 8.2 passes the priority
+# of the configured log_level instead (every line of a notice-level log is a syslog NOTICE),
+# which defeats syslog's own filtering and journald's colouring: not copied.
+PRIORITIES = {"debug": syslog.LOG_DEBUG, "notice": syslog.LOG_NOTICE,
+              "warning": syslog.LOG_WARNING, "error": syslog.LOG_ERR, "alert": syslog.LOG_ALERT}
+# Python's syslog module lacks LOG_FTP; <syslog.h> has it as facility 11 (11 << 3).
+FACILITIES = {name: getattr(syslog, "LOG_" + name.upper(), 11 << 3) for name in (
+    "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog",
+    "user", "uucp", *("local%d" % n for n in range(8)))}
+
+# PHP-FPM formats its own messages into a buffer of this size; see limit_line().
+MAX_BUF_LENGTH = 2048
+DEFAULT_LIMIT = 1024
 
 # strftime's %b follows the locale; PHP-FPM's lines always use the C locale's names.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -22,11 +38,45 @@ def format_time(t: float) -> str:
         tm.tm_mday, _MONTHS[tm.tm_mon - 1], tm.tm_year, tm.tm_hour, tm.tm_min, tm.tm_sec)
 
 
-def format_message(level: str, msg: str, t: float) -> bytes:
-    """Every line of ``msg`` gets the prefix, so each stays greppable by level."""
-    prefix = "[%s] %s: " % (format_time(t), level.upper())
+def prefix(level: str, t: float, for_syslog: bool = False) -> bytes:
+    """``[21-Nov-2026 10:00:00] NOTICE: `` for a file or stderr, ``[NOTICE] `` for syslog,
+    which stamps the time itself."""
+    if for_syslog:
+        return b"[%s] " % level.upper().encode()
+    return ("[%s] %s: " % (format_time(t), level.upper())).encode()
+
+
+def limit_line(line: bytes, limit: int, syserror: bool = False) -> bytes:
+    """PHP-FPM's rule for a master message (prefix included, no newline): it is cut to
+    ``min(limit, 2048)`` bytes with the newline, ending in ``...``, only when it does not fit
+    PHP-FPM's 2048-byte buffer, or when it is a SYSERROR line that reaches ``limit``;
+    a plain message longer than ``limit`` that fits the buffer is written whole."""
+    if len(line) < MAX_BUF_LENGTH and not (syserror and len(line) >= limit):
+        return line
+    cap = min(limit, MAX_BUF_LENGTH)
+    return line[:utf8_cut(line, cap - 4)] + b"..."
+
+
+def utf8_cut(data: bytes, n: int) -> int:
+    """Where to cut ``data`` to keep at most ``n`` bytes without splitting a UTF-8 sequence
+    (bytes that are not UTF-8 are cut at ``n``)."""
+    if n >= len(data):
+        return len(data)
+    cut = n
+    while cut > n - 3 and cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut if cut > 0 and (data[cut] & 0xC0) != 0x80 else n
+
+
+def format_message(level: str, msg: str, t: float, limit: int = DEFAULT_LIMIT,
+                   syserror: bool = False, for_syslog: bool = False) -> bytes:
+    """Every line of ``msg`` gets the prefix, so each stays greppable by level; each is
+    limited by PHP-FPM's rule (``limit_line``)."""
+    head = prefix(level, t, for_syslog)
     lines = msg.rstrip("\n").split("\n")
-    return "".join(prefix + line + "\n" for line in lines).encode("utf-8", "backslashreplace")
+    return b"".join(
+        limit_line(head + line.encode("utf-8", "backslashreplace"), limit, syserror) + b"\n"
+        for line in lines)
 
 
 def strerror(err: OSError | int) -> str:
@@ -45,31 +95,69 @@ def choose_target(error_log: str, daemon: bool, force_stderr: bool, stderr_is_tt
     return error_log
 
 
+def open_log_file(path: str) -> int:
+    """A log file as PHP-FPM opens one: write-only, appending, created 0600, close-on-exec.
+
+    The master opens every log before it forks, so workers that drop privileges or chroot
+    still write to files they could not open themselves."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def adopt_fd(new_fd: int, fd: int) -> None:
+    """Put ``new_fd`` (e.g. a reopened log received from the master) in place of ``fd``,
+    keeping the number, and close ``new_fd``."""
+    try:
+        os.dup2(new_fd, fd, inheritable=False)
+    finally:
+        os.close(new_fd)
+
+
 class Logger:
-    """Writes to fd 2 (``target="stderr"``) or to a file opened O_APPEND, mode 0600.
+    """Writes to fd 2 (``target="stderr"``), to syslog (``target="syslog"``) or to a file
+    opened O_APPEND, mode 0600.
 
     ``echo_stderr`` copies NOTICE and above to stderr as well while the master is starting
-    up with a file target, as PHP-FPM does until it is "launched", so a failed start is
-    visible on the terminal that ran it.
+    up with a file or syslog target, as PHP-FPM does until it is "launched", so a failed
+    start is visible on the terminal that ran it. ``limit`` is log_limit (``limit_line``);
+    ``buffering`` is log_buffering, which only captured worker output (fpm.stdio) uses.
     """
 
-    def __init__(self, target: str = "stderr", level: str = "notice", echo_stderr: bool = False):
+    def __init__(self, target: str = "stderr", level: str = "notice", echo_stderr: bool = False,
+                 *, limit: int = DEFAULT_LIMIT, ident: str = "pyfpm", facility: str = "daemon",
+                 buffering: bool = True):
         if level not in LEVELS:
             raise ValueError("log_level '%s' is not one of %s" % (level, ", ".join(LEVELS)))
+        if facility not in FACILITIES:
+            raise ValueError("syslog.facility '%s' is not one of %s"
+                             % (facility, ", ".join(FACILITIES)))
         self.target = target
         self.level = level
         self._threshold = LEVELS.index(level)
         self.echo_stderr = echo_stderr
+        self.limit = limit
+        self.buffering = buffering
+        self.ident = ident
+        self.facility = facility
         self.fd = self._open()
 
     def _open(self) -> int:
         if self.target == "stderr":
             return 2
-        return os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self.target == "syslog":
+            # NDELAY connects now: workers inherit the socket, so they can still log after
+            # a chroot hides /dev/log. PID and CONS as PHP-FPM's openlog().
+            syslog.openlog(self.ident, syslog.LOG_PID | syslog.LOG_CONS | syslog.LOG_NDELAY,
+                           FACILITIES[self.facility])
+            return -1
+        return open_log_file(self.target)
 
     @property
     def is_file(self) -> bool:
-        return self.target != "stderr"
+        return self.target not in ("stderr", "syslog")
+
+    @property
+    def is_syslog(self) -> bool:
+        return self.target == "syslog"
 
     def reopen(self) -> None:
         """Reopen the file (after logrotate moved it) onto the same fd number.
@@ -78,11 +166,14 @@ class Logger:
         """
         if not self.is_file:
             return
-        fd = self._open()
-        try:
-            os.dup2(fd, self.fd, inheritable=False)
-        finally:
-            os.close(fd)
+        adopt_fd(self._open(), self.fd)
+
+    def adopt(self, new_fd: int) -> None:
+        """In a worker: take the error log the master reopened, passed as ``new_fd``."""
+        if self.is_file:
+            adopt_fd(new_fd, self.fd)
+        else:
+            os.close(new_fd)
 
     def close(self) -> None:
         if self.is_file:
@@ -92,13 +183,25 @@ class Logger:
     def enabled(self, level: str) -> bool:
         return LEVELS.index(level) >= self._threshold
 
-    def log(self, level: str, msg: str) -> None:
+    def log(self, level: str, msg: str, syserror: bool = False) -> None:
         if not self.enabled(level):
             return
-        data = format_message(level, msg, time.time())
-        _write_all(self.fd, data)
-        if self.echo_stderr and self.is_file and LEVELS.index(level) >= 1:
-            _write_all(2, data)
+        t = time.time()
+        data = format_message(level, msg, t, self.limit, syserror, self.is_syslog)
+        self.write(level, data)
+        if self.echo_stderr and self.target != "stderr" and LEVELS.index(level) >= 1:
+            _write_all(2, data if not self.is_syslog else
+                       format_message(level, msg, t, self.limit, syserror))
+
+    def write(self, level: str, data: bytes) -> None:
+        """Complete lines, already formatted for this target, in one write (one syslog
+        message per line); ``level`` is the syslog priority."""
+        if self.is_syslog:
+            priority = PRIORITIES[level]
+            for line in data.decode("utf-8", "backslashreplace").splitlines():
+                syslog.syslog(priority, line)
+        else:
+            _write_all(self.fd, data)
 
     def debug(self, msg: str) -> None:
         self.log("debug", msg)
@@ -117,7 +220,7 @@ class Logger:
 
     def syserror(self, msg: str, err: OSError | int, level: str = "error") -> None:
         """``msg: strerror (errno)``, PHP-FPM's ZLOG_SYSERROR."""
-        self.log(level, "%s: %s" % (msg, strerror(err)))
+        self.log(level, "%s: %s" % (msg, strerror(err)), syserror=True)
 
     def exception(self, msg: str) -> None:
         """ERROR lines: ``msg`` and the traceback being handled, in one write."""
@@ -146,4 +249,3 @@ def set_logger(logger: Logger) -> None:
 
 def get_logger() -> Logger:
     return LOG
-

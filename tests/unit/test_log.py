@@ -122,3 +122,147 @@ def test_stderr_target(capfd):
 def test_choose_target(daemon, force, tty, expected):
     assert choose_target("/var/log/pyfpm.log", daemon, force, tty) == expected
     assert choose_target("stderr", daemon, force, tty) == "stderr"
+
+
+# --- log_limit: PHP-FPM's rule for the master's own messages ---------------------------------
+
+def test_a_message_longer_than_log_limit_but_within_2048_bytes_is_written_whole():
+    line = b"x" * 1500
+    assert fpm_log.limit_line(line, 1024) == line
+
+
+def test_a_message_over_2048_bytes_is_cut_to_log_limit_ending_in_dots():
+    out = format_message("notice", "y" * 3000, 0, limit=1024)
+    assert len(out) == 1024 and out.endswith(b"yyy...\n")
+    out = format_message("notice", "y" * 3000, 0, limit=4096)  # the buffer caps it
+    assert len(out) == 2048 and out.endswith(b"...\n")
+
+
+def test_a_syserror_line_reaching_log_limit_is_cut():
+    log_line = format_message("error", "z" * 600 + ": Address already in use (98)", 0,
+                              limit=600, syserror=True)
+    assert len(log_line) == 600 and log_line.endswith(b"zzz...\n")
+    short = format_message("error", "bind: Address already in use (98)", 0, limit=600,
+                           syserror=True)
+    assert short.endswith(b"ERROR: bind: Address already in use (98)\n")
+
+
+def test_cutting_never_splits_a_utf8_character():
+    out = format_message("notice", "é" * 2000, 0, limit=1024)
+    assert out.endswith(b"...\n") and len(out) <= 1024
+    out.decode("utf-8")  # whole characters only
+
+
+def test_limit_applies_to_each_line_of_a_traceback(tmp_path):
+    path = tmp_path / "fpm.log"
+    log = Logger(str(path), limit=512)
+    log.error("first\n" + "w" * 3000 + "\nlast")
+    lines = path.read_text().splitlines()
+    assert [LINE.match(x) is not None for x in lines] == [True, True, True]
+    assert len(lines[1]) == 511 and lines[1].endswith("...") and lines[2].endswith("last")
+
+
+def test_syserror_uses_the_limit(tmp_path):
+    path = tmp_path / "fpm.log"
+    Logger(str(path), limit=512).syserror("a" * 500, errno.EADDRINUSE)
+    (line,) = path.read_text().splitlines()
+    assert len(line) == 511 and line.endswith("aaa...")
+
+
+# --- syslog ----------------------------------------------------------------------------------
+
+def test_syslog_prefix_is_the_level_only():
+    assert fpm_log.prefix("warning", 0, for_syslog=True) == b"[WARNING] "
+    assert format_message("notice", "fpm is running, pid 1", 0, for_syslog=True) == \
+        b"[NOTICE] fpm is running, pid 1\n"
+
+
+def test_syslog_priority_is_the_message_level():
+    import syslog
+    assert fpm_log.PRIORITIES == {"debug": syslog.LOG_DEBUG, "notice": syslog.LOG_NOTICE,
+                                  "warning": syslog.LOG_WARNING, "error": syslog.LOG_ERR,
+                                  "alert": syslog.LOG_ALERT}
+
+
+def test_every_php_fpm_facility_is_known():
+    import syslog
+    assert set(fpm_log.FACILITIES) == {
+        "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog",
+        "user", "uucp", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+        "local7"}
+    assert fpm_log.FACILITIES["ftp"] == 11 << 3 and fpm_log.FACILITIES["local3"] == syslog.LOG_LOCAL3
+
+
+@pytest.fixture
+def dev_log():
+    """A datagram socket bound at /dev/log, as a syslog daemon's; skipped when the path is
+    taken (a real daemon's) or cannot be created."""
+    import socket
+    if os.path.exists("/dev/log"):
+        pytest.skip("/dev/log exists (a syslog daemon's): not replacing it")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.bind("/dev/log")
+    except OSError as e:
+        s.close()
+        pytest.skip("cannot bind /dev/log: %s" % e)
+    s.settimeout(5)
+    try:
+        yield s
+    finally:
+        os.unlink("/dev/log")
+        s.close()
+
+
+def test_syslog_lines_reach_dev_log_with_ident_facility_and_priority(dev_log):
+    import syslog
+    log = Logger("syslog", "notice", ident="pyfpm-test", facility="local3")
+    log.debug("hidden")
+    log.error("bad thing\nsecond line")
+    log.notice("fine")
+    got = [dev_log.recv(4096).decode() for _ in range(3)]
+    pid = os.getpid()
+    assert [re.sub(r"^(<\d+>)\w{3} [ \d]\d \d\d:\d\d:\d\d ", r"\1", g) for g in got] == [
+        "<%d>pyfpm-test[%d]: [ERROR] bad thing" % (syslog.LOG_LOCAL3 | syslog.LOG_ERR, pid),
+        "<%d>pyfpm-test[%d]: [ERROR] second line" % (syslog.LOG_LOCAL3 | syslog.LOG_ERR, pid),
+        "<%d>pyfpm-test[%d]: [NOTICE] fine" % (syslog.LOG_LOCAL3 | syslog.LOG_NOTICE, pid)]
+    syslog.closelog()
+
+
+def test_syslog_echoes_file_shaped_lines_to_stderr_while_starting(dev_log, capfd):
+    import syslog
+    log = Logger("syslog", "notice", echo_stderr=True)
+    log.warning("starting")
+    assert dev_log.recv(4096).decode().endswith("]: [WARNING] starting")
+    assert LINE.match(capfd.readouterr().err)
+    syslog.closelog()
+
+
+# --- the master's log files -----------------------------------------------------------------
+
+def test_open_log_file_appends_creates_0600_and_closes_on_exec(tmp_path):
+    import fcntl
+    path = tmp_path / "access.log"
+    path.write_text("kept\n")
+    fd = fpm_log.open_log_file(str(path))
+    try:
+        os.write(fd, b"added\n")
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+    finally:
+        os.close(fd)
+    assert path.read_text() == "kept\nadded\n"
+    fd = fpm_log.open_log_file(str(tmp_path / "new.log"))
+    os.close(fd)
+    assert stat.S_IMODE((tmp_path / "new.log").stat().st_mode) == 0o600
+
+
+def test_adopt_puts_a_received_file_in_place_keeping_the_number(tmp_path):
+    path = tmp_path / "fpm.log"
+    log = Logger(str(path))
+    fd = log.fd
+    os.rename(path, tmp_path / "fpm.log.1")
+    log.adopt(fpm_log.open_log_file(str(path)))  # as a worker receives it from the master
+    log.notice("after")
+    assert log.fd == fd and "after" in path.read_text()
+    assert "after" not in (tmp_path / "fpm.log.1").read_text()
