@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from fpm import ini
+from fpm import accesslog, ini
 
 try:  # tomllib is in the standard library from 3.11; tomli is the same parser for older ones
     import tomllib
@@ -338,16 +338,28 @@ class Mount(Kind):
 
 
 class ErrorLog(Kind):
-    expected = "'stderr' or a file path (syslog is not supported yet)"
+    expected = "'stderr', 'syslog' or a file path"
 
     def parse(self, raw: Any) -> str:
         value = super().parse(raw).strip()
-        if not value or value == "syslog":
+        if not value:
             raise ValueError(self.expected)
         return value
 
     def resolve(self, value: str, base: str) -> str:
-        return value if value == "stderr" else os.path.join(base, value)
+        return value if value in ("stderr", "syslog") else os.path.join(base, value)
+
+
+class AccessFormat(Text):
+    """access.format, compiled as the workers will: PHP-FPM's message for a bad one."""
+
+    def parse(self, raw: Any) -> str:
+        value = super().parse(raw)
+        try:
+            accesslog.compile(value)
+        except accesslog.FormatError as e:
+            raise ValueError(f"a format of PHP-FPM's % codes; {e}") from None
+        return value
 
 
 class Listen(Kind):
@@ -430,19 +442,20 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("pid", "global", Path(), None,
               "Pid file, written at start and removed at exit. Default: none."),
     Directive("error_log", "global", ErrorLog(), "stderr",
-              "Where the master and the workers log: 'stderr' or a file path."),
+              "Where the master and the workers log: 'stderr', 'syslog' or a file path."),
     Directive("syslog.ident", "global", Text(), "pyfpm",
-              "Name syslog lines are tagged with (error_log = syslog).", pending="issue 4"),
+              "Name syslog lines are tagged with (error_log = syslog)."),
     Directive("syslog.facility", "global", _FACILITIES, "daemon",
-              "Syslog facility of the log lines (error_log = syslog).", pending="issue 4"),
+              "Syslog facility of the log lines (error_log = syslog)."),
     Directive("log_level", "global", _LOG_LEVELS, "notice",
               "Least severe level logged: debug, notice, warning, error or alert."),
     Directive("log_limit", "global", Int(512), 1024,
-              "Longest log line in characters, prefix included; longer ones are wrapped.",
-              pending="issue 4"),
+              "Longest log line in bytes, prefix included: captured worker output is wrapped "
+              "there; a message of the master is cut (ending in ...) when longer than 2048 "
+              "bytes, or longer than log_limit with an error code, as in PHP-FPM."),
     Directive("log_buffering", "global", Bool(), True,
-              "Write each log line with one write(), so lines from workers never interleave.",
-              pending="issue 4"),
+              "Captured worker output waits for the end of its line, written with one "
+              "write(); no: written as soon as it is read (undecorated: byte for byte)."),
     Directive("emergency_restart_threshold", "global", Int(0), 0,
               "Restart the master gracefully when this many workers die of a signal within "
               "emergency_restart_interval; 0 disables."),
@@ -541,11 +554,14 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Body of the answer to ping.path."),
     Directive("access.log", "pool", Path(), None,
               "Access log file, one line per request. Default: none.", pending="issue 4"),
-    Directive("access.format", "pool", Text(), '%R - %u %t "%m %r" %s',
+    Directive("access.format", "pool", AccessFormat(), '%R - %u %t "%m %r" %s',
               "Access log line format (PHP-FPM's % codes).", pending="issue 4"),
     Directive("access.suppress_path", "pool", UrlPath(), (),
               "access.suppress_path[] = /ping: successful GET/HEAD requests of this exact path "
               "are not logged.", array="list", pending="issue 4"),
+    Directive("access.json", "pool", Bool(), False,
+              "Write the access log as JSON lines, one object per request whose keys are "
+              "those of access.format's codes (see fpm/accesslog.py).", pending="issue 4"),
     Directive("slowlog", "pool", Path(), None,
               "File the Python stack of slow requests is written to. Default: none.",
               pending="issue 4"),
@@ -675,6 +691,7 @@ class PoolConfig:
     access_log: str | None = _default("pool", "access.log")
     access_format: str = _default("pool", "access.format")
     access_suppress_path: tuple[str, ...] = _default("pool", "access.suppress_path")
+    access_json: bool = _default("pool", "access.json")
     slowlog: str | None = _default("pool", "slowlog")
     request_slowlog_timeout: int = _default("pool", "request_slowlog_timeout")
     request_slowlog_trace_depth: int = _default("pool", "request_slowlog_trace_depth")

@@ -396,7 +396,7 @@ def test_error_log():
     assert load_ini("error_log = log/fpm.log\n" + POOL).global_.error_log == \
         "/etc/pyfpm/log/fpm.log"
     assert load_ini("error_log = stderr\n" + POOL).global_.error_log == "stderr"
-    assert "syslog is not supported yet" in one_error("error_log = syslog\n" + POOL)
+    assert load_ini("error_log = syslog\n" + POOL).global_.error_log == "syslog"
 
 
 # --- pool directives -------------------------------------------------------------------------
@@ -940,8 +940,6 @@ def test_limit_extensions_are_words(value, stored):
 
 def test_pending_directives_warn_once_per_section_that_sets_them():
     conf = load_ini("""
-        log_limit = 2048
-        log_limit = 4096
         [www]
         listen = 9000
         pm = static
@@ -956,7 +954,6 @@ def test_pending_directives_warn_once_per_section_that_sets_them():
         pm.max_requests = 10
     """)
     assert conf.messages == (
-        ("warning", "[global] log_limit is not implemented yet (issue 4); ignored"),
         ("warning", "[pool www] listen.allowed_clients is not implemented yet (issue 5); "
                     "ignored"),
         ("warning", "[pool www] access.log is not implemented yet (issue 4); ignored"),
@@ -970,9 +967,8 @@ def test_pending_directive_left_at_its_default_gives_no_warning():
 
 def test_pending_directives_are_the_ones_the_spec_names():
     pending = {d.name: d.pending for d in config.DIRECTIVES if d.pending}
-    issue4 = ["syslog.ident", "syslog.facility", "log_limit", "log_buffering",
-              "pm.status_listen", "access.log", "access.format",
-              "access.suppress_path", "slowlog", "request_slowlog_timeout",
+    issue4 = ["pm.status_listen", "access.log", "access.format",
+              "access.suppress_path", "access.json", "slowlog", "request_slowlog_timeout",
               "request_slowlog_trace_depth", "catch_workers_output", "decorate_workers_output"]
     issue5 = ["listen.acl_users", "listen.acl_groups", "listen.allowed_clients",
               "security.limit_extensions"]
@@ -1379,6 +1375,7 @@ def test_dump_shape():
         \taccess.log = undefined
         \taccess.format = %R - %u %t "%m %r" %s
         \taccess.suppress_path[] = /ping
+        \taccess.json = no
         \tslowlog = undefined
         \trequest_slowlog_timeout = 0s
         \trequest_slowlog_trace_depth = 20
