@@ -1,0 +1,335 @@
+"""fpm.stdio: catch_workers_output over real pipes and real forked processes."""
+import errno
+import os
+import re
+import select
+import sys
+
+import pytest
+
+from fpm import stdio
+from fpm.log import Logger
+from fpm.stdio import Capture, decorated
+from tests.unit.test_log import dev_log  # noqa: F401 - a fixture
+
+PREFIX = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\] WARNING: "
+
+
+@pytest.fixture
+def log_path(tmp_path):
+    return tmp_path / "fpm.log"
+
+
+def capture(log_path, level="notice", limit=1024, **kwargs):
+    return Capture(Logger(str(log_path), level, limit=limit), "www", limit=limit, **kwargs)
+
+
+def attached(cap, pid=1234):
+    """Pipes attached to ``pid`` as after a fork: (stdout write end, stderr write end)."""
+    child, parent = cap.pipes()
+    # What the child would hold: its own copies, since attach() closes ours.
+    ends = (os.dup(child[0]), os.dup(child[1]))
+    cap.attach(pid, parent)
+    return ends, parent
+
+
+def lines(log_path):
+    return log_path.read_text().splitlines() if log_path.exists() else []
+
+
+def strip(text_lines):
+    return [re.sub("^" + PREFIX, "", x) for x in text_lines]
+
+
+# --- decorated -----------------------------------------------------------------------------
+
+def test_decorated_lines_are_php_fpm_shaped(log_path):
+    cap = capture(log_path)
+    (out, err), (out_r, err_r) = attached(cap)
+    os.write(err, b"hello\nworld\n")
+    os.write(out, b"from stdout\n")
+    assert cap.readable(err_r) and cap.readable(out_r)
+    got = lines(log_path)
+    assert all(re.match(PREFIX, x) for x in got)
+    assert strip(got) == ['[pool www] child 1234 said into stderr: "hello"',
+                          '[pool www] child 1234 said into stderr: "world"',
+                          '[pool www] child 1234 said into stdout: "from stdout"']
+    os.close(out)
+    os.close(err)
+
+
+def test_a_partial_line_waits_for_its_newline(log_path):
+    cap = capture(log_path)
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, b"half")
+    cap.readable(err_r)
+    assert lines(log_path) == []
+    os.write(err, b" and half\n")
+    cap.readable(err_r)
+    assert strip(lines(log_path)) == ['[pool www] child 1234 said into stderr: "half and half"']
+    os.close(out)
+    os.close(err)
+
+
+def test_long_lines_are_wrapped_at_log_limit(log_path):
+    cap = capture(log_path, limit=512)
+    (out, err), (_, err_r) = attached(cap)
+    text = bytes(range(ord("a"), ord("z") + 1)) * 60  # 1560 bytes
+    os.write(err, text + b"\n")
+    cap.readable(err_r)
+    raw = log_path.read_bytes().splitlines(keepends=True)
+    assert len(raw) == 4 and all(len(x) <= 512 for x in raw)
+    assert all(len(x) == 512 for x in raw[:3])
+    body = b"".join(re.match(rb'.*said into stderr: "(.*)"\n', x, re.S).group(1) for x in raw)
+    assert body == text
+    os.close(out)
+    os.close(err)
+
+
+def test_a_partial_line_is_written_when_it_fills_a_wrapped_line(log_path):
+    cap = capture(log_path, limit=512)
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, b"x" * 1000)
+    cap.readable(err_r)
+    written = log_path.read_bytes().splitlines(keepends=True)
+    assert len(written) == 2  # two full wrapped lines; the rest waits
+    assert all(len(x) == 512 and x.endswith(b'xxx"\n') for x in written)
+    os.close(out)
+    os.close(err)
+
+
+def test_wrapping_never_splits_a_utf8_character(log_path):
+    cap = capture(log_path, limit=512)
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, "é".encode() * 600 + b"\n")
+    cap.readable(err_r)
+    text = log_path.read_text(encoding="utf-8")  # would fail on a split character
+    assert "".join(re.findall(r'"(é+)"', text)) == "é" * 600
+    os.close(out)
+    os.close(err)
+
+
+def test_eof_flushes_the_last_words_with_pipe_is_closed(log_path):
+    forgotten = []
+    cap = capture(log_path, forget=forgotten.append)
+    (out, err), (out_r, err_r) = attached(cap)
+    os.write(err, b"done\nlast words")
+    os.close(err)
+    assert cap.readable(err_r) is False
+    assert strip(lines(log_path)) == [
+        '[pool www] child 1234 said into stderr: "done"',
+        '[pool www] child 1234 said into stderr: "last words", pipe is closed']
+    assert forgotten == [err_r] and cap.fds() == [out_r]
+    with pytest.raises(OSError) as e:
+        os.fstat(err_r)
+    assert e.value.errno == errno.EBADF
+    os.close(out)
+    assert cap.readable(out_r) is False  # nothing pending: nothing logged
+    assert len(lines(log_path)) == 2 and cap.fds() == []
+
+
+def test_decorated_helper_puts_the_suffix_on_the_last_line_only():
+    head = b'H: "'
+    assert decorated(head, b"abc", 100, b", pipe is closed") == [b'H: "abc", pipe is closed\n']
+    out = decorated(head, b"a" * 40, 30, b"!")
+    assert out == [b'H: "' + b"a" * 24 + b'"\n', b'H: "' + b"a" * 16 + b'"!\n']
+
+
+# --- undecorated -----------------------------------------------------------------------------
+
+def test_undecorated_lines_are_written_raw_and_whole(log_path):
+    cap = capture(log_path, limit=512, decorate=False)
+    (out, err), (out_r, err_r) = attached(cap)
+    long_line = b"{" + b'"k": 1, ' * 300 + b"}"  # a JSON log line longer than log_limit
+    os.write(out, long_line + b"\nsecond\n")
+    cap.readable(out_r)
+    assert log_path.read_bytes() == long_line + b"\nsecond\n"
+    os.close(out)
+    os.close(err)
+
+
+def test_undecorated_partial_line_is_bounded(log_path):
+    cap = capture(log_path, decorate=False)
+    (out, err), (out_r, _) = attached(cap)
+    os.set_blocking(out, False)
+    sent = 0
+    while sent < stdio.UNDECORATED_MAX + 10:
+        sent += os.write(out, b"y" * min(4096, stdio.UNDECORATED_MAX + 10 - sent))
+        cap.readable(out_r)
+    assert log_path.read_bytes() == b"y" * stdio.UNDECORATED_MAX + b"\n"
+    os.close(out)
+    cap.readable(out_r)
+    assert log_path.read_bytes() == b"y" * stdio.UNDECORATED_MAX + b"\n" + b"y" * 10 + b"\n"
+    os.close(err)
+
+
+def test_undecorated_eof_adds_the_newline_only(log_path):
+    cap = capture(log_path, decorate=False)
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, b"no newline")
+    os.close(err)
+    cap.readable(err_r)
+    assert log_path.read_bytes() == b"no newline\n"
+    os.close(out)
+
+
+# --- log_buffering = no ---------------------------------------------------------------------
+
+def test_unbuffered_decorated_writes_a_partial_line_at_once(log_path):
+    cap = capture(log_path, buffering=False)
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, b"progress: 50%")
+    cap.readable(err_r)
+    assert strip(lines(log_path)) == ['[pool www] child 1234 said into stderr: "progress: 50%"']
+    os.close(out)
+    os.close(err)
+
+
+def test_unbuffered_undecorated_passes_bytes_through(log_path):
+    cap = capture(log_path, buffering=False, decorate=False)
+    (out, err), (out_r, _) = attached(cap)
+    for chunk in (b"a", b"b\nc", b"\x00\xff"):
+        os.write(out, chunk)
+        cap.readable(out_r)
+    assert log_path.read_bytes() == b"ab\nc\x00\xff"
+    os.close(out)
+    os.close(err)
+
+
+# --- levels, drop, cancel ---------------------------------------------------------------------
+
+def test_log_level_error_hides_worker_output_but_drains_the_pipe(log_path):
+    cap = capture(log_path, level="error")
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, b"x" * 50000 + b"\n")
+    cap.readable(err_r)
+    assert lines(log_path) == []
+    with pytest.raises(BlockingIOError):
+        os.read(err_r, 1)  # nothing left behind
+    os.close(out)
+    os.close(err)
+
+
+def test_drop_logs_what_is_left_and_closes_even_if_the_pipe_is_still_held(log_path):
+    forgotten = []
+    cap = capture(log_path, forget=forgotten.append)
+    (out, err), (out_r, err_r) = attached(cap)
+    os.write(out, b"unread line\npartial")
+    cap.drop(1234)  # out/err still open: a process the worker started holds them
+    assert strip(lines(log_path)) == ['[pool www] child 1234 said into stdout: "unread line"',
+                                      '[pool www] child 1234 said into stdout: "partial"']
+    assert sorted(forgotten) == sorted([out_r, err_r]) and cap.fds() == []
+    os.close(out)
+    os.close(err)
+
+
+def test_cancel_closes_both_pipes(log_path):
+    cap = capture(log_path)
+    child, parent = cap.pipes()
+    assert sorted(cap.fds()) == sorted(parent)
+    cap.cancel(parent)
+    for fd in (*child, *parent):
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert cap.fds() == []
+
+
+def test_pipes_are_non_blocking_for_the_master_and_close_on_exec(log_path):
+    import fcntl
+    cap = capture(log_path)
+    child, parent = cap.pipes()
+    assert all(not os.get_blocking(fd) for fd in parent)
+    assert all(os.get_blocking(fd) for fd in child)
+    assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in (*child, *parent))
+    cap.cancel(parent)
+
+
+# --- with real workers ---------------------------------------------------------------------------
+
+def run_child(cap, log, body, catch=True):
+    """Fork a 'worker' that redirects its stdio as fpm.stdio.redirect does and runs body();
+    read its output as the master's loop would until both pipes are closed; its pid."""
+    child_fds, parent_fds = cap.pipes() if catch else (None, ())
+    pid = os.fork()
+    if pid == 0:
+        try:
+            stdio.redirect(log, child_fds)
+            for fd in parent_fds:
+                os.close(fd)
+            # A worker's sys.stdout and sys.stderr are fds 1 and 2 (pytest replaced ours).
+            sys.stdout = open(1, "w", closefd=False)
+            sys.stderr = open(2, "w", closefd=False)
+            body()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+    if catch:
+        cap.attach(pid, parent_fds)
+        poller = select.poll()
+        for fd in parent_fds:
+            poller.register(fd, select.POLLIN)
+        open_fds = set(parent_fds)
+        while open_fds:
+            for fd, _ in poller.poll(5000):
+                if not cap.readable(fd):
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+    assert os.waitpid(pid, 0)[1] == 0
+    return pid
+
+
+def test_a_forked_worker_printing_to_stdout_and_stderr(log_path):
+    log = Logger(str(log_path))
+    cap = Capture(log, "www")
+
+    def body():
+        print("to stdout")
+        print("to stderr", file=sys.stderr)
+        sys.stderr.write("unfinished")
+    pid = run_child(cap, log, body)
+    assert sorted(strip(lines(log_path))) == sorted([
+        '[pool www] child %d said into stdout: "to stdout"' % pid,
+        '[pool www] child %d said into stderr: "to stderr"' % pid,
+        '[pool www] child %d said into stderr: "unfinished", pipe is closed' % pid])
+
+
+def test_a_worker_logger_on_stderr_keeps_writing_to_the_real_stderr(tmp_path, capfd):
+    log = Logger("stderr")
+    cap = Capture(log, "www")
+
+    def body():
+        log.error("from the worker's logger")
+        print("printed", file=sys.stderr)
+    pid = run_child(cap, log, body)
+    err = capfd.readouterr().err.splitlines()
+    assert re.match(r"\[.*\] ERROR: from the worker's logger$", err[0])
+    assert re.match(PREFIX + r'\[pool www\] child %d said into stderr: "printed"$' % pid, err[1])
+
+
+def test_without_capture_the_output_goes_to_dev_null(log_path, capfd):
+    log = Logger(str(log_path))
+
+    def body():
+        print("lost")
+        print("lost too", file=sys.stderr)
+        log.error("kept")
+    run_child(None, log, body, catch=False)
+    assert capfd.readouterr() == ("", "")
+    assert [x.split("ERROR: ")[1] for x in lines(log_path)] == ["kept"]
+
+
+def test_syslog_target_gets_syslog_shaped_warning_lines(dev_log):  # noqa: F811
+    import syslog
+    log = Logger("syslog", ident="pyfpm-test")
+    cap = Capture(log, "www")
+    (out, err), (_, err_r) = attached(cap, pid=77)
+    os.write(err, b"hello\n")
+    cap.readable(err_r)
+    got = dev_log.recv(4096).decode()
+    assert re.match(r'<%d>.* pyfpm-test\[%d\]: \[WARNING\] \[pool www\] child 77 said into '
+                    r'stderr: "hello"$' % (syslog.LOG_DAEMON | syslog.LOG_WARNING, os.getpid()),
+                    got)
+    os.close(out)
+    os.close(err)
+    syslog.closelog()
