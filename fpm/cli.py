@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     target = choose_target(config.global_.error_log, daemon, args.force_stderr,
                            os.isatty(2))
     try:
-        log = Logger(target, config.global_.log_level, echo_stderr=True)
+        g = config.global_
+        log = Logger(target, g.log_level, echo_stderr=True, limit=g.log_limit,
+                     ident=g.syslog_ident, facility=g.syslog_facility, buffering=g.log_buffering)
     except OSError as e:
         return _fail(log, ["failed to open error log file '%s': %s" % (target, strerror(e))])
     for level, text in notices:
