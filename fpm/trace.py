@@ -1,0 +1,257 @@
+"""The slowlog's stack reader: stop a worker with ptrace, read its Python frames, let it go.
+
+Runs in the master's one thread, the thread that reaps children: a ptrace stop is reported to
+the tracer through waitpid, so a stop this module does not wait for (it waits at most
+`timeout`) reaches the master's reaper, which hands it to `on_wait_status`.
+
+The sequence (see shared/reference/slowlog.md): PTRACE_SEIZE, which does not stop the worker,
+then PTRACE_INTERRUPT, which stops it wherever it is (running, in a syscall, in C code); wait
+for that stop; read the frame chain with fpm._pystack (process_vm_readv, one syscall per
+frame, plus the strings and line table of code objects not seen before); PTRACE_DETACH,
+handing back a signal the stop intercepted. Line tables are decoded after the detach. The
+worker is a fork of this process, so fpm._pystack finds its interpreter at our own
+&_PyRuntime.
+
+python-ptrace provides the ptrace(2) binding and its error type (errno attached); it names
+neither PTRACE_SEIZE nor PTRACE_INTERRUPT, so their numbers (linux/ptrace.h) are below.
+"""
+
+import errno
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from ptrace import PtraceError
+from ptrace.binding.func import PTRACE_DETACH, ptrace
+
+from fpm import _pystack
+
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_EVENT_STOP = 128
+WALL = 0x40000000  # __WALL: waitpid reports the traced thread whatever its clone flags
+_PF_EXITING = 0x4  # in /proc/PID/stat's flags (include/linux/sched.h)
+
+# Waiting for the stop: yield the CPU between polls for this long (a stop usually comes within
+# ~100 µs, and spinning keeps the gap between the stop and our noticing it to a few µs), then
+# poll with short sleeps until `timeout`.
+_SPIN_S = 0.002
+_NAP_S = 0.0005
+# Code objects cached per worker; past this many the worker's cache starts over.
+_MAX_CODES = 4096
+
+
+class TraceError(Exception):
+    """The stack could not be read; `reason` fits in a log line."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Refused(TraceError):
+    """The kernel refused the attach (EPERM/EACCES): no CAP_SYS_PTRACE, Yama, not dumpable."""
+
+
+class Unsupported(TraceError):
+    """This interpreter's frame layout is not one fpm._pystack was built for."""
+
+
+class Gone(TraceError):
+    """The worker exited around the attach. `status` is its raw wait status when this module
+    reaped it (the caller's reaper must then account for the exit), else None."""
+
+    def __init__(self, reason, status=None):
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One Python frame: the address of its interpreter frame (0 when unknown, as in the
+    faulthandler fallback), the code's qualified name, file and current line (0: unknown)."""
+
+    address: int
+    qualname: str
+    filename: str
+    lineno: int
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Frames innermost first; `stopped_us` bounds from above how long the worker was stopped:
+    from the last moment it was seen running to the return of the detach."""
+
+    frames: list[Frame]
+    stopped_us: float
+
+
+_tstates: dict[int, int] = {}            # pid -> address of its main thread's PyThreadState
+_codes: dict[int, dict[int, tuple]] = {}  # pid -> code address -> (key, qualname, file, table, line)
+_unstopped: set[int] = set()             # seized pids whose stop came after stack() gave up
+
+
+def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
+    """The innermost `depth` Python frames of worker `pid` (a fork of this process).
+
+    Raises Refused, Unsupported, Gone, or TraceError (the stop did not come within `timeout`:
+    the worker stays seized until the reaper's waitpid sees the stop and calls on_wait_status;
+    or its memory could not be read)."""
+    _check_supported()
+    if pid in _unstopped:
+        raise TraceError("still waiting for the stop of an earlier trace")
+    _seize(pid)
+    floor = time.monotonic_ns()
+    try:
+        ptrace(PTRACE_INTERRUPT, pid)
+    except PtraceError as e:
+        if e.errno != errno.ESRCH:  # ESRCH: it is exiting; the wait below collects the exit
+            _detach(pid, 0)
+            raise TraceError(f"ptrace(INTERRUPT) failed: {os.strerror(e.errno)}") from None
+    status, floor = _wait_stop(pid, timeout, floor)
+    if status is None:
+        _unstopped.add(pid)
+        raise TraceError(f"no stop within {timeout * 1000:.0f} ms (uninterruptible sleep?); "
+                         "it is released when the stop comes")
+    if not os.WIFSTOPPED(status):
+        forget(pid)
+        raise Gone(f"exited during the attach ({_describe(status)})", status)
+    try:
+        rows, codes = _read(pid, depth)
+    finally:
+        _detach(pid, _signal_to_deliver(status))
+        stopped_us = (time.monotonic_ns() - floor) / 1000
+    return Trace([_frame(row, codes) for row in rows], stopped_us)
+
+
+def on_wait_status(pid: int, status: int) -> bool:
+    """For the master's reaper: True when a WIFSTOPPED `status` of `pid` is the late stop of a
+    trace that gave up waiting, now detached (the reaper ignores it). False for anything else."""
+    if pid not in _unstopped:
+        return False
+    if not os.WIFSTOPPED(status):
+        _unstopped.discard(pid)  # it exited while seized; the reaper accounts for that
+        forget(pid)
+        return False
+    _unstopped.discard(pid)
+    _detach(pid, _signal_to_deliver(status))
+    return True
+
+
+def forget(pid: int) -> None:
+    """Drop what is cached about `pid` (call when the worker is reaped)."""
+    _tstates.pop(pid, None)
+    _codes.pop(pid, None)
+    _unstopped.discard(pid)
+
+
+def _check_supported():
+    if not _pystack.SUPPORTED:
+        raise Unsupported("slowlog stack reading knows the frame layout of Python 3.11 only, "
+                          f"not {sys.version.split()[0]}")
+    if _pystack.BUILT_FOR >> 8 != sys.hexversion >> 8:
+        raise Unsupported("fpm._pystack was built against other Python headers "
+                          f"({_pystack.BUILT_FOR:#x}, running {sys.hexversion:#x}); rebuild it")
+
+
+def _seize(pid):
+    try:
+        ptrace(PTRACE_SEIZE, pid)
+    except PtraceError as e:
+        if e.errno == errno.ESRCH:
+            forget(pid)
+            raise Gone("no such process") from None
+        if e.errno in (errno.EPERM, errno.EACCES):
+            # Seizing a zombie or an exiting process is EPERM too: an exit, not a refusal.
+            if _is_exiting(pid):
+                forget(pid)
+                raise Gone("exited before the attach") from None
+            raise Refused(f"ptrace(SEIZE) refused: {os.strerror(e.errno)} "
+                          "(needs CAP_SYS_PTRACE, or a same-uid dumpable worker)") from None
+        raise TraceError(f"ptrace(SEIZE) failed: {os.strerror(e.errno)}") from None
+
+
+def _is_exiting(pid):
+    """A zombie, dead, or PF_EXITING (the kernel refuses to attach to a process on its way out)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
+
+
+def _wait_stop(pid, timeout, floor):
+    """(status, floor) once waitpid reports something for pid, else (None, floor) after
+    `timeout`. `floor` moves up to the start of each empty poll: the stop came after it."""
+    start = floor
+    spin_end = start + int(_SPIN_S * 1e9)
+    end = start + int(timeout * 1e9)
+    while True:
+        polled = time.monotonic_ns()
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG | WALL)
+        except ChildProcessError:
+            forget(pid)
+            raise Gone("reaped elsewhere during the attach") from None
+        if got:
+            return status, floor
+        floor = polled
+        if polled >= end:
+            return None, floor
+        if polled < spin_end:
+            os.sched_yield()
+        else:
+            time.sleep(_NAP_S)
+
+
+def _signal_to_deliver(status):
+    """A signal-delivery stop (no event in the high bits) intercepted a signal meant for the
+    worker: the detach hands it back. The interrupt's own stop and a group stop carry none."""
+    if status >> 16 == PTRACE_EVENT_STOP:
+        return 0
+    return os.WSTOPSIG(status)
+
+
+def _detach(pid, sig):
+    try:
+        ptrace(PTRACE_DETACH, pid, 0, sig)
+    except PtraceError as e:
+        if e.errno != errno.ESRCH:  # ESRCH: killed while stopped; its exit goes to the reaper
+            raise TraceError(f"ptrace(DETACH) failed: {os.strerror(e.errno)}") from None
+
+
+def _read(pid, depth):
+    """While stopped: the frame rows and the code cache for pid, updated."""
+    codes = _codes.setdefault(pid, {})
+    if len(codes) > _MAX_CODES:
+        codes.clear()
+    try:
+        for _ in range(2):  # once more when a cached thread state turns out stale
+            tstate = _tstates.get(pid) or _pystack.find_tstate(pid, pid)
+            if not tstate:
+                raise TraceError("no Python thread state for the worker's main thread")
+            got = _pystack.read_stack(pid, tstate, pid, depth, codes)
+            if got is not None:
+                _tstates[pid] = tstate
+                rows, fresh = got
+                codes.update(fresh)
+                return rows, codes
+            _tstates.pop(pid, None)
+    except OSError as e:
+        raise TraceError(f"reading the worker's memory failed: {e.strerror}") from None
+    raise TraceError("the worker's thread state keeps changing")
+
+
+def _frame(row, codes):
+    address, code, offset = row
+    _, qualname, filename, table, firstlineno = codes[code]
+    return Frame(address, qualname, filename, max(_pystack.line_at(table, firstlineno, offset), 0))
+
+
+def _describe(status):
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"code {os.WEXITSTATUS(status)}"
