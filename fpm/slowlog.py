@@ -1,0 +1,158 @@
+"""Slowlog entries in PHP-FPM's shape, and the faulthandler fallback for reading a stack.
+
+An entry (one write() by the master, to a file it opens per entry like PHP-FPM):
+
+    (blank line)
+    [21-Nov-2026 10:00:00]  [pool www] pid 1234
+    script_filename = /srv/app.py
+    request = "GET /slow?s=3" elapsed = 2.004113 sec
+    [0x00007fc232fce3c0] c() /srv/app/app.py:45
+
+The `request =` line is pyfpm's. Frames are innermost first; each shows the function and the
+line it is executing (Python's convention, as in a traceback; PHP-FPM shows the call site).
+The address is that of the frame's interpreter frame in the worker; fallback frames come from
+faulthandler, which gives none, and are printed without one.
+
+The fallback, for when ptrace is refused or the interpreter is not supported: each worker
+registers faulthandler on DUMP_SIGNAL writing to its own pipe (`arm_worker`, after the fork:
+the registration and the fd are inherited), and the master signals it and reads the pipe.
+"""
+
+import faulthandler
+import os
+import re
+import select
+import signal
+import sys
+import time
+
+from fpm.log import format_time
+from fpm.trace import Frame, Gone, TraceError
+
+# A realtime signal: never sent by the kernel or a terminal, queued rather than merged.
+DUMP_SIGNAL = signal.SIGRTMIN + 3
+
+_HEADER = "Stack (most recent call first):"
+_FRAME = re.compile(r'  File "(.*)", line (\d+|\?\?\?) in (.*)')
+_TRUNCATED = "  ..."  # faulthandler's line after its 100th frame
+_NO_FRAME = "  <no Python frame>"
+
+
+def entry(now_epoch, pool, pid, script, method, uri, query, elapsed_s, frames, fallback,
+          debug=False, failed=False) -> str:
+    """One slowlog entry. `debug` (log_level = debug) adds microseconds to the time, as
+    PHP-FPM does; `failed` ends it with PHP-FPM's `+++ dump failed` line."""
+    stamp = format_time(now_epoch)
+    if debug:
+        stamp += ".%06d" % (int(now_epoch * 1e6) % 1000000)
+    request = f"{method} {uri}" + (f"?{query}" if query else "")
+    lines = [
+        "",
+        f"[{stamp}]  [pool {pool}] pid {pid}",
+        f"script_filename = {script}",
+        f'request = "{request}" elapsed = {elapsed_s:.6f} sec',
+    ]
+    lines += [frame_line(f, fallback) for f in frames]
+    if failed:
+        lines.append("+++ dump failed")
+    return "\n".join(lines) + "\n"
+
+
+def frame_line(frame: Frame, fallback: bool) -> str:
+    where = f"{frame.qualname}() {frame.filename}:{frame.lineno}"
+    return where if fallback else f"[0x{frame.address:016x}] {where}"
+
+
+def open_append(path):
+    """The slowlog's fd for one entry: O_APPEND so concurrent writers never interleave."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def write_entry(path, text):
+    """Append one entry in one write(), opening the file for it (a rotated file is followed)."""
+    fd = open_append(path)
+    try:
+        os.write(fd, text.encode("utf-8", "backslashreplace"))
+    finally:
+        os.close(fd)
+
+
+def arm_worker(fd):
+    """In a worker, after the fork: dump this thread's stack to `fd` on DUMP_SIGNAL."""
+    faulthandler.register(DUMP_SIGNAL, file=fd, all_threads=False, chain=False)
+
+
+def dump_with_faulthandler(pid, read_fd, timeout=0.5, root=None) -> list[Frame]:
+    """Signal worker `pid` and read its faulthandler dump from `read_fd` (the read end of the
+    pipe it armed; made non-blocking here). Frames innermost first, address 0.
+
+    The dump comes in many small writes and has no terminator; it is complete at the
+    truncation line, or at the outermost frame: the worker is a fork of this process, so its
+    stack ends where ours does (`root`, (filename, name), defaults to our outermost frame).
+    Otherwise what arrived within `timeout` is returned; TraceError if nothing did."""
+    root = root or _outermost()
+    os.set_blocking(read_fd, False)
+    _drain(read_fd)  # a dump that came after an earlier timeout
+    try:
+        os.kill(pid, DUMP_SIGNAL)
+    except ProcessLookupError:
+        raise Gone("no such process") from None
+    poller = select.poll()
+    poller.register(read_fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    text = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            break
+        chunk = _drain(read_fd)
+        if not chunk:
+            break  # EOF: the worker closed its end (it exited)
+        text += chunk
+        frames, complete = parse_dump(text.decode("utf-8", "replace"), root)
+        if complete:
+            return frames
+    frames, _ = parse_dump(text.decode("utf-8", "replace"), root)
+    if not frames:
+        raise TraceError(f"no faulthandler dump within {timeout * 1000:.0f} ms "
+                         "(signal blocked, or handled by the application?)")
+    return frames
+
+
+def parse_dump(text, root):
+    """(frames, complete) from faulthandler's text; only the last dump in it counts, and only
+    whole lines."""
+    start = text.rfind(_HEADER)
+    if start < 0:
+        return [], False
+    frames = []
+    for line in text[start:].split("\n")[1:-1]:
+        if line in (_TRUNCATED, _NO_FRAME):
+            return frames, True
+        m = _FRAME.fullmatch(line)
+        if m is None:
+            continue
+        filename, lineno, name = m.groups()
+        frames.append(Frame(0, name, filename, 0 if lineno == "???" else int(lineno)))
+        if (filename, name) == root:
+            return frames, True
+    return frames, False
+
+
+def _outermost():
+    f = sys._getframe()
+    while f.f_back is not None:
+        f = f.f_back
+    return f.f_code.co_filename, f.f_code.co_name
+
+
+def _drain(fd):
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
