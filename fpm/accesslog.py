@@ -77,7 +77,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from fpm.log import _MONTHS, adopt_fd, open_log_file
+from fpm.log import _MONTHS, open_log_file
 
 __all__ = ["compile", "Format", "FormatError", "Request", "Writer", "open_log_file",
            "request_uri", "suppressed"]
@@ -468,7 +468,3 @@ class Writer:
                 line = line[os.write(self.fd, line):]
         except OSError:
             pass
-
-    def adopt(self, new_fd: int) -> None:
-        """Take the access log the master reopened (USR1), passed as ``new_fd``."""
-        adopt_fd(new_fd, self.fd)

@@ -103,15 +103,6 @@ def open_log_file(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-def adopt_fd(new_fd: int, fd: int) -> None:
-    """Put ``new_fd`` (e.g. a reopened log received from the master) in place of ``fd``,
-    keeping the number, and close ``new_fd``."""
-    try:
-        os.dup2(new_fd, fd, inheritable=False)
-    finally:
-        os.close(new_fd)
-
-
 class Logger:
     """Writes to fd 2 (``target="stderr"``), to syslog (``target="syslog"``) or to a file
     opened O_APPEND, mode 0600.
@@ -166,14 +157,11 @@ class Logger:
         """
         if not self.is_file:
             return
-        adopt_fd(self._open(), self.fd)
-
-    def adopt(self, new_fd: int) -> None:
-        """In a worker: take the error log the master reopened, passed as ``new_fd``."""
-        if self.is_file:
-            adopt_fd(new_fd, self.fd)
-        else:
-            os.close(new_fd)
+        fd = self._open()
+        try:
+            os.dup2(fd, self.fd, inheritable=False)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self.is_file:

@@ -411,15 +411,3 @@ def test_writer_ignores_a_failing_file():
     os.close(r)
     os.close(w)
     Writer(w, "%s", (), "www").write({}, "200 OK", [], 0, 1, -1)  # EBADF: no exception
-
-
-def test_writer_adopts_a_reopened_file(log_file, tmp_path):
-    path, fd = log_file
-    writer = Writer(fd, "%s", (), "www")
-    writer.write({}, "200 OK", [], 0, 1, -1)
-    os.rename(path, tmp_path / "access.log.1")
-    writer.adopt(accesslog.open_log_file(str(path)))
-    writer.write({}, "204 No Content", [], 0, 1, -1)
-    assert writer.fd == fd
-    assert (tmp_path / "access.log.1").read_text() == "200\n"
-    assert path.read_text() == "204\n"

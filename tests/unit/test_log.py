@@ -255,14 +255,3 @@ def test_open_log_file_appends_creates_0600_and_closes_on_exec(tmp_path):
     fd = fpm_log.open_log_file(str(tmp_path / "new.log"))
     os.close(fd)
     assert stat.S_IMODE((tmp_path / "new.log").stat().st_mode) == 0o600
-
-
-def test_adopt_puts_a_received_file_in_place_keeping_the_number(tmp_path):
-    path = tmp_path / "fpm.log"
-    log = Logger(str(path))
-    fd = log.fd
-    os.rename(path, tmp_path / "fpm.log.1")
-    log.adopt(fpm_log.open_log_file(str(path)))  # as a worker receives it from the master
-    log.notice("after")
-    assert log.fd == fd and "after" in path.read_text()
-    assert "after" not in (tmp_path / "fpm.log.1").read_text()
