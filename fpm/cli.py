@@ -1,6 +1,7 @@
 """The ``pyfpm`` command: php-fpm's flags, exit codes 0, 64 (usage), 70, 78 (configuration).
 
-``pyfpm request ...`` is the FastCGI client (fpm.client). Without ``-y`` the embedded
+``pyfpm request ...`` is the FastCGI client (fpm.client), ``pyfpm status ...`` reads a
+pool's status page with it (fpm.statuscli). Without ``-y`` the embedded
 default (fpm/default.conf) is served: pool www on 127.0.0.1:9000 with the demo app; started
 as root, it implies -R (its pool has no ``user``) and says so.
 """
@@ -29,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pyfpm", description="FastCGI Process Manager for Python WSGI apps.",
                 epilog="pyfpm request ADDRESS [URI] ... sends one FastCGI request "
-                       "(see pyfpm request -h).")
+                       "(see pyfpm request -h); pyfpm status ADDRESS ... shows a pool's "
+                       "status page (see pyfpm status -h).")
     p.add_argument("-y", "--fpm-config", metavar="FILE",
                    help="configuration file (INI, or TOML if it ends in .toml); "
                         "default: the embedded demo configuration")
@@ -56,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "request":
         from fpm import client
         return client.main(argv[1:])
+    if argv and argv[0] == "status":
+        from fpm import statuscli
+        return statuscli.main(argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:
