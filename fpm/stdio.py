@@ -29,6 +29,7 @@ Master side:
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -57,6 +58,10 @@ def redirect(log: Logger, child_fds: tuple[int, int] | None) -> None:
         os.dup2(fd, target)
     for fd in set(child_fds):
         os.close(fd)
+    # On a pipe Python buffers stdout by blocks: a print() would reach the log only some
+    # kilobytes later, or when the worker exits. stderr is line-buffered already.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
 
 
 def decorated(head: bytes, text: bytes, limit: int, suffix: bytes = b"") -> list[bytes]:

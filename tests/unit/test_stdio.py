@@ -333,3 +333,22 @@ def test_syslog_target_gets_syslog_shaped_warning_lines(dev_log):  # noqa: F811
     os.close(out)
     os.close(err)
     syslog.closelog()
+
+
+
+def test_redirect_makes_print_line_buffered(log_path):
+    """A worker exits with os._exit (no flush): each printed line must be out already."""
+    log = Logger(str(log_path))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sys.stdout = open(1, "w", closefd=False)  # not a terminal: block-buffered
+            stdio.redirect(log, (w, os.dup(w)))
+            print("one")
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert os.read(r, 100) == b"one\n"
+    os.close(r)
