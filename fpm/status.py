@@ -479,7 +479,8 @@ _LIVE_SCRIPT = r"""
     return d ? d + "d " + hms : hms;
   };
   const duration = (us) => us >= 1e6 ? (us / 1e6).toFixed(2) + " s" : (us / 1e3).toFixed(1) + " ms";
-  const bytes = (b) => b >= 1048576 ? (b / 1048576).toFixed(1) + " MiB" : Math.round(b / 1024) + " KiB";
+  const bytes = (b) => b >= 1048576 ? (b / 1048576).toFixed(1) + " MiB"
+                                    : Math.round(b / 1024) + " KiB";
   const rate = (r) => (r >= 100 ? r.toFixed(0) : r.toFixed(1)) + " req/s";
 
   function cell(row, value, cls) {

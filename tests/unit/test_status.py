@@ -573,7 +573,7 @@ def test_dataclasses_are_the_agreed_interface():
     assert {f.attr for f in status.PROC_FIELDS} == {f.name for f in dataclasses.fields(ProcStatus)}
 
 
-# --- the live page (?live) ----------------------------------------------------------------------
+# --- the live page (?live) --------------------------------------------------------------------
 
 @pytest.mark.parametrize("query, expected", [
     ("live", ("live", False)),
