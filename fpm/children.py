@@ -13,6 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from fpm import stdio
 from fpm.log import Logger
 from fpm.signals import SignalQueue, name as signal_name
 
@@ -40,17 +41,24 @@ class Child:
     stopping: str | None = None
     last_signal: int | None = None  # the last signal the master sent it alone
     timed_out: int = 0  # `accepted` of the request it was terminated for
+    channel: int = -1  # the master's end of its fpm.channel socket pair
+    output: tuple[int, int] | None = None  # read ends of its stdout and stderr (catch_workers_output)
 
 
 @dataclass(frozen=True)
 class Seat:
     """What a new worker needs besides its pool: its scoreboard slot, its own request limit
-    (pm.max_requests plus its share of jitter) and the app when the master preloaded it."""
+    (pm.max_requests plus its share of jitter), the app when the master preloaded it, its end
+    of the channel to the master (fpm.channel; -1 for none), for a pm.status_listen pool the
+    (pool, scoreboard) whose status it shows, and its pool's access log (-1 for none)."""
 
     board: object
     slot: int
     max_requests: int = 0
     app: object = None
+    channel: int = -1
+    shows: tuple | None = None
+    access_fd: int = -1
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ class Children:
         self.signals = signals
         self.fds_by_pool = fds_by_pool
         self.by_pid: dict[int, Child] = {}
+        self.captures: dict = {}  # pool name -> fpm.stdio.Capture, for catch_workers_output
         # Descriptors a worker must not keep (e.g. the daemon status pipe, scoreboard fds).
         self.close_in_child: set[int] = set()
 
@@ -109,23 +118,35 @@ class Children:
         """The pool's workers that are not on their way out."""
         return [c for c in self.by_pid.values() if c.pool.name == pool_name and c.stopping is None]
 
-    def spawn(self, pool, seat: Seat, respawn: bool = False) -> Child:
-        """Fork one worker of ``pool`` into ``seat``. Raises OSError when fork() fails.
+    def spawn(self, pool, seat: Seat, respawn: bool = False, channel: int = -1) -> Child:
+        """Fork one worker of ``pool`` into ``seat``; ``channel`` is the master's end of the
+        pair whose other end is ``seat.channel``. Raises OSError when fork() fails.
 
         Logged at NOTICE when it replaces one that exited, else (start, process manager)
         at DEBUG, as PHP-FPM does: an ondemand pool would otherwise fill the log.
         """
         # Import in the master, once: every worker then shares the loaded modules.
         from fpm import worker
+        capture = self.captures.get(pool.name)
+        ends, output = capture.pipes() if capture is not None else (None, None)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(worker.run, pool, seat)
+                self._become_worker(worker.run, pool, seat, channel, ends)
+        except OSError:
+            if capture is not None:
+                capture.cancel(output)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         seat.board.mem.set_pid(seat.slot, pid)
-        child = Child(pid, pool, time.monotonic(), seat.board, seat.slot)
+        if seat.channel >= 0:
+            os.close(seat.channel)
+        if capture is not None:
+            capture.attach(pid, output)
+        child = Child(pid, pool, time.monotonic(), seat.board, seat.slot, channel=channel,
+                      output=output)
         self.by_pid[pid] = child
         self.log.log("notice" if respawn else "debug", "[pool %s] child %d started" % (pool.name, pid))
         return child
@@ -134,15 +155,19 @@ class Children:
         """Take over a worker of the master this process was before a re-exec."""
         self.by_pid[child.pid] = child
 
-    def _become_worker(self, run, pool, seat: Seat) -> None:
+    def _become_worker(self, run, pool, seat: Seat, channel: int, output) -> None:
         """In the new child: shed the master's state and run the worker. Never returns."""
         code = EX_SOFTWARE
         try:
             self.signals.close()
             own = self.fds_by_pool[pool.name]
             others = {fd for fds in self.fds_by_pool.values() for fd in fds} - set(own)
-            for fd in others | self.close_in_child:
+            masters_ends = {c.channel for c in self.by_pid.values() if c.channel >= 0}
+            masters_ends.update(fd for c in self.captures.values() for fd in c.fds())
+            keep = {seat.access_fd}
+            for fd in (others | self.close_in_child | masters_ends | {channel}) - keep - {-1}:
                 os.close(fd)
+            stdio.redirect(self.log, output)
             run(pool, list(own), self.log, seat, self.allow_root)
             self.log.error("[pool %s] child %d: the worker returned" % (pool.name, os.getpid()))
         except SystemExit as e:
@@ -169,6 +194,10 @@ class Children:
                 continue
             if child.board is not None:
                 child.board.release(child.slot)
+            if child.channel >= 0:
+                os.close(child.channel)
+            if child.pool.name in self.captures:
+                self.captures[child.pool.name].drop(pid)
             gone = Exit(child, status, time.monotonic() - child.started)
             level, line = gone.describe()
             if child.stopping == "idle" and level == "notice":

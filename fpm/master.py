@@ -33,9 +33,10 @@ import signal
 import time
 
 from fpm import config as fpm_config
-from fpm import pm, reexec, sockdiag, sockets, systemd
+from fpm import channel, pages, pm, reexec, sockdiag, sockets, systemd
 from fpm.children import Child, Children, Seat, respawn_delay
-from fpm.log import Logger, strerror
+from fpm import stdio
+from fpm.log import Logger, open_log_file, strerror
 from fpm.proctitle import set_process_title
 from fpm.scoreboard import FINISHING, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board, now_us
 from fpm.signals import HANDLED, SignalQueue, handler_name, name as signal_name
@@ -156,7 +157,13 @@ class Master:
         self.allow_root = allow_root
         self.loader = loader
         self.inherited = inherited
-        self.pools = {pool.name: pool for pool in config.pools}
+        poll_only = config.global_.events_mechanism == "poll"
+        # pm.status_listen adds a hidden pool per pool; it shows its pool's scoreboard.
+        self.shows = {pool.name + "_status": pool.name for pool in config.pools
+                      if pool.pm_status_listen}
+        self.pool_list = list(config.pools) + [pages.status_pool(pool, poll_only)
+                                               for pool in config.pools if pool.pm_status_listen]
+        self.pools = {pool.name: pool for pool in self.pool_list}
         self.state = State.NORMAL
         self.timers = Timers()
         self.last_signal: int | None = None
@@ -180,6 +187,8 @@ class Master:
         self.queues = sockdiag.ListenQueues()
         self.started_epoch_us = time.time_ns() // 1000
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
+        self.access_fds: dict[str, int] = {}  # pool -> its access log, opened here for workers
+        self.output_fds: dict[int, stdio.Capture] = {}  # read ends of captured worker output
         self.signals: SignalQueue
         self.children: Children
 
@@ -223,10 +232,24 @@ class Master:
         fds: dict[str, list[int]] = {name: [] for name in self.pools}
         for listener in self.listeners:
             fds[listener.pool_name].append(listener.fd)
-        for pool in self.config.pools:
+        for pool in self.pool_list:
             self.boards[pool.name] = Board(pool.name, _slots(pool))
+            if pool.access_log:
+                try:
+                    self.access_fds[pool.name] = open_log_file(pool.access_log)
+                except OSError as e:
+                    self.log.syserror("[pool %s] unable to open the access log '%s'"
+                                      % (pool.name, pool.access_log), e)
+                    self.log.error("FPM initialization failed")
+                    return EX_CONFIG
         self.children = Children(self.log, self.signals, fds, self.allow_root)
+        for pool in self.pool_list:
+            if pool.catch_workers_output:
+                self.children.captures[pool.name] = stdio.Capture(
+                    self.log, pool.name, pool.decorate_workers_output, self.log.limit,
+                    self.log.buffering, forget=self._forget_output)
         self.children.close_in_child.update(b.fd for b in self.boards.values())
+        self.children.close_in_child.update(self.access_fds.values())
         if self.status_fd is not None:
             self.children.close_in_child.add(self.status_fd)
         if self.inherited is not None:
@@ -236,7 +259,7 @@ class Master:
             return code
         self._launch()
         self.log.notice("fpm is running, pid %d" % os.getpid())
-        for pool in self.config.pools:
+        for pool in self.pool_list:
             self._spawn(pool, pm.initial(pool))
             if pool.pm == "ondemand":
                 for fd in fds[pool.name]:
@@ -244,7 +267,7 @@ class Master:
                     self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
             self._publish(pool)
         self.timers.set(("maintenance",), time.monotonic() + MAINTENANCE)
-        beat = heartbeat(self.config.pools)
+        beat = heartbeat(self.pool_list)
         if beat is not None:
             self.timers.set(("heartbeat",), time.monotonic() + beat)
         if self.handover:
@@ -257,15 +280,15 @@ class Master:
     def _open_listeners(self) -> list[sockets.Listener]:
         adopted: dict[str, sockets.Listener] = {}
         if self.inherited is not None:
-            adopted, unused = reexec.adopt_listeners(self.inherited, self.config.pools)
+            adopted, unused = reexec.adopt_listeners(self.inherited, self.pool_list)
             for name, listener in adopted.items():
                 self.log.notice('using inherited socket fd=%d, "%s"' % (listener.fd, listener.key))
             sockets.close_all(unused)
-        for name, sock in systemd.adopt_sockets(self.config.pools, self.log).items():
+        for name, sock in systemd.adopt_sockets(self.pool_list, self.log).items():
             pool = self.pools[name]
             adopted[name] = sockets.Listener(name, sockets.parse_listen(pool.listen), sock,
                                              owned=False)
-        return sockets.open_all(self.config.pools, self.log, adopted)
+        return sockets.open_all(self.pool_list, self.log, adopted)
 
     def _adopt_children(self, inherited: reexec.Inherited) -> None:
         """The previous master's workers: ours to reap, retired once the new ones serve."""
@@ -286,7 +309,7 @@ class Master:
     def _preload(self) -> int:
         """``preload``: import each such pool's app here, once, so workers share its pages."""
         from fpm import apps
-        for pool in self.config.pools:
+        for pool in self.pool_list:
             if not pool.preload:
                 continue
             cwd = os.getcwd()
@@ -347,7 +370,9 @@ class Master:
             # Round up: waking a hair early would spin until the deadline.
             events = self.poller.poll(-1 if timeout is None else math.ceil(timeout * 1000) / 1000)
             for fd, _ in events:
-                if fd in self.ondemand_fds and self.state is State.NORMAL:
+                if fd in self.output_fds:
+                    self.output_fds[fd].readable(fd)
+                elif fd in self.ondemand_fds and self.state is State.NORMAL:
                     self._on_waiting_connection(self.pools[self.ondemand_fds[fd]])
             for sig in self.signals.drain():
                 getattr(self, handler_name(sig))()
@@ -366,7 +391,7 @@ class Master:
             self.timers.set(key, time.monotonic() + MAINTENANCE)
         elif kind == "heartbeat":
             self._check_timeouts()
-            self.timers.set(key, time.monotonic() + heartbeat(self.config.pools))
+            self.timers.set(key, time.monotonic() + heartbeat(self.pool_list))
         elif kind == "spawn" and self.state is State.NORMAL:
             self._maintain_pool(self.pools[key[1]])
         elif kind == "escalate":
@@ -394,15 +419,34 @@ class Master:
             if slot is None:
                 return i  # workers told to stop still hold their slots: next tick
             jitter = random.randint(0, pool.pm_max_requests_jitter) if pool.pm_max_requests else 0
-            seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name))
+            ours, theirs = channel.pair() if self._needs_channel(pool) else (-1, -1)
+            shown = self.shows.get(pool.name)
+            seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name),
+                        theirs, None if shown is None else (self.pools[shown], self.boards[shown]),
+                        self.access_fds.get(pool.name, -1))
             try:
-                self.children.spawn(pool, seat, respawn)
+                child = self.children.spawn(pool, seat, respawn, ours)
             except OSError as e:
+                for fd in (ours, theirs):
+                    if fd >= 0:
+                        os.close(fd)
                 board.release(slot)
                 self.log.syserror("[pool %s] fork() failed; trying again in 1 second" % pool.name, e)
                 self.timers.set(("spawn", pool.name), time.monotonic() + 1.0)
                 return i
+            for fd in child.output or ():
+                self.output_fds[fd] = self.children.captures[pool.name]
+                self.poller.register(fd, select.EPOLLIN)
         return allowed
+
+    def _forget_output(self, fd: int) -> None:
+        """A captured pipe is about to be closed (its worker is gone)."""
+        self.poller.unregister(fd)
+        del self.output_fds[fd]
+
+    def _needs_channel(self, pool) -> bool:
+        """A worker gets a channel when it has log files to reopen on USR1."""
+        return self.log.is_file or pool.access_log is not None
 
     def _slots(self, pool_name: str) -> list:
         """Scoreboard copies of the pool's serving workers, for its process manager."""
@@ -410,7 +454,8 @@ class Master:
 
     def _apply(self, pool, plan: pm.Plan) -> None:
         self.pm_states[pool.name] = plan.state
-        for level, text in plan.messages:
+        # A status pool's two workers at most are by design: no "max_children reached".
+        for level, text in plan.messages if pool.name not in self.shows else ():
             self.log.log(level, text)
         if plan.stop is not None:
             child = self.children.by_pid[plan.stop]
@@ -421,7 +466,7 @@ class Master:
             self._spawn(pool, plan.spawn, respawn=pool.pm == "static")
 
     def _maintain(self) -> None:
-        for pool in self.config.pools:
+        for pool in self.pool_list:
             if not self.timers.pending(("spawn", pool.name)):
                 self._maintain_pool(pool)
             self._publish(pool)
@@ -682,21 +727,39 @@ class Master:
         self._switch(State.FINISHING)
 
     def handle_usr1(self) -> None:
-        try:
-            self.log.reopen()
-        except OSError as e:
-            self.log.syserror("unable to reopen the error log file '%s'" % self.log.target, e)
-            return
-        if not self.log.is_file:
-            self.log.notice("error log file re-opened")
-            return
-        os.dup2(self.log.fd, 2)  # stderr was pointed at the old file at launch
-        self.log.notice("error log file re-opened")
-        if self.state is State.NORMAL and self.children:
-            # The workers still hold the old file (a fork-time copy of the fd). Recycle them
-            # gracefully, as PHP-FPM does for its access logs, so their lines follow.
-            self.log.notice("gracefully restarting the workers so they log to the new file")
-            self.children.kill_all(signal.SIGQUIT)
+        """Reopen the error log and the access logs onto their fd numbers, then hand the new
+        files to the workers (fpm.channel), which take them before their next line: no
+        worker restarts and no line is lost (PHP-FPM restarts every worker)."""
+        if self.log.is_file:
+            try:
+                self.log.reopen()
+                os.dup2(self.log.fd, 2)  # stderr was pointed at the old file at launch
+                self.log.notice("error log file re-opened")
+            except OSError as e:
+                self.log.syserror("unable to reopen the error log file '%s'" % self.log.target, e)
+        for name, fd in self.access_fds.items():
+            path = self.pools[name].access_log
+            try:
+                fresh = open_log_file(path)
+            except OSError as e:
+                self.log.syserror("[pool %s] unable to reopen the access log '%s'" % (name, path), e)
+                continue
+            os.dup2(fresh, fd, inheritable=False)
+            os.close(fresh)
+        if self.access_fds:
+            self.log.notice("access log file re-opened")
+        for child in self.children.by_pid.values():
+            if child.channel >= 0:
+                fds = [self.log.fd] if self.log.is_file else []
+                if child.pool.name in self.access_fds:
+                    fds.append(self.access_fds[child.pool.name])
+                try:
+                    channel.send_files(child.channel, fds)
+                except OSError as e:
+                    self.log.syserror("[pool %s] child %d: unable to hand over the reopened "
+                                      "log files" % (child.pool.name, child.pid), e)
+        for board in list(self.boards.values()) + self.old_boards:
+            board.mem.bump_log_generation()
 
     def handle_usr2(self) -> None:
         self._reload()
@@ -716,6 +779,9 @@ class _Poll:
 
     def register(self, fd: int, mask: int) -> None:
         self._poll.register(fd, select.POLLIN)
+
+    def unregister(self, fd: int) -> None:
+        self._poll.unregister(fd)
 
     def poll(self, timeout: float) -> list[tuple[int, int]]:
         return self._poll.poll(None if timeout < 0 else timeout * 1000)

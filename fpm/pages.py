@@ -1,7 +1,9 @@
 """The WSGI apps a worker answers ``pm.status_path`` and ``ping.path`` with: a snapshot of the
-pool's scoreboard rendered by fpm.status, and the ping reply."""
+pool's scoreboard rendered by fpm.status, and the ping reply. Also the hidden pool that
+``pm.status_listen`` adds, so the status answers while every worker of the pool is busy."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -81,11 +83,38 @@ def _reply(environ, start_response, content_type: str, body: bytes):
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
-def special_paths(pool, board) -> dict:
-    """{path: app} for the worker loop: the pool's status and ping pages, when configured."""
+def special_paths(pool, board, shown=None) -> dict:
+    """{path: app} for the worker loop: ``pool``'s status and ping pages, when configured,
+    showing ``board``, whose pool is ``shown`` (default ``pool``; see status_pool)."""
     paths = {}
     if pool.pm_status_path:
-        paths[pool.pm_status_path] = status_app(pool, board)
+        paths[pool.pm_status_path] = status_app(shown or pool, board)
     if pool.ping_path:
         paths[pool.ping_path] = ping_app(pool.ping_response)
     return paths
+
+
+def not_found(environ, start_response):
+    """A status pool's answer to any other path."""
+    body = b"Not Found: this address serves the pool's status and ping pages only.\n"
+    start_response("404 Not Found", [("Content-Type", "text/plain"),
+                                     ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def status_pool(pool, poll_only: bool):
+    """``pm.status_listen``: PHP-FPM's hidden ``<pool>_status`` pool on that address.
+
+    Two workers at most, forked on demand (one static worker where ``events.mechanism =
+    poll`` rules ondemand out), which load no app: they answer the pool's status path
+    (``/`` when it has none) and ping path from the pool's scoreboard, and 404 elsewhere.
+    Unlike PHP-FPM, the main pool's own status path is left as configured: setting it to
+    ``/`` there would hide the application's home page.
+    """
+    return dataclasses.replace(
+        pool, name=pool.name + "_status", listen=pool.pm_status_listen, pm_status_listen=None,
+        pm="static" if poll_only else "ondemand", pm_max_children=1 if poll_only else 2,
+        pm_start_servers=1 if poll_only else 0, pm_status_path=pool.pm_status_path or "/",
+        app=None, preload=False, mount="", access_log=None, slowlog=None,
+        request_slowlog_timeout=0, request_terminate_timeout=0, pm_max_requests=0,
+        pm_max_memory=0, catch_workers_output=False)

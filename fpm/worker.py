@@ -9,7 +9,7 @@ import signal
 import socket
 from typing import NoReturn
 
-from fpm import __version__, _proto, apps, pages, unix
+from fpm import __version__, _proto, accesslog, apps, channel, pages, unix
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
@@ -37,19 +37,35 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         log.error("[pool %s] child %d: %s" % (pool.name, pid, e.reason))
         return EX_SOFTWARE
     _die_with_parent()  # after apply(): changing the uid clears the parent-death signal
-    try:
-        app = seat.app or apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv)
-    except apps.AppLoadError as e:
-        log.error("[pool %s] child %d: %s" % (pool.name, pid, e))
-        return EX_SOFTWARE
+    if seat.shows is not None:
+        app, special = pages.not_found, pages.special_paths(pool, seat.shows[1], seat.shows[0])
+    else:
+        special = pages.special_paths(pool, seat.board)
+        try:
+            app = seat.app or apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv)
+        except apps.AppLoadError as e:
+            log.error("[pool %s] child %d: %s" % (pool.name, pid, e))
+            return EX_SOFTWARE
     for fd in listen_fds:
         _prepare_listener(fd)
+    access = None
+    if seat.access_fd >= 0:  # after the app loaded: the first line's CPU share counts from here
+        access = accesslog.Writer(seat.access_fd, accesslog.compile(pool.access_format, pool.access_json),
+                                  pool.access_suppress_path, pool.name)
 
+    def take_new_files() -> None:
+        if seat.channel >= 0:
+            channel.take_files(seat.channel)
+
+    # Errors are rare: before logging one, take any log file the master reopened (USR1)
+    # since the last request, rather than wait for the next request to do it.
     def log_peer(level: str, peer: str, message: str) -> None:
+        take_new_files()
         getattr(log, level)("[pool %s] child %d: peer %s: %s; connection closed"
                             % (pool.name, pid, peer, message))
 
     def log_app_error(method: str, uri: str, text: str) -> None:
+        take_new_files()
         log.error('[pool %s] child %d: the application raised an exception on "%s %s"\n%s'
                   % (pool.name, pid, method, uri, text.rstrip("\n")))
 
@@ -58,7 +74,8 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         max_conns=pool.pm_max_children * _proto.MAX_HELD, max_reqs=pool.pm_max_children,
         read_timeout=pool.request_read_timeout, log_peer=log_peer, log_app_error=log_app_error,
         board=seat.board.mem, slot=seat.slot, max_requests=seat.max_requests,
-        max_memory=pool.pm_max_memory, special=pages.special_paths(pool, seat.board))
+        max_memory=pool.pm_max_memory, special=special, access=access,
+        on_reopen=take_new_files if seat.channel >= 0 else None)
     if reason == "max_memory":
         log.notice("[pool %s] child %d: RSS %.1f MiB exceeds pm.max_memory (%.1f MiB) after "
                    "request %d; recycling" % (pool.name, pid, rss / 2**20,

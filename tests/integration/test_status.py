@@ -149,3 +149,37 @@ def test_status_through_nginx(served):
     response = front.get("/status?json")
     assert response.status == 200 and response.header("Content-Type") == "application/json"
     assert json.loads(response.body)["pool"] == "www"
+
+
+STATUS_LISTEN = CONFIG.replace("pm.max_children = {children}", "pm.max_children = 1") + """\
+pm.status_listen = {status_sock}
+"""
+
+
+def test_status_listen_answers_while_every_worker_is_busy(pyfpm, tmp_path):
+    """pm.status_listen: the pool's only worker is stuck in a request, yet its status (and
+    ping) still answer on the separate address, from the pool's own scoreboard."""
+    status_sock = tmp_path / "status.sock"
+    server = pyfpm(STATUS_LISTEN.format(sock=tmp_path / "www.sock", status_sock=status_sock))
+    server.wait_idle(1)
+    thread, result = slow_request(server, 3)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            started = time.monotonic()
+            page = json.loads(client.request(str(status_sock), "/status?json&full", timeout=2).body)
+            took = time.monotonic() - started
+            if page["active processes"] == 1 or time.monotonic() > deadline:
+                break
+        assert page["pool"] == "www" and page["total processes"] == 1
+        assert page["active processes"] == 1 and took < 1.0
+        assert [p["request uri"] for p in page["processes"]] == ["/slow?s=3"]
+        assert client.request(str(status_sock), "/ping").body == b"all good"
+        other = client.request(str(status_sock), "/hello")
+        assert other.status == 404
+        # The hidden pool is not counted in the pool's own numbers.
+        assert page["accepted conn"] == 1
+    finally:
+        thread.join()
+    assert result["r"].status == 200
+    assert "[pool www_status] server reached" not in server.log_text()
