@@ -219,9 +219,25 @@ fail:
 #define MAX_STEPS 100000
 #define MAX_STRING_BYTES (64 * 1024)
 #define MAX_TABLE_BYTES (16 * 1024 * 1024)
-/* Strings and line tables are read with this much extra in one go, so that most need a
- * single syscall; a short read at a page boundary just costs a second one. */
-#define SPECULATE 256
+/* Strings and line tables are read with their headers and this many bytes after, so that
+ * most need no second syscall; a longer one costs one more. */
+#define STR_SPAN (sizeof(PyCompactUnicodeObject) + 192)
+#define TABLE_SPAN (offsetof(PyBytesObject, ob_sval) + 1024)
+/* The innermost frames of a thread sit together just below its data stack's top: this much
+ * of it is read in one go, and frames found inside need no syscall of their own. */
+#define WINDOW (16 * 1024)
+/* Frames walked per round beyond the depth asked for, to make up for skipped ones. */
+#define SLACK 16
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+#define CODE_HEAD offsetof(PyCodeObject, co_code_adaptive)
+#define FRAME_HEAD offsetof(_PyInterpreterFrame, localsplus)
+#define MAX_OFFSET(a, b) ((a) > (b) ? (a) : (b))
+/* The thread state up to the last field used: its thread id and data stack. */
+#define TSTATE_HEAD MAX_OFFSET(offsetof(PyThreadState, native_thread_id) + sizeof(unsigned long), \
+                               offsetof(PyThreadState, datastack_limit) + sizeof(PyObject **))
 
 /* Reads exactly n bytes, or fails with errno set (EFAULT for a short read). */
 static int
@@ -236,17 +252,38 @@ remote_read(pid_t pid, uintptr_t addr, void *buf, size_t n)
     return -1;
 }
 
-/* Reads up to n bytes, at least `need`; returns the count or -1. */
-static ssize_t
-remote_read_some(pid_t pid, uintptr_t addr, void *buf, size_t n, size_t need)
+/* Scattered reads: remote[i] into local[i] (same lengths), IOV_MAX at a time. got[i] is set
+ * to the bytes each received: the kernel stops at the first unreadable byte, and the regions
+ * after it are asked for again. Returns -1 (errno set) only when the process cannot be read
+ * at all (ESRCH, EPERM...). */
+static int
+remote_readv(pid_t pid, struct iovec *local, struct iovec *remote, size_t n, size_t *got)
 {
-    struct iovec local = {buf, n}, remote = {(void *)addr, n};
-    ssize_t got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
-    if (got < 0 || (size_t)got >= need)
-        return got;
-    if (remote_read(pid, addr + got, (char *)buf + got, need - got) < 0)
-        return -1;
-    return (ssize_t)need;
+    for (size_t i = 0; i < n; i++)
+        got[i] = 0;
+    for (size_t start = 0; start < n; ) {
+        size_t count = n - start < IOV_MAX ? n - start : IOV_MAX;
+        ssize_t total = process_vm_readv(pid, local + start, count, remote + start, count, 0);
+        if (total < 0 && errno == EFAULT) {
+            start++;  /* nothing of the first region could be read */
+            continue;
+        }
+        if (total < 0)
+            return -1;
+        size_t i = start;
+        for (; i < start + count && total > 0; i++) {
+            got[i] = (size_t)total < remote[i].iov_len ? (size_t)total : remote[i].iov_len;
+            total -= got[i];
+            if (got[i] < remote[i].iov_len)
+                break;
+        }
+        if (i < start + count && got[i] < remote[i].iov_len) {
+            start = i + 1;  /* the region that stopped the kernel; carry on after it */
+            continue;
+        }
+        start += count;
+    }
+    return 0;
 }
 
 static PyObject *
@@ -255,29 +292,31 @@ os_error(void)
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
-/* The str at addr, or NULL with no exception set when it is not a compact str. */
+/* The str at addr, given the first `got` bytes of it already read into buf (STR_SPAN long);
+ * NULL with no exception set when it is not a compact str. */
 static PyObject *
-read_str(pid_t pid, uintptr_t addr)
+str_from(pid_t pid, uintptr_t addr, char *buf, size_t got)
 {
-    union {
-        PyASCIIObject ascii;
-        PyCompactUnicodeObject compact;
-        char raw[sizeof(PyCompactUnicodeObject) + SPECULATE];
-    } head;
     if (addr == 0)
         return NULL;
-    ssize_t got = remote_read_some(pid, addr, &head, sizeof head, sizeof(PyCompactUnicodeObject));
-    if (got < 0 || head.ascii.ob_base.ob_type != &PyUnicode_Type || !head.ascii.state.compact)
+    if (got < sizeof(PyCompactUnicodeObject)) {
+        if (remote_read(pid, addr, buf, sizeof(PyCompactUnicodeObject)) < 0)
+            return NULL;
+        got = sizeof(PyCompactUnicodeObject);
+    }
+    PyASCIIObject head;
+    memcpy(&head, buf, sizeof head);
+    if (head.ob_base.ob_type != &PyUnicode_Type || !head.state.compact)
         return NULL;
-    int kind = head.ascii.state.kind;
-    size_t start = head.ascii.state.ascii ? sizeof(PyASCIIObject) : sizeof(PyCompactUnicodeObject);
-    Py_ssize_t length = head.ascii.length;
+    int kind = head.state.kind;
+    size_t start = head.state.ascii ? sizeof(PyASCIIObject) : sizeof(PyCompactUnicodeObject);
+    Py_ssize_t length = head.length;
     if (kind < 1 || kind > 4 || length < 0 || (size_t)length * kind > MAX_STRING_BYTES)
         return NULL;
     size_t nbytes = (size_t)length * kind;
-    if (start + nbytes <= (size_t)got)
-        return PyUnicode_FromKindAndData(kind, head.raw + start, length);
-    char *data = PyMem_Malloc(nbytes ? nbytes : 1);
+    if (start + nbytes <= got)
+        return PyUnicode_FromKindAndData(kind, buf + start, length);
+    char *data = PyMem_Malloc(nbytes);
     if (data == NULL)
         return PyErr_NoMemory();
     PyObject *s = NULL;
@@ -287,25 +326,28 @@ read_str(pid_t pid, uintptr_t addr)
     return s;
 }
 
-/* The bytes at addr, or NULL with no exception set when it is not a bytes object. */
+/* The bytes at addr, given its first `got` bytes in buf (TABLE_SPAN long); NULL with no
+ * exception set when it is not a bytes object. */
 static PyObject *
-read_bytes(pid_t pid, uintptr_t addr)
+bytes_from(pid_t pid, uintptr_t addr, char *buf, size_t got)
 {
-    union {
-        PyBytesObject bytes;
-        char raw[offsetof(PyBytesObject, ob_sval) + SPECULATE];
-    } head;
     const size_t start = offsetof(PyBytesObject, ob_sval);
     if (addr == 0)
         return NULL;
-    ssize_t got = remote_read_some(pid, addr, &head, sizeof head, start);
-    if (got < 0 || head.bytes.ob_base.ob_base.ob_type != &PyBytes_Type)
+    if (got < start) {
+        if (remote_read(pid, addr, buf, start) < 0)
+            return NULL;
+        got = start;
+    }
+    PyBytesObject head;
+    memcpy(&head, buf, start);
+    if (head.ob_base.ob_base.ob_type != &PyBytes_Type)
         return NULL;
-    Py_ssize_t size = head.bytes.ob_base.ob_size;
+    Py_ssize_t size = head.ob_base.ob_size;
     if (size < 0 || size > MAX_TABLE_BYTES)
         return NULL;
-    if (start + (size_t)size <= (size_t)got)
-        return PyBytes_FromStringAndSize(head.raw + start, size);
+    if (start + (size_t)size <= got)
+        return PyBytes_FromStringAndSize(buf + start, size);
     PyObject *b = PyBytes_FromStringAndSize(NULL, size);
     if (b == NULL)
         return NULL;
@@ -315,11 +357,6 @@ read_bytes(pid_t pid, uintptr_t addr)
     }
     return b;
 }
-
-/* The part of a code object before its bytecode: every field the walk needs. */
-#define CODE_HEAD offsetof(PyCodeObject, co_code_adaptive)
-#define FRAME_HEAD offsetof(_PyInterpreterFrame, localsplus)
-#define TSTATE_HEAD (offsetof(PyThreadState, native_thread_id) + sizeof(unsigned long))
 
 PyDoc_STRVAR(find_tstate_doc,
 "find_tstate(pid, tid) -> int\n\n"
@@ -367,6 +404,159 @@ code_key(const PyCodeObject *c)
         c->co_firstlineno, c->_co_firsttraceable);
 }
 
+/* A stack being read: the frames walked, their code headers, the code objects to fetch. */
+typedef struct {
+    pid_t pid;
+    uintptr_t window_start;     /* the data stack window read up front */
+    size_t window_len;
+    char *window;
+    uintptr_t *frame_addr;      /* frames walked, innermost first */
+    _PyInterpreterFrame *frames;
+    size_t nframes, capacity;
+    PyCodeObject *codes;        /* frames[i]'s code header in codes[i] */
+    size_t *todo;               /* indexes (into frames) of code objects to fetch */
+    size_t ntodo;
+} walk;
+
+static int
+walk_grow(walk *w, size_t need)
+{
+    if (need <= w->capacity)
+        return 0;
+    size_t cap = need * 2;
+    uintptr_t *a = PyMem_Realloc(w->frame_addr, cap * sizeof *a);
+    if (a != NULL)
+        w->frame_addr = a;
+    _PyInterpreterFrame *f = PyMem_Realloc(w->frames, cap * sizeof *f);
+    if (f != NULL)
+        w->frames = f;
+    PyCodeObject *c = PyMem_Realloc(w->codes, cap * sizeof *c);
+    if (c != NULL)
+        w->codes = c;
+    size_t *t = PyMem_Realloc(w->todo, cap * sizeof *t);
+    if (t != NULL)
+        w->todo = t;
+    if (a == NULL || f == NULL || c == NULL || t == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    w->capacity = cap;
+    return 0;
+}
+
+static void
+walk_free(walk *w)
+{
+    PyMem_Free(w->window);
+    PyMem_Free(w->frame_addr);
+    PyMem_Free(w->frames);
+    PyMem_Free(w->codes);
+    PyMem_Free(w->todo);
+}
+
+/* Up to `count` more frames from `next` on, then their code headers in one scattered read.
+ * Returns the address after the last frame walked (0 at the chain's end), or -1. */
+static intptr_t
+walk_more(walk *w, uintptr_t next, size_t count)
+{
+    size_t first = w->nframes;
+    if (walk_grow(w, first + count) < 0)
+        return -1;
+    while (next != 0 && w->nframes < first + count) {
+        if (w->nframes >= MAX_STEPS) {
+            errno = ELOOP;
+            os_error();
+            return -1;
+        }
+        _PyInterpreterFrame *f = &w->frames[w->nframes];
+        if (next >= w->window_start && next + FRAME_HEAD <= w->window_start + w->window_len)
+            memcpy(f, w->window + (next - w->window_start), FRAME_HEAD);
+        else if (remote_read(w->pid, next, f, FRAME_HEAD) < 0) {
+            os_error();
+            return -1;
+        }
+        w->frame_addr[w->nframes++] = next;
+        next = (uintptr_t)f->previous;
+    }
+    size_t n = w->nframes - first;
+    struct iovec *local = PyMem_Malloc(2 * n * sizeof(struct iovec) + 1);
+    size_t *got = PyMem_Malloc(n * sizeof(size_t) + 1);
+    if (local == NULL || got == NULL) {
+        PyMem_Free(local);
+        PyMem_Free(got);
+        PyErr_NoMemory();
+        return -1;
+    }
+    struct iovec *remote = local + n;
+    for (size_t i = 0; i < n; i++) {
+        local[i] = (struct iovec){&w->codes[first + i], CODE_HEAD};
+        remote[i] = (struct iovec){(void *)w->frames[first + i].f_code, CODE_HEAD};
+    }
+    int rc = remote_readv(w->pid, local, remote, n, got);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (got[i] != CODE_HEAD) {
+            errno = EFAULT;
+            rc = -1;
+        }
+        else if (w->codes[first + i].ob_base.ob_base.ob_type != &PyCode_Type) {
+            errno = EINVAL;
+            rc = -1;
+        }
+    }
+    PyMem_Free(local);
+    PyMem_Free(got);
+    if (rc < 0) {
+        os_error();
+        return -1;
+    }
+    return (intptr_t)next;
+}
+
+/* Whether frame i is one to show, and if so, queue its code object for fetching unless the
+ * cache `known` or the queue has it under the same key. */
+static int
+walk_note(walk *w, size_t i, PyObject *known, PyObject *queued, PyObject *rows)
+{
+    const _PyInterpreterFrame *f = &w->frames[i];
+    const PyCodeObject *c = &w->codes[i];
+    uintptr_t code_addr = (uintptr_t)f->f_code;
+    uintptr_t first = code_addr + CODE_HEAD;
+    /* CPython's _PyFrame_IsIncomplete: a frame still in its prologue (before
+     * _co_firsttraceable) is not shown by CPython either. */
+    if (f->owner != FRAME_OWNED_BY_GENERATOR &&
+        (uintptr_t)f->prev_instr < first + (uintptr_t)c->_co_firsttraceable * sizeof(_Py_CODEUNIT))
+        return 0;
+    long long offset = (long long)(uintptr_t)f->prev_instr - (long long)first;
+    PyObject *row = Py_BuildValue("(KKL)", (unsigned long long)w->frame_addr[i],
+                                  (unsigned long long)code_addr, offset);
+    if (row == NULL || PyList_Append(rows, row) < 0) {
+        Py_XDECREF(row);
+        return -1;
+    }
+    Py_DECREF(row);
+
+    PyObject *addr = PyTuple_GET_ITEM(row, 1);  /* still alive: the list holds row */
+    int pending = PySet_Contains(queued, addr);
+    if (pending != 0)
+        return pending < 0 ? -1 : 0;
+    PyObject *key = code_key(c);
+    if (key == NULL)
+        return -1;
+    PyObject *seen = PyDict_GetItemWithError(known, addr);
+    int same = 0;
+    if (seen != NULL && PyTuple_Check(seen) && PyTuple_GET_SIZE(seen) > 0)
+        same = PyObject_RichCompareBool(PyTuple_GET_ITEM(seen, 0), key, Py_EQ);
+    Py_DECREF(key);
+    if (same < 0 || PyErr_Occurred())
+        return -1;
+    if (same)
+        return 0;
+    if (PySet_Add(queued, addr) < 0)
+        return -1;
+    w->todo[w->ntodo++] = i;
+    return 0;
+}
+
 static PyObject *
 str_or_unknown(PyObject *s)
 {
@@ -375,50 +565,71 @@ str_or_unknown(PyObject *s)
     return PyUnicode_FromString("?");
 }
 
-/* Adds code_addr -> (key, qualname, filename, linetable, firstlineno) to fresh, unless known
- * (the caller's cache) or fresh already has it under the same key. */
-static int
-note_code(pid_t pid, uintptr_t addr, const PyCodeObject *c, PyObject *known, PyObject *fresh)
+/* The queued code objects' qualname, filename and line table, read in one scattered read:
+ * code address -> (key, qualname, filename, linetable, firstlineno). */
+static PyObject *
+walk_fetch(walk *w)
 {
-    PyObject *addr_obj = PyLong_FromUnsignedLongLong(addr);
-    PyObject *key = code_key(c);
-    PyObject *entry = NULL;
-    int rc = -1;
-    if (addr_obj == NULL || key == NULL)
-        goto done;
-    PyObject *seen = PyDict_GetItemWithError(fresh, addr_obj);
-    if (seen == NULL && !PyErr_Occurred())
-        seen = PyDict_GetItemWithError(known, addr_obj);
-    if (seen == NULL && PyErr_Occurred())
-        goto done;
-    if (seen != NULL && PyTuple_Check(seen) && PyTuple_GET_SIZE(seen) > 0) {
-        int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(seen, 0), key, Py_EQ);
-        if (same < 0)
-            goto done;
-        if (same) {
-            rc = 0;
-            goto done;
-        }
+    size_t n = w->ntodo, span = 2 * STR_SPAN + TABLE_SPAN;
+    PyObject *fresh = PyDict_New();
+    char *buf = PyMem_Malloc(n * span + 1);
+    struct iovec *local = PyMem_Malloc(6 * n * sizeof(struct iovec) + 1);
+    size_t *got = PyMem_Malloc(3 * n * sizeof(size_t) + 1);
+    if (fresh == NULL || buf == NULL || local == NULL || got == NULL) {
+        if (fresh != NULL)
+            PyErr_NoMemory();
+        goto fail;
     }
-    PyObject *qualname = str_or_unknown(read_str(pid, (uintptr_t)c->co_qualname));
-    PyObject *filename = str_or_unknown(read_str(pid, (uintptr_t)c->co_filename));
-    PyObject *table = read_bytes(pid, (uintptr_t)c->co_linetable);
-    if (qualname == NULL || filename == NULL || (table == NULL && PyErr_Occurred())) {
+    struct iovec *remote = local + 3 * n;
+    for (size_t j = 0; j < n; j++) {
+        const PyCodeObject *c = &w->codes[w->todo[j]];
+        char *b = buf + j * span;
+        local[3 * j] = (struct iovec){b, STR_SPAN};
+        local[3 * j + 1] = (struct iovec){b + STR_SPAN, STR_SPAN};
+        local[3 * j + 2] = (struct iovec){b + 2 * STR_SPAN, TABLE_SPAN};
+        remote[3 * j] = (struct iovec){c->co_qualname, STR_SPAN};
+        remote[3 * j + 1] = (struct iovec){c->co_filename, STR_SPAN};
+        remote[3 * j + 2] = (struct iovec){c->co_linetable, TABLE_SPAN};
+    }
+    if (remote_readv(w->pid, local, remote, 3 * n, got) < 0) {
+        os_error();
+        goto fail;
+    }
+    for (size_t j = 0; j < n; j++) {
+        const PyCodeObject *c = &w->codes[w->todo[j]];
+        char *b = buf + j * span;
+        PyObject *qualname = str_or_unknown(str_from(w->pid, (uintptr_t)c->co_qualname, b, got[3 * j]));
+        PyObject *filename = str_or_unknown(
+            str_from(w->pid, (uintptr_t)c->co_filename, b + STR_SPAN, got[3 * j + 1]));
+        PyObject *table = bytes_from(w->pid, (uintptr_t)c->co_linetable, b + 2 * STR_SPAN,
+                                     got[3 * j + 2]);
+        if (table == NULL && !PyErr_Occurred())
+            table = PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *key = code_key(c);
+        PyObject *addr = PyLong_FromUnsignedLongLong((uintptr_t)w->frames[w->todo[j]].f_code);
+        PyObject *entry = NULL;
+        if (qualname != NULL && filename != NULL && table != NULL && key != NULL && addr != NULL)
+            entry = Py_BuildValue("(OOOOi)", key, qualname, filename, table, c->co_firstlineno);
+        int rc = entry == NULL ? -1 : PyDict_SetItem(fresh, addr, entry);
         Py_XDECREF(qualname);
         Py_XDECREF(filename);
         Py_XDECREF(table);
-        goto done;
+        Py_XDECREF(key);
+        Py_XDECREF(addr);
+        Py_XDECREF(entry);
+        if (rc < 0)
+            goto fail;
     }
-    if (table == NULL)
-        table = PyBytes_FromStringAndSize(NULL, 0);
-    entry = Py_BuildValue("(ONNNi)", key, qualname, filename, table, c->co_firstlineno);
-    if (entry != NULL)
-        rc = PyDict_SetItem(fresh, addr_obj, entry);
-done:
-    Py_XDECREF(addr_obj);
-    Py_XDECREF(key);
-    Py_XDECREF(entry);
-    return rc;
+    PyMem_Free(buf);
+    PyMem_Free(local);
+    PyMem_Free(got);
+    return fresh;
+fail:
+    Py_XDECREF(fresh);
+    PyMem_Free(buf);
+    PyMem_Free(local);
+    PyMem_Free(got);
+    return NULL;
 }
 
 PyDoc_STRVAR(read_stack_doc,
@@ -427,7 +638,11 @@ PyDoc_STRVAR(read_stack_doc,
 "process pid: frames is a list of (frame address, code address, byte offset of the last\n"
 "instruction); fresh maps code addresses missing from, or changed since, the cache `known`\n"
 "to (key, qualname, filename, linetable, firstlineno). None when tstate no longer belongs to\n"
-"thread tid (a stale cache). OSError when the memory cannot be read.");
+"thread tid (a stale cache). OSError when the memory cannot be read.\n\n"
+"System calls: one for the thread state, one for the current frame pointer and the top of\n"
+"the data stack (where the innermost frames are), one for the frames' code headers, one for\n"
+"the strings and line tables of code objects not in `known`; plus one per frame outside\n"
+"that window (generators, deep stacks) and per string or table longer than read ahead.");
 
 static PyObject *
 read_stack(PyObject *self, PyObject *args)
@@ -443,71 +658,62 @@ read_stack(PyObject *self, PyObject *args)
     PyThreadState t;
     if (remote_read(pid, (uintptr_t)tstate_addr, &t, TSTATE_HEAD) < 0)
         return os_error();
-    if (t.native_thread_id != tid)
+    if (t.native_thread_id != tid || t.cframe == NULL)
         Py_RETURN_NONE;
 
-    PyObject *frames = PyList_New(0), *fresh = PyDict_New();
-    if (frames == NULL || fresh == NULL)
+    walk w = {.pid = pid};
+    PyObject *rows = PyList_New(0), *queued = PySet_New(NULL), *fresh = NULL;
+    if (rows == NULL || queued == NULL)
         goto fail;
 
+    /* The current frame pointer, and the top of the data stack, in one syscall. */
     uintptr_t current = 0;
-    if (t.cframe != NULL &&
-        remote_read(pid, (uintptr_t)t.cframe + offsetof(_PyCFrame, current_frame),
-                    &current, sizeof current) < 0)
-        goto fail_os;
-
-    _PyInterpreterFrame frame;
-    if (current != 0 && remote_read(pid, current, &frame, FRAME_HEAD) < 0)
-        goto fail_os;
-    for (int steps = 0; current != 0 && PyList_GET_SIZE(frames) < depth; steps++) {
-        if (steps >= MAX_STEPS) {
-            errno = ELOOP;
-            goto fail_os;
-        }
-        /* This frame's code header and the next frame, in one syscall. */
-        PyCodeObject code;
-        _PyInterpreterFrame next;
-        uintptr_t code_addr = (uintptr_t)frame.f_code, next_addr = (uintptr_t)frame.previous;
-        struct iovec local[2] = {{&code, CODE_HEAD}, {&next, FRAME_HEAD}};
-        struct iovec remote[2] = {{(void *)code_addr, CODE_HEAD}, {(void *)next_addr, FRAME_HEAD}};
-        int n = next_addr ? 2 : 1;
-        size_t want = CODE_HEAD + (n == 2 ? FRAME_HEAD : 0);
-        ssize_t got = process_vm_readv(pid, local, n, remote, n, 0);
-        if (got != (ssize_t)want) {
-            if (got >= 0)
-                errno = EFAULT;
-            goto fail_os;
-        }
-        if (code.ob_base.ob_base.ob_type != &PyCode_Type) {
-            errno = EINVAL;
-            goto fail_os;
-        }
-        uintptr_t first = code_addr + CODE_HEAD;
-        long long offset = ((long long)(uintptr_t)frame.prev_instr - (long long)first);
-        /* CPython's _PyFrame_IsIncomplete: a frame still running its prologue (before
-         * _co_firsttraceable) is not shown by CPython either. */
-        int incomplete = frame.owner != FRAME_OWNED_BY_GENERATOR &&
-            (uintptr_t)frame.prev_instr < first + (uintptr_t)code._co_firsttraceable * sizeof(_Py_CODEUNIT);
-        if (!incomplete) {
-            PyObject *row = Py_BuildValue("(KKL)", (unsigned long long)current,
-                                          (unsigned long long)code_addr, offset);
-            if (row == NULL || PyList_Append(frames, row) < 0) {
-                Py_XDECREF(row);
-                goto fail;
-            }
-            Py_DECREF(row);
-            if (note_code(pid, code_addr, &code, known, fresh) < 0)
-                goto fail;
-        }
-        current = next_addr;
-        frame = next;
+    uintptr_t top = (uintptr_t)t.datastack_top, chunk = (uintptr_t)t.datastack_chunk;
+    uintptr_t start = top > chunk + WINDOW ? top - WINDOW : chunk;
+    size_t span = chunk != 0 && top > start ? top - start : 0;
+    w.window = PyMem_Malloc(span + 1);
+    if (w.window == NULL) {
+        PyErr_NoMemory();
+        goto fail;
     }
-    return Py_BuildValue("(NN)", frames, fresh);
+    struct iovec local[2] = {{&current, sizeof current}, {w.window, span}};
+    struct iovec remote[2] = {
+        {(char *)t.cframe + offsetof(_PyCFrame, current_frame), sizeof current},
+        {(void *)start, span}};
+    size_t got[2];
+    if (remote_readv(pid, local, remote, span ? 2 : 1, got) < 0)
+        goto fail_os;
+    if (got[0] != sizeof current) {
+        errno = EFAULT;
+        goto fail_os;
+    }
+    w.window_start = start;
+    w.window_len = span ? got[1] : 0;
+
+    uintptr_t next = current;
+    size_t done = 0;
+    while (PyList_GET_SIZE(rows) < depth && (next != 0 || done < w.nframes)) {
+        if (done == w.nframes) {
+            intptr_t after = walk_more(&w, next, (size_t)(depth - PyList_GET_SIZE(rows)) + SLACK);
+            if (after < 0)
+                goto fail;
+            next = (uintptr_t)after;
+        }
+        if (walk_note(&w, done++, known, queued, rows) < 0)
+            goto fail;
+    }
+    fresh = w.ntodo ? walk_fetch(&w) : PyDict_New();
+    if (fresh == NULL)
+        goto fail;
+    walk_free(&w);
+    Py_DECREF(queued);
+    return Py_BuildValue("(NN)", rows, fresh);
 fail_os:
     os_error();
 fail:
-    Py_XDECREF(frames);
-    Py_XDECREF(fresh);
+    walk_free(&w);
+    Py_XDECREF(rows);
+    Py_XDECREF(queued);
     return NULL;
 }
 

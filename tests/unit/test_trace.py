@@ -203,6 +203,42 @@ def test_deep_recursion_is_cut_at_depth():
     assert status == 0 and value == 40
 
 
+# Names of every str kind (latin-1, UCS-2, UCS-4), a file name and a line table longer than
+# what the reader fetches ahead, so each takes its second read.
+EXOTIC_FILE = "/srv/" + "very-long-directory-name/" * 20 + "app.py"
+EXOTIC_SOURCE = "import time\n" + """
+def café(s):
+    return 函数(s)
+def 函数(s):
+    return 𠀀(s)
+def 𠀀(s):
+""" + "".join(f"    x{i} = {i} * s\n" for i in range(400)) + """\
+    time.sleep(s)
+    return x399
+"""
+
+
+def exotic(seconds):
+    namespace = {}
+    exec(compile(EXOTIC_SOURCE, EXOTIC_FILE, "exec"), namespace)
+    return namespace["café"](seconds)
+
+
+def test_names_of_every_str_kind_long_files_and_long_line_tables():
+    lines = EXOTIC_SOURCE.splitlines()
+    with child(exotic, 0.3) as (pid, result):
+        t = trace.stack(pid, 4)
+        status, value = result()
+    assert len(EXOTIC_FILE) > 400
+    codes = {c.co_name: c for c in code_objects(compile(EXOTIC_SOURCE, EXOTIC_FILE, "exec"))}
+    assert len(codes["𠀀"].co_linetable) > 2048
+    assert shown(t.frames)[:3] == [
+        ("𠀀", EXOTIC_FILE, lines.index("    time.sleep(s)") + 1),
+        ("函数", EXOTIC_FILE, lines.index("    return 𠀀(s)") + 1),
+        ("café", EXOTIC_FILE, lines.index("    return 函数(s)") + 1)]
+    assert status == 0 and value == 399 * 0.3
+
+
 @pytest.mark.parametrize("path, innermost", [
     ("/sleep", [app_frame("sleep_b", "sleep_b"), app_frame("sleep_a", "sleep_a")]),
     ("/loop", [app_frame("spin", "spin")]),
