@@ -89,7 +89,7 @@ cdef class Worker:
     cdef Slot *slot
     cdef dict special                    # request path -> app answering it (status, ping)
     cdef bint track_cpu                  # stamp each request's CPU time (status page)
-    cdef int64_t cpu_mark                # process CPU µs when the last request ended
+    cdef int64_t cpu_mark                # process CPU µs when the current request began
     cdef object access                   # the access log writer (fpm.accesslog.Writer) or None
     cdef object on_reopen                # takes the master's new log fds after a USR1
     cdef uint64_t log_generation         # the board's log_generation this worker has seen

@@ -7,7 +7,7 @@ Worker.run() drives it over raw file descriptors and calls the WSGI application.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.unicode cimport PyUnicode_DecodeLatin1
+from cpython.unicode cimport PyUnicode_DecodeLatin1, PyUnicode_DecodeUTF8
 from libc.errno cimport EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, errno
 from posix.types cimport off_t
 from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
@@ -311,7 +311,9 @@ cdef str _cstr(const char *p, Py_ssize_t cap):
     cdef Py_ssize_t n = 0
     while n < cap and p[n]:
         n += 1
-    return PyUnicode_DecodeLatin1(p, n, NULL)
+    # The fields hold the request's raw bytes (environ strs are latin-1); they are UTF-8 in
+    # practice, and shown as such (a character cut by truncation becomes U+FFFD).
+    return PyUnicode_DecodeUTF8(p, n, "replace")
 
 
 cdef inline bint _busy(Stage stage) noexcept nogil:
@@ -1071,7 +1073,7 @@ cdef class Worker:
         self.log_generation = (<BoardHeader *>board.mem).log_generation if board is not None else 0
         self.special = special or None
         self.track_cpu = self.special is not None
-        self.cpu_mark = _cpu_us() if self.track_cpu else 0
+        self.cpu_mark = 0
         self.slot = board._checked(slot) if board is not None else &_private_slot
         self.max_requests = max_requests
         self.max_memory = max_memory
@@ -1467,6 +1469,8 @@ cdef class Worker:
         s.changed = now
         if stage == STAGE_READING:
             s.accepted = now
+            if self.track_cpu:
+                self.cpu_mark = _cpu_us()
             s.method[0] = s.request_uri[0] = s.script[0] = s.user[0] = 0
             s.content_length = 0
         _slot_end(s)
@@ -1505,10 +1509,7 @@ cdef class Worker:
         s.stage = STAGE_IDLE
         s.changed = now
         if self.track_cpu:
-            # From the end of the previous request: the worker's wait in between costs
-            # next to nothing, and one clock read per request is all this takes.
             s.cpu = cpu - self.cpu_mark
-            self.cpu_mark = cpu
         _slot_end(s)
         if self.board is not None:
             _count_active(<BoardHeader *>self.board.mem, _busy(was), False)

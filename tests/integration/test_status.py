@@ -45,11 +45,11 @@ def text_status(body: bytes) -> dict:
     return {k: v for k, v in re.findall(r"^([a-z ]+):\s+(.*)$", body.decode(), re.M)}
 
 
-def slow_request(server, seconds):
+def slow_request(server, seconds, extra=""):
     """A request that keeps one worker busy; returns the thread and where its result lands."""
     result = {}
     thread = threading.Thread(target=lambda: result.update(
-        r=client.request(server.address, "/slow?s=%g" % seconds, timeout=30)))
+        r=client.request(server.address, "/slow?s=%g%s" % (seconds, extra), timeout=30)))
     thread.start()
     return thread, result
 
@@ -84,14 +84,14 @@ def test_text_status_counts_what_happened(fpm):
 
 def test_json_full_shows_the_busy_worker_and_its_request(fpm):
     server = fpm(children=2)
-    thread, result = slow_request(server, 1.5)
+    thread, result = slow_request(server, 1.5, "&from=café")
     page = wait_busy(server, 1)
     full = json.loads(server.request("/status?json&full").body)
     thread.join(10)
     assert result["r"].status == 200
     assert page["active processes"] == 2 and page["idle processes"] == 0
     running = {p["request uri"]: p for p in full["processes"]}
-    slow = running["/slow?s=1.5"]
+    slow = running["/slow?s=1.5&from=café"]  # the URI's UTF-8 bytes, shown as sent
     assert slow["state"] == "Running" and slow["request method"] == "GET"
     assert slow["request duration"] > 0 and slow["rss"] > 1_000_000
     assert set(server.children()) == {p["pid"] for p in full["processes"]}
