@@ -1,6 +1,7 @@
 """Test WSGI app for the logging tests: routes that print, fail, burn CPU, answer a status.
 
-    /print?text=...&stream=stdout|stderr&end=   prints text + end (default a newline)
+    /print?text=...&stream=stdout|stderr&end=   prints text + end (default a newline);
+                                  &flush=1      then flushes (a line without its newline)
     /fail                                       raises (an ERROR line in the error log)
     /status?code=404                            answers that status
     /cpu?ms=50                                  spins that long on the CPU
@@ -13,7 +14,8 @@ from urllib.parse import parse_qs
 
 
 def _query(environ):
-    return {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    pairs = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)  # end= is ""
+    return {k: v[-1] for k, v in pairs.items()}
 
 
 def app(environ, start_response):
@@ -23,6 +25,8 @@ def app(environ, start_response):
     if path == "/print":
         stream = sys.stderr if q.get("stream") == "stderr" else sys.stdout
         stream.write(q.get("text", "") + q.get("end", "\n"))
+        if q.get("flush"):
+            stream.flush()
     elif path == "/fail":
         raise RuntimeError("log_app failed on purpose")
     elif path == "/status":

@@ -173,6 +173,18 @@ def test_error_log_syslog_ident_facility_and_priority_per_level(dev_log, tmp_pat
     assert not [line for line in seen if "DEBUG" in line]
 
 
+def test_config_test_reports_a_bad_access_format(tmp_path):
+    conf = tmp_path / "pyfpm.conf"
+    conf.write_text(config(pool='access.format = "%R %{bogus}d"').replace("{port}", "9"))
+    result = harness.run_fpm("-t", "-y", str(conf))
+    assert result.returncode == 78
+    assert re.search(r"ERROR: \[%s:11\] \[pool www\] access.format: invalid value "
+                     r"'%%R %%\{bogus\}d' \(expected a format of PHP-FPM's %% codes; only "
+                     r"'seconds', 'milli', 'milliseconds', 'micro' or 'microseconds' are allowed "
+                     r"as a modifier for %%d \('bogus'\)\)$" % re.escape(str(conf)),
+                     result.stderr, re.M), result.stderr
+
+
 # --- the access log through nginx ------------------------------------------------------------
 
 def access_server(pyfpm, tmp_path, pool_lines, workers=2):
@@ -229,9 +241,8 @@ def test_access_log_cpu_of_a_busy_request(pyfpm, nginx, tmp_path):
 
 
 def test_access_log_json_lines(pyfpm, nginx, tmp_path):
-    server, log = access_server(
-        pyfpm, tmp_path, 'access.format = "%R %t %m %r %q %s %{micro}d %{HTTP_HOST}e %{X-Test}o %n"\n'
-                         "access.json = yes")
+    fmt = "%R %t %m %r %q %s %{micro}d %{HTTP_HOST}e %{X-Test}o %n"
+    server, log = access_server(pyfpm, tmp_path, 'access.format = "%s"\naccess.json = yes' % fmt)
     front = nginx(server.address)
     front.get("/caf%C3%A9?q=1", headers={"Host": "example.test"})
     (line,) = wait_lines(log, 1)
@@ -291,6 +302,25 @@ def test_worker_output_undecorated_is_raw_and_whole(pyfpm):
     record = json.dumps({"event": "order", "items": list(range(200))})  # > log_limit
     server.request("/print?text=" + client_quote(record))
     server.wait_log("^" + re.escape(record) + "$")
+
+
+def test_worker_output_unbuffered_and_undecorated_passes_through(pyfpm):
+    server = pyfpm(config(global_="log_buffering = no", pool="catch_workers_output = yes\n"
+                                                            "decorate_workers_output = no",
+                          workers=1))
+    server.wait_idle(1)
+    server.request("/print?text=progress:+&end=&flush=1")
+    server.wait_log(r"progress: \Z")  # no newline added, nothing waits for one
+    server.request("/print?text=done")
+    server.wait_log(r"^progress: done$")
+
+
+def test_worker_last_words_are_logged_when_it_exits(pyfpm):
+    server = pyfpm(config(pool="catch_workers_output = yes\npm.max_requests = 1", workers=1))
+    (pid,) = server.wait_idle(1)
+    server.request("/print?text=last+words&end=&flush=1&stream=stderr")
+    server.wait_log(r'^%sWARNING: \[pool www\] child %d said into stderr: "last words", '
+                    r'pipe is closed$' % (STAMP, pid))
 
 
 def test_worker_output_hidden_by_log_level_error(tmp_path):

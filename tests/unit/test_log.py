@@ -190,7 +190,8 @@ def test_every_php_fpm_facility_is_known():
         "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog",
         "user", "uucp", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
         "local7"}
-    assert fpm_log.FACILITIES["ftp"] == 11 << 3 and fpm_log.FACILITIES["local3"] == syslog.LOG_LOCAL3
+    assert fpm_log.FACILITIES["ftp"] == 11 << 3
+    assert fpm_log.FACILITIES["local3"] == syslog.LOG_LOCAL3
 
 
 @pytest.fixture
