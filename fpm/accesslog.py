@@ -92,7 +92,7 @@ class FormatError(ValueError):
     """A bad access.format; str() is PHP-FPM's message for it."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     """Everything a line can show about one finished request."""
 
@@ -170,10 +170,16 @@ def _zone(tm: time.struct_time) -> str:
 
 def clf_time(t: float) -> str:
     """``21/Nov/2026:10:00:00 +0100``: PHP-FPM's default, C-locale month names."""
-    tm = time.localtime(t)
-    return "%02d/%s/%04d:%02d:%02d:%02d %s" % (
-        tm.tm_mday, _MONTHS[tm.tm_mon - 1], tm.tm_year, tm.tm_hour, tm.tm_min, tm.tm_sec,
-        _zone(tm))
+    key = (int(t), time.timezone)  # the zone too: an app may change TZ and call tzset()
+    if key != _clf_cache[0]:  # a busy worker writes many lines in the same second
+        tm = time.localtime(key[0])
+        _clf_cache[:] = key, "%02d/%s/%04d:%02d:%02d:%02d %s" % (
+            tm.tm_mday, _MONTHS[tm.tm_mon - 1], tm.tm_year, tm.tm_hour, tm.tm_min, tm.tm_sec,
+            _zone(tm))
+    return _clf_cache[1]
+
+
+_clf_cache: list = [None, ""]
 
 
 def iso_time(epoch_us: int) -> str:
@@ -443,6 +449,7 @@ class Writer:
         self._peer = "R" in uses
         self._cpu = "C" in uses
         self._memory = "M" in uses
+        self._ppid = "P" in uses
         self._times = os.times()
 
     def write(self, environ: dict, status: str, headers: list, accepted_epoch_us: int,
@@ -462,7 +469,7 @@ class Writer:
             environ, status, headers, accepted_epoch_us, duration_us, cpu,
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if self._memory else 0,
             peer_ip(sock_fd) if self._peer else None,
-            os.getpid(), os.getppid(), self.pool, time.time()))
+            os.getpid(), os.getppid() if self._ppid else 0, self.pool, time.time()))
         try:
             while line:
                 line = line[os.write(self.fd, line):]
