@@ -64,7 +64,7 @@ def fork(work, arg):
         try:
             os.write(ready_w, b"r")
             value = f1(work, arg)
-            ok = (0 <= value - arg < 0.005) if work is sleep_for else \
+            ok = (0 <= value - arg < 0.02) if work is sleep_for else \
                 value == (arg - 1) * arg * (2 * arg - 1) // 6
         finally:
             os._exit(0 if ok else 1)
@@ -81,7 +81,7 @@ def summary(us):
     return f"median {statistics.median(us):.0f} µs, p99 {p99:.0f} µs, max {us[-1]:.0f} µs"
 
 
-@pytest.mark.parametrize("work, arg", [(sleep_for, 2.0), (squares, 30_000_000)],
+@pytest.mark.parametrize("work, arg", [(sleep_for, 2.0), (squares, 40_000_000)],
                          ids=["sleeping", "looping"])
 def test_stop_time(work, arg, report):
     pid = fork(work, arg)

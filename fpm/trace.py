@@ -18,6 +18,7 @@ neither PTRACE_SEIZE nor PTRACE_INTERRUPT, so their numbers (linux/ptrace.h) are
 
 import errno
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -33,11 +34,10 @@ PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: waitpid reports the traced thread whatever its clone flags
 _PF_EXITING = 0x4  # in /proc/PID/stat's flags (include/linux/sched.h)
 
-# Waiting for the stop: yield the CPU between polls for this long (a stop usually comes within
-# ~100 µs, and spinning keeps the gap between the stop and our noticing it to a few µs), then
-# poll with short sleeps until `timeout`.
-_SPIN_S = 0.002
-_NAP_S = 0.0005
+# Waiting for the stop: sleep in sigtimedwait for the SIGCHLD the stop sends the tracer, and
+# poll waitpid at least this often anyway (a SIGCHLD may go to another thread, or be merged
+# with one sent just before).
+_SLICE_S = 0.001
 # Code objects cached per worker; past this many the worker's cache starts over.
 _MAX_CODES = 4096
 
@@ -101,6 +101,20 @@ def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
     _check_supported()
     if pid in _unstopped:
         raise TraceError("still waiting for the stop of an earlier trace")
+    # SIGCHLD is blocked from before the interrupt, so the stop's SIGCHLD waits for
+    # sigtimedwait instead of the master's handler; one taken there is raised again after.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    took_sigchld = []
+    try:
+        return _trace(pid, depth, timeout, took_sigchld)
+    finally:
+        if signal.SIGCHLD not in blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        if took_sigchld:
+            os.kill(os.getpid(), signal.SIGCHLD)
+
+
+def _trace(pid, depth, timeout, took_sigchld):
     _seize(pid)
     floor = time.monotonic_ns()
     try:
@@ -109,7 +123,7 @@ def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
         if e.errno != errno.ESRCH:  # ESRCH: it is exiting; the wait below collects the exit
             _detach(pid, 0)
             raise TraceError(f"ptrace(INTERRUPT) failed: {os.strerror(e.errno)}") from None
-    status, floor = _wait_stop(pid, timeout, floor)
+    status, floor = _wait_stop(pid, timeout, floor, took_sigchld)
     if status is None:
         _unstopped.add(pid)
         raise TraceError(f"no stop within {timeout * 1000:.0f} ms (uninterruptible sleep?); "
@@ -183,12 +197,10 @@ def _is_exiting(pid):
     return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
 
 
-def _wait_stop(pid, timeout, floor):
+def _wait_stop(pid, timeout, floor, took_sigchld):
     """(status, floor) once waitpid reports something for pid, else (None, floor) after
     `timeout`. `floor` moves up to the start of each empty poll: the stop came after it."""
-    start = floor
-    spin_end = start + int(_SPIN_S * 1e9)
-    end = start + int(timeout * 1e9)
+    end = floor + int(timeout * 1e9)
     while True:
         polled = time.monotonic_ns()
         try:
@@ -201,10 +213,8 @@ def _wait_stop(pid, timeout, floor):
         floor = polled
         if polled >= end:
             return None, floor
-        if polled < spin_end:
-            os.sched_yield()
-        else:
-            time.sleep(_NAP_S)
+        if signal.sigtimedwait({signal.SIGCHLD}, min(_SLICE_S, (end - polled) / 1e9)):
+            took_sigchld.append(True)
 
 
 def _signal_to_deliver(status):
