@@ -13,7 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from fpm import stdio
+from fpm import stdio, trace
 from fpm.log import Logger
 from fpm.signals import SignalQueue, name as signal_name
 
@@ -41,6 +41,7 @@ class Child:
     stopping: str | None = None
     last_signal: int | None = None  # the last signal the master sent it alone
     timed_out: int = 0  # `accepted` of the request it was terminated for
+    slow_logged: int = 0  # `accepted` of the request it was traced into the slowlog for
     channel: int = -1  # the master's end of its fpm.channel socket pair
     output: tuple[int, int] | None = None  # read ends of its stdout and stderr (catch_workers_output)
 
@@ -179,7 +180,10 @@ class Children:
             os._exit(code)
 
     def reap(self) -> list[Exit]:
-        """Collect every exited child without blocking; log how each one ended."""
+        """Collect every exited child without blocking; log how each one ended.
+
+        A traced worker's ptrace stop comes through here too: the late stop of a trace that
+        gave up waiting is handed to fpm.trace, which lets the worker go."""
         exits = []
         while True:
             try:
@@ -188,25 +192,34 @@ class Children:
                 break
             if pid == 0:
                 break
-            child = self.by_pid.pop(pid, None)
-            if child is None:
-                self.log.warning("unknown child (%d) exited %s" % (pid, describe_status(status)[1]))
+            if trace.on_wait_status(pid, status) or os.WIFSTOPPED(status):
                 continue
-            if child.board is not None:
-                child.board.release(child.slot)
-            if child.channel >= 0:
-                os.close(child.channel)
-            if child.pool.name in self.captures:
-                self.captures[child.pool.name].drop(pid)
-            gone = Exit(child, status, time.monotonic() - child.started)
-            level, line = gone.describe()
-            if child.stopping == "idle" and level == "notice":
-                level, line = "debug", ("[pool %s] child %d has been killed by the process "
-                                        "management after %.6f seconds from start"
-                                        % (child.pool.name, pid, gone.lifetime))
-            self.log.log(level, line)
-            exits.append(gone)
+            gone = self.bury(pid, status)
+            if gone is not None:
+                exits.append(gone)
         return exits
+
+    def bury(self, pid: int, status: int) -> Exit | None:
+        """Account for a child that exited with ``status`` (reaped here or by fpm.trace)."""
+        trace.forget(pid)
+        child = self.by_pid.pop(pid, None)
+        if child is None:
+            self.log.warning("unknown child (%d) exited %s" % (pid, describe_status(status)[1]))
+            return None
+        if child.board is not None:
+            child.board.release(child.slot)
+        if child.channel >= 0:
+            os.close(child.channel)
+        if child.pool.name in self.captures:
+            self.captures[child.pool.name].drop(pid)
+        gone = Exit(child, status, time.monotonic() - child.started)
+        level, line = gone.describe()
+        if child.stopping == "idle" and level == "notice":
+            level, line = "debug", ("[pool %s] child %d has been killed by the process "
+                                    "management after %.6f seconds from start"
+                                    % (child.pool.name, pid, gone.lifetime))
+        self.log.log(level, line)
+        return gone
 
     def kill(self, child: Child, sig: int) -> None:
         self.log.debug("[pool %s] sending signal %d %s to child %d"

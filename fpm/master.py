@@ -33,12 +33,13 @@ import signal
 import time
 
 from fpm import config as fpm_config
-from fpm import channel, pages, pm, reexec, sockdiag, sockets, systemd
+from fpm import channel, pages, pm, reexec, sockdiag, sockets, systemd, trace
 from fpm.children import Child, Children, Seat, respawn_delay
 from fpm import stdio
 from fpm.log import Logger, open_log_file, strerror
 from fpm.proctitle import set_process_title
 from fpm.scoreboard import FINISHING, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board, now_us
+from fpm.tracer import Tracer
 from fpm.signals import HANDLED, SignalQueue, handler_name, name as signal_name
 
 EX_OK, EX_USAGE, EX_SOFTWARE, EX_CONFIG = 0, 64, 70, 78
@@ -106,9 +107,19 @@ def timed_out(slot, timeout: int, track_finished: bool, now: int) -> float | Non
     return elapsed if elapsed >= timeout else None
 
 
+def slow(slot, timeout: int, now: int) -> float | None:
+    """Seconds the slot's request has run when the app has run it past
+    request_slowlog_timeout, else None (PHP-FPM traces Running requests only)."""
+    if timeout <= 0 or slot.stage != RUNNING:
+        return None
+    elapsed = (now - slot.accepted) / 1e6
+    return elapsed if elapsed >= timeout else None
+
+
 def heartbeat(pools) -> float | None:
     """How often to check request timeouts: a third of the shortest, at least 130 ms."""
-    timeouts = [p.request_terminate_timeout for p in pools if p.request_terminate_timeout > 0]
+    timeouts = [t for p in pools for t in (p.request_terminate_timeout, p.request_slowlog_timeout)
+                if t > 0]
     return max(MIN_HEARTBEAT, min(timeouts) / 3) if timeouts else None
 
 
@@ -185,6 +196,7 @@ class Master:
         self.reported_requests = 0
         self.poller = _Poll() if config.global_.events_mechanism == "poll" else select.epoll()
         self.queues = sockdiag.ListenQueues()
+        self.tracer = Tracer(log)
         self.started_epoch_us = time.time_ns() // 1000
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.access_fds: dict[str, int] = {}  # pool -> its access log, opened here for workers
@@ -445,8 +457,10 @@ class Master:
         del self.output_fds[fd]
 
     def _needs_channel(self, pool) -> bool:
-        """A worker gets a channel when it has log files to reopen on USR1."""
-        return self.log.is_file or pool.access_log is not None
+        """A worker gets a channel when it has log files to reopen on USR1, or may be traced
+        (the faulthandler fallback sends its stack over it)."""
+        return (self.log.is_file or pool.access_log is not None
+                or pool.request_slowlog_timeout > 0 or pool.request_terminate_timeout > 0)
 
     def _slots(self, pool_name: str) -> list:
         """Scoreboard copies of the pool's serving workers, for its process manager."""
@@ -560,12 +574,23 @@ class Master:
     # --- timeouts and per-worker escalation --------------------------------------------------
 
     def _check_timeouts(self) -> None:
+        """request_slowlog_timeout: trace the worker into the slowlog, once per request;
+        request_terminate_timeout: trace it, then stop it (its 504 goes out first)."""
         now = now_us()
         for child in list(self.children.by_pid.values()):
             pool = self.pools.get(child.pool.name)
-            if pool is None or pool.request_terminate_timeout <= 0:
-                continue
+            if pool is None or child.pid not in self.children.by_pid:
+                continue  # gone during an earlier trace of this round
             slot = child.board.read(child.slot)
+            elapsed = slow(slot, pool.request_slowlog_timeout, now)
+            if elapsed is not None and child.slow_logged != slot.accepted:
+                child.slow_logged = slot.accepted
+                self.log.warning('[pool %s] child %d, script \'%s\' (request: "%s %s") '
+                                 'executing too slow (%.6f sec), logging'
+                                 % self._request_words(pool, child, slot, elapsed))
+                child.board.mem.count_slow_request()
+                if not self._trace(pool, child, slot, elapsed):
+                    continue
             elapsed = timed_out(slot, pool.request_terminate_timeout,
                                 pool.request_terminate_timeout_track_finished, now)
             if elapsed is None or child.timed_out == slot.accepted:
@@ -573,10 +598,29 @@ class Master:
             child.timed_out = slot.accepted
             self.log.warning('[pool %s] child %d, script \'%s\' (request: "%s %s") execution '
                              'timed out (%.6f sec), terminating'
-                             % (pool.name, child.pid, _printable(slot.script or pool.app or ""),
-                                slot.method, _printable(slot.request_uri), elapsed))
+                             % self._request_words(pool, child, slot, elapsed))
+            if not self._trace(pool, child, slot, elapsed):
+                continue
             child.board.mem.set_order(child.slot, ORDER_TIMEOUT)
             self._signal(child, signal.SIGTERM, 1.0)
+
+    @staticmethod
+    def _request_words(pool, child, slot, elapsed: float) -> tuple:
+        return (pool.name, child.pid, _printable(slot.script or pool.app or ""), slot.method,
+                _printable(slot.request_uri), elapsed)
+
+    def _trace(self, pool, child, slot, elapsed: float) -> bool:
+        """Write the worker's stack (slowlog, else error log); False if it exited meanwhile."""
+        try:
+            stack = self.tracer.stack(child, pool.request_slowlog_trace_depth)
+        except trace.Gone as e:
+            if e.status is not None:  # reaped by the tracer: account for it as the reaper would
+                gone = self.children.bury(child.pid, e.status)
+                if gone is not None:
+                    self.reaped.append(gone)
+            return False
+        self.tracer.write(pool, child, slot, elapsed, stack)
+        return True
 
     def _signal(self, child: Child, sig: int, escalate_after: float | None) -> None:
         """Signal one worker; unless it has gone by ``escalate_after`` s, signal it harder."""

@@ -9,7 +9,7 @@ import signal
 import socket
 from typing import NoReturn
 
-from fpm import __version__, _proto, accesslog, apps, channel, pages, unix
+from fpm import __version__, _proto, accesslog, apps, channel, pages, slowlog, unix
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
@@ -48,6 +48,8 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
             return EX_SOFTWARE
     for fd in listen_fds:
         _prepare_listener(fd)
+    if seat.channel >= 0 and (pool.request_slowlog_timeout or pool.request_terminate_timeout):
+        slowlog.arm_worker(seat.channel)  # the master's way in when ptrace is refused
     access = None
     if seat.access_fd >= 0:  # after the app loaded: the first line's CPU share counts from here
         access = accesslog.Writer(seat.access_fd, accesslog.compile(pool.access_format, pool.access_json),

@@ -81,12 +81,15 @@ def test_terminate_timeout_not_yet_and_off():
 
 def test_heartbeat_is_a_third_of_the_shortest_timeout():
     class P:
-        def __init__(self, t):
+        def __init__(self, t, slow=0):
             self.request_terminate_timeout = t
+            self.request_slowlog_timeout = slow
     assert heartbeat([P(0)]) is None
     assert heartbeat([P(30), P(9), P(0)]) == 3.0
     assert heartbeat([P(0), P(0)]) is None
     assert heartbeat([P(1)]) == pytest.approx(1 / 3)
+    assert heartbeat([P(30, 6), P(0)]) == 2.0  # the slowlog timeout counts too
+    assert heartbeat([P(0, 9)]) == 3.0
 
 
 def test_timers():
