@@ -7,6 +7,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 from typing import NoReturn
 
 from fpm import __version__, _proto, accesslog, apps, channel, pages, slowlog, unix
@@ -24,6 +25,11 @@ def run(pool, listen_fds: list[int], log, seat, allow_root: bool = False) -> NoR
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
             log.exception("[pool %s] child %d: worker failed" % (pool.name, os.getpid()))
         code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else EX_SOFTWARE
+    for stream in (sys.stdout, sys.stderr):  # os._exit flushes nothing: keep the last words
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     os._exit(code)
 
 
