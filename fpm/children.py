@@ -128,7 +128,7 @@ class Children:
         """
         # Import in the master, once: every worker then shares the loaded modules.
         from fpm import worker
-        capture = self.captures.get(pool.name)
+        capture = self.captures.get(pool.name) if pool.catch_workers_output else None
         ends, output = capture.pipes() if capture is not None else (None, None)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:

@@ -257,9 +257,7 @@ class Master:
         self.children = Children(self.log, self.signals, fds, self.allow_root)
         for pool in self.pool_list:
             if pool.catch_workers_output:
-                self.children.captures[pool.name] = stdio.Capture(
-                    self.log, pool.name, pool.decorate_workers_output, self.log.limit,
-                    self.log.buffering, forget=self._forget_output)
+                self._capture(pool)
         self.children.close_in_child.update(b.fd for b in self.boards.values())
         self.children.close_in_child.update(self.access_fds.values())
         if self.status_fd is not None:
@@ -310,10 +308,16 @@ class Master:
             os.set_inheritable(fd, False)
             self.children.close_in_child.add(fd)
         self.old_boards = list(boards.values())
-        for pid, pool_name, board_fd, slot, started in inherited.children:
+        for pid, pool_name, board_fd, slot, started, ours, output in inherited.children:
             pool = self.pools.get(pool_name) or fpm_config.PoolConfig(name=pool_name, listen="")
             boards[board_fd].adopt(slot)
-            self.children.adopt(Child(pid, pool, started, boards[board_fd], slot, stopping="reload"))
+            for fd in ((ours,) if ours >= 0 else ()) + (output or ()):
+                os.set_inheritable(fd, False)
+            if output is not None:
+                self._capture(pool).adopt(pid, output)
+                self._watch_output(pool, output)
+            self.children.adopt(Child(pid, pool, started, boards[board_fd], slot, stopping="reload",
+                                      channel=ours, output=output))
             self.handover.add(pool_name)
         # Workers that died while the exec ran were reaped by nobody yet.
         self.reaped += self.children.reap()
@@ -446,10 +450,21 @@ class Master:
                 self.log.syserror("[pool %s] fork() failed; trying again in 1 second" % pool.name, e)
                 self.timers.set(("spawn", pool.name), time.monotonic() + 1.0)
                 return i
-            for fd in child.output or ():
-                self.output_fds[fd] = self.children.captures[pool.name]
-                self.poller.register(fd, select.EPOLLIN)
+            self._watch_output(pool, child.output or ())
         return allowed
+
+    def _capture(self, pool) -> stdio.Capture:
+        """The pool's catch_workers_output reader, made on first use."""
+        if pool.name not in self.children.captures:
+            self.children.captures[pool.name] = stdio.Capture(
+                self.log, pool.name, pool.decorate_workers_output, self.log.limit,
+                self.log.buffering, forget=self._forget_output)
+        return self.children.captures[pool.name]
+
+    def _watch_output(self, pool, fds) -> None:
+        for fd in fds:
+            self.output_fds[fd] = self.children.captures[pool.name]
+            self.poller.register(fd, select.EPOLLIN)
 
     def _forget_output(self, fd: int) -> None:
         """A captured pipe is about to be closed (its worker is gone)."""

@@ -2,7 +2,8 @@
 
 What crosses the exec, in ``PYFPM_INHERIT`` (JSON): the listening sockets with the ``listen``
 text each was opened for, the scoreboards (memfds) and the workers still running, which
-stay this process's children. The new master matches sockets to its pools by ``listen``
+stay this process's children, with the master's ends of their channels and captured output
+pipes (a worker finishing its request must not print into a pipe nobody reads). The new master matches sockets to its pools by ``listen``
 text, serves with new workers, and retires the inherited ones once their pool's new workers
 are ready. Nothing is closed in between, so no connection is refused or lost.
 """
@@ -25,15 +26,17 @@ ENV = "PYFPM_INHERIT"
 class Inherited:
     listeners: tuple[tuple[str, int, bool], ...]  # (listen text, fd, owned)
     boards: tuple[tuple[int, int, str], ...]  # (fd, nslots, pool name)
-    # (pid, pool name, board fd, slot, started on time.monotonic())
-    children: tuple[tuple[int, str, int, int, float], ...]
+    # (pid, pool name, board fd, slot, started on time.monotonic(), channel fd or -1,
+    #  (stdout, stderr) read ends or None)
+    children: tuple[tuple[int, str, int, int, float, int, tuple[int, int] | None], ...]
 
 
 def encode(listeners, boards, children) -> str:
     return json.dumps({
         "listeners": [[l.address.text, l.fd, l.owned] for l in listeners],
         "boards": [[b.fd, b.nslots, b.pool_name] for b in boards],
-        "children": [[c.pid, c.pool.name, c.board.fd, c.slot, c.started] for c in children],
+        "children": [[c.pid, c.pool.name, c.board.fd, c.slot, c.started, c.channel, c.output]
+                     for c in children],
     })
 
 
@@ -43,8 +46,9 @@ def decode(text: str) -> Inherited:
         data = json.loads(text)
         return Inherited(tuple((str(t), int(fd), bool(o)) for t, fd, o in data["listeners"]),
                          tuple((int(fd), int(n), str(p)) for fd, n, p in data["boards"]),
-                         tuple((int(pid), str(p), int(fd), int(s), float(t))
-                               for pid, p, fd, s, t in data["children"]))
+                         tuple((int(pid), str(p), int(fd), int(s), float(t), int(ch),
+                                tuple(map(int, out)) if out else None)
+                               for pid, p, fd, s, t, ch, out in data["children"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError("malformed %s: %s" % (ENV, e)) from None
 
@@ -81,6 +85,8 @@ def execute(listeners, boards, children, stderr_fd: int | None) -> OSError:
     """Replace this process with a new master that inherits the lot. Returns only on failure,
     with the error, everything restored."""
     fds = [l.fd for l in listeners] + [b.fd for b in boards]
+    fds += [c.channel for c in children if c.channel >= 0]
+    fds += [fd for c in children for fd in c.output or ()]
     for fd in fds:
         os.set_inheritable(fd, True)
     os.environ[ENV] = encode(listeners, boards, children)

@@ -116,6 +116,10 @@ class Capture:
         write ends are closed, so the pipes read EOF when the worker is gone."""
         for fd in self._unattached.pop(tuple(parent_fds)):
             os.close(fd)
+        self.adopt(pid, parent_fds)
+
+    def adopt(self, pid: int, parent_fds: tuple[int, int]) -> None:
+        """Read ``pid``'s pipes: after attach, or after a re-exec handed them over."""
         for name, fd in zip(STREAMS, parent_fds):
             self._streams[fd] = _Stream(pid, name, fd)
 

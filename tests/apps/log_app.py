@@ -2,6 +2,7 @@
 
     /print?text=...&stream=stdout|stderr&end=   prints text + end (default a newline);
                                   &flush=1      then flushes (a line without its newline)
+                                  &sleep=S      after sleeping S seconds
     /fail                                       raises (an ERROR line in the error log)
     /status?code=404                            answers that status
     /cpu?ms=50                                  spins that long on the CPU
@@ -23,6 +24,7 @@ def app(environ, start_response):
     q = _query(environ)
     status = "200 OK"
     if path == "/print":
+        time.sleep(float(q.get("sleep", "0")))
         stream = sys.stderr if q.get("stream") == "stderr" else sys.stdout
         stream.write(q.get("text", "") + q.get("end", "\n"))
         if q.get("flush"):

@@ -216,3 +216,23 @@ def test_terminate_timeout_off_lets_slow_requests_finish(fpm, nginx):
     server.wait_idle(1)
     assert front.get("/slow?s=1.5").status == 200
     assert "timed out" not in server.log_text()
+
+
+def test_captured_output_of_a_worker_finishing_across_a_reload_is_logged(pyfpm, tmp_path):
+    """The pipes of catch_workers_output cross the re-exec with the workers: an old worker
+    that prints while it finishes its request is heard, and its request succeeds."""
+    from fpm import client
+    server = pyfpm(CONFIG.format(listen=tmp_path / "www.sock", children=1, log_level="notice",
+                                 global_extra="", pool_extra="catch_workers_output = yes")
+                   .replace("wsgi_app:app", "log_app:app"))
+    old = server.wait_idle(1)[0]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=client.request(
+        server.address, "/print?text=finishing+after+the+reload&sleep=1.5", timeout=10)))
+    thread.start()
+    time.sleep(0.3)
+    reload(server)
+    thread.join()
+    assert result["r"].status == 200
+    server.wait_log(r'WARNING: \[pool www\] child %d said into stdout: "finishing after the '
+                    r'reload"' % old)
