@@ -325,3 +325,23 @@ def served(pyfpm, nginx):
         return front, server
 
     return start
+
+
+@pytest.fixture
+def dev_log():
+    """A datagram socket bound at /dev/log, as a syslog daemon's (5 s receive timeout);
+    skipped when the path is taken (a real daemon's) or cannot be created."""
+    if os.path.exists("/dev/log"):
+        pytest.skip("/dev/log exists (a syslog daemon's): not replacing it")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.bind("/dev/log")
+    except OSError as e:
+        s.close()
+        pytest.skip("cannot bind /dev/log: %s" % e)
+    s.settimeout(5)
+    try:
+        yield s
+    finally:
+        os.unlink("/dev/log")
+        s.close()

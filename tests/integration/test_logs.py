@@ -120,24 +120,6 @@ def test_log_level_debug_shows_child_started(pyfpm):
     server.wait_log(r"^%sDEBUG: \[pool www\] child \d+ started$" % STAMP)
 
 
-@pytest.fixture
-def dev_log():
-    """A syslog daemon's socket at /dev/log, for the master to send to; its datagrams."""
-    if os.path.exists("/dev/log"):
-        pytest.skip("/dev/log exists (a syslog daemon's): not replacing it")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.bind("/dev/log")
-    except OSError as e:
-        s.close()
-        pytest.skip("cannot bind /dev/log: %s" % e)
-    try:
-        yield s
-    finally:
-        os.unlink("/dev/log")
-        s.close()
-
-
 def received(sock, pattern, seen, timeout=5.0):
     """The first datagram matching ``pattern``; every datagram read goes into ``seen``."""
     regex = re.compile(pattern)

@@ -194,27 +194,6 @@ def test_every_php_fpm_facility_is_known():
     assert fpm_log.FACILITIES["local3"] == syslog.LOG_LOCAL3
 
 
-@pytest.fixture
-def dev_log():
-    """A datagram socket bound at /dev/log, as a syslog daemon's; skipped when the path is
-    taken (a real daemon's) or cannot be created."""
-    import socket
-    if os.path.exists("/dev/log"):
-        pytest.skip("/dev/log exists (a syslog daemon's): not replacing it")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.bind("/dev/log")
-    except OSError as e:
-        s.close()
-        pytest.skip("cannot bind /dev/log: %s" % e)
-    s.settimeout(5)
-    try:
-        yield s
-    finally:
-        os.unlink("/dev/log")
-        s.close()
-
-
 def test_syslog_lines_reach_dev_log_with_ident_facility_and_priority(dev_log):
     import syslog
     log = Logger("syslog", "notice", ident="pyfpm-test", facility="local3")
