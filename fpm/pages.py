@@ -63,8 +63,9 @@ def snapshot(pool, board) -> status.PoolStatus:
 def status_app(pool, board):
     def app(environ, start_response):
         fmt, full = status.choose(environ.get("QUERY_STRING", ""))
-        content_type, body = status.render(snapshot(pool, board), fmt, full,
-                                           time.localtime().tm_gmtoff)
+        # The live page fetches its numbers itself: no scoreboard (and /proc) reads for it.
+        shown = snapshot(pool, board) if fmt != status.LIVE else None
+        content_type, body = status.render(shown, fmt, full, time.localtime().tm_gmtoff)
         return _reply(environ, start_response, content_type, body)
     return app
 

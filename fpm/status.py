@@ -313,8 +313,10 @@ def _show(fmt: str, f: Field, value, utc_offset: int) -> str:
 
 # --- the formats ------------------------------------------------------------------------------
 
-def render(status: PoolStatus, fmt: str, full: bool, utc_offset_seconds: int) -> tuple[str, bytes]:
-    """(content type, body) of the status page in ``fmt`` (one of ``choose``'s formats).
+def render(status: PoolStatus | None, fmt: str, full: bool,
+           utc_offset_seconds: int) -> tuple[str, bytes]:
+    """(content type, body) of the status page in ``fmt`` (one of ``choose``'s formats);
+    ``status`` may be None for the live page, which shows none of it.
 
     ``utc_offset_seconds``: east of UTC, for the text and HTML dates; the caller's
     ``time.localtime(now).tm_gmtoff``.
