@@ -10,7 +10,6 @@ import pytest
 from fpm import stdio
 from fpm.log import Logger
 from fpm.stdio import Capture, decorated
-from tests.unit.test_log import dev_log  # noqa: F401 - a fixture
 
 PREFIX = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\] WARNING: "
 
@@ -319,7 +318,7 @@ def test_without_capture_the_output_goes_to_dev_null(log_path, capfd):
     assert [x.split("ERROR: ")[1] for x in lines(log_path)] == ["kept"]
 
 
-def test_syslog_target_gets_syslog_shaped_warning_lines(dev_log):  # noqa: F811
+def test_syslog_target_gets_syslog_shaped_warning_lines(dev_log):
     import syslog
     log = Logger("syslog", ident="pyfpm-test")
     cap = Capture(log, "www")
