@@ -341,8 +341,9 @@ class Master:
         return EX_OK
 
     def _launch(self) -> None:
-        """From here the log is final: stderr follows a log file (so stray output of the
-        workers lands there too) and a daemon lets go of the terminal."""
+        """From here the log is final: stderr follows a log file (so the master's own stray
+        output, a library's warning, lands there too) and a daemon lets go of the terminal.
+        Workers' stdout and stderr are redirected at fork (fpm.stdio)."""
         self.log.echo_stderr = False
         daemon = self.status_fd is not None
         if self.log.is_file:
