@@ -1531,7 +1531,7 @@ cdef class Worker:
     cdef int _log_request(self, Conn conn, dict environ, object status, object headers) except -1:
         """Take the log files the master reopened (USR1), then write the access log line."""
         cdef Slot *s = self.slot
-        cdef int64_t now = _now_us()
+        cdef int64_t now
         cdef timespec ts
         cdef uint64_t generation
         if self.on_reopen is not None and self.board is not None:
@@ -1540,6 +1540,7 @@ cdef class Worker:
                 self.log_generation = generation
                 self.on_reopen()
         if self.access is not None:
+            now = _now_us()
             clock_gettime(CLOCK_REALTIME, &ts)
             self.access.write(environ, status or "", headers or [],
                               ts.tv_sec * 1000000 + ts.tv_nsec // 1000 - (now - s.accepted),

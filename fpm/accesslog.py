@@ -435,10 +435,13 @@ class Writer:
 
     ``fmt`` is a Format (``compile(pool.access_format, pool.access_json)``) or a format
     string (text lines); ``suppress`` is access.suppress_path. Create it in the worker once
-    the app is loaded: the first line's CPU share counts from then.
+    the app is loaded: the first line's CPU share counts from then. ``tcp`` says whether the
+    pool listens on TCP at all: on unix sockets alone ``%R`` is ``-`` without asking the
+    kernel about each connection.
     """
 
-    def __init__(self, fd: int, fmt: Format | str, suppress=(), pool_name: str = "-"):
+    def __init__(self, fd: int, fmt: Format | str, suppress=(), pool_name: str = "-",
+                 tcp: bool = True):
         self.fd = fd
         self.format = compile(fmt) if isinstance(fmt, str) else fmt
         self.suppress = frozenset(suppress)
@@ -446,10 +449,11 @@ class Writer:
         self.pool = pool_name.encode("utf-8").decode("latin-1") if not self.format.json \
             else pool_name
         uses = self.format.uses
-        self._peer = "R" in uses
+        self._peer = "R" in uses and tcp
         self._cpu = "C" in uses
         self._memory = "M" in uses
-        self._ppid = "P" in uses
+        # A worker's pid and its master's never change (a reload re-executes in place).
+        self._pid, self._ppid = os.getpid(), os.getppid()
         self._times = os.times()
 
     def write(self, environ: dict, status: str, headers: list, accepted_epoch_us: int,
@@ -469,7 +473,7 @@ class Writer:
             environ, status, headers, accepted_epoch_us, duration_us, cpu,
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if self._memory else 0,
             peer_ip(sock_fd) if self._peer else None,
-            os.getpid(), os.getppid() if self._ppid else 0, self.pool, time.time()))
+            self._pid, self._ppid, self.pool, time.time()))
         try:
             while line:
                 line = line[os.write(self.fd, line):]

@@ -596,7 +596,9 @@ class Master:
         for child in list(self.children.by_pid.values()):
             pool = self.pools.get(child.pool.name)
             if pool is None or child.pid not in self.children.by_pid:
-                continue  # gone during an earlier trace of this round
+                continue  # not a pool of this configuration, or gone during an earlier trace
+            if pool.request_slowlog_timeout <= 0 and pool.request_terminate_timeout <= 0:
+                continue
             slot = child.board.read(child.slot)
             elapsed = slow(slot, pool.request_slowlog_timeout, now)
             if elapsed is not None and child.slow_logged != slot.accepted:

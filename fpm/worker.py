@@ -52,14 +52,14 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         except apps.AppLoadError as e:
             log.error("[pool %s] child %d: %s" % (pool.name, pid, e))
             return EX_SOFTWARE
-    for fd in listen_fds:
-        _prepare_listener(fd)
+    tcp = [_prepare_listener(fd) for fd in listen_fds]
     if seat.channel >= 0 and (pool.request_slowlog_timeout or pool.request_terminate_timeout):
         slowlog.arm_worker(seat.channel)  # the master's way in when ptrace is refused
     access = None
     if seat.access_fd >= 0:  # after the app loaded: the first line's CPU share counts from here
-        access = accesslog.Writer(seat.access_fd, accesslog.compile(pool.access_format, pool.access_json),
-                                  pool.access_suppress_path, pool.name)
+        access = accesslog.Writer(seat.access_fd,
+                                  accesslog.compile(pool.access_format, pool.access_json),
+                                  pool.access_suppress_path, pool.name, any(tcp))
 
     def take_new_files() -> None:
         if seat.channel >= 0:
@@ -130,14 +130,17 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _prepare_listener(fd: int) -> None:
+def _prepare_listener(fd: int) -> bool:
     """Non-blocking (the loop tries accept first and polls on EAGAIN); on TCP, TCP_NODELAY,
-    which accepted sockets inherit on Linux, so a response's last record is not held back."""
+    which accepted sockets inherit on Linux, so a response's last record is not held back.
+    True for a TCP socket."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
     s = socket.socket(fileno=fd)
     try:
-        if s.family in (socket.AF_INET, socket.AF_INET6):
+        tcp = s.family in (socket.AF_INET, socket.AF_INET6)
+        if tcp:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return tcp
     finally:
         s.detach()

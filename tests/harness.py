@@ -88,6 +88,21 @@ def children_of(pid: int) -> list[int]:
     return sorted(int(d) for d in os.listdir("/proc") if d.isdigit() and parent_of(int(d)) == pid)
 
 
+def wait_for(what: str, predicate, timeout: float = 5.0, server: "Server | None" = None):
+    """predicate()'s first true value, polled every 10 ms; after ``timeout`` an
+    AssertionError naming ``what`` (with the server's workers and log when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = ("; workers %s; log:\n%s" % (server.children(), server.log_text())
+                      if server is not None else "")
+            raise AssertionError("timed out waiting for %s after %g s%s" % (what, timeout, detail))
+        time.sleep(0.01)
+
+
 class Server:
     """One pyfpm master: ``Server(config_text, tmp).start()`` ... ``.stop()``.
 

@@ -17,6 +17,7 @@ import time
 import pytest
 
 import harness
+from harness import wait_for
 from fpm import client
 
 APP = "log_app:app"
@@ -41,18 +42,6 @@ python_path = {apps}
 def config(*, global_="", pool="", listen="127.0.0.1:{port}", workers=2):
     from conftest import APPS
     return CONFIG.format(global_=global_, pool=pool, listen=listen, workers=workers, apps=APPS)
-
-
-def wait_for(what, predicate, timeout=5.0):
-    """predicate()'s first true value; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s" % what)
-        time.sleep(0.01)
 
 
 @contextlib.contextmanager
@@ -373,7 +362,7 @@ class Load:
 def test_usr1_reopens_every_log_without_losing_a_line(tmp_path):
     access, error = tmp_path / "access.log", tmp_path / "error.log"
     conf = config(global_="error_log = %s" % error, listen="{sock}", workers=3,
-                  pool="access.log = %s\naccess.format = \"%%q %%s\"" % access)
+                  pool="access.log = %s\naccess.format = \"%%R %%q %%s\"" % access)
     with running(conf, tmp_path, error, ("-F",)) as server:
         server.wait_idle(3)
         assert server.request("/fail").status == 500  # a worker's line in the old error log
@@ -392,7 +381,8 @@ def test_usr1_reopens_every_log_without_losing_a_line(tmp_path):
         assert server.request("/fail").status == 500  # a worker's line in the new error log
         wait_for("the worker's line in the new error log",
                  lambda: "log_app failed on purpose" in error.read_text())
-        expected = sorted(["%s 200" % q for q in load.done] + [" 500"] * 2)
+        # %R is "-" on a unix socket, as in PHP-FPM.
+        expected = sorted(["- %s 200" % q for q in load.done] + ["-  500"] * 2)
         old_path = tmp_path / "access.log.1"
         wait_for("every access line",
                  lambda: len(read_lines(old_path)) + len(read_lines(access)) >= len(expected))

@@ -20,6 +20,7 @@ import time
 import pytest
 
 import load
+from harness import wait_for
 from tests.conftest import APPS, find_program
 from fpm import client
 
@@ -68,19 +69,6 @@ def served_pid(response):
     """/slow and /grow answer with the worker's pid."""
     assert response.status == 200, response
     return json.loads(response.body)["pid"]
-
-
-def wait_for(predicate, timeout, what, server):
-    """Poll ``predicate`` every 20 ms; its first true value, or AssertionError with the log."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("%s: not after %g s; workers %s; log:\n%s"
-                                 % (what, timeout, server.children(), server.log_text()))
-        time.sleep(0.02)
 
 
 def start_ticks(pid):
@@ -317,7 +305,7 @@ def test_dynamic_grows_under_a_burst_and_converges_back(pyfpm, nginx):
         assert m and int(m[1]) >= 8 and int(m[3]) < children, busy
 
     # Back into the spare range, one stop per second.
-    wait_for(lambda: len(server.children()) <= spare_max, 20, "back to max_spare", server)
+    wait_for("back to max_spare", lambda: len(server.children()) <= spare_max, 20, server)
     converge = time.monotonic() - burst_end
     print("dynamic: %.2f s to converge from %d workers back to %d (max_spare)"
           % (converge, children, spare_max))
@@ -373,7 +361,7 @@ def test_ondemand_caps_at_max_children_then_idles_back_to_zero(pyfpm):
     watch = Watch(server)
     watch.start()
     first, results = in_threads(server.address, ["/slow?s=2"] * children)
-    wait_for(lambda: len(server.children()) == children, 5, "3 workers", server)
+    wait_for("3 workers", lambda: len(server.children()) == children, 5, server)
     mark = server.mark()
     # All three busy: the next connections must wait, and the master says why.
     more, results2 = in_threads(server.address, ["/slow?s=0.1"] * 3)
@@ -392,14 +380,14 @@ def test_ondemand_caps_at_max_children_then_idles_back_to_zero(pyfpm):
     assert "pm.max_children setting" not in text  # ondemand's variant has no "pm." prefix
 
     # Idle for pm.process_idle_timeout: stopped one per second, down to none.
-    wait_for(lambda: server.children() == [], 15, "no worker left", server)
+    wait_for("no worker left", lambda: server.children() == [], 15, server)
     seconds = time.monotonic() - idle_from
     watch.stop()
     print("ondemand: %d idle workers stopped in %.2f s (process_idle_timeout 1s)"
           % (children, seconds))
     # The last one's line follows its exit, once the master has reaped it.
-    wait_for(lambda: len(killed_by_pm(server.log_text()[idle_mark:])) >= children, 5,
-             "the idle stops logged", server)
+    wait_for("the idle stops logged",
+             lambda: len(killed_by_pm(server.log_text()[idle_mark:])) >= children, 5, server)
     after = server.log_text()[idle_mark:]
     assert len(killed_by_pm(after)) == children, after
     assert not started(after), after
@@ -414,7 +402,7 @@ def test_ondemand_caps_at_max_children_then_idles_back_to_zero(pyfpm):
 
 def test_process_max_caps_the_total_across_pools(pyfpm):
     server = pyfpm(config(children=2, global_extra="process.max = 3", pools=("a", "b")))
-    wait_for(lambda: len(server.children()) == 3, 5, "3 workers", server)
+    wait_for("3 workers", lambda: len(server.children()) == 3, 5, server)
     warning = ("WARNING: The maximum number of processes has been reached. Please review your "
                "configuration and consider raising 'process.max'")
     server.wait_log(re.escape(warning) + "$")
