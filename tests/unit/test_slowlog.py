@@ -150,8 +150,9 @@ def fork_armed(work, *args, arm=True):
     return pid, r
 
 
-def test_fallback_reads_a_real_dump_and_the_child_sleeps_on():
-    pid, r = fork_armed(caller, 0.3)
+def dump_of(work, *args):
+    """(frames, seconds the read took, the child's wait status) of a real fallback dump."""
+    pid, r = fork_armed(work, *args)
     try:
         start = time.monotonic()
         frames = slowlog.dump_with_faulthandler(pid, r, timeout=2)
@@ -159,6 +160,11 @@ def test_fallback_reads_a_real_dump_and_the_child_sleeps_on():
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(r)
+    return frames, took, status
+
+
+def test_fallback_reads_a_real_dump_and_the_child_sleeps_on():
+    frames, took, status = dump_of(caller, 0.3)
     assert [(f.qualname, f.filename, f.lineno) for f in frames[:2]] == [
         ("parked", str(HERE), mark("parked")), ("caller", str(HERE), mark("caller"))]
     assert all(f.address == 0 for f in frames)
@@ -174,14 +180,7 @@ def test_fallback_reads_a_real_dump_and_the_child_sleeps_on():
 
 
 def test_fallback_dump_of_a_deep_stack_ends_at_the_truncation_line():
-    pid, r = fork_armed(deep, 150, 0.3)
-    try:
-        start = time.monotonic()
-        frames = slowlog.dump_with_faulthandler(pid, r, timeout=2)
-        took = time.monotonic() - start
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(r)
+    frames, took, status = dump_of(deep, 150, 0.3)
     assert len(frames) == 100 and took < 0.2
     assert [f.qualname for f in frames[:3]] == ["parked", "deep", "deep"]
     assert [f.lineno for f in frames[1:3]] == [mark("deep_end"), mark("deep")]
