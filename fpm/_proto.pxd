@@ -93,6 +93,7 @@ cdef class Worker:
     cdef object access                   # the access log writer (fpm.accesslog.Writer) or None
     cdef object on_reopen                # takes the master's new log fds after a USR1
     cdef uint64_t log_generation         # the board's log_generation this worker has seen
+    cdef object allow                    # allow(fd) -> bool for each accepted connection, or None
 
     cdef void _stage(self, Stage stage) noexcept nogil
     cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1
@@ -102,6 +103,7 @@ cdef class Worker:
     cdef int _hold(self, Conn conn) except -1
     cdef Conn _unhold(self, int index)
     cdef int _serve_conn(self, Conn conn, bint fresh) except -1
+    cdef int _accepted(self, int fd) except -1
     cdef int _run_request(self, Conn conn) except -1
     cdef int _fill(self, Conn conn, bint for_body) except -1
     cdef int _read(self, Conn conn, bint wait) except -1

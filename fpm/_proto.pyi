@@ -98,4 +98,5 @@ def serve(listen_fds: list[int], app: Callable, base_environ: dict, mount: str =
           log_app_error: Callable[[str, str, str], None] | None = None,
           board: Board | None = None, slot: int = -1, max_requests: int = 0,
           max_memory: int = 0, special: dict | None = None, access: Any = None,
-          on_reopen: Callable[[], None] | None = None) -> tuple[int, str, int]: ...
+          on_reopen: Callable[[], None] | None = None,
+          allow: Callable[[int], bool] | None = None) -> tuple[int, str, int]: ...

@@ -1065,8 +1065,9 @@ cdef class Worker:
     def __init__(self, list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
                  int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None,
                  log_app_error=None, Board board=None, int slot=-1, unsigned long max_requests=0,
-                 uint64_t max_memory=0, dict special=None, access=None, on_reopen=None):
+                 uint64_t max_memory=0, dict special=None, access=None, on_reopen=None, allow=None):
         cdef int i
+        self.allow = allow
         self.board = board
         self.access = access
         self.on_reopen = on_reopen
@@ -1181,7 +1182,7 @@ cdef class Worker:
                         cfd = accept4(self.pfds[i].fd, NULL, NULL, SOCK_CLOEXEC)
                         err = errno
                     if cfd >= 0:
-                        self._serve_conn(Conn(cfd, self._decoder()), True)
+                        self._accepted(cfd)
                         break
                     self._accept_error(err)
                 else:
@@ -1205,13 +1206,19 @@ cdef class Worker:
                         cfd = accept4(self.pfds[i].fd, NULL, NULL, SOCK_CLOEXEC)
                         err = errno
                     if cfd >= 0:
-                        self._serve_conn(Conn(cfd, self._decoder()), True)
+                        self._accepted(cfd)
                     else:
                         self._accept_error(err)
             for conn in ready:
                 self._serve_conn(conn, False)
         self._finish_held()
         return self.requests
+
+    cdef int _accepted(self, int fd) except -1:
+        if self.allow is not None and not self.allow(fd):
+            close(fd)  # allow() has logged why
+            return 0
+        return self._serve_conn(Conn(fd, self._decoder()), True)
 
     def _accept_error(self, int err):
         if err == EAGAIN or err == EWOULDBLOCK or err == ECONNABORTED:
@@ -1669,7 +1676,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
           int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None, log_app_error=None,
           Board board=None, int slot=-1, unsigned long max_requests=0, uint64_t max_memory=0,
-          dict special=None, access=None, on_reopen=None):
+          dict special=None, access=None, on_reopen=None, allow=None):
     """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
 
     ``special`` maps request paths (SCRIPT_NAME + PATH_INFO) to the WSGI apps that answer
@@ -1680,6 +1687,9 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     called after each response is sent (fpm.accesslog.Writer). ``on_reopen()`` is called
     before that when the master has bumped the board's log generation (USR1).
 
+    ``allow(fd)`` is asked about each accepted connection before anything is read from it;
+    False closes it (listen.allowed_clients).
+
     Returns (requests served, stop reason: "" / "max_requests" / "max_memory", RSS in bytes
     after the last request, 0 unless max_memory is set). A stop requested earlier (a QUIT
     while the app was loading) holds: the loop returns at once. From here SIGTERM and SIGINT
@@ -1688,7 +1698,7 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     global _g_slot, _timeout_len, _stopping_len
     cdef Worker w = Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs,
                            read_timeout, log_peer, log_app_error, board, slot, max_requests, max_memory,
-                           special, access, on_reopen)
+                           special, access, on_reopen, allow)
     _g_slot = w.slot
     _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
                                 b"The request ran too long and was stopped (request_terminate_timeout).\n")
