@@ -58,9 +58,28 @@ cdef class Decoder:
 cdef class Conn:
     cdef int fd
     cdef Decoder dec
-    cdef bytearray body                  # stdin received and not yet read by the app
-    cdef Py_ssize_t body_pos
     cdef str peer_cache
+    cdef int64_t arrived_us              # kernel receive time of the request's first bytes (0: unknown)
+
+
+cdef class Worker
+
+
+cdef class Request:
+    cdef Worker w
+    cdef Conn conn
+    cdef int rid
+    cdef object status
+    cdef list headers
+    cdef readonly bint headers_sent
+    cdef bint stderr_used
+    cdef readonly bint finished          # finish_request() has ended it for the web server
+    cdef object peer                     # the access log's %R, read before finish_request() closed
+
+    cdef int _send_headers(self) except -1
+    cdef int _body(self, data, bint flush) except -1
+    cdef int _sendfile(self, int fd) except -1
+    cdef int send_result(self, result) except -1
 
 
 cdef class Worker:
@@ -70,7 +89,7 @@ cdef class Worker:
     cdef str mount
     cdef Py_ssize_t params_max, max_conns, max_reqs
     cdef int read_timeout_ms
-    cdef object log_peer, log_app_error
+    cdef object log                      # log(level, text): the worker's error-log lines
     cdef pollfd *pfds
     cdef int npfds, nlisten, pfds_cap
     cdef int nfixed                      # pfds: the listen fds, then the stop pipe, then held conns
@@ -94,18 +113,32 @@ cdef class Worker:
     cdef object on_reopen                # takes the master's new log fds after a USR1
     cdef uint64_t log_generation         # the board's log_generation this worker has seen
     cdef object allow                    # allow(fd) -> bool for each accepted connection, or None
+    cdef Py_ssize_t body_buffer          # request bodies up to this stay in memory
+    cdef Py_ssize_t body_max             # larger bodies are answered 413 (0: no limit)
+    cdef object spool_dir                # where larger bodies are spooled
+    cdef tuple body_file_dirs            # where a REQUEST_BODY_FILE may be (real paths)
+    cdef int64_t queue_timeout_us        # request_queue_timeout (0: off)
+    cdef object start_param              # the param carrying the web server's request start
+    cdef bint stamp_reads                # read with recvmsg to learn the kernel's arrival time
+    cdef bint fill_paths                 # SCRIPT_NAME/PATH_INFO from the request path when not sent
 
     cdef void _stage(self, Stage stage) noexcept nogil
     cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1
     cdef int _after_request(self) except -1
-    cdef int _log_request(self, Conn conn, dict environ, object status, object headers) except -1
+    cdef int _log_request(self, Conn conn, dict environ, Request req) except -1
 
     cdef int _hold(self, Conn conn) except -1
     cdef Conn _unhold(self, int index)
     cdef int _serve_conn(self, Conn conn, bint fresh) except -1
     cdef int _accepted(self, int fd) except -1
     cdef int _run_request(self, Conn conn) except -1
-    cdef int _fill(self, Conn conn, bint for_body) except -1
+    cdef object _admit(self, Conn conn, dict environ, Py_ssize_t length)
+    cdef object _read_body(self, Conn conn, dict environ, Py_ssize_t length)
+    cdef object _body_file(self, Conn conn, dict environ, str path)
+    cdef double _waited(self, Conn conn, dict environ)
+    cdef int _finish(self, Request req) except -1
+    cdef int _log(self, str level, str text) except -1
+    cdef int _next_stdin(self, Conn conn) except -1
     cdef int _read(self, Conn conn, bint wait) except -1
     cdef int _out_reserve(self, Py_ssize_t n) except -1
     cdef int _out_append(self, const char *data, Py_ssize_t n) except -1

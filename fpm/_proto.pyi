@@ -94,9 +94,17 @@ def watch_quit() -> None: ...
 def serve(listen_fds: list[int], app: Callable, base_environ: dict, mount: str = "",
           params_max: int = 1048576, max_conns: int = 1, max_reqs: int = 1,
           read_timeout: float = 60.0,
-          log_peer: Callable[[str, str, str], None] | None = None,
-          log_app_error: Callable[[str, str, str], None] | None = None,
+          log: Callable[[str, str], None] | None = None,
           board: Board | None = None, slot: int = -1, max_requests: int = 0,
           max_memory: int = 0, special: dict | None = None, access: Any = None,
           on_reopen: Callable[[], None] | None = None,
-          allow: Callable[[int], bool] | None = None) -> tuple[int, str, int]: ...
+          allow: Callable[[int], bool] | None = None, body_buffer: int = 1 << 20,
+          body_max: int = 0, spool_dir: str | None = None, body_file_dirs: tuple = (),
+          queue_timeout: float = 0.0, start_param: str | None = None,
+          stamp_reads: bool = False, fill_paths: bool = True) -> tuple[int, str, int]: ...
+
+
+def finish_request() -> bool: ...
+
+
+def request_start(value: str | None) -> float: ...

@@ -6,6 +6,7 @@ Worker.run() drives it over raw file descriptors and calls the WSGI application.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_DecodeLatin1, PyUnicode_DecodeUTF8
 from libc.errno cimport EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, errno
@@ -25,10 +26,12 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_
 from posix.unistd cimport pread, write as c_write
 from cpython.unicode cimport PyUnicode_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_1BYTE_KIND
 
+import errno as errno_mod
 import os
 import socket
 import stat
 import sys
+import tempfile
 import traceback
 from urllib.parse import unquote_to_bytes
 
@@ -39,20 +42,38 @@ cdef extern from "<poll.h>" nogil:
         POLLERR
         POLLHUP
 
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
 cdef extern from "<sys/socket.h>" nogil:
+    struct msghdr:
+        void *msg_name
+        unsigned msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
+    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    ssize_t recvmsg(int fd, msghdr *msg, int flags)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     int accept4(int fd, void *addr, void *addrlen, int flags)
     int shutdown(int fd, int how)
     enum:
         MSG_DONTWAIT
         SHUT_WR
+        SOL_SOCKET
+        SCM_TIMESTAMPNS
         SOCK_CLOEXEC
-
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t writev(int fd, const iovec *iov, int iovcnt)
 
 cdef extern from "<sys/sendfile.h>" nogil:
     ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
@@ -777,79 +798,35 @@ cdef class Conn:
     def __init__(self, int fd, Decoder dec):
         self.fd = fd
         self.dec = dec
-        self.body = bytearray()
-        self.body_pos = 0
 
 
 cdef class Input:
-    """wsgi.input: the request body, streamed from STDIN records as the application reads it."""
-    cdef Worker w
-    cdef Conn conn
-    cdef Py_ssize_t remaining     # CONTENT_LENGTH bytes still to give, -1 when unknown
+    """wsgi.input for a body held in memory (request_body_buffer_size); larger bodies are
+    a file."""
+    cdef bytearray data
+    cdef Py_ssize_t pos
 
-    def __init__(self, Worker w, Conn conn, Py_ssize_t remaining):
-        self.w = w
-        self.conn = conn
-        self.remaining = remaining
-
-    cdef Py_ssize_t _available(self):
-        return len(self.conn.body) - self.conn.body_pos
-
-    cdef bint _more(self) except -1:
-        """Read more of the body; False at its end."""
-        cdef Decoder dec = self.conn.dec
-        if dec.stdin_ended:
-            return False
-        if dec.aborted:
-            raise RequestAborted("the web server aborted request %d before its body was complete"
-                                 % dec.request_id)
-        if self.conn.body_pos > READ_SIZE:
-            del self.conn.body[:self.conn.body_pos]
-            self.conn.body_pos = 0
-        self.w._fill(self.conn, True)
-        return True
+    def __init__(self, bytearray data):
+        self.data = data
+        self.pos = 0
 
     cdef bytes _take(self, Py_ssize_t n):
-        cdef Conn c = self.conn
-        data = bytes(c.body[c.body_pos:c.body_pos + n])
-        c.body_pos += n
-        if c.body_pos == len(c.body):
-            del c.body[:]
-            c.body_pos = 0
-        if self.remaining > 0:
-            self.remaining -= n
-        return data
+        out = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.data) + self.pos, n)
+        self.pos += n
+        return out
 
     def read(self, size=-1):
-        cdef Py_ssize_t want
-        if self.remaining == 0:
-            return b""
-        want = -1 if size is None or size < 0 else size
-        if self.remaining > 0 and (want < 0 or want > self.remaining):
-            want = self.remaining
-        while (want < 0 or self._available() < want) and self._more():
-            pass
-        if want < 0 or want > self._available():
-            want = self._available()
-        return self._take(want)
+        cdef Py_ssize_t n = len(self.data) - self.pos
+        if size is not None and 0 <= size < n:
+            n = size
+        return self._take(n)
 
     def readline(self, size=-1):
-        cdef Py_ssize_t limit, at, scanned = 0
-        if self.remaining == 0:
-            return b""
-        limit = -1 if size is None or size < 0 else size
-        if self.remaining > 0 and (limit < 0 or limit > self.remaining):
-            limit = self.remaining
-        while True:
-            at = self.conn.body.find(b"\n", self.conn.body_pos + scanned)
-            if at >= 0:
-                n = at - self.conn.body_pos + 1
-                return self._take(n if limit < 0 else min(n, limit))
-            if 0 <= limit <= self._available():
-                return self._take(limit)
-            scanned = self._available()
-            if not self._more():
-                return self._take(self._available())
+        cdef Py_ssize_t end = self.data.find(b"\n", self.pos)
+        end = len(self.data) if end < 0 else end + 1
+        if size is not None and 0 <= size < end - self.pos:
+            end = self.pos + size
+        return self._take(end - self.pos)
 
     def readlines(self, hint=-1):
         lines = []
@@ -873,13 +850,6 @@ cdef class Input:
 
 cdef class Request:
     """One request's response side: start_response, write, wsgi.errors, and the body sender."""
-    cdef Worker w
-    cdef Conn conn
-    cdef int rid
-    cdef object status
-    cdef list headers
-    cdef readonly bint headers_sent
-    cdef bint stderr_used
 
     def __init__(self, Worker w, Conn conn, int rid):
         self.w = w
@@ -925,6 +895,8 @@ cdef class Request:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError("WSGI body chunks must be bytes, got %s" % type(data).__name__)
             data = bytes(data)
+        if self.finished:
+            return 0  # the web server has the whole response already (PHP-FPM drops it too)
         if not self.headers_sent:
             self._send_headers()
         if PyBytes_GET_SIZE(data):
@@ -969,6 +941,10 @@ cdef class Request:
         return 0
 
     cdef int send_result(self, result) except -1:
+        if self.finished:
+            for chunk in result:  # run the app's generator to its end; nobody reads it
+                pass
+            return 0
         if type(result) is list or type(result) is tuple:
             for chunk in result:
                 self._body(chunk, False)
@@ -982,11 +958,26 @@ cdef class Request:
             self._send_headers()
         return 0
 
+    def finish(self):
+        """fpm.finish_request(): send the response so far and END_REQUEST, and let the web
+        server go, while the application goes on in this worker. True if this call ended
+        the request, False if it had ended already. Output after it is dropped."""
+        if self.finished or self.conn.fd < 0:
+            return False
+        if self.status is None:
+            raise RuntimeError("finish_request() called before start_response()")
+        if not self.headers_sent:
+            self._send_headers()
+        self.w._finish(self)
+        return True
+
     # wsgi.errors: lines travel to the web server as STDERR records (nginx logs them).
     def write_error(self, s):
         if type(s) is not str:
             raise TypeError("wsgi.errors takes str, got %s" % type(s).__name__)
-        if s:
+        if s and self.finished:
+            sys.stderr.write(s)  # the connection is gone; catch_workers_output may keep it
+        elif s:
             self.stderr_used = True
             self.w._out_stream(self.conn, T_STDERR, self.rid, s.encode("utf-8", "backslashreplace"))
 
@@ -1039,6 +1030,84 @@ cdef str _path_of(dict environ):
     return environ.get("DOCUMENT_URI") or environ.get("SCRIPT_NAME") or ""
 
 
+class SpoolError(OSError):
+    """A request body could not be written to its spool file."""
+
+
+cdef class Refusal:
+    """A short plain-text answer given instead of running the app (503, 413, 403, 500)."""
+    cdef str status
+    cdef bytes text
+
+    def __init__(self, str status, bytes text):
+        self.status = status
+        self.text = text
+
+    def __call__(self, environ, start_response):
+        start_response(self.status, [("Content-Type", "text/plain")])
+        return [self.text]
+
+
+def request_start(value):
+    """Seconds since the epoch from a request-start param: nginx's $msec (1700000000.123),
+    or milli- or microseconds, optionally written t=... (X-Request-Start); 0 if unreadable."""
+    if not value:
+        return 0.0
+    if value.startswith("t="):
+        value = value[2:]
+    try:
+        t = float(value)
+    except ValueError:
+        return 0.0
+    if t > 1e14:
+        return t / 1e6
+    if t > 1e11:
+        return t / 1e3
+    return t
+
+
+cdef str _uri_of(dict environ):
+    return environ.get("REQUEST_URI") or environ.get("PATH_INFO") or "-"
+
+
+cdef int _bytearray_extend(bytearray b, const char *p, Py_ssize_t n) except -1:
+    """Append without making a bytes object first."""
+    cdef Py_ssize_t used = PyByteArray_GET_SIZE(b)
+    PyByteArray_Resize(b, used + n)
+    memcpy(PyByteArray_AS_STRING(b) + used, p, n)
+    return 0
+
+
+cdef int _spool_write(int fd, const char *p, Py_ssize_t n) except -1:
+    cdef ssize_t w
+    cdef int err
+    while n > 0:
+        with nogil:
+            w = c_write(fd, p, n)
+            err = errno
+        if w < 0:
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            raise SpoolError("cannot spool a request body: %s" % os.strerror(err))
+        p += w
+        n -= w
+    return 0
+
+
+cdef Request _current = None  # the request the app is running, for finish_request()
+
+
+def finish_request():
+    """Send the current request's response and end it for the web server, which delivers
+    it at once, while the application goes on working in this worker (PHP's
+    fastcgi_finish_request()). True if this call ended it; False outside a request or
+    when it had ended already. Raises RuntimeError before start_response()."""
+    if _current is None:
+        return False
+    return _current.finish()
+
+
 cdef class Worker:
     """One worker process's loop over its listening sockets and the connections it holds."""
 
@@ -1063,11 +1132,22 @@ cdef class Worker:
             _wake_w = -1
 
     def __init__(self, list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
-                 int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None,
-                 log_app_error=None, Board board=None, int slot=-1, unsigned long max_requests=0,
-                 uint64_t max_memory=0, dict special=None, access=None, on_reopen=None, allow=None):
+                 int max_conns=1, int max_reqs=1, double read_timeout=60.0, log=None,
+                 Board board=None, int slot=-1, unsigned long max_requests=0,
+                 uint64_t max_memory=0, dict special=None, access=None, on_reopen=None, allow=None,
+                 Py_ssize_t body_buffer=1 << 20, Py_ssize_t body_max=0, spool_dir=None,
+                 body_file_dirs=(), double queue_timeout=0.0, start_param=None, bint stamp_reads=False,
+                 bint fill_paths=True):
         cdef int i
+        self.fill_paths = fill_paths
         self.allow = allow
+        self.body_buffer = body_buffer
+        self.body_max = body_max
+        self.spool_dir = spool_dir
+        self.body_file_dirs = tuple(os.path.join(os.path.realpath(d), "") for d in body_file_dirs)
+        self.queue_timeout_us = <int64_t>(queue_timeout * 1e6)
+        self.start_param = start_param
+        self.stamp_reads = stamp_reads
         self.board = board
         self.access = access
         self.on_reopen = on_reopen
@@ -1089,8 +1169,7 @@ cdef class Worker:
         self.max_conns = max_conns
         self.max_reqs = max_reqs
         self.read_timeout_ms = <int>(read_timeout * 1000)
-        self.log_peer = log_peer
-        self.log_app_error = log_app_error
+        self.log = log
         self.held = []
         self.nlisten = len(self.listen_fds)
         self.nfixed = self.nlisten + 1
@@ -1162,9 +1241,14 @@ cdef class Worker:
         return conn.peer_cache
 
     cdef int _drop(self, Conn conn, str level, str message) except -1:
-        if self.log_peer is not None:
-            self.log_peer(level, self._peer(conn), message)
+        if self.log is not None:
+            self._log(level, "peer %s: %s; connection closed" % (self._peer(conn), message))
         self._close(conn)
+        return 0
+
+    cdef int _log(self, str level, str text) except -1:
+        if self.log is not None:
+            self.log(level, text)
         return 0
 
     # --- the loop ----------------------------------------------------------------------------
@@ -1318,10 +1402,15 @@ cdef class Worker:
         cdef ssize_t n
         cdef int r, err
         cdef pollfd pfd
+        # Bytes that start a request carry its arrival time (request_queue_timeout on TCP).
+        cdef bint stamp = self.stamp_reads and dec.state == ST_IDLE and dec.end == dec.start
         dec._reserve(READ_SIZE)
         while True:
-            with nogil:
-                n = recv(conn.fd, dec.buf + dec.end, dec.cap - dec.end, MSG_DONTWAIT)
+            if stamp:
+                n = _recv_stamped(conn, dec)
+            else:
+                with nogil:
+                    n = recv(conn.fd, dec.buf + dec.end, dec.cap - dec.end, MSG_DONTWAIT)
             if n >= 0:
                 dec.end += n
                 return n
@@ -1347,36 +1436,16 @@ cdef class Worker:
             else:
                 raise OSError(err, os.strerror(err))
 
-    cdef int _fill(self, Conn conn, bint for_body) except -1:
-        """Process records until body bytes, the body's end or an abort arrive."""
-        cdef Decoder dec = conn.dec
-        cdef Step step
-        while True:
-            step = dec._step()
-            if step == STEP_STDIN:
-                if for_body:
-                    conn.body += PyBytes_FromStringAndSize(dec.chunk, dec.chunk_len)
-                return 0
-            if step == STEP_STDIN_END or step == STEP_ABORT:
-                return 0
-            if step == STEP_NEED or step == STEP_BLOCKED:
-                if dec.outbox:
-                    # A refusal or management answer must not wait behind a body that may
-                    # never come; the response so far stays queued for its single write.
-                    reply = bytes(dec.outbox)
-                    del dec.outbox[:]
-                    self._write_all(conn, reply, len(reply))
-                if self._read(conn, True) == 0:
-                    dec.eof()
-                    raise PeerClosed("the peer hung up in the middle of a request")
-
     cdef int _run_request(self, Conn conn) except -1:
         cdef Decoder dec = conn.dec
-        cdef dict environ = self.base_environ.copy()
+        cdef dict environ = {}
         cdef Request req = Request(self, conn, dec.request_id)
         cdef unsigned int app_status = 0
         cdef Py_ssize_t length = -1
+        global _current
         _parse_pairs(<const unsigned char *>PyBytes_AS_STRING(bytes(dec.params)), len(dec.params), environ, True)
+        # After the params: no param can stand in for the pool's own keys (fpm.pool, wsgi.*).
+        environ.update(self.base_environ)
         for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             value = environ.pop("HTTP_" + key, None)
             if value is not None and key not in environ:
@@ -1386,7 +1455,7 @@ cdef class Worker:
             if not cl.isdigit():
                 raise ProtocolError("CONTENT_LENGTH %r is not a number" % cl)
             length = int(cl)
-        if "PATH_INFO" not in environ:
+        if self.fill_paths and "PATH_INFO" not in environ:
             path = _path_of(environ)
             if self.mount and (path == self.mount or path.startswith(self.mount + "/")):
                 environ["SCRIPT_NAME"] = self.mount
@@ -1402,8 +1471,8 @@ cdef class Worker:
         environ.setdefault("SERVER_NAME", "localhost")
         environ.setdefault("SERVER_PORT", "80")
         environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
-        environ["wsgi.input"] = Input(self, conn, length)
         environ["wsgi.errors"] = Errors(req)
+        environ["fpm.finish_request"] = req.finish
         self.out_len = 0
         self.wrote = False
         self._stamp_request(environ, length)
@@ -1414,8 +1483,13 @@ cdef class Worker:
         app = self.app
         if self.special is not None:
             # The status and ping pages answer their exact path, whatever the app routes.
-            app = self.special.get(environ["SCRIPT_NAME"] + environ["PATH_INFO"], app)
+            app = self.special.get(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+                                   app)
+        _current = req
         try:
+            refusal = self._admit(conn, environ, length)
+            if refusal is not None:
+                app = refusal
             result = app(environ, req.start_response)
             try:
                 req.send_result(result)
@@ -1430,29 +1504,35 @@ cdef class Worker:
             raise
         except Exception:
             app_status = 1
-            if self.log_app_error is not None:
-                self.log_app_error(environ.get("REQUEST_METHOD", "-"), environ.get("REQUEST_URI") or
-                                   environ.get("PATH_INFO", "-"), traceback.format_exc())
-            if not self.wrote:
+            self._log("error", 'the application raised an exception on "%s %s"\n%s'
+                      % (environ.get("REQUEST_METHOD", "-"),
+                         environ.get("REQUEST_URI") or environ.get("PATH_INFO", "-"),
+                         traceback.format_exc().rstrip("\n")))
+            if not self.wrote and not req.finished:
                 self.out_len = 0
                 req.status = None
                 req.headers_sent = False
                 req.start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
                 req._body(b"Internal Server Error\n", False)
+        finally:
+            _current = None
         self.requests += 1
-        del conn.body[:]
-        conn.body_pos = 0
-        # END_REQUEST goes out before any unread body is drained: nginx stops sending a
-        # streamed body once it has the response header, and waits for END_REQUEST.
-        if req.stderr_used:
-            self._out_record(T_STDERR, dec.request_id, NULL, 0)
-        end = dec._end(app_status, REQUEST_COMPLETE)
-        self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
-        self._flush(conn)
+        if req.finished:
+            self.out_len = 0
+        else:
+            # END_REQUEST goes out before any unread body is drained: nginx stops sending a
+            # streamed body once it has the response header, and waits for END_REQUEST.
+            if req.stderr_used:
+                self._out_record(T_STDERR, dec.request_id, NULL, 0)
+            end = dec._end(app_status, REQUEST_COMPLETE)
+            self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
+            self._flush(conn)
         _g_fd = -1
         if self.access is not None or self.on_reopen is not None:
-            self._log_request(conn, environ, req.status, req.headers)
+            self._log_request(conn, environ, req)
         self._after_request()
+        if req.finished:
+            return 0
         if dec.draining:
             self._stage(STAGE_FINISHING)
         if dec.want_close or _stop:
@@ -1464,6 +1544,175 @@ cdef class Worker:
                 # with unread bytes would reset it: half-close, then drain until it hangs up.
                 shutdown(conn.fd, SHUT_WR)
         return 0
+
+    cdef int _finish(self, Request req) except -1:
+        """End the request for the web server now; the app runs on (fpm.finish_request)."""
+        cdef Conn conn = req.conn
+        cdef Decoder dec = conn.dec
+        global _g_fd
+        if req.stderr_used:
+            self._out_record(T_STDERR, req.rid, NULL, 0)
+        end = dec._end(0, REQUEST_COMPLETE)
+        self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
+        self._flush(conn)
+        _g_fd = -1  # a terminate timeout must not write a 504 after the response
+        req.finished = True
+        if self.access is not None:
+            req.peer = self.access.peer(conn.fd)
+        # Closed even with keep-conn: a kept connection would have nginx queue its next
+        # request behind the work the app still does (php-src #10335). The body was read
+        # before the app ran, so nothing unread makes the close a reset.
+        self._close(conn)
+        self._stage(STAGE_FINISHING)
+        return 0
+
+    # --- before the app: the queue wait and the request body --------------------------------
+
+    cdef object _admit(self, Conn conn, dict environ, Py_ssize_t length):
+        """Set wsgi.input; None, or the refusal that answers instead of the app."""
+        cdef double waited
+        if self.queue_timeout_us:
+            waited = self._waited(conn, environ)
+            if waited * 1e6 > self.queue_timeout_us:
+                self._log("warning", '"%s %s" waited %.3f s for a worker, longer than '
+                          'request_queue_timeout (%g s); answered 503'
+                          % (environ["REQUEST_METHOD"], _uri_of(environ), waited,
+                             self.queue_timeout_us / 1e6))
+                return Refusal("503 Service Unavailable",
+                               b"The server is too busy to answer in time; try again.\n")
+        path = environ.get("REQUEST_BODY_FILE")
+        if path:
+            return self._body_file(conn, environ, path)
+        if self.body_max and length > self.body_max:
+            return self._too_large(environ, length)
+        return self._read_body(conn, environ, length)
+
+    cdef double _waited(self, Conn conn, dict environ):
+        """Seconds since the web server got the request (its start param) or, else, since
+        the kernel received its first bytes; 0 when neither is known."""
+        cdef timespec ts
+        cdef double now, start = 0
+        clock_gettime(CLOCK_REALTIME, &ts)
+        now = ts.tv_sec + ts.tv_nsec / 1e9
+        if self.start_param is not None:
+            start = request_start(environ.get(self.start_param))
+        elif conn.arrived_us:
+            start = conn.arrived_us / 1e6
+        return now - start if start > 0 else 0
+
+    def _too_large(self, dict environ, Py_ssize_t length):
+        size = "is %d bytes, more" % length if length >= 0 else "is larger"
+        self._log("warning", 'the body of "%s %s" %s than request_body_max_size (%d bytes); '
+                  'answered 413' % (environ["REQUEST_METHOD"], _uri_of(environ), size,
+                                    self.body_max))
+        return Refusal("413 Content Too Large", b"The request body is too large.\n")
+
+    cdef object _read_body(self, Conn conn, dict environ, Py_ssize_t length):
+        """Read the whole body before the app runs: into memory up to body_buffer, else into
+        an unlinked file, written straight from the receive buffer."""
+        cdef Decoder dec = conn.dec
+        cdef Py_ssize_t total = 0
+        cdef int sfd = -1
+        cdef bytearray body = bytearray()
+        spool = None
+        try:
+            if length > self.body_buffer:
+                spool = self._spool()
+                sfd = spool.fileno()
+            while True:
+                step = self._next_stdin(conn)
+                if step == STEP_STDIN_END:
+                    break
+                if step == STEP_ABORT:
+                    raise RequestAborted("the web server aborted request %d before its body "
+                                         "was complete" % dec.request_id)
+                total += dec.chunk_len
+                if self.body_max and total > self.body_max:
+                    return self._too_large(environ, -1)  # the rest drains after the answer
+                if sfd < 0 and total > self.body_buffer:
+                    spool = self._spool()
+                    sfd = spool.fileno()
+                    _spool_write(sfd, PyByteArray_AS_STRING(body), len(body))
+                    body = None
+                if sfd >= 0:
+                    _spool_write(sfd, dec.chunk, dec.chunk_len)
+                else:
+                    _bytearray_extend(body, dec.chunk, dec.chunk_len)
+        except SpoolError as e:
+            self._log("error", '"%s %s": %s; answered 500' % (environ["REQUEST_METHOD"],
+                                                              _uri_of(environ), e))
+            return Refusal("500 Internal Server Error", b"Internal Server Error\n")
+        if length < 0 and total:
+            environ["CONTENT_LENGTH"] = str(total)  # a chunked body, now counted
+        if spool is None:
+            environ["wsgi.input"] = Input(body)
+        else:
+            spool.seek(0)
+            environ["wsgi.input"] = spool
+        return None
+
+    def _spool(self):
+        """An unlinked file for a large body (O_TMPFILE: it never has a name)."""
+        where = self.spool_dir or tempfile.gettempdir()
+        try:
+            try:
+                fd = os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                if e.errno not in (errno_mod.EOPNOTSUPP, errno_mod.EISDIR):
+                    raise
+                fd, name = tempfile.mkstemp(dir=where)  # a filesystem without O_TMPFILE
+                os.unlink(name)
+        except OSError as e:
+            raise SpoolError("cannot spool a request body to '%s': %s" % (where, e.strerror)) from None
+        return open(fd, "w+b")
+
+    cdef object _body_file(self, Conn conn, dict environ, str path):
+        """PHP-FPM's accelerated upload: the body is a file the web server wrote
+        (nginx client_body_in_file_only + REQUEST_BODY_FILE); its STDIN is empty."""
+        real = os.path.realpath(path)
+        if not any(real.startswith(d) for d in self.body_file_dirs):
+            self._log("warning", "REQUEST_BODY_FILE '%s' is outside security.request_body_file_dirs "
+                      "(%s); request refused" % (path, " ".join(d[:-1] for d in self.body_file_dirs)
+                                                  or "empty"))
+            return Refusal("403 Forbidden", b"Access denied.\n")
+        while self._next_stdin(conn) == STEP_STDIN:
+            pass  # a body sent anyway is ignored, as PHP-FPM does
+        try:
+            f = open(os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), "rb")
+        except OSError as e:
+            self._log("error", "REQUEST_BODY_FILE: open('%s') failed: %s (%d)"
+                      % (path, e.strerror, e.errno))
+            return Refusal("500 Internal Server Error", b"Internal Server Error\n")
+        size = os.fstat(f.fileno()).st_size
+        if self.body_max and size > self.body_max:
+            f.close()
+            return self._too_large(environ, size)
+        environ.setdefault("CONTENT_LENGTH", str(size))
+        environ["wsgi.input"] = f
+        return None
+
+    cdef int _next_stdin(self, Conn conn) except -1:
+        """Process records up to the next piece of the body: STEP_STDIN (at dec.chunk),
+        STEP_STDIN_END or STEP_ABORT."""
+        cdef Decoder dec = conn.dec
+        cdef Step step
+        while True:
+            step = dec._step()
+            if step == STEP_STDIN or step == STEP_STDIN_END or step == STEP_ABORT:
+                return step
+            if dec.stdin_ended:
+                return STEP_STDIN_END
+            if step == STEP_NEED or step == STEP_BLOCKED:
+                if dec.outbox:
+                    # A management answer must not wait behind a body that may never come.
+                    reply = bytes(dec.outbox)
+                    del dec.outbox[:]
+                    self._write_all(conn, reply, len(reply))
+                if self._read(conn, True) == 0:
+                    if dec.state != ST_STDIN or dec.end != dec.start:
+                        dec.eof()  # a cut record or params: the peer's fault, a warning
+                    raise PeerClosed("the peer hung up before the end of the body of request %d "
+                                     "(its client went away?)" % dec.request_id)
 
     # --- scoreboard stamps: plain stores into shared memory, no system call -------------------
 
@@ -1535,7 +1784,7 @@ cdef class Worker:
                     _stop = 1
         return 0
 
-    cdef int _log_request(self, Conn conn, dict environ, object status, object headers) except -1:
+    cdef int _log_request(self, Conn conn, dict environ, Request req) except -1:
         """Take the log files the master reopened (USR1), then write the access log line."""
         cdef Slot *s = self.slot
         cdef int64_t now
@@ -1549,9 +1798,9 @@ cdef class Worker:
         if self.access is not None:
             now = _now_us()
             clock_gettime(CLOCK_REALTIME, &ts)
-            self.access.write(environ, status or "", headers or [],
+            self.access.write(environ, req.status or "", req.headers or [],
                               ts.tv_sec * 1000000 + ts.tv_nsec // 1000 - (now - s.accepted),
-                              now - s.accepted, conn.fd)
+                              now - s.accepted, conn.fd, req.peer)
         return 0
 
     # --- output ------------------------------------------------------------------------------
@@ -1649,6 +1898,34 @@ cdef class Worker:
         return _writev_all(conn.fd, &iov, 1)
 
 
+cdef ssize_t _recv_stamped(Conn conn, Decoder dec) noexcept:
+    """recv() that also takes the kernel's receive time of the bytes (SO_TIMESTAMPNS, which
+    the worker set on its TCP listeners and accepted sockets inherit) into conn.arrived_us."""
+    cdef msghdr msg
+    cdef iovec iov
+    cdef uint64_t control[8]
+    cdef cmsghdr *cm
+    cdef timespec ts
+    cdef ssize_t n
+    memset(&msg, 0, sizeof(msg))
+    iov.iov_base = dec.buf + dec.end
+    iov.iov_len = dec.cap - dec.end
+    msg.msg_iov = &iov
+    msg.msg_iovlen = 1
+    msg.msg_control = control
+    msg.msg_controllen = sizeof(control)
+    with nogil:
+        n = recvmsg(conn.fd, &msg, MSG_DONTWAIT)
+    if n > 0:
+        cm = CMSG_FIRSTHDR(&msg)
+        while cm != NULL:
+            if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
+                memcpy(&ts, CMSG_DATA(cm), sizeof(timespec))
+                conn.arrived_us = ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+            cm = CMSG_NXTHDR(&msg, cm)
+    return n
+
+
 cdef int _writev_all(int fd, iovec *iov, int cnt) except -1:
     """writev() everything, resuming after partial writes and signals."""
     cdef ssize_t n
@@ -1674,10 +1951,15 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
-          int max_conns=1, int max_reqs=1, double read_timeout=60.0, log_peer=None, log_app_error=None,
+          int max_conns=1, int max_reqs=1, double read_timeout=60.0, log=None,
           Board board=None, int slot=-1, unsigned long max_requests=0, uint64_t max_memory=0,
-          dict special=None, access=None, on_reopen=None, allow=None):
+          dict special=None, access=None, on_reopen=None, allow=None, Py_ssize_t body_buffer=1 << 20,
+          Py_ssize_t body_max=0, spool_dir=None, body_file_dirs=(), double queue_timeout=0.0,
+          start_param=None, bint stamp_reads=False, bint fill_paths=True):
     """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
+
+    ``fill_paths``: when the web server sends no PATH_INFO, set SCRIPT_NAME and PATH_INFO from
+    the request path and ``mount`` (an app's pool; script mode splits them itself).
 
     ``special`` maps request paths (SCRIPT_NAME + PATH_INFO) to the WSGI apps that answer
     them instead of ``app``: the status and ping pages. It also turns on the per-request CPU
@@ -1688,7 +1970,14 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     before that when the master has bumped the board's log generation (USR1).
 
     ``allow(fd)`` is asked about each accepted connection before anything is read from it;
-    False closes it (listen.allowed_clients).
+    False closes it (listen.allowed_clients). ``log(level, text)`` writes the worker's lines
+    about peers, app exceptions and refused requests.
+
+    Before the app runs, a request that waited longer than ``queue_timeout`` seconds (from
+    the ``start_param`` param, or, with ``stamp_reads``, from the kernel's receive time of its
+    first bytes) is answered 503, and its body is read whole: up to ``body_buffer`` bytes in
+    memory, beyond that into an unlinked file in ``spool_dir``; over ``body_max`` it is
+    answered 413. A REQUEST_BODY_FILE param inside ``body_file_dirs`` is the body instead.
 
     Returns (requests served, stop reason: "" / "max_requests" / "max_memory", RSS in bytes
     after the last request, 0 unless max_memory is set). A stop requested earlier (a QUIT
@@ -1697,8 +1986,9 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     """
     global _g_slot, _timeout_len, _stopping_len
     cdef Worker w = Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs,
-                           read_timeout, log_peer, log_app_error, board, slot, max_requests, max_memory,
-                           special, access, on_reopen, allow)
+                           read_timeout, log, board, slot, max_requests, max_memory,
+                           special, access, on_reopen, allow, body_buffer, body_max, spool_dir,
+                           body_file_dirs, queue_timeout, start_param, stamp_reads, fill_paths)
     _g_slot = w.slot
     _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
                                 b"The request ran too long and was stopped (request_terminate_timeout).\n")

@@ -456,10 +456,14 @@ class Writer:
         self._pid, self._ppid = os.getpid(), os.getppid()
         self._times = os.times()
 
+    def peer(self, sock_fd: int) -> str | None:
+        """``%R`` of a connection about to close (fpm.finish_request), for write()."""
+        return peer_ip(sock_fd) if self._peer else None
+
     def write(self, environ: dict, status: str, headers: list, accepted_epoch_us: int,
-              duration_us: int, sock_fd: int) -> None:
-        """Log one request just answered on ``sock_fd``; errors writing are ignored (a full
-        disk must not fail the requests)."""
+              duration_us: int, sock_fd: int, peer: str | None = None) -> None:
+        """Log one request just answered on ``sock_fd`` (-1 once closed: then ``peer`` is
+        its ``%R``); errors writing are ignored (a full disk must not fail the requests)."""
         if self.suppress and suppressed(self.suppress, environ, status):
             return
         cpu = (0.0, 0.0)
@@ -472,7 +476,7 @@ class Writer:
         line = self.format.render(Request(
             environ, status, headers, accepted_epoch_us, duration_us, cpu,
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if self._memory else 0,
-            peer_ip(sock_fd) if self._peer else None,
+            peer if sock_fd < 0 else peer_ip(sock_fd) if self._peer else None,
             self._pid, self._ppid, self.pool, time.time()))
         try:
             while line:

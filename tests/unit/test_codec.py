@@ -439,3 +439,20 @@ def test_a_whole_response_parses_in_the_client():
     r = c.Response.from_records(c.iter_records(wire))
     assert (r.status, r.headers, r.body, r.stderr, r.stdout_closed) == \
         (200, [("Content-Type", "text/plain")], b"b" * 70000, b"warning\n", True)
+
+
+# --- request_start_param values -------------------------------------------------------------
+
+@pytest.mark.parametrize("value, seconds", [
+    ("1700000000.123", 1700000000.123),      # nginx $msec
+    ("t=1700000000123", 1700000000.123),     # X-Request-Start in milliseconds
+    ("1700000000123456", 1700000000.123456),  # microseconds
+    ("", 0.0), (None, 0.0), ("soon", 0.0),    # unreadable: the wait is not timed
+])
+def test_request_start_reads_seconds_milli_and_microseconds(value, seconds):
+    assert _proto.request_start(value) == pytest.approx(seconds)
+
+
+def test_finish_request_outside_a_request_is_false():
+    import fpm
+    assert fpm.finish_request() is False
