@@ -16,7 +16,7 @@ from fpm import config as fpm_config
 from fpm import unix
 from fpm.log import Logger, choose_target, strerror
 from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
-from fpm.sockets import ListenError, parse_listen, resolve_owner
+from fpm.sockets import ListenError, parse_listen, resolve_acl, resolve_owner
 
 EMBEDDED = "(embedded)"
 
@@ -147,8 +147,10 @@ def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]]
     errors = list(errors)
     for pool in config.pools:
         try:
-            parse_listen(pool.listen)
+            for text in pool.listen:
+                parse_listen(text)
             resolve_owner(pool.name, pool.listen_owner, pool.listen_group)
+            resolve_acl(pool)
         except ListenError as e:
             errors.append(str(e))
     if errors:

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from fpm import accesslog, ini
+from fpm import accesslog, clients, ini
 
 try:  # tomllib is in the standard library from 3.11; tomli is the same parser for older ones
     import tomllib
@@ -150,6 +150,24 @@ class Time(Kind):
 
     def show(self, value: int) -> str:
         return f"{value}s"
+
+
+class Duration(Kind):
+    """Seconds, fractions allowed: `250ms`, `1.5s`, `2` (seconds), `1m`; stored as a float."""
+
+    expected = "a duration, e.g. 250ms, 1.5s or 2 (seconds)"
+    _SHAPE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m)?\Z")
+
+    def parse(self, raw: Any) -> float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw >= 0:
+            return float(raw)
+        m = self._SHAPE.match(str(raw).strip().lower()) if isinstance(raw, str) else None
+        if not m:
+            raise ValueError(self.expected)
+        return float(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60}[m.group(2)]
+
+    def show(self, value: float) -> str:
+        return f"{round(value * 1000)}ms"
 
 
 class Size(Kind):
@@ -390,6 +408,39 @@ class Listen(Kind):
         return os.path.join(base, value)
 
 
+class Names(Kind):
+    """User or group names or ids, separated by commas in INI; a list (or such a string) in
+    TOML. Empty means unset."""
+
+    expected = "user or group names or ids separated by commas"
+
+    def parse(self, raw: Any) -> tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = raw.split(",")
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(
+                isinstance(n, (str, int)) and not isinstance(n, bool) for n in raw):
+            raise ValueError(self.expected)
+        return tuple(dict.fromkeys(name for name in (str(n).strip() for n in raw) if name))
+
+    def show(self, value: tuple[str, ...]) -> str:
+        return ", ".join(value) or "undefined"
+
+
+class Clients(Kind):
+    """listen.allowed_clients: addresses and CIDR ranges (fpm.clients), comma-separated in
+    INI; a list (or such a string) in TOML. Empty means any client."""
+
+    expected = clients.EXPECTED
+
+    def parse(self, raw: Any) -> tuple[str, ...]:
+        return clients.parse(raw)
+
+    def show(self, value: tuple[str, ...]) -> str:
+        return ", ".join(value) or "undefined"
+
+
 class Include(Kind):
     """Read by the INI reader itself; in TOML a glob or a list of globs."""
 
@@ -415,6 +466,9 @@ class Directive:
     # "map": name[KEY] = value, stored as ((KEY, value), ...);
     # "list": name[] = value (a list in TOML), stored as (value, ...)
     array: Literal["", "map", "list"] = ""
+    # A "list" that may also be written `name = value` (a string in TOML): that one value
+    # replaces whatever came before, as a later line of any directive does.
+    plain: bool = False
     stored: bool = True  # False: consumed while reading (include), no dataclass field
     pending: str | None = None  # the issue that implements it; until then: parsed, warned, ignored
     # A path the workers use after chroot(2): with chroot set it must be absolute, is checked
@@ -491,10 +545,11 @@ DIRECTIVES: tuple[Directive, ...] = (
               "ignored otherwise."),
     Directive("group", "pool", Str(), None,
               "Group the workers run as (name or gid). Default: the user's group."),
-    Directive("listen", "pool", Listen(), None,
+    Directive("listen", "pool", Listen(), (),
               "Address to accept FastCGI requests on: 'ip:port', '[ipv6]:port', 'port' "
-              "(all addresses) or a unix socket path.",
-              required="no listen address have been defined!"),
+              "(all addresses) or a unix socket path; several listen[] = lines (a list in "
+              "TOML) give the pool a socket on each.",
+              required="no listen address have been defined!", array="list", plain=True),
     Directive("listen.backlog", "pool", Int(-1), -1,
               "listen(2) backlog; -1 means the kernel maximum (SOMAXCONN)."),
     Directive("listen.owner", "pool", Str(), None,
@@ -503,15 +558,15 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Group of the unix socket (group name or gid). Default: the owner's group."),
     Directive("listen.mode", "pool", Octal(), 0o660,
               "Permissions of the unix socket, in octal."),
-    Directive("listen.allowed_clients", "pool", Str(), None,
-              "TCP only: comma-separated IP addresses that may connect. Default: any.",
-              pending="issue 5"),
-    Directive("listen.acl_users", "pool", Str(), None,
-              "Users (comma-separated) given access to the unix socket by POSIX ACL, "
-              "instead of listen.owner.", pending="issue 5"),
-    Directive("listen.acl_groups", "pool", Str(), None,
-              "Groups (comma-separated) given access to the unix socket by POSIX ACL, "
-              "instead of listen.group.", pending="issue 5"),
+    Directive("listen.allowed_clients", "pool", Clients(), (),
+              "TCP only: comma-separated IP addresses and CIDR ranges (10.0.0.0/8, fd00::/8) "
+              "that may connect; others are dropped. Default: any."),
+    Directive("listen.acl_users", "pool", Names(), (),
+              "Users (comma-separated names or ids) given read and write access to the unix "
+              "socket by POSIX ACL; with an ACL, listen.owner and listen.group are ignored."),
+    Directive("listen.acl_groups", "pool", Names(), (),
+              "Groups (comma-separated names or ids) given read and write access to the unix "
+              "socket by POSIX ACL; with an ACL, listen.owner and listen.group are ignored."),
     Directive("process.priority", "pool", Int(-19, 20), None,
               "nice(2) value of the workers, from -19 to 20; root only. Default: the master's."),
     Directive("process.dumpable", "pool", Bool(), False,
@@ -594,8 +649,32 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("clear_env", "pool", Bool(), True,
               "Start workers with an empty environment plus env[]; no: inherit the master's."),
     Directive("security.limit_extensions", "pool", Words(), (".py",),
-              "SCRIPT_FILENAME suffixes a request may name, separated by spaces; empty: any.",
-              pending="issue 5"),
+              "SCRIPT_FILENAME suffixes a request may name, separated by spaces; empty: any."),
+    Directive("script.validate_timestamps", "pool", Bool(), True,
+              "Script mode: recompile a cached script when its file changed (opcache's "
+              "validate_timestamps); no: compile each script once per worker."),
+    Directive("script.revalidate_freq", "pool", Time(), 2,
+              "Script mode: how often a cached script is looked up on disk again (its "
+              "timestamp checked, a deleted one noticed); 0: every request."),
+    Directive("request_body_buffer_size", "pool", Size(1), 1 << 20,
+              "Request bodies up to this size are read into memory; larger ones are spooled "
+              "to an unlinked file in request_body_temp_path. 0: every body goes to a file."),
+    Directive("request_body_max_size", "pool", Size(1), 0,
+              "Largest request body a request may send; larger ones are answered 413. "
+              "0: no limit."),
+    Directive("request_body_temp_path", "pool", Dir(), None,
+              "Directory for spooled request bodies. Default: $TMPDIR, else /tmp.",
+              in_chroot=True),
+    Directive("security.request_body_file_dirs", "pool", Words(), ("/var/lib/nginx/body",),
+              "Directories a REQUEST_BODY_FILE param may name (nginx client_body_in_file_only); "
+              "empty: the param is refused."),
+    Directive("request_queue_timeout", "pool", Duration(), 0.0,
+              "A request that waited longer than this before a worker took it is answered 503 "
+              "at once. 0: off."),
+    Directive("request_start_param", "pool", Str(), None,
+              "FastCGI param holding the time the web server got the request (nginx: "
+              "fastcgi_param REQUEST_START $msec;), the start of the queue wait. Default: the "
+              "kernel's arrival time of the request's first bytes (TCP only)."),
     Directive("app", "pool", App(), None,
               "The WSGI application, 'module:callable'."),
     Directive("python_path", "pool", PathList(), (),
@@ -651,7 +730,7 @@ class GlobalConfig:
 @dataclass(frozen=True)
 class PoolConfig:
     name: str
-    listen: str
+    listen: tuple[str, ...]  # one socket each
     listen_backlog: int = _default("pool", "listen.backlog")
     listen_owner: str | None = _default("pool", "listen.owner")
     listen_group: str | None = _default("pool", "listen.group")
@@ -670,9 +749,9 @@ class PoolConfig:
     prefix: str | None = _default("pool", "prefix")
     user: str | None = _default("pool", "user")
     group: str | None = _default("pool", "group")
-    listen_allowed_clients: str | None = _default("pool", "listen.allowed_clients")
-    listen_acl_users: str | None = _default("pool", "listen.acl_users")
-    listen_acl_groups: str | None = _default("pool", "listen.acl_groups")
+    listen_allowed_clients: tuple[str, ...] = _default("pool", "listen.allowed_clients")
+    listen_acl_users: tuple[str, ...] = _default("pool", "listen.acl_users")
+    listen_acl_groups: tuple[str, ...] = _default("pool", "listen.acl_groups")
     process_priority: int | None = _default("pool", "process.priority")
     process_dumpable: bool = _default("pool", "process.dumpable")
     pm_max_spawn_rate: int = _default("pool", "pm.max_spawn_rate")
@@ -702,6 +781,15 @@ class PoolConfig:
     decorate_workers_output: bool = _default("pool", "decorate_workers_output")
     clear_env: bool = _default("pool", "clear_env")
     security_limit_extensions: tuple[str, ...] = _default("pool", "security.limit_extensions")
+    script_validate_timestamps: bool = _default("pool", "script.validate_timestamps")
+    script_revalidate_freq: int = _default("pool", "script.revalidate_freq")
+    request_body_buffer_size: int = _default("pool", "request_body_buffer_size")
+    request_body_max_size: int = _default("pool", "request_body_max_size")
+    request_body_temp_path: str | None = _default("pool", "request_body_temp_path")
+    security_request_body_file_dirs: tuple[str, ...] = _default(
+        "pool", "security.request_body_file_dirs")
+    request_queue_timeout: float = _default("pool", "request_queue_timeout")
+    request_start_param: str | None = _default("pool", "request_start_param")
     virtualenv: str | None = _default("pool", "virtualenv")
     preload: bool = _default("pool", "preload")
 
@@ -810,6 +898,8 @@ def _flatten(table: dict, section: str, prefix: str = "") -> Iterator[tuple[str,
         if isinstance(v, dict) and array == "map":
             for key, item in v.items():
                 yield name, key, item
+        elif array == "list" and directive.plain and not isinstance(v, list):
+            yield name, None, v
         elif array == "list":
             for item in v if isinstance(v, list) else [v]:
                 yield name, "", item
@@ -970,7 +1060,8 @@ def _build(doc: ini.Document, path: str, base: str) -> Config:
 def _read_entry(e: ini.Entry, section: _Section) -> str:
     """Store one entry's checked value; return the problem ("" if none)."""
     d = _TABLE.get((section.section, e.name.lower()))
-    if d is None or bool(d.array) != (e.key is not None):
+    plain_list = d is not None and d.plain and e.key is None
+    if d is None or (bool(d.array) != (e.key is not None) and not plain_list):
         return _unknown(e, d, section.section)
     section.origin[d.field] = (e.file, e.line)  # even if invalid: a bad value is not a missing one
     try:
@@ -979,6 +1070,8 @@ def _read_entry(e: ini.Entry, section: _Section) -> str:
         return f"{d.name}: invalid value '{_shown(e.value)}' (expected {x})"
     if not d.array:
         section.values[d.field] = value
+    elif plain_list:
+        section.lists[d.field] = [value]
     elif value is None:
         return f"{d.name}[{e.key}]: empty value"
     elif d.array == "list" and e.key:
@@ -1027,7 +1120,7 @@ def _resolve(s: _Section, base: str, errors: list[str],
         if d.array == "map":
             v[d.field] = tuple(s.arrays.get(d.field, {}).items())
         elif d.array == "list":
-            v[d.field] = tuple(s.lists.get(d.field, ()))
+            v[d.field] = tuple(d.kind.resolve(item, base) for item in s.lists.get(d.field, ()))
         elif s.values.get(d.field) is None:  # not set, or set empty: unset in PHP-FPM too
             v[d.field] = d.default
         elif d.in_chroot and v.get("chroot") is not None:
@@ -1065,6 +1158,7 @@ def _make_pool(p: _Section, base: str, errors: list[str],
     if v["pm"] == "dynamic" and "pm_max_children" in p.values:
         errors.extend(_check_dynamic(p, v, messages))
     errors.extend(_check_pool_rules(p, v))
+    messages.extend(_listen_warnings(p.name, v))
     return PoolConfig(name=p.name, **v)  # discarded by the caller when errors were found
 
 
@@ -1107,6 +1201,28 @@ _DYNAMIC_RULES: tuple[tuple[str, Literal["<=", ">="], str | int], ...] = (
 )
 
 
+def _listen_warnings(pool: str, v: dict[str, Any]) -> list[tuple[str, str]]:
+    """listen.* settings that do nothing for this pool: owner and group beside an ACL (in
+    PHP-FPM's words), an ACL without a unix socket, allowed_clients without a TCP one."""
+    warnings = []
+    acl = [name for name in ("listen.acl_users", "listen.acl_groups") if v[_field(name)]]
+    for name in ("listen.owner", "listen.group") if acl else ():
+        if v[_field(name)] is not None:
+            warnings.append(f"[pool {pool}] ACL set, {name} = '{v[_field(name)]}' is ignored")
+    tcp = [Listen.is_tcp(address) for address in v["listen"]]
+    if acl and tcp and all(tcp):
+        warnings.append(f"[pool {pool}] {' and '.join(acl)}: no effect, the pool has no unix "
+                        f"socket (ACLs apply to unix sockets only)")
+    if v["listen_allowed_clients"] and tcp and not any(tcp):
+        warnings.append(f"[pool {pool}] listen.allowed_clients: no effect, the pool has no TCP "
+                        f"socket (the list applies to TCP sockets only)")
+    return [("warning", text) for text in warnings]
+
+
+def _field(name: str) -> str:
+    return name.replace(".", "_")
+
+
 def _check_dynamic(p: _Section, v: dict[str, Any], messages: list[tuple[str, str]]) -> list[str]:
     """PHP-FPM's rules for pm = dynamic; fills in pm.start_servers as PHP-FPM does. Reports
     the first broken rule only: each rule assumes the ones before it hold."""
@@ -1142,23 +1258,35 @@ def _check_pool_rules(p: _Section, v: dict[str, Any]) -> list[str]:
     if v["ping_path"] == "/":
         problems.append(f"{p.at('ping.path')}ping.path: invalid value '/' (expected a longer "
                         f"path, since '/' would take every request of the pool)")
+    unix = [a for a in v["listen"] if not Listen.is_tcp(a)]
+    if v["request_queue_timeout"] and not v["request_start_param"] and unix:
+        problems.append(f"{p.at('request_queue_timeout')}request_queue_timeout "
+                        f"({Duration().show(v['request_queue_timeout'])}) cannot time requests on "
+                        f"the unix socket '{unix[0]}': Linux records no arrival time for its "
+                        f"connections; set request_start_param = REQUEST_START and have nginx "
+                        f"send it (fastcgi_param REQUEST_START $msec;)")
     return [problem for problem in problems if problem]
 
 
 def _check_listen_clashes(pools: list[tuple[_Section, PoolConfig]], errors: list[str]) -> None:
-    """No two sockets may share an address: every pool's listen and pm.status_listen."""
+    """No two sockets may share an address: every pool's listen addresses and
+    pm.status_listen."""
     owners: dict[str, str] = {}
     for p, config in pools:
         for d in DIRECTIVES:
-            address = getattr(config, d.field) if isinstance(d.kind, Listen) else None
-            if address is None:
-                continue
-            if address in owners:
-                errors.append(f"{p.at(d.name)}{d.name}: address '{address}' is already used "
-                              f"by {owners[address]}")
-            else:
-                owners[address] = f"pool '{p.name}'" + (f" ({d.name})" if d.name != "listen"
-                                                         else "")
+            value = getattr(config, d.field) if isinstance(d.kind, Listen) else None
+            for address in (value,) if isinstance(value, str) else value or ():
+                _claim(p, d, address, owners, errors)
+
+
+def _claim(p: _Section, d: Directive, address: str, owners: dict[str, str],
+           errors: list[str]) -> None:
+    """`address` for pool `p`'s directive `d`, unless an earlier one has it: then an error."""
+    if address in owners:
+        errors.append(f"{p.at(d.name)}{d.name}: address '{address}' is already used "
+                      f"by {owners[address]}")
+    else:
+        owners[address] = f"pool '{p.name}'" + (f" ({d.name})" if d.name != "listen" else "")
 
 
 def dump(config: Config) -> str:
@@ -1174,6 +1302,8 @@ def dump(config: Config) -> str:
             value = getattr(pool, d.field)
             if d.array == "map":
                 out += [f"\t{d.name}[{k}] = {item}" for k, item in value]
+            elif d.plain and len(value) == 1:  # read back the same, in the usual spelling
+                out.append(f"\t{d.name} = {value[0]}")
             elif d.array == "list":
                 out += [f"\t{d.name}[] = {item}" for item in value]
             if d.array and not value:

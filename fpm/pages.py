@@ -113,7 +113,7 @@ def status_pool(pool, poll_only: bool):
     ``/`` there would hide the application's home page.
     """
     return dataclasses.replace(
-        pool, name=pool.name + "_status", listen=pool.pm_status_listen, pm_status_listen=None,
+        pool, name=pool.name + "_status", listen=(pool.pm_status_listen,), pm_status_listen=None,
         pm="static" if poll_only else "ondemand", pm_max_children=1 if poll_only else 2,
         pm_start_servers=1 if poll_only else 0, pm_status_path=pool.pm_status_path or "/",
         app=None, preload=False, mount="", access_log=None, slowlog=None,

@@ -1,11 +1,12 @@
 """Graceful reload by re-executing the master in place (same pid).
 
 What crosses the exec, in ``PYFPM_INHERIT`` (JSON): the listening sockets with the ``listen``
-text each was opened for, the scoreboards (memfds) and the workers still running, which
+address each was opened for, the scoreboards (memfds) and the workers still running, which
 stay this process's children, with the master's ends of their channels and captured output
-pipes (a worker finishing its request must not print into a pipe nobody reads). The new master matches sockets to its pools by ``listen``
-text, serves with new workers, and retires the inherited ones once their pool's new workers
-are ready. Nothing is closed in between, so no connection is refused or lost.
+pipes (a worker finishing its request must not print into a pipe nobody reads). The new
+master gives each socket to the pool that lists its address, serves with new workers, and
+retires the inherited ones once their pool's new workers are ready. Nothing is closed in
+between, so no connection is refused or lost.
 """
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def take(environ=None) -> Inherited | None:
 
 
 def adopt_listeners(inherited: Inherited, pools) -> tuple[dict[str, Listener], list[Listener]]:
-    """({pool name: listener} for pools whose ``listen`` is unchanged, [the rest])."""
-    by_text = {pool.listen.strip(): pool.name for pool in pools}
+    """({listen address: listener} for the addresses some pool still lists, [the rest]).
+    An address that moved to another pool goes with it."""
+    by_text = {text.strip(): pool.name for pool in pools for text in pool.listen}
     adopted, unused = {}, []
     for text, fd, owned in inherited.listeners:
         sock = socket.socket(fileno=fd)
@@ -72,7 +74,7 @@ def adopt_listeners(inherited: Inherited, pools) -> tuple[dict[str, Listener], l
         if name is None:
             unused.append(listener)
         else:
-            adopted[name] = listener
+            adopted[text] = listener
     return adopted, unused
 
 

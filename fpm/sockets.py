@@ -1,4 +1,5 @@
-"""Listening sockets: parse a pool's ``listen``, bind it before forking, clean up on exit.
+"""Listening sockets: parse a pool's ``listen`` addresses, bind each before forking, clean
+up on exit. A pool has one socket per address; its workers get them all.
 
 Address rule (PHP-FPM's): a value containing ``:`` or made only of digits is TCP, anything
 else is a unix socket path. A bare port listens on ``::`` (dual stack) and falls back to
@@ -6,6 +7,7 @@ else is a unix socket path. A bare port listens on ``::`` (dual stack) and falls
 """
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -13,6 +15,7 @@ import socket
 import stat
 from dataclasses import dataclass
 
+from fpm import acl
 from fpm.log import Logger, strerror
 
 
@@ -97,6 +100,25 @@ def resolve_owner(pool_name: str, owner: str | None, group: str | None) -> tuple
     return uid, gid
 
 
+def resolve_acl(pool) -> tuple[list[int], list[int]]:
+    """uids and gids of ``listen.acl_users`` and ``listen.acl_groups`` (names or ids; an id
+    that names nobody is taken as given, as for ``listen.owner``)."""
+    uids = [_resolve_id(pool.name, "listen.acl_users", "uid for user", name,
+                        lambda n: pwd.getpwnam(n).pw_uid) for name in pool.listen_acl_users]
+    gids = [_resolve_id(pool.name, "listen.acl_groups", "gid for group", name,
+                        lambda n: grp.getgrnam(n).gr_gid) for name in pool.listen_acl_groups]
+    return uids, gids
+
+
+def _resolve_id(pool_name: str, directive: str, what: str, name: str, lookup) -> int:
+    if name.isdigit():
+        return int(name)
+    try:
+        return lookup(name)
+    except KeyError:
+        raise ListenError("[pool %s] %s: cannot get %s '%s'" % (pool_name, directive, what, name))
+
+
 class Listener:
     """A bound, listening, non-blocking socket of one pool."""
 
@@ -129,9 +151,10 @@ class Listener:
                 pass
 
 
-def open_listener(pool, log: Logger) -> Listener:
-    """Bind and listen for ``pool`` (a PoolConfig). Raises ListenError with the log line."""
-    address = parse_listen(pool.listen)
+def open_listener(pool, text: str, log: Logger) -> Listener:
+    """Bind and listen on ``text``, one of ``pool``'s (a PoolConfig) listen addresses. Raises
+    ListenError with the log line."""
+    address = parse_listen(text)
     backlog = socket.SOMAXCONN if pool.listen_backlog < 0 else pool.listen_backlog
     if address.family == socket.AF_UNIX:
         sock = _bind_unix(pool, address)
@@ -184,7 +207,10 @@ def _bind_inet(address: Address, host: str, family: int) -> socket.socket:
 def _bind_unix(pool, address: Address) -> socket.socket:
     path = address.path
     assert path is not None
-    uid, gid = resolve_owner(pool.name, pool.listen_owner, pool.listen_group)
+    acl_uids, acl_gids = resolve_acl(pool)
+    use_acl = bool(acl_uids or acl_gids)  # then listen.owner and listen.group are ignored
+    uid, gid = (-1, -1) if use_acl else resolve_owner(pool.name, pool.listen_owner,
+                                                      pool.listen_group)
     try:
         existing = os.stat(path).st_mode
     except FileNotFoundError:
@@ -213,14 +239,31 @@ def _bind_unix(pool, address: Address) -> socket.socket:
                           % (address.text, strerror(e)))
     try:
         os.chmod(path, pool.listen_mode)
-        if uid != -1 or gid != -1:
+        if use_acl:
+            acl.apply(path, acl_uids, acl_gids)
+        elif uid != -1 or gid != -1:
             os.chown(path, uid, gid)
     except OSError as e:
         sock.close()
         os.unlink(path)
+        if use_acl:
+            raise ListenError(_acl_failure(pool, path, e))
         raise ListenError("[pool %s] failed to chown() the socket '%s': %s"
                           % (pool.name, path, strerror(e)))
     return sock
+
+
+def _acl_failure(pool, path: str, e: OSError) -> str:
+    """The error for an ACL the kernel refused, naming the directives that asked for it."""
+    asked = (("listen.acl_users", pool.listen_acl_users),
+             ("listen.acl_groups", pool.listen_acl_groups))
+    directives = " and ".join(name for name, value in asked if value)
+    hint = ""
+    if e.errno == errno.EOPNOTSUPP:
+        hint = ("; the file system holding it does not support POSIX ACLs: put the socket on "
+                "one that does, or use listen.owner and listen.group instead")
+    return ("[pool %s] %s: unable to set the POSIX ACL of the socket '%s': %s%s"
+            % (pool.name, directives, path, strerror(e), hint))
 
 
 def _someone_listens(path: str) -> bool:
@@ -242,14 +285,15 @@ def _someone_listens(path: str) -> bool:
 
 
 def open_all(pools, log: Logger, adopted: dict[str, Listener] | None = None) -> list[Listener]:
-    """One listener per pool, in pool order: the one ``adopted`` holds for the pool's name
-    (passed by systemd, or kept across a reload), else a new one. On failure, close those
-    this call opened."""
+    """One listener per listen address, in pool then address order: the one ``adopted`` holds
+    for the address (passed by systemd, or kept across a reload), else a new one. On failure,
+    close those this call opened."""
     adopted = adopted or {}
     listeners: list[Listener] = []
     try:
         for pool in pools:
-            listeners.append(adopted.get(pool.name) or open_listener(pool, log))
+            for text in pool.listen:
+                listeners.append(adopted.get(text.strip()) or open_listener(pool, text, log))
     except BaseException:
         close_all(l for l in listeners if l not in adopted.values())
         raise

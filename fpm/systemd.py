@@ -182,9 +182,10 @@ def forget_listen_env(environ) -> None:
 @dataclass
 class Match:
     """How activated sockets map onto pools."""
-    by_pool: dict[str, int] = field(default_factory=dict)  # pool name -> fd
+    # Keyed by the label each wanted address came with: a pool name, or (pool, address).
+    by_pool: dict = field(default_factory=dict)  # label -> fd
     unused: list[int] = field(default_factory=list)  # fds no pool listens on
-    missing: list[str] = field(default_factory=list)  # pools pyfpm binds itself
+    missing: list = field(default_factory=list)  # labels of addresses pyfpm binds itself
 
 
 def socket_key(family: int, sockname) -> tuple | None:
@@ -225,10 +226,11 @@ def listen_keys(listen: str) -> set[tuple]:
 def match_listeners(fds_with_addresses, pool_listens) -> Match:
     """Map activated sockets to pools by address.
 
-    ``fds_with_addresses``: [(fd, family, getsockname())]; ``pool_listens``: [(pool name,
-    listen value)] in pool order. Each pool takes the socket bound to its address; the
-    first pool wins if two name the same one. Pools left without one are ``missing`` (the
-    caller binds them itself), sockets no pool takes are ``unused`` (the caller closes them).
+    ``fds_with_addresses``: [(fd, family, getsockname())]; ``pool_listens``: [(label,
+    listen value)] in pool order, one per address (a pool with several appears several
+    times, under distinct labels). Each label takes the socket bound to its address; the
+    first wins if two name the same one. Labels left without one are ``missing`` (the
+    caller binds them itself), sockets none takes are ``unused`` (the caller closes them).
     """
     result = Match()
     by_key = {}
@@ -265,12 +267,13 @@ def describe(family: int, sockname) -> str:
 
 def adopt_sockets(pools, log: Logger, environ=None, pid: int | None = None
                   ) -> dict[str, socket.socket]:
-    """The listening sockets systemd passed (socket activation), by pool name.
+    """The listening sockets systemd passed (socket activation), by the pool's ``listen``
+    address each stands for (a pool may list several).
 
     Consumes LISTEN_* from ``environ`` (default ``os.environ``). Every adopted socket is
     non-blocking and close-on-exec, like those pyfpm binds itself. A passed fd that is not
     a listening stream socket, or that no pool's ``listen`` names, is closed with a WARNING.
-    Pools systemd passed nothing for are left out: pyfpm binds those itself, as without
+    Addresses systemd passed nothing for are left out: pyfpm binds those itself, as without
     systemd (a NOTICE says so, so that a bind error that follows is understood).
     {} when systemd passed nothing.
     """
@@ -307,24 +310,24 @@ def adopt_sockets(pools, log: Logger, environ=None, pid: int | None = None
         socks[fd] = sock
         described[fd] = "\"%s\" (%s)" % (name, describe(sock.family, sockname))
         entries.append((fd, sock.family, sockname))
-    match = match_listeners(entries, [(pool.name, pool.listen) for pool in pools])
+    wanted = [((pool.name, text), text) for pool in pools for text in pool.listen]
+    match = match_listeners(entries, wanted)
     for fd in match.unused:
         log.warning("systemd passed socket fd=%d %s, which no pool listens on; closed"
                     % (fd, described[fd]))
         socks.pop(fd).close()  # our copy only: systemd keeps its own and the path
     adopted = {}
-    for pool in pools:
-        fd = match.by_pool.get(pool.name)
+    for label, text in wanted:
+        fd = match.by_pool.get(label)
         if fd is None:
             continue
         sock = socks[fd]
         sock.setblocking(False)
-        adopted[pool.name] = sock
+        adopted[text] = sock
         log.notice("[pool %s] using inherited socket fd=%d, \"%s\" from systemd"
-                   % (pool.name, fd, describe(sock.family, sock.getsockname())))
-    for name in match.missing:
-        listen = next(pool.listen for pool in pools if pool.name == name)
-        log.notice("[pool %s] systemd passed no socket for '%s'; binding it" % (name, listen))
+                   % (label[0], fd, describe(sock.family, sock.getsockname())))
+    for name, text in match.missing:
+        log.notice("[pool %s] systemd passed no socket for '%s'; binding it" % (name, text))
     return adopted
 
 

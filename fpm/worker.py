@@ -10,10 +10,11 @@ import socket
 import sys
 from typing import NoReturn
 
-from fpm import __version__, _proto, accesslog, apps, channel, pages, slowlog, unix
+from fpm import __version__, _proto, accesslog, apps, channel, clients, pages, slowlog, unix
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
+SO_TIMESTAMPNS = 35  # Linux; the socket module does not name it
 EX_SOFTWARE = 70
 
 
@@ -48,11 +49,19 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
     else:
         special = pages.special_paths(pool, seat.board)
         try:
-            app = seat.app or apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv)
+            if pool.app is None:  # script mode: each request names its .py file (fpm/scripts.py)
+                from fpm import scripts
+                app = scripts.ScriptApp(pool, log, seat.channel)
+            else:
+                app = (seat.app.install() if seat.app is not None
+                       else apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv))
         except apps.AppLoadError as e:
             log.error("[pool %s] child %d: %s" % (pool.name, pid, e))
             return EX_SOFTWARE
-    tcp = [_prepare_listener(fd) for fd in listen_fds]
+    # Without a start param, a request's queue wait starts at the kernel's receive time of
+    # its first bytes, which only TCP sockets record.
+    stamp = pool.request_queue_timeout > 0 and not pool.request_start_param
+    tcp = [_prepare_listener(fd, stamp) for fd in listen_fds]
     if seat.channel >= 0 and (pool.request_slowlog_timeout or pool.request_terminate_timeout):
         slowlog.arm_worker(seat.channel)  # the master's way in when ptrace is refused
     access = None
@@ -67,23 +76,23 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
 
     # Errors are rare: before logging one, take any log file the master reopened (USR1)
     # since the last request, rather than wait for the next request to do it.
-    def log_peer(level: str, peer: str, message: str) -> None:
+    def log_line(level: str, text: str) -> None:
         take_new_files()
-        getattr(log, level)("[pool %s] child %d: peer %s: %s; connection closed"
-                            % (pool.name, pid, peer, message))
-
-    def log_app_error(method: str, uri: str, text: str) -> None:
-        take_new_files()
-        log.error('[pool %s] child %d: the application raised an exception on "%s %s"\n%s'
-                  % (pool.name, pid, method, uri, text.rstrip("\n")))
+        getattr(log, level)("[pool %s] child %d: %s" % (pool.name, pid, text))
 
     requests, reason, rss = _proto.serve(
         listen_fds, app, base_environ(pool), pool.mount, pool.fastcgi_params_max,
         max_conns=pool.pm_max_children * _proto.MAX_HELD, max_reqs=pool.pm_max_children,
-        read_timeout=pool.request_read_timeout, log_peer=log_peer, log_app_error=log_app_error,
+        read_timeout=pool.request_read_timeout, log=log_line,
         board=seat.board.mem, slot=seat.slot, max_requests=seat.max_requests,
         max_memory=pool.pm_max_memory, special=special, access=access,
-        on_reopen=take_new_files if seat.channel >= 0 else None)
+        on_reopen=take_new_files if seat.channel >= 0 else None,
+        body_buffer=pool.request_body_buffer_size, body_max=pool.request_body_max_size,
+        spool_dir=pool.request_body_temp_path,
+        body_file_dirs=pool.security_request_body_file_dirs,
+        queue_timeout=pool.request_queue_timeout, start_param=pool.request_start_param,
+        stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log),
+        fill_paths=pool.app is not None)
     if reason == "max_memory":
         log.notice("[pool %s] child %d: RSS %.1f MiB exceeds pm.max_memory (%.1f MiB) after "
                    "request %d; recycling" % (pool.name, pid, rss / 2**20,
@@ -130,9 +139,10 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _prepare_listener(fd: int) -> bool:
+def _prepare_listener(fd: int, stamp: bool) -> bool:
     """Non-blocking (the loop tries accept first and polls on EAGAIN); on TCP, TCP_NODELAY,
-    which accepted sockets inherit on Linux, so a response's last record is not held back.
+    which accepted sockets inherit on Linux, so a response's last record is not held back,
+    and with ``stamp`` SO_TIMESTAMPNS (inherited too) for the kernel's receive times.
     True for a TCP socket."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
@@ -141,6 +151,8 @@ def _prepare_listener(fd: int) -> bool:
         tcp = s.family in (socket.AF_INET, socket.AF_INET6)
         if tcp:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if stamp:
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         return tcp
     finally:
         s.detach()

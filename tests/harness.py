@@ -211,8 +211,8 @@ class Server:
 
     @property
     def address(self) -> str:
-        """The first pool's listen address, as fpm.client and nginx take it."""
-        return fpm_config.loads(self.config_text, str(self.conf_path)).pools[0].listen
+        """The first pool's (first) listen address, as fpm.client and nginx take it."""
+        return fpm_config.loads(self.config_text, str(self.conf_path)).pools[0].listen[0]
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -214,9 +214,9 @@ ADOPT = textwrap.dedent("""\
     os.environ.update(LISTEN_PID=str(os.getpid()) if mode == "ours" else "1",
                       LISTEN_FDS=str(len(passed)),
                       LISTEN_FDNAMES="www:api:other:udp:pipe")
-    pools = [SimpleNamespace(name="www", listen=os.path.join(tmp, "www.sock")),
-             SimpleNamespace(name="api", listen="127.0.0.1:%d" % port),
-             SimpleNamespace(name="admin", listen=os.path.join(tmp, "admin.sock"))]
+    pools = [SimpleNamespace(name="www", listen=(os.path.join(tmp, "www.sock"),)),
+             SimpleNamespace(name="api", listen=("127.0.0.1:%d" % port,)),
+             SimpleNamespace(name="admin", listen=(os.path.join(tmp, "admin.sock"),))]
     adopted = systemd.adopt_sockets(pools, Logger("stderr"))
     def is_open(fd):
         try:
@@ -246,12 +246,14 @@ def run_adopt(tmp_path, mode):
 def test_adopt_sockets(tmp_path):
     result, log = run_adopt(tmp_path, "ours")
     # Adopted sockets keep their fd, do not block, and are close-on-exec like pyfpm's own.
-    assert result["adopted"] == {"www": [3, False, False], "api": [4, False, False]}
+    port = result["port"]
+    www = tmp_path / "www.sock"
+    # By the listen address each stands for (a pool may have several).
+    assert result["adopted"] == {str(www): [3, False, False],
+                                 "127.0.0.1:%d" % port: [4, False, False]}
     # The unused, the non-stream and the non-socket fds are closed; nothing leaks to workers.
     assert result["open"] == [3, 4]
     assert result["env"] == []
-    port = result["port"]
-    www = tmp_path / "www.sock"
     assert log == [
         'WARNING: systemd passed socket fd=6 "udp", which is not a listening stream socket '
         '(Accept=yes is not supported); closed',
