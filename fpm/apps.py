@@ -6,10 +6,57 @@ import importlib
 import os
 import site
 import sys
+import sysconfig
+from dataclasses import dataclass
 
 
 class AppLoadError(Exception):
     """The application named by a pool cannot be loaded; the message says why."""
+
+
+# Modules from here are the same whichever pool imports them; any other module may differ
+# from pool to pool (python_path, virtualenv, chdir) under the same name.
+_STDLIB = tuple({os.path.join(sysconfig.get_path(k), "") for k in ("stdlib", "platstdlib")})
+_SITE = tuple({os.path.join(sysconfig.get_path(k), "") for k in ("purelib", "platlib")})
+
+
+@dataclass(frozen=True)
+class Preloaded:
+    """A pool's app imported by the master (``preload``), with the sys.path and the modules
+    (all but the standard library's) that import gave: the pool's own, set aside for its
+    workers, so that no other pool's import finds them."""
+    app: object
+    path: tuple[str, ...]
+    modules: dict
+
+    def install(self):
+        """In a worker of the pool: its sys.path and modules back in place; the app."""
+        sys.path[:] = self.path
+        sys.modules.update(self.modules)
+        return self.app
+
+
+def preload(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
+            virtualenv: str | None = None) -> Preloaded:
+    """load() in the master, which keeps its sys.path, working directory and modules (but
+    the standard library's it imported) as they were, for the next pool and its workers."""
+    path, known, cwd = list(sys.path), set(sys.modules), os.getcwd()
+    try:
+        app = load(spec, chdir, python_path, virtualenv)
+        own = {name: module for name, module in sys.modules.items()
+               if name not in known and not _standard(module)}
+        return Preloaded(app, tuple(sys.path), own)
+    finally:
+        sys.path[:] = path
+        for name in [n for n, m in sys.modules.items() if n not in known and not _standard(m)]:
+            del sys.modules[name]
+        os.chdir(cwd)
+
+
+def _standard(module) -> bool:
+    """Built in, or from the standard library (not its site-packages)."""
+    files = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or ())]
+    return all(f.startswith(_STDLIB) and not f.startswith(_SITE) for f in files if f)
 
 
 def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
@@ -21,13 +68,7 @@ def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
     the same way whether the master was started from its directory or not, and the venv's
     packages win over the interpreter's own.
     """
-    if chdir:
-        os.chdir(chdir)
-    if virtualenv:
-        add_virtualenv(virtualenv)
-    for entry in reversed(python_path):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
+    prepare(chdir, python_path, virtualenv)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(len(python_path), os.getcwd())
     module_name, _, attr = spec.partition(":")
@@ -45,6 +86,18 @@ def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
     if not callable(obj):
         raise AppLoadError("app '%s' is a %s, not a WSGI callable" % (spec, type(obj).__name__))
     return obj
+
+
+def prepare(chdir: str | None, python_path: tuple[str, ...], virtualenv: str | None) -> None:
+    """Where a pool's code is found: ``chdir`` as the working directory, then sys.path
+    starting with ``python_path``, then the ``virtualenv``'s site-packages."""
+    if chdir:
+        os.chdir(chdir)
+    if virtualenv:
+        add_virtualenv(virtualenv)
+    for entry in reversed(python_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
 
 
 def add_virtualenv(venv: str) -> None:

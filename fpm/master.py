@@ -25,6 +25,7 @@ the request-timeout heartbeat, per-worker escalations, the reload hand-over, sys
 from __future__ import annotations
 
 import enum
+import gc
 import math
 import os
 import random
@@ -184,7 +185,7 @@ class Master:
         self.boards: dict[str, Board] = {}  # this generation's, by pool
         self.old_boards: list[Board] = []  # inherited, until their last worker is gone
         self.pm_states = {name: pm.PmState() for name in self.pools}
-        self.apps: dict[str, object] = {}  # preloaded apps by pool
+        self.apps: dict[str, object] = {}  # fpm.apps.Preloaded by pool
         self.handover: set[str] = set()  # pools whose inherited workers await the new ones
         self.faults: tuple[float, ...] = ()
         self.warned_process_max = False
@@ -288,15 +289,17 @@ class Master:
         return EX_OK
 
     def _open_listeners(self) -> list[sockets.Listener]:
-        adopted: dict[str, sockets.Listener] = {}
+        """One socket per listen address of every pool: kept across a reload, passed by
+        systemd, else bound here."""
+        adopted: dict[str, sockets.Listener] = {}  # by listen address
         if self.inherited is not None:
             adopted, unused = reexec.adopt_listeners(self.inherited, self.pool_list)
-            for name, listener in adopted.items():
+            for listener in adopted.values():
                 self.log.notice('using inherited socket fd=%d, "%s"' % (listener.fd, listener.key))
             sockets.close_all(unused)
-        for name, sock in systemd.adopt_sockets(self.pool_list, self.log).items():
-            pool = self.pools[name]
-            adopted[name] = sockets.Listener(name, sockets.parse_listen(pool.listen), sock,
+        owner = {text: pool.name for pool in self.pool_list for text in pool.listen}
+        for text, sock in systemd.adopt_sockets(self.pool_list, self.log).items():
+            adopted[text] = sockets.Listener(owner[text], sockets.parse_listen(text), sock,
                                              owned=False)
         return sockets.open_all(self.pool_list, self.log, adopted)
 
@@ -309,7 +312,7 @@ class Master:
             self.children.close_in_child.add(fd)
         self.old_boards = list(boards.values())
         for pid, pool_name, board_fd, slot, started, ours, output in inherited.children:
-            pool = self.pools.get(pool_name) or fpm_config.PoolConfig(name=pool_name, listen="")
+            pool = self.pools.get(pool_name) or fpm_config.PoolConfig(name=pool_name, listen=())
             boards[board_fd].adopt(slot)
             for fd in ((ours,) if ours >= 0 else ()) + (output or ()):
                 os.set_inheritable(fd, False)
@@ -323,21 +326,28 @@ class Master:
         self.reaped += self.children.reap()
 
     def _preload(self) -> int:
-        """``preload``: import each such pool's app here, once, so workers share its pages."""
+        """``preload``: import each such pool's app here, once, so workers share its pages.
+        A pool in script mode (no ``app``) has nothing to import: which scripts it runs is
+        known only per request, so each worker compiles the ones it serves."""
         from fpm import apps
         for pool in self.pool_list:
             if not pool.preload:
                 continue
-            cwd = os.getcwd()
+            if pool.app is None:
+                self.log.notice("[pool %s] preload: script mode has no app to import; each "
+                                "worker compiles the scripts it serves" % pool.name)
+                continue
             try:
-                self.apps[pool.name] = apps.load(pool.app, pool.chdir, pool.python_path,
-                                                 pool.virtualenv)
+                self.apps[pool.name] = apps.preload(pool.app, pool.chdir, pool.python_path,
+                                                    pool.virtualenv)
             except apps.AppLoadError as e:
                 self.log.error("[pool %s] preload: %s" % (pool.name, e))
                 self.log.error("FPM initialization failed")
                 return EX_CONFIG
-            finally:
-                os.chdir(cwd)
+        if self.apps:
+            # The preloaded objects live as long as the master: frozen, they are left out of
+            # the workers' collections, which would otherwise write to (and so copy) their pages.
+            gc.freeze()
         return EX_OK
 
     def _launch(self) -> None:
@@ -702,8 +712,9 @@ class Master:
         fresh: list[sockets.Listener] = []
         try:
             for pool in config.pools:
-                if pool.listen.strip() not in current:
-                    fresh.append(sockets.open_listener(pool, self.log))
+                for text in pool.listen:
+                    if text.strip() not in current:
+                        fresh.append(sockets.open_listener(pool, text, self.log))
         except sockets.ListenError as e:
             sockets.close_all(fresh)
             self.log.error(str(e))

@@ -1,0 +1,2 @@
+"""A module next to app.py, imported by it as a sibling."""
+WORD = "sibling"
