@@ -1,10 +1,13 @@
 """Fixtures shared by the integration tests: a real pyfpm master, a real nginx in front of it,
 and an HTTP helper. Every process runs in its own process group and is killed at teardown."""
 
+import contextlib
 import dataclasses
+import grp
 import http.client
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -12,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -44,6 +48,69 @@ def find_program(name):
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     require(name, found, "run scripts/install-test-deps")
     return found
+
+
+# --- throwaway pool users and a chroot with this interpreter's standard library --------------
+
+@dataclasses.dataclass
+class Account:
+    """A user made for a test module by make_account()."""
+    name: str
+    uid: int
+    gid: int  # its own group (useradd --user-group)
+    extra_gid: int  # a supplementary group it is a member of
+    extra: str
+    home: Path
+    base: Path  # the world-readable directory it was made in, for the test's apps and dirs
+
+    @property
+    def app_dir(self) -> Path:
+        return self.base / "app"
+
+
+@contextlib.contextmanager
+def make_account(base: Path, home: str = "home"):
+    """A new user with its own group, one supplementary group and its home at ``base/home``;
+    removed with both groups on exit (useradd, userdel). Skips (fails under CI) unless root."""
+    require("root", os.geteuid() == 0, "these tests start pyfpm as root; run them as root")
+    tools = {name: find_program(name) for name in ("useradd", "userdel", "groupadd", "groupdel")}
+    name = "pyfpmt" + uuid.uuid4().hex[:8]
+    extra = name + "x"
+    try:
+        subprocess.run([tools["groupadd"], extra], check=True, capture_output=True)
+        subprocess.run([tools["useradd"], "--user-group", "--create-home", "--home-dir",
+                        str(base / home), "--groups", extra, "--shell", "/usr/sbin/nologin",
+                        name], check=True, capture_output=True)
+        entry = pwd.getpwnam(name)
+        yield Account(name, entry.pw_uid, entry.pw_gid, grp.getgrnam(extra).gr_gid, extra,
+                      base / home, base)
+    finally:
+        subprocess.run([tools["userdel"], "--remove", name], capture_output=True)
+        subprocess.run([tools["groupdel"], name], capture_output=True)  # if userdel left it
+        subprocess.run([tools["groupdel"], extra], capture_output=True)
+
+
+# What a jail needs besides the app: this interpreter's standard library at the same path,
+# for the modules a worker imports after chroot. The big parts no app needs stay out.
+STDLIB_SKIP = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip",
+               "lib2to3", "pydoc_data"}
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
+def make_jail(root: Path) -> Path:
+    """A chroot at ``root`` holding this interpreter's standard library at its host path
+    (hard links when possible, so it takes a fraction of a second)."""
+    stdlib = Path(os.__file__).parent
+    shutil.copytree(stdlib, root / stdlib.relative_to("/"), copy_function=_link_or_copy,
+                    ignore=lambda d, names: [n for n in names if n in STDLIB_SKIP
+                                             or n.startswith("config-")])
+    return root
 
 
 def free_port():

@@ -5,25 +5,20 @@ The pool user is made for the module (useradd) and removed after it (userdel); t
 the directories it is given live in a world-readable directory, as a real deployment's do.
 """
 import ast
-import grp
 import os
-import pwd
 import re
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import harness
-from tests.conftest import APPS, find_program, require
+from tests.conftest import APPS, make_account, make_jail
 
 TS = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\]"
 
@@ -42,44 +37,19 @@ python_path = {app_dir}
 """
 
 
-@dataclass
-class Account:
-    name: str
-    uid: int
-    gid: int  # its own group (useradd --user-group)
-    extra_gid: int  # a supplementary group it is a member of
-    extra: str
-    home: Path
-    base: Path  # world-readable: app/ (the test app), work/ (a chdir)
-
-    @property
-    def app_dir(self) -> Path:
-        return self.base / "app"
-
-
 @pytest.fixture(scope="module")
 def account():
-    require("root", os.geteuid() == 0, "these tests start pyfpm as root; run them as root")
-    tools = {name: find_program(name) for name in ("useradd", "userdel", "groupadd", "groupdel")}
-    name = "pyfpmt" + uuid.uuid4().hex[:8]
-    extra = name + "x"
+    """The pool user (conftest.Account), with app/ (the test app) and work/ (a chdir) in its
+    world-readable base directory."""
     base = Path(tempfile.mkdtemp(prefix="pyfpm-unix-"))
     base.chmod(0o755)
     (base / "app").mkdir()
     shutil.copy(APPS / "unix_app.py", base / "app")
     (base / "work").mkdir()
     try:
-        subprocess.run([tools["groupadd"], extra], check=True, capture_output=True)
-        subprocess.run([tools["useradd"], "--user-group", "--create-home", "--home-dir",
-                        str(base / "home"), "--groups", extra, "--shell", "/usr/sbin/nologin",
-                        name], check=True, capture_output=True)
-        entry = pwd.getpwnam(name)
-        yield Account(name, entry.pw_uid, entry.pw_gid, grp.getgrnam(extra).gr_gid, extra,
-                      base / "home", base)
+        with make_account(base) as account:
+            yield account
     finally:
-        subprocess.run([tools["userdel"], "--remove", name], capture_output=True)
-        subprocess.run([tools["groupdel"], name], capture_output=True)  # if userdel left it
-        subprocess.run([tools["groupdel"], extra], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -241,27 +211,10 @@ def test_unknown_user_fails_the_config_test(tmp_path, account):
 
 # --- chroot -------------------------------------------------------------------------------------
 
-# What a jail needs besides the app: this interpreter's standard library at the same path,
-# for the modules a worker imports after chroot. The big parts no app needs stay out.
-STDLIB_SKIP = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip",
-               "lib2to3", "pydoc_data"}
-
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copy2(src, dst)
-
-
 @pytest.fixture(scope="module")
 def jail(account):
     """A chroot holding the standard library (hard links when possible) and /app."""
-    root = account.base / "jail"
-    stdlib = Path(os.__file__).parent
-    shutil.copytree(stdlib, root / stdlib.relative_to("/"), copy_function=_link_or_copy,
-                    ignore=lambda d, names: [n for n in names if n in STDLIB_SKIP
-                                             or n.startswith("config-")])
+    root = make_jail(account.base / "jail")
     (root / "app").mkdir()
     shutil.copy(APPS / "unix_app.py", root / "app")
     return root
