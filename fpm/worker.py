@@ -10,7 +10,10 @@ import socket
 import sys
 from typing import NoReturn
 
-from fpm import __version__, _proto, accesslog, apps, channel, clients, pages, slowlog, unix
+# Imported here, in the master: a worker that dropped privileges may not be able to read
+# pyfpm's own files (a package in a 0700 directory).
+from fpm import (__version__, _proto, accesslog, apps, channel, clients, pages, scripts, slowlog,
+                 unix)
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
@@ -49,8 +52,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
     else:
         special = pages.special_paths(pool, seat.board)
         try:
-            if pool.app is None:  # script mode: each request names its .py file (fpm/scripts.py)
-                from fpm import scripts
+            if pool.app is None:  # script mode: each request names its .py file
                 app = scripts.ScriptApp(pool, log, seat.channel)
             else:
                 app = (seat.app.install() if seat.app is not None
