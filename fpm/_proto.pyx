@@ -499,10 +499,12 @@ cdef Py_ssize_t _pair_len(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i) e
     return ((p[at] & 0x7f) << 24) | (p[at + 1] << 16) | (p[at + 2] << 8) | p[at + 3]
 
 
-cdef int _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out, bint as_str) except -1:
-    """Name-value pairs into out, as latin-1 str (environ) or bytes; the last duplicate wins."""
-    cdef Py_ssize_t i = 0, start, nl, vl
+cdef Py_ssize_t _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out, bint as_str) except -1:
+    """Name-value pairs into out, as latin-1 str (environ) or bytes; the last duplicate wins.
+    Returns how many pairs there were."""
+    cdef Py_ssize_t i = 0, start, nl, vl, count = 0
     while i < n:
+        count += 1
         start = i
         nl = _pair_len(p, n, &i)
         vl = _pair_len(p, n, &i)
@@ -517,7 +519,7 @@ cdef int _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out, bint as_st
             out[PyBytes_FromStringAndSize(<const char *>p + i, nl)] = \
                 PyBytes_FromStringAndSize(<const char *>p + i + nl, vl)
         i += nl + vl
-    return 0
+    return count
 
 
 cdef str _describe_garbage(const unsigned char *p, Py_ssize_t n):
@@ -1095,6 +1097,7 @@ cdef int _spool_write(int fd, const char *p, Py_ssize_t n) except -1:
     return 0
 
 
+cdef Input _NO_BODY = Input(bytearray())  # wsgi.input of every request without a body
 cdef Request _current = None  # the request the app is running, for finish_request()
 
 
@@ -1438,14 +1441,17 @@ cdef class Worker:
 
     cdef int _run_request(self, Conn conn) except -1:
         cdef Decoder dec = conn.dec
-        cdef dict environ = {}
+        cdef dict environ = self.base_environ.copy()
         cdef Request req = Request(self, conn, dec.request_id)
         cdef unsigned int app_status = 0
-        cdef Py_ssize_t length = -1
+        cdef Py_ssize_t length = -1, pairs
         global _current
-        _parse_pairs(<const unsigned char *>PyBytes_AS_STRING(bytes(dec.params)), len(dec.params), environ, True)
-        # After the params: no param can stand in for the pool's own keys (fpm.pool, wsgi.*).
-        environ.update(self.base_environ)
+        pairs = _parse_pairs(<const unsigned char *>PyBytes_AS_STRING(bytes(dec.params)),
+                             len(dec.params), environ, True)
+        if len(environ) != len(self.base_environ) + pairs:
+            # A param named like one of the pool's own keys (fpm.pool, wsgi.*), or one sent
+            # twice: the pool's keys win; no param can stand in for them.
+            environ.update(self.base_environ)
         for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             value = environ.pop("HTTP_" + key, None)
             if value is not None and key not in environ:
@@ -1472,7 +1478,6 @@ cdef class Worker:
         environ.setdefault("SERVER_PORT", "80")
         environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
         environ["wsgi.errors"] = Errors(req)
-        environ["fpm.finish_request"] = req.finish
         self.out_len = 0
         self.wrote = False
         self._stamp_request(environ, length)
@@ -1613,7 +1618,7 @@ cdef class Worker:
         cdef Decoder dec = conn.dec
         cdef Py_ssize_t total = 0
         cdef int sfd = -1
-        cdef bytearray body = bytearray()
+        cdef bytearray body = None
         spool = None
         try:
             if length > self.body_buffer:
@@ -1632,11 +1637,14 @@ cdef class Worker:
                 if sfd < 0 and total > self.body_buffer:
                     spool = self._spool()
                     sfd = spool.fileno()
-                    _spool_write(sfd, PyByteArray_AS_STRING(body), len(body))
-                    body = None
+                    if body is not None:
+                        _spool_write(sfd, PyByteArray_AS_STRING(body), len(body))
+                        body = None
                 if sfd >= 0:
                     _spool_write(sfd, dec.chunk, dec.chunk_len)
                 else:
+                    if body is None:
+                        body = bytearray()
                     _bytearray_extend(body, dec.chunk, dec.chunk_len)
         except SpoolError as e:
             self._log("error", '"%s %s": %s; answered 500' % (environ["REQUEST_METHOD"],
@@ -1645,7 +1653,7 @@ cdef class Worker:
         if length < 0 and total:
             environ["CONTENT_LENGTH"] = str(total)  # a chunked body, now counted
         if spool is None:
-            environ["wsgi.input"] = Input(body)
+            environ["wsgi.input"] = _NO_BODY if body is None else Input(body)
         else:
             spool.seek(0)
             environ["wsgi.input"] = spool

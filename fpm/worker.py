@@ -118,6 +118,7 @@ def base_environ(pool) -> dict:
         "wsgi.file_wrapper": _proto.FileWrapper,
         "fpm.pool": pool,
         "fpm.version": __version__,
+        "fpm.finish_request": _proto.finish_request,
     }
 
 
