@@ -10,7 +10,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -130,24 +129,6 @@ def wait_port(port, proc, timeout, what):
         except OSError:
             time.sleep(0.02)
     raise RuntimeError(f"{what} not listening on 127.0.0.1:{port} after {timeout} s")
-
-
-def kill_group(proc, grace=3.0):
-    """Stop a process started with start_new_session: TERM its group, then KILL what is left."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # the leader is gone; make sure none of its children outlive it
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # --- pyfpm ---------------------------------------------------------------------------------
@@ -335,8 +316,9 @@ def nginx(tmp_path_factory):
         return server
 
     yield start
+    import harness
     for proc in reversed(running):
-        kill_group(proc)
+        harness.kill_group(proc)
     # Whatever the test checked, nginx must have found no fault with pyfpm on the way.
     problems = [line for server in servers for line in server.upstream_errors()]
     if problems:

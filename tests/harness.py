@@ -244,3 +244,21 @@ class Server:
         """One FastCGI request to the first pool → fpm.client.Response."""
         from fpm import client
         return client.request(self.address, uri, **kwargs)
+
+
+def kill_group(proc, grace=3.0):
+    """Stop a process started with start_new_session: TERM its group, then KILL what is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the leader is gone; make sure none of its children outlive it
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

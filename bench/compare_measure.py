@@ -1,0 +1,149 @@
+"""What bench/compare.py reads: wrk's output, processes' CPU time and memory from /proc, and
+the whole machine's busy time (to see how much other work disturbed a cell)."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import subprocess
+import time
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
+
+POST_LUA = """\
+-- 1 MiB POST body, as shared/reference/baseline.md sent it
+wrk.method = "POST"
+wrk.body = string.rep("a", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+
+def parse_ms(text: str) -> float:
+    """wrk's duration ("812.00us", "1.54ms", "2.01s") in milliseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    return float(m[1]) * UNITS_MS[m[2]]
+
+
+def parse_wrk(out: str) -> dict:
+    """req/s, requests, p50/p99 (ms), non-2xx and socket errors from ``wrk --latency``."""
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        "requests": int(re.search(r"(\d+) requests in", out)[1]),
+        "p50": parse_ms(pct["50"]) if "50" in pct else None,
+        "p99": parse_ms(pct["99"]) if "99" in pct else None,
+        "non2xx": int(non2xx[1]) if non2xx else 0,
+        "socket_errors": sum(map(int, sock.groups())) if sock else 0,
+        "timeouts": int(sock[4]) if sock else 0,
+    }
+
+
+def run_wrk(url: str, connections: int, seconds: float, script: str | None = None,
+            midway=None) -> dict:
+    """One bounded ``wrk -t1`` run; its parsed figures plus its own CPU time and raw output,
+    and ``midway()``'s value at half time as "midway". Raises RuntimeError if wrk fails or
+    outlives its duration by 30 s."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    if script:
+        argv += ["-s", script]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen(argv + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(seconds / 2)
+        middle = midway() if midway else None
+        stdout, stderr = proc.communicate(timeout=seconds / 2 + 30)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"wrk still running {seconds + 30:g} s after start (killed)") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0 or "Requests/sec" not in stdout:
+        raise RuntimeError(f"wrk exited with {proc.returncode}: {(stderr or stdout)[-300:]}")
+    result = parse_wrk(stdout)
+    result["wrk_ns"] = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) * 1e9
+    result["midway"] = middle
+    result["raw"] = stdout
+    return result
+
+
+def accept_queue(address: str) -> int | None:
+    """Connections waiting in a listening socket's accept queue (its Recv-Q in ``ss -l``):
+    connections nginx opened that no worker has taken. None if ss cannot tell."""
+    unix = address.startswith("/")
+    try:
+        out = subprocess.run(["ss", "-xlnH" if unix else "-tlnH"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        fields = line.split()
+        if "LISTEN" in fields:
+            i = fields.index("LISTEN")
+            if len(fields) > i + 3 and fields[i + 3] == address:
+                return int(fields[i + 1])
+    return None
+
+
+def cpu_ns(pids) -> int:
+    """Nanoseconds these processes have run (user + kernel), from /proc/PID/schedstat; a
+    process that has gone counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def machine_ns() -> tuple[float, float]:
+    """(busy, wall) of all CPUs together so far, from /proc/stat, in nanoseconds."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) * TICK_NS, time.monotonic() * 1e9
+
+
+def memory_kb(pid: int) -> dict | None:
+    """{"pss", "uss", "rss"} in KiB from /proc/PID/smaps_rollup (USS = private pages)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            text = f.read()
+    except OSError:
+        return None
+    v = {k: int(n) for k, n in re.findall(r"^(\w+):\s+(\d+) kB", text, re.M)}
+    return {"pss": v.get("Pss", 0), "uss": v.get("Private_Clean", 0) + v.get("Private_Dirty", 0),
+            "rss": v.get("Rss", 0)}
+
+
+class Meter:
+    """CPU of the backend, of nginx and of the machine across one wrk run."""
+
+    def __init__(self, backend_pids, nginx_pids):
+        self.backend_pids, self.nginx_pids = list(backend_pids), list(nginx_pids)
+
+    def __enter__(self):
+        self.start = cpu_ns(self.backend_pids), cpu_ns(self.nginx_pids), machine_ns()
+        return self
+
+    def __exit__(self, *exc):
+        self.end = cpu_ns(self.backend_pids), cpu_ns(self.nginx_pids), machine_ns()
+
+    def figures(self, requests: int, wrk_ns: float) -> dict:
+        backend = self.end[0] - self.start[0]
+        nginx = self.end[1] - self.start[1]
+        busy = self.end[2][0] - self.start[2][0]
+        wall = self.end[2][1] - self.start[2][1]
+        per = max(requests, 1) * 1000  # ns → µs per request
+        return {"backend_us": backend / per, "nginx_us": nginx / per,
+                "backend_pct": 100 * backend / wall, "nginx_pct": 100 * nginx / wall,
+                "wrk_pct": 100 * wrk_ns / wall,
+                # Work on the machine that was none of the three: other sessions, the harness.
+                "other_pct": 100 * (busy - backend - nginx - wrk_ns) / wall}
