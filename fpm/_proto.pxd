@@ -110,6 +110,7 @@ cdef class Worker:
     cdef bint track_cpu                  # stamp each request's CPU time (status page)
     cdef int64_t cpu_mark                # process CPU µs when the current request began
     cdef object access                   # the access log writer (fpm.accesslog.Writer) or None
+    cdef object access_begin             # its begin(), called as each request starts, or None
     cdef object on_reopen                # takes the master's new log fds after a USR1
     cdef uint64_t log_generation         # the board's log_generation this worker has seen
     cdef object allow                    # allow(fd) -> bool for each accepted connection, or None

@@ -1153,6 +1153,7 @@ cdef class Worker:
         self.stamp_reads = stamp_reads
         self.board = board
         self.access = access
+        self.access_begin = getattr(access, "begin", None)
         self.on_reopen = on_reopen
         self.log_generation = (<BoardHeader *>board.mem).log_generation if board is not None else 0
         self.special = special or None
@@ -1370,6 +1371,8 @@ cdef class Worker:
                     raise ProtocolError("BEGIN_REQUEST for request %d before it ended" % dec.request_id)
                 elif step == STEP_BEGIN:
                     self._stage(STAGE_READING)
+                    if self.access_begin is not None:
+                        self.access_begin()
                 elif step == STEP_NEED:
                     if dec.outbox:
                         self._flush(conn)
@@ -1974,7 +1977,8 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     stamp the status page shows.
 
     ``access.write(environ, status, headers, accepted_epoch_us, duration_us, sock_fd)`` is
-    called after each response is sent (fpm.accesslog.Writer). ``on_reopen()`` is called
+    called after each response is sent (fpm.accesslog.Writer), and ``access.begin()``, unless
+    None, as each request begins. ``on_reopen()`` is called
     before that when the master has bumped the board's log generation (USR1).
 
     ``allow(fd)`` is asked about each accepted connection before anything is read from it;

@@ -367,17 +367,27 @@ def test_writer_utf8_pool_name_in_text_lines(log_file):
     assert path.read_text(encoding="utf-8") == "café\n"
 
 
-def test_writer_cpu_is_the_time_spent_since_the_previous_line(log_file):
+def test_writer_cpu_is_the_time_spent_from_begin_to_the_line(log_file):
+    """%C counts the CPU from the loop's begin() to the line: waiting before a request, or
+    in it, is no CPU; a busy request is close to 100 %."""
     path, fd = log_file
     writer = Writer(fd, "%C", (), "www")
-    time.sleep(0.2)  # waiting costs no CPU
+    time.sleep(0.1)  # between requests
+    writer.begin()
+    time.sleep(0.1)  # a request that waits
     writer.write({}, "200 OK", [], 0, 100_000, -1)
+    writer.begin()
     start = time.process_time()
     while time.process_time() - start < 0.1:  # 0.1 s of CPU in a 0.1 s request
         pass
     writer.write({}, "200 OK", [], 0, 100_000, -1)
     first, second = (float(x) for x in path.read_text().split())
-    assert first < 30 and 50 < second < 200  # os.times() counts in 10 ms ticks
+    assert first < 5 and 90 < second < 115
+
+
+def test_writer_needs_no_begin_without_cpu_codes(log_file):
+    _, fd = log_file
+    assert Writer(fd, "%s %r", (), "www").begin is None
 
 
 def test_writer_memory_is_the_peak_rss(log_file):
