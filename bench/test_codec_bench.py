@@ -1,5 +1,6 @@
 """Codec microbenchmarks on what nginx really sends: the compiled decoder and encoder, with
-the pure-Python client's parser on the same bytes as the yardstick (compare ratios)."""
+the pure-Python client's parser and flup's (the pure-Python FastCGI server) on the same bytes
+as yardsticks (compare ratios)."""
 
 import pytest
 
@@ -44,6 +45,61 @@ def test_parse_params_pure_python(benchmark, realistic_params):
         return dict(client.decode_pairs(b"".join(c for t, _, c in records if t == client.PARAMS)))
 
     assert len(benchmark(decode)) == len(realistic_params)
+
+
+class _Bytes:
+    """The socket flup's Record.read() takes, over bytes already received."""
+
+    def __init__(self, data):
+        self.data, self.at = data, 0
+
+    def recv(self, n):
+        out = self.data[self.at:self.at + n]
+        self.at += len(out)
+        return out
+
+    def fileno(self):
+        return -1  # flup formats it into a debug line it never logs
+
+
+def flup_records(data):
+    """flup 1.0.3's parser (fcgi_base.Record.read) over one request: (type, content) each."""
+    fcgi = pytest.importorskip("flup.server.fcgi_base", reason="pip install flup")
+    sock, out = _Bytes(data), []
+    while sock.at < len(data):
+        record = fcgi.Record()
+        record.read(sock)
+        out.append((record.type, record.contentData))
+    return fcgi, out
+
+
+@pytest.mark.benchmark(group="params")
+def test_parse_params_flup(benchmark, realistic_params):
+    """The pure-Python reference the issue names: flup's record reader and decode_pair."""
+    data = request_bytes(realistic_params)
+    fcgi, _ = flup_records(data)
+
+    def decode():
+        _, records = flup_records(data)
+        block = b"".join(c for t, c in records if t == fcgi.FCGI_PARAMS)
+        params, pos = {}, 0
+        while pos < len(block):
+            pos, (name, value) = fcgi.decode_pair(block, pos)
+            params[name] = value
+        return params
+
+    assert len(benchmark(decode)) == len(realistic_params)
+
+
+@pytest.mark.benchmark(group="body")
+def test_decode_64k_body_flup(benchmark, realistic_params):
+    data = request_bytes(dict(realistic_params, CONTENT_LENGTH=str(len(BODY))), BODY)
+    fcgi, _ = flup_records(data)
+
+    def decode():
+        return b"".join(c for t, c in flup_records(data)[1] if t == fcgi.FCGI_STDIN)
+
+    assert benchmark(decode) == BODY
 
 
 @pytest.mark.benchmark(group="body")
