@@ -1620,7 +1620,7 @@ cdef class Worker:
         an unlinked file, written straight from the receive buffer."""
         cdef Decoder dec = conn.dec
         cdef Py_ssize_t total = 0
-        cdef int sfd = -1
+        cdef int sfd = -1, step
         cdef bytearray body = None
         spool = None
         try:

@@ -1,15 +1,12 @@
 """listen.allowed_clients: which peers a pool's TCP sockets accept (PHP-FPM's fcgi_is_allowed),
 with CIDR ranges as well as single addresses. Parsed once at configuration load; the worker
-asks ``acceptor(pool, log)`` about each connection it accepts.
+asks ``acceptor(pool, log, tcp)`` about each connection it accepts.
 """
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from typing import Callable, Iterable
-
-from fpm.sockets import ListenError, parse_listen
 
 EXPECTED = ("IPv4 or IPv6 addresses or CIDR ranges separated by commas, "
             "e.g. 127.0.0.1, 10.0.0.0/8, ::1, fd00::/8")
@@ -88,25 +85,13 @@ def shown(family: int, host: str) -> str:
     return host
 
 
-def has_tcp(listen: Iterable[str]) -> bool:
-    """Whether any of a pool's listen addresses is TCP (the only kind the list applies to)."""
-    for text in listen:
-        try:
-            if parse_listen(text).family != socket.AF_UNIX:
-                return True
-        except ListenError:
-            continue  # binding it reports the error
-    return False
-
-
-def acceptor(pool, log) -> Callable[[int], bool] | None:
+def acceptor(pool, log: Callable[[str, str], None], tcp: bool) -> Callable[[int], bool] | None:
     """The worker's ``allow(fd)`` hook for ``pool``: None when any peer is allowed (the list
-    is unset, or the pool has no TCP socket). It never closes the fd: the loop does, on False.
-    Call it in the worker, after fork: its log lines carry the worker's pid."""
-    if not pool.listen_allowed_clients or not has_tcp(pool.listen):
+    is unset, or the worker has no TCP socket, ``tcp`` False). It never closes the fd: the
+    loop does, on False. ``log(level, text)`` is the worker's, which names pool and pid."""
+    if not pool.listen_allowed_clients or not tcp:
         return None
     table = rules(pool.listen_allowed_clients)
-    prefix = "[pool %s] child %d: " % (pool.name, os.getpid())
 
     def allow(fd: int) -> bool:
         sock = socket.socket(fileno=fd)
@@ -122,8 +107,8 @@ def acceptor(pool, log) -> Callable[[int], bool] | None:
             sock.detach()
         if allows(table, family, host):
             return True
-        log.warning("%sConnection disallowed: IP address '%s' has been dropped."
-                    % (prefix, shown(family, host)))
+        log("warning", "Connection disallowed: IP address '%s' has been dropped."
+            % shown(family, host))
         return False
 
     return allow

@@ -45,7 +45,7 @@ import types
 from collections import OrderedDict
 from typing import Callable, NamedTuple
 
-from fpm import apps, channel
+from fpm import apps
 
 CACHE_SIZE = 1000
 MODULE_PREFIX = "pyfpm-script:"
@@ -152,11 +152,10 @@ class ScriptApp:
     """The WSGI app of a pool without ``app``: resolves, compiles (cached) and calls the
     script each request names."""
 
-    def __init__(self, pool, log, channel_fd: int = -1, clock=time.monotonic):
+    def __init__(self, pool, log, clock=time.monotonic):
+        """``log(level, text)`` is the worker's: it names the pool and the pid."""
         apps.prepare(pool.chdir, pool.python_path, pool.virtualenv)
-        self.prefix = "[pool %s] child %d: " % (pool.name, os.getpid())
         self.log = log
-        self.channel_fd = channel_fd
         self.clock = clock
         self.extensions = tuple(pool.security_limit_extensions)
         self.validate = pool.script_validate_timestamps
@@ -179,7 +178,7 @@ class ScriptApp:
         self.routes.move_to_end(filename)
         self.code.move_to_end(route.key)
         if compiled.application is None:
-            self._log("error", "script '%s' defines no callable 'application': pyfpm serves WSGI "
+            self.log("error", "script '%s' defines no callable 'application': pyfpm serves WSGI "
                       "scripts, not CGI-style scripts that print to stdout; wrap the code in "
                       "def application(environ, start_response): ..." % route.key)
             start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
@@ -275,11 +274,6 @@ class ScriptApp:
     def _refuse(self, refusal: Refusal, environ, start_response):
         environ["wsgi.errors"].write(refusal.message + "\n")
         if refusal.level is not None:
-            self._log(refusal.level, refusal.message)
+            self.log(refusal.level, refusal.message)
         start_response(refusal.status, list(HTML))
         return [refusal.body]
-
-    def _log(self, level: str, message: str) -> None:
-        if self.channel_fd >= 0:  # a log file the master reopened (USR1) since the last request
-            channel.take_files(self.channel_fd)
-        getattr(self.log, level)(self.prefix + message)

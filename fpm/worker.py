@@ -47,30 +47,6 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         log.error("[pool %s] child %d: %s" % (pool.name, pid, e.reason))
         return EX_SOFTWARE
     _die_with_parent()  # after apply(): changing the uid clears the parent-death signal
-    if seat.shows is not None:
-        app, special = pages.not_found, pages.special_paths(pool, seat.shows[1], seat.shows[0])
-    else:
-        special = pages.special_paths(pool, seat.board)
-        try:
-            if pool.app is None:  # script mode: each request names its .py file
-                app = scripts.ScriptApp(pool, log, seat.channel)
-            else:
-                app = (seat.app.install() if seat.app is not None
-                       else apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv))
-        except apps.AppLoadError as e:
-            log.error("[pool %s] child %d: %s" % (pool.name, pid, e))
-            return EX_SOFTWARE
-    # Without a start param, a request's queue wait starts at the kernel's receive time of
-    # its first bytes, which only TCP sockets record.
-    stamp = pool.request_queue_timeout > 0 and not pool.request_start_param
-    tcp = [_prepare_listener(fd, stamp) for fd in listen_fds]
-    if seat.channel >= 0 and (pool.request_slowlog_timeout or pool.request_terminate_timeout):
-        slowlog.arm_worker(seat.channel)  # the master's way in when ptrace is refused
-    access = None
-    if seat.access_fd >= 0:  # after the app loaded: the first line's CPU share counts from here
-        access = accesslog.Writer(seat.access_fd,
-                                  accesslog.compile(pool.access_format, pool.access_json),
-                                  pool.access_suppress_path, pool.name, any(tcp))
 
     def take_new_files() -> None:
         if seat.channel >= 0:
@@ -81,6 +57,31 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
     def log_line(level: str, text: str) -> None:
         take_new_files()
         getattr(log, level)("[pool %s] child %d: %s" % (pool.name, pid, text))
+
+    if seat.shows is not None:
+        app, special = pages.not_found, pages.special_paths(pool, seat.shows[1], seat.shows[0])
+    else:
+        special = pages.special_paths(pool, seat.board)
+        try:
+            if pool.app is None:  # script mode: each request names its .py file
+                app = scripts.ScriptApp(pool, log_line)
+            else:
+                app = (seat.app.install() if seat.app is not None
+                       else apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv))
+        except apps.AppLoadError as e:
+            log_line("error", str(e))
+            return EX_SOFTWARE
+    # Without a start param, a request's queue wait starts at the kernel's receive time of
+    # its first bytes, which only TCP sockets record.
+    stamp = pool.request_queue_timeout > 0 and not pool.request_start_param
+    tcp = [_prepare_listener(fd, stamp) for fd in listen_fds]
+    if seat.channel >= 0 and (pool.request_slowlog_timeout or pool.request_terminate_timeout):
+        slowlog.arm_worker(seat.channel)  # the master's way in when ptrace is refused
+    access = None
+    if seat.access_fd >= 0:
+        access = accesslog.Writer(seat.access_fd,
+                                  accesslog.compile(pool.access_format, pool.access_json),
+                                  pool.access_suppress_path, pool.name, any(tcp))
 
     requests, reason, rss = _proto.serve(
         listen_fds, app, base_environ(pool), pool.mount, pool.fastcgi_params_max,
@@ -93,7 +94,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         spool_dir=pool.request_body_temp_path,
         body_file_dirs=pool.security_request_body_file_dirs,
         queue_timeout=pool.request_queue_timeout, start_param=pool.request_start_param,
-        stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log),
+        stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log_line, any(tcp)),
         fill_paths=pool.app is not None)
     if reason == "max_memory":
         log.notice("[pool %s] child %d: RSS %.1f MiB exceeds pm.max_memory (%.1f MiB) after "
