@@ -35,7 +35,7 @@ cdef class Decoder:
     cdef char *buf                       # received bytes [start, end)
     cdef Py_ssize_t cap, start, end
     cdef Py_ssize_t params_max
-    cdef dict known_values
+    cdef int max_conns, max_reqs         # what GET_VALUES answers
     cdef State state
     cdef readonly int request_id, role
     cdef readonly bint keep_conn
@@ -94,6 +94,8 @@ cdef class Worker:
     cdef int npfds, nlisten, pfds_cap
     cdef int nfixed                      # pfds: the listen fds, then the stop pipe, then held conns
     cdef int wake_r                      # read end of the stop pipe (see watch_quit)
+    cdef list pair_cache                 # params strs of the last request, by position
+    cdef int epfd                        # epoll over the listen fds (EPOLLEXCLUSIVE) and the stop pipe
     cdef list held                       # Conn objects idle between requests, parallel to pfds[nfixed:]
     cdef char *out                       # response bytes not yet written
     cdef Py_ssize_t out_len, out_cap
@@ -131,7 +133,8 @@ cdef class Worker:
     cdef int _hold(self, Conn conn) except -1
     cdef Conn _unhold(self, int index)
     cdef int _serve_conn(self, Conn conn, bint fresh) except -1
-    cdef int _accepted(self, int fd) except -1
+    cdef int _wait_listeners(self) except -1
+    cdef bint _accept(self, int index) except -1
     cdef int _run_request(self, Conn conn) except -1
     cdef object _admit(self, Conn conn, dict environ, Py_ssize_t length)
     cdef object _read_body(self, Conn conn, dict environ, Py_ssize_t length)
