@@ -198,6 +198,8 @@ class Master:
         self.poller = _Poll() if config.global_.events_mechanism == "poll" else select.epoll()
         self.queues = sockdiag.ListenQueues()
         self.tracer = Tracer(log)
+        if any(self._traced(pool) for pool in config.pools):
+            trace.load()
         self.started_epoch_us = time.time_ns() // 1000
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.access_fds: dict[str, int] = {}  # pool -> its access log, opened here for workers
@@ -485,8 +487,12 @@ class Master:
     def _needs_channel(self, pool) -> bool:
         """A worker gets a channel when it has log files to reopen on USR1, or may be traced
         (the faulthandler fallback sends its stack over it)."""
-        return (self.log.is_file or pool.access_log is not None
-                or pool.request_slowlog_timeout > 0 or pool.request_terminate_timeout > 0)
+        return self.log.is_file or pool.access_log is not None or self._traced(pool)
+
+    @staticmethod
+    def _traced(pool) -> bool:
+        """Its workers' stacks may be read: into the slowlog, or when a request is killed."""
+        return pool.request_slowlog_timeout > 0 or pool.request_terminate_timeout > 0
 
     def _slots(self, pool_name: str) -> list:
         """Scoreboard copies of the pool's serving workers, for its process manager."""
@@ -607,7 +613,7 @@ class Master:
             pool = self.pools.get(child.pool.name)
             if pool is None or child.pid not in self.children.by_pid:
                 continue  # not a pool of this configuration, or gone during an earlier trace
-            if pool.request_slowlog_timeout <= 0 and pool.request_terminate_timeout <= 0:
+            if not self._traced(pool):
                 continue
             slot = child.board.read(child.slot)
             elapsed = slow(slot, pool.request_slowlog_timeout, now)

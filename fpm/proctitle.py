@@ -1,10 +1,9 @@
 """Process titles in PHP-FPM's shape: ``pyfpm: master process (PATH)``, ``pyfpm: pool www``."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-
 from setproctitle import setproctitle
+
+from fpm.unix import libc
 
 PR_SET_NAME = 15
 
@@ -13,5 +12,4 @@ def set_process_title(title: str) -> None:
     """What ``ps``, ``pgrep -f`` and /proc/PID/cmdline show, and the kernel's 15-byte task
     name (``top``, /proc/PID/comm)."""
     setproctitle(title)
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(PR_SET_NAME, title.encode()[:15], 0, 0, 0)

@@ -12,22 +12,23 @@ handing back a signal the stop intercepted. Line tables are decoded after the de
 worker is a fork of this process, so fpm._pystack finds its interpreter at our own
 &_PyRuntime.
 
-python-ptrace provides the ptrace(2) binding and its error type (errno attached); it names
-neither PTRACE_SEIZE nor PTRACE_INTERRUPT, so their numbers (linux/ptrace.h) are below.
+python-ptrace provides the ptrace(2) binding; it names neither PTRACE_SEIZE nor
+PTRACE_INTERRUPT, so the numbers (linux/ptrace.h) are below. It is imported by load(), which
+the master calls only when a pool has a slowlog: its import runs `ldconfig -p` (ctypes'
+find_library) and costs 10-20 ms of start-up.
 """
 
 import errno
+import functools
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
 
-from ptrace import PtraceError
-from ptrace.binding.func import PTRACE_DETACH, ptrace
-
 from fpm import _pystack
 
+PTRACE_DETACH = 17
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_EVENT_STOP = 128
@@ -40,6 +41,24 @@ _PF_EXITING = 0x4  # in /proc/PID/stat's flags (include/linux/sched.h)
 _SLICE_S = 0.001
 # Code objects cached per worker; past this many the worker's cache starts over.
 _MAX_CODES = 4096
+
+
+@functools.cache
+def load():
+    """python-ptrace's (ptrace, PtraceError), imported once (the master calls this at start
+    when a pool may be traced)."""
+    from ptrace import PtraceError
+    from ptrace.binding.func import ptrace
+    return ptrace, PtraceError
+
+
+def _ptrace(request, pid, *args):
+    """ptrace(2) through python-ptrace; a failure is an OSError."""
+    call, error = load()
+    try:
+        call(request, pid, *args)
+    except error as e:
+        raise OSError(e.errno, os.strerror(e.errno)) from None
 
 
 class TraceError(Exception):
@@ -118,8 +137,8 @@ def _trace(pid, depth, timeout, took_sigchld):
     _seize(pid)
     floor = time.monotonic_ns()
     try:
-        ptrace(PTRACE_INTERRUPT, pid)
-    except PtraceError as e:
+        _ptrace(PTRACE_INTERRUPT, pid)
+    except OSError as e:
         if e.errno != errno.ESRCH:  # ESRCH: it is exiting; the wait below collects the exit
             _detach(pid, 0)
             raise TraceError(f"ptrace(INTERRUPT) failed: {os.strerror(e.errno)}") from None
@@ -171,8 +190,8 @@ def _check_supported():
 
 def _seize(pid):
     try:
-        ptrace(PTRACE_SEIZE, pid)
-    except PtraceError as e:
+        _ptrace(PTRACE_SEIZE, pid)
+    except OSError as e:
         if e.errno == errno.ESRCH:
             forget(pid)
             raise Gone("no such process") from None
@@ -227,8 +246,8 @@ def _signal_to_deliver(status):
 
 def _detach(pid, sig):
     try:
-        ptrace(PTRACE_DETACH, pid, 0, sig)
-    except PtraceError as e:
+        _ptrace(PTRACE_DETACH, pid, 0, sig)
+    except OSError as e:
         if e.errno != errno.ESRCH:  # ESRCH: killed while stopped; its exit goes to the reaper
             raise TraceError(f"ptrace(DETACH) failed: {os.strerror(e.errno)}") from None
 

@@ -25,7 +25,7 @@ from fpm.log import strerror
 
 PR_SET_DUMPABLE = 4
 # Loaded here, in the master: after chroot there may be no libc to find.
-_libc = ctypes.CDLL(None, use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)
 
 NOT_ROOT_NOTICE = "'%s' directive is ignored when FPM is not running as root"
 NO_USER = "user has not been defined; set 'user' or start pyfpm with -R to let workers run as root"
@@ -197,7 +197,7 @@ def apply(pool, log, allow_root: bool) -> None:
 
     # After setuid, which resets it: lets the master (without CAP_SYS_PTRACE, e.g. in a
     # container) ptrace a worker that changed its uid, and the kernel dump its core.
-    if pool.process_dumpable and _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0:
+    if pool.process_dumpable and libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0:
         log.error("[pool %s] process.dumpable = yes: prctl(PR_SET_DUMPABLE) failed: %s"
                   % (pool.name, strerror(ctypes.get_errno())))
 

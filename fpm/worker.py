@@ -1,8 +1,6 @@
 """The child side after fork: signals, parent-death watch, app loading, then the serve loop."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import os
 import signal
@@ -137,8 +135,7 @@ def _init_signals() -> None:
 
 def _die_with_parent() -> None:
     """Workers never outlive the master, even one killed with SIGKILL."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    unix.libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() == 1:  # the master died before prctl() took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
