@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """pyfpm side by side with PHP-FPM, uWSGI and flup behind one nginx (issue 6).
 
-    python bench/compare.py [--quick] [--duration 5s] [--rounds 3] [--out bench/results]
+    python bench/compare.py [--quick] [--floor F] [--duration 3s] [--rounds 3] [--out bench/results]
 
 Installs what is missing (scripts/install-bench-deps), starts every server with 2 workers
 (each on a unix socket and, if a scenario needs it, on 127.0.0.1), one nginx with
 worker_processes 1 in front, then runs `wrk -t1` against each in interleaved rounds
-(A B C D A B C D ...) without restarting anything. Writes compare.md / compare.json /
-compare.png (or compare-quick.*) to the out dir and prints the table. Every process it starts
-is in its own process group and is killed at the end, also on Ctrl-C or an error.
+(A B C D A B C D ...) without restarting anything; then counts each server's syscalls per
+request under strace and times fresh starts to a first response. Writes compare.md /
+compare.json / compare.png (or compare-quick.*) to the out dir and prints the table. Every
+process it starts is in its own process group and is killed at the end, also on Ctrl-C or an
+error.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ sys.path[:0] = [str(ROOT), str(BENCH)]  # tests.harness, fpm (this checkout), th
 
 import compare_measure as measure  # noqa: E402
 import compare_report as report  # noqa: E402
-from compare_servers import SERVERS, Backend, Nginx  # noqa: E402
+from compare_servers import (  # noqa: E402
+    BIG, COUNTED, FASTCGI_PARAMS, HELLO_PHP, SERVERS, Backend, Nginx, expected_answer,
+    startup_ms)
 
 
 @dataclass(frozen=True)
@@ -43,22 +47,79 @@ class Scenario:
     transport: str
     keep: str  # fastcgi_keep_conn
     connections: int
-    post: bool = False
+    path: str = "hello"  # hello; post: a 1 MiB body; big: a 100 KiB answer; COUNTED: see Nginx
+    headers: tuple = ()  # (name, value) pairs wrk sends with every request
+    mib: float | None = None  # MiB a request or its answer carries: MiB/s = req/s × mib
 
     @property
-    def path(self) -> str:
-        return "post" if self.post else "hello"
+    def post(self) -> bool:
+        return self.path == "post"
+
+    @property
+    def counted(self) -> bool:
+        """nginx logs this scenario's requests per client connection (starvation check)."""
+        return self.path == COUNTED
 
 
 STALL_TIMEOUT = 30.0  # how long a cell waits for its backend to answer at all
+FLUSH_WAIT = 1.2  # nginx writes its buffered per-connection log (flush=1s) by then
+STARVED_IN = ("keep-c64",)  # the scenarios whose report says which connections starved
+
+# 9 request headers with 211-byte values: with nginx's stock fastcgi_params (20 params on
+# plain HTTP, HTTP_HOST among them) and SCRIPT_FILENAME, nginx sends 30 params, 2,043 bytes
+# of them HTTP_* names and values (forwarded_params(); tests/unit/test_compare.py counts).
+BENCH_HEADERS = tuple((f"X-Bench-{i}", (f"{i}-" + "0123456789abcdef" * 14)[:211])
+                      for i in range(1, 10))
 
 SCENARIOS = (
     Scenario("unix-c16", "hello, unix, c16", "unix", "off", 16),
     Scenario("unix-c64", "hello, unix, c64", "unix", "off", 64),
     Scenario("tcp-c16", "hello, TCP, c16", "tcp", "off", 16),
     Scenario("keep-c16", "hello, unix, keep_conn on, c16", "unix", "on", 16),
-    Scenario("post-c16", "POST 1 MiB, unix, c16 (req/s = MiB/s)", "unix", "off", 16, post=True),
+    Scenario("tcp-keep-c16", "hello, TCP, keep_conn on, c16", "tcp", "on", 16),
+    Scenario("keep-c64", "hello, unix, keep_conn on, c64", "unix", "on", 64, path=COUNTED),
+    Scenario("params-c16", "hello with 30 params (9 headers, 2,043 B of HTTP_*), unix, c16",
+             "unix", "off", 16, headers=BENCH_HEADERS),
+    Scenario("big-c16", "100 KiB response, unix, c16", "unix", "off", 16, path="big",
+             mib=BIG / 1048576),
+    Scenario("post-c16", "POST 1 MiB, unix, c16 (req/s = MiB/s)", "unix", "off", 16,
+             path="post", mib=1.0),
 )
+
+
+def forwarded_params(fastcgi_params: str, headers, host: str = "127.0.0.1") -> dict:
+    """The params nginx sends to a location of the harness for a plain-HTTP request with
+    ``headers``: every ``fastcgi_param`` of the file but those marked if_not_empty (on plain
+    HTTP that is HTTPS, empty), SCRIPT_FILENAME, then HTTP_* for Host (wrk sends it) and each
+    header that no param names already (nginx hides those). Values as written in the file
+    (nginx's variables), HTTP_HOST's is ``host`` ($host: no port)."""
+    params = {}
+    for line in fastcgi_params.splitlines():
+        fields = line.partition("#")[0].replace(";", " ;").split()
+        if fields[:1] == ["fastcgi_param"] and len(fields) >= 4 and "if_not_empty" not in fields:
+            params[fields[1]] = " ".join(fields[2:-1])
+    params["SCRIPT_FILENAME"] = str(HELLO_PHP)
+    for name, value in (("Host", host), *headers):
+        params.setdefault("HTTP_" + name.upper().replace("-", "_"), value)
+    if "HTTP_HOST" in params:
+        params["HTTP_HOST"] = host
+    return params
+
+
+def header_bytes(params: dict) -> int:
+    """Bytes of the HTTP_* params' names and values (the request headers nginx forwards)."""
+    return sum(len(k) + len(v) for k, v in params.items() if k.startswith("HTTP_"))
+
+
+def plan_seconds(scenarios, servers, rounds, duration, warmup, starts, strace) -> float:
+    """About how long a run takes, from the cells and the pauses between them (the constants
+    fitted to a 5-scenario run of 381 s that this gives as 400 s)."""
+    def gap(sc):  # the pause after a cell, plus ~0.5 s of checks and wrk's start and end
+        return (FLUSH_WAIT if sc.counted else 1.2 if sc.keep == "on" else 0.3) + 0.5
+    per_round = sum(duration + gap(sc) for sc in scenarios) * len(servers)
+    warm = sum(warmup + gap(sc) for sc in scenarios) * len(servers) if warmup > 0 else 0
+    return (10 + warm + rounds * per_round + starts * len(servers) * 1.2
+            + (len(servers) * (strace + 1.5) if strace > 0 else 0))
 
 
 def seconds(text: str) -> float:
@@ -72,22 +133,31 @@ def seconds(text: str) -> float:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="1 round of 2 s, hello world unix c16, pyfpm and PHP-FPM only; prints the ratio")
-    p.add_argument("--duration", default=None, help="wrk duration per cell (default 5s, --quick 2s)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, --quick 1)")
+                   help="the CI guard: 3 rounds of 2 s, hello world unix c16, pyfpm and PHP-FPM "
+                        "only, no starts or strace; prints the ratio")
+    p.add_argument("--duration", default=None, help="wrk duration per cell (default 3s, --quick 2s)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     p.add_argument("--warmup", default="1s", help="wrk run per cell before the rounds (default 1s)")
+    p.add_argument("--starts", type=int, default=None,
+                   help="fresh starts per server timed to a first response (default 5, --quick 0)")
+    p.add_argument("--strace", default=None,
+                   help="wrk run per server under strace -c for syscalls per request "
+                        "(default 2s, --quick 0 = none)")
     p.add_argument("--out", default=str(BENCH / "results"), help="where the report goes")
     p.add_argument("--servers", default=None, help="comma-separated subset of " + ",".join(SERVERS))
     p.add_argument("--scenarios", default=None,
                    help="comma-separated subset of " + ",".join(s.key for s in SCENARIOS))
     p.add_argument("--floor", type=float, default=None,
-                   help="exit 1 if pyfpm's req/s ÷ PHP-FPM's is below this in any scenario")
+                   help="exit 1 if pyfpm's req/s ÷ PHP-FPM's is below this in a scenario, "
+                        "measured again (as many rounds) and below it again")
     p.add_argument("--no-install", action="store_true", help="do not run scripts/install-bench-deps")
     p.add_argument("--keep-tmp", action="store_true", help="keep the /tmp directory (configs, logs)")
     args = p.parse_args(argv)
-    args.duration = seconds(args.duration or ("2s" if args.quick else "5s"))
+    args.duration = seconds(args.duration or ("2s" if args.quick else "3s"))
     args.warmup = seconds(args.warmup)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or 3
+    args.starts = args.starts if args.starts is not None else (0 if args.quick else 5)
+    args.strace = seconds(args.strace or ("0" if args.quick else "2s"))
     servers = args.servers.split(",") if args.servers else (
         ["pyfpm", "php-fpm"] if args.quick else list(SERVERS))
     unknown = set(servers) - set(SERVERS)
@@ -104,11 +174,12 @@ def parse_args(argv=None):
     return args
 
 
-def install(argv) -> None:
-    """Run scripts/install-bench-deps; if it names another Python (a venv on a Debian system
-    Python), re-run this command with that one."""
+def install(argv, quick: bool) -> None:
+    """Run scripts/install-bench-deps (--quick: only what the quick mode needs); if it names
+    another Python (a venv on a Debian system Python), re-run this command with that one."""
     env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run([str(ROOT / "scripts" / "install-bench-deps")], env=env,
+    done = subprocess.run([str(ROOT / "scripts" / "install-bench-deps")]
+                          + (["--quick"] if quick else []), env=env,
                           stdout=subprocess.PIPE, text=True, timeout=1800)
     if done.returncode != 0:
         sys.exit(f"compare: scripts/install-bench-deps failed with code {done.returncode}")
@@ -125,23 +196,26 @@ def log(text: str) -> None:
 
 
 def check_through_nginx(front: Nginx, backend: Backend, scenarios) -> str | None:
-    """None if every location this backend serves answers as it should through nginx."""
-    checks = {(sc.keep, sc.post) for sc in scenarios if sc.transport == backend.transport}
-    for keep, post in sorted(checks):
+    """None if every location this backend serves answers as it should through nginx. (The
+    counted location is checked as hello: a check's connection in its log would count as a
+    connection served once.)"""
+    checks = {(sc.keep, "hello" if sc.counted else sc.path, sc.headers) for sc in scenarios
+              if sc.transport == backend.transport}
+    for keep, what, headers in sorted(checks):
         conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
+        path = f"/{backend.server}/{backend.transport}/{keep}/{what}"
         try:
-            path = f"/{backend.server}/{backend.transport}/{keep}/{'post' if post else 'hello'}"
-            body = b"a" * 1048576 if post else None
-            conn.request("POST" if post else "GET", path, body=body)
+            body = b"a" * 1048576 if what == "post" else None
+            conn.request("POST" if body else "GET", path, body=body, headers=dict(headers))
             resp = conn.getresponse()
             data = resp.read()
         except OSError as e:
             return f"through nginx ({path}): {e}"
         finally:
             conn.close()
-        want = b"1048576" if post else b"Hello world\n"
-        if resp.status != 200 or data != want:
-            return f"through nginx ({path}): {resp.status} {data[:80]!r}"
+        want = expected_answer(what)
+        if resp.status != 200 or (len(data) != want if isinstance(want, int) else data != want):
+            return f"through nginx ({path}): {resp.status}, {len(data)} bytes {data[:80]!r}"
     return None
 
 
@@ -154,14 +228,24 @@ def run_cell(front, backend, sc, duration, lua) -> dict:
         return {"error": f"{backend.key} not answering before the run: {why}", "stalled_s": waited}
     url = front.url(backend, sc.keep, sc.path)
     front.new_errors()  # only what this cell makes nginx log counts
+    front.new_counted()
     try:
         with measure.Meter(backend.pids(), front.pids()) as meter:
             result = measure.run_wrk(url, sc.connections, duration, lua if sc.post else None,
-                                     midway=lambda: measure.accept_queue(backend.address))
+                                     midway=lambda: measure.accept_queue(backend.address),
+                                     headers=sc.headers)
     except RuntimeError as e:
         return {"error": str(e), "stalled_s": waited}
     result.update(meter.figures(result["requests"], result.pop("wrk_ns")))
-    result["nginx_errors"] = len(front.new_errors())
+    if sc.counted:
+        time.sleep(FLUSH_WAIT)
+    errors = front.new_errors()
+    result["nginx_errors"] = len(errors)
+    if sc.counted:
+        counts = measure.connection_counts(front.new_counted())
+        result["conns"] = report.starvation(
+            counts.values(), sc.connections, result["timeouts"],
+            sum("upstream timed out" in line for line in errors))
     result["stalled_s"] = waited
     if not backend.running:
         result["error"] = f"{backend.key} died during the run: {backend.log_tail()}"
@@ -183,7 +267,8 @@ def interrupted(signum, frame):
 def start_servers(args, tmp: Path, stack: ExitStack):
     """Every server once per transport the scenarios use, and nginx in front of those that
     started; (backends by (server, transport), nginx, {server: why it is not in the run})."""
-    transports = sorted({sc.transport for sc in args.scenarios}, reverse=True)  # unix first
+    wanted = {sc.transport for sc in args.scenarios} | ({"unix"} if args.strace > 0 else set())
+    transports = sorted(wanted, reverse=True)  # unix first
     backends, failures = {}, {}
     for server in args.servers:
         for transport in transports:
@@ -212,10 +297,34 @@ def start_servers(args, tmp: Path, stack: ExitStack):
 def describe(result) -> str:
     if "error" in result:
         return f"failed: {result['error']}"
+    conns = result.get("conns")
     return (f"{result['rate']:9,.0f} req/s  p50 {result['p50']:.2f} ms  p99 {result['p99']:.2f} ms  "
             f"backend {result['backend_us']:.1f} µs/req  errors {result['non2xx']}/"
             f"{result['socket_errors']}/{result['nginx_errors']}  queue {result['midway']}"
+            + (f"  connections served {conns['served']}/{conns['clients']}, min/median/max "
+               f"{conns['min']}/{conns['median']:.0f}/{conns['max']}"
+               f"{' STARVED' if conns['starved'] else ''}"
+               if conns else "")
             + (f"  (answered after {result['stalled_s']:.1f} s)" if result["stalled_s"] > 0.5 else ""))
+
+
+def gap(sc) -> float:
+    """The pause after a cell: keep_conn on lets nginx's cached upstream connections (1 s)
+    go first; a counted cell has waited for nginx's log already."""
+    return 0.0 if sc.counted else 1.2 if sc.keep == "on" else 0.3
+
+
+def run_rounds(args, cells_of, front, lua: str, rounds: int, attempt: int = 1) -> list[dict]:
+    """``rounds`` interleaved rounds over ``cells_of`` [(scenario, backend)]."""
+    cells = []
+    for rnd in range(1, rounds + 1):
+        for sc, b in cells_of:
+            result = run_cell(front, b, sc, args.duration, lua)
+            result.update(round=rnd, attempt=attempt, scenario=sc.key, server=b.server)
+            cells.append(result)
+            log(f"round {rnd} {sc.key:12} {b.server:8} {describe(result)}")
+            time.sleep(gap(sc))
+    return cells
 
 
 def measure_all(args, backends, front, servers, lua: str):
@@ -225,59 +334,137 @@ def measure_all(args, backends, front, servers, lua: str):
         log(f"warm-up: {len(cells_of)} cells x {args.warmup:g} s")
         for sc, b in cells_of:
             run_cell(front, b, sc, args.warmup, lua)
-            time.sleep(1.2 if sc.keep == "on" else 0.2)
+            time.sleep(gap(sc))
     time.sleep(1.0)
-    transport = "unix" if any(sc.transport == "unix" for sc in args.scenarios) else "tcp"
+    transport = "unix" if ("unix" in {t for _, t in backends}) else "tcp"
     idle = {s: backends[s, transport] for s in servers}
     for b in idle.values():  # flup is left without children by aborted uploads for a while
         b.wait_answering(STALL_TIMEOUT)
     time.sleep(0.5)
     memory = {s: idle_memory(b) for s, b in idle.items()}
-    cells = []
-    for rnd in range(1, args.rounds + 1):
-        for sc, b in cells_of:
-            result = run_cell(front, b, sc, args.duration, lua)
-            result.update(round=rnd, scenario=sc.key, server=b.server)
-            cells.append(result)
-            log(f"round {rnd} {sc.key:9} {b.server:8} {describe(result)}")
-            # keep_conn on: let nginx's cached upstream connections (1 s) go first.
-            time.sleep(1.2 if sc.keep == "on" else 0.3)
-    return cells, memory
+    return run_rounds(args, cells_of, front, lua, args.rounds), memory
 
 
-def write_report(args, argv, cells, memory, failures, elapsed) -> int:
+def measure_syscalls(args, backends, front, servers, tmp: Path) -> dict:
+    """Per server: wrk for ``args.strace`` s of hello world (unix, c16, keep_conn off) with
+    ``strace -c -f`` attached to the workers, and another to the master; {"requests",
+    "workers", "master"} (syscall counts), or {"error"}."""
+    out = {}
+    for server in servers:
+        b = backends.get((server, "unix"))
+        if b is None:
+            continue
+        waited, why = b.wait_answering(STALL_TIMEOUT)
+        if why:
+            out[server] = {"error": f"not answering: {why}"}
+            continue
+        try:
+            with measure.Strace(b.workers(), tmp / f"strace-{server}-workers.txt") as workers, \
+                    measure.Strace([b.master()], tmp / f"strace-{server}-master.txt") as master:
+                result = measure.run_wrk(front.url(b, "off", "hello"), 16, args.strace)
+        except RuntimeError as e:
+            out[server] = {"error": str(e)}
+            continue
+        out[server] = {"requests": result["requests"], "workers": workers.counts,
+                       "master": master.counts}
+        f = report.syscall_figures(out[server])
+        log(f"strace {server:8} {result['requests']:,} requests, "
+            f"{f['per_request']:.1f} syscalls per request in the workers, "
+            f"{f['master_per_request']:.2f} in the master")
+        time.sleep(0.3)
+    return out
+
+
+def measure_starts(servers, tmp: Path, n: int) -> dict:
+    """{server: [ms from Popen to the first answer, or why not]} of ``n`` fresh starts each,
+    interleaved across the servers. Python servers start from compiled bytecode, as a pip
+    install leaves them: with PYTHONDONTWRITEBYTECODE set (this VM sets it) every start
+    would compile pyfpm's sources again (~60 ms)."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "fpm"), str(BENCH / "peers")],
+                   check=True, stdout=subprocess.DEVNULL)
+    times = {s: [] for s in servers}
+    for i in range(n):
+        for server in servers:
+            times[server].append(startup_ms(server, tmp / f"start-{server}-{i}"))
+            t = times[server][-1]
+            log(f"start {i + 1} {server:8} " + (f"failed: {t}" if isinstance(t, str)
+                                                 else f"{t:.1f} ms"))
+    return times
+
+
+def guard_ratios(args, summary, servers) -> dict:
+    """{scenario title: pyfpm ÷ PHP-FPM} when both servers are in the run."""
+    if "pyfpm" not in servers or "php-fpm" not in servers:
+        return {}
+    return {sc.title: report.ratio(summary, sc.key, "php-fpm") for sc in args.scenarios}
+
+
+def measure_again(args, backends, front, servers, lua, summary) -> list[dict]:
+    """The CI guard's second chance: the same rounds again, pyfpm and PHP-FPM only, for the
+    scenarios where pyfpm ÷ PHP-FPM is under --floor (a noisy neighbour on a CI machine)."""
+    if args.floor is None or "pyfpm" not in servers or "php-fpm" not in servers:
+        return []
+    below = [sc for sc in args.scenarios
+             if (r := report.ratio(summary, sc.key, "php-fpm")) is None or r < args.floor]
+    if not below:
+        return []
+    log(f"pyfpm ÷ php-fpm below {args.floor:g}× in {', '.join(sc.key for sc in below)}: "
+        f"measuring again")
+    cells_of = [(sc, backends[s, sc.transport]) for sc in below for s in ("pyfpm", "php-fpm")]
+    return run_rounds(args, cells_of, front, lua, args.rounds, attempt=2)
+
+
+def write_report(args, argv, cells, memory, failures, elapsed, starts=None, syscalls=None,
+                 again=()) -> int:
     """The markdown, JSON and PNG in the out dir; prints the table and pyfpm ÷ PHP-FPM.
-    Exit status 1 if a ratio is under --floor."""
+    Exit status 1 if a ratio is under --floor both times (report.floor_verdict)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "compare-quick" if args.quick else "compare"
     summary = report.summarize(cells)
     command = "python bench/compare.py " + " ".join(argv)
+    extra = ""
+    if any(sc.headers for sc in args.scenarios) and FASTCGI_PARAMS.exists():
+        params = forwarded_params(FASTCGI_PARAMS.read_text(), BENCH_HEADERS)
+        extra = (f" With {len(BENCH_HEADERS)} X-Bench headers nginx sends {len(params)} params, "
+                 f"{header_bytes(params):,} bytes of HTTP_* names and values ({FASTCGI_PARAMS}).")
     meta = {
         "title": f"`{command.strip()}` ({time.strftime('%Y-%m-%d %H:%M')}, {elapsed:.0f} s)",
         "description": (f"wrk -t1 -d{args.duration:g}s --latency, {args.rounds} interleaved "
                         f"round(s), hello world and 2 workers per server, one nginx "
                         f"(worker_processes 1), {os.cpu_count()} CPUs, load average before "
-                        f"{args.load:.2f}."),
+                        f"{args.load:.2f}.{extra}"),
     }
-    text = report.markdown(args.scenarios, args.servers, summary, memory, failures, meta)
+    start_figs = {s: report.start_figures(t) for s, t in (starts or {}).items()}
+    call_figs = {s: report.syscall_figures(e) for s, e in (syscalls or {}).items()}
+    text = report.markdown(args.scenarios, args.servers, summary, memory, failures, meta,
+                           start_figs, call_figs)
+    first, guard = guard_ratios(args, summary, args.servers), ""
+    if args.floor is None:
+        code, lines = 0, [f"pyfpm ÷ php-fpm, {t}: " + ("n/a" if r is None else f"{r:.2f}×")
+                          for t, r in first.items()]
+    else:
+        second = guard_ratios(args, report.summarize(again), args.servers) if again else None
+        code, lines = report.floor_verdict(first, second, args.floor)
+        guard = ("\nRegression guard (--floor, pyfpm ÷ PHP-FPM; a scenario under the floor is "
+                 "measured again and fails only if under it again):\n\n"
+                 + "".join(f"- {line}\n" for line in lines))
     png = report.chart(out / f"{stem}.png", args.scenarios, args.servers, summary,
                        f"req/s, median of {args.rounds} round(s) of {args.duration:g} s")
-    (out / f"{stem}.md").write_text(text + (f"\n![req/s]({stem}.png)\n" if png else ""))
+    (out / f"{stem}.md").write_text(text + guard + (f"\n![req/s]({stem}.png)\n" if png else ""))
     (out / f"{stem}.json").write_text(json.dumps(
         {"command": command, "meta": meta, "failures": failures, "memory": memory,
-         "cells": [{k: v for k, v in c.items() if k != "raw"} for c in cells]}, indent=1))
+         "starts": starts or {}, "syscalls": syscalls or {},
+         "cells": [{k: v for k, v in c.items() if k != "raw"} for c in [*cells, *again]]},
+        indent=1))
     print(text)
     print(f"report: {out / (stem + '.md')}, chart: {png or 'not drawn (no matplotlib)'}, "
           f"{elapsed:.0f} s")
-    code = 0
-    if "pyfpm" in args.servers and "php-fpm" in args.servers:
-        for sc in args.scenarios:
-            r = report.ratio(summary, sc.key, "php-fpm")
-            print(f"pyfpm ÷ php-fpm, {sc.title}: " + ("n/a" if r is None else f"{r:.2f}×"))
-            if args.floor is not None and (r is None or r < args.floor):
-                print(f"compare: below the floor {args.floor:g}×", file=sys.stderr)
-                code = 1
+    for line in lines:
+        print(line)
+    if code:
+        print(f"compare: pyfpm ÷ php-fpm below the floor {args.floor:g}×", file=sys.stderr)
     return code
 
 
@@ -285,13 +472,19 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if not args.no_install:
-        install(argv)
+        install(argv, args.quick)
     if not shutil.which("wrk"):
         sys.exit("compare: wrk is not installed (scripts/install-bench-deps)")
+    if args.strace > 0 and not shutil.which("strace"):
+        sys.exit("compare: strace is not installed (scripts/install-bench-deps)")
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)  # also when started in the background (SIG_IGN)
     args.load = os.getloadavg()[0]
     started = time.monotonic()
+    plan = plan_seconds(args.scenarios, args.servers, args.rounds, args.duration, args.warmup,
+                        args.starts, args.strace)
+    log(f"{len(args.scenarios)} scenario(s) x {len(args.servers)} server(s), "
+        f"{args.rounds} round(s) of {args.duration:g} s: about {plan / 60:.1f} min")
     tmp = Path(tempfile.mkdtemp(prefix="pyfpm-compare-", dir="/tmp"))
     with ExitStack() as stack:  # unwinds in reverse: nginx, the servers, then tmp
         if args.keep_tmp:
@@ -303,7 +496,11 @@ def main(argv=None) -> int:
         backends, front, failures = start_servers(args, tmp, stack)
         servers = [s for s in args.servers if s not in failures]
         cells, memory = measure_all(args, backends, front, servers, str(lua))
-    return write_report(args, argv, cells, memory, failures, time.monotonic() - started)
+        again = measure_again(args, backends, front, servers, str(lua), report.summarize(cells))
+        syscalls = measure_syscalls(args, backends, front, servers, tmp) if args.strace > 0 else {}
+        starts = measure_starts(servers, tmp, args.starts) if args.starts > 0 else {}
+    return write_report(args, argv, cells, memory, failures, time.monotonic() - started,
+                        starts, syscalls, again)
 
 
 if __name__ == "__main__":

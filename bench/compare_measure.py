@@ -1,13 +1,17 @@
-"""What bench/compare.py reads: wrk's output, processes' CPU time and memory from /proc, and
-the whole machine's busy time (to see how much other work disturbed a cell)."""
+"""What bench/compare.py reads: wrk's output, processes' CPU time and memory from /proc, the
+whole machine's busy time (to see how much other work disturbed a cell), and the system calls
+of a server's processes (strace -c)."""
 
 from __future__ import annotations
 
 import os
 import re
 import resource
+import signal
 import subprocess
 import time
+from collections import Counter
+from pathlib import Path
 
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
@@ -43,13 +47,15 @@ def parse_wrk(out: str) -> dict:
 
 
 def run_wrk(url: str, connections: int, seconds: float, script: str | None = None,
-            midway=None) -> dict:
+            midway=None, headers=()) -> dict:
     """One bounded ``wrk -t1`` run; its parsed figures plus its own CPU time and raw output,
-    and ``midway()``'s value at half time as "midway". Raises RuntimeError if wrk fails or
-    outlives its duration by 30 s."""
+    and ``midway()``'s value at half time as "midway". ``headers``: (name, value) pairs sent
+    with every request. Raises RuntimeError if wrk fails or outlives its duration by 30 s."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     if script:
         argv += ["-s", script]
+    for name, value in headers:
+        argv += ["-H", f"{name}: {value}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(argv + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -147,3 +153,87 @@ class Meter:
                 "wrk_pct": 100 * wrk_ns / wall,
                 # Work on the machine that was none of the three: other sessions, the harness.
                 "other_pct": 100 * (busy - backend - nginx - wrk_ns) / wall}
+
+
+def connection_counts(log_lines) -> Counter:
+    """Requests answered 200 per client connection, from nginx access-log lines in the
+    ``$connection $status`` format (the 499s of connections wrk closed at the end of a cell
+    are not answers)."""
+    counts = Counter()
+    for line in log_lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[1] == "200":
+            counts[fields[0]] += 1
+    return counts
+
+
+def parse_strace(text: str) -> dict:
+    """{syscall: calls} from the table ``strace -c`` writes, with its "total" row. Columns
+    are read at the header's positions (the errors column is blank for most rows)."""
+    lines = text.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.lstrip().startswith("% time")), None)
+    if head is None:
+        return {}
+    header = lines[head]
+    usecs_end = header.index("usecs/call") + len("usecs/call")
+    calls_end = header.index("calls", usecs_end) + len("calls")
+    errors_end = header.index("errors") + len("errors")
+    counts = {}
+    for line in lines[head + 1:]:
+        if not line.strip() or line.startswith("---"):
+            continue
+        name = line[errors_end:].strip()
+        calls = line[usecs_end:calls_end].strip()
+        if name and calls.isdigit():
+            counts[name] = int(calls)
+    return counts
+
+
+def traced(pid: int) -> bool:
+    """True once a tracer (strace) is attached to ``pid``, or if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("TracerPid:")) != 0
+    except (OSError, StopIteration):
+        return True
+
+
+class Strace:
+    """``strace -c -f`` attached to ``pids`` for the length of the with-block (waits until
+    every pid has its tracer, at most 5 s); ``.counts`` is {syscall: calls} afterwards. The
+    strace process has its own group and is interrupted (it then writes its table), killed
+    if it has not finished 10 s later."""
+
+    def __init__(self, pids, out: Path):
+        self.pids, self.out, self.counts, self.proc = list(pids), Path(out), {}, None
+
+    def __enter__(self):
+        argv = ["strace", "-c", "-f", "-o", str(self.out)]
+        for pid in self.pids:
+            argv += ["-p", str(pid)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 5
+        while not all(map(traced, self.pids)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"strace did not attach to {self.pids}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __exit__(self, *exc):
+        self.stop()
+        try:
+            self.counts = parse_strace(self.out.read_text(errors="replace"))
+        except OSError:
+            self.counts = {}

@@ -25,6 +25,14 @@ HELLO_PHP = PEERS / "hello.php"
 FASTCGI_PARAMS = Path("/etc/nginx/fastcgi_params")
 SERVERS = ("pyfpm", "php-fpm", "uwsgi", "flup")
 START_TIMEOUT = 20.0
+BIG = 102400  # bytes hello.php and hello_wsgi.py answer for a path ending in /big
+COUNTED = "counted"  # the path whose requests nginx logs per client connection (keep_conn on)
+
+
+def expected_answer(path: str) -> bytes | int:
+    """What a backend answers on ``path`` (hello, post with a 1 MiB body, big, counted): the
+    body, or for big its length."""
+    return {"post": b"1048576", "big": BIG}.get(path, b"Hello world\n")
 
 
 def find(name: str) -> str | None:
@@ -72,6 +80,9 @@ class Backend:
     address: str = ""
     proc: subprocess.Popen | None = None
     error: str | None = None
+    poll: float = 0.05  # seconds between the FastCGI requests that wait for a first answer
+    ready_s: float | None = None  # from Popen to the first hello-world answer
+    answered_at: float = 0.0  # time.monotonic() of the last answer wait_answering saw
 
     @property
     def key(self) -> str:
@@ -96,9 +107,11 @@ class Backend:
             return self
         env = harness.fpm_env() if self.server == "pyfpm" else None
         with open(self.log, "wb") as log:
+            started = time.monotonic()
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          cwd=self.tmp, env=env, start_new_session=True)
         self.error = self._wait_ready()
+        self.ready_s = None if self.error else self.answered_at - started
         if self.error:
             self.stop()
         return self
@@ -113,18 +126,19 @@ class Backend:
         server exited. (flup's parent can be left without children for seconds.)"""
         start = time.monotonic()
         last = "no answer"
-        while time.monotonic() - start < timeout:
+        while (now := time.monotonic()) - start < timeout:
             if self.proc.poll() is not None:
                 return time.monotonic() - start, f"exited with code {self.proc.returncode}"
             try:
                 response = client.request(self.address, "/hello", timeout=2,
                                           params={"SCRIPT_FILENAME": str(HELLO_PHP)})
                 if response.status == 200 and response.body.startswith(b"Hello world"):
-                    return time.monotonic() - start, None
+                    self.answered_at = time.monotonic()
+                    return self.answered_at - start, None
                 last = f"answered {response.status} {response.body[:80]!r}"
-            except (OSError, client.FastCGIError) as e:
+            except (OSError, client.FastCGIError) as e:  # refused, ENOENT: not listening yet
                 last = f"{type(e).__name__}: {e}"
-            time.sleep(0.05)
+            time.sleep(max(0.0, self.poll - (time.monotonic() - now)))
         return time.monotonic() - start, f"no hello-world response after {timeout:g} s ({last})"
 
     def log_tail(self, lines: int = 3) -> str:
@@ -157,19 +171,38 @@ class Backend:
             harness.kill_group(self.proc, grace=1.0)
 
 
+def startup_ms(server: str, tmp: Path, poll: float = 0.002) -> float | str:
+    """Start ``server`` fresh on a unix socket in its own directory and process group: ms
+    from Popen to its first hello-world answer over FastCGI (polled every ``poll`` s), or
+    why it did not answer. Stopped and its directory removed before returning."""
+    backend = Backend(server, "unix", tmp, poll=poll)
+    try:
+        backend.start()
+    finally:
+        backend.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return backend.error or backend.ready_s * 1000
+
+
 @dataclass
 class Nginx:
     """The one nginx (worker_processes 1) in front of every backend: location
-    ``/<server>/<transport>/<off|on>/`` passes to that backend with that fastcgi_keep_conn."""
+    ``/<server>/<transport>/<off|on>/`` passes to that backend with that fastcgi_keep_conn;
+    ``/<server>/<transport>/on/counted`` is the same, but logged per client connection."""
     tmp: Path
     backends: list[Backend]
     port: int = 0
     proc: subprocess.Popen | None = None
     log_offset: int = field(default=0)
+    conns_offset: int = field(default=0)
 
     @property
     def error_log(self) -> Path:
         return self.tmp / "nginx-error.log"
+
+    @property
+    def conns_log(self) -> Path:
+        return self.tmp / "conns.log"
 
     def config(self) -> str:
         upstreams, locations = [], []
@@ -182,10 +215,14 @@ class Nginx:
                 cache = (" keepalive 16; keepalive_requests 1000000; keepalive_timeout 1s;"
                          if keep == "on" else "")
                 upstreams.append(f"    upstream {name} {{ server {target};{cache} }}")
-                locations.append(
-                    f"        location /{b.server}/{b.transport}/{keep}/ {{ include {FASTCGI_PARAMS}; "
-                    f"fastcgi_param SCRIPT_FILENAME {HELLO_PHP}; fastcgi_keep_conn {keep}; "
-                    f"fastcgi_pass {name}; }}")
+                prefix = f"/{b.server}/{b.transport}/{keep}/"
+                to_backend = (f"include {FASTCGI_PARAMS}; fastcgi_param SCRIPT_FILENAME "
+                              f"{HELLO_PHP}; fastcgi_keep_conn {keep}; fastcgi_pass {name};")
+                locations.append(f"        location {prefix} {{ {to_backend} }}")
+                if keep == "on":  # buffered: one write per 64 KiB, at most 1 s late
+                    locations.append(
+                        f"        location = {prefix}{COUNTED} {{ access_log {self.conns_log} "
+                        f"conns buffer=64k flush=1s; {to_backend} }}")
         return (PEERS / "nginx.conf").read_text().format(
             tmp=self.tmp, port=self.port, upstreams="\n".join(upstreams),
             locations="\n".join(locations))
@@ -232,6 +269,19 @@ class Nginx:
         self.log_offset += len(data)
         return [line for line in data.decode(errors="replace").splitlines()
                 if "[error]" in line or "[crit]" in line or "[alert]" in line]
+
+    def new_counted(self) -> list[str]:
+        """The lines of the per-connection log written since the last call (nginx writes
+        them at most 1 s after the request: wait before reading)."""
+        try:
+            with open(self.conns_log, "rb") as f:
+                f.seek(self.conns_offset)
+                data = f.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1  # a line nginx is still writing is read next time
+        self.conns_offset += end
+        return data[:end].decode(errors="replace").splitlines()
 
     def stop(self) -> None:
         if self.proc is not None:
