@@ -278,6 +278,9 @@ def start_servers(args, tmp: Path, stack: ExitStack):
             if b.start().error:
                 failures.setdefault(server, f"{transport}: {b.error}")
                 log(f"{b.key} did not start: {b.error}")
+            else:  # before any load, even the checks through nginx (one is a 1 MiB POST)
+                time.sleep(0.3)
+                b.fresh_memory = idle_memory(b)
             backends[server, transport] = b
     for key, b in list(backends.items()):
         if key[0] in failures:
@@ -341,7 +344,7 @@ def measure_all(args, backends, front, servers, lua: str):
     for b in idle.values():  # flup is left without children by aborted uploads for a while
         b.wait_answering(STALL_TIMEOUT)
     time.sleep(0.5)
-    memory = {s: idle_memory(b) for s, b in idle.items()}
+    memory = {s: {**idle_memory(b), "fresh": b.fresh_memory} for s, b in idle.items()}
     return run_rounds(args, cells_of, front, lua, args.rounds), memory
 
 

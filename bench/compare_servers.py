@@ -83,6 +83,7 @@ class Backend:
     poll: float = 0.05  # seconds between the FastCGI requests that wait for a first answer
     ready_s: float | None = None  # from Popen to the first hello-world answer
     answered_at: float = 0.0  # time.monotonic() of the last answer wait_answering saw
+    fresh_memory: dict | None = None  # idle workers' memory right after the start
 
     @property
     def key(self) -> str:
