@@ -261,29 +261,28 @@ class Nginx:
 
     def new_errors(self) -> list[str]:
         """The error-level lines nginx logged since the last call."""
-        try:
-            with open(self.error_log, "rb") as f:
-                f.seek(self.log_offset)
-                data = f.read()
-        except OSError:
-            return []
-        self.log_offset += len(data)
-        return [line for line in data.decode(errors="replace").splitlines()
-                if "[error]" in line or "[crit]" in line or "[alert]" in line]
+        lines, self.log_offset = _new_lines(self.error_log, self.log_offset)
+        return [line for line in lines if "[error]" in line or "[crit]" in line or "[alert]" in line]
 
     def new_counted(self) -> list[str]:
         """The lines of the per-connection log written since the last call (nginx writes
         them at most 1 s after the request: wait before reading)."""
-        try:
-            with open(self.conns_log, "rb") as f:
-                f.seek(self.conns_offset)
-                data = f.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n") + 1  # a line nginx is still writing is read next time
-        self.conns_offset += end
-        return data[:end].decode(errors="replace").splitlines()
+        lines, self.conns_offset = _new_lines(self.conns_log, self.conns_offset)
+        return lines
 
     def stop(self) -> None:
         if self.proc is not None:
             harness.kill_group(self.proc, grace=1.0)
+
+
+def _new_lines(path: Path, offset: int) -> tuple[list[str], int]:
+    """The whole lines of ``path`` after ``offset``, and the offset after them (a line nginx
+    is still writing is read next time); none if the file is not there yet."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    return data[:end].decode(errors="replace").splitlines(), offset + end
