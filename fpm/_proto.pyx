@@ -539,10 +539,10 @@ cdef str _latin1_at(list cache, Py_ssize_t slot, const char *p, Py_ssize_t n):
     return s
 
 
-cdef Py_ssize_t _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out, bint as_str,
+cdef Py_ssize_t _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out,
                              list cache=None) except -1:
-    """Name-value pairs into out, as latin-1 str (environ, reusing cache's strs by position
-    when given) or bytes; the last duplicate wins. Returns how many pairs there were."""
+    """Name-value pairs into out: latin-1 strs reused from cache by position (environ), or
+    bytes without a cache; the last duplicate wins. Returns how many pairs there were."""
     cdef Py_ssize_t i = 0, start, nl, vl, count = 0
     while i < n:
         count += 1
@@ -556,9 +556,6 @@ cdef Py_ssize_t _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out, bin
         if cache is not None:  # the name first: slots fill in order
             name = _latin1_at(cache, 2 * count - 2, <const char *>p + i, nl)
             out[name] = _latin1_at(cache, 2 * count - 1, <const char *>p + i + nl, vl)
-        elif as_str:
-            out[PyUnicode_DecodeLatin1(<const char *>p + i, nl, NULL)] = \
-                PyUnicode_DecodeLatin1(<const char *>p + i + nl, vl, NULL)
         else:
             out[PyBytes_FromStringAndSize(<const char *>p + i, nl)] = \
                 PyBytes_FromStringAndSize(<const char *>p + i + nl, vl)
@@ -627,7 +624,7 @@ cdef class Decoder:
             self.outbox += _record(T_UNKNOWN_TYPE, 0, bytes([rtype, 0, 0, 0, 0, 0, 0, 0]))
             return 0
         asked = {}
-        _parse_pairs(content, clen, asked, False)
+        _parse_pairs(content, clen, asked)
         known = {b"FCGI_MAX_CONNS": b"%d" % self.max_conns, b"FCGI_MAX_REQS": b"%d" % self.max_reqs,
                  b"FCGI_MPXS_CONNS": b"0"}
         reply = bytearray()
@@ -770,8 +767,8 @@ cdef class Decoder:
                 events.append(("begin", self.request_id, self.role, bool(self.keep_conn)))
             elif step == STEP_PARAMS_DONE:
                 params = {}
-                _parse_pairs(<const unsigned char *>PyBytes_AS_STRING(bytes(self.params)),
-                             len(self.params), params, False)
+                _parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(self.params),
+                             PyByteArray_GET_SIZE(self.params), params)
                 events.append(("params", self.request_id, params))
             elif step == STEP_STDIN:
                 events.append(("stdin", self.request_id, PyBytes_FromStringAndSize(self.chunk, self.chunk_len)))
@@ -1535,7 +1532,7 @@ cdef class Worker:
         cdef Py_ssize_t length = -1, pairs
         global _current
         pairs = _parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(dec.params),
-                             PyByteArray_GET_SIZE(dec.params), environ, True, self.pair_cache)
+                             PyByteArray_GET_SIZE(dec.params), environ, self.pair_cache)
         if len(environ) != len(self.base_environ) + pairs:
             # A param named like one of the pool's own keys (fpm.pool, wsgi.*), or one sent
             # twice: the pool's keys win; no param can stand in for them.
