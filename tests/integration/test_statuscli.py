@@ -94,8 +94,11 @@ def watch_in_a_terminal(address, *args, until=None):
     ``until``: a callable given the output so far and the process, to act on it."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    # SIGINT at its default, as in a terminal: a suite started in the background (`cmd &`)
+    # has it ignored, and Python keeps an ignored SIGINT ignored, so Ctrl-C would do nothing.
     proc = subprocess.Popen(COMMAND + ["status", address, "--watch", *args], stdout=slave,
-                            stderr=subprocess.PIPE, env=fpm_env(), start_new_session=True)
+                            stderr=subprocess.PIPE, env=fpm_env(), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     out = b""
     try:
