@@ -61,22 +61,19 @@ def _standard(module) -> bool:
 
 def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
          virtualenv: str | None = None):
-    """Import ``module:callable`` (``module`` alone means ``module:application``).
-
-    ``chdir`` becomes the working directory first; sys.path then starts with ``python_path``,
-    then the working directory, then the ``virtualenv``'s site-packages, so an app is found
-    the same way whether the master was started from its directory or not, and the venv's
-    packages win over the interpreter's own.
-    """
+    """Import ``module:callable`` (``module`` alone means ``module:application``) with the
+    pool's search path (``prepare``)."""
     prepare(chdir, python_path, virtualenv)
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(len(python_path), os.getcwd())
     module_name, _, attr = spec.partition(":")
     try:
         obj = importlib.import_module(module_name)
     except Exception as e:
-        raise AppLoadError("cannot import module '%s' for app '%s': %s: %s"
-                           % (module_name, spec, type(e).__name__, e)) from e
+        hint = ""
+        if isinstance(e, ModuleNotFoundError) and e.name == module_name.partition(".")[0]:
+            hint = ("; it is looked for in the standard library, site-packages, python_path "
+                    "and chdir, never in the directory pyfpm was started from")
+        raise AppLoadError("cannot import module '%s' for app '%s': %s: %s%s"
+                           % (module_name, spec, type(e).__name__, e, hint)) from e
     for part in (attr or "application").split("."):
         try:
             obj = getattr(obj, part)
@@ -89,19 +86,46 @@ def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
 
 
 def prepare(chdir: str | None, python_path: tuple[str, ...], virtualenv: str | None) -> None:
-    """Where a pool's code is found: ``chdir`` as the working directory, then sys.path
-    starting with ``python_path``, then the ``virtualenv``'s site-packages."""
+    """Where a pool's code is found: ``chdir`` becomes the working directory, and sys.path
+    becomes ``search_path``'s."""
     if chdir:
-        os.chdir(chdir)
-    if virtualenv:
-        add_virtualenv(virtualenv)
-    for entry in reversed(python_path):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
+        try:
+            os.chdir(chdir)
+        except OSError as e:
+            raise AppLoadError("cannot enter chdir '%s': %s" % (chdir, e.strerror)) from e
+    venv = virtualenv_entries(virtualenv) if virtualenv else []
+    sys.path[:] = search_path(sys.path, venv, python_path, chdir)
 
 
-def add_virtualenv(venv: str) -> None:
-    """Put ``venv``'s site-packages, and what its .pth files add, in front of sys.path.
+def search_path(base: list[str], venv: list[str], python_path: tuple[str, ...],
+                chdir: str | None) -> list[str]:
+    """A pool's sys.path: ``base`` (the master's, which holds no script or start directory)
+    with the standard library first, the ``venv``'s entries right after it (ahead of the
+    interpreter's site-packages, as an activated virtualenv), then ``python_path``, then
+    ``chdir``. So no module of an app's directory can stand in for a standard or installed
+    one, and the directory pyfpm was started from is searched only when a pool names it.
+    """
+    base = [p for p in base if p]  # "" is the working directory, whatever it is then
+    last_stdlib = max((i for i, p in enumerate(base) if _is_stdlib_entry(p)), default=-1)
+    path = base[:last_stdlib + 1] + venv + base[last_stdlib + 1:]
+    for entry in (*python_path, *((chdir,) if chdir else ())):
+        if entry not in path:
+            path.append(entry)
+    return path
+
+
+def _is_stdlib_entry(entry: str) -> bool:
+    """The standard library's directories and zip (python311.zip), not its site-packages."""
+    full = os.path.join(entry, "")
+    return (full.startswith(_STDLIB) and not full.startswith(_SITE)) or entry == _STDLIB_ZIP
+
+
+_STDLIB_ZIP = os.path.join(sys.base_prefix, sys.platlibdir,
+                           "python%d%d.zip" % sys.version_info[:2])
+
+
+def virtualenv_entries(venv: str) -> list[str]:
+    """``venv``'s site-packages and what its .pth files add, for sys.path.
 
     Only a venv made for this interpreter's X.Y can work (compiled modules and bytecode are
     per version); another one is an AppLoadError naming both versions.
@@ -122,6 +146,8 @@ def add_virtualenv(venv: str) -> None:
         raise AppLoadError("virtualenv '%s' has no lib/python%s/site-packages directory; is it "
                            "a virtualenv?" % (venv, here))
     before = list(sys.path)
-    site.addsitedir(packages)  # appends the directory and runs its .pth files
-    added = [p for p in sys.path if p not in before]
-    sys.path[:] = added + [p for p in sys.path if p not in added]
+    try:
+        site.addsitedir(packages)  # appends the directory and runs its .pth files
+        return [p for p in sys.path if p not in before]
+    finally:
+        sys.path[:] = before

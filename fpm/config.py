@@ -678,7 +678,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("app", "pool", App(), None,
               "The WSGI application, 'module:callable'."),
     Directive("python_path", "pool", PathList(), (),
-              "Directories put in front of sys.path in the workers, separated by ':' or ','."),
+              "Directories the workers import from, separated by ':' or ','; searched after "
+              "the standard library and site-packages, before chdir."),
     Directive("virtualenv", "pool", Virtualenv(), None,
               "A virtual environment whose site-packages the workers import from. "
               "Default: none.", in_chroot=True),

@@ -30,8 +30,8 @@ used first out, so a docroot with many files cannot grow a worker without limit.
 
 Each script runs as its own module object, named ``pyfpm-script:/real/path.py``: in
 sys.modules (dataclasses and typing look there) under a name no import statement can reach,
-so it never shadows a real module. The script's directory is on sys.path only while its
-top-level code runs, so its sibling modules import from there (import them at the top, not
+so it never shadows a real module. The script's directory is on sys.path (last) only while
+its top-level code runs, so its sibling modules import from there (import them at the top, not
 inside ``application``); those siblings are ordinary modules, shared by every script the
 worker runs. The working directory is the pool's ``chdir``, whatever the script.
 """
@@ -241,7 +241,11 @@ class ScriptApp:
         previous = sys.modules.get(name)  # the cached version's, put back if this one fails
         sys.modules[name] = module
         here = os.path.dirname(path)
-        sys.path.insert(0, here)  # for sibling imports, only while the top-level code runs
+        # For sibling imports, only while the top-level code runs, and last: a sibling never
+        # stands in for a standard or installed module (apps.search_path).
+        added = here not in sys.path
+        if added:
+            sys.path.append(here)
         try:
             exec(code, module.__dict__)
         except BaseException as e:
@@ -254,10 +258,8 @@ class ScriptApp:
                                   % (path, e.code)) from e
             raise
         finally:
-            try:
+            if added and here in sys.path:
                 sys.path.remove(here)
-            except ValueError:
-                pass
         application = getattr(module, "application", None)
         return Compiled(_ident(st), application if callable(application) else None, name)
 

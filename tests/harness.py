@@ -110,11 +110,13 @@ class Server:
     ``{sock}`` (``tmp/fpm.sock``), ``{port}`` (a free TCP port) and any keyword given.
     The master runs as ``python -m fpm -F -O -R -y CONF`` (``flags`` replaces ``-F -O``;
     ``allow_root=False`` drops ``-R``, which the suite needs as root with pools that set no
-    ``user``) in its own session; its stderr and stdout go to ``.log_path``.
+    ``user``) in its own session, in ``cwd`` (default: ``tmp``); its stderr and stdout go to
+    ``.log_path``. ``command`` replaces ``python -m fpm`` (the ``pyfpm`` console script).
     """
 
     def __init__(self, config: str, tmp=None, *, flags=("-F", "-O"), args=(),
-                 allow_root: bool = True, ready_timeout: float = 10.0, env=None, **values):
+                 allow_root: bool = True, ready_timeout: float = 10.0, env=None, cwd=None,
+                 command=COMMAND, **values):
         self._own_tmp = tmp is None
         self.tmp = Path(tempfile.mkdtemp(prefix="pyfpm-")) if tmp is None else Path(tmp)
         values = {"tmp": self.tmp, "sock": self.tmp / "fpm.sock", **values}
@@ -125,7 +127,8 @@ class Server:
         self.conf_path = self.tmp / "pyfpm.conf"
         self.conf_path.write_text(self.config_text)
         self.log_path = self.tmp / "fpm-stderr.log"
-        self.argv = (COMMAND + list(flags) + (["-R"] if allow_root else [])
+        self.cwd = self.tmp if cwd is None else cwd
+        self.argv = (list(command) + list(flags) + (["-R"] if allow_root else [])
                      + ["-y", str(self.conf_path)] + list(args))
         self.ready_timeout = ready_timeout
         self.env = {**fpm_env(), **(env or {})}  # env: extra variables (NOTIFY_SOCKET, ...)
@@ -136,7 +139,7 @@ class Server:
     def start(self, wait_ready: bool = True) -> "Server":
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, cwd=self.tmp, env=self.env,
+                                         stderr=log, cwd=self.cwd, env=self.env,
                                          start_new_session=True)
         if wait_ready:
             self.wait_log(re.escape(READY), self.ready_timeout)

@@ -1,4 +1,5 @@
-"""fpm.apps.load with a virtualenv: its packages come first, a venv of another Python is named."""
+"""fpm.apps: a pool's search path (standard library, virtualenv, site-packages, python_path,
+chdir), and load() with a virtualenv; a venv of another Python is named."""
 import sys
 import uuid
 
@@ -27,21 +28,41 @@ def make_venv(root, version, module):
     return packages
 
 
-def test_virtualenv_site_packages_and_pth_come_first(tmp_path, clean_path):
+STDLIB = apps._STDLIB[0].rstrip("/")
+SITE = apps._SITE[0].rstrip("/")
+
+
+def test_search_path_puts_the_standard_library_first_and_the_pools_directories_last():
+    base = ["/from/PYTHONPATH", "", apps._STDLIB_ZIP, STDLIB, STDLIB + "/lib-dynload", SITE]
+    assert apps.search_path(base, ["/venv/site-packages", "/venv/pth"], ("/src", "/lib"),
+                            "/srv/app") == [
+        "/from/PYTHONPATH", apps._STDLIB_ZIP, STDLIB, STDLIB + "/lib-dynload",
+        "/venv/site-packages", "/venv/pth", SITE, "/src", "/lib", "/srv/app"]
+
+
+def test_search_path_names_each_directory_once_and_never_the_working_directory():
+    base = ["", STDLIB, SITE]
+    assert apps.search_path(base, [], ("/src", SITE, "/src"), "/src") == [STDLIB, SITE, "/src"]
+    assert apps.search_path(base, [], (), None) == [STDLIB, SITE]
+
+
+def test_virtualenv_site_packages_and_pth_come_after_the_standard_library(tmp_path, clean_path):
     module = "venv_app_%s" % uuid.uuid4().hex
     packages = make_venv(tmp_path / "venv", HERE, module)
     try:
         app = apps.load(module + ":app", chdir=str(tmp_path), virtualenv=str(tmp_path / "venv"))
         assert app(None, None) == [b"from the venv"]
-        # the working directory, then the venv's packages and what its .pth file adds
-        assert sys.path[:3] == [str(tmp_path), str(packages), str(tmp_path / "venv" / "more")]
+        venv = sys.path.index(str(packages))
+        assert sys.path[venv:venv + 2] == [str(packages), str(tmp_path / "venv" / "more")]
+        assert all(apps._is_stdlib_entry(p) for p in sys.path[:venv] if p.startswith(STDLIB))
+        assert sys.path[-1] == str(tmp_path)  # chdir, last
         assert __import__(module + "_extra").VALUE == 42  # the .pth file's directory
     finally:
         sys.modules.pop(module, None)
         sys.modules.pop(module + "_extra", None)
 
 
-def test_python_path_comes_before_the_virtualenv(tmp_path, clean_path):
+def test_the_virtualenv_comes_before_python_path(tmp_path, clean_path):
     module = "venv_app_%s" % uuid.uuid4().hex
     packages = make_venv(tmp_path / "venv", HERE, module)
     (tmp_path / "src").mkdir()
@@ -50,10 +71,22 @@ def test_python_path_comes_before_the_virtualenv(tmp_path, clean_path):
     try:
         app = apps.load(module + ":app", python_path=(str(tmp_path / "src"),),
                         virtualenv=str(tmp_path / "venv"))
-        assert app(None, None) == [b"from python_path"]
-        assert sys.path.index(str(tmp_path / "src")) < sys.path.index(str(packages))
+        assert app(None, None) == [b"from the venv"]
+        assert sys.path.index(str(packages)) < sys.path.index(str(tmp_path / "src"))
     finally:
         sys.modules.pop(module, None)
+
+
+def test_an_app_missing_from_the_path_says_where_it_was_looked_for(tmp_path, clean_path,
+                                                                  monkeypatch):
+    (tmp_path / "here_only.py").write_text("application = None\n")
+    monkeypatch.chdir(tmp_path)
+    sys.path.insert(0, "")  # as `python -c` would have it
+    with pytest.raises(apps.AppLoadError, match=r"No module named 'here_only'; it is looked for "
+                                                r"in the standard library, site-packages, "
+                                                r"python_path and chdir, never in the directory "
+                                                r"pyfpm was started from$"):
+        apps.load("here_only")  # in the working directory, which no pool named
 
 
 def test_a_virtualenv_of_another_python_names_both_versions(tmp_path, clean_path):
