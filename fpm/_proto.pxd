@@ -188,6 +188,12 @@ ctypedef struct BoardHeader:
     uint32_t listen_queue_len  # the queues' capacity
     uint64_t log_generation    # bumped by the master on USR1: workers take new log fds
     uint64_t reserved[1]
+    # Why the pool's app could not be loaded, by the last worker that tried and failed:
+    # written between two increments of app_seq (odd while written; a second writer skips).
+    uint32_t app_seq
+    uint32_t app_pad
+    int64_t app_error_epoch_us
+    char app_error[512]
 
 # Written by its worker between two increments of `seq` (odd while writing: readers retry),
 # except `pid` and `order`, single words the master stores.
@@ -204,7 +210,8 @@ ctypedef struct Slot:
     int64_t content_length
     uint64_t rss               # bytes, after the last request (only with pm.max_memory)
     uint64_t cpu               # µs of CPU the last request took (only with pm.status_path)
-    uint64_t reserved[2]
+    uint64_t flags             # SLOT_APP_FAILED: the worker could not load the app
+    uint64_t reserved[1]
     char method[16]
     char request_uri[512]
     char script[256]

@@ -225,11 +225,13 @@ def watch_quit():
 
 # --- scoreboard ------------------------------------------------------------------------------
 
-BOARD_MAGIC = 0x46504D31  # "FPM1": a mapping from another layout is refused
+BOARD_MAGIC = 0x46504D32  # "FPM2": a mapping from another layout is refused
+SLOT_APP_FAILED = 1  # Slot.flags: the worker answers 503, its app could not be loaded
 # By Stage, in the status page's words (PHP-FPM's, plus Starting).
 STAGE_NAMES = ("Free", "Starting", "Idle", "Reading headers", "Running", "Finishing")
 SLOT_FIELDS = ("pid", "stage", "order", "started", "changed", "accepted", "duration", "requests",
-               "content_length", "rss", "cpu", "method", "request_uri", "script", "user")
+               "content_length", "rss", "cpu", "method", "request_uri", "script", "user",
+               "app_failed")
 HEADER_FIELDS = ("accepted_conn", "start_epoch_us", "slow_requests", "active", "max_active",
                  "max_children_reached", "listen_queue", "max_listen_queue", "listen_queue_len")
 
@@ -291,6 +293,38 @@ cdef class Board:
         return (h.accepted_conn, h.start_epoch_us, h.slow_requests, h.active, h.max_active,
                 h.max_children_reached, h.listen_queue, h.max_listen_queue, h.listen_queue_len)
 
+    def app_error(self):
+        """(epoch µs, reason) of the pool's last failed app load; (0, "") if none."""
+        cdef BoardHeader *h = <BoardHeader *>self.mem
+        cdef uint32_t seq
+        cdef int64_t at
+        cdef char copy[512]
+        while True:
+            seq = h.app_seq
+            fpm_barrier()
+            at = h.app_error_epoch_us
+            memcpy(copy, h.app_error, 512)
+            fpm_barrier()
+            if not seq & 1 and seq == h.app_seq:
+                return at, _cstr(copy, 512)
+
+    def mark_app_failed(self, int index, int64_t epoch_us, str reason):
+        """A worker's: its slot answers 503 because the app could not be loaded, and why."""
+        cdef Slot *s = self._checked(index)
+        cdef BoardHeader *h = <BoardHeader *>self.mem
+        cdef uint32_t seq = h.app_seq
+        cdef bytes text = reason.encode("utf-8", "backslashreplace")[:511]
+        _slot_begin(s)
+        s.flags |= SLOT_APP_FAILED
+        _slot_end(s)
+        if seq & 1 or not fpm_cas32(&h.app_seq, seq, seq + 1):
+            return  # another worker is writing the same news
+        h.app_error_epoch_us = epoch_us
+        memcpy(h.app_error, <const char *>text, len(text))
+        h.app_error[len(text)] = 0
+        fpm_barrier()
+        h.app_seq = seq + 2
+
     def bump_log_generation(self):
         """Tell the pool's workers to take the reopened log files before their next line."""
         (<BoardHeader *>self.mem).log_generation += 1
@@ -346,7 +380,7 @@ cdef class Board:
                 break
         return (c.pid, c.stage, c.order, c.started, c.changed, c.accepted, c.duration, c.requests,
                 c.content_length, c.rss, c.cpu, _cstr(c.method, 16), _cstr(c.request_uri, 512),
-                _cstr(c.script, 256), _cstr(c.user, 32))
+                _cstr(c.script, 256), _cstr(c.user, 32), bool(c.flags & SLOT_APP_FAILED))
 
 
 cdef str _cstr(const char *p, Py_ssize_t cap):

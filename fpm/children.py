@@ -15,18 +15,25 @@ from dataclasses import dataclass
 
 from fpm import stdio, trace
 from fpm.log import Logger
+from fpm.scoreboard import STARTING
 from fpm.signals import SignalQueue, name as signal_name
 
 FORK_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
-EX_SOFTWARE = 70  # a worker exits with it when its app cannot be loaded
+EX_SOFTWARE = 70  # a worker that could not start (its user, chroot or chdir) exits with it
 
-# Respawn rule: a worker that exits 70 less than FAST_FAILURE seconds after it started failed
-# to load its app, and would fail again at once. The pool's next spawn then waits
-# 1 s, 2 s, 4 s ... (doubling with each consecutive such failure, at most MAX_BACKOFF);
-# any other exit resets the count. Every other exit is replaced at once.
-FAST_FAILURE = 1.0
+# A pool whose app cannot be loaded is tried again by a new worker after 1 s, 2 s, 4 s ...
+# (doubling with each consecutive failure, at most MAX_BACKOFF). Meanwhile the worker that
+# failed answers every request 503 (os.EX_UNAVAILABLE when its time is up), unless the
+# previous configuration's workers still serve the pool (a reload): then it exits at once
+# and the pool waits. A worker that could not start at all (EX_SOFTWARE before it was
+# ready) holds the pool back the same way. Every other exit is replaced at once.
 MAX_BACKOFF = 32.0
+
+
+def app_retry(failures: int) -> float:
+    """Seconds between tries to load a pool's app after ``failures`` consecutive failures."""
+    return min(2.0 ** failures, MAX_BACKOFF)
 
 
 @dataclass
@@ -51,7 +58,8 @@ class Seat:
     """What a new worker needs besides its pool: its scoreboard slot, its own request limit
     (pm.max_requests plus its share of jitter), the app when the master preloaded it, its end
     of the channel to the master (fpm.channel; -1 for none), for a pm.status_listen pool the
-    (pool, scoreboard) whose status it shows, and its pool's access log (-1 for none)."""
+    (pool, scoreboard) whose status it shows, its pool's access log (-1 for none), and how
+    long to answer 503 if it cannot load the app (see app_retry)."""
 
     board: object
     slot: int
@@ -60,6 +68,7 @@ class Seat:
     channel: int = -1
     shows: tuple | None = None
     access_fd: int = -1
+    retry_after: float = 0.0  # seconds to answer 503 if the app cannot be loaded (0: exit)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class Exit:
     child: Child
     status: int  # the raw wait status
     lifetime: float  # seconds from fork to reap
+    ready: bool = True  # it had left STARTING: its app loaded (or failed and it answered 503)
 
     def describe(self) -> tuple[str, str]:
         """(level, log line) in PHP-FPM's words."""
@@ -90,11 +100,13 @@ def describe_status(status: int) -> tuple[str, str]:
     return level, "on signal %d (%s%s)" % (sig, signal_name(sig), core)
 
 
-def respawn_delay(status: int, lifetime: float, failures: int) -> tuple[float, int]:
+def respawn_delay(status: int, lifetime: float, ready: bool, failures: int) -> tuple[float, int]:
     """(seconds to wait before the pool spawns again, new consecutive-failure count)."""
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EX_SOFTWARE and lifetime < FAST_FAILURE:
-        failures += 1
-        return min(2.0 ** (failures - 1), MAX_BACKOFF), failures
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    if code == os.EX_UNAVAILABLE or (code == EX_SOFTWARE and not ready):
+        # What is left of the pause after this failure: a worker that answered 503 for
+        # its whole app_retry() has waited it out already.
+        return max(0.0, app_retry(failures) - lifetime), failures + 1
     return 0.0, 0
 
 
@@ -206,13 +218,15 @@ class Children:
         if child is None:
             self.log.warning("unknown child (%d) exited %s" % (pid, describe_status(status)[1]))
             return None
+        ready = True
         if child.board is not None:
+            ready = child.board.read(child.slot).stage != STARTING
             child.board.release(child.slot)
         if child.channel >= 0:
             os.close(child.channel)
         if child.pool.name in self.captures:
             self.captures[child.pool.name].drop(pid)
-        gone = Exit(child, status, time.monotonic() - child.started)
+        gone = Exit(child, status, time.monotonic() - child.started, ready)
         level, line = gone.describe()
         if child.stopping == "idle" and level == "notice":
             level, line = "debug", ("[pool %s] child %d has been killed by the process "

@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 
 from fpm import config as fpm_config
-from fpm import unix
+from fpm import probe, unix
 from fpm.log import Logger, choose_target, strerror
 from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
 from fpm.sockets import ListenError, parse_listen, resolve_acl, resolve_owner
@@ -48,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-R", "--allow-to-run-as-root", action="store_true",
                    help="allow pools to run as root (no 'user', or uid/gid 0)")
     p.add_argument("-t", "--test", action="count", default=0,
-                   help="test the configuration and exit; twice (-tt) also dumps it")
+                   help="test the configuration and exit; twice (-tt) also dumps it. "
+                        "Each pool's app is imported in a throw-away worker: one that "
+                        "cannot be is a warning")
+    p.add_argument("--strict-app", action="store_true",
+                   help="with -t: an app that cannot be imported fails the test (exit 78)")
     p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
     return p
 
@@ -82,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         allow_root = True
         log.warning("the embedded demo configuration runs its pool as root; use -y with a "
                     "configuration that sets 'user' for anything but a try-out")
-    errors, notices = unix.check_pools(config, allow_root)
+    errors, notices = _check_pools(config, allow_root)
     if args.test:
-        return _test(config, log, errors, notices, dump=args.test > 1)
+        return _test(config, log, errors, notices, dump=args.test > 1,
+                     apps=probe.check_apps(config, allow_root) if not errors else [],
+                     strict_app=args.strict_app)
+    if args.strict_app:
+        return _fail(log, ["--strict-app goes with -t"])
     if errors:
         return _fail(log, errors)
 
@@ -127,10 +135,20 @@ def _load(args) -> fpm_config.Config:
 def _reload(args, allow_root: bool) -> fpm_config.Config:
     """The configuration a reload (USR2) would start: read and checked as at start-up."""
     config = _load(args)
-    errors, _ = unix.check_pools(config, allow_root)
+    errors, _ = _check_pools(config, allow_root)
     if errors:
         raise fpm_config.ConfigError(errors)
     return config
+
+
+def _check_pools(config, allow_root: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """The pools' users (fpm.unix), then, when those are sound, what a worker of each pool
+    meets: (errors, (level, text) notices)."""
+    errors, notices = unix.check_pools(config, allow_root)
+    if errors:
+        return errors, notices
+    errors, warnings = probe.check_pools(config, allow_root)
+    return errors, notices + [("warning", text) for text in warnings]
 
 
 def _fail(log: Logger, errors: list[str]) -> int:
@@ -141,10 +159,12 @@ def _fail(log: Logger, errors: list[str]) -> int:
 
 
 def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]],
-          dump: bool) -> int:
+          dump: bool, apps: list[str], strict_app: bool) -> int:
     """``-t``: what start-up would check before binding, without binding anything;
-    ``errors`` and ``notices`` are those of the pools' users (fpm.unix.check_pools)."""
-    errors = list(errors)
+    ``errors`` and ``notices`` are those of the pools' users (_check_pools), ``apps`` the
+    pools whose app cannot be imported: warnings, or with ``strict_app`` errors."""
+    errors = list(errors) + (apps if strict_app else [])
+    notices = list(notices) + ([] if strict_app else [("warning", text) for text in apps])
     for pool in config.pools:
         try:
             for text in pool.listen:

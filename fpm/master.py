@@ -35,7 +35,7 @@ import time
 
 from fpm import config as fpm_config
 from fpm import channel, pages, pm, reexec, sockdiag, sockets, systemd, trace
-from fpm.children import Child, Children, Seat, respawn_delay
+from fpm.children import Child, Children, Seat, app_retry, respawn_delay
 from fpm import stdio
 from fpm.log import Logger, open_log_file, strerror
 from fpm.proctitle import set_process_title
@@ -179,7 +179,7 @@ class Master:
         self.state = State.NORMAL
         self.timers = Timers()
         self.last_signal: int | None = None
-        self.failures: dict[str, int] = {}  # consecutive fast app-load failures per pool
+        self.failures: dict[str, int] = {}  # consecutive failures to load the app, per pool
         self.reaped: list = []  # exits seen in the current batch of signals
         self.listeners: list[sockets.Listener] = []
         self.boards: dict[str, Board] = {}  # this generation's, by pool
@@ -267,9 +267,7 @@ class Master:
             self.children.close_in_child.add(self.status_fd)
         if self.inherited is not None:
             self._adopt_children(self.inherited)
-        code = self._preload()
-        if code != EX_OK:
-            return code
+        self._preload()
         self._launch()
         self.log.notice("fpm is running, pid %d" % os.getpid())
         for pool in self.pool_list:
@@ -327,7 +325,7 @@ class Master:
         # Workers that died while the exec ran were reaped by nobody yet.
         self.reaped += self.children.reap()
 
-    def _preload(self) -> int:
+    def _preload(self) -> None:
         """``preload``: import each such pool's app here, once, so workers share its pages.
         A pool in script mode (no ``app``) has nothing to import: which scripts it runs is
         known only per request, so each worker compiles the ones it serves."""
@@ -343,14 +341,13 @@ class Master:
                 self.apps[pool.name] = apps.preload(pool.app, pool.chdir, pool.python_path,
                                                     pool.virtualenv)
             except apps.AppLoadError as e:
-                self.log.error("[pool %s] preload: %s" % (pool.name, e))
-                self.log.error("FPM initialization failed")
-                return EX_CONFIG
+                # The other pools serve; this one's workers try themselves, and answer 503.
+                self.log.error("[pool %s] preload: %s; its workers import the app themselves "
+                               "and answer 503 while it cannot be loaded" % (pool.name, e))
         if self.apps:
             # The preloaded objects live as long as the master: frozen, they are left out of
             # the workers' collections, which would otherwise write to (and so copy) their pages.
             gc.freeze()
-        return EX_OK
 
     def _launch(self) -> None:
         """From here the log is final: stderr follows a log file (so the master's own stray
@@ -450,9 +447,12 @@ class Master:
             jitter = random.randint(0, pool.pm_max_requests_jitter) if pool.pm_max_requests else 0
             ours, theirs = channel.pair() if self._needs_channel(pool) else (-1, -1)
             shown = self.shows.get(pool.name)
+            # While the previous configuration's workers serve the pool, one that cannot
+            # load the app leaves the requests to them instead of answering 503.
+            retry = 0.0 if pool.name in self.handover else app_retry(self.failures.get(pool.name, 0))
             seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name),
                         theirs, None if shown is None else (self.pools[shown], self.boards[shown]),
-                        self.access_fds.get(pool.name, -1))
+                        self.access_fds.get(pool.name, -1), retry)
             try:
                 child = self.children.spawn(pool, seat, respawn, ours)
             except OSError as e:
@@ -532,8 +532,10 @@ class Master:
                                       queued, capacity)
 
     def _maintain_pool(self, pool) -> None:
-        self._apply(pool, pm.maintain(pool, self._slots(pool.name), self.pm_states[pool.name],
-                                      now_us()))
+        slots = self._slots(pool.name)
+        if any(s.stage != STARTING and not s.app_failed for s in slots):
+            self.failures[pool.name] = 0  # its app loads (again)
+        self._apply(pool, pm.maintain(pool, slots, self.pm_states[pool.name], now_us()))
 
     def _on_waiting_connection(self, pool) -> None:
         if self.timers.pending(("spawn", pool.name)):
@@ -580,11 +582,14 @@ class Master:
         for gone in replace:
             pool = self.pools[gone.child.pool.name]
             delay, self.failures[pool.name] = respawn_delay(
-                gone.status, gone.lifetime, self.failures.get(pool.name, 0))
+                gone.status, gone.lifetime, gone.ready, self.failures.get(pool.name, 0))
             if delay:
-                self.log.warning("[pool %s] child %d could not load the app (exit code 70 "
-                                 "%.6f seconds after start); next spawn in %g seconds"
-                                 % (pool.name, gone.child.pid, gone.lifetime, delay))
+                why = ("could not load the app" if os.WEXITSTATUS(gone.status) == os.EX_UNAVAILABLE
+                       else "could not start")
+                self.log.warning("[pool %s] child %d %s (exit code %d %.6f seconds after "
+                                 "start); next spawn in %.3g seconds"
+                                 % (pool.name, gone.child.pid, why, os.WEXITSTATUS(gone.status),
+                                    gone.lifetime, delay))
                 self.timers.set(("spawn", pool.name), now + delay)
         for gone in replace:
             pool = self.pools[gone.child.pool.name]
@@ -681,7 +686,8 @@ class Master:
             pool = self.pools.get(name)
             if pool is not None:
                 fresh = self._slots(name)
-                if len(fresh) < pm.initial(pool) or any(s.stage == STARTING for s in fresh):
+                if len(fresh) < pm.initial(pool) or any(s.stage == STARTING or s.app_failed
+                                                        for s in fresh):
                     continue
             old = [c for c in self.children.by_pid.values()
                    if c.pool.name == name and c.stopping == "reload" and c.last_signal is None]

@@ -45,6 +45,7 @@ def snapshot(pool, board) -> status.PoolStatus:
     header = dict(zip(_proto.HEADER_FIELDS, board.mem.header()))
     slots = [s for s in map(board.read, range(board.nslots)) if s.pid and s.stage]
     procs = tuple(proc_status(s, now_us, epoch_now) for s in slots)
+    failing = any(s.app_failed for s in slots)
     idle = sum(s.idle for s in slots)
     start = header["start_epoch_us"] / 1e6 or epoch_now
     return status.PoolStatus(
@@ -57,7 +58,9 @@ def snapshot(pool, board) -> status.PoolStatus:
         max_children_reached=header["max_children_reached"],
         slow_requests=header["slow_requests"], max_children=pool.pm_max_children,
         start_servers=pool.pm_start_servers, min_spare_servers=pool.pm_min_spare_servers,
-        max_spare_servers=pool.pm_max_spare_servers, procs=procs)
+        max_spare_servers=pool.pm_max_spare_servers,
+        app_status="failing" if failing else "ok",
+        app_error=board.mem.app_error()[1] if failing else "", procs=procs)
 
 
 def status_app(pool, board):
@@ -84,15 +87,29 @@ def _reply(environ, start_response, content_type: str, body: bytes):
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
-def special_paths(pool, board, shown=None) -> dict:
+def special_paths(pool, board, shown=None, unavailable=None) -> dict:
     """{path: app} for the worker loop: ``pool``'s status and ping pages, when configured,
-    showing ``board``, whose pool is ``shown`` (default ``pool``; see status_pool)."""
+    showing ``board``, whose pool is ``shown`` (default ``pool``; see status_pool). With
+    ``unavailable`` (the app could not be loaded), the ping answers with it: not ready."""
     paths = {}
     if pool.pm_status_path:
         paths[pool.pm_status_path] = status_app(shown or pool, board)
     if pool.ping_path:
-        paths[pool.ping_path] = ping_app(pool.ping_response)
+        paths[pool.ping_path] = unavailable or ping_app(pool.ping_response)
     return paths
+
+
+def unavailable(retry_after: float):
+    """The answer of a worker whose app could not be loaded: 503, with when to ask again.
+    Why it failed is in the error log and on the status page, never in the response."""
+    body = b"Service Unavailable: the application cannot be loaded; try again later.\n"
+    headers = [("Content-Type", "text/plain"), ("Retry-After", str(max(1, round(retry_after)))),
+               ("Content-Length", str(len(body)))]
+
+    def app(environ, start_response):
+        start_response("503 Service Unavailable", headers)
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+    return app
 
 
 def not_found(environ, start_response):

@@ -37,6 +37,7 @@ class Slot:
     request_uri: str
     script: str
     user: str
+    app_failed: bool = False  # it answers 503: its app could not be loaded
 
     @property
     def idle(self) -> bool:

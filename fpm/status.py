@@ -8,7 +8,9 @@ Formats are PHP-FPM 8's (fpm_status.c), byte for byte for PHP-FPM's fields: ``te
 ``json``, ``xml``, ``html`` (the XHTML table page) and ``openmetrics``, each with ``full`` for
 per-process data. pyfpm's additions always come AFTER PHP-FPM's fields, so parsers written for
 PHP-FPM keep working: the configured limits (``max children``; for ``pm = dynamic`` also
-``start servers``, ``min spare servers``, ``max spare servers``) after ``slow requests``, the
+``start servers``, ``min spare servers``, ``max spare servers``) after ``slow requests``, then
+``app status`` (``ok``, or ``failing`` while the workers cannot load the app and answer 503)
+and ``app error`` (why, ``-`` when ok), the
 worker's ``rss`` (bytes) after ``last request memory``, and in OpenMetrics a
 ``phpfpm_max_children`` gauge (and the dynamic limits) plus, with ``full``, per-process families
 labelled by pid, which PHP-FPM never emits (php-src #9494).
@@ -99,6 +101,9 @@ class PoolStatus:
     start_servers: int
     min_spare_servers: int
     max_spare_servers: int
+    # pyfpm's: "failing" while the pool's workers cannot load its app (they answer 503)
+    app_status: str
+    app_error: str        # why, from the last worker that tried; "" when the app is loaded
     procs: tuple[ProcStatus, ...]
 
 
@@ -216,6 +221,11 @@ POOL_FIELDS = (
     Field("max spare servers", "max_spare_servers", dynamic_only=True, metric=Metric(
         "phpfpm_max_spare_servers", GAUGE,
         "The desired maximum number of idle processes (pm.max_spare_servers).")),
+    Field("app status", "app_status", STR, metric=Metric(
+        "phpfpm_app_status", GAUGE,
+        "Whether the workers could load the pool's app: 1 for the status it is in (ok, or "
+        "failing: they answer 503).", label="status")),
+    Field("app error", "app_error", DASH),
 )
 
 PROC_FIELDS = (
@@ -407,7 +417,8 @@ def _render_openmetrics(pool, procs):
 
     for f, v in pool:
         if f.metric:
-            family(f.metric, [("", v)])
+            family(f.metric, [('%s="%s"' % (f.metric.label, v), "1") if f.metric.label
+                              else ("", v)])
     # Per process: one family per field, a sample per process in it (families must not
     # interleave), in PROC_FIELDS order.
     families: dict[Metric, list] = {}

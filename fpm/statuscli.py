@@ -126,7 +126,7 @@ def rate(now: dict, before: dict | None, seconds: float) -> float | None:
 
 
 def overview(data: dict) -> list[str]:
-    """The pool in four lines."""
+    """The pool in four lines, and a fifth while its app cannot be loaded."""
     g = data.get
     started = g("start time")
     when = (" since " + datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
@@ -142,7 +142,8 @@ def overview(data: dict) -> list[str]:
         "requests   %s accepted, %s slow" % (g("accepted conn"), g("slow requests")),
         "queue      %s waiting, max %s, backlog %s" % (
             g("listen queue"), g("max listen queue"), g("listen queue len")),
-    )]
+    ) + (("app        FAILING, answered 503: %s" % g("app error"),)
+         if g("app status") == "failing" else ())]
 
 
 COLUMNS = (  # heading, width (None: the rest of the line), right-aligned, value

@@ -6,12 +6,14 @@ import os
 import signal
 import socket
 import sys
+import time
+import traceback
 from typing import NoReturn
 
 # Imported here, in the master: a worker that dropped privileges may not be able to read
 # pyfpm's own files (a package in a 0700 directory).
-from fpm import (__version__, _proto, accesslog, apps, channel, clients, pages, scripts, slowlog,
-                 unix)
+from fpm import (__version__, _proto, accesslog, apps, channel, clients, pages, probe, scripts,
+                 slowlog, unix)
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
@@ -39,6 +41,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
     _init_signals()
     set_process_title("pyfpm: pool %s" % pool.name)  # before a chroot hides libc's path
     pid = os.getpid()
+    dirs = probe.import_dirs(pool)  # seen from outside the chroot: for an import error's hint
     try:
         unix.apply(pool, log, allow_root)
     except unix.UnixError as e:
@@ -56,6 +59,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         take_new_files()
         getattr(log, level)("[pool %s] child %d: %s" % (pool.name, pid, text))
 
+    retry = None
     if seat.shows is not None:
         app, special = pages.not_found, pages.special_paths(pool, seat.shows[1], seat.shows[0])
     else:
@@ -67,8 +71,16 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
                 app = (seat.app.install() if seat.app is not None
                        else apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv))
         except apps.AppLoadError as e:
-            log_line("error", str(e))
-            return EX_SOFTWARE
+            reason = probe.explain(e, dirs)
+            log_line("error", reason + _traceback_of(e))
+            if seat.retry_after <= 0:
+                return os.EX_UNAVAILABLE  # the previous workers still serve (a reload)
+            seat.board.mem.mark_app_failed(seat.slot, time.time_ns() // 1000, reason)
+            app = pages.unavailable(seat.retry_after)
+            special = pages.special_paths(pool, seat.board, unavailable=app)
+            log_line("warning", "answering 503 for %g seconds, then a new worker tries to load "
+                                "the app again" % seat.retry_after)
+            retry = _stop_after(seat.retry_after)
     # Without a start param, a request's queue wait starts at the kernel's receive time of
     # its first bytes, which only TCP sockets record.
     stamp = pool.request_queue_timeout > 0 and not pool.request_start_param
@@ -94,6 +106,8 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         queue_timeout=pool.request_queue_timeout, start_param=pool.request_start_param,
         stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log_line, any(tcp)),
         fill_paths=pool.app is not None)
+    if retry:
+        return os.EX_UNAVAILABLE
     if reason == "max_memory":
         log.notice("[pool %s] child %d: RSS %.1f MiB exceeds pm.max_memory (%.1f MiB) after "
                    "request %d; recycling" % (pool.name, pid, rss / 2**20,
@@ -102,6 +116,28 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         log.debug("[pool %s] child %d: served its %d requests (pm.max_requests); recycling"
                   % (pool.name, pid, requests))
     return 0
+
+
+def _traceback_of(error: apps.AppLoadError) -> str:
+    """The traceback of what the app's import raised, when it raised in the app's own code
+    (a module that is merely missing says all in one line)."""
+    cause = error.__cause__
+    if cause is None or (isinstance(cause, ModuleNotFoundError) and cause.__traceback__ is not None
+                         and cause.__traceback__.tb_next is None):
+        return ""
+    return "\n" + "".join(traceback.format_exception(cause)).rstrip("\n")
+
+
+def _stop_after(seconds: float) -> list:
+    """End the serve loop after ``seconds``; the list returned is non-empty once it has."""
+    fired = []
+
+    def due(signum, frame):
+        fired.append(True)
+        _proto.request_stop()
+    signal.signal(signal.SIGALRM, due)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    return fired
 
 
 def base_environ(pool) -> dict:

@@ -141,7 +141,7 @@ def test_reload_keeps_the_old_workers_while_the_new_app_fails_to_load(fpm):
     server.conf_path.write_text(server.conf_path.read_text().replace(
         "app = wsgi_app:app", "app = no_such_module:app"))
     mark = reload(server)
-    server.wait_log(r"could not load the app \(exit code 70", since=mark)
+    server.wait_log(r"could not load the app \(exit code 69", since=mark)
     # The previous workers still serve: nobody told them to go.
     assert before <= set(server.children())
     for _ in range(5):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import harness
+from fpm import client
 from tests.conftest import APPS, make_account, make_jail
 
 TS = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\]"
@@ -149,7 +150,11 @@ def test_a_chdir_gone_after_start_fails_the_worker_with_exit_70(tmp_path, accoun
         srv.wait_log(r"ERROR: \[pool www\] child \d+: chdir = '%s': chdir\(%s\) failed: No "
                      r"such file or directory \(2\)$" % (re.escape(str(work)), re.escape(str(work))),
                      since=mark)
-        srv.wait_log(r"child \d+ exited with code 70", since=mark)
+        # It answers 503 for a second, then leaves the next try to a new worker.
+        srv.wait_log(r"child \d+: answering 503 for 1 seconds", since=mark)
+        # (The address from the values: the configuration itself no longer passes the check.)
+        assert client.request(str(srv.values["sock"]), "/").status == 503
+        srv.wait_log(r"child \d+ exited with code 69", since=mark)
 
 
 # --- the root rule: a pool runs as root only with -R ------------------------------------------
@@ -303,11 +308,11 @@ def test_virtualenv_packages_are_imported(tmp_path, account):
         state = worker_state(srv)
     packages = venv / "lib" / ("python" + here) / "site-packages"
     assert state["file"] == str(packages / "venv_app.py")
-    # after python_path, before the interpreter's own library: the venv and its .pth entries
+    # after the interpreter's own library, before python_path: the venv and its .pth entries
     path = state["path"]
     stdlib = str(Path(os.__file__).parent)
-    assert (path.index(str(account.app_dir)) < path.index(str(packages))
-            < path.index(str(venv / "extra")) < path.index(stdlib))
+    assert (path.index(stdlib) < path.index(str(packages)) < path.index(str(venv / "extra"))
+            < path.index(str(account.app_dir)))
 
 
 def test_a_virtualenv_rebuilt_for_another_python_fails_the_worker_clearly(tmp_path, account):
@@ -324,4 +329,8 @@ def test_a_virtualenv_rebuilt_for_another_python_fails_the_worker_clearly(tmp_pa
         srv.wait_log(r"ERROR: \[pool www\] child \d+: virtualenv '%s' was made for Python 3.99, "
                      r"but pyfpm runs Python %s " % (re.escape(str(venv)), re.escape(here)),
                      since=mark)
-        srv.wait_log(r"child \d+ exited with code 70", since=mark)
+        # It answers 503 for a second, then leaves the next try to a new worker.
+        srv.wait_log(r"child \d+: answering 503 for 1 seconds", since=mark)
+        # (The address from the values: the configuration itself no longer passes the check.)
+        assert client.request(str(srv.values["sock"]), "/").status == 503
+        srv.wait_log(r"child \d+ exited with code 69", since=mark)

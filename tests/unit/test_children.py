@@ -1,9 +1,10 @@
 """fpm.children decisions: how an exit is told, and how soon a pool spawns again."""
+import os
 import signal
 
 import pytest
 
-from fpm.children import Child, Exit, describe_status, respawn_delay
+from fpm.children import Child, Exit, app_retry, describe_status, respawn_delay
 
 
 def exited(code):
@@ -36,18 +37,30 @@ def test_exit_line():
 
 
 def test_app_load_failures_back_off_doubling_up_to_32_seconds():
+    """Workers that exit at once (a reload: the previous workers still serve) make the
+    pool wait 1, 2, 4 ... 32 s between tries; a failure before the worker was ready to
+    serve (its chdir, its user) counts the same."""
     failures, delays = 0, []
-    for _ in range(8):
-        delay, failures = respawn_delay(exited(70), 0.2, failures)
+    for _ in range(4):
+        delay, failures = respawn_delay(exited(os.EX_UNAVAILABLE), 0.25, False, failures)
         delays.append(delay)
-    assert delays == [1, 2, 4, 8, 16, 32, 32, 32]
+    for _ in range(4):
+        delay, failures = respawn_delay(exited(70), 0.25, False, failures)
+        delays.append(delay)
+    assert delays == [0.75, 1.75, 3.75, 7.75, 15.75, 31.75, 31.75, 31.75]
+
+
+def test_a_worker_that_answered_503_for_its_while_is_replaced_at_once():
+    assert respawn_delay(exited(os.EX_UNAVAILABLE), app_retry(3), True, 3) == (0.0, 4)
+    assert [app_retry(n) for n in range(7)] == [1, 2, 4, 8, 16, 32, 32]
 
 
 @pytest.mark.parametrize("status, lifetime", [
     (exited(70), 1.5),        # loaded, served, then failed: not an app-load loop
+    (exited(70), 0.1),
     (exited(0), 0.1),
     (exited(1), 0.1),
     (killed(signal.SIGKILL), 0.1),
 ])
 def test_other_exits_respawn_at_once_and_reset(status, lifetime):
-    assert respawn_delay(status, lifetime, 5) == (0.0, 0)
+    assert respawn_delay(status, lifetime, True, 5) == (0.0, 0)

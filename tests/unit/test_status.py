@@ -28,7 +28,7 @@ DYNAMIC = PoolStatus(
     accepted_conn=190460, listen_queue=0, max_listen_queue=1, listen_queue_len=511,
     idle_processes=1, active_processes=1, total_processes=2, max_active_processes=2,
     max_children_reached=0, slow_requests=4, max_children=5, start_servers=2,
-    min_spare_servers=1, max_spare_servers=3, procs=(IDLE, BUSY))
+    min_spare_servers=1, max_spare_servers=3, app_status="ok", app_error="", procs=(IDLE, BUSY))
 
 
 def body(fmt, full, pool=DYNAMIC, offset=OFFSET):
@@ -58,6 +58,8 @@ max children:         5
 start servers:        2
 min spare servers:    1
 max spare servers:    3
+app status:           ok
+app error:            -
 """
 TEXT_IDLE_PHP = """
 ************************
@@ -107,7 +109,8 @@ def test_text_full():
 @pytest.mark.parametrize("pm", ["static", "ondemand"])
 def test_spare_server_limits_only_for_dynamic(pm):
     pool = dataclasses.replace(DYNAMIC, process_manager=pm, procs=())
-    expected = TEXT_PHP.replace("dynamic", pm) + "max children:         5\n"
+    expected = (TEXT_PHP.replace("dynamic", pm) + "max children:         5\n"
+                + "app status:           ok\napp error:            -\n")
     assert body("text", False, pool) == expected
     assert "start servers" not in body("json", True, pool)
     assert "phpfpm_start_servers" not in body("openmetrics", False, pool)
@@ -125,13 +128,27 @@ def test_times_use_the_offset_and_c_locale_month_names():
     assert "<start-time>1717225199</start-time>" in body("xml", False, pool, 19800)
 
 
+def test_a_pool_whose_app_cannot_be_loaded_says_so_and_why():
+    pool = dataclasses.replace(DYNAMIC, app_status="failing", procs=(),
+                               app_error="cannot import module 'x' for app 'x:app': "
+                                         "ModuleNotFoundError: No module named 'x'")
+    assert body("text", False, pool).endswith(
+        "app status:           failing\n"
+        "app error:            cannot import module 'x' for app 'x:app': ModuleNotFoundError: "
+        "No module named 'x'\n")
+    data = json.loads(body("json", False, pool))
+    assert (data["app status"], data["app error"]) == ("failing", pool.app_error)
+    assert 'phpfpm_app_status{status="failing"} 1\n' in body("openmetrics", False, pool)
+
+
 # --- JSON -------------------------------------------------------------------------------------
 
 JSON_PHP = ('{"pool":"www","process manager":"dynamic","start time":1700000000,"start since":600,'
             '"accepted conn":190460,"listen queue":0,"max listen queue":1,"listen queue len":511,'
             '"idle processes":1,"active processes":1,"total processes":2,'
             '"max active processes":2,"max children reached":0,"slow requests":4')
-JSON_LIMITS = ',"max children":5,"start servers":2,"min spare servers":1,"max spare servers":3'
+JSON_LIMITS = (',"max children":5,"start servers":2,"min spare servers":1,"max spare servers":3'
+               ',"app status":"ok","app error":"-"')
 JSON_IDLE_PHP = ('{"pid":31330,"state":"Idle","start time":1700000100,"start since":500,'
                  '"requests":12808,"request duration":1250261,"request method":"GET",'
                  '"request uri":"/test_mem?N=10000","content length":0,"user":"-",'
@@ -181,6 +198,8 @@ XML_LIMITS = """\
 <start-servers>2</start-servers>
 <min-spare-servers>1</min-spare-servers>
 <max-spare-servers>3</max-spare-servers>
+<app-status>ok</app-status>
+<app-error>-</app-error>
 """
 XML_IDLE_PHP = (
     "<process><pid>31330</pid><state>Idle</state><start-time>1700000100</start-time>"
@@ -240,6 +259,8 @@ HTML_LIMITS = """\
 <tr><th>start servers</th><td>2</td></tr>
 <tr><th>min spare servers</th><td>1</td></tr>
 <tr><th>max spare servers</th><td>3</td></tr>
+<tr><th>app status</th><td>ok</td></tr>
+<tr><th>app error</th><td>-</td></tr>
 """
 HTML_PROCS_HEADER_PHP = (
     '<table border="1">\n<tr><th>pid</th><th>state</th><th>start time</th><th>start since</th>'
@@ -329,6 +350,9 @@ phpfpm_min_spare_servers 1
 # HELP phpfpm_max_spare_servers The desired maximum number of idle processes (pm.max_spare_servers).
 # TYPE phpfpm_max_spare_servers gauge
 phpfpm_max_spare_servers 3
+# HELP phpfpm_app_status Whether the workers could load the pool's app: 1 for the status it is in (ok, or failing: they answer 503).
+# TYPE phpfpm_app_status gauge
+phpfpm_app_status{status="ok"} 1
 """
 OPENMETRICS_PROCS = """\
 # HELP phpfpm_process_state The state of the process: 1 for the state it is in.
@@ -564,7 +588,7 @@ def test_dataclasses_are_the_agreed_interface():
         "listen_queue", "max_listen_queue", "listen_queue_len", "idle_processes",
         "active_processes", "total_processes", "max_active_processes",
         "max_children_reached", "slow_requests", "max_children", "start_servers",
-        "min_spare_servers", "max_spare_servers", "procs"]
+        "min_spare_servers", "max_spare_servers", "app_status", "app_error", "procs"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         DYNAMIC.pool = "x"
     # Every field of the snapshots is on the page (procs as the per-process rows).

@@ -20,7 +20,7 @@ POOL = PoolStatus(
     accepted_conn=190460, listen_queue=1, max_listen_queue=7, listen_queue_len=511,
     idle_processes=1, active_processes=1, total_processes=2, max_active_processes=2,
     max_children_reached=3, slow_requests=4, max_children=5, start_servers=2,
-    min_spare_servers=1, max_spare_servers=3, procs=(IDLE, BUSY))
+    min_spare_servers=1, max_spare_servers=3, app_status="ok", app_error="", procs=(IDLE, BUSY))
 # What the pool's worker sends for ?json&full: the real page, not a hand-written copy.
 DATA = json.loads(render(POOL, "json", True, 0)[1])
 

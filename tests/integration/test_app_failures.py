@@ -1,0 +1,229 @@
+"""A pool whose app cannot be loaded: its requests are answered 503 at once (never left to
+hang until the web server's timeout), the log says why, the status page and `pyfpm status`
+show the pool failing, the next try picks up a fixed app, a preload that fails takes no
+other pool down, and `-t` says which pools' apps cannot be imported (failing with
+--strict-app) and which paths their users cannot read."""
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import harness
+from fpm import client
+from tests.conftest import make_account
+
+BROKEN = "import os\nvalue = undefined_name  # line 2\n"
+FIXED = ("def app(environ, start_response):\n"
+         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+         "    return [b'fixed']\n")
+
+CONFIG = """\
+[www]
+listen = {tmp}/www.sock
+listen.mode = 0666
+pm = static
+pm.max_children = 2
+app = broken_app:app
+python_path = {tmp}
+pm.status_path = /status
+ping.path = /ping
+{extra}
+"""
+
+FAILED = (r"ERROR: \[pool www\] child (\d+): cannot import module 'broken_app' for app "
+          r"'broken_app:app': NameError: name 'undefined_name' is not defined$")
+
+
+def broken(tmp_path, extra="", **kwargs):
+    (tmp_path / "broken_app.py").write_text(BROKEN)
+    return harness.Server(CONFIG, tmp_path, extra=extra, **kwargs)
+
+
+def status(address):
+    response = client.request(address, "/status?json")
+    assert response.status == 200, response.body
+    return json.loads(response.body)
+
+
+def test_requests_are_answered_503_at_once_and_the_log_says_why(tmp_path, nginx):
+    server = broken(tmp_path).start()
+    try:
+        server.wait_log(FAILED)
+        server.wait_log(r"child \d+: answering 503 for 1 seconds")
+        # The traceback: where in the app's code the import failed.
+        assert re.search(r'File "%s", line 2, in <module>' % re.escape(str(tmp_path / "broken_app.py")),
+                         server.log_text())
+        front = nginx(server.address)
+        answer = front.get("/anything")
+        assert answer.status == 503 and answer.seconds < 1.0
+        assert answer.header("Retry-After") in {"1", "2"}
+        assert b"undefined_name" not in answer.body and b"broken_app" not in answer.body
+        assert client.request(server.address, "/ping").status == 503  # not ready
+    finally:
+        server.stop()
+
+
+def test_the_status_page_and_pyfpm_status_show_the_pool_failing(tmp_path):
+    server = broken(tmp_path).start()
+    try:
+        server.wait_log(r"answering 503")
+        data = status(server.address)
+        assert data["app status"] == "failing"
+        assert data["app error"] == ("cannot import module 'broken_app' for app 'broken_app:app': "
+                                     "NameError: name 'undefined_name' is not defined")
+        shown = harness.run_fpm("status", server.address, allow_root=False)
+        assert shown.returncode == 0, shown.stderr
+        assert ("app        FAILING, answered 503: cannot import module 'broken_app'"
+                in shown.stdout)
+    finally:
+        server.stop()
+
+
+def test_the_next_try_picks_up_the_fixed_app(tmp_path):
+    server = broken(tmp_path).start()
+    try:
+        server.wait_log(r"answering 503 for 1 seconds")
+        (tmp_path / "broken_app.py").write_text(FIXED)
+        deadline = time.monotonic() + 10
+        while (answer := server.request("/")).status != 200:
+            assert answer.status == 503 and time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
+        assert answer.body == b"fixed"
+        deadline = time.monotonic() + 10
+        while status(server.address)["app status"] != "ok":  # both workers tried again
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
+        assert status(server.address)["app error"] == "-"
+    finally:
+        server.stop()
+
+
+def test_a_preload_that_fails_leaves_the_other_pools_serving(tmp_path):
+    (tmp_path / "good_app.py").write_text(FIXED)
+    server = broken(tmp_path, "preload = yes\n\n[good]\nlisten = %s/good.sock\npm = static\n"
+                              "pm.max_children = 1\napp = good_app:app\npython_path = %s\n"
+                    % (tmp_path, tmp_path))
+    server.start()
+    try:
+        server.wait_log(r"ERROR: \[pool www\] preload: cannot import module 'broken_app' .*; its "
+                        r"workers import the app themselves and answer 503 while it cannot be "
+                        r"loaded$")
+        assert client.request(str(tmp_path / "good.sock"), "/").body == b"fixed"
+        server.wait_log(r"answering 503")
+        assert server.request("/").status == 503
+    finally:
+        server.stop()
+
+
+# --- -t, and what the pool's user can read ------------------------------------------------
+
+def test_t_warns_of_an_app_that_cannot_be_imported_and_strict_app_fails(tmp_path):
+    (tmp_path / "broken_app.py").write_text(BROKEN)
+    conf = tmp_path / "pyfpm.conf"
+    conf.write_text(harness.substitute(CONFIG, {"tmp": tmp_path, "extra": ""}))
+    lenient = harness.run_fpm("-t", "-y", str(conf))
+    assert lenient.returncode == 0, lenient.stderr
+    assert re.search(r"WARNING: \[pool www\] app 'broken_app:app' cannot be loaded: cannot import "
+                     r"module 'broken_app' for app 'broken_app:app': NameError: name "
+                     r"'undefined_name' is not defined$", lenient.stderr, re.M)
+    strict = harness.run_fpm("-t", "--strict-app", "-y", str(conf))
+    assert strict.returncode == 78
+    assert re.search(r"ERROR: \[pool www\] app 'broken_app:app' cannot be loaded: ", strict.stderr)
+    (tmp_path / "broken_app.py").write_text(FIXED)
+    fixed = harness.run_fpm("-t", "--strict-app", "-y", str(conf))
+    assert fixed.returncode == 0 and "WARNING" not in fixed.stderr, fixed.stderr
+
+
+@pytest.fixture(scope="module")
+def site():
+    """A world-readable base with an app the pool user cannot read (private/, root's 0700)
+    and one it can (public/), and the user."""
+    base = Path(tempfile.mkdtemp(prefix="pyfpm-app-failures-"))
+    base.chmod(0o755)
+    for name, mode in (("private", 0o700), ("public", 0o755)):
+        (base / name).mkdir()
+        (base / name / "user_app.py").write_text(FIXED)
+        (base / name).chmod(mode)
+    try:
+        with make_account(base) as account:
+            yield base, account
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+USER_CONFIG = """\
+[www]
+listen = {tmp}/www.sock
+listen.mode = 0666
+user = {user}
+pm = static
+pm.max_children = 1
+app = user_app:app
+python_path = {path}
+{extra}
+"""
+
+
+def test_t_imports_as_the_pools_user_and_names_what_it_cannot_read(site, tmp_path):
+    base, account = site
+    conf = tmp_path / "pyfpm.conf"
+    conf.write_text(USER_CONFIG.format(tmp=tmp_path, user=account.name, path=base / "private",
+                                       extra=""))
+    done = harness.run_fpm("-t", "-y", str(conf), allow_root=False)
+    assert done.returncode == 0, done.stderr
+    assert ("WARNING: [pool www] user '%s' cannot read python_path '%s' (mode 0700); the workers "
+            "cannot import what the master has not imported" % (account.name, base / "private")
+            in done.stderr)
+    assert ("WARNING: [pool www] app 'user_app:app' cannot be loaded: cannot import module "
+            "'user_app' for app 'user_app:app': ModuleNotFoundError: No module named 'user_app'"
+            in done.stderr)
+    assert "(user '%s' cannot read python_path '%s' (mode 0700))" % (account.name, base / "private") \
+        in done.stderr
+    conf.write_text(USER_CONFIG.format(tmp=tmp_path, user=account.name, path=base / "public",
+                                       extra=""))
+    done = harness.run_fpm("-t", "--strict-app", "-y", str(conf), allow_root=False)
+    # (Where this interpreter lives under a private home, the user cannot read its standard
+    # library either, and -t says so too.)
+    assert done.returncode == 0 and "python_path" not in done.stderr, done.stderr
+
+
+def test_the_workers_import_error_names_what_its_user_cannot_read(site, tmp_path):
+    base, account = site
+    server = harness.Server(USER_CONFIG, tmp_path, allow_root=False, user=account.name,
+                            path=base / "private", extra="")
+    try:
+        server.start()
+        server.wait_log(r"WARNING: \[pool www\] user '%s' cannot read python_path" % account.name)
+        server.wait_log(r"ERROR: \[pool www\] child \d+: cannot import module 'user_app' .* "
+                        r"\(user '%s' cannot read python_path '%s' \(mode 0700\)\)$"
+                        % (account.name, re.escape(str(base / "private"))))
+        assert server.request("/").status == 503
+    finally:
+        server.stop()
+
+
+def test_a_chdir_the_user_cannot_read_is_named_by_t_and_the_start(site, tmp_path):
+    base, account = site
+    conf = tmp_path / "pyfpm.conf"
+    conf.write_text(USER_CONFIG.format(tmp=tmp_path, user=account.name, path=base / "public",
+                                       extra="chdir = %s" % (base / "private")))
+    warning = ("WARNING: [pool www] user '%s' cannot read chdir '%s' (mode 0700); the workers "
+               "cannot import what the master has not imported" % (account.name, base / "private"))
+    done = harness.run_fpm("-t", "-y", str(conf), allow_root=False)
+    assert done.returncode == 0 and warning in done.stderr, done.stderr
+    assert ("WARNING: [pool www] app 'user_app:app' cannot be loaded: cannot enter chdir '%s': "
+            "Permission denied" % (base / "private")) in done.stderr
+    server = harness.Server(conf.read_text(), tmp_path, allow_root=False)
+    try:
+        server.start()
+        assert warning in server.log_text()
+        server.wait_log(r"ERROR: \[pool www\] child \d+: cannot enter chdir ")
+        assert server.request("/").status == 503
+    finally:
+        server.stop()
