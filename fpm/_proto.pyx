@@ -1086,6 +1086,7 @@ cpdef int split_paths(dict environ, str mount) except -1:
     path keeps a PATH_INFO the server sent, else gets SCRIPT_NAME "" and PATH_INFO the path."""
     cdef bint sent = "PATH_INFO" in environ
     cdef Py_ssize_t n = len(mount)
+    cdef str path
     if sent and not n:
         return 0
     path = _path_of(environ)
