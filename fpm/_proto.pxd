@@ -123,7 +123,7 @@ cdef class Worker:
     cdef int64_t queue_timeout_us        # request_queue_timeout (0: off)
     cdef object start_param              # the param carrying the web server's request start
     cdef bint stamp_reads                # read with recvmsg to learn the kernel's arrival time
-    cdef bint fill_paths                 # SCRIPT_NAME/PATH_INFO from the request path when not sent
+    cdef bint fill_paths                 # split_paths() on each request (app pools)
 
     cdef void _stage(self, Stage stage) noexcept nogil
     cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1

@@ -1097,7 +1097,7 @@ cdef int _raise_write_error(int err) except -1:
 
 
 cdef str _path_of(dict environ):
-    """The request path for PATH_INFO when the web server sent none (see README: the mount rule)."""
+    """The path the client asked for, decoded as PEP 3333 wants (see README: the mount rule)."""
     uri = environ.get("REQUEST_URI")
     if uri:
         path = uri.partition("?")[0]
@@ -1106,7 +1106,32 @@ cdef str _path_of(dict environ):
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
         return path
+    info = environ.get("PATH_INFO")
+    if info is not None:
+        # Caddy and h2o send the whole path here, with SCRIPT_NAME empty (or a prefix of it).
+        return environ.get("SCRIPT_NAME", "") + info
     return environ.get("DOCUMENT_URI") or environ.get("SCRIPT_NAME") or ""
+
+
+cpdef int split_paths(dict environ, str mount) except -1:
+    """Set SCRIPT_NAME and PATH_INFO for an app mounted at ``mount`` ("" for none): a path
+    under the mount is split there, however the web server split it (Caddy and h2o send
+    SCRIPT_NAME "", lighttpd and Apache's SetHandler split at a slash of their own); any other
+    path keeps a PATH_INFO the server sent, else gets SCRIPT_NAME "" and PATH_INFO the path."""
+    cdef bint sent = "PATH_INFO" in environ
+    cdef Py_ssize_t n = len(mount)
+    cdef str path
+    if sent and not n:
+        return 0
+    path = _path_of(environ)
+    # Compared in place: no mount + "/" string per request.
+    if n and path.startswith(mount) and (len(path) == n or path[n] == "/"):
+        environ["SCRIPT_NAME"] = mount
+        environ["PATH_INFO"] = path[n:]
+    elif not sent:
+        environ["SCRIPT_NAME"] = ""
+        environ["PATH_INFO"] = path
+    return 0
 
 
 class SpoolError(OSError):
@@ -1580,14 +1605,8 @@ cdef class Worker:
             if not cl.isdigit():
                 raise ProtocolError("CONTENT_LENGTH %r is not a number" % cl)
             length = int(cl)
-        if self.fill_paths and "PATH_INFO" not in environ:
-            path = _path_of(environ)
-            if self.mount and (path == self.mount or path.startswith(self.mount + "/")):
-                environ["SCRIPT_NAME"] = self.mount
-                environ["PATH_INFO"] = path[len(self.mount):]
-            else:
-                environ["SCRIPT_NAME"] = ""
-                environ["PATH_INFO"] = path
+        if self.fill_paths:
+            split_paths(environ, self.mount)
         https = environ.get("HTTPS")
         if https and https.lower() != "off":
             environ["wsgi.url_scheme"] = "https"
@@ -2098,8 +2117,8 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
           start_param=None, bint stamp_reads=False, bint fill_paths=True):
     """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
 
-    ``fill_paths``: when the web server sends no PATH_INFO, set SCRIPT_NAME and PATH_INFO from
-    the request path and ``mount`` (an app's pool; script mode splits them itself).
+    ``fill_paths``: set SCRIPT_NAME and PATH_INFO from the request path and ``mount``
+    (``split_paths``; an app's pool: script mode splits them itself).
 
     ``special`` maps request paths (SCRIPT_NAME + PATH_INFO) to the WSGI apps that answer
     them instead of ``app``: the status and ping pages. It also turns on the per-request CPU

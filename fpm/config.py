@@ -687,8 +687,8 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Import the app in the master before forking, so workers share its memory and "
               "start fast (a reload re-imports it)."),
     Directive("mount", "pool", Mount(), "",
-              "URL prefix the app is mounted at. When the web server sends no PATH_INFO, "
-              "SCRIPT_NAME = mount and PATH_INFO = the request path minus the mount."),
+              "URL prefix the app is mounted at: a request path under it gives SCRIPT_NAME = "
+              "mount and PATH_INFO = the rest, whatever split the web server sent."),
     Directive("fastcgi.params_max", "pool", Int(1), 1048576,
               "Largest FastCGI PARAMS block (bytes) a request may send; more closes the "
               "connection."),

@@ -1,8 +1,9 @@
-"""A plain Flask app (test-only dependency): routing, forms, uploads, cookies, streaming."""
+"""A plain Flask app (test-only dependency): routing, URL building, forms, uploads, cookies,
+streaming."""
 
 import hashlib
 
-from flask import Flask, Response, jsonify, request, stream_with_context
+from flask import Flask, Response, jsonify, request, stream_with_context, url_for
 
 app = Flask(__name__)
 
@@ -16,6 +17,14 @@ def index():
 def user(name):
     return jsonify(name=name, script_root=request.script_root, path=request.path,
                    url=request.url)
+
+
+@app.get("/paths/<path:rest>")
+def paths(rest):
+    """What the app was given and the URL it builds back to this page."""
+    return jsonify(script_name=request.environ["SCRIPT_NAME"],
+                   path_info=request.environ["PATH_INFO"], rest=rest,
+                   url=url_for("paths", rest=rest), args=request.args)
 
 
 @app.post("/form")
