@@ -111,8 +111,10 @@ _codes: dict[int, dict[int, tuple]] = {}  # pid -> code address -> (key, qualnam
 _unstopped: set[int] = set()             # seized pids whose stop came after stack() gave up
 
 
-def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
-    """The innermost `depth` Python frames of worker `pid` (a fork of this process).
+def stack(pid: int, depth: int, timeout: float = 0.1, stop: tuple[int, ...] = ()) -> Trace:
+    """The innermost `depth` Python frames of worker `pid` (a fork of this process), up to
+    the first frame running one of the code objects whose addresses (id()) are in `stop`:
+    that frame and those below it are not shown, nor counted.
 
     Raises Refused, Unsupported, Gone, or TraceError (the stop did not come within `timeout`:
     the worker stays seized until the reaper's waitpid sees the stop and calls on_wait_status;
@@ -125,7 +127,7 @@ def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     took_sigchld = []
     try:
-        return _trace(pid, depth, timeout, took_sigchld)
+        return _trace(pid, depth, timeout, stop, took_sigchld)
     finally:
         if signal.SIGCHLD not in blocked:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
@@ -133,7 +135,7 @@ def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
             os.kill(os.getpid(), signal.SIGCHLD)
 
 
-def _trace(pid, depth, timeout, took_sigchld):
+def _trace(pid, depth, timeout, stop, took_sigchld):
     _seize(pid)
     floor = time.monotonic_ns()
     try:
@@ -151,7 +153,7 @@ def _trace(pid, depth, timeout, took_sigchld):
         forget(pid)
         raise Gone(f"exited during the attach ({_describe(status)})", status)
     try:
-        rows, codes = _read(pid, depth)
+        rows, codes = _read(pid, depth, stop)
     finally:
         _detach(pid, _signal_to_deliver(status))
         stopped_us = (time.monotonic_ns() - floor) / 1000
@@ -252,7 +254,7 @@ def _detach(pid, sig):
             raise TraceError(f"ptrace(DETACH) failed: {os.strerror(e.errno)}") from None
 
 
-def _read(pid, depth):
+def _read(pid, depth, stop):
     """While stopped: the frame rows and the code cache for pid, updated."""
     codes = _codes.setdefault(pid, {})
     if len(codes) > _MAX_CODES:
@@ -262,7 +264,7 @@ def _read(pid, depth):
             tstate = _tstates.get(pid) or _pystack.find_tstate(pid, pid)
             if not tstate:
                 raise TraceError("no Python thread state for the worker's main thread")
-            got = _pystack.read_stack(pid, tstate, pid, depth, codes)
+            got = _pystack.read_stack(pid, tstate, pid, depth, codes, stop)
             if got is not None:
                 _tstates[pid] = tstate
                 rows, fresh = got
