@@ -9,6 +9,11 @@
  * only process_vm_readv calls and copies: one syscall per frame (the code header of a frame
  * and the next frame are fetched together), plus the strings and line table of code objects
  * not yet in the caller's cache. Line numbers are decoded by line_at() after the detach.
+ *
+ * What the offsets were compiled for is exported (BUILT_FOR, BUILT_DEBUG, BUILT_TRACE_REFS) so
+ * that fpm/trace.py refuses a build made for another interpreter. setup.py defines
+ * FPM_BUILD_HEXVERSION, the version of the Python running the build: headers of another
+ * version fail the build here rather than the slowlog later.
  */
 #define PY_SSIZE_T_CLEAN
 #define Py_BUILD_CORE_MODULE
@@ -28,6 +33,24 @@
 #include "internal/pycore_runtime.h"
 #else
 #define FPM_LAYOUT_KNOWN 0
+#endif
+
+#if defined(FPM_BUILD_HEXVERSION) && defined(FPM_BUILD_VERSION)
+_Static_assert(PY_VERSION_HEX == FPM_BUILD_HEXVERSION,
+               "fpm/_pystack.c: these are the headers of Python " PY_VERSION ", but Python "
+               FPM_BUILD_VERSION " is building it: its struct offsets would not be that "
+               "interpreter's; build with the headers of the Python that runs pyfpm");
+#endif
+
+#ifdef Py_DEBUG
+#define FPM_DEBUG 1
+#else
+#define FPM_DEBUG 0
+#endif
+#ifdef Py_TRACE_REFS
+#define FPM_TRACE_REFS 1
+#else
+#define FPM_TRACE_REFS 0
 #endif
 
 /* ---- line tables (Objects/locations.md), independent of the frame layout ---- */
@@ -807,7 +830,9 @@ static int
 exec_module(PyObject *m)
 {
     if (PyModule_AddIntConstant(m, "SUPPORTED", FPM_LAYOUT_KNOWN) < 0 ||
-        PyModule_AddIntConstant(m, "BUILT_FOR", PY_VERSION_HEX) < 0)
+        PyModule_AddIntConstant(m, "BUILT_FOR", PY_VERSION_HEX) < 0 ||
+        PyModule_AddIntConstant(m, "BUILT_DEBUG", FPM_DEBUG) < 0 ||
+        PyModule_AddIntConstant(m, "BUILT_TRACE_REFS", FPM_TRACE_REFS) < 0)
         return -1;
 #if FPM_LAYOUT_KNOWN
     return add_offsets(m);
@@ -826,7 +851,9 @@ static struct PyModuleDef module = {
     .m_name = "fpm._pystack",
     .m_doc = "Reads a stopped forked worker's Python stack; decodes line tables. "
              "SUPPORTED is 0 on interpreters whose frame layout this build does not know; "
-             "BUILT_FOR is the PY_VERSION_HEX of the headers it was compiled against.",
+             "BUILT_FOR is the PY_VERSION_HEX of the headers it was compiled against, "
+             "BUILT_DEBUG and BUILT_TRACE_REFS whether they were a Py_DEBUG or "
+             "Py_TRACE_REFS build's.",
     .m_size = 0,
     .m_methods = methods,
     .m_slots = slots,

@@ -51,6 +51,21 @@ class Tracer:
         self.log = log
         self.ptrace_refused: str | None = None  # why ptrace is not used, once it failed so
 
+    def prepare(self) -> None:
+        """At start, when a pool may be traced: a stack reader built for another interpreter
+        is said now, once, with how to rebuild it, and never used; else python-ptrace is
+        loaded."""
+        reason = trace.unusable()
+        if reason is not None:
+            self._refuse_ptrace(reason)
+        else:
+            trace.load()
+
+    def _refuse_ptrace(self, reason: str) -> None:
+        self.ptrace_refused = reason
+        self.log.warning("slowlog: cannot read worker stacks with ptrace (%s); using "
+                         "faulthandler dumps from now on" % reason)
+
     def stack(self, child, depth: int) -> Stack:
         """Read ``child``'s innermost ``depth`` frames of the application. Raises trace.Gone
         when the worker exited meanwhile (its ``status`` set when it was reaped here)."""
@@ -61,9 +76,7 @@ class Tracer:
             try:
                 found = trace.stack(pid, depth, stop=addresses)
             except (trace.Refused, trace.Unsupported) as e:
-                self.ptrace_refused = e.reason
-                self.log.warning("slowlog: cannot read worker stacks with ptrace (%s); using "
-                                 "faulthandler dumps from now on" % e.reason)
+                self._refuse_ptrace(e.reason)
             except trace.Gone:
                 raise
             except trace.TraceError as e:

@@ -6,11 +6,15 @@ import json
 import os
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
+import fpm
+import otherpython
 import slow_app
-from fpm import client
+from fpm import _pystack, client, trace
 from tests.conftest import APPS, require
 from tests.harness import Server
 
@@ -248,6 +252,34 @@ def test_script_mode_shows_the_scripts_frames_only(tmp_path, backend):
         assert shown == [[("<module>", real, str(numbers["top"]))],
                          [("work", real, str(numbers["work"])),
                           ("application", real, str(numbers["application"]))]]
+    finally:
+        server.stop()
+
+
+def test_a_reader_built_for_another_python_is_said_at_start_and_never_used(tmp_path):
+    """pyfpm whose fpm._pystack was compiled for another patch release (a cached wheel, a
+    Python upgraded under the install): one warning at start naming both builds and how to
+    rebuild, then every entry from faulthandler dumps, the app's frames only."""
+    other = otherpython.find()
+    package = tmp_path / "pkg" / "fpm"
+    shutil.copytree(Path(fpm.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html"))
+    otherpython.compile_pystack(other, package / Path(_pystack.__file__).name)
+    server = start(tmp_path, env={"PYTHONPATH": str(package.parent)})
+    try:
+        warning = ("WARNING: slowlog: cannot read worker stacks with ptrace (fpm._pystack was "
+                   "built for %s, this is %s; rebuild it for this interpreter: %s -m pip install "
+                   % (trace.Build(other.hexversion), trace.running(), sys.executable))
+        assert warning in server.log_text()  # before any request
+        for _ in range(2):
+            assert get(server, "/sleep?s=1.6").status == 200
+        logged = entries(server)
+        assert len(logged) == 2
+        for lines in logged:
+            assert lines[3:] == [fallback_line(name) for name in SLEEP]
+        log = server.log_text()
+        assert log.count("slowlog: cannot read worker stacks with ptrace") == 1
+        assert "about to trace" not in log
     finally:
         server.stop()
 

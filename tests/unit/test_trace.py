@@ -413,6 +413,35 @@ def subprocess_run(argv, cwd):
     return done.stdout
 
 
+# ---- which interpreter the reader was built for ----
+
+def test_build_check_names_both_builds():
+    built = trace.Build(0x030B04F0)
+    assert trace.mismatch(built, trace.Build(0x030B04F0)) is None
+    assert trace.mismatch(built, trace.Build(0x030B07F0)) == \
+        "fpm._pystack was built for CPython 3.11.4, this is CPython 3.11.7"
+    # Same version, another build: a debug interpreter's objects are laid out otherwise.
+    assert trace.mismatch(built, trace.Build(0x030B04F0, debug=True)) == \
+        "fpm._pystack was built for CPython 3.11.4, this is CPython 3.11.4 (debug build)"
+    # A pre-release is another interpreter too.
+    assert trace.mismatch(trace.Build(0x030B00C1, True, True), trace.Build(0x030B00F0)) == (
+        "fpm._pystack was built for CPython 3.11.0rc1 (debug, trace-refs build), this is "
+        "CPython 3.11.0")
+
+
+def test_rebuild_command_builds_from_source_with_this_interpreter():
+    assert trace.rebuild_command("/opt/py/bin/python", "1.2.0", "/src/pyfpm") == \
+        "/opt/py/bin/python -m pip install --no-deps --no-cache-dir -e /src/pyfpm"
+    assert trace.rebuild_command("/opt/py/bin/python", "1.2.0", None) == (
+        "/opt/py/bin/python -m pip install --force-reinstall --no-deps --no-cache-dir "
+        "--no-binary pyfpm pyfpm==1.2.0")
+
+
+def test_the_installed_reader_was_built_for_this_interpreter():
+    assert trace.built() == trace.running()
+    assert trace.unusable() is None
+
+
 # ---- offsets and line tables ----
 
 def test_offsets_describe_this_interpreter():
