@@ -2,13 +2,7 @@
 from pathlib import Path
 
 from fpm import tracer
-
-
-def code_objects(code):
-    yield code
-    for const in code.co_consts:
-        if hasattr(const, "co_code"):
-            yield from code_objects(const)
+from tests.unit.test_trace import code_objects
 
 
 def test_app_callers_are_told_apart_by_their_file_and_name():
