@@ -9,6 +9,11 @@
  * only process_vm_readv calls and copies: one syscall per frame (the code header of a frame
  * and the next frame are fetched together), plus the strings and line table of code objects
  * not yet in the caller's cache. Line numbers are decoded by line_at() after the detach.
+ *
+ * What the offsets were compiled for is exported (BUILT_FOR, BUILT_DEBUG, BUILT_TRACE_REFS) so
+ * that fpm/trace.py refuses a build made for another interpreter. setup.py defines
+ * FPM_BUILD_HEXVERSION, the version of the Python running the build: headers of another
+ * version fail the build here rather than the slowlog later.
  */
 #define PY_SSIZE_T_CLEAN
 #define Py_BUILD_CORE_MODULE
@@ -28,6 +33,24 @@
 #include "internal/pycore_runtime.h"
 #else
 #define FPM_LAYOUT_KNOWN 0
+#endif
+
+#if defined(FPM_BUILD_HEXVERSION) && defined(FPM_BUILD_VERSION)
+_Static_assert(PY_VERSION_HEX == FPM_BUILD_HEXVERSION,
+               "fpm/_pystack.c: these are the headers of Python " PY_VERSION ", but Python "
+               FPM_BUILD_VERSION " is building it: its struct offsets would not be that "
+               "interpreter's; build with the headers of the Python that runs pyfpm");
+#endif
+
+#ifdef Py_DEBUG
+#define FPM_DEBUG 1
+#else
+#define FPM_DEBUG 0
+#endif
+#ifdef Py_TRACE_REFS
+#define FPM_TRACE_REFS 1
+#else
+#define FPM_TRACE_REFS 0
 #endif
 
 /* ---- line tables (Objects/locations.md), independent of the frame layout ---- */
@@ -228,6 +251,8 @@ fail:
 #define WINDOW (16 * 1024)
 /* Frames walked per round beyond the depth asked for, to make up for skipped ones. */
 #define SLACK 16
+/* Code objects a walk may stop at (the worker's frames that call the application). */
+#define MAX_STOPS 8
 #ifndef IOV_MAX
 #define IOV_MAX 1024
 #endif
@@ -632,13 +657,25 @@ fail:
     return NULL;
 }
 
+/* Whether the code object at addr is one of the n in stops. */
+static int
+is_stop(const uintptr_t *stops, Py_ssize_t n, uintptr_t addr)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (stops[i] == addr)
+            return 1;
+    return 0;
+}
+
 PyDoc_STRVAR(read_stack_doc,
-"read_stack(pid, tstate, tid, depth, known) -> (frames, fresh) or None\n\n"
+"read_stack(pid, tstate, tid, depth, known, stop=()) -> (frames, fresh) or None\n\n"
 "The innermost `depth` complete frames of the thread state at `tstate` in the stopped\n"
-"process pid: frames is a list of (frame address, code address, byte offset of the last\n"
-"instruction); fresh maps code addresses missing from, or changed since, the cache `known`\n"
-"to (key, qualname, filename, linetable, firstlineno). None when tstate no longer belongs to\n"
-"thread tid (a stale cache). OSError when the memory cannot be read.\n\n"
+"process pid, up to the first frame running one of the code objects at the addresses in\n"
+"the tuple `stop` (that frame and those below it are left out): frames is a list of\n"
+"(frame address, code address, byte offset of the last instruction); fresh maps code\n"
+"addresses missing from, or changed since, the cache `known` to (key, qualname, filename,\n"
+"linetable, firstlineno). None when tstate no longer belongs to thread tid (a stale cache).\n"
+"OSError when the memory cannot be read.\n\n"
 "System calls: one for the thread state, one for the current frame pointer and the top of\n"
 "the data stack (where the innermost frames are), one for the frames' code headers, one for\n"
 "the strings and line tables of code objects not in `known`; plus one per frame outside\n"
@@ -650,10 +687,22 @@ read_stack(PyObject *self, PyObject *args)
     int pid, depth;
     unsigned long long tstate_addr;
     unsigned long tid;
-    PyObject *known;
-    if (!PyArg_ParseTuple(args, "iKkiO!:read_stack", &pid, &tstate_addr, &tid, &depth,
-                          &PyDict_Type, &known))
+    PyObject *known, *stop = NULL;
+    if (!PyArg_ParseTuple(args, "iKkiO!|O!:read_stack", &pid, &tstate_addr, &tid, &depth,
+                          &PyDict_Type, &known, &PyTuple_Type, &stop))
         return NULL;
+    uintptr_t stops[MAX_STOPS];
+    Py_ssize_t nstops = stop == NULL ? 0 : PyTuple_GET_SIZE(stop);
+    if (nstops > MAX_STOPS) {
+        PyErr_Format(PyExc_ValueError, "read_stack: %zd stop code objects, more than %d",
+                     nstops, MAX_STOPS);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nstops; i++) {
+        stops[i] = (uintptr_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(stop, i));
+        if (PyErr_Occurred())
+            return NULL;
+    }
 
     PyThreadState t;
     if (remote_read(pid, (uintptr_t)tstate_addr, &t, TSTATE_HEAD) < 0)
@@ -699,6 +748,8 @@ read_stack(PyObject *self, PyObject *args)
                 goto fail;
             next = (uintptr_t)after;
         }
+        if (is_stop(stops, nstops, (uintptr_t)w.frames[done].f_code))
+            break;
         if (walk_note(&w, done++, known, queued, rows) < 0)
             goto fail;
     }
@@ -779,7 +830,9 @@ static int
 exec_module(PyObject *m)
 {
     if (PyModule_AddIntConstant(m, "SUPPORTED", FPM_LAYOUT_KNOWN) < 0 ||
-        PyModule_AddIntConstant(m, "BUILT_FOR", PY_VERSION_HEX) < 0)
+        PyModule_AddIntConstant(m, "BUILT_FOR", PY_VERSION_HEX) < 0 ||
+        PyModule_AddIntConstant(m, "BUILT_DEBUG", FPM_DEBUG) < 0 ||
+        PyModule_AddIntConstant(m, "BUILT_TRACE_REFS", FPM_TRACE_REFS) < 0)
         return -1;
 #if FPM_LAYOUT_KNOWN
     return add_offsets(m);
@@ -798,7 +851,9 @@ static struct PyModuleDef module = {
     .m_name = "fpm._pystack",
     .m_doc = "Reads a stopped forked worker's Python stack; decodes line tables. "
              "SUPPORTED is 0 on interpreters whose frame layout this build does not know; "
-             "BUILT_FOR is the PY_VERSION_HEX of the headers it was compiled against.",
+             "BUILT_FOR is the PY_VERSION_HEX of the headers it was compiled against, "
+             "BUILT_DEBUG and BUILT_TRACE_REFS whether they were a Py_DEBUG or "
+             "Py_TRACE_REFS build's.",
     .m_size = 0,
     .m_methods = methods,
     .m_slots = slots,

@@ -199,7 +199,7 @@ class Master:
         self.queues = sockdiag.ListenQueues()
         self.tracer = Tracer(log)
         if any(self._traced(pool) for pool in config.pools):
-            trace.load()
+            self.tracer.prepare()
         self.started_epoch_us = time.time_ns() // 1000
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.access_fds: dict[str, int] = {}  # pool -> its access log, opened here for workers

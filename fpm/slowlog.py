@@ -8,8 +8,10 @@ An entry (one write() by the master, to a file it opens per entry like PHP-FPM):
     request = "GET /slow?s=3" elapsed = 2.004113 sec
     [0x00007fc232fce3c0] c() /srv/app/app.py:45
 
-The `request =` line is pyfpm's. Frames are innermost first; each shows the function and the
-line it is executing (Python's convention, as in a traceback; PHP-FPM shows the call site).
+The `request =` line is pyfpm's. Frames are innermost first, the application's only (the
+reader stops at the worker's frame that called it, as PHP-FPM shows the script's frames only);
+each shows the function and the line it is executing (Python's convention, as in a traceback;
+PHP-FPM shows the call site).
 The address is that of the frame's interpreter frame in the worker; fallback frames come from
 faulthandler, which gives none, and are printed without one.
 
@@ -82,14 +84,16 @@ def arm_worker(fd):
     faulthandler.register(DUMP_SIGNAL, file=fd, all_threads=False, chain=False)
 
 
-def dump_with_faulthandler(pid, read_fd, timeout=0.5, root=None) -> list[Frame]:
+def dump_with_faulthandler(pid, read_fd, timeout=0.5, root=None, stop=frozenset()) -> list[Frame]:
     """Signal worker `pid` and read its faulthandler dump from `read_fd` (the read end of the
-    pipe it armed; made non-blocking here). Frames innermost first, address 0.
+    pipe it armed; made non-blocking here). Frames innermost first, address 0, up to the first
+    frame whose (filename, name) is in `stop`, which is left out with those below it.
 
-    The dump comes in many small writes and has no terminator; it is complete at the
-    truncation line, or at the outermost frame: the worker is a fork of this process, so its
-    stack ends where ours does (`root`, (filename, name), defaults to our outermost frame).
-    Otherwise what arrived within `timeout` is returned; TraceError if nothing did."""
+    The dump comes in many small writes and has no terminator; it is complete at a `stop`
+    frame, at the truncation line, or at the outermost frame: the worker is a fork of this
+    process, so its stack ends where ours does (`root`, (filename, name), defaults to our
+    outermost frame). Otherwise what arrived within `timeout` is returned; TraceError if
+    nothing did."""
     root = root or _outermost()
     os.set_blocking(read_fd, False)
     _drain(read_fd)  # a dump that came after an earlier timeout
@@ -109,19 +113,19 @@ def dump_with_faulthandler(pid, read_fd, timeout=0.5, root=None) -> list[Frame]:
         if not chunk:
             break  # EOF: the worker closed its end (it exited)
         text += chunk
-        frames, complete = parse_dump(text.decode("utf-8", "replace"), root)
+        frames, complete = parse_dump(text.decode("utf-8", "replace"), root, stop)
         if complete:
             return frames
-    frames, _ = parse_dump(text.decode("utf-8", "replace"), root)
+    frames, _ = parse_dump(text.decode("utf-8", "replace"), root, stop)
     if not frames:
         raise TraceError(f"no faulthandler dump within {timeout * 1000:.0f} ms "
                          "(signal blocked, or handled by the application?)")
     return frames
 
 
-def parse_dump(text, root):
-    """(frames, complete) from faulthandler's text; only the last dump in it counts, and only
-    whole lines."""
+def parse_dump(text, root, stop=frozenset()):
+    """(frames, complete) from faulthandler's text, ending before a frame whose (filename,
+    name) is in `stop`; only the last dump in it counts, and only whole lines."""
     start = text.rfind(_HEADER)
     if start < 0:
         return [], False
@@ -133,6 +137,8 @@ def parse_dump(text, root):
         if m is None:
             continue
         filename, lineno, name = m.groups()
+        if (filename, name) in stop:
+            return frames, True
         frames.append(Frame(0, name, filename, 0 if lineno == "???" else int(lineno)))
         if (filename, name) == root:
             return frames, True

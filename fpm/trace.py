@@ -12,6 +12,10 @@ handing back a signal the stop intercepted. Line tables are decoded after the de
 worker is a fork of this process, so fpm._pystack finds its interpreter at our own
 &_PyRuntime.
 
+fpm._pystack's struct offsets are those of the interpreter it was compiled for: `unusable()`
+says why it must not read this one's (another version or build), which the master logs once at
+start; stack() refuses then too, so a stale build is never used.
+
 python-ptrace provides the ptrace(2) binding; it names neither PTRACE_SEIZE nor
 PTRACE_INTERRUPT, so the numbers (linux/ptrace.h) are below. It is imported by load(), which
 the master calls only when a pool has a slowlog: its import runs `ldconfig -p` (ctypes'
@@ -26,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from fpm import _pystack
+from fpm import __version__, _pystack
 
 PTRACE_DETACH = 17
 PTRACE_SEIZE = 0x4206
@@ -106,13 +110,79 @@ class Trace:
     stopped_us: float
 
 
+# ---- which interpreter fpm._pystack can read ----
+
+@dataclass(frozen=True)
+class Build:
+    """What fpm._pystack's struct offsets depend on: the interpreter's exact version
+    (sys.hexversion) and the build options that change its objects' layout."""
+
+    hexversion: int
+    debug: bool = False  # Py_DEBUG
+    trace_refs: bool = False  # Py_TRACE_REFS: two more pointers in every object's header
+
+    def __str__(self):
+        level = {0xA: "a", 0xB: "b", 0xC: "rc", 0xF: ""}.get(self.hexversion >> 4 & 0xF, "?")
+        serial = self.hexversion & 0xF if level else ""
+        flags = [name for name, on in (("debug", self.debug), ("trace-refs", self.trace_refs))
+                 if on]
+        return "CPython %d.%d.%d%s%s%s" % (self.hexversion >> 24, self.hexversion >> 16 & 0xFF,
+                                           self.hexversion >> 8 & 0xFF, level, serial,
+                                           " (%s build)" % ", ".join(flags) if flags else "")
+
+
+def built() -> Build:
+    """The interpreter fpm._pystack was compiled for."""
+    return Build(_pystack.BUILT_FOR, bool(_pystack.BUILT_DEBUG), bool(_pystack.BUILT_TRACE_REFS))
+
+
+def running() -> Build:
+    """This interpreter."""
+    return Build(sys.hexversion, hasattr(sys, "gettotalrefcount"), hasattr(sys, "getobjects"))
+
+
+def mismatch(built: Build, running: Build) -> str | None:
+    """Why a reader compiled for `built` must not read the frames of `running`, or None."""
+    if built == running:
+        return None
+    return f"fpm._pystack was built for {built}, this is {running}"
+
+
+def rebuild_command(python: str, version: str, source: str | None) -> str:
+    """How to compile fpm._pystack for the interpreter `python`: from the checkout `source`
+    pyfpm runs from, else from pyfpm's sdist (never a cached or published wheel)."""
+    if source is not None:
+        return f"{python} -m pip install --no-deps --no-cache-dir -e {source}"
+    return (f"{python} -m pip install --force-reinstall --no-deps --no-cache-dir "
+            f"--no-binary pyfpm pyfpm=={version}")
+
+
+@functools.cache
+def unusable() -> str | None:
+    """Why stack() cannot read this interpreter's workers, or None: said once at start."""
+    problem = mismatch(built(), running())
+    if problem is not None:
+        source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.exists(os.path.join(source, "setup.py")):
+            source = None  # installed, not run from a checkout
+        return "%s; rebuild it for this interpreter: %s" % (
+            problem, rebuild_command(sys.executable, __version__, source))
+    if not _pystack.SUPPORTED:
+        return "fpm._pystack knows the frame layout of CPython 3.11 only, not %s" % running()
+    return None
+
+
+# ---- reading a worker ----
+
 _tstates: dict[int, int] = {}            # pid -> address of its main thread's PyThreadState
 _codes: dict[int, dict[int, tuple]] = {}  # pid -> code address -> (key, qualname, file, table, line)
 _unstopped: set[int] = set()             # seized pids whose stop came after stack() gave up
 
 
-def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
-    """The innermost `depth` Python frames of worker `pid` (a fork of this process).
+def stack(pid: int, depth: int, timeout: float = 0.1, stop: tuple[int, ...] = ()) -> Trace:
+    """The innermost `depth` Python frames of worker `pid` (a fork of this process), up to
+    the first frame running one of the code objects whose addresses (id()) are in `stop`:
+    that frame and those below it are not shown, nor counted.
 
     Raises Refused, Unsupported, Gone, or TraceError (the stop did not come within `timeout`:
     the worker stays seized until the reaper's waitpid sees the stop and calls on_wait_status;
@@ -125,7 +195,7 @@ def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     took_sigchld = []
     try:
-        return _trace(pid, depth, timeout, took_sigchld)
+        return _trace(pid, depth, timeout, stop, took_sigchld)
     finally:
         if signal.SIGCHLD not in blocked:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
@@ -133,7 +203,7 @@ def stack(pid: int, depth: int, timeout: float = 0.1) -> Trace:
             os.kill(os.getpid(), signal.SIGCHLD)
 
 
-def _trace(pid, depth, timeout, took_sigchld):
+def _trace(pid, depth, timeout, stop, took_sigchld):
     _seize(pid)
     floor = time.monotonic_ns()
     try:
@@ -151,7 +221,7 @@ def _trace(pid, depth, timeout, took_sigchld):
         forget(pid)
         raise Gone(f"exited during the attach ({_describe(status)})", status)
     try:
-        rows, codes = _read(pid, depth)
+        rows, codes = _read(pid, depth, stop)
     finally:
         _detach(pid, _signal_to_deliver(status))
         stopped_us = (time.monotonic_ns() - floor) / 1000
@@ -180,12 +250,9 @@ def forget(pid: int) -> None:
 
 
 def _check_supported():
-    if not _pystack.SUPPORTED:
-        raise Unsupported("slowlog stack reading knows the frame layout of Python 3.11 only, "
-                          f"not {sys.version.split()[0]}")
-    if _pystack.BUILT_FOR >> 8 != sys.hexversion >> 8:
-        raise Unsupported("fpm._pystack was built against other Python headers "
-                          f"({_pystack.BUILT_FOR:#x}, running {sys.hexversion:#x}); rebuild it")
+    reason = unusable()
+    if reason is not None:
+        raise Unsupported(reason)
 
 
 def _seize(pid):
@@ -252,7 +319,7 @@ def _detach(pid, sig):
             raise TraceError(f"ptrace(DETACH) failed: {os.strerror(e.errno)}") from None
 
 
-def _read(pid, depth):
+def _read(pid, depth, stop):
     """While stopped: the frame rows and the code cache for pid, updated."""
     codes = _codes.setdefault(pid, {})
     if len(codes) > _MAX_CODES:
@@ -262,7 +329,7 @@ def _read(pid, depth):
             tstate = _tstates.get(pid) or _pystack.find_tstate(pid, pid)
             if not tstate:
                 raise TraceError("no Python thread state for the worker's main thread")
-            got = _pystack.read_stack(pid, tstate, pid, depth, codes)
+            got = _pystack.read_stack(pid, tstate, pid, depth, codes, stop)
             if got is not None:
                 _tstates[pid] = tstate
                 rows, fresh = got

@@ -2,15 +2,41 @@
 where the kernel refuses it or the interpreter is not supported, with the faulthandler dump
 the worker writes on its channel (fpm.slowlog); then write the entry.
 
+Either way the stack ends where the application's begins: at the worker's own frame that
+called it (`app_callers`), found by its code object (ptrace) or by its file and name
+(faulthandler), never by a guess an application's file could match.
+
 PHP-FPM's log lines around a ptrace read are kept: ``about to trace N`` and ``finished trace
 of N`` (NOTICE).
 """
 from __future__ import annotations
 
+import functools
 import time
+import types
 from dataclasses import dataclass
 
 from fpm import slowlog, trace
+
+
+@functools.cache
+def app_callers() -> tuple[types.CodeType, ...]:
+    """The code of pyfpm's frames that call into the application, the innermost of which a
+    slowlog entry stops before: worker.serve, whose compiled loop (no Python frame of its own)
+    calls the WSGI app, the status and ping pages alike; in script mode, ScriptApp's call of
+    the script's `application` and its run of the script's top-level code. The worker is a
+    fork of the master, so these objects sit at the same addresses in both."""
+    from fpm import scripts, worker  # the master imports them before any fork anyway
+    return (worker.serve.__code__, scripts.ScriptApp.__call__.__code__,
+            scripts.ScriptApp._compile.__code__)
+
+
+@functools.cache
+def _stops() -> tuple[tuple[int, ...], frozenset[tuple[str, str]]]:
+    """app_callers() as each back-end sees them: addresses (ptrace), (file, name) (faulthandler,
+    which prints co_name)."""
+    codes = app_callers()
+    return tuple(id(c) for c in codes), frozenset((c.co_filename, c.co_name) for c in codes)
 
 
 @dataclass(frozen=True)
@@ -25,18 +51,32 @@ class Tracer:
         self.log = log
         self.ptrace_refused: str | None = None  # why ptrace is not used, once it failed so
 
+    def prepare(self) -> None:
+        """At start, when a pool may be traced: a stack reader built for another interpreter
+        is said now, once, with how to rebuild it, and never used; else python-ptrace is
+        loaded."""
+        reason = trace.unusable()
+        if reason is not None:
+            self._refuse_ptrace(reason)
+        else:
+            trace.load()
+
+    def _refuse_ptrace(self, reason: str) -> None:
+        self.ptrace_refused = reason
+        self.log.warning("slowlog: cannot read worker stacks with ptrace (%s); using "
+                         "faulthandler dumps from now on" % reason)
+
     def stack(self, child, depth: int) -> Stack:
-        """Read ``child``'s innermost ``depth`` frames. Raises trace.Gone when the worker
-        exited meanwhile (its ``status`` set when it was reaped here)."""
+        """Read ``child``'s innermost ``depth`` frames of the application. Raises trace.Gone
+        when the worker exited meanwhile (its ``status`` set when it was reaped here)."""
         pid = child.pid
+        addresses, names = _stops()
         if self.ptrace_refused is None:
             self.log.notice("about to trace %d" % pid)
             try:
-                found = trace.stack(pid, depth)
+                found = trace.stack(pid, depth, stop=addresses)
             except (trace.Refused, trace.Unsupported) as e:
-                self.ptrace_refused = e.reason
-                self.log.warning("slowlog: cannot read worker stacks with ptrace (%s); using "
-                                 "faulthandler dumps from now on" % e.reason)
+                self._refuse_ptrace(e.reason)
             except trace.Gone:
                 raise
             except trace.TraceError as e:
@@ -49,7 +89,7 @@ class Tracer:
         if child.channel < 0:
             return Stack([], True, True)
         try:
-            frames = slowlog.dump_with_faulthandler(pid, child.channel)
+            frames = slowlog.dump_with_faulthandler(pid, child.channel, stop=names)
         except trace.Gone:
             raise
         except trace.TraceError as e:

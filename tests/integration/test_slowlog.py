@@ -1,14 +1,20 @@
 """The slowlog on the real master: a slow request's Python stack, read from the worker while
 it runs (ptrace) or, where ptrace is refused, from its faulthandler dump; and the trace that
-comes before a request_terminate_timeout kill."""
+comes before a request_terminate_timeout kill. Either way an entry holds the application's
+frames only: from the innermost down to its WSGI callable (or a script's), none of pyfpm's."""
 import json
+import os
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
+import fpm
+import otherpython
 import slow_app
-from fpm import client
+from fpm import _pystack, client, trace
 from tests.conftest import APPS, require
 from tests.harness import Server
 
@@ -20,8 +26,7 @@ log_level = notice
 listen = {sock}
 pm = static
 pm.max_children = 1
-app = {app}
-python_path = {path}
+{app}
 pm.status_path = /status
 {slowlog}
 request_slowlog_timeout = 1
@@ -33,9 +38,12 @@ FRAME = re.compile(r"^\[0x[0-9a-f]{16}\] (\S+)\(\) (.+):(\d+)$")
 
 
 def start(tmp_path, app="slow_app:app", path=str(APPS), extra="", prefix=(),
-          slowlog="slowlog = {tmp}/www.slow.log"):
-    server = Server(CONFIG.format(app=app, path=path, extra=extra, sock="{sock}",
-                                  slowlog=slowlog), tmp_path)
+          slowlog="slowlog = {tmp}/www.slow.log", env=None):
+    """The master with a pool of one worker; `app` None: script mode. `prefix` goes before
+    its command line (setpriv), `env` into its environment."""
+    pool = "" if app is None else f"app = {app}\npython_path = {path}"
+    server = Server(CONFIG.format(app=pool, extra=extra, sock="{sock}", slowlog=slowlog),
+                    tmp_path, env=env)
     server.argv = list(prefix) + server.argv
     server.start()
     server.wait_idle(1)
@@ -56,6 +64,15 @@ def where(name: str) -> tuple[str, str, int]:
     return name, slow_app.__file__, slow_app.marker_line(name)
 
 
+# /sleep's stack, innermost first, down to the WSGI callable: all an entry may show of it.
+SLEEP = ["sleep_b", "sleep_a", "app"]
+
+
+def fallback_line(name: str) -> str:
+    """A frame as the faulthandler fallback writes it: no address."""
+    return "%s() %s:%d" % where(name)
+
+
 def frames(lines: list[str]) -> list[tuple[str, str, int]]:
     found = []
     for line in lines[3:]:
@@ -74,9 +91,9 @@ def check_header(lines, server, worker, uri):
 
 
 @pytest.mark.parametrize("uri, inner", [
-    ("/sleep?s=2.5", ["sleep_b", "sleep_a"]),   # blocked in a system call
-    ("/loop?s=2.5", ["spin"]),                  # running Python code
-    ("/cbusy?s=2.5", ["cbusy"]),                # inside one long C call holding the GIL
+    ("/sleep?s=2.5", SLEEP[:-1]),   # blocked in a system call
+    ("/loop?s=2.5", ["spin"]),      # running Python code
+    ("/cbusy?s=2.5", ["cbusy"]),    # inside one long C call holding the GIL
 ])
 def test_slow_request_stack_is_logged_and_the_request_completes(tmp_path, uri, inner):
     server = start(tmp_path)
@@ -93,12 +110,27 @@ def test_slow_request_stack_is_logged_and_the_request_completes(tmp_path, uri, i
         server.wait_log(r"finished trace of %d" % worker, since=mark)
         [lines] = entries(server)
         check_header(lines, server, worker, uri)
-        stack = frames(lines)
-        assert stack[:len(inner)] == [where(name) for name in inner]
-        assert ("app", slow_app.__file__) in [(name, path) for name, path, _ in stack]
+        # The app's frames, down to its WSGI callable: not one of pyfpm's below it.
+        assert frames(lines) == [where(name) for name in inner + ["app"]]
         status = json.loads(get(server, "/status?json").body)
         assert status["slow requests"] == 1
         assert server.children() == [worker]  # traced, not restarted
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("extra, shown", [
+    ("request_slowlog_trace_depth = 4", SLEEP),  # more than the app has: its frames, no more
+    ("request_slowlog_trace_depth = 2", SLEEP[:2]),  # the innermost, as PHP-FPM's
+    ("preload = yes", SLEEP),  # the app imported by the master before the fork
+])
+def test_depth_counts_the_apps_frames_only(tmp_path, extra, shown):
+    server = start(tmp_path, extra=extra)
+    try:
+        assert get(server, "/sleep?s=1.6").status == 200
+        server.wait_log(r"finished trace of")
+        [lines] = entries(server)
+        assert frames(lines) == [where(name) for name in shown]
     finally:
         server.stop()
 
@@ -123,15 +155,20 @@ from slow_app import app
 """
 
 
-def test_refused_ptrace_falls_back_to_faulthandler(tmp_path):
+def without_ptrace(tmp_path, extra=""):
     """A master without CAP_SYS_PTRACE (Docker's default) and a non-dumpable worker: the
-    kernel refuses the attach; the entry still comes, from the worker's faulthandler dump,
-    and the error log says so once."""
+    kernel refuses the attach, and the slowlog falls back to faulthandler dumps."""
     setpriv = shutil.which("setpriv")
     require("setpriv", setpriv, "util-linux")
     (tmp_path / "undumpable.py").write_text(UNDUMPABLE_APP)
-    server = start(tmp_path, app="undumpable:app", path="%s:%s" % (tmp_path, APPS),
-                   prefix=(setpriv, "--bounding-set=-sys_ptrace"))
+    return start(tmp_path, app="undumpable:app", path="%s:%s" % (tmp_path, APPS), extra=extra,
+                 prefix=(setpriv, "--bounding-set=-sys_ptrace"))
+
+
+def test_refused_ptrace_falls_back_to_faulthandler(tmp_path):
+    """The entry still comes, from the worker's faulthandler dump, with the app's frames
+    only, and the error log says so once."""
+    server = without_ptrace(tmp_path)
     try:
         worker = server.wait_idle(1)[0]
         for _ in range(2):
@@ -142,10 +179,107 @@ def test_refused_ptrace_falls_back_to_faulthandler(tmp_path):
         for lines in logged:
             assert lines[0].endswith("[pool www] pid %d" % worker)
             # faulthandler gives no frame address: none is printed.
-            assert lines[3:5] == ["%s() %s:%d" % where("sleep_b"), "%s() %s:%d" % where("sleep_a")]
+            assert lines[3:] == [fallback_line(name) for name in SLEEP]
         log = server.log_text()
         assert log.count("slowlog: cannot read worker stacks with ptrace") == 1
         assert "using faulthandler dumps from now on" in log
+    finally:
+        server.stop()
+
+
+def test_fallback_depth_counts_the_apps_frames_only(tmp_path):
+    server = without_ptrace(tmp_path, extra="request_slowlog_trace_depth = 2")
+    try:
+        assert get(server, "/sleep?s=1.6").status == 200
+        server.wait_log(r"executing too slow")
+        [lines] = entries(server)
+        assert lines[3:] == [fallback_line(name) for name in SLEEP[:2]]
+    finally:
+        server.stop()
+
+
+SCRIPT = """\
+import ctypes
+import time
+
+{prelude}
+time.sleep(1.6)  # slowlog: top
+
+
+def work(seconds):
+    time.sleep(seconds)  # slowlog: work
+
+
+def application(environ, start_response):
+    work(float(environ["QUERY_STRING"] or 0))  # slowlog: application
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"worked\\n"]
+"""
+ANY_FRAME = re.compile(r"^(?:\[0x[0-9a-f]{16}\] )?(\S+)\(\) (.+):(\d+)$")
+
+
+@pytest.mark.parametrize("backend", ["ptrace", "faulthandler"])
+def test_script_mode_shows_the_scripts_frames_only(tmp_path, backend):
+    """A script's top-level code, run by its first request, and its `application`: the
+    entries end at the script's frames, above pyfpm's script runner."""
+    prelude = ""
+    prefix = ()
+    if backend == "faulthandler":
+        setpriv = shutil.which("setpriv")
+        require("setpriv", setpriv, "util-linux")
+        prefix = (setpriv, "--bounding-set=-sys_ptrace")
+        prelude = "ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # not dumpable: ptrace is refused"
+    (tmp_path / "www").mkdir()
+    script = tmp_path / "www" / "slow.py"
+    script.write_text(SCRIPT.format(prelude=prelude))
+    real = os.path.realpath(script)
+    numbers = {line.rsplit("# slowlog: ", 1)[1]: number
+               for number, line in enumerate(script.read_text().splitlines(), 1)
+               if "# slowlog: " in line}
+    server = start(tmp_path, app=None, prefix=prefix)
+    try:
+        for query in ("", "1.6"):
+            response = client.request(server.address, "/slow.py?" + query, timeout=30,
+                                      params={"SCRIPT_FILENAME": str(script)})
+            assert response.status == 200 and response.body == b"worked\n"
+        first, second = entries(server)
+        for lines in (first, second):
+            assert lines[1] == f"script_filename = {script}"
+            assert all(ANY_FRAME.match(line)[0].startswith("[0x") == (backend == "ptrace")
+                       for line in lines[3:])
+        shown = [[ANY_FRAME.match(line).group(1, 2, 3) for line in lines[3:]]
+                 for lines in (first, second)]
+        assert shown == [[("<module>", real, str(numbers["top"]))],
+                         [("work", real, str(numbers["work"])),
+                          ("application", real, str(numbers["application"]))]]
+    finally:
+        server.stop()
+
+
+def test_a_reader_built_for_another_python_is_said_at_start_and_never_used(tmp_path):
+    """pyfpm whose fpm._pystack was compiled for another patch release (a cached wheel, a
+    Python upgraded under the install): one warning at start naming both builds and how to
+    rebuild, then every entry from faulthandler dumps, the app's frames only."""
+    other = otherpython.find()
+    package = tmp_path / "pkg" / "fpm"
+    shutil.copytree(Path(fpm.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html"))
+    otherpython.compile_pystack(other, package / Path(_pystack.__file__).name)
+    server = start(tmp_path, env={"PYTHONPATH": str(package.parent)})
+    try:
+        warning = ("WARNING: slowlog: cannot read worker stacks with ptrace (fpm._pystack was "
+                   "built for %s, this is %s; rebuild it for this interpreter: %s -m pip install "
+                   % (trace.Build(other.hexversion), trace.running(), sys.executable))
+        assert warning in server.log_text()  # before any request
+        for _ in range(2):
+            assert get(server, "/sleep?s=1.6").status == 200
+        logged = entries(server)
+        assert len(logged) == 2
+        for lines in logged:
+            assert lines[3:] == [fallback_line(name) for name in SLEEP]
+        log = server.log_text()
+        assert log.count("slowlog: cannot read worker stacks with ptrace") == 1
+        assert "about to trace" not in log
     finally:
         server.stop()
 

@@ -106,6 +106,16 @@ def test_parse_dump_incomplete_until_the_root_or_the_truncation_line():
     assert complete and frames[0].filename == "/srv/app/app.py"
 
 
+def test_parse_dump_ends_before_a_stop_frame_and_is_complete_there():
+    stop = frozenset({("/srv/app/app.py", "b"), ("/srv/other.py", "c")})
+    assert slowlog.parse_dump(DUMP, ROOT, stop) == ([Frame(0, "c", "/srv/app/app.py", 45)], True)
+    # Complete at the stop frame, even with more of the dump still to come.
+    assert slowlog.parse_dump(DUMP[:-10], ROOT, stop)[1]
+    # Only the exact (file, name) stops: the same name in another file is the app's.
+    frames, complete = slowlog.parse_dump(DUMP, ROOT, frozenset({("/srv/app/b.py", "b")}))
+    assert len(frames) == 3 and complete
+
+
 # ---- real dumps from real children ----
 
 def parked(seconds):
@@ -177,6 +187,21 @@ def test_fallback_reads_a_real_dump_and_the_child_sleeps_on():
                                                           root.f_code.co_name)
     assert took < 0.2
     assert status == 0
+
+
+def test_fallback_dump_ends_before_the_stop_frame():
+    pid, r = fork_armed(caller, 0.3)
+    try:
+        start = time.monotonic()
+        frames = slowlog.dump_with_faulthandler(pid, r, timeout=2,
+                                                stop=frozenset({(str(HERE), "caller")}))
+        took = time.monotonic() - start
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(r)
+    assert [(f.qualname, f.filename, f.lineno) for f in frames] == [
+        ("parked", str(HERE), mark("parked"))]
+    assert took < 0.2 and status == 0
 
 
 def test_fallback_dump_of_a_deep_stack_ends_at_the_truncation_line():

@@ -138,7 +138,8 @@ def recurse(n, seconds):
 def call_app(path, query):
     def start_response(status, headers):
         assert status == "200 OK"
-    return b"".join(slow_app.app({"PATH_INFO": path, "QUERY_STRING": query}, start_response)).decode()
+    return b"".join(slow_app.app({"PATH_INFO": path, "QUERY_STRING": query},  # mark: call_app
+                                 start_response)).decode()
 
 
 def traced(pid, depth, times, every=0.03):
@@ -252,6 +253,28 @@ def test_slow_app_routes_show_their_marked_lines(path, innermost):
     frames = shown(t.frames)
     assert frames[:len(innermost) + 1] == innermost + [app_frame("app", "app")]
     assert status == 0 and body.split()[0] in ("slept", "looped", "summed")
+
+
+def test_stop_ends_the_stack_before_the_callers_frame_and_depth_counts_above_it():
+    """As the slowlog reads a worker: the app's frames only, down to its WSGI callable."""
+    stop = (id(call_app.__code__),)
+    with child(call_app, "/sleep", "s=0.4") as (pid, result):
+        whole = trace.stack(pid, 20, stop=stop)
+        cut = trace.stack(pid, 2, stop=stop)
+        # A stop code object not on the stack changes nothing.
+        unrelated = trace.stack(pid, 20, stop=(id(recurse.__code__), id(sleeper_a.__code__)))
+        status, _ = result()
+    app = [app_frame("sleep_b", "sleep_b"), app_frame("sleep_a", "sleep_a"),
+           app_frame("app", "app")]
+    assert shown(whole.frames) == app
+    assert shown(cut.frames) == app[:2]
+    assert shown(unrelated.frames)[:4] == app + [here("call_app", "call_app")]
+    assert status == 0
+
+
+def test_more_stop_code_objects_than_the_reader_takes():
+    with pytest.raises(ValueError, match="9 stop code objects, more than 8"):
+        _pystack.read_stack(os.getpid(), 0, os.getpid(), 5, {}, tuple(range(9)))
 
 
 def test_signal_caught_at_the_stop_is_delivered_once():
@@ -388,6 +411,35 @@ def subprocess_run(argv, cwd):
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+# ---- which interpreter the reader was built for ----
+
+def test_build_check_names_both_builds():
+    built = trace.Build(0x030B04F0)
+    assert trace.mismatch(built, trace.Build(0x030B04F0)) is None
+    assert trace.mismatch(built, trace.Build(0x030B07F0)) == \
+        "fpm._pystack was built for CPython 3.11.4, this is CPython 3.11.7"
+    # Same version, another build: a debug interpreter's objects are laid out otherwise.
+    assert trace.mismatch(built, trace.Build(0x030B04F0, debug=True)) == \
+        "fpm._pystack was built for CPython 3.11.4, this is CPython 3.11.4 (debug build)"
+    # A pre-release is another interpreter too.
+    assert trace.mismatch(trace.Build(0x030B00C1, True, True), trace.Build(0x030B00F0)) == (
+        "fpm._pystack was built for CPython 3.11.0rc1 (debug, trace-refs build), this is "
+        "CPython 3.11.0")
+
+
+def test_rebuild_command_builds_from_source_with_this_interpreter():
+    assert trace.rebuild_command("/opt/py/bin/python", "1.2.0", "/src/pyfpm") == \
+        "/opt/py/bin/python -m pip install --no-deps --no-cache-dir -e /src/pyfpm"
+    assert trace.rebuild_command("/opt/py/bin/python", "1.2.0", None) == (
+        "/opt/py/bin/python -m pip install --force-reinstall --no-deps --no-cache-dir "
+        "--no-binary pyfpm pyfpm==1.2.0")
+
+
+def test_the_installed_reader_was_built_for_this_interpreter():
+    assert trace.built() == trace.running()
+    assert trace.unusable() is None
 
 
 # ---- offsets and line tables ----
