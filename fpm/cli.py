@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 
 from fpm import config as fpm_config
-from fpm import unix
+from fpm import poollogs, unix
 from fpm.log import Logger, choose_target, strerror
 from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
 from fpm.sockets import ListenError, parse_listen, resolve_acl, resolve_owner
@@ -125,9 +125,11 @@ def _load(args) -> fpm_config.Config:
 
 
 def _reload(args, allow_root: bool) -> fpm_config.Config:
-    """The configuration a reload (USR2) would start: read and checked as at start-up."""
+    """The configuration a reload (USR2) would start: read and checked as at start-up, and
+    its log files opened, which the new master would fail on."""
     config = _load(args)
     errors, _ = unix.check_pools(config, allow_root)
+    errors += poollogs.check(config.pools)
     if errors:
         raise fpm_config.ConfigError(errors)
     return config
@@ -142,8 +144,9 @@ def _fail(log: Logger, errors: list[str]) -> int:
 
 def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]],
           dump: bool) -> int:
-    """``-t``: what start-up would check before binding, without binding anything;
-    ``errors`` and ``notices`` are those of the pools' users (fpm.unix.check_pools)."""
+    """``-t``: what start-up would check before binding, without binding anything, and the
+    pools' log files opened (created if missing, as PHP-FPM's -t does); ``errors`` and
+    ``notices`` are those of the pools' users (fpm.unix.check_pools)."""
     errors = list(errors)
     for pool in config.pools:
         try:
@@ -153,6 +156,7 @@ def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]]
             resolve_acl(pool)
         except ListenError as e:
             errors.append(str(e))
+    errors += poollogs.check(config.pools)
     if errors:
         return _fail(log, errors)
     for level, text in list(config.messages) + notices:
