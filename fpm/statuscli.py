@@ -3,10 +3,10 @@ socket (no web server needed), shown as a summary with a worker table, as JSON, 
 redrawn every interval like top.
 
 It asks ``--path`` (the pool's ``pm.status_path``) with ``?json&full``, so it reads PHP-FPM's
-pools as well as pyfpm's. Without ``--path`` it asks ``/status``, and when a ``pm.status_listen``
-address answers that its status page is elsewhere (its 404 names the path), it asks there. Exit codes, as ``pyfpm request``'s: 0; 1 when
-the answer is not a status page (or not FastCGI); 2 when the address cannot be reached; 64 for
-usage errors. The request rate is the change of ``accepted conn`` over the interval, which
+pools as well as pyfpm's. Without ``--path`` it asks ``/status``, and when a
+``pm.status_listen`` address answers that its status page is elsewhere (its 404 names the
+path), it asks there. Exit codes, as ``pyfpm request``'s: 0; 1 when the answer is not a
+status page (or not FastCGI); 2 when the address cannot be reached; 64 for usage errors. The request rate is the change of ``accepted conn`` over the interval, which
 counts the status requests too (one per interval).
 """
 from __future__ import annotations
