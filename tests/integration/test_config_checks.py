@@ -81,80 +81,65 @@ def test_a_unix_socket_in_a_missing_directory_is_named_by_both(tmp_path):
 SLOW = "slowlog = {tmp}/www.slow.log\nrequest_slowlog_timeout = 1\naccess.log = {tmp}/access.log"
 
 
-def start(tmp_path) -> Server:
+@pytest.fixture
+def server(tmp_path):
+    """One worker, a slowlog at tmp/www.slow.log and an access log (whose reopening USR1
+    announces)."""
     server = Server(POOL.format(global_="", listen="{sock}", apps=APPS, pool=SLOW), tmp_path)
     server.start()
     server.wait_idle(1)
-    return server
+    yield server
+    server.stop()
 
 
-def slow_request(server, mark: int) -> None:
-    """One request the slowlog records; returns once its entry is written."""
-    worker = server.wait_idle(1)[0]
+def slow_request(server, slowlog) -> None:
+    """One request the slowlog records; returns once its entry is in ``slowlog``."""
+    before = len(slowlog_pids(slowlog))
     assert client.request(server.address, "/sleep?s=1.6", timeout=30).status == 200
-    server.wait_log(r"finished trace of %d|\[pool www\] child %d: " % (worker, worker),
-                    since=mark)
+    wait_for("the slow request's entry", lambda: len(slowlog_pids(slowlog)) > before, 5, server)
 
 
 def slowlog_pids(path) -> list[int]:
-    return [int(pid) for pid in re.findall(r"^\[.{20}\]  \[pool www\] pid (\d+)$",
-                                          path.read_text(), re.M)]
+    text = path.read_text() if path.exists() else ""
+    return [int(pid) for pid in re.findall(r"^\[.{20}\]  \[pool www\] pid (\d+)$", text, re.M)]
 
 
-def test_the_slowlog_is_created_at_start(tmp_path):
-    server = start(tmp_path)
-    try:
-        slowlog = tmp_path / "www.slow.log"
-        assert slowlog.exists() and slowlog.read_text() == ""
-        assert slowlog.stat().st_mode & 0o777 == 0o600
-    finally:
-        server.stop()
+def test_the_slowlog_is_created_at_start(server, tmp_path):
+    slowlog = tmp_path / "www.slow.log"
+    assert slowlog.exists() and slowlog.read_text() == ""
+    assert slowlog.stat().st_mode & 0o777 == 0o600
 
 
-def test_the_slowlog_is_reopened_on_usr1(tmp_path):
+def test_the_slowlog_is_reopened_on_usr1(server, tmp_path):
     """logrotate moves the file, USR1 reopens it: later entries go to the new file."""
-    server = start(tmp_path)
-    try:
-        slowlog, rotated = tmp_path / "www.slow.log", tmp_path / "www.slow.log.1"
-        slow_request(server, server.mark())
-        assert len(slowlog_pids(slowlog)) == 1
-        slowlog.rename(rotated)
-        mark = server.mark()
-        server.signal(signal.SIGUSR1)
-        server.wait_log(r"NOTICE: access log file re-opened", since=mark)
-        assert slowlog.exists()
-        slow_request(server, server.mark())
-        assert len(slowlog_pids(rotated)) == 1 and len(slowlog_pids(slowlog)) == 1
-    finally:
-        server.stop()
+    slowlog, rotated = tmp_path / "www.slow.log", tmp_path / "www.slow.log.1"
+    slow_request(server, slowlog)
+    slowlog.rename(rotated)
+    mark = server.mark()
+    server.signal(signal.SIGUSR1)
+    server.wait_log(r"NOTICE: access log file re-opened", since=mark)
+    assert slowlog.exists()
+    slow_request(server, slowlog)
+    assert len(slowlog_pids(rotated)) == 1 and len(slowlog_pids(slowlog)) == 1
 
 
-def test_the_slowlog_works_after_a_reload(tmp_path):
-    server = start(tmp_path)
-    try:
-        mark = server.mark()
-        server.signal(signal.SIGUSR2)
-        server.wait_log(r"NOTICE: ready to handle connections$", since=mark)
-        wait_for("the previous worker to go", lambda: len(server.children()) == 1, 10, server)
-        slow_request(server, server.mark())
-        assert slowlog_pids(tmp_path / "www.slow.log") == server.children()
-    finally:
-        server.stop()
+def test_the_slowlog_works_after_a_reload(server, tmp_path):
+    mark = server.mark()
+    server.signal(signal.SIGUSR2)
+    server.wait_log(r"NOTICE: ready to handle connections$", since=mark)
+    wait_for("the previous worker to go", lambda: len(server.children()) == 1, 10, server)
+    slow_request(server, tmp_path / "www.slow.log")
+    assert slowlog_pids(tmp_path / "www.slow.log") == server.children()
 
 
-def test_a_reload_to_an_unopenable_slowlog_is_refused_and_serving_goes_on(tmp_path):
-    server = start(tmp_path)
-    try:
-        workers = server.children()
-        server.conf_path.write_text(server.config_text.replace(
-            "www.slow.log", "missing/www.slow.log"))
-        mark = server.mark()
-        server.signal(signal.SIGUSR2)
-        server.wait_log(r"ERROR: reload failed: the new configuration is invalid; still "
-                        r"serving with the current one", since=mark)
-        assert "ERROR: [pool www] unable to open slowlog '%s/missing/www.slow.log': No such " \
-               "file or directory (2)" % tmp_path in server.log_text()[mark:]
-        assert client.request(server.address, "/sleep?s=0", timeout=10).status == 200
-        assert server.children() == workers
-    finally:
-        server.stop()
+def test_a_reload_to_an_unopenable_slowlog_is_refused_and_serving_goes_on(server, tmp_path):
+    workers = server.children()
+    server.conf_path.write_text(server.config_text.replace("www.slow.log", "missing/www.slow.log"))
+    mark = server.mark()
+    server.signal(signal.SIGUSR2)
+    server.wait_log(r"ERROR: reload failed: the new configuration is invalid; still serving "
+                    r"with the current one", since=mark)
+    assert "ERROR: [pool www] unable to open slowlog '%s/missing/www.slow.log': No such file " \
+           "or directory (2)" % tmp_path in server.log_text()[mark:]
+    assert client.request(server.address, "/sleep?s=0", timeout=10).status == 200
+    assert server.children() == workers
