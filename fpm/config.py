@@ -527,7 +527,8 @@ DIRECTIVES: tuple[Directive, ...] = (
               "How long workers get to finish on a graceful stop before they are killed; "
               "0 waits for ever."),
     Directive("process.max", "global", Int(0), 0,
-              "Most workers all pools together may run; 0 means no limit."),
+              "Most workers all pools together may run; 0 means no limit, else at least the "
+              "workers the pools start."),
     Directive("process.priority", "global", Int(-19, 20), None,
               "nice(2) value of the master, from -19 (first) to 20 (last); root only. "
               "Default: unchanged."),
@@ -626,7 +627,8 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Write the access log as JSON lines, one object per request whose keys are "
               "those of access.format's codes (see fpm/accesslog.py)."),
     Directive("slowlog", "pool", Path(), None,
-              "File the Python stack of slow requests is written to. Default: none."),
+              "File the Python stack of slow requests is written to; opened by the master at "
+              "start, reopened on SIGUSR1. Default: none."),
     Directive("request_slowlog_timeout", "pool", Time(), 0,
               "A request running longer gets its stack written to slowlog; 0 disables."),
     Directive("request_slowlog_trace_depth", "pool", Int(1), 20,
