@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 
 from fpm import config as fpm_config
-from fpm import probe, unix
+from fpm import poollogs, probe, unix
 from fpm.log import Logger, choose_target, strerror
 from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
 from fpm.sockets import ListenError, parse_listen, resolve_acl, resolve_owner
@@ -133,9 +133,11 @@ def _load(args) -> fpm_config.Config:
 
 
 def _reload(args, allow_root: bool) -> fpm_config.Config:
-    """The configuration a reload (USR2) would start: read and checked as at start-up."""
+    """The configuration a reload (USR2) would start: read and checked as at start-up, and
+    its log files opened, which the new master would fail on."""
     config = _load(args)
     errors, _ = _check_pools(config, allow_root)
+    errors += poollogs.check(config.pools)
     if errors:
         raise fpm_config.ConfigError(errors)
     return config
@@ -160,9 +162,10 @@ def _fail(log: Logger, errors: list[str]) -> int:
 
 def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]],
           dump: bool, apps: list[str], strict_app: bool) -> int:
-    """``-t``: what start-up would check before binding, without binding anything;
-    ``errors`` and ``notices`` are those of the pools' users (_check_pools), ``apps`` the
-    pools whose app cannot be imported: warnings, or with ``strict_app`` errors."""
+    """``-t``: what start-up would check before binding, without binding anything, and the
+    pools' log files opened (created if missing, as PHP-FPM's -t does); ``errors`` and
+    ``notices`` are those of the pools (_check_pools), ``apps`` the pools whose app cannot
+    be imported: warnings, or with ``strict_app`` errors."""
     errors = list(errors) + (apps if strict_app else [])
     notices = list(notices) + ([] if strict_app else [("warning", text) for text in apps])
     for pool in config.pools:
@@ -173,6 +176,7 @@ def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]]
             resolve_acl(pool)
         except ListenError as e:
             errors.append(str(e))
+    errors += poollogs.check(config.pools)
     if errors:
         return _fail(log, errors)
     for level, text in list(config.messages) + notices:

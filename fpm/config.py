@@ -7,6 +7,7 @@ of the main configuration file; a pool's own `prefix` anchors that pool's.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import select
@@ -407,6 +408,13 @@ class Listen(Kind):
             return value
         return os.path.join(base, value)
 
+    def check(self, value: str) -> str | None:
+        """A unix socket's directory must exist: bind() would fail on it at start-up."""
+        folder = os.path.dirname(value)
+        if self.is_tcp(value) or os.path.isdir(folder):
+            return None
+        return f"a unix socket path in an existing directory; '{folder}' is not a directory"
+
 
 class Names(Kind):
     """User or group names or ids, separated by commas in INI; a list (or such a string) in
@@ -519,7 +527,8 @@ DIRECTIVES: tuple[Directive, ...] = (
               "How long workers get to finish on a graceful stop before they are killed; "
               "0 waits for ever."),
     Directive("process.max", "global", Int(0), 0,
-              "Most workers all pools together may run; 0 means no limit."),
+              "Most workers all pools together may run; 0 means no limit, else at least the "
+              "workers the pools start."),
     Directive("process.priority", "global", Int(-19, 20), None,
               "nice(2) value of the master, from -19 (first) to 20 (last); root only. "
               "Default: unchanged."),
@@ -618,7 +627,8 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Write the access log as JSON lines, one object per request whose keys are "
               "those of access.format's codes (see fpm/accesslog.py)."),
     Directive("slowlog", "pool", Path(), None,
-              "File the Python stack of slow requests is written to. Default: none."),
+              "File the Python stack of slow requests is written to; opened by the master at "
+              "start, reopened on SIGUSR1. Default: none."),
     Directive("request_slowlog_timeout", "pool", Time(), 0,
               "A request running longer gets its stack written to slowlog; 0 disables."),
     Directive("request_slowlog_trace_depth", "pool", Int(1), 20,
@@ -1053,6 +1063,8 @@ def _build(doc: ini.Document, path: str, base: str) -> Config:
                       f"manager can only be used with events.mechanism = epoll (or auto), "
                       f"not poll" for p, c in zip(pools.values(), pool_configs) if c.pm == "ondemand")
     _check_listen_clashes(list(zip(pools.values(), pool_configs)), errors)
+    if global_config.process_max and not errors:
+        errors.extend(_check_process_max(global_, global_config.process_max, pool_configs))
     if errors:
         raise ConfigError(errors)
     return Config(path, global_config, tuple(pool_configs), tuple(messages))
@@ -1088,7 +1100,8 @@ def _read_entry(e: ini.Entry, section: _Section) -> str:
 
 def _unknown(e: ini.Entry, d: Directive | None, section: str) -> str:
     if e.key is not None:
-        return f"unknown directive '{e.name}'"
+        arrays = [n for (s, n), a in _TABLE.items() if s == section and a.array]
+        return f"unknown directive '{e.name}'" + ("" if d else _nearest(e.name, arrays))
     if d is not None:  # an array directive written without its [KEY]
         key = "NAME" if d.array == "map" else ""
         return f"unknown entry '{e.name}' (write {d.name}[{key}] = value)"
@@ -1096,7 +1109,13 @@ def _unknown(e: ini.Entry, d: Directive | None, section: str) -> str:
     if (other, e.name.lower()) in _TABLE:
         where = "a pool section" if other == "pool" else "the [global] section"
         return f"unknown entry '{e.name}' ({e.name} belongs in {where})"
-    return f"unknown entry '{e.name}'"
+    return f"unknown entry '{e.name}'" + _nearest(e.name, [n for s, n in _TABLE if s == section])
+
+
+def _nearest(name: str, names: list[str]) -> str:
+    """` (did you mean 'pm.max_children'?)` for a misspelt directive, else ""."""
+    close = difflib.get_close_matches(name.lower(), names, 1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _shown(value: Any) -> str:
@@ -1122,19 +1141,29 @@ def _resolve(s: _Section, base: str, errors: list[str],
             v[d.field] = tuple(s.arrays.get(d.field, {}).items())
         elif d.array == "list":
             v[d.field] = tuple(d.kind.resolve(item, base) for item in s.lists.get(d.field, ()))
+            for item, resolved in zip(s.lists.get(d.field, ()), v[d.field]):
+                _check(s, d, item, resolved, errors)
         elif s.values.get(d.field) is None:  # not set, or set empty: unset in PHP-FPM too
             v[d.field] = d.default
         elif d.in_chroot and v.get("chroot") is not None:
             v[d.field] = _inside_chroot(s, d, v["chroot"], errors)
         else:
             v[d.field] = d.kind.resolve(s.values[d.field], base)
-            problem = d.kind.check(v[d.field])
-            if problem:
-                errors.append(f"{s.at(d.name)}{d.name}: invalid value "
-                              f"'{s.values[d.field]}' (expected {problem})")
+            _check(s, d, s.values[d.field], v[d.field], errors)
         if d.name == "prefix" and v[d.field] is not None:
             base = v[d.field]
     return v
+
+
+def _check(s: _Section, d: Directive, written: Any, resolved: Any, errors: list[str]) -> None:
+    """The file system check of one resolved value; the error shows the value as written."""
+    problem = d.kind.check(resolved)
+    if problem:
+        errors.append(_invalid(s, d, written, problem))
+
+
+def _invalid(s: _Section, d: Directive, written: Any, expected: str) -> str:
+    return f"{s.at(d.name)}{d.name}: invalid value '{written}' (expected {expected})"
 
 
 def _inside_chroot(s: _Section, d: Directive, chroot: str, errors: list[str]) -> str:
@@ -1145,7 +1174,7 @@ def _inside_chroot(s: _Section, d: Directive, chroot: str, errors: list[str]) ->
     else:
         problem = d.kind.check(os.path.join(chroot, value.lstrip("/")))
     if problem:
-        errors.append(f"{s.at(d.name)}{d.name}: invalid value '{value}' (expected {problem})")
+        errors.append(_invalid(s, d, value, problem))
     return value
 
 
@@ -1267,6 +1296,29 @@ def _check_pool_rules(p: _Section, v: dict[str, Any]) -> list[str]:
                         f"connections; set request_start_param = REQUEST_START and have nginx "
                         f"send it (fastcgi_param REQUEST_START $msec;)")
     return [problem for problem in problems if problem]
+
+
+def initial_workers(pool) -> int:
+    """Workers a pool forks at start: pm.max_children (static), pm.start_servers (dynamic),
+    none (ondemand)."""
+    if pool.pm == "static":
+        return pool.pm_max_children
+    if pool.pm == "dynamic":
+        return pool.pm_start_servers
+    return 0
+
+
+def _check_process_max(g: _Section, process_max: int, pools: list[PoolConfig]) -> list[str]:
+    """PHP-FPM's rule: process.max must let every pool start its initial workers, or some
+    would be missing from the start with nothing but a warning to say why."""
+    started = [(pool, initial_workers(pool)) for pool in pools]
+    total = sum(n for _, n in started)
+    if process_max >= total:
+        return []
+    by = {"static": "pm.max_children", "dynamic": "pm.start_servers"}
+    shares = ", ".join(f"[pool {pool.name}] {by[pool.pm]} = {n}" for pool, n in started if n)
+    return [f"{g.at('process.max')}process.max ({process_max}) must not be less than the "
+            f"number of workers the pools start ({total}: {shares})"]
 
 
 def _check_listen_clashes(pools: list[tuple[_Section, PoolConfig]], errors: list[str]) -> None:

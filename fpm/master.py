@@ -34,10 +34,10 @@ import signal
 import time
 
 from fpm import config as fpm_config
-from fpm import channel, pages, pm, reexec, sockdiag, sockets, systemd, trace
+from fpm import channel, pages, pm, poollogs, reexec, sockdiag, sockets, systemd, trace
 from fpm.children import Child, Children, Seat, app_retry, respawn_delay
 from fpm import stdio
-from fpm.log import Logger, open_log_file, strerror
+from fpm.log import Logger, strerror
 from fpm.proctitle import set_process_title
 from fpm.scoreboard import FINISHING, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board, now_us
 from fpm.tracer import Tracer
@@ -203,6 +203,7 @@ class Master:
         self.started_epoch_us = time.time_ns() // 1000
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.access_fds: dict[str, int] = {}  # pool -> its access log, opened here for workers
+        self.slowlog_fds: dict[str, int] = {}  # pool -> its slowlog, which the master writes
         self.output_fds: dict[int, stdio.Capture] = {}  # read ends of captured worker output
         self.signals: SignalQueue
         self.children: Children
@@ -249,20 +250,22 @@ class Master:
             fds[listener.pool_name].append(listener.fd)
         for pool in self.pool_list:
             self.boards[pool.name] = Board(pool.name, _slots(pool))
-            if pool.access_log:
-                try:
-                    self.access_fds[pool.name] = open_log_file(pool.access_log)
-                except OSError as e:
-                    self.log.syserror("[pool %s] unable to open the access log '%s'"
-                                      % (pool.name, pool.access_log), e)
-                    self.log.error("FPM initialization failed")
-                    return EX_CONFIG
+            try:
+                files = poollogs.open_files(pool)
+            except poollogs.Unopenable as e:
+                self.log.error(str(e))
+                self.log.error("FPM initialization failed")
+                return EX_CONFIG
+            for field, held in (("access_log", self.access_fds), ("slowlog", self.slowlog_fds)):
+                if field in files:
+                    held[pool.name] = files[field]
         self.children = Children(self.log, self.signals, fds, self.allow_root)
         for pool in self.pool_list:
             if pool.catch_workers_output:
                 self._capture(pool)
         self.children.close_in_child.update(b.fd for b in self.boards.values())
         self.children.close_in_child.update(self.access_fds.values())
+        self.children.close_in_child.update(self.slowlog_fds.values())
         if self.status_fd is not None:
             self.children.close_in_child.add(self.status_fd)
         if self.inherited is not None:
@@ -658,7 +661,7 @@ class Master:
                 if gone is not None:
                     self.reaped.append(gone)
             return False
-        self.tracer.write(pool, child, slot, elapsed, stack)
+        self.tracer.write(pool, child, slot, elapsed, stack, self.slowlog_fds.get(pool.name))
         return True
 
     def _signal(self, child: Child, sig: int, escalate_after: float | None) -> None:
@@ -812,8 +815,8 @@ class Master:
         self._switch(State.FINISHING)
 
     def handle_usr1(self) -> None:
-        """Reopen the error log and the access logs onto their fd numbers, then hand the new
-        files to the workers (fpm.channel), which take them before their next line: no
+        """Reopen the error log, the access logs and the slowlogs onto their fd numbers, then
+        hand the new files to the workers (fpm.channel), which take them before their next line: no
         worker restarts and no line is lost (PHP-FPM restarts every worker)."""
         if self.log.is_file:
             try:
@@ -822,15 +825,14 @@ class Master:
                 self.log.notice("error log file re-opened")
             except OSError as e:
                 self.log.syserror("unable to reopen the error log file '%s'" % self.log.target, e)
-        for name, fd in self.access_fds.items():
-            path = self.pools[name].access_log
-            try:
-                fresh = open_log_file(path)
-            except OSError as e:
-                self.log.syserror("[pool %s] unable to reopen the access log '%s'" % (name, path), e)
-                continue
-            os.dup2(fresh, fd, inheritable=False)
-            os.close(fresh)
+        held = {"access_log": self.access_fds, "slowlog": self.slowlog_fds}
+        for field, words in poollogs.FILES:
+            for name, fd in held[field].items():
+                path = getattr(self.pools[name], field)
+                try:
+                    poollogs.reopen(path, fd)
+                except OSError as e:
+                    self.log.syserror("[pool %s] unable to reopen %s '%s'" % (name, words, path), e)
         if self.access_fds:
             self.log.notice("access log file re-opened")
         for child in self.children.by_pid.values():

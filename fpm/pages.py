@@ -113,10 +113,15 @@ def unavailable(retry_after: float):
 
 
 def not_found(environ, start_response):
-    """A status pool's answer to any other path."""
-    body = b"Not Found: this address serves the pool's status and ping pages only.\n"
+    """A status pool's answer to any other path: it names the paths it serves."""
+    pool = environ["fpm.pool"]  # the status pool: pm_status_path is the one it answers
+    pages = "status page (%s)" % pool.pm_status_path
+    if pool.ping_path:
+        pages += " and ping page (%s)" % pool.ping_path
+    body = ("Not Found: this address serves the pool's %s only.\n" % pages).encode()
     start_response("404 Not Found", [("Content-Type", "text/plain"),
-                                     ("Content-Length", str(len(body)))])
+                                     ("Content-Length", str(len(body))),
+                                     (status.STATUS_PATH_HEADER, pool.pm_status_path)])
     return [body]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from fpm.config import initial_workers
 from fpm.scoreboard import IDLE, Slot
 
 
@@ -34,12 +35,8 @@ class Plan:
 
 
 def initial(pool) -> int:
-    """Workers to fork at start."""
-    if pool.pm == "static":
-        return pool.pm_max_children
-    if pool.pm == "dynamic":
-        return pool.pm_start_servers
-    return 0
+    """Workers to fork at start (the rule process.max is checked by, in fpm.config)."""
+    return initial_workers(pool)
 
 
 def _stoppable(workers: Sequence[Slot]) -> Slot | None:

@@ -1,6 +1,7 @@
 """Slowlog entries in PHP-FPM's shape, and the faulthandler fallback for reading a stack.
 
-An entry (one write() by the master, to a file it opens per entry like PHP-FPM):
+An entry (one write() by the master, to the file it opened at start with the other logs and
+reopens on SIGUSR1; PHP-FPM opens the file per entry):
 
     (blank line)
     [21-Nov-2026 10:00:00]  [pool www] pid 1234
@@ -65,18 +66,10 @@ def frame_line(frame: Frame, fallback: bool) -> str:
     return where if fallback else f"[0x{frame.address:016x}] {where}"
 
 
-def open_append(path):
-    """The slowlog's fd for one entry: O_APPEND so concurrent writers never interleave."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-
-def write_entry(path, text):
-    """Append one entry in one write(), opening the file for it (a rotated file is followed)."""
-    fd = open_append(path)
-    try:
-        os.write(fd, text.encode("utf-8", "backslashreplace"))
-    finally:
-        os.close(fd)
+def write_entry(fd, text):
+    """Append one entry in one write() to the slowlog's fd (opened O_APPEND, so that nothing
+    else writing the file interleaves with it)."""
+    os.write(fd, text.encode("utf-8", "backslashreplace"))
 
 
 def arm_worker(fd):

@@ -124,6 +124,10 @@ NO_CACHE_HEADERS = [
     ("Cache-Control", "no-cache, no-store, must-revalidate, max-age=0"),
 ]
 
+# Sent with a pm.status_listen address's 404: the path its status page is at, which
+# `pyfpm status` asks next when it was not told the path.
+STATUS_PATH_HEADER = "X-Fpm-Status-Path"
+
 
 def choose(query_string: str) -> tuple[str, bool]:
     """(format, full) from the query string's keys: live > html > xml > json > openmetrics >

@@ -2,10 +2,11 @@
 socket (no web server needed), shown as a summary with a worker table, as JSON, or as a view
 redrawn every interval like top.
 
-It asks ``--path`` (default ``/status``, the pool's ``pm.status_path``) with ``?json&full``, so
-it reads PHP-FPM's pools as well as pyfpm's. Exit codes, as ``pyfpm request``'s: 0; 1 when
-the answer is not a status page (or not FastCGI); 2 when the address cannot be reached; 64 for
-usage errors. The request rate is the change of ``accepted conn`` over the interval, which
+It asks ``--path`` (the pool's ``pm.status_path``) with ``?json&full``, so it reads PHP-FPM's
+pools as well as pyfpm's. Without ``--path`` it asks ``/status``, and when a
+``pm.status_listen`` address answers that its status page is elsewhere (its 404 names the
+path), it asks there. Exit codes, as ``pyfpm request``'s: 0; 1 when the answer is not a
+status page (or not FastCGI); 2 when the address cannot be reached; 64 for usage errors. The request rate is the change of ``accepted conn`` over the interval, which
 counts the status requests too (one per interval).
 """
 from __future__ import annotations
@@ -20,8 +21,10 @@ import time
 from datetime import datetime
 
 from fpm import client
+from fpm.status import STATUS_PATH_HEADER
 
 EX_OK, EX_ANSWER, EX_UNREACHABLE, EX_USAGE = 0, 1, 2, 64
+DEFAULT_PATH = "/status"
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, erase the screen
 
 # A worker's URI is whatever a client sent: shown raw, an escape sequence in it would drive
@@ -52,8 +55,12 @@ def parse(response: client.Response, path: str) -> dict:
     if response.body:
         preview = response.body[:60].decode("utf-8", "replace")
         what += ": %s%s" % (safe(preview), "..." if len(response.body) > 60 else "")
-    not_status = StatusError(EX_ANSWER, "%s is not a status page (the answer was %s); is "
-                             "pm.status_path = %s set in this pool?" % (path, what, path))
+    elsewhere = response.header(STATUS_PATH_HEADER)
+    hint = ("this pm.status_listen address serves the status page at %s (--path %s)"
+            % (safe(elsewhere), safe(elsewhere)) if elsewhere
+            else "is pm.status_path = %s set in this pool?" % path)
+    not_status = StatusError(EX_ANSWER, "%s is not a status page (the answer was %s); %s"
+                             % (path, what, hint))
     if response.status != 200:
         raise not_status
     try:
@@ -65,9 +72,20 @@ def parse(response: client.Response, path: str) -> dict:
     return data
 
 
-def fetch(address: str, path: str, timeout: float) -> dict:
+def fetch(address: str, path: str | None, timeout: float) -> tuple[dict, str]:
+    """The status JSON and the path it was found at. Without ``path``: /status, or where a
+    pm.status_listen address says its status page is."""
+    response = _ask(address, path or DEFAULT_PATH, timeout)
+    found = response.header(STATUS_PATH_HEADER)
+    if path is None and response.status == 404 and found and found != DEFAULT_PATH:
+        path, response = found, _ask(address, found, timeout)
+    path = path or DEFAULT_PATH
+    return parse(response, path), path
+
+
+def _ask(address: str, path: str, timeout: float) -> client.Response:
     try:
-        response = client.request(address, status_uri(path), timeout=timeout)
+        return client.request(address, status_uri(path), timeout=timeout)
     except ValueError as e:  # an address fpm.client cannot read
         raise StatusError(EX_USAGE, str(e)) from None
     except client.FastCGIError as e:
@@ -82,7 +100,6 @@ def fetch(address: str, path: str, timeout: float) -> dict:
         raise StatusError(EX_UNREACHABLE, "%s: no such socket" % address) from None
     except OSError as e:
         raise StatusError(EX_UNREACHABLE, "%s: %s" % (address, e.strerror or e)) from None
-    return parse(response, path)
 
 
 # --- showing (pure) ---------------------------------------------------------------------------
@@ -223,8 +240,9 @@ def _parser():
                 description="Show a pool's status page, read over FastCGI from its address.")
     p.add_argument("address", help="the pool's listen address: host:port, [ipv6]:port, port, "
                                    "or a unix socket path (unix:PATH too)")
-    p.add_argument("--path", default="/status",
-                   help="the pool's pm.status_path (default: /status)")
+    p.add_argument("--path",
+                   help="the pool's pm.status_path (default: /status, or the path a "
+                        "pm.status_listen address names)")
     p.add_argument("--json", action="store_true", help="print the status JSON (full)")
     p.add_argument("--watch", action="store_true",
                    help="redraw every interval, with the request rate, until Ctrl-C")
@@ -251,7 +269,7 @@ def main(argv=None, out=None) -> int:
     try:
         if args.watch:
             return watch(args, out)
-        data = fetch(args.address, args.path, args.timeout)
+        data, _ = fetch(args.address, args.path, args.timeout)
     except StatusError as e:
         print("pyfpm status: %s" % e, file=sys.stderr)
         return e.code
@@ -272,20 +290,25 @@ def watch(args, out, clock=time.monotonic, sleep=time.sleep) -> int:
     A failed fetch is shown in its frame and the watch goes on: the pool may be restarting."""
     tty = out.isatty()
     before, before_t, frames = None, 0.0, 0
+    path = args.path  # once found, the status page is asked there each time
     try:
         while True:
             started = clock()
-            # The address last: a long socket path is what the terminal's width cuts.
-            heading = "pyfpm status  %s  every %g s  %s %s" % (
-                time.strftime("%H:%M:%S"), args.interval, safe(args.address), safe(args.path))
             size = shutil.get_terminal_size() if tty else None
+            failed = None
             try:
-                data = fetch(args.address, args.path, args.timeout)
+                data, path = fetch(args.address, path, args.timeout)
             except StatusError as e:
                 if e.code == EX_USAGE:
                     print("pyfpm status: %s" % e, file=sys.stderr)
                     return e.code
-                code, text, before = e.code, heading + "\n" + str(e) + "\n", None
+                failed = e
+            # The address last: a long socket path is what the terminal's width cuts.
+            heading = "pyfpm status  %s  every %g s  %s %s" % (
+                time.strftime("%H:%M:%S"), args.interval, safe(args.address),
+                safe(path or DEFAULT_PATH))
+            if failed is not None:
+                code, text, before = failed.code, heading + "\n" + str(failed) + "\n", None
             else:
                 per_second = rate(data, before, started - before_t)
                 code, before, before_t = EX_OK, data, started

@@ -97,15 +97,17 @@ class Tracer:
             return Stack([], True, True)
         return Stack(frames[:depth], True, False)
 
-    def write(self, pool, child, slot, elapsed: float, stack: Stack) -> None:
-        """The entry, into the pool's slowlog; without one, into the error log."""
+    def write(self, pool, child, slot, elapsed: float, stack: Stack, fd: int | None) -> None:
+        """The entry, into the pool's slowlog (``fd``, which the master opened with the other
+        logs); without one, into the error log."""
         text = slowlog.entry(time.time(), pool.name, child.pid, slot.script or pool.app or "",
                              slot.method, slot.request_uri, "", elapsed, stack.frames,
                              stack.fallback, debug=self.log.enabled("debug"), failed=stack.failed)
-        if pool.slowlog is None:
+        if fd is None:
             self.log.warning(text.strip("\n"))
             return
         try:
-            slowlog.write_entry(pool.slowlog, text)
+            slowlog.write_entry(fd, text)
         except OSError as e:
-            self.log.syserror("[pool %s] unable to open slowlog '%s'" % (pool.name, pool.slowlog), e)
+            self.log.syserror("[pool %s] unable to write to slowlog '%s'"
+                              % (pool.name, pool.slowlog), e)

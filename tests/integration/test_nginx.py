@@ -5,14 +5,10 @@ import concurrent.futures
 import hashlib
 import http.client
 import random
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import FASTCGI_PARAMS, find_program, require
 from wsgi_app import stream_bytes
 
 MIB = 1024 * 1024
@@ -279,16 +275,3 @@ def test_slow_requests_spread_over_workers(served):
     assert len({r.json()["pid"] for r in results}) == 2, (times, elapsed, server.log_text())
     assert elapsed < 1.8, f"took {elapsed:.2f} s: the requests ran one after the other"
 
-
-def test_shipped_nginx_snippet_is_valid(tmp_path):
-    """conf/nginx/pyfpm.conf, as the README tells users to include it, passes `nginx -t`."""
-    binary = find_program("nginx")
-    require(str(FASTCGI_PARAMS), FASTCGI_PARAMS.exists(), "the stock file ships with nginx-common")
-    snippet = Path(__file__).resolve().parents[2] / "conf" / "nginx" / "pyfpm.conf"
-    shutil.copy(FASTCGI_PARAMS, tmp_path / "fastcgi_params")  # found next to nginx.conf
-    paths = " ".join(f"{kind}_temp_path {tmp_path}/{kind};"
-                     for kind in ("client_body", "fastcgi", "proxy", "uwsgi", "scgi"))
-    (tmp_path / "nginx.conf").write_text(f"events {{}}\nhttp {{ {paths}\n include {snippet}; }}\n")
-    check = subprocess.run([binary, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
-                            "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr

@@ -175,3 +175,37 @@ def test_errors_name_the_address_or_what_answered(fpm, tmp_path):
     assert done.stderr.startswith("pyfpm status: /nowhere is not a status page (the answer was "
                                   "404 Not Found, application/json: {")
     assert done.stderr.endswith("); is pm.status_path = /nowhere set in this pool?\n")
+
+
+# --- a pm.status_listen address ---------------------------------------------------------------
+
+@pytest.mark.parametrize("status_path", ["/fpm-status", None])
+def test_a_status_listen_address_leads_to_its_status_page(pyfpm, tmp_path, status_path):
+    """Its status page is at pm.status_path, or at / without one: found without --path."""
+    config = CONFIG.format(listen=tmp_path / "www.sock").replace(
+        "pm.status_path = /status",
+        "pm.status_listen = %s\nping.path = /ping\n" % (tmp_path / "status.sock")
+        + ("pm.status_path = %s" % status_path if status_path else ""))
+    server = pyfpm(config)
+    server.wait_idle(2)
+    address = tmp_path / "status.sock"
+    done = status(address)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("pool www (static), up ")
+    done = status(address, "--watch", "--count", "2", "--interval", "0.2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(" %s %s\n" % (address, status_path or "/")) == 2
+    assert done.stdout.count("pool www (static), up ") == 2
+
+
+def test_a_wrong_path_on_a_status_listen_address_names_the_right_one(pyfpm, tmp_path):
+    config = CONFIG.format(listen=tmp_path / "www.sock").replace(
+        "pm.status_path = /status",
+        "pm.status_path = /fpm-status\npm.status_listen = %s" % (tmp_path / "status.sock"))
+    pyfpm(config).wait_idle(2)
+    done = status(tmp_path / "status.sock", "--path", "/status")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "pyfpm status: /status is not a status page (the answer was 404 Not Found, text/plain: "
+        "Not Found: this address serves the pool's status page (/fpm-...); this "
+        "pm.status_listen address serves the status page at /fpm-status (--path /fpm-status)\n")

@@ -328,7 +328,7 @@ def test_shipped_units_pass_systemd_analyze(tmp_path):
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
     for name in ("pyfpm.service", "pyfpm.socket"):
-        text = (CONF / name).read_text().replace("/usr/local/bin/pyfpm", str(binary))
+        text = (CONF / name).read_text().replace("/opt/pyfpm/bin/pyfpm", str(binary))
         (tmp_path / name).write_text(text)
     out = subprocess.run([analyze, "verify", str(tmp_path / "pyfpm.socket"),
                           str(tmp_path / "pyfpm.service")], capture_output=True, text=True)

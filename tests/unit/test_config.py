@@ -117,12 +117,13 @@ def test_shipped_commented_examples_are_valid(tmp_path):
             if line.startswith(";") and not line.startswith("; ") and "=" in line and \
                     not line.startswith(";;"):
                 line = line[1:]
-            lines.append(line.replace("/srv/myapp", str(tmp_path / "srv")))
+            lines.append(line.replace("/srv/myapp", str(tmp_path / "srv"))
+                         .replace("/run/pyfpm", str(tmp_path)))
         (tmp_path / name).write_text("\n".join(lines) + "\n")
     conf = config.load(str(tmp_path / "pyfpm.conf"))
     (pool,) = conf.pools
     # a later listen line replaces the first, listen[] adds to it
-    assert pool.listen == ("/run/pyfpm/www.sock", "[::1]:9000")
+    assert pool.listen == (str(tmp_path / "www.sock"), "[::1]:9000")
     assert pool.mount == "/app"
     assert conf.global_.pid == str(tmp_path / "run/pyfpm.pid")
 
@@ -220,6 +221,7 @@ def test_later_value_overrides_earlier():
 
 
 def test_pool_variable_is_replaced_in_every_value(tmp_path):
+    (tmp_path / "run").mkdir()
     conf = load_ini("""
         [api]
         listen = run/$pool.sock
@@ -518,14 +520,15 @@ def test_a_comma_does_not_separate_addresses():
     assert www("listen = /run/a,b.sock\n").listen == ("/run/a,b.sock",)
 
 
-def test_several_listen_in_toml_and_relative_paths_in_each():
+def test_several_listen_in_toml_and_relative_paths_in_each(tmp_path):
+    (tmp_path / "run").mkdir()
     (pool,) = load_toml("""
         [pools.www]
         listen = ["run/www.sock", "127.0.0.1:9000"]
         pm = "static"
         "pm.max_children" = 1
-    """).pools
-    assert pool.listen == ("/etc/pyfpm/run/www.sock", "127.0.0.1:9000")
+    """, path=str(tmp_path / "pyfpm.toml")).pools
+    assert pool.listen == (str(tmp_path / "run/www.sock"), "127.0.0.1:9000")
 
 
 def test_listen_keys_are_refused():
@@ -649,6 +652,7 @@ def test_acl_on_a_tcp_only_pool_warns():
 
 def test_relative_paths_use_the_config_dir_or_the_prefix(tmp_path):
     (tmp_path / "app").mkdir()
+    (tmp_path / "run").mkdir()
     text = "pid = run/fpm.pid\nerror_log = log/err.log\n[www]\nlisten = run/www.sock\n" \
            "pm = static\npm.max_children = 1\nchdir = app\n"
     conf = config.loads(text, str(tmp_path / "pyfpm.conf"))
@@ -660,6 +664,33 @@ def test_relative_paths_use_the_config_dir_or_the_prefix(tmp_path):
                         prefix=str(tmp_path))
     assert conf.global_.pid == str(tmp_path / "run/fpm.pid")
     assert conf.pools[0].listen == (str(tmp_path / "run/www.sock"),)
+
+
+@pytest.mark.parametrize("line, directive", [
+    ("listen = {d}/www.sock", "listen"),
+    ("listen[] = {d}/www.sock", "listen"),
+    ("pm.status_listen = {d}/status.sock", "pm.status_listen"),
+])
+def test_a_unix_socket_needs_an_existing_directory(tmp_path, line, directive):
+    missing = tmp_path / "run"
+    text = POOL.replace("listen = 127.0.0.1:9000", "listen = 9000") + \
+        line.format(d=missing) + "\n"
+    value = line.split("= ", 1)[1].format(d=missing)
+    assert one_error(text) == (
+        f"[/etc/pyfpm/pyfpm.conf:5] [pool www] {directive}: invalid value '{value}' (expected "
+        f"a unix socket path in an existing directory; '{missing}' is not a directory)")
+    missing.mkdir()
+    assert load_ini(text).pools[0].listen[-1] in (value, "9000")
+
+
+def test_a_relative_socket_is_checked_where_it_resolves(tmp_path):
+    text = POOL.replace("127.0.0.1:9000", "run/www.sock")
+    assert one_error(text, path=str(tmp_path / "pyfpm.conf")).endswith(
+        f"listen: invalid value 'run/www.sock' (expected a unix socket path in an existing "
+        f"directory; '{tmp_path}/run' is not a directory)")
+    (tmp_path / "run").mkdir()
+    assert config.loads(ini_text(text), str(tmp_path / "pyfpm.conf")).pools[0].listen == \
+        (str(tmp_path / "run/www.sock"),)
 
 
 def test_chdir_must_exist(tmp_path):
@@ -753,6 +784,37 @@ def test_unknown_entries():
     ]
 
 
+@pytest.mark.parametrize("fmt, text, line", [
+    ("ini", POOL + "pm.max_childs = 4\n", 5),
+    ("toml", '[pools.www]\nlisten = "9000"\npm = "static"\n"pm.max_childs" = 4\n', 4),
+    ("toml", '[pools.www]\nlisten = "9000"\n[pools.www.pm]\nmax_childs = 4\n', 4),
+])
+def test_a_misspelt_directive_is_named_with_the_nearest_known_one(fmt, text, line):
+    path = "/etc/pyfpm/pyfpm." + ("toml" if fmt == "toml" else "conf")
+    errors = errors_of(text, fmt, path)
+    assert errors[0] == (f"[{path}:{line}] [pool www] unknown entry 'pm.max_childs' "
+                         f"(did you mean 'pm.max_children'?)")
+
+
+@pytest.mark.parametrize("line, error", [
+    ("request_slowlog_timout = 5", "unknown entry 'request_slowlog_timout' "
+                                   "(did you mean 'request_slowlog_timeout'?)"),
+    ("Catch_Worker_Output = yes", "unknown entry 'Catch_Worker_Output' "
+                                  "(did you mean 'catch_workers_output'?)"),
+    ("evn[PATH] = /bin", "unknown directive 'evn' (did you mean 'env'?)"),
+    ("php_admin_value[memory_limit] = 1G", "unknown directive 'php_admin_value'"),
+    ("nothing_like_it = 1", "unknown entry 'nothing_like_it'"),
+])
+def test_suggestions_only_when_a_known_name_is_close(line, error):
+    assert one_error(POOL + line + "\n") == f"[/etc/pyfpm/pyfpm.conf:5] [pool www] {error}"
+
+
+def test_a_global_typo_is_matched_against_global_directives():
+    assert one_error("proces.max = 4\n" + POOL) == (
+        "[/etc/pyfpm/pyfpm.conf:1] [global] unknown entry 'proces.max' "
+        "(did you mean 'process.max'?)")
+
+
 def test_env_array():
     pool = www("env[PATH] = /bin\nenv[lower] = x\nenv[PATH] = /usr/bin\n")
     assert pool.env == (("PATH", "/usr/bin"), ("lower", "x"))  # keys keep their case
@@ -791,19 +853,20 @@ def test_two_pools_on_one_address():
                      "is already used by pool 'www'")
 
 
-def test_two_pools_on_one_socket_through_relative_paths():
-    errors = errors_of("""
+def test_two_pools_on_one_socket_through_relative_paths(tmp_path):
+    (tmp_path / "run").mkdir()
+    errors = errors_of(f"""
         [a]
-        listen = /etc/pyfpm/run/a.sock
+        listen = {tmp_path}/run/a.sock
         pm = static
         pm.max_children = 1
         [b]
         listen = run/a.sock
         pm = static
         pm.max_children = 1
-    """)
-    assert errors == ["[/etc/pyfpm/pyfpm.conf:6] [pool b] listen: address "
-                      "'/etc/pyfpm/run/a.sock' is already used by pool 'a'"]
+    """, path=str(tmp_path / "pyfpm.conf"))
+    assert errors == [f"[{tmp_path}/pyfpm.conf:6] [pool b] listen: address "
+                      f"'{tmp_path}/run/a.sock' is already used by pool 'a'"]
 
 
 def dynamic(text):
@@ -940,15 +1003,16 @@ def test_ping_response_must_not_be_empty():
         "(expected a non-empty string)")
 
 
-def test_status_listen_cannot_take_a_used_address():
+def test_status_listen_cannot_take_a_used_address(tmp_path):
     errors = errors_of(POOL + "pm.status_listen = 127.0.0.1:9000\n"
                               "[api]\nlisten = 9001\npm = static\npm.max_children = 1\n"
-                              "pm.status_listen = /etc/pyfpm/s.sock\n"
-                              "[b]\nlisten = s.sock\npm = static\npm.max_children = 1\n")
+                              f"pm.status_listen = {tmp_path}/s.sock\n"
+                              "[b]\nlisten = s.sock\npm = static\npm.max_children = 1\n",
+                       path=str(tmp_path / "pyfpm.conf"))
     assert errors == [
-        "[/etc/pyfpm/pyfpm.conf:5] [pool www] pm.status_listen: address '127.0.0.1:9000' "
+        f"[{tmp_path}/pyfpm.conf:5] [pool www] pm.status_listen: address '127.0.0.1:9000' "
         "is already used by pool 'www'",
-        "[/etc/pyfpm/pyfpm.conf:12] [pool b] listen: address '/etc/pyfpm/s.sock' "
+        f"[{tmp_path}/pyfpm.conf:12] [pool b] listen: address '{tmp_path}/s.sock' "
         "is already used by pool 'api' (pm.status_listen)",
     ]
 
@@ -1131,6 +1195,8 @@ def test_no_directive_is_pending():
 
 def test_pool_prefix_anchors_the_pools_relative_paths(tmp_path):
     (tmp_path / "site/app").mkdir(parents=True)
+    (tmp_path / "site/run").mkdir()
+    (tmp_path / "run").mkdir()
     make_venv(tmp_path / "site/venv")
     conf = load_ini("""
         [www]
@@ -1251,7 +1317,7 @@ systemd_interval = 0
 
 [www]
 user = www-data
-listen = run/$pool.sock
+listen = /run/$pool.sock
 listen.backlog = 64
 listen.owner = nginx
 listen.mode = 0600
@@ -1314,7 +1380,7 @@ systemd_interval = 0
 
 [pools.www]
 user = "www-data"
-listen = "run/$pool.sock"
+listen = "/run/$pool.sock"
 "listen.backlog" = 64
 "listen.owner" = "nginx"
 "listen.mode" = 0o600
@@ -1365,7 +1431,7 @@ def test_toml_and_ini_give_equal_configs():
                                        '"pm" = "static"\n"pm.max_children" = 2'))
     conf = load_ini(FULL_INI)
     assert (toml.global_, toml.pools) == (conf.global_, conf.pools)
-    assert conf.pools[0].listen == ("/etc/pyfpm/run/www.sock",)
+    assert conf.pools[0].listen == ("/run/www.sock",)
     assert toml.messages == conf.messages
     # every directive of the fixture differs from its default, so a dropped one shows
     for section, values, fixture in (("global", conf.global_, FULL_INI.split("[www]")[0]),
@@ -1593,6 +1659,49 @@ def test_table_and_dataclasses_name_the_same_fields():
 def test_names_map_to_fields():
     assert {d.name: d.field for d in config.DIRECTIVES}["fastcgi.params_max"] == \
         "fastcgi_params_max"
+
+
+PROCESS_MAX = """
+[global]
+process.max = {max}
+[pool1]
+listen = 127.0.0.1:9001
+pm = dynamic
+pm.max_children = 5
+pm.start_servers = 2
+pm.min_spare_servers = 1
+pm.max_spare_servers = 3
+[pool2]
+listen = 127.0.0.1:9002
+pm = static
+pm.max_children = 3
+[pool3]
+listen = 127.0.0.1:9003
+pm = ondemand
+pm.max_children = 9
+"""
+
+
+def test_process_max_below_the_workers_the_pools_start_is_refused():
+    """php-src's config-test-process-max-invalid, with each pool's share named."""
+    assert one_error(PROCESS_MAX.format(max=4)) == (
+        "[/etc/pyfpm/pyfpm.conf:2] [global] process.max (4) must not be less than the number "
+        "of workers the pools start (5: [pool pool1] pm.start_servers = 2, [pool pool2] "
+        "pm.max_children = 3)")
+
+
+@pytest.mark.parametrize("value", [5, 6, 0])
+def test_process_max_equal_to_the_workers_started_or_off_is_accepted(value):
+    """config-test-process-max-valid: ondemand pools start none; 0 is no limit."""
+    assert load_ini(PROCESS_MAX.format(max=value)).global_.process_max == value
+
+
+def test_process_max_counts_start_servers_a_dynamic_pool_filled_in():
+    text = POOL + "[dyn]\nlisten = 9001\npm = dynamic\npm.max_children = 10\n" \
+                  "pm.min_spare_servers = 2\npm.max_spare_servers = 6\n"
+    assert "(7: [pool www] pm.max_children = 3, [pool dyn] pm.start_servers = 4)" in \
+        one_error("process.max = 6\n" + text)
+    assert load_ini("process.max = 7\n" + text).global_.process_max == 7
 
 
 def test_ondemand_needs_edge_triggered_events():

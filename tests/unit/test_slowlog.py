@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fpm import slowlog
+from fpm.log import open_log_file
 from fpm.trace import Frame, Gone, TraceError
 
 HERE = Path(__file__).resolve()
@@ -70,8 +71,12 @@ def test_entries_append_whole(tmp_path, utc):
     path = tmp_path / "slow.log"
     one = slowlog.entry(NOW, "www", 1, "/a.py", "GET", "/a", "", 1, FRAMES, False)
     two = slowlog.entry(NOW, "www", 2, "/a.py", "GET", "/b", "", 1, FRAMES, False)
-    slowlog.write_entry(str(path), one)
-    slowlog.write_entry(str(path), two)
+    fd = open_log_file(str(path))  # as the master opens it, with the other logs
+    try:
+        slowlog.write_entry(fd, one)
+        slowlog.write_entry(fd, two)
+    finally:
+        os.close(fd)
     assert path.read_text() == one + two
     assert path.stat().st_mode & 0o777 == 0o600
 

@@ -164,3 +164,13 @@ def test_pyfpm_dispatches_the_status_subcommand(capsys):
     from fpm import cli
     assert cli.main(["status", "-h"]) == 0
     assert capsys.readouterr().out.startswith("usage: pyfpm status [-h] [--path PATH]")
+
+
+def test_a_status_listen_404_names_where_the_status_page_is():
+    response = client.Response(404, "Not Found", [("Content-Type", "text/plain"),
+                                                  ("X-Fpm-Status-Path", "/fpm-status")], b"")
+    with pytest.raises(s.StatusError) as e:
+        s.parse(response, "/status")
+    assert str(e.value) == ("/status is not a status page (the answer was 404 Not Found, "
+                            "text/plain); this pm.status_listen address serves the status page "
+                            "at /fpm-status (--path /fpm-status)")
