@@ -1233,9 +1233,7 @@ cdef class Worker:
                  bint fill_paths=True, errors_log=None, str wsgi_errors="both", on_output=None):
         cdef int i
         self.fill_paths = fill_paths
-        if wsgi_errors not in ("both", "log", "server"):
-            raise ValueError("wsgi_errors must be both, log or server, got %r" % (wsgi_errors,))
-        self.errors_log = errors_log
+        self.errors_log = errors_log  # wsgi_errors was checked with the configuration
         self.errors_to_log = errors_log is not None and wsgi_errors != "server"
         self.errors_to_server = wsgi_errors != "log"
         self.on_output = on_output
