@@ -124,7 +124,7 @@ class Lines:
     def feed(self, head: bytes, data: bytes) -> list[bytes]:
         """What to write for ``data``; ``head`` is the decorated lines' prefix."""
         if not self.decorate and not self.buffering:
-            return [data.replace(MARK, b"")]  # pass-through
+            return [data.replace(MARK, b"")] if data else []  # pass-through
         buf = self.pending
         buf += data
         out: list[bytes] = []
