@@ -73,6 +73,7 @@ cdef class Request:
     cdef list headers
     cdef readonly bint headers_sent
     cdef bint stderr_used
+    cdef bint errors_logged              # wsgi.errors went to the error log: end its last line
     cdef readonly bint finished          # finish_request() has ended it for the web server
     cdef object peer                     # the access log's %R, read before finish_request() closed
 
@@ -124,6 +125,9 @@ cdef class Worker:
     cdef object start_param              # the param carrying the web server's request start
     cdef bint stamp_reads                # read with recvmsg to learn the kernel's arrival time
     cdef bint fill_paths                 # split_paths() on each request (app pools)
+    cdef object errors_log               # wsgi.errors into the error log (fpm.stdio.ErrorsLog) or None
+    cdef bint errors_to_log, errors_to_server  # where wsgi.errors goes (wsgi_errors)
+    cdef object on_output                # ends sys.stdout's and sys.stderr's lines after a request wrote
 
     cdef void _stage(self, Stage stage) noexcept nogil
     cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1
@@ -142,6 +146,8 @@ cdef class Worker:
     cdef double _waited(self, Conn conn, dict environ)
     cdef int _finish(self, Request req) except -1
     cdef int _log(self, str level, str text) except -1
+    cdef int _log_app_error(self) except -1
+    cdef str _request_line(self)
     cdef int _next_stdin(self, Conn conn) except -1
     cdef int _read(self, Conn conn, bint wait) except -1
     cdef int _out_reserve(self, Py_ssize_t n) except -1

@@ -1050,15 +1050,22 @@ cdef class Request:
         self.w._finish(self)
         return True
 
-    # wsgi.errors: lines travel to the web server as STDERR records (nginx logs them).
+    # wsgi.errors: to the web server as STDERR records (nginx logs them), to the error log,
+    # or both (wsgi_errors). Once the web server has the response, only the log can take it.
     def write_error(self, s):
         if type(s) is not str:
             raise TypeError("wsgi.errors takes str, got %s" % type(s).__name__)
-        if s and self.finished:
-            sys.stderr.write(s)  # the connection is gone; catch_workers_output may keep it
-        elif s:
+        if not s:
+            return
+        if self.w.errors_to_server and not self.finished:
             self.stderr_used = True
             self.w._out_stream(self.conn, T_STDERR, self.rid, s.encode("utf-8", "backslashreplace"))
+        if self.w.errors_to_log or self.finished:
+            if self.w.errors_log is None:
+                sys.stderr.write(s)
+            else:
+                self.errors_logged = True
+                self.w.errors_log.say(self.w._request_line(), s)
 
 
 cdef class Errors:
@@ -1174,6 +1181,16 @@ cdef str _uri_of(dict environ):
     return environ.get("REQUEST_URI") or environ.get("PATH_INFO") or "-"
 
 
+cdef str _app_traceback():
+    """The exception being handled, from the app's first frame on: the worker loop's own
+    frames above it say nothing about the app's fault."""
+    etype, value, tb = sys.exc_info()
+    first = tb
+    while first is not None and first.tb_frame.f_globals.get("__name__") == __name__:
+        first = first.tb_next
+    return "".join(traceback.format_exception(etype, value, first or tb)).rstrip("\n")
+
+
 cdef int _bytearray_extend(bytearray b, const char *p, Py_ssize_t n) except -1:
     """Append without making a bytes object first."""
     cdef Py_ssize_t used = PyByteArray_GET_SIZE(b)
@@ -1201,6 +1218,14 @@ cdef int _spool_write(int fd, const char *p, Py_ssize_t n) except -1:
 
 cdef Input _NO_BODY = Input(b"")  # wsgi.input of every request without a body
 cdef Request _current = None  # the request the app is running, for finish_request()
+cdef bint _said = 0  # the app wrote to sys.stdout or sys.stderr since the last request ended
+
+
+def output_written():
+    """Called by a worker's sys.stdout and sys.stderr (fpm.stdio) when a request writes to
+    them: at its end the loop calls ``on_output()`` to end their last lines."""
+    global _said
+    _said = 1
 
 
 def finish_request():
@@ -1264,9 +1289,13 @@ cdef class Worker:
                  uint64_t max_memory=0, dict special=None, access=None, on_reopen=None, allow=None,
                  Py_ssize_t body_buffer=1 << 20, Py_ssize_t body_max=0, spool_dir=None,
                  body_file_dirs=(), double queue_timeout=0.0, start_param=None, bint stamp_reads=False,
-                 bint fill_paths=True):
+                 bint fill_paths=True, errors_log=None, str wsgi_errors="both", on_output=None):
         cdef int i
         self.fill_paths = fill_paths
+        self.errors_log = errors_log  # wsgi_errors was checked with the configuration
+        self.errors_to_log = errors_log is not None and wsgi_errors != "server"
+        self.errors_to_server = wsgi_errors != "log"
+        self.on_output = on_output
         self.allow = allow
         self.body_buffer = body_buffer
         self.body_max = body_max
@@ -1380,6 +1409,17 @@ cdef class Worker:
         if self.log is not None:
             self.log(level, text)
         return 0
+
+    cdef int _log_app_error(self) except -1:
+        self._log("error", 'the application raised an exception on "%s"\n%s'
+                  % (self._request_line(), _app_traceback()))
+        return 0
+
+    cdef str _request_line(self):
+        """``GET /x?y=1``, as the request's slot has it (the status page's and the master's
+        lines about it show the same): how the error log names the request in progress."""
+        return "%s %s" % (_cstr(self.slot.method, 16) or "-",
+                          _cstr(self.slot.request_uri, 512) or "-")
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -1589,7 +1629,7 @@ cdef class Worker:
         cdef Request req = Request(self, conn, dec.request_id)
         cdef unsigned int app_status = 0
         cdef Py_ssize_t length = -1, pairs
-        global _current
+        global _current, _said
         pairs = _parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(dec.params),
                              PyByteArray_GET_SIZE(dec.params), environ, self.pair_cache)
         if len(environ) != len(self.base_environ) + pairs:
@@ -1647,16 +1687,16 @@ cdef class Worker:
             raise
         except Exception:
             app_status = 1
-            self._log("error", 'the application raised an exception on "%s %s"\n%s'
-                      % (environ.get("REQUEST_METHOD", "-"),
-                         environ.get("REQUEST_URI") or environ.get("PATH_INFO", "-"),
-                         traceback.format_exc().rstrip("\n")))
+            self._log_app_error()
             if not self.wrote and not req.finished:
                 self.out_len = 0
                 req.status = None
                 req.headers_sent = False
                 req.start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
                 req._body(b"Internal Server Error\n", False)
+        except BaseException:  # sys.exit() in the app: the worker exits, the traceback stays
+            self._log_app_error()
+            raise
         finally:
             _current = None
         self.requests += 1
@@ -1671,6 +1711,13 @@ cdef class Worker:
             self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
             self._flush(conn)
         _g_fd = -1
+        # Output the request wrote ends with it: no line joins the next request's.
+        if req.errors_logged:
+            self.errors_log.end()
+        if _said:
+            _said = 0
+            if self.on_output is not None:
+                self.on_output()
         if self.access is not None or self.on_reopen is not None:
             self._log_request(conn, environ, req)
         self._after_request()
@@ -2114,7 +2161,8 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
           Board board=None, int slot=-1, unsigned long max_requests=0, uint64_t max_memory=0,
           dict special=None, access=None, on_reopen=None, allow=None, Py_ssize_t body_buffer=1 << 20,
           Py_ssize_t body_max=0, spool_dir=None, body_file_dirs=(), double queue_timeout=0.0,
-          start_param=None, bint stamp_reads=False, bint fill_paths=True):
+          start_param=None, bint stamp_reads=False, bint fill_paths=True, errors_log=None,
+          str wsgi_errors="both", on_output=None):
     """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
 
     ``fill_paths``: set SCRIPT_NAME and PATH_INFO from the request path and ``mount``
@@ -2133,6 +2181,11 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     False closes it (listen.allowed_clients). ``log(level, text)`` writes the worker's lines
     about peers, app exceptions and refused requests.
 
+    ``wsgi.errors`` goes to the web server, to ``errors_log.say(request line, text)`` (the
+    error log; ``errors_log.end()`` after the request), or both: ``wsgi_errors``. After
+    finish_request() only the log can take it. ``on_output()`` is called after a request
+    that wrote to sys.stdout or sys.stderr (see ``output_written``).
+
     Before the app runs, a request that waited longer than ``queue_timeout`` seconds (from
     the ``start_param`` param, or, with ``stamp_reads``, from the kernel's receive time of its
     first bytes) is answered 503, and its body is read whole: up to ``body_buffer`` bytes in
@@ -2148,7 +2201,8 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     cdef Worker w = Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs,
                            read_timeout, log, board, slot, max_requests, max_memory,
                            special, access, on_reopen, allow, body_buffer, body_max, spool_dir,
-                           body_file_dirs, queue_timeout, start_param, stamp_reads, fill_paths)
+                           body_file_dirs, queue_timeout, start_param, stamp_reads, fill_paths,
+                           errors_log, wsgi_errors, on_output)
     _g_slot = w.slot
     _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
                                 b"The request ran too long and was stopped (request_terminate_timeout).\n")

@@ -656,6 +656,10 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Send what workers print on stdout/stderr to the error log, else to /dev/null."),
     Directive("decorate_workers_output", "pool", Bool(), True,
               "With catch_workers_output: prefix each captured line with the pool and pid."),
+    Directive("wsgi_errors", "pool", Choice("both", "log", "server"), "both",
+              "Where what the app writes to wsgi.errors goes: 'log' (the error log, each line "
+              "a WARNING naming pool, pid and request), 'server' (the web server's log, as "
+              "FastCGI stderr) or 'both'."),
     Directive("clear_env", "pool", Bool(), True,
               "Start workers with an empty environment plus env[]; no: inherit the master's."),
     Directive("security.limit_extensions", "pool", Words(), (".py",),
@@ -790,6 +794,7 @@ class PoolConfig:
     chroot: str | None = _default("pool", "chroot")
     catch_workers_output: bool = _default("pool", "catch_workers_output")
     decorate_workers_output: bool = _default("pool", "decorate_workers_output")
+    wsgi_errors: str = _default("pool", "wsgi_errors")
     clear_env: bool = _default("pool", "clear_env")
     security_limit_extensions: tuple[str, ...] = _default("pool", "security.limit_extensions")
     script_validate_timestamps: bool = _default("pool", "script.validate_timestamps")

@@ -178,7 +178,7 @@ class Logger:
         data = format_message(level, msg, t, self.limit, syserror, self.is_syslog)
         self.write(level, data)
         if self.echo_stderr and self.target != "stderr" and LEVELS.index(level) >= 1:
-            _write_all(2, data if not self.is_syslog else
+            write_all(2, data if not self.is_syslog else
                        format_message(level, msg, t, self.limit, syserror))
 
     def write(self, level: str, data: bytes) -> None:
@@ -189,7 +189,7 @@ class Logger:
             for line in data.decode("utf-8", "backslashreplace").splitlines():
                 syslog.syslog(priority, line)
         else:
-            _write_all(self.fd, data)
+            write_all(self.fd, data)
 
     def debug(self, msg: str) -> None:
         self.log("debug", msg)
@@ -215,7 +215,7 @@ class Logger:
         self.log("error", msg + "\n" + traceback.format_exc())
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     # A blocking write to a file or pipe is normally whole; loop for the rare short write.
     # A log line must never take the process down, so a broken target is ignored.
     try:

@@ -340,6 +340,7 @@ class Master:
                 self.log.notice("[pool %s] preload: script mode has no app to import; each "
                                 "worker compiles the scripts it serves" % pool.name)
                 continue
+            stdio.install()  # the streams the app may keep are those its workers redirect
             try:
                 self.apps[pool.name] = apps.preload(pool.app, pool.chdir, pool.python_path,
                                                     pool.virtualenv)

@@ -13,7 +13,7 @@ from typing import NoReturn
 # Imported here, in the master: a worker that dropped privileges may not be able to read
 # pyfpm's own files (a package in a 0700 directory).
 from fpm import (__version__, _proto, accesslog, apps, channel, clients, pages, probe, scripts,
-                 slowlog, unix)
+                 slowlog, stdio, unix)
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
@@ -29,7 +29,8 @@ def run(pool, listen_fds: list[int], log, seat, allow_root: bool = False) -> NoR
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
             log.exception("[pool %s] child %d: worker failed" % (pool.name, os.getpid()))
         code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else EX_SOFTWARE
-    for stream in (sys.stdout, sys.stderr):  # os._exit flushes nothing: keep the last words
+    stdio.end_request()  # os._exit flushes nothing: keep the last words
+    for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
@@ -59,6 +60,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         take_new_files()
         getattr(log, level)("[pool %s] child %d: %s" % (pool.name, pid, text))
 
+    end_output = stdio.worker_output(pool, log, pid, _proto.output_written, take_new_files)
     retry = None
     if seat.shows is not None:
         app, special = pages.not_found, pages.special_paths(pool, seat.shows[1], seat.shows[0])
@@ -105,7 +107,9 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         body_file_dirs=pool.security_request_body_file_dirs,
         queue_timeout=pool.request_queue_timeout, start_param=pool.request_start_param,
         stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log_line, any(tcp)),
-        fill_paths=pool.app is not None)
+        fill_paths=pool.app is not None,
+        errors_log=stdio.ErrorsLog(log, pool.name, pid, take_new_files),
+        wsgi_errors=pool.wsgi_errors, on_output=end_output)
     if retry:
         return os.EX_UNAVAILABLE
     if reason == "max_memory":

@@ -1,5 +1,5 @@
 """A plain Flask app (test-only dependency): routing, URL building, forms, uploads, cookies,
-streaming."""
+streaming, and a failing view (Flask answers 500 and logs the traceback to wsgi.errors)."""
 
 import hashlib
 
@@ -11,6 +11,11 @@ app = Flask(__name__)
 @app.get("/")
 def index():
     return "flask index"
+
+
+@app.get("/boom")
+def boom():
+    raise ValueError("flask view failed")
 
 
 @app.get("/user/<name>")

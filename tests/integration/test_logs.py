@@ -292,14 +292,6 @@ def test_worker_output_unbuffered_and_undecorated_passes_through(pyfpm):
     server.wait_log(r"^progress: done$")
 
 
-def test_worker_last_words_are_logged_when_it_exits(pyfpm):
-    server = pyfpm(config(pool="catch_workers_output = yes\npm.max_requests = 1", workers=1))
-    (pid,) = server.wait_idle(1)
-    server.request("/print?text=last+words&end=&flush=1&stream=stderr")
-    server.wait_log(r'^%sWARNING: \[pool www\] child %d said into stderr: "last words", '
-                    r'pipe is closed$' % (STAMP, pid))
-
-
 def test_worker_output_hidden_by_log_level_error(tmp_path):
     conf = config(global_="log_level = error", pool="catch_workers_output = yes", workers=1)
     with running(conf, tmp_path, None) as server:
@@ -307,16 +299,6 @@ def test_worker_output_hidden_by_log_level_error(tmp_path):
         server.request("/fail")
         server.wait_log("the application raised an exception")
         assert "invisible" not in server.log_text()
-
-
-def test_without_catch_workers_output_prints_go_nowhere(pyfpm):
-    server = pyfpm(config(workers=1))
-    server.wait_idle(1)
-    server.request("/print?text=dropped")
-    server.request("/print?text=dropped+too&stream=stderr")
-    server.request("/fail")
-    server.wait_log("the application raised an exception")
-    assert "dropped" not in server.log_text()
 
 
 def client_quote(text):

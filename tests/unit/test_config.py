@@ -1606,6 +1606,7 @@ def test_dump_shape():
         \tchdir = undefined
         \tcatch_workers_output = no
         \tdecorate_workers_output = yes
+        \twsgi_errors = both
         \tclear_env = yes
         \tsecurity.limit_extensions = .py
         \tscript.validate_timestamps = yes

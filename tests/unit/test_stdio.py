@@ -1,15 +1,17 @@
-"""fpm.stdio: catch_workers_output over real pipes and real forked processes."""
+"""fpm.stdio: catch_workers_output over real pipes and real forked processes, the end of a
+request's output (MARK), a worker's own sys.stdout and sys.stderr, and wsgi.errors lines."""
 import errno
 import os
 import re
 import select
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from fpm import stdio
 from fpm.log import Logger
-from fpm.stdio import Capture, decorated
+from fpm.stdio import MARK, Capture, ErrorsLog, decorated
 
 PREFIX = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\] WARNING: "
 
@@ -132,6 +134,49 @@ def test_decorated_helper_puts_the_suffix_on_the_last_line_only():
     assert decorated(head, b"abc", 100, b", pipe is closed") == [b'H: "abc", pipe is closed\n']
     out = decorated(head, b"a" * 40, 30, b"!")
     assert out == [b'H: "' + b"a" * 24 + b'"\n', b'H: "' + b"a" * 16 + b'"!\n']
+
+
+# --- the end of a request's output -------------------------------------------------------
+
+def test_a_mark_ends_the_partial_line_before_it(log_path):
+    cap = capture(log_path)
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, b"half")
+    cap.readable(err_r)
+    assert lines(log_path) == []
+    os.write(err, MARK + b"next request" + MARK + MARK + b"third\n")
+    cap.readable(err_r)
+    assert strip(lines(log_path)) == ['[pool www] child 1234 said into stderr: "half"',
+                                      '[pool www] child 1234 said into stderr: "next request"',
+                                      '[pool www] child 1234 said into stderr: "third"']
+    os.close(out)
+    os.close(err)
+
+
+@pytest.mark.parametrize("cut", range(1, len(MARK)))
+def test_a_mark_cut_by_a_read_is_still_a_mark(log_path, cut):
+    cap = capture(log_path, limit=512)
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, b"x" * 1000 + MARK[:cut])  # also fills wrapped lines: the cut mark waits
+    cap.readable(err_r)
+    os.write(err, MARK[cut:] + b"rest\n")
+    cap.readable(err_r)
+    got = strip(lines(log_path))
+    assert "".join(re.match(r'.*said into stderr: "(x*)"$', x)[1] for x in got[:-1]) == "x" * 1000
+    assert got[-1] == '[pool www] child 1234 said into stderr: "rest"'
+    assert b"fscf" not in log_path.read_bytes()
+    os.close(out)
+    os.close(err)
+
+
+def test_undecorated_and_unbuffered_drop_marks(log_path):
+    cap = capture(log_path, buffering=False, decorate=False)
+    (out, err), (out_r, _) = attached(cap)
+    os.write(out, b"abc" + MARK + b"def")
+    cap.readable(out_r)
+    assert log_path.read_bytes() == b"abcdef"
+    os.close(out)
+    os.close(err)
 
 
 # --- undecorated -----------------------------------------------------------------------------
@@ -351,3 +396,113 @@ def test_redirect_makes_print_line_buffered(log_path):
     assert os.waitpid(pid, 0)[1] == 0
     assert os.read(r, 100) == b"one\n"
     os.close(r)
+
+
+# --- a worker's own sys.stdout and sys.stderr --------------------------------------------------
+
+def pool(catch, decorate=True):
+    return SimpleNamespace(name="www", catch_workers_output=catch, decorate_workers_output=decorate)
+
+
+def run_worker(log_path, catch, body, buffering=True, decorate=True):
+    """Fork a 'worker' with fpm.stdio's streams (worker_output), run body(end_request, marks)
+    and collect what reaches the log, as the master would; its pid."""
+    log = Logger(str(log_path), buffering=buffering)
+    cap = Capture(log, "www", decorate, buffering=buffering)
+    child_fds, parent_fds = cap.pipes() if catch else (None, ())
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            stdio.redirect(log, child_fds)
+            for fd in parent_fds:
+                os.close(fd)
+            marks = []
+            end = stdio.worker_output(pool(catch, decorate), log, os.getpid(), lambda: marks.append(1),
+                                      lambda: None)
+            body(end, marks)
+            code = 0
+        finally:
+            os._exit(code)
+    if catch:
+        cap.attach(pid, parent_fds)
+        open_fds = set(parent_fds)
+        while open_fds:
+            for fd in select.select(list(open_fds), [], [], 5)[0]:
+                if not cap.readable(fd):
+                    open_fds.discard(fd)
+    assert os.waitpid(pid, 0)[1] == 0
+    return pid
+
+
+@pytest.mark.parametrize("catch", [True, False], ids=["caught", "not_caught"])
+def test_a_requests_last_line_ends_with_it(log_path, catch):
+    def body(end_request, marks):
+        print("first", end="", file=sys.stderr)
+        sys.stderr.write(" request")
+        assert len(marks) == 1  # the request's end is told once
+        end_request()
+        sys.stderr.write("second request\n")
+        end_request()
+        end_request()  # nothing written since: nothing to do
+        sys.stderr.write("third")
+        sys.stderr.flush()
+        sys.stderr.write(" request")
+        end_request()
+        assert len(marks) == 3
+    pid = run_worker(log_path, catch, body)
+    assert strip(lines(log_path)) == ['[pool www] child %d said into stderr: "%s request"'
+                                      % (pid, n) for n in ("first", "second", "third")]
+
+
+def test_without_catch_stdout_is_dropped_and_stderr_is_logged(log_path, capfd):
+    def body(end_request, marks):
+        print("dropped")
+        print("kept", file=sys.stderr)
+        end_request()
+    pid = run_worker(log_path, False, body)
+    assert strip(lines(log_path)) == ['[pool www] child %d said into stderr: "kept"' % pid]
+    assert capfd.readouterr() == ("", "")
+
+
+def test_unbuffered_output_passes_at_once_and_ends_no_line(log_path):
+    def body(end_request, marks):
+        sys.stdout.write("progress: ")
+        os.write(1, b"|")  # after it in the pipe: it was not held back
+        end_request()
+        sys.stdout.write("done\n")
+    run_worker(log_path, True, body, buffering=False, decorate=False)
+    assert log_path.read_bytes() == b"progress: |done\n"
+
+
+# --- wsgi.errors in the error log ------------------------------------------------------------
+
+def test_wsgi_errors_lines_name_the_request_and_end_with_it(log_path):
+    errors = ErrorsLog(Logger(str(log_path)), "www", 12)
+    errors.say("GET /x?y=1", "one\ntwo")
+    errors.say("GET /x?y=1", " halves\n\nthree")
+    assert strip(lines(log_path)) == ['[pool www] child 12 said into wsgi.errors on '
+                                      '"GET /x?y=1": "%s"' % x for x in ("one", "two halves", "")]
+    errors.end()
+    errors.end()
+    assert strip(lines(log_path))[3:] == ['[pool www] child 12 said into wsgi.errors on '
+                                          '"GET /x?y=1": "three"']
+
+
+def test_wsgi_errors_lines_are_wrapped_and_a_long_request_line_is_cut(log_path):
+    errors = ErrorsLog(Logger(str(log_path), limit=512), "www", 12)
+    errors.say("GET /" + "u" * 300, "é" * 400 + "\n")
+    raw = log_path.read_bytes().splitlines(keepends=True)
+    assert len(raw) > 1 and all(len(x) <= 512 for x in raw)
+    assert all(b'on "GET /' + b"u" * 120 + b'...": "' in x for x in raw)  # 128 = 512 / 4
+    assert "".join(re.findall(r'"(é+)"', log_path.read_text(encoding="utf-8"))) == "é" * 400
+
+
+def test_wsgi_errors_lines_are_warnings(log_path):
+    errors = ErrorsLog(Logger(str(log_path), "error"), "www", 12)
+    errors.say("GET /", "hidden\n")
+    errors.end()
+    assert lines(log_path) == []
+    errors = ErrorsLog(Logger(str(log_path), "warning"), "www", 12)
+    errors.say("GET /", "shown\n")
+    assert re.match(PREFIX, lines(log_path)[0])
