@@ -39,7 +39,8 @@ from fpm.children import Child, Children, Seat, respawn_delay
 from fpm import stdio
 from fpm.log import Logger, open_log_file, strerror
 from fpm.proctitle import set_process_title
-from fpm.scoreboard import FINISHING, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board, now_us
+from fpm.scoreboard import (FINISHING, IDLE, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board,
+                            now_us)
 from fpm.tracer import Tracer
 from fpm.signals import HANDLED, SignalQueue, handler_name, name as signal_name
 
@@ -84,6 +85,21 @@ def next_signal(state: State, last: int | None, timeout: int) -> tuple[int, floa
     if last == signal.SIGQUIT:
         return signal.SIGTERM, 1.0
     return signal.SIGKILL, 1.0
+
+
+def escalation(last: int | None, stopping: str | None, stage: int) -> int | None:
+    """The signal for one worker still alive after the ``last`` one it was sent alone; None:
+    not now, look again on the next tick.
+
+    A worker the process manager stopped (``stopping == "idle"``) that is still idle a tick
+    after its SIGQUIT ignores that signal (an app that blocks it): SIGKILL, as PHP-FPM does
+    since bug #77023, or the pool would stay over size for ever. One serving a request (it
+    took one as the QUIT came, or goes on serving with QUIT blocked) is left to finish it.
+    Any other worker goes SIGQUIT, SIGTERM, then SIGKILL.
+    """
+    if stopping == "idle":
+        return signal.SIGKILL if stage == IDLE else None
+    return signal.SIGTERM if last == signal.SIGQUIT else signal.SIGKILL
 
 
 def record_fault(faults: tuple[float, ...], now: float, threshold: int,
@@ -506,7 +522,7 @@ class Master:
         if plan.stop is not None:
             child = self.children.by_pid[plan.stop]
             child.stopping = "idle"
-            self.children.kill(child, signal.SIGQUIT)
+            self._signal(child, signal.SIGQUIT, MAINTENANCE)
         if plan.spawn:
             # A static pool short of workers lost some: those are respawns.
             self._spawn(pool, plan.spawn, respawn=pool.pm == "static")
@@ -667,7 +683,10 @@ class Master:
         child = self.children.by_pid.get(pid)
         if child is None:
             return
-        sig = signal.SIGTERM if child.last_signal == signal.SIGQUIT else signal.SIGKILL
+        sig = escalation(child.last_signal, child.stopping, child.board.read(child.slot).stage)
+        if sig is None:
+            self.timers.set(("escalate", pid), time.monotonic() + MAINTENANCE)
+            return
         self.log.notice("[pool %s] child %d still alive, sending %s"
                         % (child.pool.name, pid, signal_name(sig)))
         self._signal(child, sig, 1.0)
@@ -765,7 +784,8 @@ class Master:
 
     # --- states ---------------------------------------------------------------------------
 
-    def _switch(self, new: State) -> None:
+    def _switch(self, new: State, by: int) -> None:
+        """Enter ``new`` on the master's signal ``by``."""
         if new is self.state:
             return
         if not may_switch(self.state, new):
@@ -774,6 +794,7 @@ class Master:
             return
         self.state = new
         self.last_signal = None
+        self.children.stop_all(by)
         for name in self.pools:
             self.timers.cancel(("spawn", name))
         if self.notifier is not None:
@@ -795,15 +816,16 @@ class Master:
 
     # --- signal handlers (called from the loop, never from a signal context) --------------
 
-    def handle_term(self) -> None:
+    def handle_term(self, by: int = signal.SIGTERM) -> None:
         self.log.notice("Terminating ...")
-        self._switch(State.TERMINATING)
+        self._switch(State.TERMINATING, by)
 
-    handle_int = handle_term
+    def handle_int(self) -> None:
+        self.handle_term(signal.SIGINT)
 
     def handle_quit(self) -> None:
         self.log.notice("Finishing ...")
-        self._switch(State.FINISHING)
+        self._switch(State.FINISHING, signal.SIGQUIT)
 
     def handle_usr1(self) -> None:
         """Reopen the error log and the access logs onto their fd numbers, then hand the new

@@ -1,0 +1,205 @@
+"""Scenarios of php-src's sapi/fpm/tests that have a Python meaning, against the real master:
+the contract PHP-FPM operators rely on. Each test names the php-src test it ports.
+
+bug77023   an idle worker that ignores SIGQUIT is killed on the next tick, not kept for ever
+bug68381   log_level = warning: a start, a request and a stop log nothing
+bug68458   the same without pm.start_servers (its default is a notice, not a warning)
+"""
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from harness import Server, wait_for
+from fpm import client
+
+# Blocks SIGQUIT in every worker that imports it, as bug77023's script does with
+# pcntl_sigprocmask(): the worker's graceful stop never arrives.
+DEAF_APP = """\
+import os, signal, time
+
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGQUIT})
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(1.5)
+    body = b"%d" % os.getpid()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+# A plain app whose /slow announces itself (a file) before it sleeps.
+APP = """\
+import os, time
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        open(os.path.join(os.path.dirname(__file__), "started"), "w").close()
+        time.sleep(3)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+CONFIG = """\
+[global]
+error_log = stderr
+log_level = {level}
+{global_extra}
+
+[www]
+listen = {{sock}}
+app = {app}
+python_path = {{tmp}}
+{pool}
+"""
+
+
+def server_for(tmp_path, pool, app="app:app", source=APP, level="notice", global_extra=""):
+    (tmp_path / (app.partition(":")[0] + ".py")).write_text(source)
+    return Server(CONFIG.format(level=level, app=app, pool=pool, global_extra=global_extra),
+                  tmp_path)
+
+
+def in_thread(server, uri):
+    """A request in a thread: (thread, {"r": response} or {"error": exception})."""
+    result = {}
+
+    def run():
+        try:
+            result["r"] = server.request(uri, timeout=20)
+        except (OSError, client.FastCGIError) as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+# --- bug77023: an idle stop that the worker ignores ------------------------------------------
+
+DYNAMIC = """\
+pm = dynamic
+pm.max_children = 2
+pm.start_servers = 1
+pm.min_spare_servers = 1
+pm.max_spare_servers = 1
+"""
+ONDEMAND = """\
+pm = ondemand
+pm.max_children = 1
+pm.process_idle_timeout = 1s
+"""
+
+
+@pytest.mark.parametrize("pool, size", [(DYNAMIC, 1), (ONDEMAND, 0)], ids=["dynamic", "ondemand"])
+def test_idle_worker_ignoring_sigquit_is_killed_on_the_next_tick(tmp_path, pool, size):
+    """dynamic: a slow request makes the pool fork its second worker; once both are idle
+    the oldest is stopped. ondemand: the worker forked for a request is stopped once idle
+    for 1 s. Either way the worker blocks SIGQUIT, so a tick later it gets SIGKILL, with
+    PHP-FPM's warning, and is not replaced: the pool is back to its size."""
+    with server_for(tmp_path, pool, "deaf:app", DEAF_APP) as server:
+        if size:
+            first = server.wait_idle(1)[0]
+        thread, result = in_thread(server, "/slow")
+        thread.join(20)
+        assert result["r"].status == 200
+        victim = first if size else int(result["r"].body)
+        line = server.wait_log(r"^.* WARNING: \[pool www\] child %d exited on signal 9 "
+                               r"\(SIGKILL\) after \d+\.\d{6} seconds from start$" % victim, 6)
+        text = server.log_text()
+        assert re.search(r"NOTICE: \[pool www\] child %d still alive, sending SIGKILL$"
+                         % victim, text[:line.start()], re.M), text
+        wait_for("the pool back to %d worker(s)" % size,
+                 lambda: len(server.children()) == size, 2, server)
+        survivors = server.children()
+        mark = server.mark()
+        time.sleep(2.2)  # two more ticks: nothing more is stopped, nothing started
+        assert server.children() == survivors
+        assert " started" not in server.log_text()[mark:]
+        if size:
+            assert server.request("/").status == 200
+
+
+# --- bug68381, bug68458: a quiet log at log_level = warning ---------------------------------
+
+STOPS = {
+    "QUIT": lambda server: server.signal(signal.SIGQUIT),
+    "TERM": lambda server: server.signal(signal.SIGTERM),
+    "INT": lambda server: server.signal(signal.SIGINT),
+    # Ctrl-C in a terminal: the whole process group gets it, the workers too.
+    "ctrl-c": lambda server: os.killpg(server.pid, signal.SIGINT),
+}
+
+
+@pytest.mark.parametrize("start_servers", ["pm.start_servers = 2", ""],
+                         ids=["bug68381", "bug68458-no-start-servers"])
+@pytest.mark.parametrize("stop", STOPS)
+def test_log_level_warning_start_request_stop_log_nothing(tmp_path, start_servers, stop):
+    pool = ("pm = dynamic\npm.max_children = 5\n%s\npm.min_spare_servers = 1\n"
+            "pm.max_spare_servers = 3\n" % start_servers)
+    server = server_for(tmp_path, pool, level="warning")
+    try:
+        server.start(wait_ready=False)  # "ready to handle connections" is a notice
+        server.wait_idle(2)
+        assert server.request("/").status == 200
+        STOPS[stop](server)
+        assert server.wait_exit(5) == 0
+        assert server.log_text() == ""
+    finally:
+        server.stop()
+
+
+def test_log_level_warning_reload_logs_nothing(tmp_path):
+    """USR2: the old workers, told to finish, exit without a word at warning level."""
+    server = server_for(tmp_path, "pm = static\npm.max_children = 2\n", level="warning")
+    try:
+        server.start(wait_ready=False)
+        old = set(server.wait_idle(2))
+        server.signal(signal.SIGUSR2)
+        wait_for("the new workers", lambda: (len(server.children()) == 2
+                                             and not old & set(server.children())), 10, server)
+        assert server.request("/").status == 200
+        server.signal(signal.SIGQUIT)
+        assert server.wait_exit(5) == 0
+        assert server.log_text() == ""
+    finally:
+        server.stop()
+
+
+def test_stop_cutting_requests_short_logs_the_exits_at_debug(tmp_path):
+    """QUIT with a request in flight and process_control_timeout = 1: the master says it
+    escalates (a notice); the worker's exit is what was asked, a debug line."""
+    server = server_for(tmp_path, "pm = static\npm.max_children = 1\n", level="debug",
+                        global_extra="process_control_timeout = 1")
+    with server:
+        worker = server.wait_idle(1)[0]
+        thread, result = in_thread(server, "/slow")
+        wait_for("the slow request", (tmp_path / "started").exists, 5, server)
+        server.signal(signal.SIGQUIT)
+        assert server.wait_exit(5) == 0
+        thread.join(10)
+        assert result["r"].status == 503
+        text = server.log_text()
+        assert "NOTICE: 1 child(ren) still alive, sending SIGTERM\n" in text
+        assert re.search(r"DEBUG: \[pool www\] child %d exited on signal 15 \(SIGTERM\) after "
+                         % worker, text), text
+        assert "WARNING" not in text, text
+
+
+def test_a_crash_during_a_stop_stays_a_warning(tmp_path):
+    with server_for(tmp_path, "pm = static\npm.max_children = 1\n") as server:
+        worker = server.wait_idle(1)[0]
+        thread, result = in_thread(server, "/slow")
+        wait_for("the slow request", (tmp_path / "started").exists, 5, server)
+        server.signal(signal.SIGQUIT)
+        server.wait_log(r"Finishing \.\.\.")
+        os.kill(worker, signal.SIGSEGV)
+        assert server.wait_exit(5) == 0
+        thread.join(10)
+        assert re.search(r"WARNING: \[pool www\] child %d exited on signal 11 \(SIGSEGV"
+                         % worker, server.log_text()), server.log_text()
