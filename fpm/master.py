@@ -37,7 +37,7 @@ from fpm import config as fpm_config
 from fpm import channel, pages, pm, reexec, sockdiag, sockets, systemd, trace
 from fpm.children import Child, Children, Seat, respawn_delay
 from fpm import stdio
-from fpm.log import Logger, open_log_file, strerror
+from fpm.log import Logger, open_log_file, stream_fd, strerror
 from fpm.proctitle import set_process_title
 from fpm.scoreboard import (FINISHING, IDLE, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board,
                             now_us)
@@ -219,6 +219,9 @@ class Master:
         self.started_epoch_us = time.time_ns() // 1000
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.access_fds: dict[str, int] = {}  # pool -> its access log, opened here for workers
+        # Descriptor number -> a copy of what it was when pyfpm started (fpm.log.stream_fd),
+        # carried across reloads: access logs on /dev/stderr and the like write there.
+        self.streams: dict[int, int] = dict(inherited.streams) if inherited is not None else {}
         self.output_fds: dict[int, stdio.Capture] = {}  # read ends of captured worker output
         self.signals: SignalQueue
         self.children: Children
@@ -263,16 +266,22 @@ class Master:
         fds: dict[str, list[int]] = {name: [] for name in self.pools}
         for listener in self.listeners:
             fds[listener.pool_name].append(listener.fd)
+        for fd in self.streams.values():
+            os.set_inheritable(fd, False)  # they crossed the exec of a reload
         for pool in self.pool_list:
             self.boards[pool.name] = Board(pool.name, _slots(pool))
             if pool.access_log:
                 try:
-                    self.access_fds[pool.name] = open_log_file(pool.access_log)
+                    self.access_fds[pool.name] = self._open_access_log(pool.access_log)
                 except OSError as e:
                     self.log.syserror("[pool %s] unable to open the access log '%s'"
                                       % (pool.name, pool.access_log), e)
                     self.log.error("FPM initialization failed")
                     return EX_CONFIG
+        for number, fd in list(self.streams.items()):
+            if fd not in self.access_fds.values():  # the new configuration writes no log there
+                os.close(fd)
+                del self.streams[number]
         self.children = Children(self.log, self.signals, fds, self.allow_root)
         for pool in self.pool_list:
             if pool.catch_workers_output:
@@ -305,6 +314,17 @@ class Master:
         self._start_systemd()
         self._report(EX_OK)
         return EX_OK
+
+    def _open_access_log(self, path: str) -> int:
+        """The access log's fd: the file opened, or, for one of the process's own
+        descriptors (/dev/stderr, /proc/self/fd/1 ...), a copy of it as it was at start.
+        Raises OSError."""
+        number = stream_fd(path)
+        if number is None:
+            return open_log_file(path)
+        if number not in self.streams:
+            self.streams[number] = os.dup(number)
+        return self.streams[number]
 
     def _open_listeners(self) -> list[sockets.Listener]:
         """One socket per listen address of every pool: kept across a reload, passed by
@@ -752,7 +772,8 @@ class Master:
                         % (argv[0], ", ".join('"%s"' % a for a in argv)))
         error = reexec.execute(self.listeners + fresh,
                                list(self.boards.values()) + self.old_boards,
-                               list(self.children.by_pid.values()), self.orig_stderr)
+                               list(self.children.by_pid.values()), self.orig_stderr,
+                               self.streams)
         sockets.close_all(fresh)
         self.log.syserror("failed to reload: execvp() failed; still serving", error)
 
@@ -840,6 +861,8 @@ class Master:
                 self.log.syserror("unable to reopen the error log file '%s'" % self.log.target, e)
         for name, fd in self.access_fds.items():
             path = self.pools[name].access_log
+            if stream_fd(path) is not None:
+                continue  # a stream, not a file logrotate moves: it stays what it was at start
             try:
                 fresh = open_log_file(path)
             except OSError as e:

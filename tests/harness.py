@@ -110,11 +110,13 @@ class Server:
     ``{sock}`` (``tmp/fpm.sock``), ``{port}`` (a free TCP port) and any keyword given.
     The master runs as ``python -m fpm -F -O -R -y CONF`` (``flags`` replaces ``-F -O``;
     ``allow_root=False`` drops ``-R``, which the suite needs as root with pools that set no
-    ``user``) in its own session; its stderr and stdout go to ``.log_path``.
+    ``user``) in its own session; its stderr and stdout go to ``.log_path``, its stdout to
+    ``stdout`` instead when given (a path).
     """
 
     def __init__(self, config: str, tmp=None, *, flags=("-F", "-O"), args=(),
-                 allow_root: bool = True, ready_timeout: float = 10.0, env=None, **values):
+                 allow_root: bool = True, ready_timeout: float = 10.0, env=None, stdout=None,
+                 **values):
         self._own_tmp = tmp is None
         self.tmp = Path(tempfile.mkdtemp(prefix="pyfpm-")) if tmp is None else Path(tmp)
         values = {"tmp": self.tmp, "sock": self.tmp / "fpm.sock", **values}
@@ -125,6 +127,7 @@ class Server:
         self.conf_path = self.tmp / "pyfpm.conf"
         self.conf_path.write_text(self.config_text)
         self.log_path = self.tmp / "fpm-stderr.log"
+        self.stdout_path = stdout
         self.argv = (COMMAND + list(flags) + (["-R"] if allow_root else [])
                      + ["-y", str(self.conf_path)] + list(args))
         self.ready_timeout = ready_timeout
@@ -134,8 +137,10 @@ class Server:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self, wait_ready: bool = True) -> "Server":
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+        with open(self.log_path, "wb") as log, \
+                open(self.stdout_path or os.devnull, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=out if self.stdout_path else log,
                                          stderr=log, cwd=self.tmp, env=self.env,
                                          start_new_session=True)
         if wait_ready:

@@ -4,6 +4,9 @@ the contract PHP-FPM operators rely on. Each test names the php-src test it port
 bug77023   an idle worker that ignores SIGQUIT is killed on the next tick, not kept for ever
 bug68381   log_level = warning: a start, a request and a stop log nothing
 bug68458   the same without pm.start_servers (its default is a notice, not a warning)
+GH-8885    access.log = /proc/self/fd/2 (or /dev/stderr, /dev/stdout, /proc/self/fd/1) keeps
+           writing where that stream went at start, across USR1 and USR2 (and, beyond the
+           php-src test, in a daemon across a reload)
 """
 import os
 import re
@@ -11,8 +14,11 @@ import signal
 import threading
 import time
 
+import subprocess
+
 import pytest
 
+import harness
 from harness import Server, wait_for
 from fpm import client
 
@@ -203,3 +209,94 @@ def test_a_crash_during_a_stop_stays_a_warning(tmp_path):
         thread.join(10)
         assert re.search(r"WARNING: \[pool www\] child %d exited on signal 11 \(SIGSEGV"
                          % worker, server.log_text()), server.log_text()
+
+
+# --- GH-8885: an access log on a standard stream ---------------------------------------------
+
+STREAM_CONFIG = """\
+[global]
+error_log = {tmp}/error.log
+{global_extra}
+
+[www]
+listen = {tmp}/fpm.sock
+pm = static
+pm.max_children = 2
+app = app:app
+python_path = {tmp}
+access.log = %s
+"""
+
+
+def wait_text(path, text, timeout=10.0, count=1):
+    """The file's text once ``text`` occurs ``count`` times in it."""
+    return wait_for("%d x %r in %s" % (count, text, path),
+                    lambda: path.exists() and path.read_text().count(text) >= count
+                    and path.read_text(), timeout)
+
+
+@pytest.mark.parametrize("path, fd", [("/proc/self/fd/2", 2), ("/dev/stderr", 2),
+                                      ("/dev/stdout", 1), ("/proc/self/fd/1", 1)])
+def test_access_log_on_a_stream_stays_there_across_usr1_and_usr2(tmp_path, path, fd):
+    """The master is launched with stdout and stderr to files, and logs errors to a third:
+    once launched, its fd 2 is the error log, so reopening /proc/self/fd/2 on USR1 would
+    send the access lines there (GH-8885). Every line must land in the stream's file."""
+    (tmp_path / "app.py").write_text(APP)
+    error_log = tmp_path / "error.log"
+    out = tmp_path / "stdout.log"
+    server = Server(STREAM_CONFIG.format(tmp="{tmp}", global_extra="") % path, tmp_path,
+                    flags=("-F",), stdout=out)
+    stream = out if fd == 1 else server.log_path
+    try:
+        server.start(wait_ready=False)
+        wait_text(error_log, "ready to handle connections")
+        steps = [("/before", None), ("/after-usr1", signal.SIGUSR1),
+                 ("/after-usr2", signal.SIGUSR2), ("/after-usr2-usr1", signal.SIGUSR1)]
+        reopened = reloaded = 0
+        for uri, sig in steps:
+            if sig == signal.SIGUSR1:
+                server.signal(sig)
+                reopened += 1
+                wait_text(error_log, "NOTICE: access log file re-opened", count=reopened)
+            elif sig == signal.SIGUSR2:
+                server.signal(sig)
+                reloaded += 1
+                # The new master's workers serve once the old ones are told to finish.
+                wait_text(error_log, "child(ren) of the previous configuration finish")
+            assert server.request(uri).status == 200
+            wait_text(stream, '"GET %s" 200' % uri)
+        errors = error_log.read_text()
+        assert '"GET /' not in errors, errors
+    finally:
+        server.stop()
+
+
+def test_access_log_on_stdout_of_a_daemon_survives_a_reload(tmp_path):
+    """A daemon's fd 1 becomes /dev/null once it has launched; the re-executed master of a
+    reload starts with that. The access log keeps the stdout pyfpm was started with."""
+    (tmp_path / "app.py").write_text(APP)
+    conf = tmp_path / "pyfpm.conf"
+    conf.write_text(STREAM_CONFIG.format(tmp=tmp_path, global_extra="pid = %s/fpm.pid"
+                                         % tmp_path) % "/dev/stdout")
+    out, error_log = tmp_path / "stdout.log", tmp_path / "error.log"
+    with open(out, "wb") as stdout:
+        launcher = subprocess.run(harness.COMMAND + ["-R", "-D", "-y", str(conf)],
+                                  stdin=subprocess.DEVNULL, stdout=stdout,
+                                  stderr=subprocess.PIPE, env=harness.fpm_env(), timeout=10)
+    assert launcher.returncode == 0, launcher.stderr
+    daemon = int((tmp_path / "fpm.pid").read_text())
+    address = str(tmp_path / "fpm.sock")
+    try:
+        assert client.request(address, "/first").status == 200
+        wait_text(out, '"GET /first" 200')
+        os.kill(daemon, signal.SIGUSR2)
+        wait_text(error_log, "child(ren) of the previous configuration finish")
+        assert client.request(address, "/reloaded").status == 200
+        wait_text(out, '"GET /reloaded" 200')
+    finally:
+        os.kill(daemon, signal.SIGTERM)
+        try:
+            wait_for("the daemon gone", lambda: not harness.alive(daemon), 5)
+        finally:
+            if harness.alive(daemon):
+                os.kill(daemon, signal.SIGKILL)
