@@ -8,6 +8,8 @@ GH-8885    access.log = /proc/self/fd/2 (or /dev/stderr, /dev/stdout, /proc/self
            writing where that stream went at start, across USR1 and USR2 (and, beyond the
            php-src test, in a daemon across a reload)
 """
+import hashlib
+import json
 import os
 import re
 import signal
@@ -300,3 +302,41 @@ def test_access_log_on_stdout_of_a_daemon_survives_a_reload(tmp_path):
         finally:
             if harness.alive(daemon):
                 os.kill(daemon, signal.SIGKILL)
+
+
+# --- bug72573: httpoxy ----------------------------------------------------------------------
+
+def test_a_proxy_header_never_reaches_the_app(served):
+    """A client's "Proxy:" header, which nginx passes as HTTP_PROXY, would be taken for the
+    proxy to use by HTTP libraries (CVE-2016-5385); the other headers pass."""
+    front, server = served(workers=1)
+    seen = front.get("/environ", headers={"Proxy": "http://evil:8080", "Foo": "BAR"}).json()
+    assert "HTTP_PROXY" not in seen and seen["HTTP_FOO"] == "BAR"
+    # Straight over FastCGI, as php-src's test sends it, on a kept connection.
+    with client.Connection(server.address) as conn:
+        for _ in range(2):
+            response = conn.request("/environ", params={"HTTP_PROXY": "BADPROXY",
+                                                        "HTTP_FOO": "BAR"})
+            seen = json.loads(response.body)
+            assert "HTTP_PROXY" not in seen and seen["HTTP_FOO"] == "BAR"
+
+
+# --- PEP 3333: wsgi.input ends at CONTENT_LENGTH ---------------------------------------------
+
+@pytest.mark.parametrize("sent, declared", [(100, 0), (100, 50), (200 * 1024, 100 * 1024)],
+                         ids=["0-of-100", "50-of-100", "spooled-100K-of-200K"])
+def test_wsgi_input_ends_at_content_length(pyfpm, sent, declared):
+    """A body longer than its CONTENT_LENGTH: the app reads exactly CONTENT_LENGTH bytes,
+    the rest is read and dropped, and the kept connection serves the next request. (A
+    64K request_body_buffer_size sends the 100 KiB body to a spool file.)"""
+    server = pyfpm(workers=1, extra="request_body_buffer_size = 64K")
+    body = bytes(range(256)) * (sent // 256) + bytes(sent % 256)
+    with client.Connection(server.address) as conn:
+        for _ in range(2):
+            response = conn.request("/sha256", method="POST", body=body,
+                                    params={"CONTENT_LENGTH": str(declared)})
+            assert response.status == 200, response.body
+            seen = json.loads(response.body)
+            assert seen == {"length": declared, "content_length": str(declared),
+                            "sha256": hashlib.sha256(body[:declared]).hexdigest()}
+        assert conn.request("/hello").body == b"hello world"
