@@ -439,10 +439,13 @@ class Master:
                     self.output_fds[fd].readable(fd)
                 elif fd in self.ondemand_fds and self.state is State.NORMAL:
                     self._on_waiting_connection(self.pools[self.ondemand_fds[fd]])
-            for sig in self.signals.drain():
+            # A Ctrl-C reaches the workers and the master together, and the master's SIGINT
+            # may sit behind their SIGCHLD (the kernel stacks the second handler's frame on
+            # the first, so it runs first): reap after the batch's other signals, so that
+            # deaths by the stop signal are known as asked for, and replace the dead only
+            # after the whole batch.
+            for sig in sorted(self.signals.drain(), key=lambda sig: sig == signal.SIGCHLD):
                 getattr(self, handler_name(sig))()
-            # Replace the dead only after the whole batch: a Ctrl-C reaches the workers and
-            # the master together, and the master's SIGINT may sit behind their SIGCHLD.
             if self.reaped:
                 self._after_exits(self.reaped)
             self.reaped = []

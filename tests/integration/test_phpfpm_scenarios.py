@@ -55,7 +55,7 @@ def app(environ, start_response):
 
 CONFIG = """\
 [global]
-error_log = stderr
+error_log = {error_log}
 log_level = {level}
 {global_extra}
 
@@ -67,10 +67,17 @@ python_path = {{tmp}}
 """
 
 
-def server_for(tmp_path, pool, app="app:app", source=APP, level="notice", global_extra=""):
+def config_for(pool, app="app:app", level="notice", global_extra="", error_log="stderr"):
+    return CONFIG.format(level=level, app=app, pool=pool, global_extra=global_extra,
+                         error_log=error_log)
+
+
+def server_for(tmp_path, pool, app="app:app", source=APP, level="notice", global_extra="",
+               error_log="stderr", **kwargs):
+    """A harness.Server of one pool [www] (``pool``: its pm lines and more), its app
+    written from ``source``; ``kwargs`` go to the Server."""
     (tmp_path / (app.partition(":")[0] + ".py")).write_text(source)
-    return Server(CONFIG.format(level=level, app=app, pool=pool, global_extra=global_extra),
-                  tmp_path)
+    return Server(config_for(pool, app, level, global_extra, error_log), tmp_path, **kwargs)
 
 
 def in_thread(server, uri):
@@ -215,19 +222,7 @@ def test_a_crash_during_a_stop_stays_a_warning(tmp_path):
 
 # --- GH-8885: an access log on a standard stream ---------------------------------------------
 
-STREAM_CONFIG = """\
-[global]
-error_log = {tmp}/error.log
-{global_extra}
-
-[www]
-listen = {tmp}/fpm.sock
-pm = static
-pm.max_children = 2
-app = app:app
-python_path = {tmp}
-access.log = %s
-"""
+STREAM_POOL = "pm = static\npm.max_children = 2\naccess.log = %s\n"
 
 
 def wait_text(path, text, timeout=10.0, count=1):
@@ -243,11 +238,10 @@ def test_access_log_on_a_stream_stays_there_across_usr1_and_usr2(tmp_path, path,
     """The master is launched with stdout and stderr to files, and logs errors to a third:
     once launched, its fd 2 is the error log, so reopening /proc/self/fd/2 on USR1 would
     send the access lines there (GH-8885). Every line must land in the stream's file."""
-    (tmp_path / "app.py").write_text(APP)
     error_log = tmp_path / "error.log"
     out = tmp_path / "stdout.log"
-    server = Server(STREAM_CONFIG.format(tmp="{tmp}", global_extra="") % path, tmp_path,
-                    flags=("-F",), stdout=out)
+    server = server_for(tmp_path, STREAM_POOL % path, error_log=error_log, flags=("-F",),
+                        stdout=out)
     stream = out if fd == 1 else server.log_path
     try:
         server.start(wait_ready=False)
@@ -277,17 +271,19 @@ def test_access_log_on_stdout_of_a_daemon_survives_a_reload(tmp_path):
     """A daemon's fd 1 becomes /dev/null once it has launched; the re-executed master of a
     reload starts with that. The access log keeps the stdout pyfpm was started with."""
     (tmp_path / "app.py").write_text(APP)
-    conf = tmp_path / "pyfpm.conf"
-    conf.write_text(STREAM_CONFIG.format(tmp=tmp_path, global_extra="pid = %s/fpm.pid"
-                                         % tmp_path) % "/dev/stdout")
     out, error_log = tmp_path / "stdout.log", tmp_path / "error.log"
+    address = tmp_path / "fpm.sock"
+    conf = tmp_path / "pyfpm.conf"
+    conf.write_text(harness.substitute(
+        config_for(STREAM_POOL % "/dev/stdout", global_extra="pid = {tmp}/fpm.pid",
+                   error_log=error_log), {"tmp": tmp_path, "sock": address}))
     with open(out, "wb") as stdout:
         launcher = subprocess.run(harness.COMMAND + ["-R", "-D", "-y", str(conf)],
                                   stdin=subprocess.DEVNULL, stdout=stdout,
                                   stderr=subprocess.PIPE, env=harness.fpm_env(), timeout=10)
     assert launcher.returncode == 0, launcher.stderr
     daemon = int((tmp_path / "fpm.pid").read_text())
-    address = str(tmp_path / "fpm.sock")
+    address = str(address)
     try:
         assert client.request(address, "/first").status == 200
         wait_text(out, '"GET /first" 200')
