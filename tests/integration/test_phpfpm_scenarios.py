@@ -7,6 +7,11 @@ bug68458   the same without pm.start_servers (its default is a notice, not a war
 GH-8885    access.log = /proc/self/fd/2 (or /dev/stderr, /dev/stdout, /proc/self/fd/1) keeps
            writing where that stream went at start, across USR1 and USR2 (and, beyond the
            php-src test, in a daemon across a reload)
+bug72573   httpoxy: a Proxy header never reaches the app as HTTP_PROXY
+(PEP 3333) wsgi.input ends at CONTENT_LENGTH, whatever the web server sends after it
+bug74083, bug76601   a storm of USR2 neither kills the master nor leaves a worker behind
+reload-uses-sigkill-as-last-measure   old workers that block QUIT and TERM are killed
+bug68423   pools of each pm side by side, each answering its own ping
 """
 import hashlib
 import json
@@ -336,3 +341,71 @@ def test_wsgi_input_ends_at_content_length(pyfpm, sent, declared):
             assert seen == {"length": declared, "content_length": str(declared),
                             "sha256": hashlib.sha256(body[:declared]).hexdigest()}
         assert conn.request("/hello").body == b"hello world"
+
+
+# --- reloads: a storm of USR2, and old workers that ignore QUIT and TERM ---------------------
+
+def test_a_storm_of_reloads_leaves_one_master_and_no_stray_worker(tmp_path):
+    """bug74083, bug76601: 25 USR2 at 0 to 24 ms apart, then one more. The master is still
+    there with its pid, and once the last reload is done the pool has its static size: no
+    worker of an earlier generation missed the QUIT that retires it (with
+    process_control_timeout = 10 nothing would have killed it in time)."""
+    pool = "pm = static\npm.max_children = 4\nping.path = /ping\nping.response = pong\n"
+    with server_for(tmp_path, pool, global_extra="process_control_timeout = 10") as server:
+        server.wait_idle(4)
+        for interval in range(25):
+            server.signal(signal.SIGUSR2)
+            time.sleep(interval / 1000)
+        server.wait_log(r"Reloading in progress \.\.\.")
+        mark = server.mark()
+        time.sleep(0.5)
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"reloading: execvp", 10, since=mark)
+        wait_for("4 workers of the last generation",
+                 lambda: len(server.children()) == 4 and server.request("/ping").body == b"pong",
+                 8, server)
+        assert server.proc.poll() is None
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit(5) == 0
+
+
+def test_reload_kills_old_workers_that_block_quit_and_term(tmp_path):
+    """reload-uses-sigkill-as-last-measure: process_control_timeout = 1, and the old
+    worker blocks SIGQUIT and SIGTERM: a second after its QUIT it gets TERM, a second
+    later KILL. The new worker serves meanwhile; the kill was asked for, so it is no
+    warning."""
+    source = DEAF_APP.replace("{signal.SIGQUIT}", "{signal.SIGQUIT, signal.SIGTERM}")
+    pool = "pm = static\npm.max_children = 1\nping.path = /ping\nping.response = pong\n"
+    with server_for(tmp_path, pool, "deaf:app", source,
+                    global_extra="process_control_timeout = 1") as server:
+        old = server.wait_idle(1)[0]
+        assert server.request("/").body == str(old).encode()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"NOTICE: \[pool www\] child %d still alive, sending SIGTERM$" % old, 5)
+        assert server.request("/ping").body == b"pong"
+        server.wait_log(r"NOTICE: \[pool www\] child %d still alive, sending SIGKILL$" % old, 3)
+        wait_for("the old worker gone", lambda: old not in server.children(), 2, server)
+        assert len(server.children()) == 1 and server.request("/ping").body == b"pong"
+        assert "WARNING" not in server.log_text(), server.log_text()
+
+
+# --- bug68423: one pool per pm ---------------------------------------------------------------
+
+def test_pools_of_every_pm_side_by_side(tmp_path):
+    (tmp_path / "app.py").write_text(APP)
+    pools = {"pool_dynamic": "pm = dynamic\npm.max_children = 5\npm.start_servers = 2\n"
+                             "pm.min_spare_servers = 1\npm.max_spare_servers = 3",
+             "pool_ondemand": "pm = ondemand\npm.max_children = 2\n"
+                              "pm.process_idle_timeout = 10",
+             "pool_static": "pm = static\npm.max_children = 2"}
+    text = "[global]\nerror_log = stderr\n" + "".join(
+        "\n[%s]\nlisten = {tmp}/%s.sock\napp = app:app\npython_path = {tmp}\n"
+        "ping.path = /ping\nping.response = pong-%s\n%s\n" % (name, name, name[5:], pm)
+        for name, pm in pools.items())
+    with Server(text, tmp_path) as server:
+        for name in pools:
+            response = client.request(str(tmp_path / ("%s.sock" % name)), "/ping")
+            assert response.body == b"pong-" + name[5:].encode()
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit(5) == 0
+        assert server.log_text().splitlines()[-1].endswith("NOTICE: exiting, bye-bye!")
