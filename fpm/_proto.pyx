@@ -1640,6 +1640,11 @@ cdef class Worker:
             value = environ.pop(http_key, None)
             if value is not None and key not in environ:
                 environ[key] = value
+        # httpoxy (CVE-2016-5385, php bug #72573): a client's "Proxy:" header would arrive
+        # as HTTP_PROXY, which HTTP libraries take for the proxy to use. One lookup of an
+        # interned key per request (~10 ns).
+        if "HTTP_PROXY" in environ:
+            del environ["HTTP_PROXY"]
         cl = environ.get("CONTENT_LENGTH")
         if cl:
             if not cl.isdigit():
@@ -1800,12 +1805,13 @@ cdef class Worker:
     cdef object _read_body(self, Conn conn, dict environ, Py_ssize_t length):
         """Read the whole body before the app runs: into memory up to body_buffer, else into
         an unlinked file, written straight from the receive buffer. A body of known length
-        is copied once, into the bytes object wsgi.input's read() then hands out."""
+        is copied once, into the bytes object wsgi.input's read() then hands out; bytes
+        past CONTENT_LENGTH are read and dropped (PEP 3333: the input ends there)."""
         cdef Decoder dec = conn.dec
-        cdef Py_ssize_t total = 0, filled = 0
+        cdef Py_ssize_t total = 0, filled = 0, n
         cdef int sfd = -1, step
         cdef bytes body = None  # CONTENT_LENGTH bytes, filled in place
-        cdef bytearray grown = None  # a body of unknown (or wrongly announced) length
+        cdef bytearray grown = None  # a body of unknown length
         spool = None
         try:
             if length > self.body_buffer:
@@ -1820,7 +1826,12 @@ cdef class Worker:
                 if step == STEP_ABORT:
                     raise RequestAborted("the web server aborted request %d before its body "
                                          "was complete" % dec.request_id)
-                total += dec.chunk_len
+                n = dec.chunk_len
+                if 0 <= length < total + n:
+                    n = length - total
+                    if n == 0:
+                        continue
+                total += n
                 if self.body_max and total > self.body_max:
                     return self._too_large(environ, -1)  # the rest drains after the answer
                 if sfd < 0 and total > self.body_buffer:
@@ -1832,15 +1843,14 @@ cdef class Worker:
                         _spool_write(sfd, PyBytes_AS_STRING(body), filled)
                     body = grown = None
                 if sfd >= 0:
-                    _spool_write(sfd, dec.chunk, dec.chunk_len)
-                elif body is not None and filled + dec.chunk_len <= length:
-                    memcpy(PyBytes_AS_STRING(body) + filled, dec.chunk, dec.chunk_len)
-                    filled += dec.chunk_len
+                    _spool_write(sfd, dec.chunk, n)
+                elif body is not None:
+                    memcpy(PyBytes_AS_STRING(body) + filled, dec.chunk, n)
+                    filled += n
                 else:
                     if grown is None:
-                        grown = bytearray(body[:filled]) if body is not None else bytearray()
-                        body = None
-                    _bytearray_extend(grown, dec.chunk, dec.chunk_len)
+                        grown = bytearray()
+                    _bytearray_extend(grown, dec.chunk, n)
         except SpoolError as e:
             self._log("error", '"%s %s": %s; answered 500' % (environ["REQUEST_METHOD"],
                                                               _uri_of(environ), e))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fpm import stdio, trace
 from fpm.log import Logger
@@ -43,10 +43,13 @@ class Child:
     started: float  # time.monotonic() at fork
     board: object = None  # its pool's scoreboard.Board (of its generation)
     slot: int = -1
-    # Why the master asked it to go ("idle", "reload"); None while it serves.
+    # Why the master asked it to go ("idle", "reload", "stop"); None while it serves.
     # A stopping worker is not replaced and no longer counts for its process manager.
     stopping: str | None = None
     last_signal: int | None = None  # the last signal the master sent it alone
+    # Every signal it was asked to die by: those the master sent it, and, once the master
+    # stops, the signal that stopped the master (it may have reached the whole group).
+    asked: set[int] = field(default_factory=set)
     timed_out: int = 0  # `accepted` of the request it was terminated for
     slow_logged: int = 0  # `accepted` of the request it was traced into the slowlog for
     channel: int = -1  # the master's end of its fpm.channel socket pair
@@ -80,24 +83,53 @@ class Exit:
 
     def describe(self) -> tuple[str, str]:
         """(level, log line) in PHP-FPM's words."""
-        level, how = describe_status(self.status)
+        child = self.child
+        level = exit_level(self.status, child.stopping, child.asked)
+        if child.stopping == "idle" and level == "debug":
+            return level, ("[pool %s] child %d has been killed by the process management "
+                           "after %.6f seconds from start" % (child.pool.name, child.pid,
+                                                              self.lifetime))
         return level, "[pool %s] child %d exited %s after %.6f seconds from start" % (
-            self.child.pool.name, self.child.pid, how, self.lifetime)
+            child.pool.name, child.pid, describe_status(self.status), self.lifetime)
 
 
-def describe_status(status: int) -> tuple[str, str]:
-    """``("notice", "with code 0")`` or ``("warning", "on signal 9 (SIGKILL)")``.
-
-    A non-zero exit code and any signal but SIGQUIT (the graceful stop) are warnings: a
-    request may have been lost.
-    """
+def describe_status(status: int) -> str:
+    """``with code 0`` or ``on signal 9 (SIGKILL)``."""
     if os.WIFEXITED(status):
-        code = os.WEXITSTATUS(status)
-        return ("notice" if code == 0 else "warning"), "with code %d" % code
+        return "with code %d" % os.WEXITSTATUS(status)
     sig = os.WTERMSIG(status)
     core = " - core dumped" if os.WCOREDUMP(status) else ""
-    level = "notice" if sig == signal.SIGQUIT else "warning"
-    return level, "on signal %d (%s%s)" % (sig, signal_name(sig), core)
+    return "on signal %d (%s%s)" % (sig, signal_name(sig), core)
+
+
+def exit_level(status: int, stopping: str | None, asked) -> str:
+    """The level of a worker's exit line, from why the master asked it to go (``stopping``)
+    and the signals it was asked to die by (``asked``).
+
+    ========================== ============================================ =========
+    why it went                exit                                         level
+    ========================== ============================================ =========
+    stop, reload               code 0, or a signal it was asked to die by   debug
+    idle (process manager)     code 0, or SIGQUIT                           debug
+    nobody asked               code 0 (pm.max_requests), or SIGQUIT         notice
+    any                        any other code or signal                     warning
+    ========================== ============================================ =========
+
+    PHP-FPM's fpm_children_bury(), except that it logs every exit during a stop or reload
+    at DEBUG, a crash too: here a crash, and a signal nobody asked for (the OOM killer's),
+    stay warnings, since a request may have been lost. As there, an idle worker that had to
+    be killed (it ignored SIGQUIT) and a request_terminate_timeout kill are warnings.
+    """
+    if os.WIFEXITED(status):
+        if os.WEXITSTATUS(status) != 0:
+            return "warning"
+        return "notice" if stopping is None else "debug"
+    sig = os.WTERMSIG(status)
+    if stopping in ("stop", "reload") and sig in asked:
+        return "debug"
+    if sig == signal.SIGQUIT:
+        return "notice" if stopping is None else "debug"
+    return "warning"
 
 
 def respawn_delay(status: int, lifetime: float, ready: bool, failures: int) -> tuple[float, int]:
@@ -216,7 +248,7 @@ class Children:
         trace.forget(pid)
         child = self.by_pid.pop(pid, None)
         if child is None:
-            self.log.warning("unknown child (%d) exited %s" % (pid, describe_status(status)[1]))
+            self.log.warning("unknown child (%d) exited %s" % (pid, describe_status(status)))
             return None
         ready = True
         if child.board is not None:
@@ -227,17 +259,13 @@ class Children:
         if child.pool.name in self.captures:
             self.captures[child.pool.name].drop(pid)
         gone = Exit(child, status, time.monotonic() - child.started, ready)
-        level, line = gone.describe()
-        if child.stopping == "idle" and level == "notice":
-            level, line = "debug", ("[pool %s] child %d has been killed by the process "
-                                    "management after %.6f seconds from start"
-                                    % (child.pool.name, pid, gone.lifetime))
-        self.log.log(level, line)
+        self.log.log(*gone.describe())
         return gone
 
     def kill(self, child: Child, sig: int) -> None:
         self.log.debug("[pool %s] sending signal %d %s to child %d"
                        % (child.pool.name, sig, signal_name(sig), child.pid))
+        child.asked.add(sig)
         try:
             os.kill(child.pid, sig)
         except ProcessLookupError:
@@ -246,3 +274,11 @@ class Children:
     def kill_all(self, sig: int) -> None:
         for child in list(self.by_pid.values()):
             self.kill(child, sig)
+
+    def stop_all(self, by: int) -> None:
+        """The master is stopping, on signal ``by``: every worker is on its way out. ``by``
+        counts as asked of each: a Ctrl-C, or systemd's KillMode=control-group, delivers it
+        to the workers as well, and they die of it before the master's own signal arrives."""
+        for child in self.by_pid.values():
+            child.stopping = "stop"
+            child.asked.add(by)

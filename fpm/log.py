@@ -95,6 +95,28 @@ def choose_target(error_log: str, daemon: bool, force_stderr: bool, stderr_is_tt
     return error_log
 
 
+# Paths that name one of the process's own descriptors rather than a file.
+_STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
+_FD_DIRS = ("/proc/self/fd/", "/dev/fd/")
+
+
+def stream_fd(path: str) -> int | None:
+    """The descriptor number ``path`` names when it is one of this process's own
+    (``/dev/stderr``, ``/dev/stdout``, ``/proc/self/fd/N``, ``/dev/fd/N``), else None.
+
+    An access log there (the container pattern) must follow what that descriptor was at
+    start: opening the path again later would follow what it is now, and the master's fd 2
+    is the error log once it has launched (php-src GH-8885)."""
+    path = os.path.normpath(path)
+    if path in _STREAMS:
+        return _STREAMS[path]
+    for prefix in _FD_DIRS:
+        number = path.removeprefix(prefix)
+        if number != path and number.isascii() and number.isdigit():
+            return int(number)
+    return None
+
+
 def open_log_file(path: str) -> int:
     """A log file as PHP-FPM opens one: write-only, appending, created 0600, close-on-exec.
 

@@ -39,7 +39,8 @@ from fpm.children import Child, Children, Seat, app_retry, respawn_delay
 from fpm import stdio
 from fpm.log import Logger, strerror
 from fpm.proctitle import set_process_title
-from fpm.scoreboard import FINISHING, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board, now_us
+from fpm.scoreboard import (FINISHING, IDLE, ORDER_TIMEOUT, READING, RUNNING, STARTING, Board,
+                            now_us)
 from fpm.tracer import Tracer
 from fpm.signals import HANDLED, SignalQueue, handler_name, name as signal_name
 
@@ -84,6 +85,21 @@ def next_signal(state: State, last: int | None, timeout: int) -> tuple[int, floa
     if last == signal.SIGQUIT:
         return signal.SIGTERM, 1.0
     return signal.SIGKILL, 1.0
+
+
+def escalation(last: int | None, stopping: str | None, stage: int) -> int | None:
+    """The signal for one worker still alive after the ``last`` one it was sent alone; None:
+    not now, look again on the next tick.
+
+    A worker the process manager stopped (``stopping == "idle"``) that is still idle a tick
+    after its SIGQUIT ignores that signal (an app that blocks it): SIGKILL, as PHP-FPM does
+    since bug #77023, or the pool would stay over size for ever. One serving a request (it
+    took one as the QUIT came, or goes on serving with QUIT blocked) is left to finish it.
+    Any other worker goes SIGQUIT, SIGTERM, then SIGKILL.
+    """
+    if stopping == "idle":
+        return signal.SIGKILL if stage == IDLE else None
+    return signal.SIGTERM if last == signal.SIGQUIT else signal.SIGKILL
 
 
 def record_fault(faults: tuple[float, ...], now: float, threshold: int,
@@ -204,6 +220,9 @@ class Master:
         self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
         self.access_fds: dict[str, int] = {}  # pool -> its access log, opened here for workers
         self.slowlog_fds: dict[str, int] = {}  # pool -> its slowlog, which the master writes
+        # Descriptor number -> a copy of what it was when pyfpm started (fpm.log.stream_fd),
+        # carried across reloads: pool logs on /dev/stderr and the like write there.
+        self.streams: dict[int, int] = dict(inherited.streams) if inherited is not None else {}
         self.output_fds: dict[int, stdio.Capture] = {}  # read ends of captured worker output
         self.signals: SignalQueue
         self.children: Children
@@ -248,10 +267,12 @@ class Master:
         fds: dict[str, list[int]] = {name: [] for name in self.pools}
         for listener in self.listeners:
             fds[listener.pool_name].append(listener.fd)
+        for fd in self.streams.values():
+            os.set_inheritable(fd, False)  # they crossed the exec of a reload
         for pool in self.pool_list:
             self.boards[pool.name] = Board(pool.name, _slots(pool))
             try:
-                files = poollogs.open_files(pool)
+                files = poollogs.open_files(pool, self.streams)
             except poollogs.Unopenable as e:
                 self.log.error(str(e))
                 self.log.error("FPM initialization failed")
@@ -259,6 +280,11 @@ class Master:
             for field, held in (("access_log", self.access_fds), ("slowlog", self.slowlog_fds)):
                 if field in files:
                     held[pool.name] = files[field]
+        used = set(self.access_fds.values()) | set(self.slowlog_fds.values())
+        for number, fd in list(self.streams.items()):
+            if fd not in used:  # the new configuration writes no log there
+                os.close(fd)
+                del self.streams[number]
         self.children = Children(self.log, self.signals, fds, self.allow_root)
         for pool in self.pool_list:
             if pool.catch_workers_output:
@@ -404,10 +430,13 @@ class Master:
                     self.output_fds[fd].readable(fd)
                 elif fd in self.ondemand_fds and self.state is State.NORMAL:
                     self._on_waiting_connection(self.pools[self.ondemand_fds[fd]])
-            for sig in self.signals.drain():
+            # A Ctrl-C reaches the workers and the master together, and the master's SIGINT
+            # may sit behind their SIGCHLD (the kernel stacks the second handler's frame on
+            # the first, so it runs first): reap after the batch's other signals, so that
+            # deaths by the stop signal are known as asked for, and replace the dead only
+            # after the whole batch.
+            for sig in sorted(self.signals.drain(), key=lambda sig: sig == signal.SIGCHLD):
                 getattr(self, handler_name(sig))()
-            # Replace the dead only after the whole batch: a Ctrl-C reaches the workers and
-            # the master together, and the master's SIGINT may sit behind their SIGCHLD.
             if self.reaped:
                 self._after_exits(self.reaped)
             self.reaped = []
@@ -510,7 +539,7 @@ class Master:
         if plan.stop is not None:
             child = self.children.by_pid[plan.stop]
             child.stopping = "idle"
-            self.children.kill(child, signal.SIGQUIT)
+            self._signal(child, signal.SIGQUIT, MAINTENANCE)
         if plan.spawn:
             # A static pool short of workers lost some: those are respawns.
             self._spawn(pool, plan.spawn, respawn=pool.pm == "static")
@@ -676,7 +705,10 @@ class Master:
         child = self.children.by_pid.get(pid)
         if child is None:
             return
-        sig = signal.SIGTERM if child.last_signal == signal.SIGQUIT else signal.SIGKILL
+        sig = escalation(child.last_signal, child.stopping, child.board.read(child.slot).stage)
+        if sig is None:
+            self.timers.set(("escalate", pid), time.monotonic() + MAINTENANCE)
+            return
         self.log.notice("[pool %s] child %d still alive, sending %s"
                         % (child.pool.name, pid, signal_name(sig)))
         self._signal(child, sig, 1.0)
@@ -743,7 +775,8 @@ class Master:
                         % (argv[0], ", ".join('"%s"' % a for a in argv)))
         error = reexec.execute(self.listeners + fresh,
                                list(self.boards.values()) + self.old_boards,
-                               list(self.children.by_pid.values()), self.orig_stderr)
+                               list(self.children.by_pid.values()), self.orig_stderr,
+                               self.streams)
         sockets.close_all(fresh)
         self.log.syserror("failed to reload: execvp() failed; still serving", error)
 
@@ -775,7 +808,8 @@ class Master:
 
     # --- states ---------------------------------------------------------------------------
 
-    def _switch(self, new: State) -> None:
+    def _switch(self, new: State, by: int) -> None:
+        """Enter ``new`` on the master's signal ``by``."""
         if new is self.state:
             return
         if not may_switch(self.state, new):
@@ -784,6 +818,7 @@ class Master:
             return
         self.state = new
         self.last_signal = None
+        self.children.stop_all(by)
         for name in self.pools:
             self.timers.cancel(("spawn", name))
         if self.notifier is not None:
@@ -805,15 +840,16 @@ class Master:
 
     # --- signal handlers (called from the loop, never from a signal context) --------------
 
-    def handle_term(self) -> None:
+    def handle_term(self, by: int = signal.SIGTERM) -> None:
         self.log.notice("Terminating ...")
-        self._switch(State.TERMINATING)
+        self._switch(State.TERMINATING, by)
 
-    handle_int = handle_term
+    def handle_int(self) -> None:
+        self.handle_term(signal.SIGINT)
 
     def handle_quit(self) -> None:
         self.log.notice("Finishing ...")
-        self._switch(State.FINISHING)
+        self._switch(State.FINISHING, signal.SIGQUIT)
 
     def handle_usr1(self) -> None:
         """Reopen the error log, the access logs and the slowlogs onto their fd numbers, then

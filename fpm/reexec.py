@@ -3,7 +3,8 @@
 What crosses the exec, in ``PYFPM_INHERIT`` (JSON): the listening sockets with the ``listen``
 address each was opened for, the scoreboards (memfds) and the workers still running, which
 stay this process's children, with the master's ends of their channels and captured output
-pipes (a worker finishing its request must not print into a pipe nobody reads). The new
+pipes (a worker finishing its request must not print into a pipe nobody reads), and the
+copies of the standard streams as they were at the first start (access logs on /dev/stderr). The new
 master gives each socket to the pool that lists its address, serves with new workers, and
 retires the inherited ones once their pool's new workers are ready. Nothing is closed in
 between, so no connection is refused or lost.
@@ -30,14 +31,16 @@ class Inherited:
     # (pid, pool name, board fd, slot, started on time.monotonic(), channel fd or -1,
     #  (stdout, stderr) read ends or None)
     children: tuple[tuple[int, str, int, int, float, int, tuple[int, int] | None], ...]
+    streams: tuple[tuple[int, int], ...] = ()  # (descriptor number, fd of its copy)
 
 
-def encode(listeners, boards, children) -> str:
+def encode(listeners, boards, children, streams=None) -> str:
     return json.dumps({
         "listeners": [[l.address.text, l.fd, l.owned] for l in listeners],
         "boards": [[b.fd, b.nslots, b.pool_name] for b in boards],
         "children": [[c.pid, c.pool.name, c.board.fd, c.slot, c.started, c.channel, c.output]
                      for c in children],
+        "streams": sorted((streams or {}).items()),
     })
 
 
@@ -49,7 +52,9 @@ def decode(text: str) -> Inherited:
                          tuple((int(fd), int(n), str(p)) for fd, n, p in data["boards"]),
                          tuple((int(pid), str(p), int(fd), int(s), float(t), int(ch),
                                 tuple(map(int, out)) if out else None)
-                               for pid, p, fd, s, t, ch, out in data["children"]))
+                               for pid, p, fd, s, t, ch, out in data["children"]),
+                         # A master from before streams were passed has none to give.
+                         tuple((int(n), int(fd)) for n, fd in data.get("streams", ())))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError("malformed %s: %s" % (ENV, e)) from None
 
@@ -83,15 +88,16 @@ def command() -> list[str]:
     return [sys.executable] + sys.orig_argv[1:]
 
 
-def execute(listeners, boards, children, stderr_fd: int | None) -> OSError:
+def execute(listeners, boards, children, stderr_fd: int | None, streams=None) -> OSError:
     """Replace this process with a new master that inherits the lot. Returns only on failure,
     with the error, everything restored."""
     fds = [l.fd for l in listeners] + [b.fd for b in boards]
     fds += [c.channel for c in children if c.channel >= 0]
     fds += [fd for c in children for fd in c.output or ()]
+    fds += list((streams or {}).values())
     for fd in fds:
         os.set_inheritable(fd, True)
-    os.environ[ENV] = encode(listeners, boards, children)
+    os.environ[ENV] = encode(listeners, boards, children, streams)
     # Signals that arrive during the exec wait, blocked, for the new master's handlers.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     saved_stderr = None

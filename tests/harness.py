@@ -111,12 +111,13 @@ class Server:
     The master runs as ``python -m fpm -F -O -R -y CONF`` (``flags`` replaces ``-F -O``;
     ``allow_root=False`` drops ``-R``, which the suite needs as root with pools that set no
     ``user``) in its own session, in ``cwd`` (default: ``tmp``); its stderr and stdout go to
-    ``.log_path``. ``command`` replaces ``python -m fpm`` (the ``pyfpm`` console script).
+    ``.log_path``, its stdout to ``stdout`` instead when given (a path). ``command`` replaces
+    ``python -m fpm`` (the ``pyfpm`` console script).
     """
 
     def __init__(self, config: str, tmp=None, *, flags=("-F", "-O"), args=(),
                  allow_root: bool = True, ready_timeout: float = 10.0, env=None, cwd=None,
-                 command=COMMAND, **values):
+                 command=COMMAND, stdout=None, **values):
         self._own_tmp = tmp is None
         self.tmp = Path(tempfile.mkdtemp(prefix="pyfpm-")) if tmp is None else Path(tmp)
         values = {"tmp": self.tmp, "sock": self.tmp / "fpm.sock", **values}
@@ -128,6 +129,7 @@ class Server:
         self.conf_path.write_text(self.config_text)
         self.log_path = self.tmp / "fpm-stderr.log"
         self.cwd = self.tmp if cwd is None else cwd
+        self.stdout_path = stdout
         self.argv = (list(command) + list(flags) + (["-R"] if allow_root else [])
                      + ["-y", str(self.conf_path)] + list(args))
         self.ready_timeout = ready_timeout
@@ -137,8 +139,10 @@ class Server:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self, wait_ready: bool = True) -> "Server":
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+        with open(self.log_path, "wb") as log, \
+                open(self.stdout_path or os.devnull, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=out if self.stdout_path else log,
                                          stderr=log, cwd=self.cwd, env=self.env,
                                          start_new_session=True)
         if wait_ready:

@@ -183,7 +183,8 @@ def test_quit_lets_an_in_flight_request_finish(server):
     assert response.status == 200 and response.body == b"x" * 100000
     text = server.log_text()
     assert "NOTICE: Finishing ...\n" in text
-    assert re.search(r"NOTICE: \[pool www\] child \d+ exited with code 0 after 1\.\d+ seconds", text)
+    # The exit the stop asked for is a DEBUG line (php bug68381), below the default level.
+    assert " exited " not in text, text
 
 
 def test_term_does_not_wait_for_requests(server):
@@ -196,7 +197,7 @@ def test_term_does_not_wait_for_requests(server):
     response = result["response"]
     assert response.status == 503, "TERM let the request finish"
     assert b"shutting down" in response.body
-    assert re.search(r"WARNING: \[pool www\] child \d+ exited on signal 15 \(SIGTERM\)", server.log_text())
+    assert " exited " not in server.log_text(), "an exit TERM asked for is a DEBUG line"
 
 
 def test_quit_escalates_after_process_control_timeout(tmp_path):

@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from fpm.children import Child, Exit, app_retry, describe_status, respawn_delay
+from fpm.children import Child, Exit, app_retry, describe_status, exit_level, respawn_delay
 
 
 def exited(code):
@@ -20,11 +20,11 @@ class Pool:
 
 
 @pytest.mark.parametrize("status, expected", [
-    (exited(0), ("notice", "with code 0")),
-    (exited(70), ("warning", "with code 70")),
-    (killed(signal.SIGQUIT), ("notice", "on signal 3 (SIGQUIT)")),
-    (killed(signal.SIGKILL), ("warning", "on signal 9 (SIGKILL)")),
-    (killed(signal.SIGSEGV, core=True), ("warning", "on signal 11 (SIGSEGV - core dumped)")),
+    (exited(0), "with code 0"),
+    (exited(70), "with code 70"),
+    (killed(signal.SIGQUIT), "on signal 3 (SIGQUIT)"),
+    (killed(signal.SIGKILL), "on signal 9 (SIGKILL)"),
+    (killed(signal.SIGSEGV, core=True), "on signal 11 (SIGSEGV - core dumped)"),
 ])
 def test_describe_status(status, expected):
     assert describe_status(status) == expected
@@ -34,6 +34,48 @@ def test_exit_line():
     gone = Exit(Child(1235, Pool(), 0.0), killed(signal.SIGKILL), 1.2345671)
     assert gone.describe() == (
         "warning", "[pool www] child 1235 exited on signal 9 (SIGKILL) after 1.234567 seconds from start")
+
+
+QUIT, TERM, INT, KILL = signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGKILL
+
+
+@pytest.mark.parametrize("status, stopping, asked, level", [
+    # Nobody asked: PHP-FPM's levels in its normal state.
+    (exited(0), None, set(), "notice"),           # pm.max_requests, pm.max_memory
+    (killed(QUIT), None, set(), "notice"),        # someone's kill -QUIT: graceful
+    (exited(70), None, set(), "warning"),
+    (killed(KILL), None, set(), "warning"),       # the OOM killer
+    (killed(TERM), None, {TERM}, "warning"),      # request_terminate_timeout, as PHP-FPM
+    # QUIT, TERM, INT of the master and a reload: what was asked is expected (bug68381).
+    (exited(0), "stop", {QUIT}, "debug"),
+    (killed(TERM), "stop", {TERM}, "debug"),
+    (killed(INT), "stop", {INT, TERM}, "debug"),  # Ctrl-C reached the group
+    (killed(KILL), "stop", {QUIT, TERM, KILL}, "debug"),  # process_control_timeout ran out
+    (exited(0), "reload", {QUIT}, "debug"),
+    (killed(TERM), "reload", {QUIT, TERM}, "debug"),
+    # ... but not a crash, nor a signal nobody sent.
+    (killed(signal.SIGSEGV), "stop", {QUIT}, "warning"),
+    (killed(KILL), "stop", {QUIT}, "warning"),
+    (exited(70), "reload", {QUIT}, "warning"),
+    # Idle stop: SIGQUIT obeyed is routine; the SIGKILL for ignoring it is not (bug77023).
+    (exited(0), "idle", {QUIT}, "debug"),
+    (killed(QUIT), "idle", {QUIT}, "debug"),
+    (killed(KILL), "idle", {QUIT, KILL}, "warning"),
+    (killed(signal.SIGSEGV), "idle", {QUIT}, "warning"),
+])
+def test_exit_level(status, stopping, asked, level):
+    assert exit_level(status, stopping, asked) == level
+
+
+def test_idle_stop_line_is_php_fpms():
+    child = Child(7, Pool(), 0.0, stopping="idle", asked={QUIT})
+    assert Exit(child, exited(0), 2.5).describe() == (
+        "debug", "[pool www] child 7 has been killed by the process management after "
+                 "2.500000 seconds from start")
+    child.asked.add(KILL)
+    assert Exit(child, killed(KILL), 3.5).describe() == (
+        "warning", "[pool www] child 7 exited on signal 9 (SIGKILL) after 3.500000 seconds "
+                   "from start")
 
 
 def test_app_load_failures_back_off_doubling_up_to_32_seconds():

@@ -235,3 +235,12 @@ def test_open_log_file_appends_creates_0600_and_closes_on_exec(tmp_path):
     fd = fpm_log.open_log_file(str(tmp_path / "new.log"))
     os.close(fd)
     assert stat.S_IMODE((tmp_path / "new.log").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("path, number", [
+    ("/dev/stderr", 2), ("/dev/stdout", 1), ("/proc/self/fd/2", 2), ("/proc/self/fd/1/", 1),
+    ("/dev/fd/7", 7), ("/dev/stdin/x", None), ("/proc/self/fd/two", None),
+    ("/proc/self/fd/", None), ("/var/log/pyfpm/access.log", None), ("/dev/null", None),
+])
+def test_stream_fd_knows_the_paths_of_the_processs_own_descriptors(path, number):
+    assert fpm_log.stream_fd(path) == number

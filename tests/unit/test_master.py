@@ -3,8 +3,8 @@ import signal
 
 import pytest
 
-from fpm.master import (State, Timers, heartbeat, may_switch, next_signal, record_fault,
-                        timed_out)
+from fpm.master import (State, Timers, escalation, heartbeat, may_switch, next_signal,
+                        record_fault, timed_out)
 from fpm.scoreboard import FINISHING, IDLE, READING, RUNNING, Slot
 
 
@@ -44,6 +44,22 @@ def test_finishing_without_timeout_waits_for_the_workers():
 def test_finishing_escalates_quit_term_kill():
     assert rounds(State.FINISHING, 10, 3) == [
         (signal.SIGQUIT, 10.0), (signal.SIGTERM, 1.0), (signal.SIGKILL, 1.0)]
+
+
+@pytest.mark.parametrize("stage, sig", [(IDLE, signal.SIGKILL), (READING, None),
+                                        (RUNNING, None), (FINISHING, None)])
+def test_an_idle_stop_is_killed_only_while_the_worker_is_still_idle(stage, sig):
+    """bug77023: a worker that ignored its idle SIGQUIT and sits idle gets SIGKILL; one
+    serving a request is left to finish it (looked at again next tick)."""
+    assert escalation(signal.SIGQUIT, "idle", stage) == sig
+    assert escalation(signal.SIGKILL, "idle", stage) == sig
+
+
+@pytest.mark.parametrize("stopping", [None, "reload", "stop"])
+def test_other_escalations_go_quit_term_kill(stopping):
+    assert escalation(signal.SIGQUIT, stopping, RUNNING) == signal.SIGTERM
+    assert escalation(signal.SIGTERM, stopping, IDLE) == signal.SIGKILL
+    assert escalation(signal.SIGKILL, stopping, RUNNING) == signal.SIGKILL
 
 
 def test_emergency_restart_needs_threshold_crashes_within_interval():
