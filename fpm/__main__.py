@@ -10,10 +10,17 @@ import sys
 
 
 def _drop_implicit_path() -> None:
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        # Started, or reloaded, in a directory since removed (a deploy pruned old
+        # releases): "/" is the working directory there is.
+        cwd = "/"
+        os.chdir(cwd)
     if sys.flags.safe_path or not sys.path:
         return
     first = sys.path[0]
-    implicit = {os.getcwd(), os.path.dirname(os.path.realpath(sys.argv[0] or "."))}
+    implicit = {cwd, os.path.dirname(os.path.realpath(sys.argv[0] or "."))}
     if first == "" or os.path.realpath(first) in {os.path.realpath(p) for p in implicit}:
         del sys.path[0]
 

@@ -294,19 +294,22 @@ cdef class Board:
                 h.max_children_reached, h.listen_queue, h.max_listen_queue, h.listen_queue_len)
 
     def app_error(self):
-        """(epoch µs, reason) of the pool's last failed app load; (0, "") if none."""
+        """(epoch µs, reason) of the pool's last failed app load; (0, "") if none. A writer
+        killed halfway leaves the sequence odd: after a bounded wait, what is there is read."""
         cdef BoardHeader *h = <BoardHeader *>self.mem
         cdef uint32_t seq
         cdef int64_t at
         cdef char copy[512]
-        while True:
+        cdef int tries
+        for tries in range(100000):
             seq = h.app_seq
             fpm_barrier()
             at = h.app_error_epoch_us
             memcpy(copy, h.app_error, 512)
             fpm_barrier()
             if not seq & 1 and seq == h.app_seq:
-                return at, _cstr(copy, 512)
+                break
+        return at, _cstr(copy, 512)
 
     def mark_app_failed(self, int index, int64_t epoch_us, str reason):
         """A worker's: its slot answers 503 because the app could not be loaded, and why."""

@@ -40,7 +40,11 @@ def preload(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = 
             virtualenv: str | None = None) -> Preloaded:
     """load() in the master, which keeps its sys.path, working directory and modules (but
     the standard library's it imported) as they were, for the next pool and its workers."""
-    path, known, cwd = list(sys.path), set(sys.modules), os.getcwd()
+    path, known = list(sys.path), set(sys.modules)
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        cwd = None  # started in a directory since removed: there is nowhere to go back to
     try:
         app = load(spec, chdir, python_path, virtualenv)
         own = {name: module for name, module in sys.modules.items()
@@ -50,7 +54,8 @@ def preload(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = 
         sys.path[:] = path
         for name in [n for n, m in sys.modules.items() if n not in known and not _standard(m)]:
             del sys.modules[name]
-        os.chdir(cwd)
+        if cwd is not None:
+            os.chdir(cwd)
 
 
 def _standard(module) -> bool:
@@ -67,7 +72,7 @@ def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
     module_name, _, attr = spec.partition(":")
     try:
         obj = importlib.import_module(module_name)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit("DATABASE_URL is not set") too
         hint = ""
         if isinstance(e, ModuleNotFoundError) and e.name == module_name.partition(".")[0]:
             hint = ("; it is looked for in the standard library, site-packages, python_path "

@@ -23,17 +23,18 @@ FORK_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 EX_SOFTWARE = 70  # a worker that could not start (its user, chroot or chdir) exits with it
 
 # A pool whose app cannot be loaded is tried again by a new worker after 1 s, 2 s, 4 s ...
-# (doubling with each consecutive failure, at most MAX_BACKOFF). Meanwhile the worker that
+# (doubling with each failed try, at most 2 ** MAX_TRIES s). Meanwhile the worker that
 # failed answers every request 503 (os.EX_UNAVAILABLE when its time is up), unless the
 # previous configuration's workers still serve the pool (a reload): then it exits at once
-# and the pool waits. A worker that could not start at all (EX_SOFTWARE before it was
-# ready) holds the pool back the same way. Every other exit is replaced at once.
-MAX_BACKOFF = 32.0
+# and the pool waits. A worker that ends before it was ready to serve (it could not start,
+# or its import killed it) holds the pool back the same way. Workers of one try that fail
+# together count as one failed try. Every other exit is replaced at once.
+MAX_TRIES = 5
 
 
-def app_retry(failures: int) -> float:
-    """Seconds between tries to load a pool's app after ``failures`` consecutive failures."""
-    return min(2.0 ** failures, MAX_BACKOFF)
+def app_retry(tries: int) -> float:
+    """Seconds before a pool whose app failed to load ``tries`` times in a row tries again."""
+    return 2.0 ** min(tries, MAX_TRIES)
 
 
 @dataclass
@@ -43,7 +44,8 @@ class Child:
     started: float  # time.monotonic() at fork
     board: object = None  # its pool's scoreboard.Board (of its generation)
     slot: int = -1
-    # Why the master asked it to go ("idle", "reload", "stop"); None while it serves.
+    # Why the master asked it to go ("idle", "reload", "stop", "recovered": it answered 503
+    # and its pool's app loads again); None while it serves.
     # A stopping worker is not replaced and no longer counts for its process manager.
     stopping: str | None = None
     last_signal: int | None = None  # the last signal the master sent it alone
@@ -54,6 +56,7 @@ class Child:
     slow_logged: int = 0  # `accepted` of the request it was traced into the slowlog for
     channel: int = -1  # the master's end of its fpm.channel socket pair
     output: tuple[int, int] | None = None  # read ends of its stdout and stderr (catch_workers_output)
+    tries: int = 0  # its pool's failed tries to load the app when it was forked (app_retry)
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,9 @@ class Seat:
     """What a new worker needs besides its pool: its scoreboard slot, its own request limit
     (pm.max_requests plus its share of jitter), the app when the master preloaded it, its end
     of the channel to the master (fpm.channel; -1 for none), for a pm.status_listen pool the
-    (pool, scoreboard) whose status it shows, its pool's access log (-1 for none), and how
-    long to answer 503 if it cannot load the app (see app_retry)."""
+    (pool, scoreboard) whose status it shows, its pool's access log (-1 for none), its pool's
+    failed tries to load the app so far, and how long to answer 503 if it cannot load it
+    either (see app_retry)."""
 
     board: object
     slot: int
@@ -71,6 +75,7 @@ class Seat:
     channel: int = -1
     shows: tuple | None = None
     access_fd: int = -1
+    tries: int = 0  # the pool's failed tries to load the app so far
     retry_after: float = 0.0  # seconds to answer 503 if the app cannot be loaded (0: exit)
 
 
@@ -80,6 +85,7 @@ class Exit:
     status: int  # the raw wait status
     lifetime: float  # seconds from fork to reap
     ready: bool = True  # it had left STARTING: its app loaded (or failed and it answered 503)
+    app_failed: bool = False  # it could not load the app and answered 503
 
     def describe(self) -> tuple[str, str]:
         """(level, log line) in PHP-FPM's words."""
@@ -132,13 +138,16 @@ def exit_level(status: int, stopping: str | None, asked) -> str:
     return "warning"
 
 
-def respawn_delay(status: int, lifetime: float, ready: bool, failures: int) -> tuple[float, int]:
-    """(seconds to wait before the pool spawns again, new consecutive-failure count)."""
-    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-    if code == os.EX_UNAVAILABLE or (code == EX_SOFTWARE and not ready):
-        # What is left of the pause after this failure: a worker that answered 503 for
-        # its whole app_retry() has waited it out already.
-        return max(0.0, app_retry(failures) - lifetime), failures + 1
+def respawn_delay(gone: Exit, failures: int) -> tuple[float, int]:
+    """(seconds to wait before the pool spawns again, its new count of failed tries)."""
+    child = gone.child
+    failed = min(max(failures, child.tries + 1), MAX_TRIES)
+    if gone.app_failed:
+        return 0.0, failed  # it answered 503 for its while: the next try is due
+    code = os.WEXITSTATUS(gone.status) if os.WIFEXITED(gone.status) else None
+    if code == os.EX_UNAVAILABLE or not gone.ready:
+        # It never served: what is left of its try's pause.
+        return max(0.0, app_retry(child.tries) - gone.lifetime), failed
     return 0.0, 0
 
 
@@ -191,7 +200,7 @@ class Children:
         if capture is not None:
             capture.attach(pid, output)
         child = Child(pid, pool, time.monotonic(), seat.board, seat.slot, channel=channel,
-                      output=output)
+                      output=output, tries=seat.tries)
         self.by_pid[pid] = child
         self.log.log("notice" if respawn else "debug", "[pool %s] child %d started" % (pool.name, pid))
         return child
@@ -250,15 +259,16 @@ class Children:
         if child is None:
             self.log.warning("unknown child (%d) exited %s" % (pid, describe_status(status)))
             return None
-        ready = True
+        ready, app_failed = True, False
         if child.board is not None:
-            ready = child.board.read(child.slot).stage != STARTING
+            last = child.board.read(child.slot)
+            ready, app_failed = last.stage != STARTING, last.app_failed
             child.board.release(child.slot)
         if child.channel >= 0:
             os.close(child.channel)
         if child.pool.name in self.captures:
             self.captures[child.pool.name].drop(pid)
-        gone = Exit(child, status, time.monotonic() - child.started, ready)
+        gone = Exit(child, status, time.monotonic() - child.started, ready, app_failed)
         self.log.log(*gone.describe())
         return gone
 

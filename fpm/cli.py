@@ -129,7 +129,13 @@ def _load(args) -> fpm_config.Config:
     if args.fpm_config is None:
         text = resources.files("fpm").joinpath("default.conf").read_text(encoding="utf-8")
         return fpm_config.loads(text, EMBEDDED, prefix=args.prefix)
-    return fpm_config.load(os.path.abspath(args.fpm_config), args.prefix)
+    try:
+        path = os.path.abspath(args.fpm_config)
+    except FileNotFoundError:
+        raise fpm_config.ConfigError(
+            ["the configuration file '%s' is relative to a working directory that was removed; "
+             "name it with an absolute path" % args.fpm_config]) from None
+    return fpm_config.load(path, args.prefix)
 
 
 def _reload(args, allow_root: bool) -> fpm_config.Config:

@@ -35,7 +35,7 @@ import time
 
 from fpm import config as fpm_config
 from fpm import channel, pages, pm, poollogs, reexec, sockdiag, sockets, systemd, trace
-from fpm.children import Child, Children, Seat, app_retry, respawn_delay
+from fpm.children import Child, Children, Seat, app_retry, describe_status, respawn_delay
 from fpm import stdio
 from fpm.log import Logger, strerror
 from fpm.proctitle import set_process_title
@@ -336,9 +336,18 @@ class Master:
         """The previous master's workers: ours to reap, retired once the new ones serve."""
         boards = {}
         for fd, nslots, pool_name in inherited.boards:
-            boards[fd] = Board(pool_name, nslots, fd)
             os.set_inheritable(fd, False)
-            self.children.close_in_child.add(fd)
+            try:
+                boards[fd] = Board(pool_name, nslots, fd)
+            except ValueError:
+                # A master of another pyfpm version (an upgrade): its workers are adopted,
+                # retired and reaped as usual, but their state is not shown.
+                self.log.warning("[pool %s] the previous master's scoreboard has another "
+                                 "layout; its workers are not shown until they are retired"
+                                 % pool_name)
+                os.close(fd)
+                boards[fd] = Board(pool_name, nslots)
+            self.children.close_in_child.add(boards[fd].fd)
         self.old_boards = list(boards.values())
         for pid, pool_name, board_fd, slot, started, ours, output in inherited.children:
             pool = self.pools.get(pool_name) or fpm_config.PoolConfig(name=pool_name, listen=())
@@ -430,12 +439,7 @@ class Master:
                     self.output_fds[fd].readable(fd)
                 elif fd in self.ondemand_fds and self.state is State.NORMAL:
                     self._on_waiting_connection(self.pools[self.ondemand_fds[fd]])
-            # A Ctrl-C reaches the workers and the master together, and the master's SIGINT
-            # may sit behind their SIGCHLD (the kernel stacks the second handler's frame on
-            # the first, so it runs first): reap after the batch's other signals, so that
-            # deaths by the stop signal are known as asked for, and replace the dead only
-            # after the whole batch.
-            for sig in sorted(self.signals.drain(), key=lambda sig: sig == signal.SIGCHLD):
+            for sig in sorted(self.signals.drain(), key=_signal_order):
                 getattr(self, handler_name(sig))()
             if self.reaped:
                 self._after_exits(self.reaped)
@@ -480,12 +484,15 @@ class Master:
             jitter = random.randint(0, pool.pm_max_requests_jitter) if pool.pm_max_requests else 0
             ours, theirs = channel.pair() if self._needs_channel(pool) else (-1, -1)
             shown = self.shows.get(pool.name)
-            # While the previous configuration's workers serve the pool, one that cannot
-            # load the app leaves the requests to them instead of answering 503.
-            retry = 0.0 if pool.name in self.handover else app_retry(self.failures.get(pool.name, 0))
+            tries = self.failures.get(pool.name, 0)
+            # While the previous configuration's workers serve the pool, one that cannot load
+            # the app leaves the requests to them instead of answering 503. Otherwise it
+            # answers 503 for a while, spread so that a pool's workers do not all try again
+            # (and leave it without a worker) at once.
+            retry = 0.0 if self._old_serving(pool.name) else app_retry(tries) * random.uniform(0.75, 1.0)
             seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name),
                         theirs, None if shown is None else (self.pools[shown], self.boards[shown]),
-                        self.access_fds.get(pool.name, -1), retry)
+                        self.access_fds.get(pool.name, -1), tries, retry)
             try:
                 child = self.children.spawn(pool, seat, respawn, ours)
             except OSError as e:
@@ -565,9 +572,16 @@ class Master:
                                       queued, capacity)
 
     def _maintain_pool(self, pool) -> None:
-        slots = self._slots(pool.name)
+        serving = self.children.serving(pool.name)
+        slots = [c.board.read(c.slot) for c in serving]
         if any(s.stage != STARTING and not s.app_failed for s in slots):
-            self.failures[pool.name] = 0  # its app loads (again)
+            # Its app loads (again): the workers still answering 503 make way for new ones.
+            self.failures[pool.name] = 0
+            for child, slot in zip(serving, slots):
+                if slot.app_failed:
+                    child.stopping = "recovered"
+                    self._signal(child, signal.SIGQUIT, 1.0)
+            slots = [s for s in slots if not s.app_failed]
         self._apply(pool, pm.maintain(pool, slots, self.pm_states[pool.name], now_us()))
 
     def _on_waiting_connection(self, pool) -> None:
@@ -609,19 +623,26 @@ class Master:
         self._close_spent_boards()
         if self.state is not State.NORMAL:
             return
+        for gone in exits:
+            name = gone.child.pool.name
+            if gone.child.stopping == "reload" and name in self.pools and not self._old_serving(name):
+                # The previous configuration's last worker of the pool is gone: the new ones
+                # serve now, with a 503 if they cannot load the app, without a pause.
+                self.timers.cancel(("spawn", name))
+                self._maintain_pool(self.pools[name])
         if self.handover:
             self._hand_over()
         replace = [g for g in exits if g.child.stopping is None and g.child.pool.name in self.pools]
         for gone in replace:
             pool = self.pools[gone.child.pool.name]
-            delay, self.failures[pool.name] = respawn_delay(
-                gone.status, gone.lifetime, gone.ready, self.failures.get(pool.name, 0))
+            delay, self.failures[pool.name] = respawn_delay(gone, self.failures.get(pool.name, 0))
             if delay:
-                why = ("could not load the app" if os.WEXITSTATUS(gone.status) == os.EX_UNAVAILABLE
-                       else "could not start")
-                self.log.warning("[pool %s] child %d %s (exit code %d %.6f seconds after "
-                                 "start); next spawn in %.3g seconds"
-                                 % (pool.name, gone.child.pid, why, os.WEXITSTATUS(gone.status),
+                code = os.WEXITSTATUS(gone.status) if os.WIFEXITED(gone.status) else None
+                why = ("could not load the app" if code == os.EX_UNAVAILABLE
+                       else "ended before it was ready to serve")
+                self.log.warning("[pool %s] child %d %s (exited %s %.6f seconds after start); "
+                                 "next spawn in %.3g seconds"
+                                 % (pool.name, gone.child.pid, why, describe_status(gone.status),
                                     gone.lifetime, delay))
                 self.timers.set(("spawn", pool.name), now + delay)
         for gone in replace:
@@ -715,18 +736,22 @@ class Master:
 
     # --- reload ------------------------------------------------------------------------------
 
+    def _old_serving(self, pool_name: str) -> list[Child]:
+        """The previous configuration's workers that still serve the pool (a reload)."""
+        return [c for c in self.children.by_pid.values()
+                if c.pool.name == pool_name and c.stopping == "reload" and c.last_signal is None]
+
     def _hand_over(self) -> None:
         """Retire the inherited workers of each pool whose new workers are all ready."""
         self.timers.cancel(("handover",))
         for name in sorted(self.handover):
             pool = self.pools.get(name)
-            if pool is not None:
+            old = self._old_serving(name)
+            if pool is not None and old:
                 fresh = self._slots(name)
                 if len(fresh) < pm.initial(pool) or any(s.stage == STARTING or s.app_failed
                                                         for s in fresh):
                     continue
-            old = [c for c in self.children.by_pid.values()
-                   if c.pool.name == name and c.stopping == "reload" and c.last_signal is None]
             if old:
                 self.log.notice("[pool %s] %d child(ren) of the previous configuration finish "
                                 "their requests and exit" % (name, len(old)))
@@ -756,6 +781,10 @@ class Master:
             self.log.error("reload failed: the new configuration is invalid; still serving "
                            "with the current one")
             return
+        except Exception:  # whatever reading it met (a working directory since removed...)
+            self.log.exception("reload failed: the new configuration could not be read; still "
+                               "serving with the current one")
+            return
         current = {l.address.text for l in self.listeners}
         fresh: list[sockets.Listener] = []
         try:
@@ -773,10 +802,17 @@ class Master:
         argv = reexec.command()
         self.log.notice("reloading: execvp(\"%s\", {%s})"
                         % (argv[0], ", ".join('"%s"' % a for a in argv)))
+        # A signal that came while the reload was prepared is a byte in this master's pipe,
+        # which the exec closes: raised again, blocked, it waits for the new master (or for
+        # this one, if the exec fails). SIGCHLD need not: the new master reaps what it adopts.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        for sig in set(self.signals.drain()) - {signal.SIGCHLD}:
+            os.kill(os.getpid(), sig)
         error = reexec.execute(self.listeners + fresh,
                                list(self.boards.values()) + self.old_boards,
                                list(self.children.by_pid.values()), self.orig_stderr,
                                self.streams)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         sockets.close_all(fresh)
         self.log.syserror("failed to reload: execvp() failed; still serving", error)
 
@@ -892,6 +928,21 @@ class Master:
         self.reaped += self.children.reap()
         if not self.children:
             self.timers.cancel(("pctl",))
+
+
+_STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def _signal_order(sig: int) -> int:
+    """The order a batch of signals is handled in: stops first, SIGCHLD last.
+
+    A stop must not wait behind a reload (USR2) of the same batch: the reload's exec would
+    take the stop's byte with the old signal pipe, and the new master would never stop
+    (a reload storm, then TERM). And a Ctrl-C reaches the workers and the master together,
+    and the master's SIGINT may sit behind their SIGCHLD (the kernel stacks the second
+    handler's frame on the first, so it runs first): reaping after the batch's other signals
+    knows deaths by the stop signal as asked for, and replaces the dead only after it."""
+    return 0 if sig in _STOPS else 2 if sig == signal.SIGCHLD else 1
 
 
 class _Poll:

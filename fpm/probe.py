@@ -8,6 +8,7 @@ import os
 import pwd
 import select
 import signal
+import struct
 import sys
 import time
 from typing import Callable
@@ -15,8 +16,8 @@ from typing import Callable
 from fpm import apps, unix
 from fpm.log import strerror
 
-IMPORT_TIMEOUT = 30.0  # seconds -t waits for one pool's app to import
-READ_TIMEOUT = 5.0  # seconds the readability check may take (a hung NFS mount)
+IMPORT_TIMEOUT = 30.0  # seconds -t waits for the pools' apps to import, all at once
+READ_TIMEOUT = 5.0  # seconds the readability checks may take (a hung NFS mount)
 
 
 class _Quiet:
@@ -91,11 +92,32 @@ class CannotBecome(Exception):
     """The probe could not become a worker of the pool, or its check failed to run."""
 
 
+# How long a probe that has answered, or was killed, may take to be reaped before the master
+# leaves it to its own reaper (a process stuck in the kernel, on a dead NFS mount).
+REAP_WAIT = 0.5
+
+
+def run_all(jobs: list[tuple], allow_root: bool, timeout: float) -> list:
+    """Run each ``(pool, check, become)`` job in a child of its own, all at once; for each,
+    in order, ``check()``'s answer (None: all is well) or the CannotBecome that says why the
+    child could not get that far. With ``become``, the child is one of ``pool``'s workers but
+    for serving (unix.apply: user, chroot, chdir, environment). At most ``timeout`` seconds
+    in all: a child that has not answered by then is killed."""
+    started = [_start(pool, check, become, allow_root) for pool, check, become in jobs]
+    deadline = time.monotonic() + timeout
+    return [_collect(pid, fd, deadline, timeout) for pid, fd in started]
+
+
 def run_as(pool, allow_root: bool, check: Callable[[], str | None], *, become: bool = True,
            timeout: float) -> str | None:
-    """``check()`` in a child that is, with ``become``, one of ``pool``'s workers but for
-    serving (unix.apply: user, chroot, chdir, environment): its answer (None: all is well).
-    Raises CannotBecome with the reason when the child cannot get that far."""
+    """One job of run_all: its answer, or raises its CannotBecome."""
+    answer = run_all([(pool, check, become)], allow_root, timeout)[0]
+    if isinstance(answer, CannotBecome):
+        raise answer
+    return answer
+
+
+def _start(pool, check, become: bool, allow_root: bool) -> tuple[int, int]:
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's side, seen through its answer
@@ -119,35 +141,53 @@ def run_as(pool, allow_root: bool, check: Callable[[], str | None], *, become: b
             answer = b"!" + ("%s: %s" % (type(e).__name__, e)).encode("utf-8", "backslashreplace")
         finally:
             try:
-                os.write(write_fd, answer)
+                # Its length first: a process the check started may hold the pipe open
+                # after this one is gone, so the end of the answer is not the pipe's end.
+                os.write(write_fd, struct.pack("!I", len(answer)) + answer)
             finally:
                 os._exit(0)
     os.close(write_fd)
+    return pid, read_fd
+
+
+def _collect(pid: int, read_fd: int, deadline: float, timeout: float):
     try:
-        answer = _answer(pid, read_fd, timeout)
+        answer = _read_answer(read_fd, deadline)
     finally:
         os.close(read_fd)
+    if answer is None:
+        os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    if answer is None:
+        return CannotBecome("gave no answer within %g seconds" % timeout)
     if answer[:1] != "=":
-        raise CannotBecome(answer[1:])
+        return CannotBecome(answer[1:] or "ended without an answer")
     return answer[1:] or None
 
 
-def _answer(pid: int, read_fd: int, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    chunks = []
-    while True:
+def _read_answer(read_fd: int, deadline: float) -> str | None:
+    """The length-prefixed answer; "" if the child ended without one, None at the deadline."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return "!gave no answer within %g seconds" % timeout
+            return None
         chunk = os.read(read_fd, 65536)
         if not chunk:
-            break
-        chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
-    answer = b"".join(chunks).decode("utf-8", "replace")
-    return answer or "!ended without an answer (wait status %d)" % status
+            return ""
+        data += chunk
+    return data[4:4 + struct.unpack("!I", data[:4])[0]].decode("utf-8", "replace")
+
+
+def _reap(pid: int) -> None:
+    end = time.monotonic() + REAP_WAIT
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] or time.monotonic() > end:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.002)
 
 
 def check_pools(config, allow_root: bool) -> tuple[list[str], list[str]]:
@@ -155,13 +195,11 @@ def check_pools(config, allow_root: bool) -> tuple[list[str], list[str]]:
     its user (or enter its chroot) cannot start; one whose user cannot read where its modules
     come from gets a warning naming each such place."""
     errors, warnings = [], []
-    for pool in config.pools:
-        dirs = import_dirs(pool)
-        try:
-            found = run_as(pool, allow_root, lambda: "\n".join(unreadable(dirs)),
-                           timeout=READ_TIMEOUT)
-        except CannotBecome as e:
-            errors.append("[pool %s] a worker cannot start: %s" % (pool.name, e))
+    jobs = [(pool, lambda dirs=import_dirs(pool): "\n".join(unreadable(dirs)), True)
+            for pool in config.pools]
+    for pool, found in zip(config.pools, run_all(jobs, allow_root, READ_TIMEOUT)):
+        if isinstance(found, CannotBecome):
+            errors.append("[pool %s] a worker cannot start: %s" % (pool.name, found))
             continue
         warnings += ["[pool %s] %s; the workers cannot import what the master has not "
                      "imported" % (pool.name, text) for text in (found or "").splitlines()]
@@ -172,28 +210,20 @@ def check_apps(config, allow_root: bool) -> list[str]:
     """-t's import of each pool's app, in a throw-away child as its workers would (a
     preloaded app as the master would: before it becomes the pool's user); one problem
     per pool that cannot import its app."""
-    problems = []
-    for pool in config.pools:
-        if pool.app is None:
-            continue
-        dirs = import_dirs(pool)
+    pools = [pool for pool in config.pools if pool.app is not None]
 
-        def load(pool=pool):
-            try:
-                apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv)
-            except apps.AppLoadError as e:
-                return explain(e, dirs)
-            return None
-
+    def load(pool, dirs):
         try:
-            problem = run_as(pool, allow_root, load, become=not pool.preload,
-                             timeout=IMPORT_TIMEOUT)
-        except CannotBecome as e:
-            problem = str(e)
-        if problem is not None:
-            problems.append("[pool %s] app '%s' cannot be loaded: %s"
-                            % (pool.name, pool.app, problem))
-    return problems
+            apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv)
+        except apps.AppLoadError as e:
+            return explain(e, dirs)
+        return None
+
+    jobs = [(pool, lambda pool=pool, dirs=import_dirs(pool): load(pool, dirs), not pool.preload)
+            for pool in pools]
+    return ["[pool %s] app '%s' cannot be loaded: %s" % (pool.name, pool.app, problem)
+            for pool, problem in zip(pools, run_all(jobs, allow_root, IMPORT_TIMEOUT))
+            if problem is not None]
 
 
 def explain(error: apps.AppLoadError, dirs: list[tuple[str, str]]) -> str:

@@ -80,7 +80,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
             seat.board.mem.mark_app_failed(seat.slot, time.time_ns() // 1000, reason)
             app = pages.unavailable(seat.retry_after)
             special = pages.special_paths(pool, seat.board, unavailable=app)
-            log_line("warning", "answering 503 for %g seconds, then a new worker tries to load "
+            log_line("warning", "answering 503 for %.2g seconds, then a new worker tries to load "
                                 "the app again" % seat.retry_after)
             retry = _stop_after(seat.retry_after)
     # Without a start param, a request's queue wait starts at the kernel's receive time of
@@ -99,8 +99,11 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         listen_fds, app, base_environ(pool), pool.mount, pool.fastcgi_params_max,
         max_conns=pool.pm_max_children * _proto.MAX_HELD, max_reqs=pool.pm_max_children,
         read_timeout=pool.request_read_timeout, log=log_line,
-        board=seat.board.mem, slot=seat.slot, max_requests=seat.max_requests,
-        max_memory=pool.pm_max_memory, special=special, access=access,
+        board=seat.board.mem, slot=seat.slot,
+        # Answering 503 ends with its while, not with a count or a size: each new worker
+        # tries to import the app again, which the pause between tries is there to limit.
+        max_requests=seat.max_requests if retry is None else 0,
+        max_memory=pool.pm_max_memory if retry is None else 0, special=special, access=access,
         on_reopen=take_new_files if seat.channel >= 0 else None,
         body_buffer=pool.request_body_buffer_size, body_max=pool.request_body_max_size,
         spool_dir=pool.request_body_temp_path,

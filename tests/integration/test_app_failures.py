@@ -4,6 +4,7 @@ show the pool failing, the next try picks up a fixed app, a preload that fails t
 other pool down, and `-t` says which pools' apps cannot be imported (failing with
 --strict-app) and which paths their users cannot read."""
 import json
+import signal
 import os
 import re
 import shutil
@@ -55,7 +56,7 @@ def test_requests_are_answered_503_at_once_and_the_log_says_why(tmp_path, nginx)
     server = broken(tmp_path).start()
     try:
         server.wait_log(FAILED)
-        server.wait_log(r"child \d+: answering 503 for 1 seconds")
+        server.wait_log(r"child \d+: answering 503 for [\d.]+ seconds")
         # The traceback: where in the app's code the import failed.
         assert re.search(r'File "%s", line 2, in <module>' % re.escape(str(tmp_path / "broken_app.py")),
                          server.log_text())
@@ -88,7 +89,7 @@ def test_the_status_page_and_pyfpm_status_show_the_pool_failing(tmp_path):
 def test_the_next_try_picks_up_the_fixed_app(tmp_path):
     server = broken(tmp_path).start()
     try:
-        server.wait_log(r"answering 503 for 1 seconds")
+        server.wait_log(r"answering 503 for [\d.]+ seconds")
         (tmp_path / "broken_app.py").write_text(FIXED)
         deadline = time.monotonic() + 10
         while (answer := server.request("/")).status != 200:
@@ -225,5 +226,91 @@ def test_a_chdir_the_user_cannot_read_is_named_by_t_and_the_start(site, tmp_path
         assert warning in server.log_text()
         server.wait_log(r"ERROR: \[pool www\] child \d+: cannot enter chdir ")
         assert server.request("/").status == 503
+    finally:
+        server.stop()
+
+
+# --- what the review found: the pool never left without an answer ------------------------
+
+def test_after_a_reload_to_a_broken_app_the_pool_answers_503_once_the_old_workers_are_gone(
+        tmp_path):
+    """The previous configuration's workers serve while the new ones cannot load the app;
+    when they have all left (here by pm.max_requests), the new ones answer 503 at once
+    instead of leaving the requests to hang."""
+    (tmp_path / "broken_app.py").write_text(FIXED)
+    server = harness.Server(CONFIG, tmp_path, extra="pm.max_requests = 3").start()
+    try:
+        server.wait_idle(2)
+        (tmp_path / "broken_app.py").write_text(BROKEN)
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"NOTICE: ready to handle connections$", since=mark)
+        seen = []
+        for _ in range(12):  # the 2 old workers serve 6 at most, then leave
+            seen.append(client.request(server.address, "/", timeout=5).status)
+        assert set(seen) == {200, 503} and seen[-1] == 503, seen
+    finally:
+        server.stop()
+
+
+def test_a_worker_answering_503_ignores_pm_max_requests(tmp_path):
+    """A count of 503s must not end it: each new worker imports the app again."""
+    server = broken(tmp_path, "pm.max_requests = 2").start()
+    try:
+        server.wait_log(r"answering 503 for")
+        for _ in range(30):
+            assert server.request("/").status == 503
+        assert server.log_text().count("answering 503 for") <= 4, server.log_text()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("source, said", [
+    ("import sys\nsys.exit('DATABASE_URL is not set')\n", "SystemExit: DATABASE_URL is not set"),
+    ("raise SystemExit(1)\n", "SystemExit: 1"),
+])
+def test_an_app_that_exits_while_it_is_imported_is_answered_503(tmp_path, source, said):
+    (tmp_path / "broken_app.py").write_text(source)
+    server = harness.Server(CONFIG, tmp_path, extra="").start()
+    try:
+        server.wait_log(r"ERROR: \[pool www\] child \d+: cannot import module 'broken_app' for "
+                        r"app 'broken_app:app': %s$" % re.escape(said))
+        server.wait_log(r"answering 503 for")
+        assert server.request("/").status == 503
+    finally:
+        server.stop()
+
+
+def test_an_import_that_kills_the_worker_holds_the_pool_back(tmp_path):
+    (tmp_path / "broken_app.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    server = harness.Server(CONFIG, tmp_path, extra="").start()
+    try:
+        server.wait_log(r"child \d+ ended before it was ready to serve \(exited on signal 11 "
+                        r"\(SIGSEGV[^)]*\) [\d.]+ seconds after start\); next spawn in [\d.]+ "
+                        r"seconds$")
+        time.sleep(1.5)
+        assert server.log_text().count("ended before it was ready") <= 4, server.log_text()
+    finally:
+        server.stop()
+
+
+def test_once_the_app_loads_again_the_workers_still_answering_503_make_way(tmp_path):
+    server = broken(tmp_path).start()
+    try:
+        # Two workers at their third try: each answers 503 for 3 to 4 s.
+        deadline = time.monotonic() + 15
+        while len(re.findall(r"child (\d+): answering 503 for [34](\.\d+)? seconds",
+                             server.log_text())) < 2:
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
+        failing = server.children()
+        (tmp_path / "broken_app.py").write_text(FIXED)
+        os.kill(failing[0], signal.SIGKILL)  # its replacement loads the fixed app
+        started = time.monotonic()
+        while harness.alive(failing[1]):
+            assert time.monotonic() - started < 2.5, "the other one kept answering 503"
+            time.sleep(0.02)
+        assert server.request("/").body == b"fixed"
+        assert status(server.address)["app status"] == "ok"
     finally:
         server.stop()

@@ -56,6 +56,7 @@ class InitScript:
         command.chmod(0o755)
         self.env = dict(harness.fpm_env(), PYFPM=str(command), PYFPM_CONF=str(self.conf),
                         PYFPM_PID=str(self.pid_file), PYFPM_OPTS=" ".join(root_opts()),
+                        PYFPM_RUNDIR=str(tmp / "run"),
                         PYFPM_DEFAULTS=str(tmp / "no-such-defaults"))
 
     def run(self, action: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -109,6 +110,17 @@ def wait_gone(pid: int, timeout: float = 5.0) -> None:
     while harness.alive(pid):
         assert time.monotonic() < deadline, "pid %d still alive" % pid
         time.sleep(0.01)
+
+
+def test_start_makes_the_runtime_directory_for_unix_sockets(tmp_path):
+    """/run is empty after a boot; pyfpm refuses a socket whose directory is missing."""
+    script = InitScript(tmp_path, listen=tmp_path / "run" / "www.sock")
+    try:
+        assert_ok(script.run("start"), "done")
+        assert request(str(tmp_path / "run" / "www.sock"), "/").status == 200
+        assert_ok(script.run("stop"), "done")
+    finally:
+        script.kill()
 
 
 def test_start_status_serve_stop(init):

@@ -246,12 +246,11 @@ def test_sigkill_of_the_master_leaves_no_worker(server):
 
 def test_app_that_cannot_load_is_not_respawned_in_a_loop(tmp_path):
     with make_server(tmp_path, app="no_such_module:app", children=1) as server:
-        server.wait_log(r"WARNING: \[pool www\] child \d+: answering 503 for 1 seconds, then a "
-                        r"new worker tries to load the app again$")
-        server.wait_log(r"answering 503 for 2 seconds", timeout=5)
-        time.sleep(0.5)
-        # One respawn (a NOTICE; the first start is DEBUG), after the first worker's second.
-        assert server.log_text().count(" started\n") == 1, "respawned before the back-off"
+        server.wait_log(r"WARNING: \[pool www\] child \d+: answering 503 for [\d.]+ seconds, then "
+                        r"a new worker tries to load the app again$")
+        time.sleep(2.5)
+        # Its 503s for 0.75-1 s, the next worker's for 1.5-2 s: 2 or 3 tries, never a loop.
+        assert 2 <= server.log_text().count("answering 503 for") <= 3, server.log_text()
         assert "no_such_module" in server.log_text()
 
 

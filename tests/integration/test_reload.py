@@ -3,6 +3,8 @@ request_terminate_timeout, through nginx where a user would notice."""
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -141,7 +143,7 @@ def test_reload_keeps_the_old_workers_while_the_new_app_fails_to_load(fpm):
     server.conf_path.write_text(server.conf_path.read_text().replace(
         "app = wsgi_app:app", "app = no_such_module:app"))
     mark = reload(server)
-    server.wait_log(r"could not load the app \(exit code 69", since=mark)
+    server.wait_log(r"could not load the app \(exited with code 69", since=mark)
     # The previous workers still serve: nobody told them to go.
     assert before <= set(server.children())
     for _ in range(5):
@@ -236,3 +238,43 @@ def test_captured_output_of_a_worker_finishing_across_a_reload_is_logged(pyfpm, 
     assert result["r"].status == 200
     server.wait_log(r'WARNING: \[pool www\] child %d said into stdout: "finishing after the '
                     r'reload"' % old)
+
+
+def test_a_reload_in_a_removed_directory_keeps_serving(tmp_path):
+    """A deploy pruned the release directory pyfpm was started in: the reload re-executes
+    the master there all the same, and -v works there too."""
+    start = tmp_path / "release-1"
+    start.mkdir()
+    server = harness.Server(config(tmp_path), tmp_path, cwd=start).start()
+    try:
+        server.wait_idle(2)
+        start.rmdir()
+        reload(server)
+        assert server.request("/hello").body == b"hello world"
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+    gone = tmp_path / "release-2"
+    gone.mkdir()
+    version = subprocess.run("cd %s && rmdir %s && %s -m fpm -v" % (gone, gone, sys.executable),
+                             shell=True, capture_output=True, text=True, env=harness.fpm_env())
+    assert version.returncode == 0 and version.stdout.startswith("pyfpm "), version.stderr
+
+
+def test_a_reload_adopts_workers_whose_scoreboard_has_another_layout(fpm):
+    """The previous master was another pyfpm version (an upgrade): its scoreboard is not
+    this one's, and the new master serves all the same."""
+    server = fpm(children=2)
+    old = worker_pids(server)
+    memfds = [fd for fd in os.listdir("/proc/%d/fd" % server.pid)
+              if "pyfpm-scoreboard-www" in os.readlink("/proc/%d/fd/%s" % (server.pid, fd))]
+    with open("/proc/%d/fd/%s" % (server.pid, memfds[0]), "r+b", buffering=0) as board:
+        board.write(b"FPM0")  # another magic: another layout
+    mark = reload(server)
+    server.wait_log(r"WARNING: \[pool www\] the previous master's scoreboard has another layout; "
+                    r"its workers are not shown until they are retired$", since=mark)
+    deadline = time.monotonic() + 10
+    while worker_pids(server) & old:  # retired once the new ones serve
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    assert server.request("/hello").body == b"hello world"

@@ -78,23 +78,42 @@ def test_idle_stop_line_is_php_fpms():
                    "from start")
 
 
+def gone_after(status, lifetime, ready=True, app_failed=False, tries=0):
+    return Exit(Child(9, Pool(), 0.0, tries=tries), status, lifetime, ready, app_failed)
+
+
 def test_app_load_failures_back_off_doubling_up_to_32_seconds():
     """Workers that exit at once (a reload: the previous workers still serve) make the
-    pool wait 1, 2, 4 ... 32 s between tries; a failure before the worker was ready to
-    serve (its chdir, its user) counts the same."""
+    pool wait 1, 2, 4 ... 32 s between tries; one that ended before it was ready to serve
+    (its chdir, its user, its import killed it) counts the same."""
     failures, delays = 0, []
-    for _ in range(4):
-        delay, failures = respawn_delay(exited(os.EX_UNAVAILABLE), 0.25, False, failures)
-        delays.append(delay)
-    for _ in range(4):
-        delay, failures = respawn_delay(exited(70), 0.25, False, failures)
+    for status in [exited(os.EX_UNAVAILABLE)] * 4 + [exited(70), killed(signal.SIGSEGV)] * 2:
+        delay, failures = respawn_delay(gone_after(status, 0.25, ready=False, tries=failures),
+                                        failures)
         delays.append(delay)
     assert delays == [0.75, 1.75, 3.75, 7.75, 15.75, 31.75, 31.75, 31.75]
 
 
+def test_the_count_of_failed_tries_is_bounded():
+    assert respawn_delay(gone_after(exited(70), 0.0, ready=False, tries=5000), 5000) == (32.0, 5)
+    assert app_retry(10 ** 6) == 32.0
+
+
 def test_a_worker_that_answered_503_for_its_while_is_replaced_at_once():
-    assert respawn_delay(exited(os.EX_UNAVAILABLE), app_retry(3), True, 3) == (0.0, 4)
+    assert respawn_delay(gone_after(exited(os.EX_UNAVAILABLE), app_retry(3), app_failed=True,
+                                    tries=3), 3) == (0.0, 4)
+    # However it ended: it failed its try.
+    assert respawn_delay(gone_after(killed(signal.SIGKILL), 0.5, app_failed=True, tries=1),
+                         1) == (0.0, 2)
     assert [app_retry(n) for n in range(7)] == [1, 2, 4, 8, 16, 32, 32]
+
+
+def test_workers_of_one_try_that_fail_together_count_once():
+    failures = 2
+    for _ in range(4):  # the pool's 4 workers, all forked at try 2
+        _, failures = respawn_delay(gone_after(exited(os.EX_UNAVAILABLE), 4.0, app_failed=True,
+                                               tries=2), failures)
+    assert failures == 3
 
 
 @pytest.mark.parametrize("status, lifetime", [
@@ -105,4 +124,4 @@ def test_a_worker_that_answered_503_for_its_while_is_replaced_at_once():
     (killed(signal.SIGKILL), 0.1),
 ])
 def test_other_exits_respawn_at_once_and_reset(status, lifetime):
-    assert respawn_delay(status, lifetime, True, 5) == (0.0, 0)
+    assert respawn_delay(gone_after(status, lifetime, tries=5), 5) == (0.0, 0)

@@ -44,3 +44,23 @@ def test_import_dirs_are_the_standard_library_then_what_the_pool_names(tmp_path)
 
 def test_readable_directories_give_no_problem(tmp_path):
     assert probe.unreadable_dirs([("python_path", str(tmp_path)), ("chdir", "/")]) == []
+
+
+def test_an_answer_is_taken_whole_though_the_check_left_a_process_holding_the_pipe():
+    def check():
+        if os.fork() == 0:  # a helper the app starts as it is imported
+            time.sleep(10)
+            os._exit(0)
+        return "done"
+
+    started = time.monotonic()
+    assert probe.run_as(pool(), True, check, become=False, timeout=5) == "done"
+    assert time.monotonic() - started < 3
+
+
+def test_the_checks_of_several_pools_run_at_once():
+    started = time.monotonic()
+    answers = probe.run_all([(pool(), lambda: time.sleep(0.5) or "slept", False)] * 4, True,
+                            timeout=5)
+    assert answers == ["slept"] * 4
+    assert time.monotonic() - started < 1.8  # not 4 x 0.5 s one after the other

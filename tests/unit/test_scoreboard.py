@@ -1,5 +1,7 @@
 """The scoreboard as the master uses it: slots claimed, read back consistently, released."""
 import dataclasses
+import os
+import sys
 
 from fpm import _proto, scoreboard
 
@@ -35,5 +37,22 @@ def test_a_scoreboard_maps_again_from_its_fd_and_refuses_a_wrong_size():
             assert "no scoreboard of 4 slots" in str(e)
         else:
             raise AssertionError("a 3-slot scoreboard was mapped as 4 slots")
+    finally:
+        board.close()
+
+
+def test_a_pools_app_error_is_kept_and_a_writer_killed_halfway_does_not_hang_its_readers():
+    board = scoreboard.Board("www", 2)
+    try:
+        slot = board.claim()
+        assert board.mem.app_error() == (0, "") and not board.read(slot).app_failed
+        board.mem.mark_app_failed(slot, 1_700_000_000_000_000, "cannot import module 'x' ✗")
+        assert board.mem.app_error() == (1_700_000_000_000_000, "cannot import module 'x' ✗")
+        assert board.read(slot).app_failed
+        # The header ends with app_seq, its padding, the time and 512 bytes of text; an odd
+        # app_seq is a write in progress, for ever if its writer died (SIGKILL) halfway.
+        seq_at = _proto.board_size(0) - 512 - 8 - 4 - 4
+        os.pwrite(board.fd, (3).to_bytes(4, sys.byteorder), seq_at)
+        assert board.mem.app_error()[1] == "cannot import module 'x' ✗"
     finally:
         board.close()
