@@ -158,6 +158,7 @@ cdef class Worker:
     cdef int _write_all(self, Conn conn, const char *data, Py_ssize_t n) except -1
     cdef void _close(self, Conn conn) noexcept
     cdef int _drop(self, Conn conn, str level, str message) except -1
+    cdef int _unexpected(self, Conn conn) except -1
 
 
 # --- the scoreboard: one shared mapping per pool, a header then one Slot per worker --------

@@ -8,6 +8,7 @@ Worker.run() drives it over raw file descriptors and calls the WSGI application.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.unicode cimport PyUnicode_DecodeLatin1, PyUnicode_DecodeUTF8
 from libc.errno cimport EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, errno
 from posix.types cimport off_t
@@ -161,6 +162,10 @@ cdef enum:
     # Names and values of this many params (in order) are kept for reuse by the next request.
     PAIR_CACHE_SLOTS = 512
 
+# A CONTENT_LENGTH beyond what a Py_ssize_t holds (PY_SSIZE_T_MAX, 19 digits).
+cdef Py_ssize_t LENGTH_OVERFLOW = -2
+cdef str MAX_LENGTH_TEXT = str(PY_SSIZE_T_MAX)
+cdef Py_ssize_t MAX_LENGTH_DIGITS = len(MAX_LENGTH_TEXT)
 # nginx forwards Content-Type/Length both as CGI params and as HTTP_ headers.
 cdef tuple CONTENT_HEADERS = (("CONTENT_TYPE", "HTTP_CONTENT_TYPE"), ("CONTENT_LENGTH", "HTTP_CONTENT_LENGTH"))
 cdef const char *ZEROS = b"\0\0\0\0\0\0\0\0"
@@ -1180,6 +1185,20 @@ def request_start(value):
     return t
 
 
+cdef Py_ssize_t _content_length(str cl) except -3:
+    """CONTENT_LENGTH in bytes, or LENGTH_OVERFLOW when no Py_ssize_t holds it (no body
+    can be that long: answered 413). Only ASCII digits: str.isdigit() also takes '\xb2'
+    and other digits int() refuses, and int() refuses more than 4300 digits."""
+    if not (cl.isascii() and cl.isdigit()):
+        raise ProtocolError("CONTENT_LENGTH %r is not a number" % cl)
+    if len(cl) >= MAX_LENGTH_DIGITS:
+        digits = cl.lstrip("0")
+        if len(digits) > MAX_LENGTH_DIGITS or (len(digits) == MAX_LENGTH_DIGITS
+                                               and digits > MAX_LENGTH_TEXT):
+            return LENGTH_OVERFLOW
+    return int(cl)
+
+
 cdef str _uri_of(dict environ):
     return environ.get("REQUEST_URI") or environ.get("PATH_INFO") or "-"
 
@@ -1408,6 +1427,15 @@ cdef class Worker:
         self._close(conn)
         return 0
 
+    cdef int _unexpected(self, Conn conn) except -1:
+        """An error the loop has no answer for: that connection is dropped, with the
+        traceback, and the worker goes on serving the others."""
+        self._log("error", 'peer %s: unexpected error while serving "%s"; connection closed\n%s'
+                  % (self._peer(conn), self._request_line(),
+                     traceback.format_exc().rstrip("\n")))
+        self._close(conn)
+        return 0
+
     cdef int _log(self, str level, str text) except -1:
         if self.log is not None:
             self.log(level, text)
@@ -1580,9 +1608,12 @@ cdef class Worker:
             self._drop(conn, "warning", str(e))
         except PeerError as e:
             self._drop(conn, "notice", str(e))
+        except Exception:
+            self._unexpected(conn)
         finally:
             global _g_fd
             _g_fd = -1
+            self.out_len = 0  # what a failed connection left unsent is never another's
             if self.slot.stage != STAGE_IDLE:
                 self._stage(STAGE_IDLE)
         return 0
@@ -1650,9 +1681,7 @@ cdef class Worker:
             del environ["HTTP_PROXY"]
         cl = environ.get("CONTENT_LENGTH")
         if cl:
-            if not cl.isdigit():
-                raise ProtocolError("CONTENT_LENGTH %r is not a number" % cl)
-            length = int(cl)
+            length = _content_length(cl)
         if self.fill_paths:
             split_paths(environ, self.mount)
         https = environ.get("HTTPS")
@@ -1778,6 +1807,14 @@ cdef class Worker:
                              self.queue_timeout_us / 1e6))
                 return Refusal("503 Service Unavailable",
                                b"The server is too busy to answer in time; try again.\n")
+        if length == LENGTH_OVERFLOW:
+            cl = environ["CONTENT_LENGTH"]
+            if len(cl) > 2 * MAX_LENGTH_DIGITS:
+                cl = "%s... (%d digits)" % (cl[:MAX_LENGTH_DIGITS], len(cl))
+            self._log("warning", 'the body of "%s %s" is %s bytes (CONTENT_LENGTH), more than '
+                      'any request body can be (%d bytes); answered 413'
+                      % (environ["REQUEST_METHOD"], _uri_of(environ), cl, PY_SSIZE_T_MAX))
+            return Refusal("413 Content Too Large", b"The request body is too large.\n")
         path = environ.get("REQUEST_BODY_FILE")
         if path:
             return self._body_file(conn, environ, path)
