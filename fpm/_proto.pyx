@@ -562,29 +562,38 @@ cdef Py_ssize_t _pair_len(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i) e
     return ((p[at] & 0x7f) << 24) | (p[at + 1] << 16) | (p[at + 2] << 8) | p[at + 3]
 
 
-cdef str _latin1_at(list cache, Py_ssize_t slot, const char *p, Py_ssize_t n):
+cdef inline bint _reserved(const char *p, Py_ssize_t n) noexcept:
+    """A name in pyfpm's or WSGI's own environ namespace, which no param may add to."""
+    return (n >= 4 and memcmp(p, b"fpm.", 4) == 0) or (n >= 5 and memcmp(p, b"wsgi.", 5) == 0)
+
+
+cdef str _latin1_at(list cache, Py_ssize_t slot, const char *p, Py_ssize_t n, bint name=False):
     """p[:n] as a latin-1 str, the one already at cache[slot] when its bytes are the same:
     nginx sends the same names, and mostly the same values, in the same order on every
     request, so most pairs cost a memcmp instead of an allocation, and a reused name keeps
-    its hash for the dict insert."""
+    its hash for the dict insert. A ``name`` in a reserved namespace gives None: it is
+    checked when it is not the cached one, and never cached (its slot gets ""), so a name
+    taken from the cache needs no check."""
     cdef str s
+    cdef bint drop = name and _reserved(p, n)
     if slot < PyList_GET_SIZE(cache):
         s = <str>PyList_GET_ITEM(cache, slot)
         if PyUnicode_GET_LENGTH(s) == n and memcmp(PyUnicode_DATA(s), p, n) == 0:
             return s
-        s = PyUnicode_DecodeLatin1(p, n, NULL)
+        s = "" if drop else PyUnicode_DecodeLatin1(p, n, NULL)
         cache[slot] = s
-        return s
-    s = PyUnicode_DecodeLatin1(p, n, NULL)
+        return None if drop else s
+    s = "" if drop else PyUnicode_DecodeLatin1(p, n, NULL)
     if slot == PyList_GET_SIZE(cache) and slot < PAIR_CACHE_SLOTS:
         cache.append(s)
-    return s
+    return None if drop else s
 
 
 cdef Py_ssize_t _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out,
                              list cache=None) except -1:
-    """Name-value pairs into out: latin-1 strs reused from cache by position (environ), or
-    bytes without a cache; the last duplicate wins. Returns how many pairs there were."""
+    """Name-value pairs into out: latin-1 strs reused from cache by position (environ),
+    without the names no param may set (_reserved); or bytes without a cache. The last
+    duplicate wins. Returns how many pairs there were."""
     cdef Py_ssize_t i = 0, start, nl, vl, count = 0
     while i < n:
         count += 1
@@ -596,8 +605,9 @@ cdef Py_ssize_t _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out,
                 "malformed FastCGI name-value pair at byte %d: it claims %d + %d bytes but %d remain"
                 % (start, nl, vl, n - i))
         if cache is not None:  # the name first: slots fill in order
-            name = _latin1_at(cache, 2 * count - 2, <const char *>p + i, nl)
-            out[name] = _latin1_at(cache, 2 * count - 1, <const char *>p + i + nl, vl)
+            name = _latin1_at(cache, 2 * count - 2, <const char *>p + i, nl, True)
+            if name is not None:
+                out[name] = _latin1_at(cache, 2 * count - 1, <const char *>p + i + nl, vl)
         else:
             out[PyBytes_FromStringAndSize(<const char *>p + i, nl)] = \
                 PyBytes_FromStringAndSize(<const char *>p + i + nl, vl)
@@ -1662,14 +1672,11 @@ cdef class Worker:
         cdef dict environ = self.base_environ.copy()
         cdef Request req = Request(self, conn, dec.request_id)
         cdef unsigned int app_status = 0
-        cdef Py_ssize_t length = -1, pairs
+        cdef Py_ssize_t length = -1
         global _current, _said
-        pairs = _parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(dec.params),
-                             PyByteArray_GET_SIZE(dec.params), environ, self.pair_cache)
-        if len(environ) != len(self.base_environ) + pairs:
-            # A param named like one of the pool's own keys (fpm.pool, wsgi.*), or one sent
-            # twice: the pool's keys win; no param can stand in for them.
-            environ.update(self.base_environ)
+        # No param can replace or add a key of the pool's own (fpm.*, wsgi.*): dropped there.
+        _parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(dec.params),
+                     PyByteArray_GET_SIZE(dec.params), environ, self.pair_cache)
         for key, http_key in CONTENT_HEADERS:
             value = environ.pop(http_key, None)
             if value is not None and key not in environ:

@@ -16,7 +16,8 @@ What happens to a request, in PHP-FPM's order and words (php-fpm.md §8.1):
   unknown" to the web server (nginx logs it as ``FastCGI sent in stderr``).
 - A file whose name does not end with one of ``security.limit_extensions``: ``403 Access
   denied.`` and PHP-FPM's NOTICE (this is what stops ``/uploads/x.jpg/y.py`` from running an
-  upload). One that cannot be read: ``403`` (EACCES) or ``404 No input file specified.``, and
+  upload); so is a file whose real path (a symbolic link's target) does not end with one:
+  only a script the pool may run ever has its lines shown in a traceback. One that cannot be read: ``403`` (EACCES) or ``404 No input file specified.``, and
   ``Unable to open primary script: PATH (reason)``.
 - A script that does not compile or whose import raises gives 500, with the traceback in the
   error log (the worker's handler of application errors writes it).
@@ -210,6 +211,14 @@ class ScriptApp:
             key = old.key
         if compiled is None or (self.validate and compiled.ident != _ident(st)):
             key = os.path.realpath(fs_path(script))
+            if not allowed(key, self.extensions):
+                # A link named .py to any other file: running it would echo its lines into
+                # the error log (a SyntaxError's, a traceback's), whatever the file holds.
+                self.routes.pop(filename, None)
+                return Refusal("403 Forbidden", b"Access denied.\n",
+                               "Access to the script '%s' has been denied: it is a link to "
+                               "'%s' (see security.limit_extensions)" % (fs_path(script), key),
+                               "notice")
             compiled = self.code.get(key)
             if compiled is None or (self.validate and compiled.ident != _ident(st)):
                 compiled = self._compile(key, fs_path(script))

@@ -207,3 +207,21 @@ def test_an_unreadable_script_is_403_and_logged(tmp_path, account):
         message = "Unable to open primary script: %s (Permission denied)" % (www / "private.py")
         assert r.stderr == (message + "\n").encode()
         server.wait_log(r"ERROR: " + CHILD + re.escape(message) + "$")
+
+
+def test_a_py_link_to_another_file_is_403_and_none_of_its_lines_is_logged(site, www, tmp_path):
+    """A SyntaxError's traceback shows the line it met: a `.py` link to any file the pool
+    user can read put that file's lines into the error log."""
+    front, server = site(workers=1)
+    secret = tmp_path / "secret.conf"
+    secret.write_text("db_password = s3cr3t-value!\n")
+    (www / "innocent.py").symlink_to(secret)
+    (www / "alias.py").symlink_to(www / "app.py")  # a link to a script is served as the script
+    message = ("Access to the script '%s' has been denied: it is a link to '%s' (see "
+               "security.limit_extensions)" % (www / "innocent.py", secret))
+    front.expected_errors.append(re.escape('FastCGI sent in stderr: "%s"' % message))
+    r = front.get("/innocent.py")
+    assert (r.status, r.body) == (403, b"Access denied.\n")
+    server.wait_log(r"NOTICE: " + CHILD + re.escape(message) + "$")
+    assert front.get("/alias.py").status == 200
+    assert "s3cr3t" not in server.log_text()
