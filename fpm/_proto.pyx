@@ -157,6 +157,8 @@ cdef enum:
     # How long a new connection may take to send its first bytes before the worker goes
     # back to accept(): nginx writes right after connect(), a silent peer must not pin us.
     FIRST_BYTES_MS = 50
+    # ... and how long a stopping worker waits for them (PHP-FPM's fcgi_accept_request).
+    FIRST_BYTES_ON_STOP_MS = 5000
     # Idle kept connections one worker watches; beyond this a new idle one is closed.
     C_MAX_HELD = 1024
     # Names and values of this many params (in order) are kept for reuse by the next request.
@@ -1493,7 +1495,7 @@ cdef class Worker:
                 if self.pfds[i].revents:
                     ready.append(self._unhold(i))
             for i in range(self.nlisten):
-                if self.pfds[i].revents:
+                if self.pfds[i].revents and not _stop:
                     self._accept(i)
             for conn in ready:
                 self._serve_conn(conn, False)
@@ -1513,7 +1515,7 @@ cdef class Worker:
             return 0
         for i in range(n):
             index = <int>events[i].data.u64
-            if index < self.nlisten:
+            if index < self.nlisten and not _stop:  # once told to stop, queued ones are others'
                 self._accept(index)
         return 0
 
@@ -1543,17 +1545,34 @@ cdef class Worker:
         return Decoder(self.params_max, self.max_conns, self.max_reqs)
 
     def _finish_held(self):
-        """On a graceful stop, serve what already arrived on held connections, then close them."""
-        cdef int n
-        if self.held:
+        """On a graceful stop, serve what already arrived on held connections and close
+        the kept ones that wait for nothing. A connection no request has begun on yet was
+        accepted for a request on its way (a web server writes right after connect()):
+        hanging up on it is a 502. It gets FIRST_BYTES_ON_STOP_MS, as PHP-FPM's accept
+        gives it, before it is closed."""
+        cdef int n, i, wait = 0
+        cdef int64_t left, deadline = _now_us() + FIRST_BYTES_ON_STOP_MS * 1000
+        while self.held:
             with nogil:
-                n = poll(self.pfds, self.npfds, 0)
+                n = poll(self.pfds + self.nfixed, self.npfds - self.nfixed, wait)
+            if n < 0:
+                if errno != EINTR:
+                    raise OSError(errno, os.strerror(errno))
+                PyErr_CheckSignals()
+                continue
             for i in range(self.npfds - 1, self.nfixed - 1, -1):
-                ready = n > 0 and self.pfds[i].revents
-                conn = self._unhold(i)
-                if ready:
-                    self._serve_conn(conn, False)
-                self._close(conn)
+                if self.pfds[i].revents:
+                    self._serve_conn(self._unhold(i), False)  # then closed, or held again
+                elif (<Conn>self.held[i - self.nfixed]).dec.keep_conn:
+                    # Kept between requests, none on its way: nginx sends its next request
+                    # on another connection when it finds this one closed.
+                    self._close(self._unhold(i))
+            left = deadline - _now_us()
+            if left <= 0:
+                break
+            wait = <int>((left + 999) // 1000)
+        for i in range(self.npfds - 1, self.nfixed - 1, -1):
+            self._close(self._unhold(i))
 
     cdef int _serve_conn(self, Conn conn, bint fresh) except -1:
         """Read from a connection and run the requests on it until it is idle or closed."""
@@ -1599,7 +1618,8 @@ cdef class Worker:
                 elif step == STEP_NEED:
                     if dec.outbox:
                         self._flush(conn)
-                    if (dec.want_close or _stop and dec.state == ST_IDLE) and not dec.draining:
+                    if (dec.want_close or _stop and dec.state == ST_IDLE and dec.end == dec.start
+                            ) and not dec.draining:
                         self._close(conn)
                         return 0
                     # Between requests with nothing buffered, the connection waits in poll();
