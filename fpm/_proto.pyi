@@ -69,6 +69,7 @@ class FileWrapper:
 STAGE_NAMES: tuple[str, ...]
 HEADER_FIELDS: tuple[str, ...]
 PAGE_SIZE: int
+STATM: str
 
 def board_size(nslots: int) -> int: ...
 
@@ -106,7 +107,9 @@ def serve(listen_fds: list[int], app: Callable, base_environ: dict, mount: str =
           queue_timeout: float = 0.0, start_param: str | None = None,
           stamp_reads: bool = False, fill_paths: bool = True, errors_log: Any = None,
           wsgi_errors: str = "both",
-          on_output: Callable[[], None] | None = None) -> tuple[int, str, int]: ...
+          on_output: Callable[[], None] | None = None,
+          statm_fd: int | None = None) -> tuple[int, str, int]: ...
+def open_statm() -> int: ...
 
 
 def finish_request() -> bool: ...

@@ -25,6 +25,7 @@ from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, 
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID, CLOCK_REALTIME
 from posix.unistd cimport pread, write as c_write
+from posix.resource cimport getrusage, rusage, RUSAGE_SELF
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.unicode cimport PyUnicode_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_1BYTE_KIND
 
@@ -1297,6 +1298,7 @@ cdef class Worker:
     def __cinit__(self):
         self.wake_r = -1
         self.epfd = -1
+        self.statm_fd = -1
         self.pfds_cap = 16
         self.pfds = <pollfd *>malloc(self.pfds_cap * sizeof(pollfd))
         self.out_cap = 65536
@@ -1323,7 +1325,8 @@ cdef class Worker:
                  uint64_t max_memory=0, dict special=None, access=None, on_reopen=None, allow=None,
                  Py_ssize_t body_buffer=1 << 20, Py_ssize_t body_max=0, spool_dir=None,
                  body_file_dirs=(), double queue_timeout=0.0, start_param=None, bint stamp_reads=False,
-                 bint fill_paths=True, errors_log=None, str wsgi_errors="both", on_output=None):
+                 bint fill_paths=True, errors_log=None, str wsgi_errors="both", on_output=None,
+                 statm_fd=None):
         cdef int i
         self.fill_paths = fill_paths
         self.errors_log = errors_log  # wsgi_errors was checked with the configuration
@@ -1349,7 +1352,10 @@ cdef class Worker:
         self.slot = board._checked(slot) if board is not None else &_private_slot
         self.max_requests = max_requests
         self.max_memory = max_memory
-        self.statm_fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC) if max_memory else -1
+        if max_memory:
+            self.statm_fd = open_statm() if statm_fd is None else statm_fd
+        elif statm_fd is not None and statm_fd >= 0:
+            close(statm_fd)  # ours to close, as when it is used
         self.stop_reason = ""
         self.rss = 0
         self.listen_fds = list(listen_fds)
@@ -2039,6 +2045,7 @@ cdef class Worker:
         cdef Slot *s = self.slot
         cdef char buf[64]
         cdef ssize_t n
+        cdef rusage usage
         cdef int64_t now = _now_us()
         cdef int64_t cpu = _cpu_us() if self.track_cpu else 0
         cdef Stage was = <Stage>s.stage
@@ -2057,15 +2064,21 @@ cdef class Worker:
             self.stop_reason = "max_requests"
             _stop = 1
         if self.max_memory:
-            # statm's second field is the resident set in pages; one pread, no open().
-            n = pread(self.statm_fd, buf, 63, 0)
-            if n > 0:
-                buf[n] = 0
-                self.rss = int(buf[:n].split()[1]) * PAGE_SIZE
-                s.rss = self.rss
-                if self.rss > self.max_memory:
-                    self.stop_reason = "max_memory"
-                    _stop = 1
+            if self.statm_fd >= 0:
+                # statm's second field is the resident set in pages; one pread, no open().
+                n = pread(self.statm_fd, buf, 63, 0)
+                if n > 0:
+                    buf[n] = 0
+                    self.rss = int(buf[:n].split()[1]) * PAGE_SIZE
+            else:
+                # No /proc (see open_statm): the peak resident set, in KiB, which only
+                # grows, so a worker that ever exceeded the limit is recycled.
+                getrusage(RUSAGE_SELF, &usage)
+                self.rss = <uint64_t>usage.ru_maxrss * 1024
+            s.rss = self.rss
+            if self.rss > self.max_memory:
+                self.stop_reason = "max_memory"
+                _stop = 1
         return 0
 
     cdef int _log_request(self, Conn conn, dict environ, Request req) except -1:
@@ -2231,6 +2244,17 @@ cdef int _writev_all(int fd, iovec *iov, int cnt) except -1:
 
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+STATM = "/proc/self/statm"
+
+
+def open_statm():
+    """A descriptor of this process's /proc statm (pm.max_memory reads its RSS there), or
+    -1 without /proc: then the peak RSS (getrusage) stands in. Open it before a chroot
+    that has no /proc: the descriptor goes on reading this process's numbers."""
+    try:
+        return os.open(STATM, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
@@ -2239,7 +2263,7 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
           dict special=None, access=None, on_reopen=None, allow=None, Py_ssize_t body_buffer=1 << 20,
           Py_ssize_t body_max=0, spool_dir=None, body_file_dirs=(), double queue_timeout=0.0,
           start_param=None, bint stamp_reads=False, bint fill_paths=True, errors_log=None,
-          str wsgi_errors="both", on_output=None):
+          str wsgi_errors="both", on_output=None, statm_fd=None):
     """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
 
     ``fill_paths``: set SCRIPT_NAME and PATH_INFO from the request path and ``mount``
@@ -2269,6 +2293,9 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     memory, beyond that into an unlinked file in ``spool_dir``; over ``body_max`` it is
     answered 413. A REQUEST_BODY_FILE param inside ``body_file_dirs`` is the body instead.
 
+    ``statm_fd`` is open_statm()'s descriptor, taken before a chroot (closed here); None
+    opens it now, when ``max_memory`` is set.
+
     Returns (requests served, stop reason: "" / "max_requests" / "max_memory", RSS in bytes
     after the last request, 0 unless max_memory is set). A stop requested earlier (a QUIT
     while the app was loading) holds: the loop returns at once. From here SIGTERM and SIGINT
@@ -2279,7 +2306,7 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
                            read_timeout, log, board, slot, max_requests, max_memory,
                            special, access, on_reopen, allow, body_buffer, body_max, spool_dir,
                            body_file_dirs, queue_timeout, start_param, stamp_reads, fill_paths,
-                           errors_log, wsgi_errors, on_output)
+                           errors_log, wsgi_errors, on_output, statm_fd)
     _g_slot = w.slot
     _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
                                 b"The request ran too long and was stopped (request_terminate_timeout).\n")

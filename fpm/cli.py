@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 
 from fpm import config as fpm_config
-from fpm import poollogs, probe, unix
+from fpm import poollogs, probe, unix, worker
 from fpm.log import Logger, choose_target, strerror
 from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
 from fpm.sockets import ListenError, parse_listen, resolve_acl, resolve_owner
@@ -156,6 +156,7 @@ def _check_pools(config, allow_root: bool) -> tuple[list[str], list[tuple[str, s
     if errors:
         return errors, notices
     errors, warnings = probe.check_pools(config, allow_root)
+    warnings += worker.memory_warnings(config.pools)
     return errors, notices + [("warning", text) for text in warnings]
 
 

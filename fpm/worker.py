@@ -43,6 +43,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
     set_process_title("pyfpm: pool %s" % pool.name)  # before a chroot hides libc's path
     pid = os.getpid()
     dirs = probe.import_dirs(pool)  # seen from outside the chroot: for an import error's hint
+    statm = _proto.open_statm() if pool.pm_max_memory else -1  # a chroot may have no /proc
     try:
         unix.apply(pool, log, allow_root)
     except unix.UnixError as e:
@@ -112,7 +113,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log_line, any(tcp)),
         fill_paths=pool.app is not None,
         errors_log=stdio.ErrorsLog(log, pool.name, pid, take_new_files),
-        wsgi_errors=pool.wsgi_errors, on_output=end_output)
+        wsgi_errors=pool.wsgi_errors, on_output=end_output, statm_fd=statm)
     if retry:
         return os.EX_UNAVAILABLE
     if reason == "max_memory":
@@ -123,6 +124,21 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         log.debug("[pool %s] child %d: served its %d requests (pm.max_requests); recycling"
                   % (pool.name, pid, requests))
     return 0
+
+
+def memory_warnings(pools) -> list[str]:
+    """What pm.max_memory measures where the master (so each worker before it chroots)
+    cannot read /proc: the peak RSS instead of the current one. The start, -t and a reload
+    say so."""
+    limited = [pool.name for pool in pools if pool.pm_max_memory]
+    fd = _proto.open_statm() if limited else -1
+    if fd >= 0 or not limited:
+        if fd >= 0:
+            os.close(fd)
+        return []
+    return ["[pool %s] pm.max_memory: %s cannot be read (no /proc); the workers compare "
+            "their peak RSS (getrusage) with it instead of their current RSS" % (name, _proto.STATM)
+            for name in limited]
 
 
 def _traceback_of(error: apps.AppLoadError) -> str:
