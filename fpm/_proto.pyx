@@ -1501,7 +1501,7 @@ cdef class Worker:
                 if self.pfds[i].revents:
                     ready.append(self._unhold(i))
             for i in range(self.nlisten):
-                if self.pfds[i].revents and not _stop:
+                if self.pfds[i].revents:
                     self._accept(i)
             for conn in ready:
                 self._serve_conn(conn, False)
@@ -1521,7 +1521,9 @@ cdef class Worker:
             return 0
         for i in range(n):
             index = <int>events[i].data.u64
-            if index < self.nlisten and not _stop:  # once told to stop, queued ones are others'
+            # Even once told to stop: EPOLLEXCLUSIVE may have woken this worker alone for
+            # the connection, and a worker that leaves it queued leaves it to nobody.
+            if index < self.nlisten:
                 self._accept(index)
         return 0
 

@@ -13,8 +13,8 @@ import sys
 from importlib import resources
 
 from fpm import config as fpm_config
-from fpm import poollogs, probe, unix, worker
-from fpm.log import Logger, choose_target, strerror
+from fpm import poollogs, probe, reexec, unix, worker
+from fpm.log import Logger, choose_target, open_log_file, strerror
 from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
 from fpm.sockets import ListenError, parse_listen, resolve_acl, resolve_owner
 
@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
                         "cannot be is a warning")
     p.add_argument("--strict-app", action="store_true",
                    help="with -t: an app that cannot be imported fails the test (exit 78)")
+    # A reload's dry run (fpm.reexec.dry_run): the checks of -t without the apps' import,
+    # run by the command line and code the reload will execute. Errors only, one a line.
+    # Its value says whether the master's stderr is a terminal, which decides where it logs.
+    p.add_argument("--reload-test", choices=("tty", "notty"), help=argparse.SUPPRESS)
     p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
     return p
 
@@ -86,19 +90,22 @@ def main(argv: list[str] | None = None) -> int:
         allow_root = True
         log.warning("the embedded demo configuration runs its pool as root; use -y with a "
                     "configuration that sets 'user' for anything but a try-out")
+    if args.reload_test:
+        errors = _check_pools(config, allow_root)[0] + _start_checks(config, args, probe.Quiet())
+        sys.stderr.write("".join(line + "\n" for line in errors))
+        return EX_CONFIG if errors else EX_OK
     errors, notices = _check_pools(config, allow_root)
     if args.test:
         return _test(config, log, errors, notices, dump=args.test > 1,
                      apps=probe.check_apps(config, allow_root) if not errors else [],
-                     strict_app=args.strict_app)
+                     strict_app=args.strict_app, args=args)
     if args.strict_app:
         return _fail(log, ["--strict-app goes with -t"])
     if errors:
         return _fail(log, errors)
 
-    daemon = args.daemonize or (config.global_.daemonize and not args.nodaemonize)
-    target = choose_target(config.global_.error_log, daemon, args.force_stderr,
-                           os.isatty(2))
+    daemon = _daemon(args, config)
+    target = _error_log(args, config)
     try:
         g = config.global_
         log = Logger(target, g.log_level, echo_stderr=True, limit=g.log_limit,
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         unix.apply_global(config.global_, log)
     except unix.UnixError as e:
         return _fail(log, [str(e)])
-    pid_file = os.path.abspath(args.pid) if args.pid else config.global_.pid
+    pid_file = _pid_file(args, config)
     # -R stays on the command line, which the master re-executes on reload (USR2).
     code = serve(config, log, pid_file=pid_file, daemon=daemon, allow_root=allow_root,
                  loader=lambda: _reload(args, allow_root))
@@ -139,14 +146,71 @@ def _load(args) -> fpm_config.Config:
 
 
 def _reload(args, allow_root: bool) -> fpm_config.Config:
-    """The configuration a reload (USR2) would start: read and checked as at start-up, and
-    its log files opened, which the new master would fail on."""
+    """The configuration a reload (USR2) would start, read here for the addresses to bind;
+    then checked by the code and command line the reload will execute, as that master's
+    start would (reexec.dry_run): what it would fail on, this master refuses to exec."""
     config = _load(args)
-    errors, _ = _check_pools(config, allow_root)
-    errors += poollogs.check(config.pools)
-    if errors:
-        raise fpm_config.ConfigError(errors)
+    reexec.dry_run(os.isatty(2))
     return config
+
+
+def _pid_file(args, config) -> str | None:
+    return os.path.abspath(args.pid) if args.pid else config.global_.pid
+
+
+def _daemon(args, config) -> bool:
+    return args.daemonize or (config.global_.daemonize and not args.nodaemonize)
+
+
+def _error_log(args, config) -> str:
+    """Where the master logs: for a reload's dry run, as the master it tests would."""
+    tty = args.reload_test == "tty" if args.reload_test else os.isatty(2)
+    return choose_target(config.global_.error_log, _daemon(args, config), args.force_stderr, tty)
+
+
+def _start_checks(config, args, log: Logger) -> list[str]:
+    """What the start meets once the configuration is read and its pools' users are sound,
+    in its words: the listen addresses and their owners, the pools' log files, the error
+    log, the pid file, the master's own [global] limits. -t and a reload run them."""
+    errors = []
+    for pool in config.pools:
+        try:
+            for text in pool.listen:
+                parse_listen(text)
+            resolve_owner(pool.name, pool.listen_owner, pool.listen_group)
+            resolve_acl(pool)
+        except ListenError as e:
+            errors.append(str(e))
+    errors += poollogs.check(config.pools)
+    target = _error_log(args, config)
+    if target not in ("stderr", "syslog"):
+        try:
+            os.close(open_log_file(target))  # created if missing, as the pools' logs
+        except OSError as e:
+            errors.append("failed to open error log file '%s': %s" % (target, strerror(e)))
+    pid_file = _pid_file(args, config)
+    if pid_file is not None:
+        problem = _pid_file_problem(pid_file)
+        if problem is not None:
+            errors.append("unable to create the pid file '%s': %s" % (pid_file, problem))
+    try:
+        unix.apply_global(config.global_, log)  # this process goes away: its limits too
+    except unix.UnixError as e:
+        errors.append(str(e))
+    return errors
+
+
+def _pid_file_problem(path: str) -> str | None:
+    """Why the master could not write its pid file at ``path`` (None: it could); a file
+    made to find out is removed again."""
+    existed = os.path.lexists(path)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as e:
+        return strerror(e)
+    if not existed:
+        os.unlink(path)
+    return None
 
 
 def _check_pools(config, allow_root: bool) -> tuple[list[str], list[tuple[str, str]]]:
@@ -168,22 +232,14 @@ def _fail(log: Logger, errors: list[str]) -> int:
 
 
 def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]],
-          dump: bool, apps: list[str], strict_app: bool) -> int:
+          dump: bool, apps: list[str], strict_app: bool, args) -> int:
     """``-t``: what start-up would check before binding, without binding anything, and the
-    pools' log files opened (created if missing, as PHP-FPM's -t does); ``errors`` and
+    log files opened (created if missing, as PHP-FPM's -t does); ``errors`` and
     ``notices`` are those of the pools (_check_pools), ``apps`` the pools whose app cannot
     be imported: warnings, or with ``strict_app`` errors."""
     errors = list(errors) + (apps if strict_app else [])
     notices = list(notices) + ([] if strict_app else [("warning", text) for text in apps])
-    for pool in config.pools:
-        try:
-            for text in pool.listen:
-                parse_listen(text)
-            resolve_owner(pool.name, pool.listen_owner, pool.listen_group)
-            resolve_acl(pool)
-        except ListenError as e:
-            errors.append(str(e))
-    errors += poollogs.check(config.pools)
+    errors += _start_checks(config, args, log)
     if errors:
         return _fail(log, errors)
     for level, text in list(config.messages) + notices:

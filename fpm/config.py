@@ -114,14 +114,22 @@ class Virtualenv(Path):
             f"'{site}' is not a directory"
 
 
+# Every number has a range the code that uses it can hold: PHP-FPM's directives are C ints,
+# a worker's limits C types (a Py_ssize_t for sizes), a process count what Linux can run.
+INT_MAX = 2 ** 31 - 1
+SSIZE_MAX = 2 ** 63 - 1
+PID_MAX_LIMIT = 1 << 22  # Linux's most processes (pid_max can be raised to it, no further)
+
+
 class Int(Kind):
-    def __init__(self, minimum: int | None = None, maximum: int | None = None):
+    def __init__(self, minimum: int | None = None, maximum: int = INT_MAX, why: str = ""):
         self.minimum, self.maximum = minimum, maximum
-        self.expected = ini.int_expected(minimum, maximum)
+        self.expected = ini.int_expected(minimum, maximum, why)
 
     def parse(self, raw: Any) -> int:
         if isinstance(raw, str):
-            return ini.parse_int(raw, self.minimum, self.maximum)
+            return _or_expected(lambda text: ini.parse_int(text, self.minimum, self.maximum),
+                                raw, self.expected)
         if isinstance(raw, int) and not isinstance(raw, bool):
             return ini.check_range(raw, self.minimum, self.maximum, self.expected)
         raise ValueError(self.expected)
@@ -138,14 +146,16 @@ def _or_expected(parse: Callable[[str], int], text: str, expected: str) -> int:
 class Time(Kind):
     """Seconds: `30`, `30s`, `5m`, `1h`, `2d` in INI; an integer or such a string in TOML."""
 
-    def __init__(self, minimum: int = 0):
-        self.minimum = minimum
-        self.expected = ini.TIME_EXPECTED + (f", at least {minimum}s" if minimum else "")
+    def __init__(self, minimum: int = 0, maximum: int = INT_MAX, why: str = ""):
+        self.minimum, self.maximum = minimum, maximum
+        self.expected = (ini.TIME_EXPECTED + (f", at least {minimum}s" if minimum else "")
+                         + f", at most {maximum}s" + (f"; {why}" if why else ""))
 
     def parse(self, raw: Any) -> int:
         if isinstance(raw, str):
             raw = _or_expected(ini.parse_time, raw, self.expected)
-        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= self.minimum:
+        if isinstance(raw, int) and not isinstance(raw, bool) and \
+                self.minimum <= raw <= self.maximum:
             return raw
         raise ValueError(self.expected)
 
@@ -156,16 +166,20 @@ class Time(Kind):
 class Duration(Kind):
     """Seconds, fractions allowed: `250ms`, `1.5s`, `2` (seconds), `1m`; stored as a float."""
 
-    expected = "a duration, e.g. 250ms, 1.5s or 2 (seconds)"
-    _SHAPE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m)?\Z")
+    expected = f"a duration, e.g. 250ms, 1.5s or 2 (seconds), at most {INT_MAX}s"
+    _SHAPE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)?\Z")
 
     def parse(self, raw: Any) -> float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw >= 0:
-            return float(raw)
-        m = self._SHAPE.match(str(raw).strip().lower()) if isinstance(raw, str) else None
-        if not m:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            value = float(raw) if abs(raw) < 1e300 else float("inf")
+        else:
+            m = self._SHAPE.match(str(raw).strip().lower()) if isinstance(raw, str) else None
+            if not m or len(m.group(1)) > 2 * ini.MAX_DIGITS:
+                raise ValueError(self.expected)
+            value = float(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60}[m.group(2)]
+        if not 0 <= value <= INT_MAX:  # a NaN fails too
             raise ValueError(self.expected)
-        return float(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60}[m.group(2)]
+        return value
 
     def show(self, value: float) -> str:
         return f"{round(value * 1000)}ms"
@@ -174,15 +188,16 @@ class Duration(Kind):
 class Size(Kind):
     """Bytes, with K/M/G suffixes; 0 means off, anything else must reach `minimum`."""
 
-    def __init__(self, minimum: int):
-        self.minimum = minimum
-        self.expected = f"{ini.SIZE_EXPECTED}: 0 (off) or at least {self.show(minimum)}"
+    def __init__(self, minimum: int, maximum: int = SSIZE_MAX):
+        self.minimum, self.maximum = minimum, maximum
+        self.expected = (f"{ini.SIZE_EXPECTED}: 0 (off) or at least {self.show(minimum)}, "
+                         f"at most {self.show(maximum)}")
 
     def parse(self, raw: Any) -> int:
         if isinstance(raw, str):
             raw = _or_expected(ini.parse_size, raw, self.expected)
         if isinstance(raw, int) and not isinstance(raw, bool) and (
-                raw == 0 or raw >= self.minimum):
+                raw == 0 or self.minimum <= raw <= self.maximum):
             return raw
         raise ValueError(self.expected)
 
@@ -198,8 +213,8 @@ class Rlimit(Int):
     """A resource limit: an integer >= 0 or `unlimited` (stored as -1, RLIM_INFINITY)."""
 
     def __init__(self) -> None:
-        super().__init__(0)
-        self.expected = "an integer >= 0 or 'unlimited'"
+        super().__init__(0, SSIZE_MAX)  # setrlimit() takes up to a signed 64-bit number
+        self.expected = f"an integer from 0 to {SSIZE_MAX} or 'unlimited'"
 
     def parse(self, raw: Any) -> int:
         if isinstance(raw, str) and raw.strip().lower() == "unlimited":
@@ -385,7 +400,7 @@ class Listen(Kind):
     """PHP-FPM's rule: a value holding ':' or only digits is TCP, anything else a unix socket."""
 
     expected = "'ip:port', '[ipv6]:port', 'port' or a unix socket path; port from 1 to 65535"
-    _TCP = re.compile(r"(?:\[[0-9A-Fa-f:.%\w]+\]|[^:\[\]]+):(\d+)\Z|(\d+)\Z")
+    _TCP = re.compile(r"(?:\[[0-9A-Fa-f:.%\w]+\]|[^:\[\]]+):([0-9]{1,5})\Z|([0-9]{1,5})\Z")
 
     def parse(self, raw: Any) -> str:
         if isinstance(raw, int) and not isinstance(raw, bool):
@@ -416,6 +431,29 @@ class Listen(Kind):
         return f"a unix socket path in an existing directory; '{folder}' is not a directory"
 
 
+# A uid or gid: what uid_t and gid_t hold, but -1 (4294967295), which means "unchanged".
+ID_MAX = 2 ** 32 - 2
+
+
+def _check_id(value: str, expected: str) -> None:
+    """A value made of digits is a numeric id: ASCII ones (isdigit() also takes '\xb2',
+    which int() refuses), within ID_MAX. Anything else is a name, looked up at start."""
+    if value.isdigit() and not (value.isascii() and len(value) <= 10 and int(value) <= ID_MAX):
+        raise ValueError(expected)
+
+
+class Principal(Str):
+    """A user or a group: a name, or a numeric id."""
+
+    expected = f"a user or group name, or a numeric id from 0 to {ID_MAX}"
+
+    def parse(self, raw: Any) -> str | None:
+        value = super().parse(raw)
+        if value is not None:
+            _check_id(value.strip(), self.expected)
+        return value
+
+
 class Names(Kind):
     """User or group names or ids, separated by commas in INI; a list (or such a string) in
     TOML. Empty means unset."""
@@ -430,7 +468,10 @@ class Names(Kind):
         if not isinstance(raw, list) or not all(
                 isinstance(n, (str, int)) and not isinstance(n, bool) for n in raw):
             raise ValueError(self.expected)
-        return tuple(dict.fromkeys(name for name in (str(n).strip() for n in raw) if name))
+        names = tuple(dict.fromkeys(name for name in (str(n).strip() for n in raw) if name))
+        for name in names:
+            _check_id(name, f"{self.expected}; a numeric id from 0 to {ID_MAX}")
+        return names
 
     def show(self, value: tuple[str, ...]) -> str:
         return ", ".join(value) or "undefined"
@@ -494,6 +535,8 @@ _FACILITIES = Choice("auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr",
 # Status and ping URLs: PHP-FPM's character set, so they never need escaping in a URL.
 _STATUS_PATH = UrlPath(r"/[A-Za-z0-9/_.~-]*",
                        "a URL path starting with '/', made of letters, digits and /_-.~")
+_PROCESSES = "the most processes Linux can run"
+_POLL = "the longest wait a worker can time, in milliseconds of a C int"
 # pm.max_memory floor: a bare Python worker already holds about 10 MB, so anything lower would
 # recycle every worker after every request; a number without suffix is almost surely a typo.
 MIN_MAX_MEMORY = 16 << 20
@@ -526,7 +569,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("process_control_timeout", "global", Time(), 0,
               "How long workers get to finish on a graceful stop before they are killed; "
               "0 waits for ever."),
-    Directive("process.max", "global", Int(0), 0,
+    Directive("process.max", "global", Int(0, PID_MAX_LIMIT, _PROCESSES), 0,
               "Most workers all pools together may run; 0 means no limit, else at least the "
               "workers the pools start."),
     Directive("process.priority", "global", Int(-19, 20), None,
@@ -549,10 +592,10 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("prefix", "pool", Dir(), None,
               "Directory this pool's relative paths are relative to; it must exist. "
               "Default: the global prefix (-p), else the directory of the main file."),
-    Directive("user", "pool", Str(), None,
+    Directive("user", "pool", Principal(), None,
               "User the workers run as (name or uid); needed when pyfpm runs as root, "
               "ignored otherwise."),
-    Directive("group", "pool", Str(), None,
+    Directive("group", "pool", Principal(), None,
               "Group the workers run as (name or gid). Default: the user's group."),
     Directive("listen", "pool", Listen(), (),
               "Address to accept FastCGI requests on: 'ip:port', '[ipv6]:port', 'port' "
@@ -561,9 +604,9 @@ DIRECTIVES: tuple[Directive, ...] = (
               required="no listen address have been defined!", array="list", plain=True),
     Directive("listen.backlog", "pool", Int(-1), -1,
               "listen(2) backlog; -1 means the kernel maximum (SOMAXCONN)."),
-    Directive("listen.owner", "pool", Str(), None,
+    Directive("listen.owner", "pool", Principal(), None,
               "Owner of the unix socket (user name or uid). Default: the user running pyfpm."),
-    Directive("listen.group", "pool", Str(), None,
+    Directive("listen.group", "pool", Principal(), None,
               "Group of the unix socket (group name or gid). Default: the owner's group."),
     Directive("listen.mode", "pool", Octal(), 0o660,
               "Permissions of the unix socket, in octal."),
@@ -584,15 +627,15 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Process manager: static keeps pm.max_children workers, dynamic keeps "
               "spare idle ones, ondemand starts them when requests come.",
               required="the process manager is missing (static, dynamic or ondemand)"),
-    Directive("pm.max_children", "pool", Int(1), 5,
+    Directive("pm.max_children", "pool", Int(1, PID_MAX_LIMIT, _PROCESSES), 5,
               "Number of workers (static), or the most there can be (dynamic, ondemand).",
               required="pm.max_children must be set (expected an integer >= 1)"),
-    Directive("pm.start_servers", "pool", Int(0), 0,
+    Directive("pm.start_servers", "pool", Int(0, PID_MAX_LIMIT, _PROCESSES), 0,
               "dynamic: workers started at launch; 0 means "
               "min_spare + (max_spare - min_spare) / 2."),
-    Directive("pm.min_spare_servers", "pool", Int(0), 0,
+    Directive("pm.min_spare_servers", "pool", Int(0, PID_MAX_LIMIT, _PROCESSES), 0,
               "dynamic: fewest idle workers wanted (mandatory for dynamic)."),
-    Directive("pm.max_spare_servers", "pool", Int(0), 0,
+    Directive("pm.max_spare_servers", "pool", Int(0, PID_MAX_LIMIT, _PROCESSES), 0,
               "dynamic: most idle workers wanted (mandatory for dynamic)."),
     Directive("pm.max_spawn_rate", "pool", Int(1), 32,
               "dynamic: most workers started in one second when idle ones run short."),
@@ -638,7 +681,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("request_terminate_timeout_track_finished", "pool", Bool(), False,
               "Keep counting request_terminate_timeout after the response is complete "
               "(code running after the response)."),
-    Directive("request_read_timeout", "pool", Time(1), 60,
+    Directive("request_read_timeout", "pool", Time(1, INT_MAX // 1000, _POLL), 60,
               "How long a worker waits for the rest of a request's records before it drops "
               "the connection."),
     Directive("rlimit_files", "pool", Int(1), None,
@@ -1038,7 +1081,7 @@ def _at(where: tuple[str, int]) -> str:
 
 
 def _scope(pool: str | None) -> str:
-    return "[global]" if pool is None else f"[pool {pool}]"
+    return "[global]" if pool is None else f"[pool {_shown(pool)}]"
 
 
 def _build(doc: ini.Document, path: str, base: str) -> Config:
@@ -1049,6 +1092,10 @@ def _build(doc: ini.Document, path: str, base: str) -> Config:
 
     for e in doc.entries:
         section = global_
+        if e.section is not None and not e.name and not e.section.isprintable():
+            # It names the pool in every log line and its workers' process title.
+            errors.append(f"{_at((e.file, e.line))} invalid pool name '{_shown(e.section)}' "
+                          f"(expected printable characters; {NO_NUL})")
         if e.section is not None:
             # one pool per name, case-insensitively, as PHP-FPM re-opens sections
             section = pools.setdefault(e.section.lower(), _Section(e.section, (e.file, e.line)))
@@ -1082,6 +1129,11 @@ def _read_entry(e: ini.Entry, section: _Section) -> str:
     if d is None or (bool(d.array) != (e.key is not None) and not plain_list):
         return _unknown(e, d, section.section)
     section.origin[d.field] = (e.file, e.line)  # even if invalid: a bad value is not a missing one
+    if _has_nul(e.value):
+        return f"{d.name}: invalid value '{_shown(e.value)}' (expected {NO_NUL})"
+    if d.array == "map" and e.key and ("\0" in e.key or "=" in e.key):
+        # What the workers' environment (env[]) can hold as a variable's name.
+        return f"{d.name}[{_shown(e.key)}]: invalid name (expected no '=' and {NO_NUL})"
     try:
         value = d.kind.parse(e.value)
     except ValueError as x:
@@ -1091,7 +1143,7 @@ def _read_entry(e: ini.Entry, section: _Section) -> str:
     elif plain_list:
         section.lists[d.field] = [value]
     elif value is None:
-        return f"{d.name}[{e.key}]: empty value"
+        return f"{d.name}[{_shown(e.key)}]: empty value"
     elif d.array == "list" and e.key:
         return f"{d.name}[{e.key}]: keys are not allowed here (write {d.name}[] = value)"
     elif d.array == "list":
@@ -1106,7 +1158,7 @@ def _read_entry(e: ini.Entry, section: _Section) -> str:
 def _unknown(e: ini.Entry, d: Directive | None, section: str) -> str:
     if e.key is not None:
         arrays = [n for (s, n), a in _TABLE.items() if s == section and a.array]
-        return f"unknown directive '{e.name}'" + ("" if d else _nearest(e.name, arrays))
+        return f"unknown directive '{_shown(e.name)}'" + ("" if d else _nearest(e.name, arrays))
     if d is not None:  # an array directive written without its [KEY]
         key = "NAME" if d.array == "map" else ""
         return f"unknown entry '{e.name}' (write {d.name}[{key}] = value)"
@@ -1114,7 +1166,8 @@ def _unknown(e: ini.Entry, d: Directive | None, section: str) -> str:
     if (other, e.name.lower()) in _TABLE:
         where = "a pool section" if other == "pool" else "the [global] section"
         return f"unknown entry '{e.name}' ({e.name} belongs in {where})"
-    return f"unknown entry '{e.name}'" + _nearest(e.name, [n for s, n in _TABLE if s == section])
+    return f"unknown entry '{_shown(e.name)}'" + _nearest(e.name,
+                                                          [n for s, n in _TABLE if s == section])
 
 
 def _nearest(name: str, names: list[str]) -> str:
@@ -1123,9 +1176,28 @@ def _nearest(name: str, names: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+# Every string becomes a path, an environment value or a C string (a process title, a
+# syslog ident) somewhere, and none of those can hold a NUL.
+NO_NUL = "no NUL byte: it would cut a path, an environment value or a C string short"
+SHOWN_MAX = 120  # characters of a value an error shows
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    return isinstance(value, list) and any(_has_nul(item) for item in value)
+
+
 def _shown(value: Any) -> str:
-    """A value as the user wrote it: TOML's true/false rather than Python's True/False."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A value as the user wrote it: TOML's true/false rather than Python's True/False;
+    characters that cannot be printed escaped (a NUL as \\x00), and a long one cut."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in text)
+    if len(text) > SHOWN_MAX:
+        text = f"{text[:SHOWN_MAX - 20]}... ({len(text)} characters)"
+    return text
 
 
 def _resolve(s: _Section, base: str, errors: list[str],

@@ -15,9 +15,12 @@ MAX_INCLUDE_DEPTH = 5  # PHP-FPM's limit on nested includes
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ARRAY_NAME = re.compile(r"([^\[\]\s]+)\s*\[([^\[\]]*)\]\Z")
-_TIME = re.compile(r"(\d+)([smhd]?)\Z")
+_TIME = re.compile(r"([0-9]+)([smhd]?)\Z")
 _TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE = re.compile(r"(\d+)([kmg]?)\Z")
+_SIZE = re.compile(r"([0-9]+)([kmg]?)\Z")
+# Digits beyond which a number is out of every directive's range: int() is not asked (it
+# refuses more than 4300 digits with a message of its own).
+MAX_DIGITS = 24
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 # PHP's INI scanner turns yes/on/true into "1" and no/off/false/none into "" and FPM then
@@ -114,7 +117,8 @@ def parse_int(text: str, minimum: int | None = None, maximum: int | None = None)
     """A decimal integer within [minimum, maximum]. Unlike PHP, an empty value is an error."""
     expected = int_expected(minimum, maximum)
     text = text.strip()
-    if not re.fullmatch(r"-?\d+", text):
+    # ASCII digits: \d would take any script's digits, and isdigit() even '\xb2'.
+    if not re.fullmatch(r"-?[0-9]+", text) or len(text.lstrip("-0")) > MAX_DIGITS:
         raise ValueError(expected)
     return check_range(int(text), minimum, maximum, expected)
 
@@ -122,7 +126,7 @@ def parse_int(text: str, minimum: int | None = None, maximum: int | None = None)
 def parse_time(text: str) -> int:
     """Seconds from `30`, `30s`, `5m`, `1h` or `2d`. Unlike PHP, `1.5m` is an error, not 60."""
     m = _TIME.match(text.strip().lower())
-    if not m:
+    if not m or len(m.group(1).lstrip("0")) > MAX_DIGITS:
         raise ValueError(TIME_EXPECTED)
     return int(m.group(1)) * _TIME_UNITS[m.group(2)]
 
@@ -133,7 +137,7 @@ TIME_EXPECTED = "a time in seconds, with an optional suffix s, m, h or d (e.g. 3
 def parse_size(text: str) -> int:
     """Bytes from `1048576`, `512K`, `64M` or `1G` (binary units, as PHP's memory_limit)."""
     m = _SIZE.match(text.strip().lower())
-    if not m:
+    if not m or len(m.group(1).lstrip("0")) > MAX_DIGITS:
         raise ValueError(SIZE_EXPECTED)
     return int(m.group(1)) * SIZE_UNITS[m.group(2)]
 
@@ -147,9 +151,9 @@ def check_range(value: int, minimum: int | None, maximum: int | None, expected: 
     return value
 
 
-def int_expected(minimum: int | None, maximum: int | None) -> str:
+def int_expected(minimum: int | None, maximum: int | None, why: str = "") -> str:
     if minimum is not None and maximum is not None:
-        return f"an integer from {minimum} to {maximum}"
+        return f"an integer from {minimum} to {maximum}" + (f"; {why}" if why else "")
     if minimum is not None:
         return f"an integer >= {minimum}"
     if maximum is not None:

@@ -781,6 +781,11 @@ class Master:
             self.log.error("reload failed: the new configuration is invalid; still serving "
                            "with the current one")
             return
+        except reexec.WouldFail as e:
+            for line in e.errors:
+                self.log.error("the new master would not start: %s" % line)
+            self.log.error("reload failed: still serving with the current configuration")
+            return
         except Exception:  # whatever reading it met (a working directory since removed...)
             self.log.exception("reload failed: the new configuration could not be read; still "
                                "serving with the current one")

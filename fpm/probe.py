@@ -20,8 +20,8 @@ IMPORT_TIMEOUT = 30.0  # seconds -t waits for the pools' apps to import, all at 
 READ_TIMEOUT = 5.0  # seconds the readability checks may take (a hung NFS mount)
 
 
-class _Quiet:
-    """The log a probe's unix.apply() writes to: nowhere (its failure is the result)."""
+class Quiet:
+    """A log that writes nowhere: a probe's unix.apply() (its failure is the result)."""
 
     def __getattr__(self, level):
         return lambda *args, **kwargs: None
@@ -133,7 +133,7 @@ def _start(pool, check, become: bool, allow_root: bool) -> tuple[int, int]:
             for fd in (0, 1, 2):  # what an app prints while it imports is not -t's output
                 os.dup2(null, fd)
             if become:
-                unix.apply(pool, _Quiet(), allow_root)
+                unix.apply(pool, Quiet(), allow_root)
             answer = b"=" + (check() or "").encode("utf-8", "backslashreplace")
         except unix.UnixError as e:
             answer = b"!" + e.reason.encode("utf-8", "backslashreplace")

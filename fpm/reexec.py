@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -86,6 +87,42 @@ def adopt_listeners(inherited: Inherited, pools) -> tuple[dict[str, Listener], l
 def command() -> list[str]:
     """This master's command line: the same interpreter options, script or -m, arguments."""
     return [sys.executable] + sys.orig_argv[1:]
+
+
+DRY_RUN_TIMEOUT = 30.0  # seconds the new master's checks may take (they probe each pool)
+
+
+class WouldFail(Exception):
+    """The new master, as the reload would execute it, would not start; ``errors`` say why."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def dry_run(stderr_is_tty: bool) -> None:
+    """Run the command a reload executes with ``--reload-test``: the new code reads and
+    checks the new configuration as its start would (pyfpm -t but for the apps' import).
+    The exec cannot be undone, so this is the last moment a failure can be refused.
+    Raises ConfigError with its errors, or WouldFail when it crashed or hung."""
+    from fpm.config import ConfigError
+    try:
+        done = subprocess.run(command() + ["--reload-test=" + ("tty" if stderr_is_tty else "notty")],
+                              stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=DRY_RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise WouldFail(["its check of the configuration took more than %g seconds"
+                         % DRY_RUN_TIMEOUT]) from None
+    except OSError as e:
+        raise WouldFail(["%s cannot be run: %s" % (command()[0], e.strerror)]) from None
+    lines = done.stderr.decode("utf-8", "replace").splitlines()
+    if done.returncode == 78 and lines:
+        raise ConfigError(lines)
+    if done.returncode != 0:
+        # A traceback's last line says what broke (an upgrade that cannot import, ...).
+        raise WouldFail(["it exits with code %d: %s" % (done.returncode,
+                                                        lines[-1] if lines else "no message")])
 
 
 def execute(listeners, boards, children, stderr_fd: int | None, streams=None) -> OSError:

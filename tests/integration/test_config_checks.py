@@ -4,6 +4,7 @@ directory, process.max below the workers the pools start, a misspelt directive. 
 slowlog, opened with the other logs at start, kept across USR1 and a reload."""
 import re
 import signal
+import sys
 
 import pytest
 
@@ -143,3 +144,92 @@ def test_a_reload_to_an_unopenable_slowlog_is_refused_and_serving_goes_on(server
            "or directory (2)" % tmp_path in server.log_text()[mark:]
     assert client.request(server.address, "/sleep?s=0", timeout=10).status == 200
     assert server.children() == workers
+
+
+# --- -t, the start and a reload refuse alike (issue 14, items 2 and 6) ----------------------
+
+NR_OPEN = int(open("/proc/sys/fs/nr_open").read())
+
+
+@pytest.mark.parametrize("global_, pool, error", [
+    ("error_log = {tmp}/missing/error.log", "",
+     "failed to open error log file '{tmp}/missing/error.log': No such file or directory (2)"),
+    ("pid = {tmp}/missing/fpm.pid", "",
+     "unable to create the pid file '{tmp}/missing/fpm.pid': No such file or directory (2)"),
+    ("rlimit_files = %d" % (NR_OPEN + 1), "",
+     "[global] rlimit_files = %d: setrlimit(RLIMIT_NOFILE) failed: " % (NR_OPEN + 1)),
+    ("", "access.log = {tmp}/a\0b.log",
+     "[{conf}:10] [pool www] access.log: invalid value '{tmp}/a\\x00b.log' (expected no NUL "
+     "byte: it would cut a path, an environment value or a C string short)"),
+    ("", "env[TOKEN] = a\0b",
+     "[{conf}:10] [pool www] env: invalid value 'a\\x00b' (expected no NUL byte: it would cut "
+     "a path, an environment value or a C string short)"),
+    ("", "pm.max_requests = 1" + "0" * 33,
+     "[{conf}:10] [pool www] pm.max_requests: invalid value '1" + "0" * 33 + "' (expected an "
+     "integer from 0 to 2147483647)"),
+], ids=["error-log-dir", "pid-dir", "global-rlimit", "nul-in-access-log", "nul-in-env",
+        "max-requests-overflow"])
+def test_test_start_and_reload_refuse_alike(tmp_path, global_, pool, error):
+    """Each of these passed -t; a reload to it ended the master and every worker (with
+    error_log, silently), or left the workers crash-looping while the master said ready."""
+    conf = tmp_path / "pyfpm.conf"
+    good = POOL.format(global_="error_log = {tmp}/fpm-stderr.log\n; (a line for the line numbers)",
+                       listen="{sock}", apps=APPS, pool="")
+    bad = POOL.format(global_="error_log = {tmp}/fpm-stderr.log\n" + global_, listen="{sock}",
+                      apps=APPS, pool=pool)
+    expected = error.format(tmp=tmp_path, conf=conf)
+    conf.write_text(bad.replace("{tmp}", str(tmp_path)).replace("{sock}", str(tmp_path / "s")))
+    test = run_fpm("-F", "-t", "-y", str(conf))
+    start = run_fpm("-F", "-y", str(conf))
+    assert (test.returncode, start.returncode) == (78, 78), (test.stderr, start.stderr)
+    assert any(line.startswith("ERROR: " + expected) for line in errors(test)), test.stderr
+    assert errors(start) == errors(test)
+    # Logging where the configuration says (no -O): as a master started by an init script.
+    with Server(good, tmp_path, flags=("-F",)) as server:
+        (worker,) = server.wait_idle(1)
+        server.conf_path.write_text(bad.replace("{tmp}", str(tmp_path))
+                                    .replace("{sock}", str(tmp_path / "s")))
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"ERROR: reload failed: the new configuration is invalid; still serving "
+                        r"with the current one", 30, since=mark)
+        assert "ERROR: " + expected in server.log_text()[mark:]
+        assert client.request(server.address, "/sleep?s=0", timeout=10).status == 200
+        assert server.children() == [worker]
+        assert server.proc.poll() is None
+
+
+LAUNCHER = """\
+import os, sys
+if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "broken")):
+    raise ImportError("cannot import name 'serve' from 'fpm.master' (a half-done upgrade)")
+from fpm.cli import main
+sys.exit(main())
+"""
+
+
+def test_a_reload_into_code_that_cannot_start_is_refused_before_the_exec(tmp_path):
+    """The exec cannot be undone: the old master first runs the command it would execute
+    (the new code, once upgraded) on the new configuration."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    config = POOL.format(global_="", listen="{sock}", apps=APPS, pool="")
+    with Server(config, tmp_path, command=[sys.executable, str(launcher)]) as server:
+        (worker,) = server.wait_idle(1)
+        (tmp_path / "broken").touch()
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"ERROR: reload failed: still serving with the current configuration$",
+                        30, since=mark)
+        assert ("ERROR: the new master would not start: it exits with code 1: ImportError: "
+                "cannot import name 'serve' from 'fpm.master' (a half-done upgrade)"
+                in server.log_text()[mark:])
+        assert client.request(server.address, "/sleep?s=0", timeout=10).status == 200
+        assert server.children() == [worker] and server.proc.poll() is None
+        (tmp_path / "broken").unlink()  # the upgrade completed: the next reload goes ahead
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"NOTICE: ready to handle connections$", 30, since=mark)
+        wait_for("the previous worker to go", lambda: worker not in server.children(), 10,
+                 server)
+        assert client.request(server.address, "/sleep?s=0", timeout=10).status == 200

@@ -351,7 +351,7 @@ def test_errors_in_included_files_name_that_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         config.load(main)
     assert info.value.errors == [f"[{inc}:5] [pool www] pm.max_children: invalid value 'lots' "
-                                 f"(expected an integer >= 1)"]
+                                 f"(expected an integer from 1 to 4194304; the most processes Linux can run)"]
 
 
 # --- value types -----------------------------------------------------------------------------
@@ -743,14 +743,14 @@ def test_python_path(text, value):
 
 
 @pytest.mark.parametrize("directive, value, expected", [
-    ("pm.max_children", "abc", "an integer >= 1"),
-    ("pm.max_children", "0", "an integer >= 1"),
-    ("pm.max_children", "-3", "an integer >= 1"),
-    ("pm.max_children", "", "an integer >= 1"),
-    ("listen.backlog", "-2", "an integer >= -1"),
-    ("fastcgi.params_max", "0", "an integer >= 1"),
-    ("fastcgi.params_max", "1M", "an integer >= 1"),
-    ("pm.min_spare_servers", "-1", "an integer >= 0"),
+    ("pm.max_children", "abc", "an integer from 1 to 4194304; the most processes Linux can run"),
+    ("pm.max_children", "0", "an integer from 1 to 4194304; the most processes Linux can run"),
+    ("pm.max_children", "-3", "an integer from 1 to 4194304; the most processes Linux can run"),
+    ("pm.max_children", "", "an integer from 1 to 4194304; the most processes Linux can run"),
+    ("listen.backlog", "-2", "an integer from -1 to 2147483647"),
+    ("fastcgi.params_max", "0", "an integer from 1 to 2147483647"),
+    ("fastcgi.params_max", "1M", "an integer from 1 to 2147483647"),
+    ("pm.min_spare_servers", "-1", "an integer from 0 to 4194304; the most processes Linux can run"),
     ("pm", "fast", "one of static, dynamic, ondemand"),
 ])
 def test_invalid_values_name_everything(directive, value, expected):
@@ -1071,7 +1071,7 @@ def test_rlimit_core(value, stored):
 def test_bad_rlimit_core(value):
     assert one_error(f"rlimit_core = {value}\n" + POOL) == (
         f"[/etc/pyfpm/pyfpm.conf:1] [global] rlimit_core: invalid value '{value}' "
-        f"(expected an integer >= 0 or 'unlimited')")
+        f"(expected an integer from 0 to 9223372036854775807 or 'unlimited')")
 
 
 @pytest.mark.parametrize("value, stored", [("0", 0), ("16M", 16 << 20), ("256m", 256 << 20),
@@ -1085,23 +1085,29 @@ def test_max_memory(value, stored):
 def test_bad_max_memory(value):
     assert one_error(POOL + f"pm.max_memory = {value}\n") == (
         f"[/etc/pyfpm/pyfpm.conf:5] [pool www] pm.max_memory: invalid value '{value}' (expected "
-        f"a size in bytes, with an optional suffix K, M or G (e.g. 256M): 0 (off) or at least 16M)")
+        f"a size in bytes, with an optional suffix K, M or G (e.g. 256M): 0 (off) or at least 16M, "
+        f"at most 9223372036854775807)")
+
+
+READ_TIMEOUT = ("a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least "
+                "1s, at most 2147483s; the longest wait a worker can time, in milliseconds of a "
+                "C int")
 
 
 @pytest.mark.parametrize("directive, value, expected", [
-    ("pm.max_spawn_rate", "0", "an integer >= 1"),
-    ("pm.max_requests", "-1", "an integer >= 0"),
-    ("pm.max_requests_jitter", "-1", "an integer >= 0"),
-    ("request_slowlog_trace_depth", "0", "an integer >= 1"),
-    ("rlimit_files", "0", "an integer >= 1"),
+    ("pm.max_spawn_rate", "0", "an integer from 1 to 2147483647"),
+    ("pm.max_requests", "-1", "an integer from 0 to 2147483647"),
+    ("pm.max_requests_jitter", "-1", "an integer from 0 to 2147483647"),
+    ("request_slowlog_trace_depth", "0", "an integer from 1 to 2147483647"),
+    ("rlimit_files", "0", "an integer from 1 to 2147483647"),
     ("pm.process_idle_timeout", "0",
-     "a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least 1s"),
-    ("request_read_timeout", "0s",
-     "a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least 1s"),
-    ("request_read_timeout", "soon",
-     "a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least 1s"),
+     "a time in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least 1s, "
+     "at most 2147483647s"),
+    ("request_read_timeout", "0s", READ_TIMEOUT),
+    ("request_read_timeout", "soon", READ_TIMEOUT),
+    ("request_read_timeout", "25d", READ_TIMEOUT),
     ("request_terminate_timeout", "-5", "a time in seconds, with an optional suffix s, m, h or d "
-                                        "(e.g. 30s, 5m)"),
+                                        "(e.g. 30s, 5m), at most 2147483647s"),
     ("access.format", "", "a non-empty string"),
     ("clear_env", "sometimes", "a boolean: yes/no, on/off, true/false or 1/0"),
 ])
@@ -1112,10 +1118,10 @@ def test_new_pool_value_limits(directive, value, expected):
 
 
 @pytest.mark.parametrize("directive, value, expected", [
-    ("log_limit", "511", "an integer >= 512"),
-    ("process.max", "-1", "an integer >= 0"),
-    ("emergency_restart_threshold", "-1", "an integer >= 0"),
-    ("emergency_restart_interval", "1.5m", ini.TIME_EXPECTED),
+    ("log_limit", "511", "an integer from 512 to 2147483647"),
+    ("process.max", "-1", "an integer from 0 to 4194304; the most processes Linux can run"),
+    ("emergency_restart_threshold", "-1", "an integer from 0 to 2147483647"),
+    ("emergency_restart_interval", "1.5m", ini.TIME_EXPECTED + ", at most 2147483647s"),
     ("syslog.facility", "local8", "one of auth, authpriv, cron, daemon, ftp, kern, lpr, mail, "
                                   "news, syslog, user, uucp, local0, local1, local2, local3, "
                                   "local4, local5, local6, local7"),
@@ -1484,7 +1490,7 @@ def test_toml_errors_name_file_line_pool_directive_value():
         "[/etc/pyfpm/pyfpm.toml:2] [global] daemonize: invalid value 'maybe' "
         "(expected a boolean: yes/no, on/off, true/false or 1/0)",
         "[/etc/pyfpm/pyfpm.toml:7] [pool www] pm.max_children: invalid value 'true' "
-        "(expected an integer >= 1)",
+        "(expected an integer from 1 to 4194304; the most processes Linux can run)",
         "[/etc/pyfpm/pyfpm.toml:8] [pool www] mount: invalid value 'app' "
         "(expected '' or a URL path starting with '/', e.g. /app)",
         "[/etc/pyfpm/pyfpm.toml:9] [pool www] unknown entry 'bogus'",
@@ -1730,7 +1736,7 @@ def test_request_queue_timeout_takes_fractions_and_milliseconds(text, seconds):
 def test_request_queue_timeout_refuses_other_words():
     assert errors_of(POOL_HEAD + "listen = 127.0.0.1:9000\nrequest_queue_timeout = soon\n") == [
         "[/etc/pyfpm/pyfpm.conf:5] [pool www] request_queue_timeout: invalid value 'soon' "
-        "(expected a duration, e.g. 250ms, 1.5s or 2 (seconds))"]
+        "(expected a duration, e.g. 250ms, 1.5s or 2 (seconds), at most 2147483647s)"]
 
 
 def test_request_queue_timeout_on_a_unix_socket_needs_the_start_param():
@@ -1753,3 +1759,107 @@ def test_request_body_sizes():
     assert (pool.request_body_buffer_size, pool.request_body_max_size) == (0, 100 << 20)
     assert (config.PoolConfig.request_body_buffer_size,
             config.PoolConfig.request_body_max_size) == (1 << 20, 0)
+
+
+# --- what the code behind each directive can hold (issue 14, item 6) -----------------------
+
+NUMERIC = [d for d in config.DIRECTIVES
+           if isinstance(d.kind, (config.Int, config.Time, config.Size, config.Duration))]
+# What each number goes into: a worker's C types, a process count, PHP-FPM's C int.
+LIMITS = {"pm.max_children": 1 << 22, "pm.start_servers": 1 << 22,
+          "pm.min_spare_servers": 1 << 22, "pm.max_spare_servers": 1 << 22,
+          "process.max": 1 << 22, "request_read_timeout": 2147483,
+          "pm.max_memory": 2 ** 63 - 1, "request_body_buffer_size": 2 ** 63 - 1,
+          "request_body_max_size": 2 ** 63 - 1, "rlimit_core": 2 ** 63 - 1,
+          "process.priority": 20}
+
+
+@pytest.mark.parametrize("d", NUMERIC, ids=lambda d: f"{d.section}:{d.name}")
+def test_every_number_has_a_range_its_code_can_hold(d):
+    """pm.max_requests = 10^33 passed -t and raised OverflowError in every worker."""
+    limit = LIMITS.get(d.name, 2 ** 31 - 1)
+    assert d.kind.parse(str(limit)) == limit
+    for value in (str(limit + 1), "1" + "0" * 33, "9" * 5000):
+        with pytest.raises(ValueError) as info:
+            d.kind.parse(value)
+        assert str(info.value) == d.kind.expected  # the kind's words, not int()'s
+        assert str(limit) in d.kind.expected
+    with pytest.raises(ValueError):
+        d.kind.parse(limit + 1)  # TOML's integers
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pm.max_requests = 1000000000000000000000000000000000",
+     "pm.max_requests: invalid value '1000000000000000000000000000000000' (expected an integer "
+     "from 0 to 2147483647)"),
+    ("pm.max_requests = " + "9" * 5000,
+     "pm.max_requests: invalid value '" + "9" * 100 + "... (5000 characters)' (expected an "
+     "integer from 0 to 2147483647)"),
+    ("pm.max_requests = \u0661\u0662", "pm.max_requests: invalid value '\u0661\u0662' (expected "
+                                       "an integer from 0 to 2147483647)"),
+    ("request_read_timeout = 30d", "request_read_timeout: invalid value '30d' (expected a time "
+     "in seconds, with an optional suffix s, m, h or d (e.g. 30s, 5m), at least 1s, at most "
+     "2147483s; the longest wait a worker can time, in milliseconds of a C int)"),
+    ("user = \u00b2", "user: invalid value '\u00b2' (expected a user or group name, or a numeric "
+                      "id from 0 to 4294967294)"),
+    ("listen.owner = 4294967295", "listen.owner: invalid value '4294967295' (expected a user or "
+                                  "group name, or a numeric id from 0 to 4294967294)"),
+    ("listen.acl_users = www-data, 99999999999",
+     "listen.acl_users: invalid value 'www-data, 99999999999' (expected user or group names or "
+     "ids separated by commas; a numeric id from 0 to 4294967294)"),
+])
+def test_numbers_beyond_their_range_name_value_and_limit(text, expected):
+    assert one_error(POOL + text + "\n") == "[/etc/pyfpm/pyfpm.conf:5] [pool www] " + expected
+
+
+def test_toml_infinities_and_huge_integers_are_out_of_range():
+    errors = errors_of('[pools.www]\nlisten = "127.0.0.1:9000"\npm = "static"\n'
+                       '"pm.max_children" = 3\nrequest_queue_timeout = inf\n'
+                       '"pm.max_requests" = 10000000000000000000000\n', "toml",
+                       "/etc/pyfpm/pyfpm.toml")
+    assert errors == [
+        "[/etc/pyfpm/pyfpm.toml:5] [pool www] request_queue_timeout: invalid value 'inf' "
+        "(expected a duration, e.g. 250ms, 1.5s or 2 (seconds), at most 2147483647s)",
+        "[/etc/pyfpm/pyfpm.toml:6] [pool www] pm.max_requests: invalid value "
+        "'10000000000000000000000' (expected an integer from 0 to 2147483647)"]
+
+
+STRINGS = [d for d in config.DIRECTIVES if d.stored and not d.array and not isinstance(
+    d.kind, (config.Int, config.Time, config.Size, config.Duration, config.Bool, config.Octal))]
+NUL = "(expected no NUL byte: it would cut a path, an environment value or a C string short)"
+
+
+@pytest.mark.parametrize("d", STRINGS, ids=lambda d: f"{d.section}:{d.name}")
+def test_no_string_may_hold_a_nul(d):
+    """access.log = a<NUL>b passed -t; a reload then ended the master."""
+    line = f"{d.name} = /a\0b\n"
+    text, where = (line + POOL, "1] [global]") if d.section == "global" else \
+        (POOL + line, "5] [pool www]")
+    assert (f"[/etc/pyfpm/pyfpm.conf:{where} {d.name}: invalid value '/a\\x00b' {NUL}"
+            in errors_of(text))
+
+
+def test_no_nul_in_lists_env_values_and_names_nor_in_pool_names():
+    errors = errors_of(POOL + "env[X] = a\0b\nenv[Y\0Z] = 1\nlisten[] = /run/a\0.sock\n"
+                       "access.suppress_path[] = /p\0ng\n[w\0w]\nlisten = 9001\npm = static\n")
+    assert errors[:4] == [
+        f"[/etc/pyfpm/pyfpm.conf:5] [pool www] env: invalid value 'a\\x00b' {NUL}",
+        "[/etc/pyfpm/pyfpm.conf:6] [pool www] env[Y\\x00Z]: invalid name (expected no '=' and "
+        "no NUL byte: it would cut a path, an environment value or a C string short)",
+        f"[/etc/pyfpm/pyfpm.conf:7] [pool www] listen: invalid value '/run/a\\x00.sock' {NUL}",
+        f"[/etc/pyfpm/pyfpm.conf:8] [pool www] access.suppress_path: invalid value '/p\\x00ng' "
+        f"{NUL}"]
+    assert "[/etc/pyfpm/pyfpm.conf:9] invalid pool name 'w\\x00w' (expected printable " \
+           "characters; no NUL byte: it would cut a path, an environment value or a C string " \
+           "short)" in errors
+
+
+def test_toml_env_names_and_pool_names_the_workers_could_not_take():
+    errors = errors_of('[pools."a\\nb"]\nlisten = "127.0.0.1:9000"\npm = "static"\n'
+                       '"pm.max_children" = 1\nenv = {"A=B" = "x"}\n', "toml",
+                       "/etc/pyfpm/pyfpm.toml")
+    assert errors == [
+        "[/etc/pyfpm/pyfpm.toml] invalid pool name 'a\\nb' (expected printable characters; "
+        "no NUL byte: it would cut a path, an environment value or a C string short)",
+        "[/etc/pyfpm/pyfpm.toml] [pool a\\nb] env[A=B]: invalid name (expected no '=' and no "
+        "NUL byte: it would cut a path, an environment value or a C string short)"]
