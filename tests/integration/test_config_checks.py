@@ -233,3 +233,47 @@ def test_a_reload_into_code_that_cannot_start_is_refused_before_the_exec(tmp_pat
         wait_for("the previous worker to go", lambda: worker not in server.children(), 10,
                  server)
         assert client.request(server.address, "/sleep?s=0", timeout=10).status == 200
+
+
+def test_every_number_at_the_top_of_its_range_starts_and_serves(tmp_path):
+    """The ranges are what the code holds: at their maxima the master starts, its worker
+    serves, and a reload goes through (a config -t passes always starts)."""
+    top = """\
+log_limit = 2147483647
+process_control_timeout = 2147483647
+systemd_interval = 2147483647
+emergency_restart_threshold = 2147483647
+emergency_restart_interval = 2147483647
+rlimit_core = 9223372036854775807
+"""
+    pool = """\
+listen.backlog = 2147483647
+pm.max_requests = 2147483647
+pm.max_requests_jitter = 2147483647
+pm.max_memory = 9223372036854775807
+request_body_buffer_size = 9223372036854775807
+request_body_max_size = 9223372036854775807
+fastcgi.params_max = 2147483647
+request_read_timeout = 2147483
+request_queue_timeout = 2147483647
+request_start_param = REQUEST_START
+request_terminate_timeout = 2147483647
+request_slowlog_timeout = 2147483647
+request_slowlog_trace_depth = 2147483647
+slowlog = {tmp}/slow.log
+"""
+    config = POOL.format(global_=top, listen="{sock}", apps=APPS, pool=pool)
+    conf = tmp_path / "test.conf"
+    conf.write_text(config.replace("{tmp}", str(tmp_path)).replace("{sock}", str(tmp_path / "s")))
+    test = run_fpm("-t", "-y", str(conf))
+    assert test.returncode == 0, test.stderr
+    with Server(config, tmp_path) as server:
+        server.wait_idle(1)
+        response = client.request(server.address, "/sleep?s=0", method="POST", body=b"x" * 70000,
+                                  timeout=10)
+        assert response.status == 200
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"NOTICE: ready to handle connections$", 30, since=mark)
+        assert client.request(server.address, "/sleep?s=0", timeout=10).status == 200
+        assert "exited with code" not in server.log_text()
