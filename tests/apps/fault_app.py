@@ -7,6 +7,7 @@ Routes dispatch on PATH_INFO; every one answers with the serving worker's pid.
 import json
 import os
 import signal
+import sys
 import time
 from urllib.parse import parse_qs
 
@@ -59,7 +60,15 @@ def leak_route(environ, start_response):
     return _reply(start_response, {"held_mb": sum(map(len, _HELD)) >> 20})
 
 
-ROUTES = {"/pid": pid_route, "/slow": slow_route, "/mangle": mangle_route,
+def log_route(environ, start_response):
+    """A line for each of the app's outputs: wsgi.errors, sys.stderr, sys.stdout."""
+    environ["wsgi.errors"].write("a line on wsgi.errors\n")
+    print("a line on stderr", file=sys.stderr, flush=True)
+    print("a line on stdout", flush=True)
+    return _reply(start_response, {})
+
+
+ROUTES = {"/log": log_route, "/pid": pid_route, "/slow": slow_route, "/mangle": mangle_route,
           "/segfault": segfault_route, "/exit": exit_route, "/leak": leak_route}
 
 
