@@ -570,7 +570,7 @@ cdef inline bint _reserved(const char *p, Py_ssize_t n) noexcept:
     return (n >= 4 and memcmp(p, b"fpm.", 4) == 0) or (n >= 5 and memcmp(p, b"wsgi.", 5) == 0)
 
 
-cdef str _latin1_at(list cache, Py_ssize_t slot, const char *p, Py_ssize_t n, bint name=False):
+cdef str _latin1_at(list cache, Py_ssize_t slot, const char *p, Py_ssize_t n, bint name):
     """p[:n] as a latin-1 str, the one already at cache[slot] when its bytes are the same:
     nginx sends the same names, and mostly the same values, in the same order on every
     request, so most pairs cost a memcmp instead of an allocation, and a reused name keeps
@@ -578,11 +578,13 @@ cdef str _latin1_at(list cache, Py_ssize_t slot, const char *p, Py_ssize_t n, bi
     checked when it is not the cached one, and never cached (its slot gets ""), so a name
     taken from the cache needs no check."""
     cdef str s
-    cdef bint drop = name and _reserved(p, n)
+    cdef bint drop
     if slot < PyList_GET_SIZE(cache):
         s = <str>PyList_GET_ITEM(cache, slot)
         if PyUnicode_GET_LENGTH(s) == n and memcmp(PyUnicode_DATA(s), p, n) == 0:
             return s
+    drop = name and _reserved(p, n)
+    if slot < PyList_GET_SIZE(cache):
         s = "" if drop else PyUnicode_DecodeLatin1(p, n, NULL)
         cache[slot] = s
         return None if drop else s
@@ -610,7 +612,7 @@ cdef Py_ssize_t _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out,
         if cache is not None:  # the name first: slots fill in order
             name = _latin1_at(cache, 2 * count - 2, <const char *>p + i, nl, True)
             if name is not None:
-                out[name] = _latin1_at(cache, 2 * count - 1, <const char *>p + i + nl, vl)
+                out[name] = _latin1_at(cache, 2 * count - 1, <const char *>p + i + nl, vl, False)
         else:
             out[PyBytes_FromStringAndSize(<const char *>p + i, nl)] = \
                 PyBytes_FromStringAndSize(<const char *>p + i + nl, vl)
