@@ -11,20 +11,6 @@ import pytest
 
 from fpm import client as fc
 from harness import wait_for
-from tests.conftest import APPS
-
-CONFIG = """\
-[global]
-log_level = notice
-process_control_timeout = {pct}
-
-[www]
-listen = {sock}
-pm = static
-pm.max_children = 1
-app = fault_app:app
-python_path = %s
-""" % APPS
 
 # Long enough for the worker to accept the connection and give up its 50 ms wait for the
 # first bytes (it then watches the connection among those it holds).
@@ -42,7 +28,7 @@ def accepted_connection(server):
 
 
 def test_a_connection_accepted_before_the_hand_over_is_served_by_its_old_worker(pyfpm):
-    server = pyfpm(CONFIG.format(sock="{sock}", pct=0))
+    server = pyfpm(app="fault_app:app", workers=1)
     (old,) = server.wait_idle(1)
     with accepted_connection(server) as conn:
         mark = server.mark()
@@ -59,7 +45,7 @@ def test_a_connection_accepted_before_the_hand_over_is_served_by_its_old_worker(
 
 
 def test_a_graceful_stop_serves_a_connection_whose_request_comes_late(pyfpm):
-    server = pyfpm(CONFIG.format(sock="{sock}", pct=0))
+    server = pyfpm(app="fault_app:app", workers=1)
     (worker,) = server.wait_idle(1)
     with accepted_connection(server) as conn:
         server.signal(signal.SIGQUIT)
@@ -72,7 +58,7 @@ def test_a_graceful_stop_serves_a_connection_whose_request_comes_late(pyfpm):
 
 def test_a_silent_connection_holds_a_stopping_worker_five_seconds_at_most(pyfpm):
     """PHP-FPM's bound on the first bytes after accept(): then the connection is closed."""
-    server = pyfpm(CONFIG.format(sock="{sock}", pct=0))
+    server = pyfpm(app="fault_app:app", workers=1)
     server.wait_idle(1)
     with accepted_connection(server) as conn:
         started = time.monotonic()

@@ -9,20 +9,7 @@ import sys
 import pytest
 
 import harness
-from tests.conftest import APPS, make_jail
-
-CONFIG = """\
-[global]
-log_level = notice
-
-[www]
-listen = {sock}
-pm = static
-pm.max_children = 1
-pm.max_memory = 48M
-app = fault_app:app
-{pool}
-"""
+from tests.conftest import APPS, make_jail, pyfpm_config
 
 # The master (and so each worker before it chroots) in a mount namespace of its own,
 # without /proc: a container that does not mount it.
@@ -51,8 +38,9 @@ def test_a_chroot_without_proc_measures_rss_as_any_pool(tmp_path):
     jail = make_jail(tmp_path / "jail")
     (jail / "app").mkdir()
     shutil.copy(APPS / "fault_app.py", jail / "app")
-    pool = "chroot = %s\nchdir = /app\npython_path = /app" % jail
-    with harness.Server(CONFIG, tmp_path, pool=pool) as server:
+    config = pyfpm_config(tmp_path, app="fault_app:app", workers=1, python_path="/app",
+                          extra="pm.max_memory = 48M\nchroot = %s\nchdir = /app" % jail)
+    with harness.Server(config, tmp_path) as server:
         grow_past_the_limit(server)
         assert "/proc" not in server.log_text()
         assert "exited with code 70" not in server.log_text()
@@ -68,16 +56,15 @@ def unshare():
 
 
 def test_a_master_without_proc_says_it_recycles_on_the_peak_rss(tmp_path, unshare):
-    conf = tmp_path / "pyfpm.conf"
-    conf.write_text(harness.substitute(CONFIG, {"sock": tmp_path / "s.sock",
-                                                "pool": "python_path = %s" % APPS}))
+    config = pyfpm_config(tmp_path, app="fault_app:app", workers=1, extra="pm.max_memory = 48M")
+    conf = tmp_path / "test.conf"
+    conf.write_text(config)
     test = harness.subprocess.run(WITHOUT_PROC + ["-R", "-t", "-y", str(conf)],
                                   capture_output=True, text=True, timeout=60,
                                   env=harness.fpm_env())
     assert test.returncode == 0, test.stderr
     assert MEASURES_PEAK in test.stderr
-    with harness.Server(CONFIG, tmp_path, command=WITHOUT_PROC,
-                        pool="python_path = %s" % APPS) as server:
+    with harness.Server(config, tmp_path, command=WITHOUT_PROC) as server:
         assert re.search(re.escape(MEASURES_PEAK) + "$", server.log_text(), re.M)
         grow_past_the_limit(server)
         assert "exited with code 70" not in server.log_text()
