@@ -1963,6 +1963,9 @@ cdef class Worker:
     cdef object _body_file(self, Conn conn, dict environ, str path):
         """PHP-FPM's accelerated upload: the body is a file the web server wrote
         (nginx client_body_in_file_only + REQUEST_BODY_FILE); its STDIN is empty."""
+        if "\0" in path:  # no file has such a name (realpath() would raise)
+            self._log("warning", "REQUEST_BODY_FILE %r holds a NUL byte; request refused" % path)
+            return Refusal("403 Forbidden", b"Access denied.\n")
         real = os.path.realpath(path)
         if not any(real.startswith(d) for d in self.body_file_dirs):
             dirs = " ".join(os.path.dirname(d) for d in self.body_file_dirs) or "empty"

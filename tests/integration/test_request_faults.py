@@ -99,3 +99,15 @@ def test_an_error_the_loop_does_not_expect_drops_the_connection_not_the_worker(p
     assert server.children() == [pid]
     wait_for("the next request's access log line",
              lambda: re.search(r"^/pid 200$", (tmp_path / "access.log").read_text(), re.M))
+
+
+def test_a_request_body_file_with_a_nul_is_refused_not_taken_for_an_app_error(server):
+    """realpath() raised on it, and the log blamed the application, with a traceback."""
+    pid, mark = worker_of(server), server.mark()
+    response = server.request("/sha256", method="POST",
+                              params={"REQUEST_BODY_FILE": "/var/lib/nginx/body/x\0y"})
+    assert (response.status, response.body) == (403, b"Access denied.\n")
+    server.wait_log(r"WARNING: \[pool www\] child %d: REQUEST_BODY_FILE '/var/lib/nginx/body/"
+                    r"x\\x00y' holds a NUL byte; request refused" % pid, since=mark)
+    assert "raised an exception" not in server.log_text()[mark:]
+    assert server.children() == [pid]
