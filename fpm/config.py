@@ -119,6 +119,10 @@ class Virtualenv(Path):
 INT_MAX = 2 ** 31 - 1
 SSIZE_MAX = 2 ** 63 - 1
 PID_MAX_LIMIT = 1 << 22  # Linux's most processes (pid_max can be raised to it, no further)
+# A pool's scoreboard holds two slots of about 1 KB per worker, in every worker's and the
+# master's memory (this many: 143 MB), and a worker announces 1024 connections per worker
+# of its pool to GET_VALUES in a C int.
+MAX_CHILDREN = 1 << 16
 
 
 class Int(Kind):
@@ -536,6 +540,7 @@ _FACILITIES = Choice("auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr",
 _STATUS_PATH = UrlPath(r"/[A-Za-z0-9/_.~-]*",
                        "a URL path starting with '/', made of letters, digits and /_-.~")
 _PROCESSES = "the most processes Linux can run"
+_BOARD = "the most workers a pool's scoreboard is made for"
 _POLL = "the longest wait a worker can time, in milliseconds of a C int"
 # pm.max_memory floor: a bare Python worker already holds about 10 MB, so anything lower would
 # recycle every worker after every request; a number without suffix is almost surely a typo.
@@ -627,15 +632,15 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Process manager: static keeps pm.max_children workers, dynamic keeps "
               "spare idle ones, ondemand starts them when requests come.",
               required="the process manager is missing (static, dynamic or ondemand)"),
-    Directive("pm.max_children", "pool", Int(1, PID_MAX_LIMIT, _PROCESSES), 5,
+    Directive("pm.max_children", "pool", Int(1, MAX_CHILDREN, _BOARD), 5,
               "Number of workers (static), or the most there can be (dynamic, ondemand).",
               required="pm.max_children must be set (expected an integer >= 1)"),
-    Directive("pm.start_servers", "pool", Int(0, PID_MAX_LIMIT, _PROCESSES), 0,
+    Directive("pm.start_servers", "pool", Int(0, MAX_CHILDREN, _BOARD), 0,
               "dynamic: workers started at launch; 0 means "
               "min_spare + (max_spare - min_spare) / 2."),
-    Directive("pm.min_spare_servers", "pool", Int(0, PID_MAX_LIMIT, _PROCESSES), 0,
+    Directive("pm.min_spare_servers", "pool", Int(0, MAX_CHILDREN, _BOARD), 0,
               "dynamic: fewest idle workers wanted (mandatory for dynamic)."),
-    Directive("pm.max_spare_servers", "pool", Int(0, PID_MAX_LIMIT, _PROCESSES), 0,
+    Directive("pm.max_spare_servers", "pool", Int(0, MAX_CHILDREN, _BOARD), 0,
               "dynamic: most idle workers wanted (mandatory for dynamic)."),
     Directive("pm.max_spawn_rate", "pool", Int(1), 32,
               "dynamic: most workers started in one second when idle ones run short."),

@@ -351,7 +351,7 @@ def test_errors_in_included_files_name_that_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         config.load(main)
     assert info.value.errors == [f"[{inc}:5] [pool www] pm.max_children: invalid value 'lots' "
-                                 f"(expected an integer from 1 to 4194304; the most processes Linux can run)"]
+                                 f"(expected an integer from 1 to 65536; the most workers a pool's scoreboard is made for)"]
 
 
 # --- value types -----------------------------------------------------------------------------
@@ -743,14 +743,15 @@ def test_python_path(text, value):
 
 
 @pytest.mark.parametrize("directive, value, expected", [
-    ("pm.max_children", "abc", "an integer from 1 to 4194304; the most processes Linux can run"),
-    ("pm.max_children", "0", "an integer from 1 to 4194304; the most processes Linux can run"),
-    ("pm.max_children", "-3", "an integer from 1 to 4194304; the most processes Linux can run"),
-    ("pm.max_children", "", "an integer from 1 to 4194304; the most processes Linux can run"),
+    ("pm.max_children", "abc", "an integer from 1 to 65536; the most workers a pool's scoreboard is made for"),
+    ("pm.max_children", "0", "an integer from 1 to 65536; the most workers a pool's scoreboard is made for"),
+    ("pm.max_children", "-3", "an integer from 1 to 65536; the most workers a pool's scoreboard is made for"),
+    ("pm.max_children", "", "an integer from 1 to 65536; the most workers a pool's scoreboard is made for"),
     ("listen.backlog", "-2", "an integer from -1 to 2147483647"),
     ("fastcgi.params_max", "0", "an integer from 1 to 2147483647"),
     ("fastcgi.params_max", "1M", "an integer from 1 to 2147483647"),
-    ("pm.min_spare_servers", "-1", "an integer from 0 to 4194304; the most processes Linux can run"),
+    ("pm.min_spare_servers", "-1",
+     "an integer from 0 to 65536; the most workers a pool's scoreboard is made for"),
     ("pm", "fast", "one of static, dynamic, ondemand"),
 ])
 def test_invalid_values_name_everything(directive, value, expected):
@@ -1490,7 +1491,7 @@ def test_toml_errors_name_file_line_pool_directive_value():
         "[/etc/pyfpm/pyfpm.toml:2] [global] daemonize: invalid value 'maybe' "
         "(expected a boolean: yes/no, on/off, true/false or 1/0)",
         "[/etc/pyfpm/pyfpm.toml:7] [pool www] pm.max_children: invalid value 'true' "
-        "(expected an integer from 1 to 4194304; the most processes Linux can run)",
+        "(expected an integer from 1 to 65536; the most workers a pool's scoreboard is made for)",
         "[/etc/pyfpm/pyfpm.toml:8] [pool www] mount: invalid value 'app' "
         "(expected '' or a URL path starting with '/', e.g. /app)",
         "[/etc/pyfpm/pyfpm.toml:9] [pool www] unknown entry 'bogus'",
@@ -1766,8 +1767,8 @@ def test_request_body_sizes():
 NUMERIC = [d for d in config.DIRECTIVES
            if isinstance(d.kind, (config.Int, config.Time, config.Size, config.Duration))]
 # What each number goes into: a worker's C types, a process count, PHP-FPM's C int.
-LIMITS = {"pm.max_children": 1 << 22, "pm.start_servers": 1 << 22,
-          "pm.min_spare_servers": 1 << 22, "pm.max_spare_servers": 1 << 22,
+LIMITS = {"pm.max_children": 1 << 16, "pm.start_servers": 1 << 16,
+          "pm.min_spare_servers": 1 << 16, "pm.max_spare_servers": 1 << 16,
           "process.max": 1 << 22, "request_read_timeout": 2147483,
           "pm.max_memory": 2 ** 63 - 1, "request_body_buffer_size": 2 ** 63 - 1,
           "request_body_max_size": 2 ** 63 - 1, "rlimit_core": 2 ** 63 - 1,
