@@ -64,24 +64,31 @@ def _records(wire):
     return records
 
 
+def client_records(data):
+    """The client's reading of ``data``: (records, True if they are all of it); after a
+    header it cannot read, the records before it."""
+    parser = c.RecordParser()
+    try:
+        records = parser.feed(data)
+        return records, parser.buffered == 0
+    except c.FastCGIError:
+        # Fed a header at a time, the parser keeps the records before the bad one.
+        parser, records = c.RecordParser(), []
+        for at in range(0, len(data), 8):
+            try:
+                records += parser.feed(data[at:at + 8])
+            except c.FastCGIError:
+                break
+        return records, False
+
+
 def reference(data):
     """What the client reads in ``data`` as events of its first RESPONDER request, as far
     as the stream is plainly valid: (events, full). ``full``: the whole stream is one
     request (management records aside) read to its end; False where the reading stops at
     something the client cannot read or that is the codec's policy to judge (a second
     request, a record of the request out of order)."""
-    parser = c.RecordParser()
-    try:
-        records = parser.feed(data)
-        complete = parser.buffered == 0
-    except c.FastCGIError:
-        # The records before the bad header: fed a header at a time, the parser keeps them.
-        parser, records, complete = c.RecordParser(), [], False
-        for at in range(0, len(data), 8):
-            try:
-                records += parser.feed(data[at:at + 8])
-            except c.FastCGIError:
-                break
+    records, complete = client_records(data)
     events, active, stage, params = [], None, None, b""
     for rtype, rid, content in records:
         if rid == 0 and (rtype in (c.GET_VALUES, c.DATA) or not 1 <= rtype <= c.UNKNOWN_TYPE):

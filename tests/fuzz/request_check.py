@@ -4,7 +4,8 @@ One fpm._proto.serve() runs for the whole process in a thread of its own, on a u
 socket, with a WSGI app that checks what it gets. ``check(data)`` connects, sends ``data``,
 half-closes, and reads until the worker closes; it raises AssertionError when:
 - the worker did not close the connection within TIMEOUT, or its loop died;
-- what came back is not whole FastCGI records, or a response does not parse;
+- what came back is not whole FastCGI records, or a response does not parse (one the web
+  server aborted may be END_REQUEST alone);
 - the app raised (its checks failed): environ keys and values must be str (latin-1),
   SCRIPT_NAME + PATH_INFO the path split at the mount, wsgi.input at most CONTENT_LENGTH;
 - for the stream's first request, as the independent client (fpm.client) reads it,
@@ -127,8 +128,13 @@ def check(data):
     for rtype, rid, content in records:
         if rtype == c.END_REQUEST and content[4] == c.REQUEST_COMPLETE:
             ids.append(rid)
+    aborted = {rid for rtype, rid, _ in codec_check.client_records(data)[0]
+               if rtype == c.ABORT_REQUEST}
     for rid in ids:
-        c.Response.from_records([r for r in records if r[1] == rid], rid)
+        mine = [r for r in records if r[1] == rid]
+        if rid in aborted and not any(content for rtype, _, content in mine if rtype == c.STDOUT):
+            continue  # the web server aborted it: END_REQUEST alone is the answer
+        c.Response.from_records(mine, rid)
     events, full = codec_check.reference(data)
     params = next((e[2] for e in events if e[0] == "params"), None)
     if params is None or not _loop.seen:

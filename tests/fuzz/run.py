@@ -7,7 +7,7 @@ atheris's ASan+UBSan+libFuzzer runtime preloaded, niced, seeded from tests/fuzz/
 ``--seconds`` is the time of all targets together (split evenly), ``--runs`` the inputs of
 each (the long run). New inputs go to OUT/<target>-corpus, never into the repository; a
 crash, a sanitizer report or a failed check stops the target and leaves the input in
-OUT/<target>-crash-*; the command then exits 1 and names it. Exit 0: no finding.
+OUT/<target>-crash-* (or -timeout-*, -oom-*); the command then exits 1 and names it. Exit 0: no finding.
 """
 
 import argparse
@@ -40,7 +40,7 @@ def fuzz(target, module, out, seconds=None, runs=None, max_len=MAX_LEN, pymalloc
     import atheris
     work = out / (target + "-corpus")
     work.mkdir(parents=True, exist_ok=True)
-    prefix = out / (target + "-crash-")
+    prefix = out / (target + "-")  # libFuzzer adds crash-, timeout-, oom-, leak-
     argv = [sys.executable, str(HERE / "fuzz.py"), target, str(module), str(work),
             *map(str, corpus_dirs(target)),
             "-max_len=%d" % max_len, "-timeout=30", "-rss_limit_mb=3072",
@@ -59,7 +59,8 @@ def fuzz(target, module, out, seconds=None, runs=None, max_len=MAX_LEN, pymalloc
     took = time.monotonic() - start
     text = log.read_text(errors="replace")
     done = re.findall(r"stat::number_of_executed_units:\s*(\d+)", text)
-    crashes = sorted(str(p) for p in out.glob(target + "-crash-*"))
+    crashes = sorted(str(p) for kind in ("crash", "timeout", "oom", "leak")
+                     for p in out.glob("%s-%s-*" % (target, kind)))
     return code, int(done[-1]) if done else 0, took, crashes, log
 
 
