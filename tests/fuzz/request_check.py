@@ -27,6 +27,7 @@ TIMEOUT = 10.0
 MOUNT = "/app"
 BODY_BUFFER = 4096  # larger bodies are spooled to a file
 BODY_MAX = 32768  # larger ones are answered 413
+REFUSAL = b"HTTP/1.0 400 Bad Request\r\n"
 BASE = {"wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.multithread": False,
         "wsgi.multiprocess": True, "wsgi.run_once": False, "fpm.pool": "fuzz"}
 # Params the worker sets or moves itself: not compared one by one with what was sent.
@@ -121,8 +122,12 @@ def check(data):
         raise AssertionError(died)
     failed = [text for level, text in _loop.lines if "application raised" in text]
     assert not failed, failed[0]
-    if out.startswith(b"HTTP/1.0 400"):
-        return  # the refusal of HTTP on the FastCGI port
+    # HTTP where a record should start is refused in HTTP (even after records: the codec
+    # does not tell the connection's first bytes from later ones), and the connection ends.
+    refused = out.find(REFUSAL)
+    if refused >= 0:
+        assert out.endswith(b"pyfpm.\n"), out[refused:]
+        out = out[:refused]
     records = list(c.iter_records(out))  # whole records, version 1
     ids = []
     for rtype, rid, content in records:
@@ -142,7 +147,7 @@ def check(data):
     environ, body = _loop.seen[0]
     for name, value in params.items():
         name = name.decode("latin-1")
-        if name not in DERIVED and name not in BASE:
+        if name not in DERIVED and not name.startswith(("wsgi.", "fpm.")):  # the worker's keys
             assert environ.get(name) == value.decode("latin-1"), (name, environ.get(name), value)
     if full:
         sent = b"".join(e[2] for e in events if e[0] == "stdin")
