@@ -164,11 +164,13 @@ def soak(minutes, every, reload_every, max_requests, tmp):
                 reloads += 1
                 next_reload += reload_every
         log = server.log_text()
+        errors = [line for line in (ntmp / "error.log").read_text(errors="replace").splitlines()
+                  if re.search(r"\[(error|crit|alert|emerg)\]", line)]
     finally:
         if nginx is not None:
             harness.kill_group(nginx)
         server.stop()
-    return samples, reloads, log
+    return samples, reloads, log, errors
 
 
 def main():
@@ -180,7 +182,7 @@ def main():
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="pyfpm-soak-") as tmp:
-        samples, reloads, log = soak(args.minutes, args.sample, args.reload_every,
+        samples, reloads, log, nginx_errors = soak(args.minutes, args.sample, args.reload_every,
                                      args.max_requests, Path(tmp))
     checks = verdict(samples)
     failed = sum(s["failures"] for s in samples)
@@ -188,12 +190,15 @@ def main():
     ok = all(c[2] for c in checks.values()) and failed == 0 and len(samples) >= 5
     result = {"minutes": args.minutes, "sample_s": args.sample, "reloads": reloads,
               "workers_started": spawned, "requests": sum(s["requests"] for s in samples),
-              "failed": failed, "checks": checks, "ok": ok, "samples": samples}
+              "failed": failed, "checks": checks, "ok": ok, "samples": samples,
+              "nginx_errors": nginx_errors[:100]}
     out = args.out or Path(tempfile.mkstemp(prefix="pyfpm-soak-", suffix=".json")[1])
     out.write_text(json.dumps(result, indent=1))
     for key, (growth, bound, good) in checks.items():
         print("soak %-16s grew %10.2f over the run (bound %.2f): %s"
               % (key, growth, bound, "flat" if good else "RISING"))
+    for line in nginx_errors[:10]:
+        print("soak: nginx: %s" % line)
     print("soak: %d requests, %d failed, %d reloads, %d workers started; %s; samples in %s"
           % (result["requests"], failed, reloads, spawned, "OK" if ok else "FAILED", out))
     sys.exit(0 if ok else 1)
