@@ -31,8 +31,10 @@ def main():
     import atheris
     check = __import__(target + "_check").check
     assert sys.modules["fpm._proto"] is proto
-    # libFuzzer reads its own flags from argv; argv[0] stays the program's name.
-    atheris.Setup([sys.argv[0]] + sys.argv[3:], check)
+    # libFuzzer reads its own flags from argv, and runs argv[0] through the shell to start
+    # its helper processes (-merge=1, -fork): the whole command that runs this target.
+    command = " ".join([sys.executable, str(Path(__file__).resolve()), target, module])
+    atheris.Setup([command] + sys.argv[3:], check)
     atheris.Fuzz()
 
 
