@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import compare_measure as measure  # noqa: E402  (bench/, this script's directory)
 import harness  # noqa: E402  (tests/harness.py)
 from tests import conftest  # noqa: E402
 
@@ -56,15 +57,8 @@ BOUNDS = {
 }
 
 
-def _status_kib(pid, field="VmRSS"):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def _rss_kib(pid):
+    return (measure.memory_kb(pid) or {"rss": 0})["rss"]
 
 
 def _fds(pid):
@@ -72,21 +66,6 @@ def _fds(pid):
         return len(os.listdir("/proc/%d/fd" % pid))
     except OSError:
         return 0
-
-
-def _ms(text):
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-
-def parse_wrk(out):
-    """(requests, req/s, p99 ms, failures) from wrk --latency's report."""
-    requests = int(re.search(r"(\d+) requests in", out)[1])
-    rate = float(re.search(r"Requests/sec:\s*([\d.]+)", out)[1])
-    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M)[1])
-    failures = sum(map(int, re.findall(r"(?:connect|read|write|timeout) (\d+)", out)))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return requests, rate, p99, failures + (int(m[1]) if m else 0)
 
 
 def fit_growth(xs, ys):
@@ -116,13 +95,13 @@ def verdict(samples):
     return out
 
 
-def sample(master, t, wrk_out):
-    requests, rate, p99, failures = parse_wrk(wrk_out)
+def sample(master, t, wrk):
+    """One sample: the wrk run's figures (compare_measure.run_wrk), then /proc."""
     workers = harness.children_of(master)
-    return {"t": round(t, 1), "requests": requests, "rps": rate, "p99_ms": p99,
-            "failures": failures, "master_rss_kib": _status_kib(master),
-            "master_fds": _fds(master), "workers": len(workers),
-            "workers_rss_kib": sum(map(_status_kib, workers)),
+    return {"t": round(t, 1), "requests": wrk["requests"], "rps": wrk["rate"],
+            "p99_ms": wrk["p99"], "failures": wrk["non2xx"] + wrk["socket_errors"],
+            "master_rss_kib": _rss_kib(master), "master_fds": _fds(master),
+            "workers": len(workers), "workers_rss_kib": sum(map(_rss_kib, workers)),
             "workers_fds": sum(map(_fds, workers))}
 
 
@@ -143,16 +122,14 @@ def soak(minutes, every, reload_every, max_requests, tmp):
                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         conftest.wait_port(port, nginx, 10, "nginx")
-        wrk = conftest.find_program("wrk")
+        conftest.find_program("wrk")
         start = time.monotonic()
         next_reload = reload_every
         while time.monotonic() - start < minutes * 60:
-            run = subprocess.run([wrk, "-t1", "-c4", "-d%ds" % every, "--latency",
-                                  "http://127.0.0.1:%d/" % port], capture_output=True,
-                                 text=True, timeout=every + 30)
-            t = time.monotonic() - start
-            samples.append(sample(server.pid, t, run.stdout))
+            wrk = measure.run_wrk("http://127.0.0.1:%d/" % port, 4, every)
+            samples.append(sample(server.pid, time.monotonic() - start, wrk))
             s = samples[-1]
+            t = s["t"]
             print("soak %6.0f s: %7.0f req/s p99 %6.2f ms, %d failed; master %d KiB %d fds; "
                   "%d workers %d KiB %d fds" % (t, s["rps"], s["p99_ms"], s["failures"],
                                                 s["master_rss_kib"], s["master_fds"], s["workers"],
