@@ -58,7 +58,9 @@ def fuzz(target, module, out, seconds=None, runs=None, max_len=MAX_LEN, pymalloc
                                env=env)
     took = time.monotonic() - start
     text = log.read_text(errors="replace")
-    done = re.findall(r"stat::number_of_executed_units:\s*(\d+)", text)
+    # libFuzzer's final stats after a time limit; atheris's own line after -atheris_runs.
+    done = re.findall(r"stat::number_of_executed_units:\s*(\d+)|^Done (\d+) in", text, re.M)
+    done = [a or b for a, b in done]
     crashes = sorted(str(p) for kind in ("crash", "timeout", "oom", "leak")
                      for p in out.glob("%s-%s-*" % (target, kind)))
     return code, int(done[-1]) if done else 0, took, crashes, log
