@@ -171,6 +171,8 @@ _started = []
 @example(base="embedded", ops=[]).via("each base as it is starts")
 @example(base="tests", ops=[]).via("each base as it is starts")
 @example(base="dynamic", ops=[]).via("each base as it is starts")
+@example(base="dynamic", ops=[("set", 7, "slowlog", "/tmp/a\0b")]).via(
+    "found: -t's traceback on a NUL in a log path (issue 14 item 6)")
 def test_mutated_configs(tmp_path_factory, base, ops):
     tmp = tmp_path_factory.mktemp("cfg")
     name, text, extra = _bases(tmp)[base]
