@@ -12,7 +12,9 @@ half-closes, and reads until the worker closes; it raises AssertionError when:
   the app's environ differs from the params sent or wsgi.input from the body sent.
 """
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -42,7 +44,8 @@ class _Loop:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # A path, as pyfpm's unix listeners have (the worker names an abstract one's peer
         # with a str + bytes that raises).
-        self.tmp = tempfile.mkdtemp(prefix="pyfpm-fuzz-")
+        self.tmp = tempfile.mkdtemp(prefix="pyfpm-fuzz-sock-")
+        atexit.register(shutil.rmtree, self.tmp, True)
         self.listener.bind(os.path.join(self.tmp, "fuzz.sock"))
         self.listener.listen(64)
         self.listener.setblocking(False)  # as the master leaves them: serve() never blocks in accept
