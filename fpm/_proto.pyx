@@ -1642,7 +1642,10 @@ cdef class Worker:
                     continue
                 r = 1
         except HTTPOnFastCGIPort as e:
-            self._write_all(conn, HTTP_REFUSAL, len(HTTP_REFUSAL))
+            try:
+                self._write_all(conn, HTTP_REFUSAL, len(HTTP_REFUSAL))
+            except PeerError:
+                pass  # the client hung up already: the refusal was a courtesy
             self._drop(conn, "warning", str(e))
         except ProtocolError as e:
             self._drop(conn, "warning", str(e))
