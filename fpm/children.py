@@ -18,7 +18,9 @@ preloaded app opened) and its end of its log socket (fpm.workerlog); stdin is /d
 stdout and stderr the capture pipes or /dev/null (fpm.stdio.redirect). Everything else (the
 error log, other pools' sockets, channels and logs, the master's epoll, signal pipe and
 scoreboard memfds) is closed, whatever it is, so that nothing the master opens later leaks
-into a pool by default.
+into a pool by default. Nor does it share the scoreboards of other pools, mapped in the
+master before the fork (it could write what their status pages show and what the master
+decides on): only its own, and for a pm.status_listen worker the one it shows.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from fpm import stdio, trace, unix, workerlog
 from fpm.log import Logger
@@ -182,6 +185,9 @@ class Children:
         # The workers' log sockets; forget(fd) is the master's, before one is closed.
         self.logs = workerlog.Reader(log, forget)
         self.master = os.getpid()  # the same across a reload's re-exec
+        # Every scoreboard the master maps (fpm.scoreboard.Board), of this generation and
+        # of the one before a reload.
+        self.boards: Callable[[], list] = lambda: []
 
     def __len__(self) -> int:
         return len(self.by_pid)
@@ -242,6 +248,10 @@ class Children:
             self.signals.close()
             self.log.leave()
             own = self.fds_by_pool[pool.name]
+            shown = {id(seat.board), id(seat.shows[1]) if seat.shows is not None else None}
+            for board in self.boards():
+                if id(board) not in shown:
+                    board.mem.unshare()
             unix.close_fds_except({0, 1, 2, *own, seat.channel, seat.access_fd, log_end,
                                    *(output or ()), *seat.app_fds})
             stdio.redirect(output)

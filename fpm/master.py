@@ -290,6 +290,7 @@ class Master:
                 del self.streams[number]
         self.children = Children(self.log, self.signals, fds, self.allow_root,
                                  forget=self._forget_output)
+        self.children.boards = lambda: [*self.boards.values(), *self.old_boards]
         for pool in self.pool_list:
             if pool.catch_workers_output:
                 self._capture(pool)
