@@ -207,30 +207,44 @@ class Reader:
             os.close(fd)
 
     def _read(self, fd: int, source: _Source) -> bool:
+        """Log what ``fd`` holds, up to READ_BUDGET; False at its end. What one call reads
+        is written at once: a file gets one write (syslog, a message per line)."""
         got = 0
+        out: list[tuple[str, bytes]] = []
+        open_ = True
+        t = time.time()
         while got < READ_BUDGET:
             try:
                 message = os.read(fd, MAX_MESSAGE)
             except BlockingIOError:
-                return True
+                break
             except OSError:
-                return False
+                open_ = False
+                break
             if not message:
-                return False
+                open_ = False
+                break
             got += len(message)
-            self._record(source, message)
-        return True
+            lines = self._record(source, message, t)
+            if lines is not None:
+                out.append(lines)
+        if out and not self.log.is_syslog:
+            self.log.write(LEVEL, b"".join(data for _, data in out))
+        else:
+            for level, data in out:
+                self.log.write(level, data)
+        return open_
 
-    def _record(self, source: _Source, message: bytes) -> None:
+    def _record(self, source: _Source, message: bytes, t: float) -> tuple[str, bytes] | None:
+        """(level, lines) to write for one record, if any."""
         kind, payload = message[0], message[1:]
-        t = time.time()
         level = _LEVEL_OF.get(kind)
         if level is not None:
             if self.log.enabled(level):
-                self.log.write(level, self.own_lines(level, source, payload, t))
-            return
+                return level, self.own_lines(level, source, payload, t)
+            return None
         if not self.log.enabled(LEVEL):
-            return
+            return None
         if kind == STDERR[0]:
             out = source.stderr.feed(self._said(source, "stderr", t), payload)
         elif kind == ERRORS[0]:
@@ -241,9 +255,8 @@ class Reader:
                 source.request = request
             out += source.errors.feed(self._errors_head(source, t), text)
         else:
-            return  # not a record any worker of ours sends
-        if out:
-            self.log.write(LEVEL, b"".join(out))
+            return None  # not a record any worker of ours sends
+        return (LEVEL, b"".join(out)) if out else None
 
     def own_lines(self, level: str, source: _Source, text: bytes, t: float) -> bytes:
         """The worker's own lines: each line of ``text`` after the worker's prefix."""
