@@ -144,7 +144,34 @@ def open_log_file(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-class Logger:
+class Levels:
+    """A method per level, and ``exception()``, over ``self.log(level, msg)``: the master's
+    Logger and a worker's fpm.workerlog.WorkerLog."""
+
+    def log(self, level: str, msg: str) -> None:
+        raise NotImplementedError
+
+    def debug(self, msg: str) -> None:
+        self.log("debug", msg)
+
+    def notice(self, msg: str) -> None:
+        self.log("notice", msg)
+
+    def warning(self, msg: str) -> None:
+        self.log("warning", msg)
+
+    def error(self, msg: str) -> None:
+        self.log("error", msg)
+
+    def alert(self, msg: str) -> None:
+        self.log("alert", msg)
+
+    def exception(self, msg: str) -> None:
+        """ERROR lines: ``msg`` and the traceback being handled, written at once."""
+        self.log("error", msg + "\n" + traceback.format_exc())
+
+
+class Logger(Levels):
     """Writes to fd 2 (``target="stderr"``), to syslog (``target="syslog"``) or to a file
     opened O_APPEND, mode 0600.
 
@@ -238,28 +265,10 @@ class Logger:
         else:
             write_all(self.fd, data)
 
-    def debug(self, msg: str) -> None:
-        self.log("debug", msg)
-
-    def notice(self, msg: str) -> None:
-        self.log("notice", msg)
-
-    def warning(self, msg: str) -> None:
-        self.log("warning", msg)
-
-    def error(self, msg: str) -> None:
-        self.log("error", msg)
-
-    def alert(self, msg: str) -> None:
-        self.log("alert", msg)
-
     def syserror(self, msg: str, err: OSError | int, level: str = "error") -> None:
         """``msg: strerror (errno)``, PHP-FPM's ZLOG_SYSERROR."""
         self.log(level, "%s: %s" % (msg, strerror(err)), syserror=True)
 
-    def exception(self, msg: str) -> None:
-        """ERROR lines: ``msg`` and the traceback being handled, in one write."""
-        self.log("error", msg + "\n" + traceback.format_exc())
 
 
 def write_all(fd: int, data: bytes) -> None:

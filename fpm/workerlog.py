@@ -42,11 +42,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from fpm.log import LEVELS, MAX_BUF_LENGTH, Logger, escape, limit_line, prefix
+from fpm.log import LEVELS, MAX_BUF_LENGTH, Levels, Logger, escape, limit_line, prefix
 from fpm.stdio import CLOSED_SUFFIX, LEVEL, MARK, Lines, said_head
 
 KINDS = {level: level[:1].encode() for level in LEVELS}  # d n w e a
@@ -69,7 +68,7 @@ def pair() -> tuple[int, int]:
 
 # --- the worker's side -------------------------------------------------------------------------
 
-class WorkerLog:
+class WorkerLog(Levels):
     """A worker's log: the part of fpm.log.Logger's interface worker code uses, and the
     streams fpm.stdio sends (``stderr``) and wsgi.errors (``ErrorsLog``). Lines are the
     text after the worker's prefix, which the master adds."""
@@ -98,25 +97,6 @@ class WorkerLog:
             piece.append(line)
             size += len(line) + 1
         self._send(KINDS[level] + b"\n".join(piece))
-
-    def debug(self, text: str) -> None:
-        self.log("debug", text)
-
-    def notice(self, text: str) -> None:
-        self.log("notice", text)
-
-    def warning(self, text: str) -> None:
-        self.log("warning", text)
-
-    def error(self, text: str) -> None:
-        self.log("error", text)
-
-    def alert(self, text: str) -> None:
-        self.log("alert", text)
-
-    def exception(self, text: str) -> None:
-        """ERROR lines: ``text`` and the traceback being handled, in one record."""
-        self.log("error", text + "\n" + traceback.format_exc())
 
     def stderr(self, data: bytes) -> None:
         """Bytes for the worker's ``said into stderr`` lines."""
