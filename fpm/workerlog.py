@@ -16,7 +16,7 @@ r           wsgi.errors: the request line, a NUL, the bytes the app wrote
 The master knows whose socket it reads, and writes each line it gets under a prefix of its
 own making, every line of a record alike:
 
-    [21-Nov-2026 10:00:00] ERROR: [pool www] child 12: the application raised an exception on "GET /x"
+    [21-Nov-2026 10:00:00] ERROR: [pool www] child 12: the application raised an exception ...
     [21-Nov-2026 10:00:00] ERROR: [pool www] child 12: Traceback (most recent call last):
     [21-Nov-2026 10:00:00] WARNING: [pool www] child 12 said into stderr: "text"
     [21-Nov-2026 10:00:00] WARNING: [pool www] child 12 said into wsgi.errors on "GET /x": "text"

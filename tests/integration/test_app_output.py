@@ -122,10 +122,10 @@ def test_an_uncaught_exception_is_logged_from_the_apps_own_frames(pyfpm):
                     % pid)
     text = server.log_text()
     # Each line of the traceback names the worker: none can pass for another's.
-    head = re.search(r'^%sERROR: \[pool www\] child %d: the application raised an exception on '
-                     r'"GET /fail\?x=1"\n%sERROR: \[pool www\] child %d: Traceback \(most recent '
-                     r'call last\):\n%sERROR: \[pool www\] child %d:   File "(.*)", line \d+, in app$'
-                     % (STAMP, pid, STAMP, pid, STAMP, pid), text, re.M)
+    own = r"%sERROR: \[pool www\] child %d: " % (STAMP, pid)
+    head = re.search(r'^%sthe application raised an exception on "GET /fail\?x=1"\n'
+                     r'%sTraceback \(most recent call last\):\n'
+                     r'%s  File "(.*)", line \d+, in app$' % (own, own, own), text, re.M)
     assert head and head[1].endswith("tests/apps/log_app.py"), text
     assert "_proto" not in text
 
