@@ -22,7 +22,8 @@ cdef extern from "<sys/types.h>":
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcmp, memcpy, memmove, memset
 from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, raise_
-from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED,
+                         MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED)
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID, CLOCK_REALTIME
 from posix.unistd cimport pread, write as c_write
 from posix.resource cimport getrusage, rusage, RUSAGE_SELF
@@ -282,6 +283,15 @@ cdef class Board:
     def __dealloc__(self):
         if self.mem != NULL:
             munmap(self.mem, self.size)
+
+    def unshare(self):
+        """In a worker, for a scoreboard that is not its pool's: its pages stop being shared.
+        Private zeroes take their place at the same address, so that a stale reference
+        reads nothing and crashes nothing."""
+        if mmap(self.mem, self.size, PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED:
+            raise OSError(errno, "mmap() over another pool's scoreboard failed: "
+                          + os.strerror(errno))
 
     cdef Slot *slot(self, int index) noexcept nogil:
         return <Slot *>(self.mem + sizeof(BoardHeader)) + index

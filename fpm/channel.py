@@ -1,9 +1,10 @@
 """A socket pair between the master and each worker.
 
-Master to worker: after USR1 the master reopens its log files onto the same fd numbers and
-sends the new files here (SCM_RIGHTS); the worker puts each on the fd number it already
-writes to, before its next log line. So a worker that dropped its privileges keeps logging
-to a file only root may open, and no worker is restarted for a logrotate.
+Master to worker: after USR1 the master reopens the access logs onto the same fd numbers and
+sends the worker its pool's (SCM_RIGHTS); the worker puts it on the fd number it already
+writes to, before its next line. So a worker that dropped its privileges keeps logging to a
+file only root may open, and no worker is restarted for a logrotate. (The error log is the
+master's alone: fpm.workerlog.)
 
 Worker to master: the stack dumps of the slowlog's faulthandler fallback (fpm.slowlog).
 """
@@ -13,7 +14,7 @@ import array
 import os
 import socket
 
-MAX_FDS = 16  # log files handed over in one message: the error log and a pool's access log
+MAX_FDS = 16  # log files handed over in one message (today one: the pool's access log)
 
 
 def pair() -> tuple[int, int]:

@@ -1,10 +1,26 @@
 """Fork and reap workers; describe how they ended; decide how soon to replace them.
 
-Worker contract (``fpm.worker.run(pool, listen_fds, log, seat, allow_root)``): it is entered right after
-fork() with SIGTERM, SIGINT and SIGQUIT *blocked* and every signal the master handled back
-at SIG_DFL. It installs its own handlers, then unblocks those signals, so a worker can
-never die from a signal that arrives before it knows how to take it (PHP-FPM's rule). It
-must not return; if it does, or raises, the child exits 70.
+Worker contract (``fpm.worker.run(pool, listen_fds, log, seat, allow_root, master)``): it
+is entered right after fork() with SIGTERM, SIGINT and SIGQUIT *blocked* and every signal
+the master handled back at SIG_DFL. It installs its own handlers, then unblocks those
+signals, so a worker can never die from a signal that arrives before it knows how to take
+it (PHP-FPM's rule). It must not return; if it does, or raises, the child exits 70.
+
+Before that the new child leaves the master's session (``setsid``): no process of another
+session may SIGCONT it, nor it the master or another pool's workers, whatever their uids,
+and a terminal's signals (Ctrl-C) reach the master alone, which stops its workers by its own
+rules. A session cannot be joined, only inherited, so the workers of a pool cannot share
+one of their own unless a process of that session forks them: each has its own.
+
+It keeps no descriptor of the master's but those its pool's workers need: its pool's
+listening sockets (``fds_by_pool``), what its ``Seat`` names (channel, access log, what a
+preloaded app opened) and its end of its log socket (fpm.workerlog); stdin is /dev/null,
+stdout and stderr the capture pipes or /dev/null (fpm.stdio.redirect). Everything else (the
+error log, other pools' sockets, channels and logs, the master's epoll, signal pipe and
+scoreboard memfds) is closed, whatever it is, so that nothing the master opens later leaks
+into a pool by default. Nor does it share the scoreboards of other pools, mapped in the
+master before the fork (it could write what their status pages show and what the master
+decides on): only its own, and for a pm.status_listen worker the one it shows.
 """
 from __future__ import annotations
 
@@ -12,8 +28,9 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
-from fpm import stdio, trace
+from fpm import stdio, trace, unix, workerlog
 from fpm.log import Logger
 from fpm.scoreboard import STARTING
 from fpm.signals import SignalQueue, name as signal_name
@@ -56,6 +73,7 @@ class Child:
     slow_logged: int = 0  # `accepted` of the request it was traced into the slowlog for
     channel: int = -1  # the master's end of its fpm.channel socket pair
     output: tuple[int, int] | None = None  # read ends of its stdout and stderr (catch_workers_output)
+    log: int = -1  # the master's end of its log socket (fpm.workerlog)
     tries: int = 0  # its pool's failed tries to load the app when it was forked (app_retry)
 
 
@@ -65,8 +83,9 @@ class Seat:
     (pm.max_requests plus its share of jitter), the app when the master preloaded it, its end
     of the channel to the master (fpm.channel; -1 for none), for a pm.status_listen pool the
     (pool, scoreboard) whose status it shows, its pool's access log (-1 for none), its pool's
-    failed tries to load the app so far, and how long to answer 503 if it cannot load it
-    either (see app_retry)."""
+    failed tries to load the app so far, how long to answer 503 if it cannot load it
+    either (see app_retry), and the descriptors the preloaded app opened (the worker keeps
+    them: the app's objects use them)."""
 
     board: object
     slot: int
@@ -77,6 +96,7 @@ class Seat:
     access_fd: int = -1
     tries: int = 0  # the pool's failed tries to load the app so far
     retry_after: float = 0.0  # seconds to answer 503 if the app cannot be loaded (0: exit)
+    app_fds: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -155,15 +175,19 @@ class Children:
     """The master's view of its workers: fork them, signal them, reap them."""
 
     def __init__(self, log: Logger, signals: SignalQueue, fds_by_pool: dict[str, list[int]],
-                 allow_root: bool = False):
+                 allow_root: bool = False, forget=None):
         self.log = log
         self.allow_root = allow_root
         self.signals = signals
         self.fds_by_pool = fds_by_pool
         self.by_pid: dict[int, Child] = {}
         self.captures: dict = {}  # pool name -> fpm.stdio.Capture, for catch_workers_output
-        # Descriptors a worker must not keep (e.g. the daemon status pipe, scoreboard fds).
-        self.close_in_child: set[int] = set()
+        # The workers' log sockets; forget(fd) is the master's, before one is closed.
+        self.logs = workerlog.Reader(log, forget)
+        self.master = os.getpid()  # the same across a reload's re-exec
+        # Every scoreboard the master maps (fpm.scoreboard.Board), of this generation and
+        # of the one before a reload.
+        self.boards: Callable[[], list] = lambda: []
 
     def __len__(self) -> int:
         return len(self.by_pid)
@@ -183,24 +207,28 @@ class Children:
         from fpm import worker
         capture = self.captures.get(pool.name) if pool.catch_workers_output else None
         ends, output = capture.pipes() if capture is not None else (None, None)
+        log, log_end = workerlog.pair()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(worker.run, pool, seat, channel, ends)
+                self._become_worker(worker.run, pool, seat, log_end, ends)
         except OSError:
             if capture is not None:
                 capture.cancel(output)
+            os.close(log)
             raise
         finally:
+            os.close(log_end)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         seat.board.mem.set_pid(seat.slot, pid)
         if seat.channel >= 0:
             os.close(seat.channel)
         if capture is not None:
             capture.attach(pid, output)
+        self.logs.attach(pid, pool, log)
         child = Child(pid, pool, time.monotonic(), seat.board, seat.slot, channel=channel,
-                      output=output, tries=seat.tries)
+                      output=output, tries=seat.tries, log=log)
         self.by_pid[pid] = child
         self.log.log("notice" if respawn else "debug", "[pool %s] child %d started" % (pool.name, pid))
         return child
@@ -209,25 +237,31 @@ class Children:
         """Take over a worker of the master this process was before a re-exec."""
         self.by_pid[child.pid] = child
 
-    def _become_worker(self, run, pool, seat: Seat, channel: int, output) -> None:
-        """In the new child: shed the master's state and run the worker. Never returns."""
+    def _become_worker(self, run, pool, seat: Seat, log_end: int, output) -> None:
+        """In the new child: leave the master's session, shed the master's state (the module
+        docstring) and run the worker. Never returns."""
         code = EX_SOFTWARE
+        log = None
         try:
+            log = workerlog.WorkerLog(log_end, self.log.level, self.log.buffering)
+            os.setsid()
             self.signals.close()
+            self.log.leave()
             own = self.fds_by_pool[pool.name]
-            others = {fd for fds in self.fds_by_pool.values() for fd in fds} - set(own)
-            masters_ends = {c.channel for c in self.by_pid.values() if c.channel >= 0}
-            masters_ends.update(fd for c in self.captures.values() for fd in c.fds())
-            keep = {seat.access_fd}
-            for fd in (others | self.close_in_child | masters_ends | {channel}) - keep - {-1}:
-                os.close(fd)
-            stdio.redirect(self.log, output)
-            run(pool, list(own), self.log, seat, self.allow_root)
-            self.log.error("[pool %s] child %d: the worker returned" % (pool.name, os.getpid()))
+            shown = {id(seat.board), id(seat.shows[1]) if seat.shows is not None else None}
+            for board in self.boards():
+                if id(board) not in shown:
+                    board.mem.unshare()
+            unix.close_fds_except({0, 1, 2, *own, seat.channel, seat.access_fd, log_end,
+                                   *(output or ()), *seat.app_fds})
+            stdio.redirect(output)
+            run(pool, list(own), log, seat, self.allow_root, self.master)
+            log.error("the worker returned")
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else EX_SOFTWARE
         except BaseException:
-            self.log.exception("[pool %s] child %d: the worker failed" % (pool.name, os.getpid()))
+            if log is not None:
+                log.exception("the worker failed")
         finally:
             # Never unwind into the master's code: no atexit, no finally blocks of the parent.
             os._exit(code)
@@ -268,6 +302,7 @@ class Children:
             os.close(child.channel)
         if child.pool.name in self.captures:
             self.captures[child.pool.name].drop(pid)
+        self.logs.drop(pid)
         gone = Exit(child, status, time.monotonic() - child.started, ready, app_failed)
         self.log.log(*gone.describe())
         return gone

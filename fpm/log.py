@@ -1,12 +1,14 @@
 """Error log in PHP-FPM's line shape: ``[21-Nov-2026 10:00:00] NOTICE: message``.
 
 Targets: ``stderr``, ``syslog`` (``[NOTICE] message``, tagged with syslog.ident, sent with
-syslog.facility) or a file. One ``os.write`` per message, so lines from the master and its
-workers (which inherit the fd) never interleave mid-line, and a traceback stays in one piece.
+syslog.facility) or a file. Only the master writes it, one ``os.write`` per message, so a
+traceback stays in one piece; workers send their lines to the master (fpm.workerlog) and
+never hold the log.
 """
 from __future__ import annotations
 
 import os
+import re
 import syslog
 import time
 import traceback
@@ -68,6 +70,23 @@ def utf8_cut(data: bytes, n: int) -> int:
     return cut if cut > 0 and (data[cut] & 0xC0) != 0x80 else n
 
 
+# What a worker's text must not carry into a line of the log: control characters but the
+# tab (a carriage return or an escape sequence makes a terminal show what looks like another
+# line), and the characters Unicode counts as line ends (str.splitlines() splits at them).
+_UNSAFE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+
+
+def _visible(m: re.Match) -> bytes:
+    c = m[0]
+    return b"\\x%02x" % c[0] if len(c) == 1 else b"\\u%04x" % ord(c.decode())
+
+
+def escape(data: bytes) -> bytes:
+    """UTF-8 ``data`` with each character that could end or disguise a line written as
+    ``\\xNN`` (``\\uNNNN`` beyond ASCII). Backslashes stay: escaping twice changes nothing."""
+    return _UNSAFE.sub(_visible, data)
+
+
 def format_message(level: str, msg: str, t: float, limit: int = DEFAULT_LIMIT,
                    syserror: bool = False, for_syslog: bool = False) -> bytes:
     """Every line of ``msg`` gets the prefix, so each stays greppable by level; each is
@@ -125,7 +144,34 @@ def open_log_file(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-class Logger:
+class Levels:
+    """A method per level, and ``exception()``, over ``self.log(level, msg)``: the master's
+    Logger and a worker's fpm.workerlog.WorkerLog."""
+
+    def log(self, level: str, msg: str) -> None:
+        raise NotImplementedError
+
+    def debug(self, msg: str) -> None:
+        self.log("debug", msg)
+
+    def notice(self, msg: str) -> None:
+        self.log("notice", msg)
+
+    def warning(self, msg: str) -> None:
+        self.log("warning", msg)
+
+    def error(self, msg: str) -> None:
+        self.log("error", msg)
+
+    def alert(self, msg: str) -> None:
+        self.log("alert", msg)
+
+    def exception(self, msg: str) -> None:
+        """ERROR lines: ``msg`` and the traceback being handled, written at once."""
+        self.log("error", msg + "\n" + traceback.format_exc())
+
+
+class Logger(Levels):
     """Writes to fd 2 (``target="stderr"``), to syslog (``target="syslog"``) or to a file
     opened O_APPEND, mode 0600.
 
@@ -157,8 +203,8 @@ class Logger:
         if self.target == "stderr":
             return 2
         if self.target == "syslog":
-            # NDELAY connects now: workers inherit the socket, so they can still log after
-            # a chroot hides /dev/log. PID and CONS as PHP-FPM's openlog().
+            # NDELAY connects now, so that a failure shows at start. PID and CONS as
+            # PHP-FPM's openlog().
             syslog.openlog(self.ident, syslog.LOG_PID | syslog.LOG_CONS | syslog.LOG_NDELAY,
                            FACILITIES[self.facility])
             return -1
@@ -173,10 +219,7 @@ class Logger:
         return self.target == "syslog"
 
     def reopen(self) -> None:
-        """Reopen the file (after logrotate moved it) onto the same fd number.
-
-        Keeping the number matters: workers forked earlier write to it too. Raises OSError.
-        """
+        """Reopen the file (after logrotate moved it) onto the same fd number. Raises OSError."""
         if not self.is_file:
             return
         fd = self._open()
@@ -189,6 +232,15 @@ class Logger:
         if self.is_file:
             os.close(self.fd)
             self.fd = -1
+
+    def leave(self) -> None:
+        """In a new worker, which must not hold the log: let go of the target. syslog's
+        socket is closed here, so that a syslog() call of the app connects afresh rather
+        than send on a number the worker reuses; a file's fd is closed with the others the
+        worker does not keep. The master's object is no use to the worker after this."""
+        if self.is_syslog:
+            syslog.closelog()
+        self.fd = -1
 
     def enabled(self, level: str) -> bool:
         return LEVELS.index(level) >= self._threshold
@@ -213,28 +265,10 @@ class Logger:
         else:
             write_all(self.fd, data)
 
-    def debug(self, msg: str) -> None:
-        self.log("debug", msg)
-
-    def notice(self, msg: str) -> None:
-        self.log("notice", msg)
-
-    def warning(self, msg: str) -> None:
-        self.log("warning", msg)
-
-    def error(self, msg: str) -> None:
-        self.log("error", msg)
-
-    def alert(self, msg: str) -> None:
-        self.log("alert", msg)
-
     def syserror(self, msg: str, err: OSError | int, level: str = "error") -> None:
         """``msg: strerror (errno)``, PHP-FPM's ZLOG_SYSERROR."""
         self.log(level, "%s: %s" % (msg, strerror(err)), syserror=True)
 
-    def exception(self, msg: str) -> None:
-        """ERROR lines: ``msg`` and the traceback being handled, in one write."""
-        self.log("error", msg + "\n" + traceback.format_exc())
 
 
 def write_all(fd: int, data: bytes) -> None:

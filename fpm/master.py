@@ -202,6 +202,7 @@ class Master:
         self.old_boards: list[Board] = []  # inherited, until their last worker is gone
         self.pm_states = {name: pm.PmState() for name in self.pools}
         self.apps: dict[str, object] = {}  # fpm.apps.Preloaded by pool
+        self.app_fds: dict[str, frozenset[int]] = {}  # what each preloaded app opened
         self.handover: set[str] = set()  # pools whose inherited workers await the new ones
         self.faults: tuple[float, ...] = ()
         self.warned_process_max = False
@@ -223,7 +224,9 @@ class Master:
         # Descriptor number -> a copy of what it was when pyfpm started (fpm.log.stream_fd),
         # carried across reloads: pool logs on /dev/stderr and the like write there.
         self.streams: dict[int, int] = dict(inherited.streams) if inherited is not None else {}
-        self.output_fds: dict[int, stdio.Capture] = {}  # read ends of captured worker output
+        # Read ends of the workers' log sockets and captured output, and their readers
+        # (fpm.workerlog.Reader, fpm.stdio.Capture).
+        self.output_fds: dict[int, object] = {}
         self.signals: SignalQueue
         self.children: Children
 
@@ -285,15 +288,12 @@ class Master:
             if fd not in used:  # the new configuration writes no log there
                 os.close(fd)
                 del self.streams[number]
-        self.children = Children(self.log, self.signals, fds, self.allow_root)
+        self.children = Children(self.log, self.signals, fds, self.allow_root,
+                                 forget=self._forget_output)
+        self.children.boards = lambda: [*self.boards.values(), *self.old_boards]
         for pool in self.pool_list:
             if pool.catch_workers_output:
                 self._capture(pool)
-        self.children.close_in_child.update(b.fd for b in self.boards.values())
-        self.children.close_in_child.update(self.access_fds.values())
-        self.children.close_in_child.update(self.slowlog_fds.values())
-        if self.status_fd is not None:
-            self.children.close_in_child.add(self.status_fd)
         if self.inherited is not None:
             self._adopt_children(self.inherited)
         self._preload()
@@ -347,18 +347,20 @@ class Master:
                                  % pool_name)
                 os.close(fd)
                 boards[fd] = Board(pool_name, nslots)
-            self.children.close_in_child.add(boards[fd].fd)
         self.old_boards = list(boards.values())
-        for pid, pool_name, board_fd, slot, started, ours, output in inherited.children:
+        for pid, pool_name, board_fd, slot, started, ours, output, log in inherited.children:
             pool = self.pools.get(pool_name) or fpm_config.PoolConfig(name=pool_name, listen=())
             boards[board_fd].adopt(slot)
-            for fd in ((ours,) if ours >= 0 else ()) + (output or ()):
+            for fd in tuple(fd for fd in (ours, log) if fd >= 0) + (output or ()):
                 os.set_inheritable(fd, False)
             if output is not None:
                 self._capture(pool).adopt(pid, output)
-                self._watch_output(pool, output)
+                self._watch(self.children.captures[pool.name], output)
+            if log >= 0:  # a master before fpm.workerlog: its workers write the log themselves
+                self.children.logs.attach(pid, pool, log)
+                self._watch(self.children.logs, (log,))
             self.children.adopt(Child(pid, pool, started, boards[board_fd], slot, stopping="reload",
-                                      channel=ours, output=output))
+                                      channel=ours, output=output, log=log))
             self.handover.add(pool_name)
         # Workers that died while the exec ran were reaped by nobody yet.
         self.reaped += self.children.reap()
@@ -376,9 +378,12 @@ class Master:
                                 "worker compiles the scripts it serves" % pool.name)
                 continue
             stdio.install()  # the streams the app may keep are those its workers redirect
+            before = _open_fds()
             try:
                 self.apps[pool.name] = apps.preload(pool.app, pool.chdir, pool.python_path,
                                                     pool.virtualenv)
+                # Its objects use them (a log file, a connection): its workers keep them.
+                self.app_fds[pool.name] = frozenset(_open_fds() - before)
             except apps.AppLoadError as e:
                 # The other pools serve; this one's workers try themselves, and answer 503.
                 self.log.error("[pool %s] preload: %s; its workers import the app themselves "
@@ -492,7 +497,8 @@ class Master:
             retry = 0.0 if self._old_serving(pool.name) else app_retry(tries) * random.uniform(0.75, 1.0)
             seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name),
                         theirs, None if shown is None else (self.pools[shown], self.boards[shown]),
-                        self.access_fds.get(pool.name, -1), tries, retry)
+                        self.access_fds.get(pool.name, -1), tries, retry,
+                        self.app_fds.get(pool.name, frozenset()))
             try:
                 child = self.children.spawn(pool, seat, respawn, ours)
             except OSError as e:
@@ -503,7 +509,9 @@ class Master:
                 self.log.syserror("[pool %s] fork() failed; trying again in 1 second" % pool.name, e)
                 self.timers.set(("spawn", pool.name), time.monotonic() + 1.0)
                 return i
-            self._watch_output(pool, child.output or ())
+            if child.output is not None:
+                self._watch(self.children.captures[pool.name], child.output)
+            self._watch(self.children.logs, (child.log,))
         return allowed
 
     def _capture(self, pool) -> stdio.Capture:
@@ -514,20 +522,22 @@ class Master:
                 self.log.buffering, forget=self._forget_output)
         return self.children.captures[pool.name]
 
-    def _watch_output(self, pool, fds) -> None:
+    def _watch(self, reader, fds) -> None:
+        """Hand ``reader`` the fds of a worker's output when they are readable."""
         for fd in fds:
-            self.output_fds[fd] = self.children.captures[pool.name]
+            self.output_fds[fd] = reader
             self.poller.register(fd, select.EPOLLIN)
 
     def _forget_output(self, fd: int) -> None:
-        """A captured pipe is about to be closed (its worker is gone)."""
+        """A worker's captured pipe or log socket is at its end (the worker is gone, or
+        going): no longer watched; closed once the worker is reaped."""
         self.poller.unregister(fd)
         del self.output_fds[fd]
 
     def _needs_channel(self, pool) -> bool:
-        """A worker gets a channel when it has log files to reopen on USR1, or may be traced
-        (the faulthandler fallback sends its stack over it)."""
-        return self.log.is_file or pool.access_log is not None or self._traced(pool)
+        """A worker gets a channel when it has an access log to reopen on USR1, or may be
+        traced (the faulthandler fallback sends its stack over it)."""
+        return pool.access_log is not None or self._traced(pool)
 
     @staticmethod
     def _traced(pool) -> bool:
@@ -659,7 +669,6 @@ class Master:
         in_use = {id(c.board) for c in self.children.by_pid.values()}
         for board in [b for b in self.old_boards if id(b) not in in_use]:
             self.old_boards.remove(board)
-            self.children.close_in_child.discard(board.fd)
             board.close()
 
     # --- timeouts and per-worker escalation --------------------------------------------------
@@ -893,9 +902,10 @@ class Master:
         self._switch(State.FINISHING, signal.SIGQUIT)
 
     def handle_usr1(self) -> None:
-        """Reopen the error log, the access logs and the slowlogs onto their fd numbers, then
-        hand the new files to the workers (fpm.channel), which take them before their next line: no
-        worker restarts and no line is lost (PHP-FPM restarts every worker)."""
+        """Reopen the error log (only the master writes it), the access logs and the slowlogs
+        onto their fd numbers, then hand the new access logs to the workers (fpm.channel),
+        which take them before their next line: no worker restarts and no line is lost
+        (PHP-FPM restarts every worker)."""
         if self.log.is_file:
             try:
                 self.log.reopen()
@@ -914,12 +924,9 @@ class Master:
         if self.access_fds:
             self.log.notice("access log file re-opened")
         for child in self.children.by_pid.values():
-            if child.channel >= 0:
-                fds = [self.log.fd] if self.log.is_file else []
-                if child.pool.name in self.access_fds:
-                    fds.append(self.access_fds[child.pool.name])
+            if child.channel >= 0 and child.pool.name in self.access_fds:
                 try:
-                    channel.send_files(child.channel, fds)
+                    channel.send_files(child.channel, [self.access_fds[child.pool.name]])
                 except OSError as e:
                     self.log.syserror("[pool %s] child %d: unable to hand over the reopened "
                                       "log files" % (child.pool.name, child.pid), e)
@@ -976,6 +983,20 @@ def _slots(pool) -> int:
 def _printable(text: str) -> str:
     """PHP-FPM's rule for the script in timeout lines: non-printable bytes become '.'."""
     return "".join(ch if ch.isprintable() else "." for ch in text)
+
+
+def _open_fds() -> set[int]:
+    """This process's open descriptors (not the one that listed them, closed by now)."""
+    listed = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    return {fd for fd in listed if _is_open(fd)}
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _write_pid_file(path: str) -> None:

@@ -128,10 +128,13 @@ def _start(pool, check, become: bool, allow_root: bool) -> tuple[int, int]:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                         signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
-            os.close(read_fd)
+            # It runs the pool's code as the pool's user: none of the master's descriptors
+            # (the error log, other pools' sockets) stays within its reach.
+            unix.close_fds_except({0, 1, 2, write_fd})
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):  # what an app prints while it imports is not -t's output
                 os.dup2(null, fd)
+            os.close(null)
             if become:
                 unix.apply(pool, Quiet(), allow_root)
             answer = b"=" + (check() or "").encode("utf-8", "backslashreplace")

@@ -2,8 +2,9 @@
 
 What crosses the exec, in ``PYFPM_INHERIT`` (JSON): the listening sockets with the ``listen``
 address each was opened for, the scoreboards (memfds) and the workers still running, which
-stay this process's children, with the master's ends of their channels and captured output
-pipes (a worker finishing its request must not print into a pipe nobody reads), and the
+stay this process's children, with the master's ends of their channels, log sockets and
+captured output pipes (a worker finishing its request must not log into a socket nobody
+reads), and the
 copies of the standard streams as they were at the first start (access logs on /dev/stderr). The new
 master gives each socket to the pool that lists its address, serves with new workers, and
 retires the inherited ones once their pool's new workers are ready. Nothing is closed in
@@ -30,8 +31,8 @@ class Inherited:
     listeners: tuple[tuple[str, int, bool], ...]  # (listen text, fd, owned)
     boards: tuple[tuple[int, int, str], ...]  # (fd, nslots, pool name)
     # (pid, pool name, board fd, slot, started on time.monotonic(), channel fd or -1,
-    #  (stdout, stderr) read ends or None)
-    children: tuple[tuple[int, str, int, int, float, int, tuple[int, int] | None], ...]
+    #  (stdout, stderr) read ends or None, log socket fd or -1)
+    children: tuple[tuple[int, str, int, int, float, int, tuple[int, int] | None, int], ...]
     streams: tuple[tuple[int, int], ...] = ()  # (descriptor number, fd of its copy)
 
 
@@ -39,8 +40,8 @@ def encode(listeners, boards, children, streams=None) -> str:
     return json.dumps({
         "listeners": [[l.address.text, l.fd, l.owned] for l in listeners],
         "boards": [[b.fd, b.nslots, b.pool_name] for b in boards],
-        "children": [[c.pid, c.pool.name, c.board.fd, c.slot, c.started, c.channel, c.output]
-                     for c in children],
+        "children": [[c.pid, c.pool.name, c.board.fd, c.slot, c.started, c.channel, c.output,
+                      c.log] for c in children],
         "streams": sorted((streams or {}).items()),
     })
 
@@ -51,9 +52,11 @@ def decode(text: str) -> Inherited:
         data = json.loads(text)
         return Inherited(tuple((str(t), int(fd), bool(o)) for t, fd, o in data["listeners"]),
                          tuple((int(fd), int(n), str(p)) for fd, n, p in data["boards"]),
+                         # A master from before fpm.workerlog passed no log socket.
                          tuple((int(pid), str(p), int(fd), int(s), float(t), int(ch),
-                                tuple(map(int, out)) if out else None)
-                               for pid, p, fd, s, t, ch, out in data["children"]),
+                                tuple(map(int, out)) if out else None,
+                                int(log[0]) if log else -1)
+                               for pid, p, fd, s, t, ch, out, *log in data["children"]),
                          # A master from before streams were passed has none to give.
                          tuple((int(n), int(fd)) for n, fd in data.get("streams", ())))
     except (KeyError, TypeError, ValueError) as e:
@@ -129,7 +132,7 @@ def execute(listeners, boards, children, stderr_fd: int | None, streams=None) ->
     """Replace this process with a new master that inherits the lot. Returns only on failure,
     with the error, everything restored."""
     fds = [l.fd for l in listeners] + [b.fd for b in boards]
-    fds += [c.channel for c in children if c.channel >= 0]
+    fds += [fd for c in children for fd in (c.channel, c.log) if fd >= 0]
     fds += [fd for c in children for fd in c.output or ()]
     fds += list((streams or {}).values())
     for fd in fds:

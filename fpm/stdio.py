@@ -1,4 +1,4 @@
-"""Where what the app says goes: its stdout and stderr, and wsgi.errors.
+"""Where what the app prints goes: its stdout and stderr (wsgi.errors: fpm.workerlog).
 
 **catch_workers_output** (the master's side, ``Capture``): each worker gets two pipes; the
 master writes what they carry to the error log at WARNING (so ``log_level = error`` hides
@@ -24,21 +24,20 @@ own sys.stdout and sys.stderr, so a request that printed nothing costs nothing.
 **A worker's sys.stdout and sys.stderr** (``install``, ``worker_output``) are text streams
 over ``_Writer``: with catch_workers_output they write whole lines to the pipes; without it,
 stdout goes nowhere (PHP-FPM's rule) but stderr, where Python writes tracebacks, warnings
-and logging's last-resort lines, is written to the error log by the worker itself, in the
-same lines the master would write. What bypasses them (``os.write(2, ...)``, C libraries,
-child processes) reaches the log only with catch_workers_output, at its newline.
+and logging's last-resort lines, goes to the master over the worker's log socket
+(fpm.workerlog), which writes it in the same lines as captured output. What bypasses them
+(``os.write(2, ...)``, C libraries, child processes) reaches the log only with
+catch_workers_output, at its newline.
 
-**wsgi.errors** (``ErrorsLog``, with ``wsgi_errors = log`` or ``both``): each line written
-is a WARNING line that names the request, wrapped at log_limit:
-
-    [21-Nov-2026 10:00:00] WARNING: [pool www] child 12 said into wsgi.errors on "GET /x": "text"
+In decorated lines the worker's control characters are written as ``\\xNN`` (fpm.log.escape),
+so that nothing it prints can start, or look like, a line of its own.
 
 Master side of catch_workers_output:
 
     capture = Capture(log, pool.name, pool.decorate_workers_output, log.limit, log.buffering,
                       forget=poller.unregister)
     child_fds, parent_fds = capture.pipes()       # before fork
-    # child:  redirect(log, child_fds) then close capture.fds()
+    # child:  redirect(child_fds), having closed capture.fds()
     # parent: capture.attach(pid, parent_fds); register each fd of parent_fds, level-triggered
     # fd readable: capture.readable(fd)   (False once the worker's end is closed)
     # worker reaped: capture.drop(pid)    (reads what is left, then closes)
@@ -47,12 +46,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
-from fpm.log import Logger, prefix, utf8_cut, write_all
+from fpm.log import Logger, escape, prefix, utf8_cut, write_all
 
 STREAMS = ("stdout", "stderr")
 LEVEL = "warning"
@@ -66,17 +67,14 @@ CLOSED_SUFFIX = b", pipe is closed"
 MARK = b"\0fscf\0"
 
 
-def redirect(log: Logger, child_fds: tuple[int, int] | None) -> None:
-    """In a new worker: stdout and stderr onto the capture pipes, or onto /dev/null when the
-    pool does not catch workers' output. A logger writing to stderr keeps the real one."""
-    if log.fd == 2:
-        log.fd = os.dup(2)
-    if child_fds is None:
-        null = os.open(os.devnull, os.O_WRONLY)
-        child_fds = (null, null)
-    for target, fd in zip((1, 2), child_fds):
+def redirect(child_fds: tuple[int, int] | None) -> None:
+    """In a new worker: stdin onto /dev/null (never the master's terminal), stdout and
+    stderr onto the capture pipes, or onto /dev/null when the pool does not catch workers'
+    output."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for target, fd in zip((0, 1, 2), (null, *(child_fds or (null, null)))):
         os.dup2(fd, target)
-    for fd in set(child_fds):
+    for fd in {null, *(child_fds or ())} - {0, 1, 2}:
         os.close(fd)
     # Python would buffer stdout by blocks on a pipe: a print() would reach the log only
     # some kilobytes later, or never, since a worker ends with os._exit.
@@ -91,18 +89,41 @@ def said_head(t: float, for_syslog: bool, pool_name: str, pid: int, into: str) -
                                                                             "backslashreplace")
 
 
+def room(head: bytes, limit: int) -> int:
+    """How much text a decorated line with ``head`` holds: log_limit less the head, the
+    closing quote and the newline."""
+    return max(limit - len(head) - 2, 16)
+
+
 def decorated(head: bytes, text: bytes, limit: int, suffix: bytes = b"") -> list[bytes]:
-    """``text`` as lines ``head + "chunk" (+ suffix) + newline``, each at most ``limit``
-    bytes; the suffix goes on the last line only. ``head`` ends with the opening quote."""
-    room = max(limit - len(head) - 2, 16)  # the closing quote and the newline
-    lines = []
-    while True:
-        last_room = room - len(suffix)
-        if len(text) <= last_room:
-            return lines + [head + text + b'"' + suffix + b"\n"]
-        n = utf8_cut(text, room)
-        lines.append(head + text[:n] + b'"\n')
+    """``text``, escaped, as lines ``head + "chunk" (+ suffix) + newline``, each at most
+    ``limit`` bytes; the suffix goes on the last line only. ``head`` ends with the opening
+    quote."""
+    size = room(head, limit)
+    pieces = wrap(escape(text), size)
+    if len(pieces[-1]) > size - len(suffix):
+        pieces.append(b"")  # the suffix goes on a line of its own
+    return ([head + piece + b'"\n' for piece in pieces[:-1]]
+            + [head + pieces[-1] + b'"' + suffix + b"\n"])
+
+
+_ESCAPE = re.compile(rb"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def wrap(text: bytes, size: int) -> list[bytes]:
+    """Escaped ``text`` in pieces of at most ``size`` bytes (the last may be empty), cut
+    neither inside a UTF-8 sequence nor inside an escape."""
+    pieces = []
+    while len(text) > size:
+        n = utf8_cut(text, size)
+        slash = text.rfind(b"\\", max(n - 5, 1), n)
+        if slash > 0:
+            escaped = _ESCAPE.match(text, slash)
+            if escaped is not None and escaped.end() > n:
+                n = slash
+        pieces.append(text[:n])
         text = text[n:]
+    return pieces + [text]
 
 
 def _mark_started(buf: bytearray) -> int:
@@ -149,11 +170,13 @@ class Lines:
                 del buf[:len(buf) - keep]
         elif self.decorate:
             # A partial line waits until it fills a wrapped line.
-            room = max(self.limit - len(head) - 2, 16)
-            while len(buf) - keep >= room:
-                n = utf8_cut(buf, room)
-                out.append(head + bytes(buf[:n]) + b'"\n')
-                del buf[:n]
+            size = room(head, self.limit)
+            text = escape(bytes(buf[:len(buf) - keep]))
+            if len(text) >= size:
+                pieces = wrap(text, size)
+                rest = pieces.pop() if len(pieces[-1]) < size else b""
+                out += [head + piece + b'"\n' for piece in pieces]
+                buf[:len(buf) - keep] = rest  # escaped already: escaping again keeps it
         elif len(buf) - keep >= UNDECORATED_MAX:
             out.append(bytes(buf[:len(buf) - keep]) + b"\n")
             del buf[:len(buf) - keep]
@@ -179,6 +202,7 @@ class _Stream:
     name: str  # stdout or stderr
     fd: int
     lines: Lines = field(default_factory=Lines)
+    ended: bool = False  # the worker's end is closed: no longer watched, not yet closed
 
 
 class Capture:
@@ -191,7 +215,7 @@ class Capture:
         self.decorate = decorate
         self.limit = limit
         self.buffering = buffering
-        self.forget = forget  # called with a read fd just before it is closed
+        self.forget = forget  # called with a read fd once it is no longer to be watched
         self._streams: dict[int, _Stream] = {}
         self._unattached: dict[tuple[int, int], tuple[int, int]] = {}
 
@@ -230,19 +254,24 @@ class Capture:
 
     def readable(self, fd: int) -> bool:
         """Read what ``fd`` holds and log its complete lines; False when the worker's end is
-        closed (the rest has been logged, the fd closed after ``forget(fd)``)."""
+        closed (the rest has been logged and ``forget(fd)`` called). The fd itself stays
+        open until ``drop``: until its worker is reaped, its number is the worker's (a
+        reload passes it on)."""
         stream = self._streams[fd]
         open_ = self._read(stream)
         if not open_:
-            self._close(stream)
+            self._end(stream)
         return open_
 
     def drop(self, pid: int) -> None:
         """``pid`` was reaped: log what its pipes still hold, then close them. A pipe kept
         open by a process the worker started is closed all the same."""
         for stream in [s for s in self._streams.values() if s.pid == pid]:
-            self._read(stream, final=True)
-            self._close(stream)
+            if not stream.ended:
+                self._read(stream, final=True)
+                self._end(stream)
+            del self._streams[stream.fd]
+            os.close(stream.fd)
 
     # --- reading and writing ------------------------------------------------------------------
 
@@ -270,11 +299,10 @@ class Capture:
             self.log.write(LEVEL, out)
         return not eof
 
-    def _close(self, stream: _Stream) -> None:
-        del self._streams[stream.fd]
+    def _end(self, stream: _Stream) -> None:
+        stream.ended = True
         if self.forget is not None:
             self.forget(stream.fd)
-        os.close(stream.fd)
 
     def _lines(self, stream: _Stream, data: bytes, eof: bool, final: bool = False) -> bytes:
         """What to write for ``data`` newly read from ``stream``; keeps a partial line."""
@@ -333,61 +361,35 @@ class _Writer(io.BufferedIOBase):
             self.target.end()
 
 
-class _ToPipe:
-    """catch_workers_output: whole lines to the pipe, one write each; at a request's end,
-    the partial line and MARK. With log_buffering = no, bytes go as they are written."""
+class _ByLine:
+    """Whole lines to ``send`` (a capture pipe, or the log socket), one call each; at a
+    request's end, the partial line and MARK. With log_buffering = no, bytes go as they are
+    written."""
 
-    def __init__(self, fd: int, buffering: bool):
-        self.fd = fd
+    def __init__(self, send: Callable[[bytes], None], buffering: bool):
+        self.send = send
         self.buffering = buffering
         self.pending = bytearray()
 
     def write(self, data: bytes) -> None:
         if not self.buffering:
-            write_all(self.fd, data)
+            self.send(data)
             return
         self.pending += data
         nl = self.pending.rfind(b"\n")
         if nl >= 0:
-            write_all(self.fd, bytes(self.pending[:nl + 1]))
+            self.send(bytes(self.pending[:nl + 1]))
             del self.pending[:nl + 1]
 
     def flush(self) -> None:
         if self.pending:
-            write_all(self.fd, bytes(self.pending))
+            self.send(bytes(self.pending))
             self.pending.clear()
 
     def end(self) -> None:
         if self.buffering:  # else the master held nothing back
-            write_all(self.fd, bytes(self.pending) + MARK)
+            self.send(bytes(self.pending) + MARK)
             self.pending.clear()
-
-
-class _ToLog:
-    """Lines of one stream written to the error log by the worker itself, as the master
-    would write them (``before()`` first: it takes the log files a USR1 reopened)."""
-
-    def __init__(self, log: Logger, lines: Lines, head: Callable[[], bytes],
-                 before: Callable[[], None]):
-        self.log = log
-        self.lines = lines
-        self.head = head
-        self.before = before
-
-    def write(self, data: bytes) -> None:
-        if self.log.enabled(LEVEL):
-            self._out(self.lines.feed(self.head(), data))
-
-    def flush(self) -> None:
-        pass  # lines are what the log holds: a partial one waits for its end
-
-    def end(self) -> None:
-        self._out(self.lines.end(self.head()))
-
-    def _out(self, out: list[bytes]) -> None:
-        if out:
-            self.before()
-            self.log.write(LEVEL, b"".join(out))
 
 
 class _Drop:
@@ -425,21 +427,18 @@ def install() -> tuple[_Writer, _Writer]:
     return _writers
 
 
-def worker_output(pool, log: Logger, pid: int, mark: Callable[[], None],
-                  before: Callable[[], None]) -> Callable[[], None]:
-    """In a worker: sys.stdout and sys.stderr go where the module docstring says; ``mark()``
-    is called when a request writes to either, and the function returned must then be
-    called at the request's end."""
+def worker_output(pool, log, mark: Callable[[], None]) -> Callable[[], None]:
+    """In a worker: sys.stdout and sys.stderr go where the module docstring says (``log``
+    is the worker's fpm.workerlog.WorkerLog); ``mark()`` is called when a request writes to
+    either, and the function returned must then be called at the request's end."""
     out, err = install()
     if pool.catch_workers_output:
-        out.target = _ToPipe(1, log.buffering)
-        err.target = _ToPipe(2, log.buffering)
+        out.target = _ByLine(partial(write_all, 1), log.buffering)
+        err.target = _ByLine(partial(write_all, 2), log.buffering)
     else:
         out.target = _Drop()
-        decorate = pool.decorate_workers_output
-        err.target = _ToLog(log, Lines(decorate, log.limit, log.buffering),
-                            lambda: said_head(time.time(), log.is_syslog, pool.name, pid,
-                                              "stderr") if decorate else b"", before)
+        # log_level = error hides these lines: then they are not even sent.
+        err.target = _ByLine(log.stderr, log.buffering) if log.enabled(LEVEL) else _Drop()
     out.mark = err.mark = mark
     return end_request
 
@@ -448,26 +447,3 @@ def end_request() -> None:
     """A request that wrote to sys.stdout or sys.stderr ended: so do their last lines."""
     for writer in _writers or ():
         writer.end_request()
-
-
-class ErrorsLog(_ToLog):
-    """wsgi.errors into the error log (module docstring): ``say(request, text)`` with the
-    request's line (``GET /x``), ``end()`` when the request ends."""
-
-    def __init__(self, log: Logger, pool_name: str, pid: int,
-                 before: Callable[[], None] = lambda: None):
-        super().__init__(log, Lines(True, log.limit, True), self._head, before)
-        self.pool_name = pool_name
-        self.pid = pid
-        self.request = ""
-
-    def say(self, request: str, text: str) -> None:
-        # A long request line is cut to a quarter of log_limit: each wrapped line keeps
-        # most of its room for the text.
-        room = self.log.limit // 4
-        self.request = request if len(request) <= room else request[:room - 3] + "..."
-        self.write(text.encode("utf-8", "backslashreplace"))
-
-    def _head(self) -> bytes:
-        return said_head(time.time(), self.log.is_syslog, self.pool_name, self.pid,
-                         'wsgi.errors on "%s"' % self.request)

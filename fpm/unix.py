@@ -157,8 +157,24 @@ def apply_global(global_config, log, euid: int | None = None) -> None:
                             % (global_config.process_priority, strerror(e))) from None
 
 
+def close_fds_except(keep) -> None:
+    """Close every descriptor of this process but those in ``keep`` (negatives ignored): a
+    new worker sheds what the master holds, whatever it is. One close_range() per gap."""
+    try:
+        top = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):  # no /proc: up to the limit on descriptors
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        top = soft if 0 <= soft < 1 << 20 else 1 << 20
+    low = 0
+    for fd in sorted({fd for fd in keep if 0 <= fd < top}) + [top]:
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+
+
 def apply(pool, log, allow_root: bool) -> None:
     """Make this new worker what ``pool`` says, in PHP-FPM's order. Raises UnixError.
+    ``log`` is the worker's (fpm.workerlog): its lines name the pool and the worker.
 
     Not as root, only the rlimits, chdir, process.dumpable and the environment apply (the
     master has logged that the rest is ignored).
@@ -174,7 +190,7 @@ def apply(pool, log, allow_root: bool) -> None:
         try:
             _set_rlimit(limit, value)
         except (OSError, ValueError) as e:  # PHP-FPM's rule: the worker goes on with the old one
-            log.error("[pool %s] %s" % (pool.name, _rlimit_failure(directive, limit, value, e)))
+            log.error(_rlimit_failure(directive, limit, value, e))
 
     chrooted = is_root and bool(pool.chroot)
     if chrooted:
@@ -198,8 +214,8 @@ def apply(pool, log, allow_root: bool) -> None:
     # After setuid, which resets it: lets the master (without CAP_SYS_PTRACE, e.g. in a
     # container) ptrace a worker that changed its uid, and the kernel dump its core.
     if pool.process_dumpable and libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0:
-        log.error("[pool %s] process.dumpable = yes: prctl(PR_SET_DUMPABLE) failed: %s"
-                  % (pool.name, strerror(ctypes.get_errno())))
+        log.error("process.dumpable = yes: prctl(PR_SET_DUMPABLE) failed: %s"
+                  % strerror(ctypes.get_errno()))
 
     env = worker_environ(pool, entry, dict(os.environ))
     os.environ.clear()

@@ -13,7 +13,7 @@ from typing import NoReturn
 # Imported here, in the master: a worker that dropped privileges may not be able to read
 # pyfpm's own files (a package in a 0700 directory).
 from fpm import (__version__, _proto, accesslog, apps, channel, clients, pages, probe, scripts,
-                 slowlog, stdio, unix)
+                 slowlog, stdio, unix, workerlog)
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
@@ -21,13 +21,15 @@ SO_TIMESTAMPNS = 35  # Linux; the socket module does not name it
 EX_SOFTWARE = 70
 
 
-def run(pool, listen_fds: list[int], log, seat, allow_root: bool = False) -> NoReturn:
-    """Serve ``pool`` on the inherited ``listen_fds`` until told to stop; never returns."""
+def run(pool, listen_fds: list[int], log, seat, allow_root: bool = False,
+        master: int | None = None) -> NoReturn:
+    """Serve ``pool`` on the inherited ``listen_fds`` until told to stop; never returns.
+    ``log`` is the worker's fpm.workerlog.WorkerLog; ``master`` the pid of the master."""
     try:
-        code = serve(pool, listen_fds, log, seat, allow_root)
+        code = serve(pool, listen_fds, log, seat, allow_root, master)
     except BaseException as e:  # the worker must end in os._exit, never unwind into the master's code
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
-            log.exception("[pool %s] child %d: worker failed" % (pool.name, os.getpid()))
+            log.exception("worker failed")
         code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else EX_SOFTWARE
     stdio.end_request()  # os._exit flushes nothing: keep the last words
     for stream in (sys.stdout, sys.stderr):
@@ -38,30 +40,23 @@ def run(pool, listen_fds: list[int], log, seat, allow_root: bool = False) -> NoR
     os._exit(code)
 
 
-def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
+def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int | None) -> int:
     _init_signals()
     set_process_title("pyfpm: pool %s" % pool.name)  # before a chroot hides libc's path
-    pid = os.getpid()
     dirs = probe.import_dirs(pool)  # seen from outside the chroot: for an import error's hint
     statm = _proto.open_statm() if pool.pm_max_memory else -1  # a chroot may have no /proc
     try:
         unix.apply(pool, log, allow_root)
     except unix.UnixError as e:
-        log.error("[pool %s] child %d: %s" % (pool.name, pid, e.reason))
+        log.error(e.reason)
         return EX_SOFTWARE
-    _die_with_parent()  # after apply(): changing the uid clears the parent-death signal
+    _die_with_parent(master)  # after apply(): changing the uid clears the parent-death signal
+    log_line = log.log  # the master names the pool and the worker in each line
 
     def take_new_files() -> None:
-        if seat.channel >= 0:
-            channel.take_files(seat.channel)
+        channel.take_files(seat.channel)
 
-    # Errors are rare: before logging one, take any log file the master reopened (USR1)
-    # since the last request, rather than wait for the next request to do it.
-    def log_line(level: str, text: str) -> None:
-        take_new_files()
-        getattr(log, level)("[pool %s] child %d: %s" % (pool.name, pid, text))
-
-    end_output = stdio.worker_output(pool, log, pid, _proto.output_written, take_new_files)
+    end_output = stdio.worker_output(pool, log, _proto.output_written)
     retry = None
     if seat.shows is not None:
         app, special = pages.not_found, pages.special_paths(pool, seat.shows[1], seat.shows[0])
@@ -105,24 +100,22 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool) -> int:
         # tries to import the app again, which the pause between tries is there to limit.
         max_requests=seat.max_requests if retry is None else 0,
         max_memory=pool.pm_max_memory if retry is None else 0, special=special, access=access,
-        on_reopen=take_new_files if seat.channel >= 0 else None,
+        on_reopen=take_new_files if seat.channel >= 0 and access is not None else None,
         body_buffer=pool.request_body_buffer_size, body_max=pool.request_body_max_size,
         spool_dir=pool.request_body_temp_path,
         body_file_dirs=pool.security_request_body_file_dirs,
         queue_timeout=pool.request_queue_timeout, start_param=pool.request_start_param,
         stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log_line, any(tcp)),
         fill_paths=pool.app is not None,
-        errors_log=stdio.ErrorsLog(log, pool.name, pid, take_new_files),
+        errors_log=workerlog.ErrorsLog(log),
         wsgi_errors=pool.wsgi_errors, on_output=end_output, statm_fd=statm)
     if retry:
         return os.EX_UNAVAILABLE
     if reason == "max_memory":
-        log.notice("[pool %s] child %d: RSS %.1f MiB exceeds pm.max_memory (%.1f MiB) after "
-                   "request %d; recycling" % (pool.name, pid, rss / 2**20,
-                                              pool.pm_max_memory / 2**20, requests))
+        log.notice("RSS %.1f MiB exceeds pm.max_memory (%.1f MiB) after request %d; recycling"
+                   % (rss / 2**20, pool.pm_max_memory / 2**20, requests))
     elif reason == "max_requests":
-        log.debug("[pool %s] child %d: served its %d requests (pm.max_requests); recycling"
-                  % (pool.name, pid, requests))
+        log.debug("served its %d requests (pm.max_requests); recycling" % requests)
     return 0
 
 
@@ -192,10 +185,13 @@ def _init_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def _die_with_parent() -> None:
-    """Workers never outlive the master, even one killed with SIGKILL."""
+def _die_with_parent(master: int | None) -> None:
+    """Workers never outlive the master, even one killed with SIGKILL. In a session of
+    their own, nothing else would stop them: no terminal's or group's signal reaches them."""
     unix.libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the master died before prctl() took effect
+    # The master died before prctl() took effect: the worker has another parent now (init,
+    # or a subreaper such as systemd --user, whose pid is not 1).
+    if os.getppid() != (master or os.getppid()):
         os.kill(os.getpid(), signal.SIGTERM)
 
 

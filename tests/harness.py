@@ -150,12 +150,20 @@ class Server:
         return self
 
     def stop(self) -> None:
-        """Kill the master's whole process group; never fails."""
+        """Kill the master's whole process group, and each worker's; never fails."""
         if self.proc is not None:
+            # Each worker leads a session (so a group) of its own: the master's group does
+            # not hold it, and its parent-death signal is a TERM, which an app may catch.
+            workers = self.children() if self.proc.poll() is None else []
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            for pid in workers:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:

@@ -118,12 +118,14 @@ def test_an_uncaught_exception_is_logged_from_the_apps_own_frames(pyfpm):
     server = pyfpm(config(workers=1))
     (pid,) = server.wait_idle(1)
     assert server.request("/fail?x=1").status == 500
-    server.wait_log(r"ERROR: RuntimeError: log_app failed on purpose$")
+    server.wait_log(r"ERROR: \[pool www\] child %d: RuntimeError: log_app failed on purpose$"
+                    % pid)
     text = server.log_text()
-    head = re.search(r'^%sERROR: \[pool www\] child %d: the application raised an exception on '
-                     r'"GET /fail\?x=1"\n%sERROR: Traceback \(most recent call last\):\n'
-                     r'%sERROR:   File "(.*)", line \d+, in app$' % (STAMP, pid, STAMP, STAMP),
-                     text, re.M)
+    # Each line of the traceback names the worker: none can pass for another's.
+    own = r"%sERROR: \[pool www\] child %d: " % (STAMP, pid)
+    head = re.search(r'^%sthe application raised an exception on "GET /fail\?x=1"\n'
+                     r'%sTraceback \(most recent call last\):\n'
+                     r'%s  File "(.*)", line \d+, in app$' % (own, own, own), text, re.M)
     assert head and head[1].endswith("tests/apps/log_app.py"), text
     assert "_proto" not in text
 
@@ -135,7 +137,7 @@ def test_sys_exit_in_the_app_is_logged_with_its_request(pyfpm):
         server.request("/exit", timeout=5)  # the worker exits, as the app asked
     server.wait_log(r'^%sERROR: \[pool www\] child %d: the application raised an exception on '
                     r'"GET /exit"$' % (STAMP, pid))
-    server.wait_log(r"^%sERROR: SystemExit: 3$" % STAMP)
+    server.wait_log(r"^%sERROR: \[pool www\] child %d: SystemExit: 3$" % (STAMP, pid))
     server.wait_log(r"child %d exited with code 3" % pid)
 
 

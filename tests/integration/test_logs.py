@@ -136,8 +136,10 @@ def test_error_log_syslog_ident_facility_and_priority_per_level(dev_log, tmp_pat
                  r"\[NOTICE\] fpm is running, pid %d$" % (server.pid, server.pid), seen)
         (pid,) = server.wait_idle(1)
         assert server.request("/fail").status == 500
+        # The master writes every line, the worker's at the worker's level, as PHP-FPM's
+        # master writes what its children say.
         received(dev_log, pri(syslog.LOG_ERR) + r".* pyfpm-it\[%d\]: \[ERROR\] \[pool www\] "
-                 r"child %d: the application raised an exception" % (pid, pid), seen)
+                 r"child %d: the application raised an exception" % (server.pid, pid), seen)
         server.request("/print?text=hello+syslog")
         received(dev_log, pri(syslog.LOG_WARNING) + r".* pyfpm-it\[%d\]: \[WARNING\] \[pool www\] "
                  r'child %d said into stdout: "hello syslog"$' % (server.pid, pid), seen)

@@ -345,12 +345,16 @@ def test_wsgi_input_ends_at_content_length(pyfpm, sent, declared):
 
 # --- reloads: a storm of USR2, and old workers that ignore QUIT and TERM ---------------------
 
-def test_a_storm_of_reloads_leaves_one_master_and_no_stray_worker(tmp_path):
+@pytest.mark.parametrize("catch", ["no", "yes"])
+def test_a_storm_of_reloads_leaves_one_master_and_no_stray_worker(tmp_path, catch):
     """bug74083, bug76601: 25 USR2 at 0 to 24 ms apart, then one more. The master is still
     there with its pid, and once the last reload is done the pool has its static size: no
     worker of an earlier generation missed the QUIT that retires it (with
-    process_control_timeout = 10 nothing would have killed it in time)."""
-    pool = "pm = static\npm.max_children = 4\nping.path = /ping\nping.response = pong\n"
+    process_control_timeout = 10 nothing would have killed it in time). A retired worker's
+    log socket and output pipes reach their end before it is reaped: a reload in between
+    still passes them on."""
+    pool = ("pm = static\npm.max_children = 4\nping.path = /ping\nping.response = pong\n"
+            "catch_workers_output = %s\n" % catch)
     with server_for(tmp_path, pool, global_extra="process_control_timeout = 10") as server:
         server.wait_idle(4)
         for interval in range(25):

@@ -133,9 +133,10 @@ def test_rlimit_files_above_the_kernel_ceiling_is_logged_and_the_worker_serves(t
     ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
     with server(tmp_path, account, f"rlimit_files = {ceiling + 1}") as srv:
         state = worker_state(srv)
-        line = srv.wait_log(r"^%s ERROR: \[pool www\] rlimit_files = %d: setrlimit\(RLIMIT_NOFILE\)"
-                            r" failed: .*; the limit stays at soft (\d+), hard (\d+); the kernel "
-                            r"allows at most %d \(fs.nr_open\)$" % (TS, ceiling + 1, ceiling))
+        line = srv.wait_log(r"^%s ERROR: \[pool www\] child \d+: rlimit_files = %d: "
+                            r"setrlimit\(RLIMIT_NOFILE\) failed: .*; the limit stays at "
+                            r"soft (\d+), hard (\d+); the kernel allows at most %d \(fs.nr_open\)$"
+                            % (TS, ceiling + 1, ceiling))
     assert state["nofile"] == [int(line[1]), int(line[2])]
 
 

@@ -22,3 +22,18 @@ def test_malformed_streams_are_refused():
     with pytest.raises(ValueError, match="malformed PYFPM_INHERIT"):
         reexec.decode(json.dumps({"listeners": [], "boards": [], "children": [],
                                   "streams": [["x"]]}))
+
+
+def test_a_workers_log_socket_crosses_the_exec():
+    from types import SimpleNamespace
+    child = SimpleNamespace(pid=12, pool=SimpleNamespace(name="www"), board=SimpleNamespace(fd=7),
+                            slot=0, started=1.5, channel=9, output=(10, 11), log=13)
+    (got,) = reexec.decode(reexec.encode([], [], [child])).children
+    assert got == (12, "www", 7, 0, 1.5, 9, (10, 11), 13)
+
+
+def test_workers_of_a_master_from_before_log_sockets_have_none():
+    """Their workers write the error log themselves; the new master has nothing to read."""
+    old = json.dumps({"listeners": [], "boards": [],
+                      "children": [[12, "www", 7, 0, 1.5, -1, None]]})
+    assert reexec.decode(old).children == ((12, "www", 7, 0, 1.5, -1, None, -1),)

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from fpm import stdio
+from fpm import stdio, workerlog
 from fpm.log import Logger
-from fpm.stdio import MARK, Capture, ErrorsLog, decorated
+from fpm.stdio import MARK, Capture, decorated
 
 PREFIX = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\] WARNING: "
 
@@ -120,13 +120,19 @@ def test_eof_flushes_the_last_words_with_pipe_is_closed(log_path):
     assert strip(lines(log_path)) == [
         '[pool www] child 1234 said into stderr: "done"',
         '[pool www] child 1234 said into stderr: "last words", pipe is closed']
-    assert forgotten == [err_r] and cap.fds() == [out_r]
-    with pytest.raises(OSError) as e:
-        os.fstat(err_r)
-    assert e.value.errno == errno.EBADF
+    assert forgotten == [err_r]
     os.close(out)
     assert cap.readable(out_r) is False  # nothing pending: nothing logged
-    assert len(lines(log_path)) == 2 and cap.fds() == []
+    assert len(lines(log_path)) == 2 and forgotten == [err_r, out_r]
+    # The worker is not reaped yet: its fd numbers stay its own (a reload passes them on).
+    assert sorted(cap.fds()) == sorted([out_r, err_r])
+    os.fstat(err_r)
+    cap.drop(1234)
+    assert cap.fds() == [] and forgotten == [err_r, out_r]  # forgotten once each
+    for fd in (out_r, err_r):
+        with pytest.raises(OSError) as e:
+            os.fstat(fd)
+        assert e.value.errno == errno.EBADF
 
 
 def test_decorated_helper_puts_the_suffix_on_the_last_line_only():
@@ -290,77 +296,73 @@ def test_pipes_are_non_blocking_for_the_master_and_close_on_exec(log_path):
 
 # --- with real workers ---------------------------------------------------------------------------
 
-def run_child(cap, log, body, catch=True):
-    """Fork a 'worker' that redirects its stdio as fpm.stdio.redirect does and runs body();
-    read its output as the master's loop would until both pipes are closed; its pid."""
+def run_child(log_path, body, catch=True, buffering=True, decorate=True, level="notice"):
+    """Fork a 'worker' that redirects its stdio as fpm.stdio.redirect does, with its log
+    socket (fpm.workerlog), and runs body(log); read its pipes and its log socket as the
+    master's loop would until all are closed; its pid."""
+    log = Logger(str(log_path), level, buffering=buffering)
+    cap = Capture(log, "www", decorate, buffering=buffering)
+    reader = workerlog.Reader(log)
     child_fds, parent_fds = cap.pipes() if catch else (None, ())
+    ours, theirs = workerlog.pair()
     pid = os.fork()
     if pid == 0:
+        code = 1
         try:
-            stdio.redirect(log, child_fds)
-            for fd in parent_fds:
+            for fd in (*parent_fds, ours):
                 os.close(fd)
-            # A worker's sys.stdout and sys.stderr are fds 1 and 2 (pytest replaced ours).
-            sys.stdout = open(1, "w", closefd=False)
-            sys.stderr = open(2, "w", closefd=False)
-            body()
-            sys.stdout.flush()
-            sys.stderr.flush()
+            stdio.redirect(child_fds)
+            body(workerlog.WorkerLog(theirs, level, buffering))
+            code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
+    os.close(theirs)
     if catch:
         cap.attach(pid, parent_fds)
-        poller = select.poll()
-        for fd in parent_fds:
-            poller.register(fd, select.POLLIN)
-        open_fds = set(parent_fds)
-        while open_fds:
-            for fd, _ in poller.poll(5000):
-                if not cap.readable(fd):
-                    poller.unregister(fd)
-                    open_fds.discard(fd)
+    reader.attach(pid, SimpleNamespace(name="www", decorate_workers_output=decorate), ours)
+    readers = {fd: cap for fd in parent_fds} | {ours: reader}
+    while readers:
+        for fd in select.select(list(readers), [], [], 5)[0]:
+            if not readers[fd].readable(fd):
+                del readers[fd]
     assert os.waitpid(pid, 0)[1] == 0
     return pid
 
 
 def test_a_forked_worker_printing_to_stdout_and_stderr(log_path):
-    log = Logger(str(log_path))
-    cap = Capture(log, "www")
-
-    def body():
+    def body(log):
+        sys.stdout = open(1, "w", closefd=False)  # pytest replaced ours
+        sys.stderr = open(2, "w", closefd=False)
         print("to stdout")
         print("to stderr", file=sys.stderr)
         sys.stderr.write("unfinished")
-    pid = run_child(cap, log, body)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    pid = run_child(log_path, body)
     assert sorted(strip(lines(log_path))) == sorted([
         '[pool www] child %d said into stdout: "to stdout"' % pid,
         '[pool www] child %d said into stderr: "to stderr"' % pid,
         '[pool www] child %d said into stderr: "unfinished", pipe is closed' % pid])
 
 
-def test_a_worker_logger_on_stderr_keeps_writing_to_the_real_stderr(tmp_path, capfd):
-    log = Logger("stderr")
-    cap = Capture(log, "www")
-
-    def body():
-        log.error("from the worker's logger")
-        print("printed", file=sys.stderr)
-    pid = run_child(cap, log, body)
-    err = capfd.readouterr().err.splitlines()
-    assert re.match(r"\[.*\] ERROR: from the worker's logger$", err[0])
-    assert re.match(PREFIX + r'\[pool www\] child %d said into stderr: "printed"$' % pid, err[1])
+def test_a_workers_stdin_is_dev_null_and_the_master_has_its_lines(log_path):
+    def body(log):
+        assert os.read(0, 10) == b""
+        assert os.path.samestat(os.fstat(0), os.stat(os.devnull))
+        log.error("from the worker's log")
+    pid = run_child(log_path, body)
+    assert re.match(r"\[.*\] ERROR: \[pool www\] child %d: from the worker's log$" % pid,
+                    lines(log_path)[0])
 
 
 def test_without_capture_the_output_goes_to_dev_null(log_path, capfd):
-    log = Logger(str(log_path))
-
-    def body():
-        print("lost")
-        print("lost too", file=sys.stderr)
+    def body(log):
+        os.write(1, b"lost\n")
+        os.write(2, b"lost too\n")
         log.error("kept")
-    run_child(None, log, body, catch=False)
+    pid = run_child(log_path, body, catch=False)
     assert capfd.readouterr() == ("", "")
-    assert [x.split("ERROR: ")[1] for x in lines(log_path)] == ["kept"]
+    assert [x.split("ERROR: ")[1] for x in lines(log_path)] == ["[pool www] child %d: kept" % pid]
 
 
 def test_syslog_target_gets_syslog_shaped_warning_lines(dev_log):
@@ -379,16 +381,14 @@ def test_syslog_target_gets_syslog_shaped_warning_lines(dev_log):
     syslog.closelog()
 
 
-
-def test_redirect_makes_print_line_buffered(log_path):
+def test_redirect_makes_print_line_buffered():
     """A worker exits with os._exit (no flush): each printed line must be out already."""
-    log = Logger(str(log_path))
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             sys.stdout = open(1, "w", closefd=False)  # not a terminal: block-buffered
-            stdio.redirect(log, (w, os.dup(w)))
+            stdio.redirect((w, os.dup(w)))
             print("one")
         finally:
             os._exit(0)
@@ -398,41 +398,47 @@ def test_redirect_makes_print_line_buffered(log_path):
     os.close(r)
 
 
+def test_a_workers_control_characters_cannot_make_a_line_of_their_own(log_path):
+    cap = capture(log_path)
+    (out, err), (_, err_r) = attached(cap)
+    os.write(err, b"x\r[21-Nov-2026 10:00:00] NOTICE: forged\x1b[2K\xe2\x80\xa8y\n")
+    cap.readable(err_r)
+    (line,) = log_path.read_text().split("\n")[:-1]
+    assert line.splitlines() == [line]  # not even str.splitlines() finds another line
+    assert strip([line]) == ['[pool www] child 1234 said into stderr: "x\\x0d[21-Nov-2026 '
+                             '10:00:00] NOTICE: forged\\x1b[2K\\u2028y"']
+    os.close(out)
+    os.close(err)
+
+
+def test_wrapping_never_splits_an_escape(log_path):
+    cap = capture(log_path, limit=512)
+    (out, err), (_, err_r) = attached(cap)
+    head = len(b"[21-Nov-2026 10:00:00] WARNING: [pool www] child 1234 said into stderr: \"")
+    for shift in range(6):
+        os.write(err, b"a" * (512 - head - 2 - shift) + b"\x1b" * 3 + b"\n")
+    cap.readable(err_r)
+    for line in log_path.read_bytes().splitlines():
+        assert re.fullmatch(rb'.*: "a*(\\x1b)*"', line), line
+        assert len(line) < 512
+    os.close(out)
+    os.close(err)
+
+
 # --- a worker's own sys.stdout and sys.stderr --------------------------------------------------
 
 def pool(catch, decorate=True):
     return SimpleNamespace(name="www", catch_workers_output=catch, decorate_workers_output=decorate)
 
 
-def run_worker(log_path, catch, body, buffering=True, decorate=True):
-    """Fork a 'worker' with fpm.stdio's streams (worker_output), run body(end_request, marks)
-    and collect what reaches the log, as the master would; its pid."""
-    log = Logger(str(log_path), buffering=buffering)
-    cap = Capture(log, "www", decorate, buffering=buffering)
-    child_fds, parent_fds = cap.pipes() if catch else (None, ())
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            stdio.redirect(log, child_fds)
-            for fd in parent_fds:
-                os.close(fd)
-            marks = []
-            end = stdio.worker_output(pool(catch, decorate), log, os.getpid(), lambda: marks.append(1),
-                                      lambda: None)
-            body(end, marks)
-            code = 0
-        finally:
-            os._exit(code)
-    if catch:
-        cap.attach(pid, parent_fds)
-        open_fds = set(parent_fds)
-        while open_fds:
-            for fd in select.select(list(open_fds), [], [], 5)[0]:
-                if not cap.readable(fd):
-                    open_fds.discard(fd)
-    assert os.waitpid(pid, 0)[1] == 0
-    return pid
+def run_worker(log_path, catch, body, buffering=True, decorate=True, level="notice"):
+    """A 'worker' with fpm.stdio's streams (worker_output) that runs body(end_request, marks);
+    what reaches the log, as the master would write it; its pid."""
+    def worker(log):
+        marks = []
+        end = stdio.worker_output(pool(catch, decorate), log, lambda: marks.append(1))
+        body(end, marks)
+    return run_child(log_path, worker, catch, buffering, decorate, level)
 
 
 @pytest.mark.parametrize("catch", [True, False], ids=["caught", "not_caught"])
@@ -465,6 +471,15 @@ def test_without_catch_stdout_is_dropped_and_stderr_is_logged(log_path, capfd):
     assert capfd.readouterr() == ("", "")
 
 
+def test_without_catch_stderr_is_not_even_sent_when_log_level_hides_it(log_path):
+    def body(end_request, marks):
+        print("hidden", file=sys.stderr)
+        end_request()
+        assert sys.stderr.buffer.target.__class__.__name__ == "_Drop"
+    run_worker(log_path, False, body, level="error")
+    assert lines(log_path) == []
+
+
 def test_unbuffered_output_passes_at_once_and_ends_no_line(log_path):
     def body(end_request, marks):
         sys.stdout.write("progress: ")
@@ -473,36 +488,3 @@ def test_unbuffered_output_passes_at_once_and_ends_no_line(log_path):
         sys.stdout.write("done\n")
     run_worker(log_path, True, body, buffering=False, decorate=False)
     assert log_path.read_bytes() == b"progress: |done\n"
-
-
-# --- wsgi.errors in the error log ------------------------------------------------------------
-
-def test_wsgi_errors_lines_name_the_request_and_end_with_it(log_path):
-    errors = ErrorsLog(Logger(str(log_path)), "www", 12)
-    errors.say("GET /x?y=1", "one\ntwo")
-    errors.say("GET /x?y=1", " halves\n\nthree")
-    assert strip(lines(log_path)) == ['[pool www] child 12 said into wsgi.errors on '
-                                      '"GET /x?y=1": "%s"' % x for x in ("one", "two halves", "")]
-    errors.end()
-    errors.end()
-    assert strip(lines(log_path))[3:] == ['[pool www] child 12 said into wsgi.errors on '
-                                          '"GET /x?y=1": "three"']
-
-
-def test_wsgi_errors_lines_are_wrapped_and_a_long_request_line_is_cut(log_path):
-    errors = ErrorsLog(Logger(str(log_path), limit=512), "www", 12)
-    errors.say("GET /" + "u" * 300, "é" * 400 + "\n")
-    raw = log_path.read_bytes().splitlines(keepends=True)
-    assert len(raw) > 1 and all(len(x) <= 512 for x in raw)
-    assert all(b'on "GET /' + b"u" * 120 + b'...": "' in x for x in raw)  # 128 = 512 / 4
-    assert "".join(re.findall(r'"(é+)"', log_path.read_text(encoding="utf-8"))) == "é" * 400
-
-
-def test_wsgi_errors_lines_are_warnings(log_path):
-    errors = ErrorsLog(Logger(str(log_path), "error"), "www", 12)
-    errors.say("GET /", "hidden\n")
-    errors.end()
-    assert lines(log_path) == []
-    errors = ErrorsLog(Logger(str(log_path), "warning"), "www", 12)
-    errors.say("GET /", "shown\n")
-    assert re.match(PREFIX, lines(log_path)[0])

@@ -218,7 +218,7 @@ def test_apply_logs_an_rlimit_it_cannot_set_and_goes_on():
 
     status, (before, lines) = _in_child(child)
     assert status == "ok"
-    assert lines == [("error", "[pool www] rlimit_files = %d: setrlimit(RLIMIT_NOFILE) failed: "
+    assert lines == [("error", "rlimit_files = %d: setrlimit(RLIMIT_NOFILE) failed: "
                                "not allowed to raise maximum limit; the limit stays at soft %d, "
                                "hard %d; the kernel allows at most %d (fs.nr_open)"
                       % (ceiling + 1, before[0], before[1], ceiling))]
