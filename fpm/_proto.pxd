@@ -23,6 +23,13 @@ cdef enum Step:
     STEP_BLOCKED = 7       # the next request's BEGIN_REQUEST waits until end_request()
 
 
+# What _request_status() makes of the bytes that start a request.
+cdef enum Head:
+    HEAD_PARTIAL = 0       # no whole head yet (BEGIN_REQUEST + the params' end): wait for it
+    HEAD_BODY = 1          # the head, not yet the whole body (the empty STDIN record)
+    HEAD_READY = 2         # the whole request, or bytes the decoder answers or refuses at once
+
+
 # Request states of a connection (one request at a time: FCGI_MPXS_CONNS=0).
 cdef enum State:
     ST_IDLE = 0
@@ -60,6 +67,19 @@ cdef class Conn:
     cdef Decoder dec
     cdef str peer_cache
     cdef int64_t arrived_us              # kernel receive time of the request's first bytes (0: unknown)
+    cdef int64_t head_due_us             # CLOCK_MONOTONIC: when its request head is due (0: not set yet)
+    cdef uint64_t body_read              # bytes read while the body came (request_body_min_rate)
+    cdef bint refused                    # a refusal was counted for its request: not again
+    cdef bint late                       # the master handed it over with its body late
+
+
+# What travels with a connection between a worker and the master (park and hand-off
+# messages, fpm.parking): this, then the bytes already read from it, and the fd itself.
+ctypedef struct Ticket:
+    uint32_t flags
+    uint32_t pad
+    int64_t head_due_us                  # CLOCK_MONOTONIC: when its whole request head is due
+    int64_t arrived_us                   # kernel receive time of its first bytes (0: unknown)
 
 
 cdef class Worker
@@ -90,10 +110,20 @@ cdef class Worker:
     cdef str mount
     cdef Py_ssize_t params_max, max_conns, max_reqs
     cdef int read_timeout_ms
+    cdef int64_t head_timeout_us         # request_head_timeout
+    cdef uint64_t body_rate              # request_body_min_rate, bytes/s (0: off)
+    cdef int park_fd                     # the pool's park socket (to the master; -1: none)
+    cdef int handoff_fd                  # the pool's hand-off socket (from the master; -1: none)
+    cdef int nsources                    # pfds: the listen fds, then the hand-off socket if any
+    cdef int64_t paused_until            # accept() failed for want of descriptors: not before this
+    cdef int pause_streak                # failures in a row (the pause grows with it)
+    cdef int vain_waits                  # waits in a row for a request that did not come...
+    cdef int64_t vain_at                 # ...the last one then (first_bytes_ms)
+    cdef int reserve_fd                  # /dev/null, given up to take a connection when out of fds
     cdef object log                      # log(level, text): the worker's error-log lines
     cdef pollfd *pfds
     cdef int npfds, nlisten, pfds_cap
-    cdef int nfixed                      # pfds: the listen fds, then the stop pipe, then held conns
+    cdef int nfixed                      # pfds: the sources, then the stop pipe, then held conns
     cdef int wake_r                      # read end of the stop pipe (see watch_quit)
     cdef list pair_cache                 # params strs of the last request, by position
     cdef int epfd                        # epoll over the listen fds (EPOLLEXCLUSIVE) and the stop pipe
@@ -136,9 +166,18 @@ cdef class Worker:
 
     cdef int _hold(self, Conn conn) except -1
     cdef Conn _unhold(self, int index)
-    cdef int _serve_conn(self, Conn conn, bint fresh) except -1
+    cdef int _serve_conn(self, Conn conn, int how) except -1
+    cdef Py_ssize_t _await_head(self, Conn conn, Py_ssize_t r, int how) except -9
+    cdef int _park(self, Conn conn) except -1
     cdef int _wait_listeners(self) except -1
+    cdef bint _take(self, int index) except -1
     cdef bint _accept(self, int index) except -1
+    cdef bint _take_handoff(self) except -1
+    cdef int _pause_accepting(self, int err) except -1
+    cdef int _reopen_reserve(self) except -1
+    cdef int _set_sources(self, short events) noexcept
+    cdef int _count(self, int cause) except -1
+    cdef int _wait_ms(self, Conn conn, int64_t quiet_from) except -1
     cdef int _run_request(self, Conn conn) except -1
     cdef object _admit(self, Conn conn, dict environ, Py_ssize_t length)
     cdef object _read_body(self, Conn conn, dict environ, Py_ssize_t length)
@@ -149,7 +188,7 @@ cdef class Worker:
     cdef int _log_app_error(self) except -1
     cdef str _request_line(self)
     cdef int _next_stdin(self, Conn conn) except -1
-    cdef int _read(self, Conn conn, bint wait) except -1
+    cdef Py_ssize_t _read(self, Conn conn, bint wait) except -9
     cdef int _out_reserve(self, Py_ssize_t n) except -1
     cdef int _out_append(self, const char *data, Py_ssize_t n) except -1
     cdef int _out_record(self, int rtype, int request_id, const char *data, Py_ssize_t n) except -1
@@ -158,6 +197,7 @@ cdef class Worker:
     cdef int _write_all(self, Conn conn, const char *data, Py_ssize_t n) except -1
     cdef void _close(self, Conn conn) noexcept
     cdef int _drop(self, Conn conn, str level, str message) except -1
+    cdef int _refuse(self, Conn conn, str message) except -1
     cdef int _unexpected(self, Conn conn) except -1
 
 
@@ -172,6 +212,15 @@ cdef enum Stage:
     STAGE_READING = 3     # a request began: reading its params
     STAGE_RUNNING = 4     # the app runs
     STAGE_FINISHING = 5   # END_REQUEST sent, the request's tail (unread body) is being drained
+
+# Refusal causes: BoardHeader.refusals indices, in fpm.refusals.CAUSES order.
+cdef enum Refused:
+    REFUSED_HEAD = 0      # no whole request head within request_head_timeout
+    REFUSED_BODY = 1      # a body slower than request_body_min_rate (or silent)
+    REFUSED_PARKED = 2    # parked connections over the pool's limit, or the park queue full
+    REFUSED_ACCEPT = 3    # accept() failed for want of descriptors (EMFILE, ENFILE...)
+    REFUSED_PROTOCOL = 4  # what a peer sent broke the FastCGI protocol (or was HTTP)
+    N_REFUSALS = 5
 
 # Why the master is about to signal a worker; read by the worker's SIGTERM handler.
 cdef enum Order:
@@ -194,7 +243,17 @@ ctypedef struct BoardHeader:
     uint32_t max_listen_queue
     uint32_t listen_queue_len  # the queues' capacity
     uint64_t log_generation    # bumped by the master on USR1: workers take new log fds
-    uint64_t reserved[1]
+    # Connections the master handed to the pool's idle workers and none has taken yet: a
+    # worker looks (a memory read) before it accepts, so a busy pool never starves them.
+    int64_t handoff_pending
+    # Refusals by cause (fpm.refusals; Refused above), added to atomically by the workers and
+    # the master; the master logs them once per episode.
+    uint64_t refusals[N_REFUSALS]
+    # When the last protocol error of the pool was (CLOCK_MONOTONIC, µs): a worker logs the
+    # first of an episode in full, the master the episode (fpm.refusals).
+    int64_t protocol_error_us
+    uint32_t parked            # connections the master holds for the pool now
+    int32_t accept_errno       # why the last accept() failed
     # Why the pool's app could not be loaded, by the last worker that tried and failed:
     # written between two increments of app_seq (odd while written; a second writer skips).
     uint32_t app_seq

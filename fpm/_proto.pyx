@@ -10,7 +10,8 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.unicode cimport PyUnicode_DecodeLatin1, PyUnicode_DecodeUTF8
-from libc.errno cimport EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, errno
+from libc.errno cimport (EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, EMFILE, ENFILE, ENOBUFS,
+                         ENOMEM, EBADMSG, errno)
 from posix.types cimport off_t
 from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
 
@@ -84,14 +85,22 @@ cdef extern from "<sys/socket.h>" nogil:
     cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
     cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
     unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    size_t CMSG_SPACE(size_t n)
+    size_t CMSG_LEN(size_t n)
     ssize_t recvmsg(int fd, msghdr *msg, int flags)
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     int accept4(int fd, void *addr, void *addrlen, int flags)
     int shutdown(int fd, int how)
     enum:
         MSG_DONTWAIT
+        MSG_NOSIGNAL
+        MSG_CTRUNC
+        MSG_TRUNC
+        MSG_CMSG_CLOEXEC
         SHUT_WR
         SOL_SOCKET
+        SCM_RIGHTS
         SCM_TIMESTAMPNS
         SOCK_CLOEXEC
 
@@ -101,17 +110,27 @@ cdef extern from "<sys/sendfile.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
 
+cdef extern from "<fcntl.h>" nogil:
+    int open_c "open"(const char *path, int flags)
+    enum:
+        O_RDONLY
+        O_CLOEXEC
+
 cdef extern from * nogil:
     """
     #define fpm_barrier() __sync_synchronize()
     #define fpm_atomic_add(p, n) __sync_fetch_and_add((p), (n))
     #define fpm_atomic_add32(p, n) __sync_add_and_fetch((p), (n))
     #define fpm_cas32(p, old, new) __sync_bool_compare_and_swap((p), (old), (new))
+    #define fpm_cas64(p, old, new) __sync_bool_compare_and_swap((p), (old), (new))
+    #define fpm_swap64(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
     """
     void fpm_barrier()
     uint64_t fpm_atomic_add(uint64_t *p, uint64_t n)
     uint32_t fpm_atomic_add32(uint32_t *p, int n)
     bint fpm_cas32(uint32_t *p, uint32_t old, uint32_t new)
+    bint fpm_cas64(uint64_t *p, uint64_t old, uint64_t new)
+    int64_t fpm_swap64(int64_t *p, int64_t v)
 
 # Record types, roles, flags and protocol statuses of the FastCGI 1.0 specification.
 BEGIN_REQUEST = 1
@@ -135,6 +154,7 @@ OVERLOADED = 2
 UNKNOWN_ROLE = 3
 MAX_CONTENT = 65535
 MAX_HELD = C_MAX_HELD
+TICKET_LATE = C_TICKET_LATE
 
 cdef enum:
     T_BEGIN = 1
@@ -148,6 +168,7 @@ cdef enum:
     T_GET_VALUES = 9
     T_GET_VALUES_RESULT = 10
     T_UNKNOWN_TYPE = 11
+    ROLE_RESPONDER = 1
     HEADER_LEN = 8
     # Stream records carry at most this much so that only the last one needs padding.
     BLOCK = 65528
@@ -156,11 +177,36 @@ cdef enum:
     # The output buffer is written out once it holds this much.
     OUT_FLUSH = 262144
     READ_SIZE = 65536
-    # How long a new connection may take to send its first bytes before the worker goes
-    # back to accept(): nginx writes right after connect(), a silent peer must not pin us.
-    FIRST_BYTES_MS = 50
-    # ... and how long a stopping worker waits for them (PHP-FPM's fcgi_accept_request).
+    # How long a worker waits for the rest of a request that is not all there when it first
+    # reads (nginx writes right after connect(), and a long head may come in two writes)
+    # before it parks the connection with the master: long enough that nginx's connections
+    # are not parked for that race even on a busy machine (a park costs one a few hundred
+    # µs; none race on TCP, whose listeners defer accept() until data comes)...
+    FIRST_BYTES_MS = 10
+    # ...and not at all after this many waits in vain within VAIN_WINDOW_US of each other:
+    # a flood of silent or dribbling connections goes to the master as fast as the worker
+    # accepts them, and costs it VAIN_WAITS waits per flood.
+    VAIN_WAITS = 8
+    VAIN_WINDOW_US = 1000000
+    # How long a stopping worker waits for the first bytes of a connection it holds
+    # (PHP-FPM's fcgi_accept_request).
     FIRST_BYTES_ON_STOP_MS = 5000
+    # How a connection comes to _serve_conn: just accepted, a kept one that became
+    # readable between requests, or handed over by the master with its head (fpm.parking).
+    CONN_FRESH = 0
+    CONN_KEPT = 1
+    CONN_HANDED = 2
+    # _await_head(): the connection was parked with the master; the worker is done with it.
+    PARKED = -3
+    # A park or hand-off message: a Ticket, then at most a decoder's first buffer of bytes.
+    TICKET_DATA_MAX = READ_SIZE + HEADER_LEN
+    # Ticket.flags: the master hands it over because its body is late (request_body_min_rate):
+    # the worker answers 408 rather than wait for it.
+    C_TICKET_LATE = 1
+    # The longest pause of a worker's accepting after accept() ran out of descriptors.
+    ACCEPT_PAUSE_MAX_MS = 1000
+    # Seconds without a refusal of a cause that end its episode (fpm.refusals).
+    C_REFUSAL_QUIET = 5
     # Idle kept connections one worker watches; beyond this a new idle one is closed.
     C_MAX_HELD = 1024
     # Names and values of this many params (in order) are kept for reuse by the next request.
@@ -205,6 +251,15 @@ class HTTPOnFastCGIPort(ProtocolError):
     """Someone spoke HTTP to the FastCGI port."""
 
 
+class TooSlow(PeerError):
+    """The peer did not send a request's head, or its body, as fast as the pool asks
+    (``cause``: a REFUSAL_CAUSES index). Counted on the board; the master logs the episode."""
+
+    def __init__(self, int cause, str text):
+        super().__init__(text)
+        self.cause = cause
+
+
 cdef bint _stop = 0
 cdef int _wake_w = -1  # a pipe the waiting loop polls, so a stop cannot slip in before poll()
 
@@ -234,7 +289,7 @@ def watch_quit():
 
 # --- scoreboard ------------------------------------------------------------------------------
 
-BOARD_MAGIC = 0x46504D32  # "FPM2": a mapping from another layout is refused
+BOARD_MAGIC = 0x46504D33  # "FPM3": a mapping from another layout is refused
 SLOT_APP_FAILED = 1  # Slot.flags: the worker answers 503, its app could not be loaded
 # By Stage, in the status page's words (PHP-FPM's, plus Starting).
 STAGE_NAMES = ("Free", "Starting", "Idle", "Reading headers", "Running", "Finishing")
@@ -242,7 +297,39 @@ SLOT_FIELDS = ("pid", "stage", "order", "started", "changed", "accepted", "durat
                "content_length", "rss", "cpu", "method", "request_uri", "script", "user",
                "app_failed")
 HEADER_FIELDS = ("accepted_conn", "start_epoch_us", "slow_requests", "active", "max_active",
-                 "max_children_reached", "listen_queue", "max_listen_queue", "listen_queue_len")
+                 "max_children_reached", "listen_queue", "max_listen_queue", "listen_queue_len",
+                 "parked", "accept_errno")
+# Refusal causes, by their index in BoardHeader.refusals (see the Refused enum).
+REFUSAL_CAUSES = ("head_timeouts", "slow_bodies", "parked_closed", "accept_failures",
+                  "protocol_errors")
+REFUSAL_QUIET = C_REFUSAL_QUIET
+
+
+cdef int _open_null() noexcept:
+    """/dev/null, close-on-exec; -1 when no descriptor is free."""
+    return open_c(b"/dev/null", O_RDONLY | O_CLOEXEC)
+
+
+cpdef int accept_pause_ms(int streak):
+    """How long a worker stops accepting after accept() failed for want of descriptors
+    ``streak`` + 1 times in a row: 10 ms, doubling, at most ACCEPT_PAUSE_MAX_MS."""
+    if streak >= 7:
+        return ACCEPT_PAUSE_MAX_MS
+    return min(ACCEPT_PAUSE_MAX_MS, 10 << max(0, streak))
+
+
+cpdef int first_bytes_ms(int vain, int64_t since_vain_us):
+    """How long a worker waits for a request that is not all there before it parks the
+    connection, after ``vain`` waits in vain in a row, the last ``since_vain_us`` ago."""
+    return 0 if vain >= VAIN_WAITS and since_vain_us < VAIN_WINDOW_US else FIRST_BYTES_MS
+
+
+cpdef int64_t body_due_us(int64_t start_us, int64_t allowance_us, uint64_t received,
+                          uint64_t rate):
+    """When a body begun at ``start_us`` must have sent more than ``received`` bytes, at
+    ``rate`` bytes/s after ``allowance_us`` (request_body_min_rate, request_read_timeout):
+    each byte moves the deadline by 1/rate s."""
+    return start_us + allowance_us + <int64_t>(received * 1000000 // rate)
 
 
 cdef inline int64_t _now_us() noexcept nogil:
@@ -309,7 +396,35 @@ cdef class Board:
         """The pool-wide numbers, a tuple in HEADER_FIELDS order."""
         cdef BoardHeader *h = <BoardHeader *>self.mem
         return (h.accepted_conn, h.start_epoch_us, h.slow_requests, h.active, h.max_active,
-                h.max_children_reached, h.listen_queue, h.max_listen_queue, h.listen_queue_len)
+                h.max_children_reached, h.listen_queue, h.max_listen_queue, h.listen_queue_len,
+                h.parked, h.accept_errno)
+
+    def refusals(self):
+        """The refusal counters, a tuple in REFUSAL_CAUSES order."""
+        cdef BoardHeader *h = <BoardHeader *>self.mem
+        return tuple(h.refusals[i] for i in range(<int>N_REFUSALS))
+
+    def count_refusal(self, int cause, uint64_t n=1):
+        """The master's: ``n`` more refusals of ``cause`` (an index in REFUSAL_CAUSES)."""
+        if not 0 <= cause < N_REFUSALS:
+            raise IndexError("refusal cause %d out of 0..%d" % (cause, N_REFUSALS - 1))
+        fpm_atomic_add(&(<BoardHeader *>self.mem).refusals[cause], n)
+
+    def set_parked(self, uint32_t parked):
+        (<BoardHeader *>self.mem).parked = parked
+
+    @property
+    def handoff_pending(self):
+        return (<BoardHeader *>self.mem).handoff_pending
+
+    def add_handoffs(self, int64_t n):
+        """The master's, around each hand-off: see BoardHeader.handoff_pending."""
+        fpm_atomic_add(<uint64_t *>&(<BoardHeader *>self.mem).handoff_pending, <uint64_t>n)
+
+    def settle_handoffs(self, int64_t seen):
+        """The hand-off socket was found empty: whatever count ``seen`` still claims is
+        wrong (a worker died between taking one and counting it); zero it unless it moved."""
+        fpm_cas64(<uint64_t *>&(<BoardHeader *>self.mem).handoff_pending, <uint64_t>seen, 0)
 
     def app_error(self):
         """(epoch µs, reason) of the pool's last failed app load; (0, "") if none. A writer
@@ -637,6 +752,62 @@ cdef str _describe_garbage(const unsigned char *p, Py_ssize_t n):
     if n >= 2 and p[0] == 0x16 and p[1] == 0x03:
         return "TLS handshake sent to the FastCGI port"
     return "unsupported FastCGI version %d in record header %s" % (p[0], head[:8].hex(" "))
+
+
+cdef Head _request_status(const unsigned char *p, Py_ssize_t n, Py_ssize_t *head_end) noexcept nogil:
+    """How much of a request the bytes that start a connection (or follow a finished
+    request on it) hold: HEAD_PARTIAL, no whole head yet (a RESPONDER BEGIN_REQUEST and the
+    empty PARAMS record that ends its params); HEAD_BODY, the head (ending at *head_end)
+    but not the empty STDIN record that ends the body; HEAD_READY, the whole request, or
+    bytes the decoder answers or refuses at once (a management record, another role, an
+    abort, another request's BEGIN, anything that is not FastCGI, a record that flows the
+    other way), which the worker that reads them answers. Records the decoder would skip
+    are skipped. Nothing is consumed: a connection that is not ready travels on with
+    these same bytes."""
+    cdef Py_ssize_t at = 0, clen
+    cdef int rtype, rid, begun = 0
+    cdef bint body = False
+    while True:
+        if at >= n:
+            return HEAD_BODY if body else HEAD_PARTIAL
+        if p[at] != 1:
+            return HEAD_READY
+        if n - at < HEADER_LEN:
+            return HEAD_BODY if body else HEAD_PARTIAL
+        rtype = p[at + 1]
+        rid = (p[at + 2] << 8) | p[at + 3]
+        clen = (p[at + 4] << 8) | p[at + 5]
+        if rid == 0 or rtype == T_END or rtype == T_STDOUT or rtype == T_STDERR \
+                or rtype == T_GET_VALUES_RESULT or rtype == T_UNKNOWN_TYPE:
+            return HEAD_READY
+        if body and (rid != begun or rtype != T_STDIN):
+            return HEAD_READY
+        if n - at < HEADER_LEN + clen + p[at + 6]:
+            return HEAD_BODY if body else HEAD_PARTIAL
+        if body:
+            if clen == 0:
+                return HEAD_READY
+        elif rtype == T_BEGIN and not begun:
+            if clen != 8 or ((p[at + 8] << 8) | p[at + 9]) != ROLE_RESPONDER:
+                return HEAD_READY
+            begun = rid
+        elif rid == begun and rtype == T_ABORT:
+            return HEAD_READY
+        elif rid == begun and rtype == T_PARAMS and clen == 0:
+            body = True
+            head_end[0] = at + HEADER_LEN + p[at + 6]
+        at += HEADER_LEN + clen + p[at + 6]
+
+
+def request_status(data):
+    """(status, head_end) of ``data``, the first bytes of a connection (or those after a
+    finished request): status 0, no whole head yet; 1, the head (its bytes end at head_end)
+    without the whole body; 2, the whole request, or something a worker answers at once."""
+    cdef const unsigned char[:] view = data
+    cdef Py_ssize_t head_end = 0
+    if view.shape[0] == 0:
+        return HEAD_PARTIAL, 0
+    return _request_status(&view[0], view.shape[0], &head_end), head_end
 
 
 cdef class Decoder:
@@ -1285,6 +1456,131 @@ def finish_request():
     return _current.finish()
 
 
+# --- connections that travel between a worker and the master (fpm.parking) ----------------
+# A worker parks a connection that is not ready (no whole request head) with the master
+# over the pool's park socket; the master hands it back, once ready, over the pool's
+# hand-off socket, which the pool's idle workers watch like a listening socket. Both are
+# SOCK_SEQPACKET: one message is one connection, its Ticket, the bytes already read from
+# it (nothing is lost or read twice) and its descriptor (SCM_RIGHTS).
+
+cdef void _ticket_msg(msghdr *msg, iovec *iov, Ticket *t, const char *data, Py_ssize_t n,
+                      void *control, size_t controllen) noexcept nogil:
+    """A message of a ticket then ``n`` bytes at ``data``, with room for control data."""
+    memset(msg, 0, sizeof(msghdr))
+    memset(control, 0, controllen)
+    iov[0].iov_base = <void *>t
+    iov[0].iov_len = sizeof(Ticket)
+    iov[1].iov_base = <void *>data
+    iov[1].iov_len = n
+    msg.msg_iov = iov
+    msg.msg_iovlen = 2
+    msg.msg_control = control
+    msg.msg_controllen = controllen
+
+
+cdef int _send_conn(int sock, int fd, Ticket *t, const char *data, Py_ssize_t n) noexcept nogil:
+    """Send ``fd`` with its ticket and ``data`` as one message; 0, or the errno (EAGAIN:
+    the queue is full). The sender still holds its copy of ``fd``."""
+    cdef msghdr msg
+    cdef iovec iov[2]
+    cdef uint64_t control[4]
+    cdef cmsghdr *cm
+    _ticket_msg(&msg, iov, t, data, n, control, CMSG_SPACE(sizeof(int)))
+    cm = CMSG_FIRSTHDR(&msg)
+    cm.cmsg_level = SOL_SOCKET
+    cm.cmsg_type = SCM_RIGHTS
+    cm.cmsg_len = CMSG_LEN(sizeof(int))
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int))
+    while sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0:
+        if errno != EINTR:
+            return errno
+    return 0
+
+
+cdef int _recv_conn(int sock, Ticket *t, char *buf, Py_ssize_t cap, Py_ssize_t *n,
+                    int *fd) noexcept nogil:
+    """Receive one connection sent by _send_conn: its ticket, its bytes into ``buf`` (*n of
+    them), its descriptor (*fd, close-on-exec). 0, or the errno: EAGAIN, none waits;
+    EMFILE, it came without its descriptor, which the kernel could not install here (the
+    connection is lost); EBADMSG, not such a message; EPIPE, the sending end is gone."""
+    cdef msghdr msg
+    cdef iovec iov[2]
+    cdef uint64_t control[8]
+    cdef cmsghdr *cm
+    cdef ssize_t r
+    cdef int got = -1, extra, i, count
+    _ticket_msg(&msg, iov, t, buf, cap, control, sizeof(control))
+    while True:
+        r = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
+        if r >= 0:
+            break
+        if errno != EINTR:
+            return errno
+    if r == 0:
+        return EPIPE
+    cm = CMSG_FIRSTHDR(&msg)
+    while cm != NULL:
+        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_RIGHTS:
+            count = (cm.cmsg_len - CMSG_LEN(0)) // sizeof(int)
+            for i in range(count):
+                memcpy(&extra, CMSG_DATA(cm) + i * sizeof(int), sizeof(int))
+                if got < 0:
+                    got = extra
+                else:
+                    close(extra)  # one connection per message: never more
+        cm = CMSG_NXTHDR(&msg, cm)
+    if msg.msg_flags & MSG_CTRUNC:
+        if got >= 0:
+            close(got)
+        return EMFILE
+    if got < 0 or r < <ssize_t>sizeof(Ticket) or msg.msg_flags & MSG_TRUNC:
+        if got >= 0:
+            close(got)
+        return EBADMSG
+    n[0] = r - sizeof(Ticket)
+    fd[0] = got
+    return 0
+
+
+def pass_conn(int sock, int fd, int64_t head_due_us, int64_t arrived_us, data, uint32_t flags=0):
+    """Send connection ``fd`` with the bytes already read from it (``data``) and when its
+    head is due, over a park or hand-off socket: True once sent, False when the queue is
+    full. The caller closes its own copy of ``fd``."""
+    cdef const unsigned char[:] view = data
+    cdef Ticket t
+    cdef int err
+    if view.shape[0] > TICKET_DATA_MAX:
+        raise ValueError("%d bytes travel with a connection at most, not %d"
+                         % (TICKET_DATA_MAX, view.shape[0]))
+    memset(&t, 0, sizeof(t))
+    t.flags = flags
+    t.head_due_us = head_due_us
+    t.arrived_us = arrived_us
+    err = _send_conn(sock, fd, &t, <const char *>&view[0] if view.shape[0] else NULL,
+                     view.shape[0])
+    if err == EAGAIN or err == EWOULDBLOCK:
+        return False
+    if err:
+        raise OSError(err, "sendmsg() of a connection failed: " + os.strerror(err))
+    return True
+
+
+def take_conn(int sock):
+    """The next connection waiting on a park or hand-off socket: (fd, head_due_us,
+    arrived_us, flags, data); None when none waits. OSError with the errno of one that
+    could not be received (EMFILE: it was lost for want of a descriptor)."""
+    cdef Ticket t
+    cdef Py_ssize_t n = 0
+    cdef int fd = -1, err
+    cdef bytearray buf = bytearray(TICKET_DATA_MAX)
+    err = _recv_conn(sock, &t, PyByteArray_AS_STRING(buf), TICKET_DATA_MAX, &n, &fd)
+    if err == EAGAIN or err == EWOULDBLOCK:
+        return None
+    if err:
+        raise OSError(err, "recvmsg() of a connection failed: " + os.strerror(err))
+    return fd, t.head_due_us, t.arrived_us, t.flags, bytes(buf[:n])
+
+
 cdef int _listen_epoll(pollfd *fixed, int n) except -1:
     """An epoll set over the listen fds and the stop pipe (the last of ``fixed``), each
     event carrying its index. Listeners are exclusive: with poll() every idle worker of the
@@ -1311,6 +1607,7 @@ cdef class Worker:
         self.wake_r = -1
         self.epfd = -1
         self.statm_fd = -1
+        self.reserve_fd = -2
         self.pfds_cap = 16
         self.pfds = <pollfd *>malloc(self.pfds_cap * sizeof(pollfd))
         self.out_cap = 65536
@@ -1322,6 +1619,8 @@ cdef class Worker:
         global _wake_w
         free(self.pfds)
         free(self.out)
+        if self.reserve_fd >= 0:
+            close(self.reserve_fd)
         if self.statm_fd >= 0:
             close(self.statm_fd)
         if self.epfd >= 0:
@@ -1338,8 +1637,19 @@ cdef class Worker:
                  Py_ssize_t body_buffer=1 << 20, Py_ssize_t body_max=0, spool_dir=None,
                  body_file_dirs=(), double queue_timeout=0.0, start_param=None, bint stamp_reads=False,
                  bint fill_paths=True, errors_log=None, str wsgi_errors="both", on_output=None,
-                 statm_fd=None):
+                 statm_fd=None, double head_timeout=10.0, uint64_t body_rate=0, int park_fd=-1,
+                 int handoff_fd=-1):
         cdef int i
+        self.head_timeout_us = <int64_t>(head_timeout * 1e6)
+        self.body_rate = body_rate
+        self.park_fd = park_fd
+        self.handoff_fd = handoff_fd
+        self.paused_until = 0
+        self.pause_streak = 0
+        self.vain_waits = 0
+        self.vain_at = 0
+        # Without a master to park with (serve() on its own), no reserve: -2.
+        self.reserve_fd = _open_null() if park_fd >= 0 else -2
         self.fill_paths = fill_paths
         self.errors_log = errors_log  # wsgi_errors was checked with the configuration
         self.errors_to_log = errors_log is not None and wsgi_errors != "server"
@@ -1382,19 +1692,22 @@ cdef class Worker:
         self.held = []
         self.pair_cache = []
         self.nlisten = len(self.listen_fds)
-        self.nfixed = self.nlisten + 1
+        # Where new connections come from: the listening sockets, and the hand-off socket
+        # (connections the master held until their head came), watched alike.
+        self.nsources = self.nlisten + (handoff_fd >= 0)
+        self.nfixed = self.nsources + 1
         if self.nfixed + 1 > self.pfds_cap:
             self.pfds_cap = self.nfixed + 16
             self.pfds = <pollfd *>realloc(self.pfds, self.pfds_cap * sizeof(pollfd))
-        for i in range(self.nlisten):
-            self.pfds[i].fd = self.listen_fds[i]
+        for i in range(self.nsources):
+            self.pfds[i].fd = self.listen_fds[i] if i < self.nlisten else handoff_fd
             self.pfds[i].events = POLLIN
             self.pfds[i].revents = 0
         global _wake_w
         self.wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.pfds[self.nlisten].fd = self.wake_r
-        self.pfds[self.nlisten].events = POLLIN
-        self.pfds[self.nlisten].revents = 0
+        self.pfds[self.nsources].fd = self.wake_r
+        self.pfds[self.nsources].events = POLLIN
+        self.pfds[self.nsources].revents = 0
         self.npfds = self.nfixed
         self.epfd = _listen_epoll(self.pfds, self.nfixed)
 
@@ -1457,6 +1770,20 @@ cdef class Worker:
         self._close(conn)
         return 0
 
+    cdef int _refuse(self, Conn conn, str message) except -1:
+        """A peer broke the protocol: counted, and logged as a warning when none did in the
+        pool for C_REFUSAL_QUIET seconds before (the master logs the episode and its count),
+        else at debug level: a flood of bad requests is not a flood of log lines."""
+        cdef int64_t now, last
+        cdef bint first = True
+        if self.board is not None:
+            self._count(REFUSED_PROTOCOL)
+            now = _now_us()
+            last = fpm_swap64(&(<BoardHeader *>self.board.mem).protocol_error_us, now)
+            first = last == 0 or now - last >= C_REFUSAL_QUIET * 1000000
+        self._drop(conn, "warning" if first else "debug", message)
+        return 0
+
     cdef int _unexpected(self, Conn conn) except -1:
         """An error the loop has no answer for: that connection is dropped, with the
         traceback, and the worker goes on serving the others."""
@@ -1486,23 +1813,38 @@ cdef class Worker:
 
     def run(self):
         """Serve until request_stop(); return the number of requests served."""
-        cdef int i, n
+        cdef int i, n, timeout
         cdef bint served
         cdef Conn conn
         global _stop
         while not _stop:
-            if not self.held:
-                # Optimistic accept: under load the queue is never empty, so no wait is needed.
+            if self.reserve_fd == -1:
+                self._reopen_reserve()
+            if self.paused_until and _now_us() >= self.paused_until:
+                self.paused_until = 0
+                self._set_sources(POLLIN)
+            if not self.held and not self.paused_until:
+                # Optimistic accept: under load the queue is never empty, so no wait is
+                # needed. A connection the master handed over goes first (it has waited
+                # for its head already): the board says, without a system call, if any.
                 served = False
-                for i in range(self.nlisten):
-                    if self._accept(i):
-                        served = True
-                        break
+                if self.handoff_fd >= 0 and self.board is not None \
+                        and (<BoardHeader *>self.board.mem).handoff_pending > 0:
+                    served = self._take_handoff()
+                if not served:
+                    for i in range(self.nlisten):
+                        if self._accept(i):
+                            served = True
+                            break
                 if not served:
                     self._wait_listeners()
                 continue
+            # Held connections to watch, or accepting paused (the sources are left out).
+            timeout = -1
+            if self.paused_until:
+                timeout = max(1, <int>((self.paused_until - _now_us() + 999) // 1000))
             with nogil:
-                n = poll(self.pfds, self.npfds, -1)
+                n = poll(self.pfds, self.npfds, timeout)
             if n < 0:
                 if errno != EINTR:
                     raise OSError(errno, os.strerror(errno))
@@ -1512,16 +1854,16 @@ cdef class Worker:
             for i in range(self.npfds - 1, self.nfixed - 1, -1):
                 if self.pfds[i].revents:
                     ready.append(self._unhold(i))
-            for i in range(self.nlisten):
-                if self.pfds[i].revents:
-                    self._accept(i)
+            for i in range(self.nsources):
+                if self.pfds[i].revents and not self.paused_until:
+                    self._take(i)
             for conn in ready:
-                self._serve_conn(conn, False)
+                self._serve_conn(conn, CONN_KEPT)
         self._finish_held()
         return self.requests
 
     cdef int _wait_listeners(self) except -1:
-        """Sleep until a listener has a connection (and accept it) or the stop pipe wakes us."""
+        """Sleep until a source has a connection (and take it) or the stop pipe wakes us."""
         cdef epoll_event events[16]
         cdef int i, n, index
         with nogil:
@@ -1535,9 +1877,15 @@ cdef class Worker:
             index = <int>events[i].data.u64
             # Even once told to stop: EPOLLEXCLUSIVE may have woken this worker alone for
             # the connection, and a worker that leaves it queued leaves it to nobody.
-            if index < self.nlisten:
-                self._accept(index)
+            if index < self.nsources and not self.paused_until:
+                self._take(index)
         return 0
+
+    cdef bint _take(self, int index) except -1:
+        """Take a connection from source ``index`` and serve it; False if none waited."""
+        if index < self.nlisten:
+            return self._accept(index)
+        return self._take_handoff()
 
     cdef bint _accept(self, int index) except -1:
         """Accept from listener ``index`` and serve the connection; False if none was queued.
@@ -1545,21 +1893,103 @@ cdef class Worker:
         costs more than the call."""
         cdef int cfd = accept4(self.pfds[index].fd, NULL, NULL, SOCK_CLOEXEC)
         if cfd < 0:
-            self._accept_error(errno)
+            self._accept_error(errno, index)
             return False
+        if self.pause_streak:
+            self.pause_streak = 0
         if self.allow is not None and not self.allow(cfd):
             close(cfd)  # allow() has logged why
             return True
-        self._serve_conn(Conn(cfd, self._decoder()), True)
+        self._serve_conn(Conn(cfd, self._decoder()), CONN_FRESH)
         return True
 
-    def _accept_error(self, int err):
+    def _accept_error(self, int err, int index):
+        cdef int cfd
         if err == EAGAIN or err == EWOULDBLOCK or err == ECONNABORTED:
             return
         if err == EINTR:
             PyErr_CheckSignals()
             return
+        if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
+            # This worker stops taking connections for a while (the master logs the
+            # episode). The one that woke it must not wait for the next to wake another
+            # (EPOLLEXCLUSIVE woke this one alone): taken with the reserve descriptor, it
+            # is parked with the master, which hands it to another worker.
+            self._pause_accepting(err)
+            if (err == EMFILE or err == ENFILE) and self.reserve_fd >= 0:
+                close(self.reserve_fd)
+                cfd = accept4(self.pfds[index].fd, NULL, NULL, SOCK_CLOEXEC)
+                if cfd >= 0:
+                    if self.allow is None or self.allow(cfd):
+                        self._park(Conn(cfd, self._decoder()))
+                    else:
+                        close(cfd)
+                self._reopen_reserve()
+            return
         raise OSError(err, "accept() failed: " + os.strerror(err))
+
+    cdef int _reopen_reserve(self) except -1:
+        """The descriptor a worker keeps in reserve, so that it can always take a
+        connection it was woken for (accept() out of descriptors, a hand-off); -1 while
+        the process has none to spare."""
+        self.reserve_fd = _open_null()
+        return 0
+
+    cdef int _pause_accepting(self, int err) except -1:
+        """Stop taking connections for a pause that grows while accept() keeps failing."""
+        self._count(REFUSED_ACCEPT)
+        if self.board is not None:
+            (<BoardHeader *>self.board.mem).accept_errno = err
+        self.paused_until = _now_us() + accept_pause_ms(self.pause_streak) * 1000
+        self.pause_streak += 1
+        self._set_sources(0)
+        return 0
+
+    cdef int _set_sources(self, short events) noexcept:
+        """Watch the sources in poll() (POLLIN) or not (0: accepting is paused)."""
+        cdef int i
+        for i in range(self.nsources):
+            self.pfds[i].events = events
+        return 0
+
+    cdef bint _take_handoff(self) except -1:
+        """Take a connection the master handed over once its head came; False if none.
+        The reserve descriptor makes room for it: a worker out of descriptors would lose
+        it (the kernel closes a descriptor it cannot install)."""
+        cdef Ticket t
+        cdef Py_ssize_t n = 0
+        cdef int fd = -1, err
+        cdef Conn conn = Conn(-1, self._decoder())
+        cdef Decoder dec = conn.dec
+        if self.reserve_fd >= 0:
+            close(self.reserve_fd)
+        err = _recv_conn(self.handoff_fd, &t, dec.buf, dec.cap, &n, &fd)
+        if self.reserve_fd >= 0:
+            self._reopen_reserve()
+        if err == EAGAIN or err == EWOULDBLOCK or err == EPIPE:
+            return False  # EPIPE: the master is gone, and so is this worker in a moment
+        if self.board is not None:
+            fpm_atomic_add(<uint64_t *>&(<BoardHeader *>self.board.mem).handoff_pending,
+                           <uint64_t>-1)
+        if err == EMFILE:
+            self._pause_accepting(err)  # that connection is lost: no descriptor for it
+            return True
+        if err:
+            raise OSError(err, "recvmsg() on the hand-off socket failed: " + os.strerror(err))
+        if self.pause_streak:
+            self.pause_streak = 0
+        dec.end = n
+        conn.fd = fd
+        conn.head_due_us = t.head_due_us
+        conn.arrived_us = t.arrived_us
+        conn.late = t.flags & C_TICKET_LATE
+        self._serve_conn(conn, CONN_HANDED)
+        return True
+
+    cdef int _count(self, int cause) except -1:
+        if self.board is not None:
+            fpm_atomic_add(&(<BoardHeader *>self.board.mem).refusals[cause], 1)
+        return 0
 
     def _decoder(self):
         return Decoder(self.params_max, self.max_conns, self.max_reqs)
@@ -1569,9 +1999,17 @@ cdef class Worker:
         the kept ones that wait for nothing. A connection no request has begun on yet was
         accepted for a request on its way (a web server writes right after connect()):
         hanging up on it is a 502. It gets FIRST_BYTES_ON_STOP_MS, as PHP-FPM's accept
-        gives it, before it is closed."""
+        gives it, before it is closed; so do those the master handed over as it stops."""
         cdef int n, i, wait = 0
         cdef int64_t left, deadline = _now_us() + FIRST_BYTES_ON_STOP_MS * 1000
+        cdef int64_t pending
+        if self.handoff_fd >= 0 and self.board is not None:
+            # A stopping master hands over what it had parked before it tells its workers to
+            # stop; those handed over by then are served or held here. No more than that:
+            # a worker that recycles leaves the rest to the others.
+            pending = (<BoardHeader *>self.board.mem).handoff_pending
+            while pending > 0 and self._take_handoff():
+                pending -= 1
         while self.held:
             with nogil:
                 n = poll(self.pfds + self.nfixed, self.npfds - self.nfixed, wait)
@@ -1582,7 +2020,7 @@ cdef class Worker:
                 continue
             for i in range(self.npfds - 1, self.nfixed - 1, -1):
                 if self.pfds[i].revents:
-                    self._serve_conn(self._unhold(i), False)  # then closed, or held again
+                    self._serve_conn(self._unhold(i), CONN_KEPT)  # then closed, or held again
                 elif (<Conn>self.held[i - self.nfixed]).dec.keep_conn:
                     # Kept between requests, none on its way: nginx sends its next request
                     # on another connection when it finds this one closed.
@@ -1594,35 +2032,41 @@ cdef class Worker:
         for i in range(self.npfds - 1, self.nfixed - 1, -1):
             self._close(self._unhold(i))
 
-    cdef int _serve_conn(self, Conn conn, bint fresh) except -1:
-        """Read from a connection and run the requests on it until it is idle or closed."""
+    cdef int _serve_conn(self, Conn conn, int how) except -1:
+        """Read from a connection and run the requests on it until it is idle or closed,
+        or park it with the master while its request head has not come (``how``: a
+        CONN_* value)."""
         cdef Decoder dec = conn.dec
         cdef Step step
         cdef Py_ssize_t r
-        cdef pollfd pfd
-        cdef int n
         try:
             r = self._read(conn, False)
-            if r == -2 and fresh:
-                # Holding a just-accepted connection and accepting another could leave its
-                # first request queued behind a slow one while another worker sits idle.
-                pfd.fd = conn.fd
-                pfd.events = POLLIN
-                with nogil:
-                    n = poll(&pfd, 1, FIRST_BYTES_MS)
-                if n > 0:
-                    r = self._read(conn, False)
+            if how != CONN_HANDED:
+                # The master handed that one over with its head (or with the head still
+                # coming fast): it is read here, whatever it takes.
+                r = self._await_head(conn, r, how)
+                if r == PARKED:
+                    return 0
             while True:
-                if r == 0:
+                if r == 0 and dec.end == dec.start:
                     dec.eof()
                     self._close(conn)
                     return 0
                 if r == -2:
                     self._hold(conn)
                     return 0
+                # At EOF with bytes left (they came with the hang-up, or the master held
+                # them), those are stepped through first: the peer's fault is named by what
+                # it sent, as when the bytes came before the hang-up.
                 step = dec._step()
                 if step == STEP_PARAMS_DONE:
+                    # Per request: the body's bytes already here count for its rate; the
+                    # next head on a kept connection gets a deadline of its own.
+                    conn.body_read = dec.end - dec.start
+                    conn.head_due_us = 0
+                    conn.refused = False
                     self._run_request(conn)
+                    conn.late = False
                     if conn.fd < 0:
                         return 0
                 elif step == STEP_ABORT:
@@ -1638,13 +2082,23 @@ cdef class Worker:
                 elif step == STEP_NEED:
                     if dec.outbox:
                         self._flush(conn)
+                    if r == 0:  # the peer hung up, and every whole record it sent is done
+                        dec.eof()
+                        self._close(conn)
+                        return 0
                     if (dec.want_close or _stop and dec.state == ST_IDLE and dec.end == dec.start
                             ) and not dec.draining:
                         self._close(conn)
                         return 0
-                    # Between requests with nothing buffered, the connection waits in poll();
-                    # inside a record or a request, or the rest of an unread body, is due now.
-                    r = self._read(conn, dec.state != ST_IDLE or dec.end != dec.start or dec.draining)
+                    if dec.state == ST_IDLE and not dec.draining:
+                        # Between requests: what comes is the next request's head, if any.
+                        r = self._read(conn, False)
+                        r = self._await_head(conn, r, CONN_KEPT)
+                        if r == PARKED:
+                            return 0
+                        continue
+                    # Inside a record or a request, or the rest of an unread body: due now.
+                    r = self._read(conn, True)
                     if r == 0 and dec.draining:
                         # The response is complete: a web server may drop an unwanted body.
                         self._close(conn)
@@ -1656,9 +2110,14 @@ cdef class Worker:
                 self._write_all(conn, HTTP_REFUSAL, len(HTTP_REFUSAL))
             except PeerError:
                 pass  # the client hung up already: the refusal was a courtesy
-            self._drop(conn, "warning", str(e))
+            self._refuse(conn, str(e))
+        except TooSlow as e:
+            # Counted, and logged by the master once per episode: never a line each.
+            if not conn.refused:
+                self._count(e.cause)
+            self._close(conn)
         except ProtocolError as e:
-            self._drop(conn, "warning", str(e))
+            self._refuse(conn, str(e))
         except PeerError as e:
             self._drop(conn, "notice", str(e))
         except Exception:
@@ -1671,11 +2130,77 @@ cdef class Worker:
                 self._stage(STAGE_IDLE)
         return 0
 
-    cdef int _read(self, Conn conn, bint wait) except -1:
-        """recv() into the decoder: bytes read, 0 at EOF, -2 if nothing is there and not wait."""
+    cdef Py_ssize_t _await_head(self, Conn conn, Py_ssize_t r, int how) except -9:
+        """At the start of a request, after a read that gave ``r`` (see _read): ``r`` again
+        when the connection is ready to serve (the whole request buffered, or 64 KiB of it:
+        the peer is sending), at EOF, or has nothing at all and is a kept one (-2: held, as
+        between requests); else, after a few ms for the rest, PARKED: the master holds it
+        until its request has come, and no worker waits for it. What is parked is under
+        64 KiB, so it travels in one message (TICKET_DATA_MAX)."""
+        cdef Decoder dec = conn.dec
+        cdef pollfd pfd
+        cdef int n, ms
+        cdef int64_t now
+        cdef Py_ssize_t head_end
+        if r == 0 or _request_status(<const unsigned char *>dec.buf + dec.start,
+                                     dec.end - dec.start, &head_end) == HEAD_READY \
+                or dec.end - dec.start >= READ_SIZE:
+            return r
+        if how == CONN_KEPT and dec.end == dec.start:
+            return r
+        now = _now_us()
+        ms = first_bytes_ms(self.vain_waits, now - self.vain_at)
+        if ms:
+            pfd.fd = conn.fd
+            pfd.events = POLLIN
+            with nogil:
+                n = poll(&pfd, 1, ms)
+            while n > 0:  # bytes came: read them; wait on for the rest, within the time
+                r = self._read(conn, False)
+                if r == 0 or _request_status(<const unsigned char *>dec.buf + dec.start,
+                                             dec.end - dec.start, &head_end) == HEAD_READY \
+                        or dec.end - dec.start >= READ_SIZE:
+                    self.vain_waits = 0
+                    return r
+                ms -= <int>((_now_us() - now) // 1000)
+                if ms <= 0:
+                    break
+                with nogil:
+                    n = poll(&pfd, 1, ms)
+            now = _now_us()
+        if now - self.vain_at >= VAIN_WINDOW_US:
+            self.vain_waits = 0
+        self.vain_waits += 1
+        self.vain_at = now
+        if self.park_fd < 0 or _stop:
+            # No master to park with (serve() on its own), or this worker stops (the master
+            # may be stopping too: nothing parked now would come back): hold a silent
+            # connection, read the rest of a head here.
+            return -2 if dec.end == dec.start else 1
+        self._park(conn)
+        return PARKED
+
+    cdef int _park(self, Conn conn) except -1:
+        """Hand the connection and the bytes read from it to the master (fpm.parking)."""
+        cdef Decoder dec = conn.dec
+        cdef Ticket t
+        cdef int err
+        memset(&t, 0, sizeof(t))
+        t.head_due_us = conn.head_due_us or _now_us() + self.head_timeout_us
+        t.arrived_us = conn.arrived_us
+        err = _send_conn(self.park_fd, conn.fd, &t, dec.buf + dec.start, dec.end - dec.start)
+        if err:
+            self._count(REFUSED_PARKED)  # the master's queue is full: nowhere to wait
+        self._close(conn)
+        return 0
+
+    cdef Py_ssize_t _read(self, Conn conn, bint wait) except -9:
+        """recv() into the decoder: bytes read, 0 at EOF, -2 if nothing is there and not
+        wait; with wait, the wait is bounded by the request's deadlines (_wait_ms)."""
         cdef Decoder dec = conn.dec
         cdef ssize_t n
-        cdef int r, err
+        cdef int r, err, ms
+        cdef int64_t quiet_from = 0
         cdef pollfd pfd
         # Bytes that start a request carry its arrival time (request_queue_timeout on TCP).
         cdef bint stamp = self.stamp_reads and dec.state == ST_IDLE and dec.end == dec.start
@@ -1687,6 +2212,8 @@ cdef class Worker:
                 n = recv(conn.fd, dec.buf + dec.end, dec.cap - dec.end, MSG_DONTWAIT)
             if n >= 0:
                 dec.end += n
+                if dec.state == ST_STDIN or dec.draining:
+                    conn.body_read += n
                 return n
             err = errno
             if err == EINTR:
@@ -1694,13 +2221,13 @@ cdef class Worker:
             elif err == EAGAIN or err == EWOULDBLOCK:
                 if not wait:
                     return -2
+                if not quiet_from:
+                    quiet_from = _now_us()
+                ms = self._wait_ms(conn, quiet_from)
                 pfd.fd = conn.fd
                 pfd.events = POLLIN
                 with nogil:
-                    r = poll(&pfd, 1, self.read_timeout_ms)
-                if r == 0:
-                    raise PeerError("no data from the web server for %d s in the middle of a request"
-                                    % (self.read_timeout_ms // 1000))
+                    r = poll(&pfd, 1, ms)
                 if r < 0 and errno == EINTR:
                     PyErr_CheckSignals()
             elif err == ECONNRESET:
@@ -1709,6 +2236,47 @@ cdef class Worker:
                 raise PeerClosed("connection reset by the web server")
             else:
                 raise OSError(err, os.strerror(err))
+
+    cdef int _wait_ms(self, Conn conn, int64_t quiet_from) except -1:
+        """How long the next wait for bytes may last (ms), or TooSlow once a deadline has
+        passed. A body must come at request_body_min_rate after an allowance of
+        request_read_timeout (a deadline that moves with each byte, not a timeout each
+        byte restarts); a head within request_head_timeout; neither silent for longer
+        than request_read_timeout. Only a connection that makes a worker wait pays for
+        the clock read."""
+        cdef Decoder dec = conn.dec
+        cdef int64_t now = _now_us(), quiet_due = quiet_from + self.read_timeout_ms * 1000LL
+        cdef int64_t due
+        if dec.state == ST_STDIN or dec.draining:
+            due = quiet_due
+            if self.body_rate:
+                due = min(due, body_due_us(self.slot.accepted, self.read_timeout_ms * 1000LL,
+                                           conn.body_read, self.body_rate))
+            if conn.late or conn.refused:
+                # The master held it past that deadline already, or it was answered 408:
+                # what is there is read, nothing is waited for.
+                due = now
+            if now >= due:
+                raise TooSlow(REFUSED_BODY, self._slow_body_words(conn, now, due == quiet_due))
+        else:
+            if not conn.head_due_us:
+                conn.head_due_us = now + self.head_timeout_us
+            due = min(quiet_due, conn.head_due_us)
+            if now >= due:
+                raise TooSlow(REFUSED_HEAD, "no whole request head within request_head_timeout "
+                              "(%g s)" % (self.head_timeout_us / 1e6))
+        return <int>((due - now + 999) // 1000)
+
+    def _slow_body_words(self, Conn conn, int64_t now, bint silent):
+        if conn.late:
+            return "the body of request %d came too slowly while it waited in the master" \
+                % conn.dec.request_id
+        if silent:
+            return ("no data from the web server for %d s in the middle of the body of "
+                    "request %d" % (self.read_timeout_ms // 1000, conn.dec.request_id))
+        return ("the body of request %d came slower than request_body_min_rate (%d bytes/s): "
+                "%d bytes in %.1f s" % (conn.dec.request_id, self.body_rate, conn.body_read,
+                                        (now - self.slot.accepted) / 1e6))
 
     cdef int _run_request(self, Conn conn) except -1:
         cdef Decoder dec = conn.dec
@@ -1945,6 +2513,13 @@ cdef class Worker:
             self._log("error", '"%s %s": %s; answered 500' % (environ["REQUEST_METHOD"],
                                                               _uri_of(environ), e))
             return Refusal("500 Internal Server Error", b"Internal Server Error\n")
+        except TooSlow as e:
+            # Counted once (the master logs the episode); the app never runs on a part of
+            # the body, and the connection closes after the answer.
+            self._count(e.cause)
+            conn.refused = True
+            dec.want_close = True
+            return Refusal("408 Request Timeout", b"The request body came too slowly.\n")
         if length < 0 and total:
             environ["CONTENT_LENGTH"] = str(total)  # a chunked body, now counted
         if spool is not None:
@@ -2283,7 +2858,8 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
           dict special=None, access=None, on_reopen=None, allow=None, Py_ssize_t body_buffer=1 << 20,
           Py_ssize_t body_max=0, spool_dir=None, body_file_dirs=(), double queue_timeout=0.0,
           start_param=None, bint stamp_reads=False, bint fill_paths=True, errors_log=None,
-          str wsgi_errors="both", on_output=None, statm_fd=None):
+          str wsgi_errors="both", on_output=None, statm_fd=None, double head_timeout=10.0,
+          uint64_t body_rate=0, int park_fd=-1, int handoff_fd=-1):
     """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
 
     ``fill_paths``: set SCRIPT_NAME and PATH_INFO from the request path and ``mount``
@@ -2316,6 +2892,14 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     ``statm_fd`` is open_statm()'s descriptor, taken before a chroot (closed here); None
     opens it now, when ``max_memory`` is set.
 
+    A connection without a whole request head after a few ms goes to the master over
+    ``park_fd`` (fpm.parking), which hands it back over ``handoff_fd`` once the head has
+    come (or -1: no master; a silent one is held, a partial head read here); a head must
+    come within ``head_timeout`` seconds, and a body at ``body_rate`` bytes/s after an
+    allowance of ``read_timeout`` (0: any rate), neither silent for longer than
+    ``read_timeout``. Such refusals are counted on the board, not logged here. accept()
+    failing for want of descriptors pauses accepting (accept_pause_ms), counted too.
+
     Returns (requests served, stop reason: "" / "max_requests" / "max_memory", RSS in bytes
     after the last request, 0 unless max_memory is set). A stop requested earlier (a QUIT
     while the app was loading) holds: the loop returns at once. From here SIGTERM and SIGINT
@@ -2326,7 +2910,8 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
                            read_timeout, log, board, slot, max_requests, max_memory,
                            special, access, on_reopen, allow, body_buffer, body_max, spool_dir,
                            body_file_dirs, queue_timeout, start_param, stamp_reads, fill_paths,
-                           errors_log, wsgi_errors, on_output, statm_fd)
+                           errors_log, wsgi_errors, on_output, statm_fd, head_timeout, body_rate,
+                           park_fd, handoff_fd)
     _g_slot = w.slot
     _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
                                 b"The request ran too long and was stopped (request_terminate_timeout).\n")

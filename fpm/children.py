@@ -84,8 +84,9 @@ class Seat:
     of the channel to the master (fpm.channel; -1 for none), for a pm.status_listen pool the
     (pool, scoreboard) whose status it shows, its pool's access log (-1 for none), its pool's
     failed tries to load the app so far, how long to answer 503 if it cannot load it
-    either (see app_retry), and the descriptors the preloaded app opened (the worker keeps
-    them: the app's objects use them)."""
+    either (see app_retry), the descriptors the preloaded app opened (the worker keeps
+    them: the app's objects use them), and its pool's park and hand-off sockets
+    (fpm.parking)."""
 
     board: object
     slot: int
@@ -97,6 +98,8 @@ class Seat:
     tries: int = 0  # the pool's failed tries to load the app so far
     retry_after: float = 0.0  # seconds to answer 503 if the app cannot be loaded (0: exit)
     app_fds: frozenset[int] = frozenset()
+    park_fd: int = -1  # the pool's park socket, to the master (fpm.parking; -1: none)
+    handoff_fd: int = -1  # the pool's hand-off socket, from the master
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,8 @@ class Children:
                 if id(board) not in shown:
                     board.mem.unshare()
             unix.close_fds_except({0, 1, 2, *own, seat.channel, seat.access_fd, log_end,
-                                   *(output or ()), *seat.app_fds})
+                                   seat.park_fd, seat.handoff_fd, *(output or ()),
+                                   *seat.app_fds})
             stdio.redirect(output)
             run(pool, list(own), log, seat, self.allow_root, self.master)
             log.error("the worker returned")

@@ -687,8 +687,17 @@ DIRECTIVES: tuple[Directive, ...] = (
               "Keep counting request_terminate_timeout after the response is complete "
               "(code running after the response)."),
     Directive("request_read_timeout", "pool", Time(1, INT_MAX // 1000, _POLL), 60,
-              "How long a worker waits for the rest of a request's records before it drops "
-              "the connection."),
+              "Longest silence of the web server in the middle of a request before its "
+              "connection is dropped; also the allowance a body gets before "
+              "request_body_min_rate applies."),
+    Directive("request_head_timeout", "pool", Time(1, INT_MAX // 1000, _POLL), 10,
+              "A connection must send its whole request head (BEGIN_REQUEST and the params) "
+              "within this; until then it waits in the master, not in a worker, and is "
+              "closed when the time is up."),
+    Directive("request_body_min_rate", "pool", Size(1), 1 << 10,
+              "Slowest a request body may come, in bytes per second (K/M suffixes), after "
+              "an allowance of request_read_timeout; a slower one is answered 408 and its "
+              "connection closed. 0: no minimum."),
     Directive("rlimit_files", "pool", Int(1), None,
               "Open file limit (RLIMIT_NOFILE) of the workers. Default: the master's."),
     Directive("rlimit_core", "pool", Rlimit(), None,
@@ -856,6 +865,8 @@ class PoolConfig:
     request_start_param: str | None = _default("pool", "request_start_param")
     virtualenv: str | None = _default("pool", "virtualenv")
     preload: bool = _default("pool", "preload")
+    request_head_timeout: int = _default("pool", "request_head_timeout")
+    request_body_min_rate: int = _default("pool", "request_body_min_rate")  # bytes/s; 0: off
 
 
 @dataclass(frozen=True)

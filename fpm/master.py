@@ -20,7 +20,10 @@ master serves with new workers while the previous ones finish their requests; a 
 configuration is logged and the current one keeps serving.
 
 Besides the signal pipe, the loop sleeps until the next timer: pm maintenance every second,
-the request-timeout heartbeat, per-worker escalations, the reload hand-over, systemd reports.
+the request-timeout heartbeat, per-worker escalations, the reload hand-over, systemd reports,
+the deadlines of connections parked until their request is there (fpm.parking). It also
+watches each pool's park socket and the parked connections, and once a second logs the
+pools' refusals by episode (fpm.refusals).
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ import signal
 import time
 
 from fpm import config as fpm_config
-from fpm import channel, pages, pm, poollogs, reexec, sockdiag, sockets, systemd, trace
+from fpm import (channel, pages, parking, pm, poollogs, reexec, refusals, sockdiag, sockets,
+                 systemd, trace)
 from fpm.children import Child, Children, Seat, app_retry, describe_status, respawn_delay
 from fpm import stdio
 from fpm.log import Logger, strerror
@@ -224,6 +228,12 @@ class Master:
         # Descriptor number -> a copy of what it was when pyfpm started (fpm.log.stream_fd),
         # carried across reloads: pool logs on /dev/stderr and the like write there.
         self.streams: dict[int, int] = dict(inherited.streams) if inherited is not None else {}
+        # Connections waiting for their request head (fpm.parking), by pool; the lot of
+        # each parked descriptor and of each pool's park socket, for the loop's events.
+        self.lots: dict[str, parking.Lot] = {}
+        self.parked_in: dict[int, parking.Lot] = {}
+        self.park_rx: dict[int, parking.Lot] = {}
+        self.refusal_watch = {name: refusals.Watch() for name in self.pools}
         # Read ends of the workers' log sockets and captured output, and their readers
         # (fpm.workerlog.Reader, fpm.stdio.Capture).
         self.output_fds: dict[int, object] = {}
@@ -291,6 +301,7 @@ class Master:
         self.children = Children(self.log, self.signals, fds, self.allow_root,
                                  forget=self._forget_output)
         self.children.boards = lambda: [*self.boards.values(), *self.old_boards]
+        self._open_lots()
         for pool in self.pool_list:
             if pool.catch_workers_output:
                 self._capture(pool)
@@ -302,7 +313,8 @@ class Master:
         for pool in self.pool_list:
             self._spawn(pool, pm.initial(pool))
             if pool.pm == "ondemand":
-                for fd in fds[pool.name]:
+                # A connection handed over with its head waits like one in the listen queue.
+                for fd in fds[pool.name] + [self.lots[pool.name].ends.hand_rx]:
                     self.ondemand_fds[fd] = pool.name
                     self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
             self._publish(pool)
@@ -331,6 +343,58 @@ class Master:
             adopted[text] = sockets.Listener(owner[text], sockets.parse_listen(text), sock,
                                              owned=False)
         return sockets.open_all(self.pool_list, self.log, adopted)
+
+    def _open_lots(self) -> None:
+        """Each pool's park and hand-off sockets (those of the previous master after a
+        reload, with the connections it held) and its limit of parked connections."""
+        ends = {}
+        if self.inherited is not None:
+            for name, fds in self.inherited.lots:
+                for fd in fds:
+                    os.set_inheritable(fd, False)
+                if name in self.pools:
+                    ends[name] = parking.Ends(*fds)
+                else:  # a pool gone from the configuration: what waited for it goes too
+                    parking.Ends(*fds).close()
+        for pool in self.pool_list:
+            if pool.name not in ends:
+                ends[pool.name] = parking.Ends.make()
+        nofile, open_now = parking.free_fds()
+        reserve = parking.RESERVE_FDS + parking.FDS_PER_WORKER * sum(
+            pool.pm_max_children for pool in self.pool_list)
+        edge = not isinstance(self.poller, _Poll)
+        for pool in self.pool_list:
+            count = parking.limit(parking.effective_backlog(pool.listen_backlog),
+                                  len(pool.listen), nofile, open_now, reserve,
+                                  len(self.pool_list))
+            lot = parking.Lot(pool.name, ends[pool.name], self.boards[pool.name], self.poller,
+                              edge, count, self.parked_in,
+                              pool.request_read_timeout * 1_000_000, pool.request_body_min_rate)
+            self.lots[pool.name] = lot
+            self.park_rx[lot.ends.park_rx] = lot
+            self.poller.register(lot.ends.park_rx, select.EPOLLIN)
+        if self.inherited is not None:
+            for name, entry in reexec.parked_entries(self.inherited):
+                if name in self.lots:
+                    self.lots[name].adopt(*entry)
+                else:
+                    os.close(entry[0])
+            for lot in self.lots.values():
+                self._arm(lot)
+
+    def _arm(self, lot: parking.Lot) -> None:
+        """The timers a lot needs: its next head deadline, a retry of the hand-off, a
+        recheck of partial heads (level-triggered poller)."""
+        due = lot.next_due()
+        if due is None:
+            self.timers.cancel(("parked", lot.name))
+        else:
+            self.timers.set(("parked", lot.name),
+                            time.monotonic() + max(0.0, (due - parking.now_us()) / 1e6))
+        if lot.retry and not self.timers.pending(("handoff", lot.name)):
+            self.timers.set(("handoff", lot.name), time.monotonic() + parking.RETRY)
+        if lot.resting and not self.timers.pending(("recheck", lot.name)):
+            self.timers.set(("recheck", lot.name), time.monotonic() + parking.RECHECK)
 
     def _adopt_children(self, inherited: reexec.Inherited) -> None:
         """The previous master's workers: ours to reap, retired once the new ones serve."""
@@ -439,8 +503,15 @@ class Master:
             timeout = self.timers.timeout(time.monotonic())
             # Round up: waking a hair early would spin until the deadline.
             events = self.poller.poll(-1 if timeout is None else math.ceil(timeout * 1000) / 1000)
-            for fd, _ in events:
-                if fd in self.output_fds:
+            for fd, mask in events:
+                if fd in self.parked_in:
+                    lot = self.parked_in[fd]
+                    lot.look(fd, mask)
+                    self._arm(lot)
+                elif fd in self.park_rx:
+                    self.park_rx[fd].receive()
+                    self._arm(self.park_rx[fd])
+                elif fd in self.output_fds:
                     self.output_fds[fd].readable(fd)
                 elif fd in self.ondemand_fds and self.state is State.NORMAL:
                     self._on_waiting_connection(self.pools[self.ondemand_fds[fd]])
@@ -470,6 +541,15 @@ class Master:
             self._recheck_queue(self.pools[key[1]])
         elif kind == "systemd":
             self._report_systemd()
+        elif kind in ("parked", "handoff", "recheck"):
+            lot = self.lots[key[1]]
+            if kind == "parked":
+                lot.expire(parking.now_us())
+            elif kind == "handoff":
+                lot.hand_over_ready()
+            else:
+                lot.recheck()
+            self._arm(lot)
 
     # --- workers --------------------------------------------------------------------------
 
@@ -495,10 +575,11 @@ class Master:
             # answers 503 for a while, spread so that a pool's workers do not all try again
             # (and leave it without a worker) at once.
             retry = 0.0 if self._old_serving(pool.name) else app_retry(tries) * random.uniform(0.75, 1.0)
+            ends = self.lots[pool.name].ends
             seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name),
                         theirs, None if shown is None else (self.pools[shown], self.boards[shown]),
                         self.access_fds.get(pool.name, -1), tries, retry,
-                        self.app_fds.get(pool.name, frozenset()))
+                        self.app_fds.get(pool.name, frozenset()), ends.park_tx, ends.hand_rx)
             try:
                 child = self.children.spawn(pool, seat, respawn, ours)
             except OSError as e:
@@ -568,8 +649,17 @@ class Master:
             self._publish(pool)
 
     def _publish(self, pool) -> None:
-        """The status page's pool-wide numbers that only the master knows or can correct."""
+        """The status page's pool-wide numbers that only the master knows or can correct,
+        and the refusals' episodes (fpm.refusals)."""
         board = self.boards[pool.name]
+        lot = self.lots[pool.name]
+        lot.settle()
+        self.refusal_watch[pool.name], events = refusals.update(
+            self.refusal_watch[pool.name], board.mem.refusals(), time.monotonic())
+        if events:
+            accept_errno = board.header()["accept_errno"]
+            for event in events:
+                self.log.log(*refusals.line(event, pool, lot.count, accept_errno))
         slots = [board.read(i) for i in board.taken]
         queued = capacity = 0
         for listener in self.listeners:
@@ -825,7 +915,7 @@ class Master:
         error = reexec.execute(self.listeners + fresh,
                                list(self.boards.values()) + self.old_boards,
                                list(self.children.by_pid.values()), self.orig_stderr,
-                               self.streams)
+                               self.streams, self.lots)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         sockets.close_all(fresh)
         self.log.syserror("failed to reload: execvp() failed; still serving", error)
@@ -868,6 +958,11 @@ class Master:
             return
         self.state = new
         self.last_signal = None
+        if new is State.FINISHING:
+            # Before the workers are told: each drains the hand-off queue as it stops.
+            for lot in self.lots.values():
+                lot.hand_over_all()
+                self._arm(lot)
         self.children.stop_all(by)
         for name in self.pools:
             self.timers.cancel(("spawn", name))

@@ -42,7 +42,7 @@ def snapshot(pool, board) -> status.PoolStatus:
     """The pool's status now, from its scoreboard (this request's own worker included)."""
     now_us = time.monotonic_ns() // 1000
     epoch_now = time.time()
-    header = dict(zip(_proto.HEADER_FIELDS, board.mem.header()))
+    header = board.header()
     slots = [s for s in map(board.read, range(board.nslots)) if s.pid and s.stage]
     procs = tuple(proc_status(s, now_us, epoch_now) for s in slots)
     failing = any(s.app_failed for s in slots)
@@ -60,7 +60,9 @@ def snapshot(pool, board) -> status.PoolStatus:
         start_servers=pool.pm_start_servers, min_spare_servers=pool.pm_min_spare_servers,
         max_spare_servers=pool.pm_max_spare_servers,
         app_status="failing" if failing else "ok",
-        app_error=board.mem.app_error()[1] if failing else "", procs=procs)
+        app_error=board.mem.app_error()[1] if failing else "", procs=procs,
+        parked_connections=header["parked"],
+        **dict(zip(_proto.REFUSAL_CAUSES, board.mem.refusals())))
 
 
 def status_app(pool, board):

@@ -4,14 +4,17 @@ What crosses the exec, in ``PYFPM_INHERIT`` (JSON): the listening sockets with t
 address each was opened for, the scoreboards (memfds) and the workers still running, which
 stay this process's children, with the master's ends of their channels, log sockets and
 captured output pipes (a worker finishing its request must not log into a socket nobody
-reads), and the
-copies of the standard streams as they were at the first start (access logs on /dev/stderr). The new
-master gives each socket to the pool that lists its address, serves with new workers, and
+reads), and the copies of the standard streams as they were at the first start (access logs
+on /dev/stderr), each pool's park and hand-off sockets, and the connections parked in the
+master waiting for their request head (fpm.parking; their bytes in a memfd, too many for the
+environment). The new master gives each socket to the pool that lists its address, serves
+with new workers, and
 retires the inherited ones once their pool's new workers are ready. Nothing is closed in
 between, so no connection is refused or lost.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from fpm import parking
 from fpm.signals import HANDLED
 from fpm.sockets import Listener, parse_listen
 
@@ -34,10 +38,14 @@ class Inherited:
     #  (stdout, stderr) read ends or None, log socket fd or -1)
     children: tuple[tuple[int, str, int, int, float, int, tuple[int, int] | None, int], ...]
     streams: tuple[tuple[int, int], ...] = ()  # (descriptor number, fd of its copy)
+    lots: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()  # (pool, fpm.parking.Ends fds)
+    parked_fd: int = -1  # a memfd of the parked connections (parked_entries()), or -1
 
 
-def encode(listeners, boards, children, streams=None) -> str:
+def encode(listeners, boards, children, streams=None, lots=None, parked_fd: int = -1) -> str:
     return json.dumps({
+        "lots": [[name, list(lot.ends.fds)] for name, lot in (lots or {}).items()],
+        "parked": parked_fd,
         "listeners": [[l.address.text, l.fd, l.owned] for l in listeners],
         "boards": [[b.fd, b.nslots, b.pool_name] for b in boards],
         "children": [[c.pid, c.pool.name, c.board.fd, c.slot, c.started, c.channel, c.output,
@@ -50,15 +58,21 @@ def decode(text: str) -> Inherited:
     """Raises ValueError on anything but what encode() makes."""
     try:
         data = json.loads(text)
-        return Inherited(tuple((str(t), int(fd), bool(o)) for t, fd, o in data["listeners"]),
-                         tuple((int(fd), int(n), str(p)) for fd, n, p in data["boards"]),
-                         # A master from before fpm.workerlog passed no log socket.
-                         tuple((int(pid), str(p), int(fd), int(s), float(t), int(ch),
-                                tuple(map(int, out)) if out else None,
-                                int(log[0]) if log else -1)
-                               for pid, p, fd, s, t, ch, out, *log in data["children"]),
-                         # A master from before streams were passed has none to give.
-                         tuple((int(n), int(fd)) for n, fd in data.get("streams", ())))
+        result = Inherited(tuple((str(t), int(fd), bool(o)) for t, fd, o in data["listeners"]),
+                           tuple((int(fd), int(n), str(p)) for fd, n, p in data["boards"]),
+                           # A master from before fpm.workerlog passed no log socket.
+                           tuple((int(pid), str(p), int(fd), int(s), float(t), int(ch),
+                                  tuple(map(int, out)) if out else None,
+                                  int(log[0]) if log else -1)
+                                 for pid, p, fd, s, t, ch, out, *log in data["children"]),
+                           # A master from before streams were passed has none to give.
+                           tuple((int(n), int(fd)) for n, fd in data.get("streams", ())),
+                           tuple((str(name), tuple(int(fd) for fd in fds))
+                                 for name, fds in data.get("lots", ())),
+                           int(data.get("parked", -1)))
+        if any(len(fds) != 4 for _, fds in result.lots):
+            raise ValueError("a pool's park and hand-off sockets are 4 descriptors")
+        return result
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError("malformed %s: %s" % (ENV, e)) from None
 
@@ -85,6 +99,33 @@ def adopt_listeners(inherited: Inherited, pools) -> tuple[dict[str, Listener], l
         else:
             adopted[text] = listener
     return adopted, unused
+
+
+def save_parked(lots) -> int:
+    """A memfd holding the connections parked in ``lots`` (by pool), for the next master."""
+    fd = os.memfd_create("pyfpm-parked", 0)  # inherited: no MFD_CLOEXEC
+    data = json.dumps([[name] + entry for name, lot in lots.items() for entry in lot.export()])
+    os.write(fd, data.encode())
+    return fd
+
+
+def parked_entries(inherited: Inherited) -> list[tuple[str, tuple]]:
+    """(pool, fpm.parking.Lot.adopt() arguments) of each connection the previous master
+    held; the memfd is closed. A malformed one is dropped, its descriptor with it."""
+    if inherited.parked_fd < 0:
+        return []
+    with open(inherited.parked_fd, "rb") as f:
+        f.seek(0)
+        text = f.read()
+    out = []
+    for entry in json.loads(text or b"[]"):
+        try:
+            out.append((str(entry[0]), parking.decode_entry(entry[1:])))
+        except (ValueError, TypeError, IndexError):
+            if entry[1:2] and isinstance(entry[1], int):
+                with contextlib.suppress(OSError):
+                    os.close(entry[1])
+    return out
 
 
 def command() -> list[str]:
@@ -128,16 +169,20 @@ def dry_run(stderr_is_tty: bool) -> None:
                                                         lines[-1] if lines else "no message")])
 
 
-def execute(listeners, boards, children, stderr_fd: int | None, streams=None) -> OSError:
+def execute(listeners, boards, children, stderr_fd: int | None, streams=None,
+            lots=None) -> OSError:
     """Replace this process with a new master that inherits the lot. Returns only on failure,
-    with the error, everything restored."""
+    with the error, everything restored. ``lots``: fpm.parking.Lot by pool."""
+    lots = lots or {}
     fds = [l.fd for l in listeners] + [b.fd for b in boards]
     fds += [fd for c in children for fd in (c.channel, c.log) if fd >= 0]
     fds += [fd for c in children for fd in c.output or ()]
     fds += list((streams or {}).values())
+    fds += [fd for lot in lots.values() for fd in lot.ends.fds + tuple(lot.parked)]
+    parked_fd = save_parked(lots)
     for fd in fds:
         os.set_inheritable(fd, True)
-    os.environ[ENV] = encode(listeners, boards, children, streams)
+    os.environ[ENV] = encode(listeners, boards, children, streams, lots, parked_fd)
     # Signals that arrive during the exec wait, blocked, for the new master's handlers.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     saved_stderr = None
@@ -155,6 +200,7 @@ def execute(listeners, boards, children, stderr_fd: int | None, streams=None) ->
         os.close(saved_stderr)
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     del os.environ[ENV]
+    os.close(parked_fd)
     for fd in fds:
         os.set_inheritable(fd, False)
     return error

@@ -89,5 +89,9 @@ class Board:
     def read(self, index: int) -> Slot:
         return Slot(*self.mem.read(index))
 
+    def header(self) -> dict[str, int]:
+        """The pool-wide numbers, by name (fpm._proto.HEADER_FIELDS)."""
+        return dict(zip(_proto.HEADER_FIELDS, self.mem.header()))
+
     def close(self) -> None:
         os.close(self.fd)

@@ -10,8 +10,10 @@ per-process data. pyfpm's additions always come AFTER PHP-FPM's fields, so parse
 PHP-FPM keep working: the configured limits (``max children``; for ``pm = dynamic`` also
 ``start servers``, ``min spare servers``, ``max spare servers``) after ``slow requests``, then
 ``app status`` (``ok``, or ``failing`` while the workers cannot load the app and answer 503)
-and ``app error`` (why, ``-`` when ok), the
-worker's ``rss`` (bytes) after ``last request memory``, and in OpenMetrics a
+and ``app error`` (why, ``-`` when ok), then ``parked connections`` (waiting in the master for
+their request head) and the refusal counters ``head timeouts``, ``slow bodies``, ``parked
+closed``, ``accept failures`` and ``protocol errors`` (fpm.refusals; OpenMetrics counters,
+``_total``), the worker's ``rss`` (bytes) after ``last request memory``, and in OpenMetrics a
 ``phpfpm_max_children`` gauge (and the dynamic limits) plus, with ``full``, per-process families
 labelled by pid, which PHP-FPM never emits (php-src #9494).
 
@@ -105,6 +107,14 @@ class PoolStatus:
     app_status: str
     app_error: str        # why, from the last worker that tried; "" when the app is loaded
     procs: tuple[ProcStatus, ...]
+    # pyfpm's: connections waiting in the master for their request head, and the refusals
+    # (fpm.refusals) by cause, since the pool started
+    parked_connections: int = 0
+    head_timeouts: int = 0
+    slow_bodies: int = 0
+    parked_closed: int = 0
+    accept_failures: int = 0
+    protocol_errors: int = 0
 
 
 FORMATS = ("html", "xml", "json", "openmetrics")  # PHP-FPM's precedence; anything else: text
@@ -230,6 +240,28 @@ POOL_FIELDS = (
         "Whether the workers could load the pool's app: 1 for the status it is in (ok, or "
         "failing: they answer 503).", label="status")),
     Field("app error", "app_error", DASH),
+    Field("parked connections", "parked_connections", metric=Metric(
+        "phpfpm_parked_connections", GAUGE,
+        "The number of connections waiting in the master for their request head.")),
+    Field("head timeouts", "head_timeouts", metric=Metric(
+        "phpfpm_head_timeouts", COUNTER,
+        "The number of connections closed because their request head did not come within "
+        "request_head_timeout.")),
+    Field("slow bodies", "slow_bodies", metric=Metric(
+        "phpfpm_slow_bodies", COUNTER,
+        "The number of requests answered 408 because their body came slower than "
+        "request_body_min_rate, or stalled for request_read_timeout.")),
+    Field("parked closed", "parked_closed", metric=Metric(
+        "phpfpm_parked_closed", COUNTER,
+        "The number of connections closed while waiting for their request head because the "
+        "pool held as many as it may.")),
+    Field("accept failures", "accept_failures", metric=Metric(
+        "phpfpm_accept_failures", COUNTER,
+        "The number of times a worker's accept() failed for want of file descriptors.")),
+    Field("protocol errors", "protocol_errors", metric=Metric(
+        "phpfpm_protocol_errors", COUNTER,
+        "The number of connections closed because what their peer sent broke the FastCGI "
+        "protocol.")),
 )
 
 PROC_FIELDS = (

@@ -21,6 +21,7 @@ import time
 from datetime import datetime
 
 from fpm import client
+from fpm.refusals import LABELS
 from fpm.status import STATUS_PATH_HEADER
 
 EX_OK, EX_ANSWER, EX_UNREACHABLE, EX_USAGE = 0, 1, 2, 64
@@ -143,7 +144,8 @@ def rate(now: dict, before: dict | None, seconds: float) -> float | None:
 
 
 def overview(data: dict) -> list[str]:
-    """The pool in four lines, and a fifth while its app cannot be loaded."""
+    """The pool in four lines; then what it refused, once it has (pyfpm's counters), and
+    the app's error while it cannot be loaded."""
     g = data.get
     started = g("start time")
     when = (" since " + datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
@@ -159,8 +161,14 @@ def overview(data: dict) -> list[str]:
         "requests   %s accepted, %s slow" % (g("accepted conn"), g("slow requests")),
         "queue      %s waiting, max %s, backlog %s" % (
             g("listen queue"), g("max listen queue"), g("listen queue len")),
-    ) + (("app        FAILING, answered 503: %s" % g("app error"),)
+    ) + refused(data) + (("app        FAILING, answered 503: %s" % g("app error"),)
          if g("app status") == "failing" else ())]
+
+
+def refused(data: dict) -> tuple[str, ...]:
+    """A line of the refusal counters that are not 0 (none: no line)."""
+    counts = ["%s %s" % (data[label], label) for label in LABELS.values() if data.get(label)]
+    return ("refused    " + ", ".join(counts),) if counts else ()
 
 
 COLUMNS = (  # heading, width (None: the rest of the line), right-aligned, value

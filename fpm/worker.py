@@ -108,7 +108,9 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
         stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log_line, any(tcp)),
         fill_paths=pool.app is not None,
         errors_log=workerlog.ErrorsLog(log),
-        wsgi_errors=pool.wsgi_errors, on_output=end_output, statm_fd=statm)
+        wsgi_errors=pool.wsgi_errors, on_output=end_output, statm_fd=statm,
+        head_timeout=pool.request_head_timeout, body_rate=pool.request_body_min_rate,
+        park_fd=seat.park_fd, handoff_fd=seat.handoff_fd)
     if retry:
         return os.EX_UNAVAILABLE
     if reason == "max_memory":
@@ -198,7 +200,9 @@ def _die_with_parent(master: int | None) -> None:
 def _prepare_listener(fd: int, stamp: bool) -> bool:
     """Non-blocking (the loop tries accept first and polls on EAGAIN); on TCP, TCP_NODELAY,
     which accepted sockets inherit on Linux, so a response's last record is not held back,
-    and with ``stamp`` SO_TIMESTAMPNS (inherited too) for the kernel's receive times.
+    TCP_DEFER_ACCEPT (nginx's `listen deferred`), so that a connection reaches accept() with
+    its first bytes, not before nginx has written them (a silent one after a second), and
+    with ``stamp`` SO_TIMESTAMPNS (inherited too) for the kernel's receive times.
     True for a TCP socket."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
@@ -207,6 +211,7 @@ def _prepare_listener(fd: int, stamp: bool) -> bool:
         tcp = s.family in (socket.AF_INET, socket.AF_INET6)
         if tcp:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
             if stamp:
                 s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         return tcp

@@ -17,7 +17,8 @@ import pytest
 
 import harness
 from fpm import client
-from tests.conftest import make_account
+from fpm.config import venv_site_packages
+from tests.conftest import make_account, make_jail
 
 BROKEN = "import os\nvalue = undefined_name  # line 2\n"
 FIXED = ("def app(environ, start_response):\n"
@@ -228,6 +229,39 @@ def test_a_chdir_the_user_cannot_read_is_named_by_t_and_the_start(site, tmp_path
         assert server.request("/").status == 503
     finally:
         server.stop()
+
+
+def test_a_virtualenv_the_user_cannot_read_is_named_by_t(site, tmp_path):
+    base, account = site
+    venv = base / "private" / "venv"
+    (Path(venv_site_packages(str(venv)))).mkdir(parents=True, exist_ok=True)
+    conf = tmp_path / "pyfpm.conf"
+    conf.write_text(USER_CONFIG.format(tmp=tmp_path, user=account.name, path=base / "public",
+                                       extra="virtualenv = %s" % venv))
+    done = harness.run_fpm("-t", "-y", str(conf), allow_root=False)
+    assert done.returncode == 0, done.stderr
+    assert ("WARNING: [pool www] user '%s' cannot read virtualenv '%s': '%s' does not let it "
+            "through (mode 0700); the workers cannot import what the master has not imported"
+            % (account.name, venv, base / "private")) in done.stderr, done.stderr
+
+
+def test_a_standard_library_the_user_cannot_read_is_named_by_t(site, tmp_path):
+    """In a jail whose /root is private, as on a host whose interpreter lives in root's
+    home: the pool's user cannot import "subprocess", and -t says why (naming the user by
+    uid: the jail has no passwd file)."""
+    base, account = site
+    jail = make_jail(tmp_path / "jail")
+    top = jail / Path(os.__file__).parent.relative_to("/").parts[0]
+    top.chmod(0o700)
+    conf = tmp_path / "pyfpm.conf"
+    conf.write_text(USER_CONFIG.format(tmp=tmp_path, user=account.name, path="/",
+                                       extra="chroot = %s" % jail))
+    done = harness.run_fpm("-t", "-y", str(conf), allow_root=False)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"WARNING: \[pool www\] uid %d cannot read the standard library '%s': "
+                     r"'%s' does not let it through \(mode 0700\)"
+                     % (account.uid, re.escape(str(Path(os.__file__).parent)),
+                        re.escape("/" + top.name)), done.stderr), done.stderr
 
 
 # --- what the review found: the pool never left without an answer ------------------------

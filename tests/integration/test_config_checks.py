@@ -167,8 +167,12 @@ NR_OPEN = int(open("/proc/sys/fs/nr_open").read())
     ("", "pm.max_requests = 1" + "0" * 33,
      "[{conf}:10] [pool www] pm.max_requests: invalid value '1" + "0" * 33 + "' (expected an "
      "integer from 0 to 2147483647)"),
+    ("", "user = pyfpm-no-such-user", "[pool www] cannot get uid for user 'pyfpm-no-such-user'"),
+    ("", "listen = {tmp}/missing/www.sock",
+     "[{conf}:10] [pool www] listen: invalid value '{tmp}/missing/www.sock' (expected a unix "
+     "socket path in an existing directory; '{tmp}/missing' is not a directory)"),
 ], ids=["error-log-dir", "pid-dir", "global-rlimit", "nul-in-access-log", "nul-in-env",
-        "max-requests-overflow"])
+        "max-requests-overflow", "unknown-user", "listen-dir"])
 def test_test_start_and_reload_refuse_alike(tmp_path, global_, pool, error):
     """Each of these passed -t; a reload to it ended the master and every worker (with
     error_log, silently), or left the workers crash-looping while the master said ready."""

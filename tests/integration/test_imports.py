@@ -136,3 +136,13 @@ def test_chdir_is_searched_after_python_path(base, tmp_path):
     """chdir is the app's own directory: on the path, last."""
     seen = serve_and_ask(base, tmp_path, "chdir = %s/markers" % base)
     assert seen["path"][-2:] == [str(base / "app"), str(base / "markers")]
+
+
+def test_a_start_directory_the_pool_names_comes_after_the_standard_library(base, tmp_path):
+    """Naming it is the operator's choice: it is searched where python_path is, after
+    everything installed, so its json.py still never shadows the standard library's."""
+    start = str(base / "start")
+    seen = serve_and_ask(base, tmp_path, "preload = yes", app="%s:%s" % (base / "app", start))
+    assert seen["path"][-2:] == [str(base / "app"), start]
+    assert markers(base) == []
+    assert all(seen[name].startswith(STDLIB) for name in ("json", "socket", "wave")), seen

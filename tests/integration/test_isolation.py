@@ -188,6 +188,10 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "listening socket %s" % p.a,
             "stream socket pair with the master",  # its channel: access log, faulthandler dumps
             "seqpacket socket pair with the master",  # its log
+            # its pool's park and hand-off sockets (fpm.parking), and the descriptor it keeps
+            # in reserve for a connection it is woken for
+            "seqpacket socket pair with the master", "seqpacket socket pair with the master",
+            "/dev/null (read)",
             "%s/a.access.log (write, append)" % tmp,
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",  # its loop's
         ])
@@ -197,6 +201,8 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "stream socket pair with the master",
             "seqpacket socket pair with the master",
             "%s/b.access.log (write, append)" % tmp,
+            "seqpacket socket pair with the master", "seqpacket socket pair with the master",
+            "/dev/null (read)",
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",
             "/proc/self/statm (read)",  # its own, for pm.max_memory
         ])
@@ -204,6 +210,8 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "/dev/null (read-write)", "/dev/null (read-write)", "/dev/null (read-write)",
             "listening socket %s" % p.status,
             "seqpacket socket pair with the master",
+            "seqpacket socket pair with the master", "seqpacket socket pair with the master",
+            "/dev/null (read)",
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",
         ])
         # Nor does a worker map another pool's scoreboard: only its own (the status

@@ -157,6 +157,14 @@ def is_http_level(text: str) -> bool:
     return re.search(r"^\s*(server|upstream)\s*\{", active(text), re.M) is not None
 
 
+def test_every_nginx_block_says_the_same_of_fastcgi_keep_conn():
+    """README and conf/nginx once disagreed. They say off (nginx's default, and the README
+    says why): no block turns it on."""
+    values = {p.values[0]: re.findall(r"^\s*fastcgi_keep_conn\s+(\w+)\s*;",
+                                      active(p.values[1]), re.M) for p in nginx_blocks()}
+    assert {v for found in values.values() for v in found} <= {"off"}, values
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """One pyfpm for the module: pool www (site_app) and pool scripts (script mode)."""

@@ -441,7 +441,7 @@ def test_new_defaults_are_the_ones_the_spec_names():
         "rlimit_core": None, "chroot": None, "catch_workers_output": False,
         "decorate_workers_output": True, "clear_env": True,
         "security_limit_extensions": (".py",), "virtualenv": None, "preload": False,
-        "request_read_timeout": 60}
+        "request_read_timeout": 60, "request_head_timeout": 10, "request_body_min_rate": 1024}
     assert {name: getattr(conf.pools[0], name) for name in expected_pool} == expected_pool
 
 
@@ -1107,6 +1107,11 @@ READ_TIMEOUT = ("a time in seconds, with an optional suffix s, m, h or d (e.g. 3
     ("request_read_timeout", "0s", READ_TIMEOUT),
     ("request_read_timeout", "soon", READ_TIMEOUT),
     ("request_read_timeout", "25d", READ_TIMEOUT),
+    ("request_head_timeout", "0", READ_TIMEOUT),
+    ("request_head_timeout", "25d", READ_TIMEOUT),
+    ("request_body_min_rate", "fast",
+     "a size in bytes, with an optional suffix K, M or G (e.g. 256M): 0 (off) or at least 1, "
+     "at most 9223372036854775807"),
     ("request_terminate_timeout", "-5", "a time in seconds, with an optional suffix s, m, h or d "
                                         "(e.g. 30s, 5m), at most 2147483647s"),
     ("access.format", "", "a non-empty string"),
@@ -1351,6 +1356,8 @@ request_slowlog_timeout = 5s
 request_terminate_timeout = 2m
 request_terminate_timeout_track_finished = yes
 request_read_timeout = 15
+request_head_timeout = 3
+request_body_min_rate = 4K
 rlimit_core = 0
 catch_workers_output = yes
 clear_env = no
@@ -1412,6 +1419,8 @@ request_slowlog_timeout = "5s"
 request_terminate_timeout = 120
 request_terminate_timeout_track_finished = true
 request_read_timeout = "15s"
+request_head_timeout = "3s"
+request_body_min_rate = "4K"
 rlimit_core = 0
 catch_workers_output = true
 clear_env = false
@@ -1607,6 +1616,8 @@ def test_dump_shape():
         \trequest_terminate_timeout = 0s
         \trequest_terminate_timeout_track_finished = no
         \trequest_read_timeout = 60s
+        \trequest_head_timeout = 10s
+        \trequest_body_min_rate = 1K
         \trlimit_files = undefined
         \trlimit_core = unlimited
         \tchroot = undefined
@@ -1770,6 +1781,7 @@ NUMERIC = [d for d in config.DIRECTIVES
 LIMITS = {"pm.max_children": 1 << 16, "pm.start_servers": 1 << 16,
           "pm.min_spare_servers": 1 << 16, "pm.max_spare_servers": 1 << 16,
           "process.max": 1 << 22, "request_read_timeout": 2147483,
+          "request_head_timeout": 2147483, "request_body_min_rate": 2 ** 63 - 1,
           "pm.max_memory": 2 ** 63 - 1, "request_body_buffer_size": 2 ** 63 - 1,
           "request_body_max_size": 2 ** 63 - 1, "rlimit_core": 2 ** 63 - 1,
           "process.priority": 20}

@@ -37,3 +37,36 @@ def test_workers_of_a_master_from_before_log_sockets_have_none():
     old = json.dumps({"listeners": [], "boards": [],
                       "children": [[12, "www", 7, 0, 1.5, -1, None]]})
     assert reexec.decode(old).children == ((12, "www", 7, 0, 1.5, -1, None, -1),)
+
+
+def test_park_and_hand_off_sockets_cross_the_exec():
+    class Lot:
+        class ends:
+            fds = (10, 11, 12, 13)
+    inherited = reexec.decode(reexec.encode([], [], [], None, {"www": Lot()}, 14))
+    assert inherited.lots == (("www", (10, 11, 12, 13)),) and inherited.parked_fd == 14
+
+
+def test_a_master_from_before_parking_hands_over_none():
+    inherited = reexec.decode(json.dumps({"listeners": [], "boards": [], "children": []}))
+    assert inherited.lots == () and inherited.parked_fd == -1
+    assert reexec.parked_entries(inherited) == []
+
+
+def test_parked_connections_cross_in_a_memfd():
+    import base64
+    import os
+    import socket
+    conn, peer = socket.socketpair()
+
+    class Lot:
+        @staticmethod
+        def export():
+            return [[conn.fileno(), 5, 6, 0, base64.b64encode(b"head").decode(), 1.5]]
+    fd = reexec.save_parked({"www": Lot()})
+    inherited = reexec.Inherited((), (), (), parked_fd=fd)
+    with peer:
+        assert reexec.parked_entries(inherited) == [("www", (conn.fileno(), 5, 6, 0, b"head", 1.5))]
+        conn.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # read and closed

@@ -28,7 +28,9 @@ DYNAMIC = PoolStatus(
     accepted_conn=190460, listen_queue=0, max_listen_queue=1, listen_queue_len=511,
     idle_processes=1, active_processes=1, total_processes=2, max_active_processes=2,
     max_children_reached=0, slow_requests=4, max_children=5, start_servers=2,
-    min_spare_servers=1, max_spare_servers=3, app_status="ok", app_error="", procs=(IDLE, BUSY))
+    min_spare_servers=1, max_spare_servers=3, app_status="ok", app_error="", procs=(IDLE, BUSY),
+    parked_connections=7, head_timeouts=1240, slow_bodies=3, parked_closed=12,
+    accept_failures=5, protocol_errors=2)
 
 
 def body(fmt, full, pool=DYNAMIC, offset=OFFSET):
@@ -60,6 +62,12 @@ min spare servers:    1
 max spare servers:    3
 app status:           ok
 app error:            -
+parked connections:   7
+head timeouts:        1240
+slow bodies:          3
+parked closed:        12
+accept failures:      5
+protocol errors:      2
 """
 TEXT_IDLE_PHP = """
 ************************
@@ -110,7 +118,7 @@ def test_text_full():
 def test_spare_server_limits_only_for_dynamic(pm):
     pool = dataclasses.replace(DYNAMIC, process_manager=pm, procs=())
     expected = (TEXT_PHP.replace("dynamic", pm) + "max children:         5\n"
-                + "app status:           ok\napp error:            -\n")
+                + TEXT_LIMITS[TEXT_LIMITS.index("app status"):])
     assert body("text", False, pool) == expected
     assert "start servers" not in body("json", True, pool)
     assert "phpfpm_start_servers" not in body("openmetrics", False, pool)
@@ -132,10 +140,10 @@ def test_a_pool_whose_app_cannot_be_loaded_says_so_and_why():
     pool = dataclasses.replace(DYNAMIC, app_status="failing", procs=(),
                                app_error="cannot import module 'x' for app 'x:app': "
                                          "ModuleNotFoundError: No module named 'x'")
-    assert body("text", False, pool).endswith(
+    assert (
         "app status:           failing\n"
         "app error:            cannot import module 'x' for app 'x:app': ModuleNotFoundError: "
-        "No module named 'x'\n")
+        "No module named 'x'\nparked connections:") in body("text", False, pool)
     data = json.loads(body("json", False, pool))
     assert (data["app status"], data["app error"]) == ("failing", pool.app_error)
     assert 'phpfpm_app_status{status="failing"} 1\n' in body("openmetrics", False, pool)
@@ -148,7 +156,9 @@ JSON_PHP = ('{"pool":"www","process manager":"dynamic","start time":1700000000,"
             '"idle processes":1,"active processes":1,"total processes":2,'
             '"max active processes":2,"max children reached":0,"slow requests":4')
 JSON_LIMITS = (',"max children":5,"start servers":2,"min spare servers":1,"max spare servers":3'
-               ',"app status":"ok","app error":"-"')
+               ',"app status":"ok","app error":"-","parked connections":7,"head timeouts":1240'
+               ',"slow bodies":3,"parked closed":12,"accept failures":5'
+               ',"protocol errors":2')
 JSON_IDLE_PHP = ('{"pid":31330,"state":"Idle","start time":1700000100,"start since":500,'
                  '"requests":12808,"request duration":1250261,"request method":"GET",'
                  '"request uri":"/test_mem?N=10000","content length":0,"user":"-",'
@@ -200,6 +210,12 @@ XML_LIMITS = """\
 <max-spare-servers>3</max-spare-servers>
 <app-status>ok</app-status>
 <app-error>-</app-error>
+<parked-connections>7</parked-connections>
+<head-timeouts>1240</head-timeouts>
+<slow-bodies>3</slow-bodies>
+<parked-closed>12</parked-closed>
+<accept-failures>5</accept-failures>
+<protocol-errors>2</protocol-errors>
 """
 XML_IDLE_PHP = (
     "<process><pid>31330</pid><state>Idle</state><start-time>1700000100</start-time>"
@@ -261,6 +277,12 @@ HTML_LIMITS = """\
 <tr><th>max spare servers</th><td>3</td></tr>
 <tr><th>app status</th><td>ok</td></tr>
 <tr><th>app error</th><td>-</td></tr>
+<tr><th>parked connections</th><td>7</td></tr>
+<tr><th>head timeouts</th><td>1240</td></tr>
+<tr><th>slow bodies</th><td>3</td></tr>
+<tr><th>parked closed</th><td>12</td></tr>
+<tr><th>accept failures</th><td>5</td></tr>
+<tr><th>protocol errors</th><td>2</td></tr>
 """
 HTML_PROCS_HEADER_PHP = (
     '<table border="1">\n<tr><th>pid</th><th>state</th><th>start time</th><th>start since</th>'
@@ -353,6 +375,24 @@ phpfpm_max_spare_servers 3
 # HELP phpfpm_app_status Whether the workers could load the pool's app: 1 for the status it is in (ok, or failing: they answer 503).
 # TYPE phpfpm_app_status gauge
 phpfpm_app_status{status="ok"} 1
+# HELP phpfpm_parked_connections The number of connections waiting in the master for their request head.
+# TYPE phpfpm_parked_connections gauge
+phpfpm_parked_connections 7
+# HELP phpfpm_head_timeouts The number of connections closed because their request head did not come within request_head_timeout.
+# TYPE phpfpm_head_timeouts counter
+phpfpm_head_timeouts_total 1240
+# HELP phpfpm_slow_bodies The number of requests answered 408 because their body came slower than request_body_min_rate, or stalled for request_read_timeout.
+# TYPE phpfpm_slow_bodies counter
+phpfpm_slow_bodies_total 3
+# HELP phpfpm_parked_closed The number of connections closed while waiting for their request head because the pool held as many as it may.
+# TYPE phpfpm_parked_closed counter
+phpfpm_parked_closed_total 12
+# HELP phpfpm_accept_failures The number of times a worker's accept() failed for want of file descriptors.
+# TYPE phpfpm_accept_failures counter
+phpfpm_accept_failures_total 5
+# HELP phpfpm_protocol_errors The number of connections closed because what their peer sent broke the FastCGI protocol.
+# TYPE phpfpm_protocol_errors counter
+phpfpm_protocol_errors_total 2
 """
 OPENMETRICS_PROCS = """\
 # HELP phpfpm_process_state The state of the process: 1 for the state it is in.
@@ -588,7 +628,9 @@ def test_dataclasses_are_the_agreed_interface():
         "listen_queue", "max_listen_queue", "listen_queue_len", "idle_processes",
         "active_processes", "total_processes", "max_active_processes",
         "max_children_reached", "slow_requests", "max_children", "start_servers",
-        "min_spare_servers", "max_spare_servers", "app_status", "app_error", "procs"]
+        "min_spare_servers", "max_spare_servers", "app_status", "app_error", "procs",
+        "parked_connections", "head_timeouts", "slow_bodies", "parked_closed",
+        "accept_failures", "protocol_errors"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         DYNAMIC.pool = "x"
     # Every field of the snapshots is on the page (procs as the per-process rows).

@@ -113,6 +113,15 @@ def test_summary_shows_the_pool_then_each_worker_by_pid():
     assert lines[7].index("12808") + 5 == lines[5].index("REQS") + 4
 
 
+def test_summary_says_what_the_pool_refused_once_it_has():
+    data = dict(DATA, **{"head timeouts": 2000, "slow bodies": 0, "protocol errors": 3})
+    lines = s.summary(data).splitlines()
+    assert lines[4] == "refused    2000 head timeouts, 3 protocol errors"
+    assert lines[6].split()[0] == "PID"
+    quiet = dict(DATA, **{"head timeouts": 0, "protocol errors": 0})
+    assert not any(line.startswith("refused") for line in s.summary(quiet).splitlines())
+
+
 def test_summary_of_a_php_fpm_pool_without_pyfpm_fields():
     php = {k: v for k, v in DATA.items() if k not in ("max children", "start servers",
                                                       "min spare servers", "max spare servers")}
