@@ -78,7 +78,7 @@ def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
             hint = ("; it is looked for in the standard library, site-packages, python_path "
                     "and chdir, never in the directory pyfpm was started from")
         raise AppLoadError("cannot import module '%s' for app '%s': %s: %s%s"
-                           % (module_name, spec, type(e).__name__, e, hint)) from e
+                           % (module_name, spec, type(e).__name__, one_line(e), hint)) from e
     for part in (attr or "application").split("."):
         try:
             obj = getattr(obj, part)
@@ -88,6 +88,12 @@ def load(spec: str, chdir: str | None = None, python_path: tuple[str, ...] = (),
     if not callable(obj):
         raise AppLoadError("app '%s' is a %s, not a WSGI callable" % (spec, type(obj).__name__))
     return obj
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line: -t's warning and the status page's app error
+    are one line each (the worker's log has the traceback)."""
+    return " | ".join(filter(None, (line.strip() for line in str(error).splitlines())))
 
 
 def prepare(chdir: str | None, python_path: tuple[str, ...], virtualenv: str | None) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from urllib.parse import parse_qs
 
@@ -60,6 +61,26 @@ def leak_route(environ, start_response):
     return _reply(start_response, {"held_mb": sum(map(len, _HELD)) >> 20})
 
 
+def fds_route(environ, start_response):
+    """Take every descriptor this worker has free for ?s= seconds, from a thread (a leaking
+    library's burst of open files): meanwhile its accept() fails with EMFILE."""
+    seconds = float(_query(environ).get("s", "1"))
+
+    def hold():
+        taken = []
+        try:
+            while True:
+                taken.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            time.sleep(seconds)
+        finally:
+            for fd in taken:
+                os.close(fd)
+
+    threading.Thread(target=hold, daemon=True).start()
+    return _reply(start_response, {})
+
+
 def log_route(environ, start_response):
     """A line for each of the app's outputs: wsgi.errors, sys.stderr, sys.stdout."""
     environ["wsgi.errors"].write("a line on wsgi.errors\n")
@@ -69,7 +90,8 @@ def log_route(environ, start_response):
 
 
 ROUTES = {"/log": log_route, "/pid": pid_route, "/slow": slow_route, "/mangle": mangle_route,
-          "/segfault": segfault_route, "/exit": exit_route, "/leak": leak_route}
+          "/segfault": segfault_route, "/exit": exit_route, "/leak": leak_route,
+          "/fds": fds_route}
 
 
 def app(environ, start_response):

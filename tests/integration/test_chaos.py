@@ -1,6 +1,7 @@
 """Chaos under load (issue 14's reliability suite): faults injected while wrk loads a pool
 through real nginx (fastcgi_keep_conn off, loopback): workers killed (SIGKILL) or stopped
-(SIGSTOP), apps that segfault or exit, leaks recycled by pm.max_memory, a full log disk,
+(SIGSTOP), apps that segfault or exit, leaks recycled by pm.max_memory, workers out of
+descriptors, a full log disk,
 the master killed and restarted on its socket, reloads to good and broken configurations.
 Each asserts that nothing fails but the request a killed worker had in hand, and prints
 its figures (bench/README.md, "Chaos under load", records a run):
@@ -175,6 +176,26 @@ def test_leaking_workers_recycled_by_max_memory_lose_nothing(pool):
     assert report("pm.max_memory recycling", recycled, result) == 0, result.text
     assert recycled >= WORKERS
     back_to_full_strength(server)
+
+
+def test_workers_out_of_descriptors_lose_nothing(pool):
+    """Every 0.5 s a request makes its worker's app take all its free descriptors for a
+    second: that worker's accept() fails with EMFILE meanwhile, it pauses accepting, and
+    the connections go to the others."""
+    front, server = pool(pool="rlimit_files = 64")
+    pids = server.children()
+    bursts = []
+    with Load(front) as run:
+        while run.running():
+            time.sleep(0.5)
+            bursts.append(http_request(front.port, "GET", "/fds?s=1", timeout=10).status)
+        result = run.finish()
+    assert report("workers out of descriptors", len(bursts), result) == 0, result.text
+    assert bursts == [200] * len(bursts)
+    assert upstream_errors(front) == []
+    server.wait_log(r"WARNING: \[pool www\] workers could not accept connections: Too many "
+                    r"open files \(EMFILE\)")
+    assert server.children() == pids, "no worker died"
 
 
 def test_a_full_log_disk_loses_nothing(pyfpm, nginx, tmp_path):

@@ -89,6 +89,18 @@ def test_an_app_missing_from_the_path_says_where_it_was_looked_for(tmp_path, cle
         apps.load("here_only")  # in the working directory, which no pool named
 
 
+def test_an_import_error_of_several_lines_is_said_on_one(tmp_path, clean_path):
+    """Its message goes into -t's warning and the status page's app error: one line each
+    (the worker logs the traceback as well)."""
+    name = "multi_" + uuid.uuid4().hex[:8]
+    (tmp_path / (name + ".py")).write_text(
+        "raise RuntimeError('settings are missing:\\n  DATABASE_URL\\n\\n  SECRET_KEY\\n')\n")
+    with pytest.raises(apps.AppLoadError) as e:
+        apps.load(name, python_path=(str(tmp_path),))
+    assert str(e.value) == ("cannot import module '%s' for app '%s': RuntimeError: settings are "
+                            "missing: | DATABASE_URL | SECRET_KEY" % (name, name))
+
+
 def test_a_virtualenv_of_another_python_names_both_versions(tmp_path, clean_path):
     make_venv(tmp_path / "venv", "3.99", "whatever")
     with pytest.raises(apps.AppLoadError) as e:
