@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fpm import client
 from tests import harness
+from tests.conftest import free_port
 
 PEERS = Path(__file__).resolve().parent / "peers"
 HELLO_PHP = PEERS / "hello.php"
@@ -97,7 +98,7 @@ class Backend:
         """Start and wait for a first FastCGI response; on failure set ``.error``."""
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.address = (str(self.tmp / "fcgi.sock") if self.transport == "unix"
-                        else f"127.0.0.1:{harness.free_port()}")
+                        else f"127.0.0.1:{free_port()}")
         conf = self.tmp / CONFIGS.get(self.server, "none")
         if self.server in CONFIGS:
             template = (PEERS / CONFIGS[self.server]).read_text()
@@ -233,7 +234,7 @@ class Nginx:
         if not binary:
             raise RuntimeError("nginx is not installed (scripts/install-bench-deps)")
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.port = harness.free_port()
+        self.port = free_port()
         conf = self.tmp / "nginx.conf"
         conf.write_text(self.config())
         self.proc = subprocess.Popen([binary, "-p", str(self.tmp), "-e", str(self.error_log),

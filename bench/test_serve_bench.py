@@ -12,7 +12,8 @@ import socket
 
 import pytest
 
-from fpm import _proto, client, scoreboard
+from fpm import _proto, client, options, scoreboard
+from fpm.config import PoolConfig
 
 BATCH = 2000
 
@@ -37,8 +38,10 @@ def worker(request, tmp_path_factory):
     if pid == 0:  # the worker: serve until killed, never return into pytest
         code = 1
         try:
-            _proto.serve([listener.fileno()], hello, {"SERVER_SOFTWARE": "pyfpm-bench"},
-                         board=board and board.mem, slot=board.claim() if board else -1)
+            _proto.serve([listener.fileno()], hello, options.for_pool(
+                PoolConfig(name="bench", listen=(path,), app="hello"),
+                {"SERVER_SOFTWARE": "pyfpm-bench"}, board=board and board.mem,
+                slot=board.claim() if board else -1))
             code = 0
         finally:
             os._exit(code)

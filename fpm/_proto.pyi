@@ -1,6 +1,8 @@
 """Type stub for the compiled FastCGI server (fpm/_proto.pyx)."""
 from typing import Any, Callable, Iterator
 
+from fpm.options import WorkerOptions
+
 BEGIN_REQUEST: int
 ABORT_REQUEST: int
 END_REQUEST: int
@@ -69,6 +71,12 @@ class FileWrapper:
     def close(self) -> None: ...
 
 STAGE_NAMES: tuple[str, ...]
+STARTING: int
+IDLE: int
+READING: int
+RUNNING: int
+FINISHING: int
+TIMEOUT_ORDER: int
 HEADER_FIELDS: tuple[str, ...]
 REFUSAL_CAUSES: tuple[str, ...]
 REFUSAL_QUIET: int
@@ -106,22 +114,8 @@ class Board:
 def split_paths(environ: dict, mount: str) -> int: ...
 def request_stop() -> None: ...
 def watch_quit() -> None: ...
-def serve(listen_fds: list[int], app: Callable, base_environ: dict, mount: str = "",
-          params_max: int = 1048576, max_conns: int = 1, max_reqs: int = 1,
-          read_timeout: float = 60.0,
-          log: Callable[[str, str], None] | None = None,
-          board: Board | None = None, slot: int = -1, max_requests: int = 0,
-          max_memory: int = 0, special: dict | None = None, access: Any = None,
-          on_reopen: Callable[[], None] | None = None,
-          allow: Callable[[int], bool] | None = None, body_buffer: int = 1 << 20,
-          body_max: int = 0, spool_dir: str | None = None, body_file_dirs: tuple = (),
-          queue_timeout: float = 0.0, start_param: str | None = None,
-          stamp_reads: bool = False, fill_paths: bool = True, errors_log: Any = None,
-          wsgi_errors: str = "both",
-          on_output: Callable[[], None] | None = None,
-          statm_fd: int | None = None, head_timeout: float = 10.0,
-          body_rate: int = 0, park_fd: int = -1,
-          handoff_fd: int = -1) -> tuple[int, str, int]: ...
+def serve(listen_fds: list[int], app: Callable,
+          options: WorkerOptions) -> tuple[int, str, int]: ...
 def open_statm() -> int: ...
 
 def request_status(data: bytes) -> tuple[int, int]: ...

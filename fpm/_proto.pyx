@@ -293,6 +293,10 @@ BOARD_MAGIC = 0x46504D33  # "FPM3": a mapping from another layout is refused
 SLOT_APP_FAILED = 1  # Slot.flags: the worker answers 503, its app could not be loaded
 # By Stage, in the status page's words (PHP-FPM's, plus Starting).
 STAGE_NAMES = ("Free", "Starting", "Idle", "Reading headers", "Running", "Finishing")
+# The stages and the master's order as the .pxd numbers them, for fpm.scoreboard.
+STARTING, IDLE, READING, RUNNING, FINISHING = (STAGE_STARTING, STAGE_IDLE, STAGE_READING,
+                                               STAGE_RUNNING, STAGE_FINISHING)
+TIMEOUT_ORDER = ORDER_TIMEOUT
 SLOT_FIELDS = ("pid", "stage", "order", "started", "changed", "accepted", "duration", "requests",
                "content_length", "rss", "cpu", "method", "request_uri", "script", "user",
                "app_failed")
@@ -1630,77 +1634,71 @@ cdef class Worker:
             close(_wake_w)
             _wake_w = -1
 
-    def __init__(self, list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
-                 int max_conns=1, int max_reqs=1, double read_timeout=60.0, log=None,
-                 Board board=None, int slot=-1, unsigned long max_requests=0,
-                 uint64_t max_memory=0, dict special=None, access=None, on_reopen=None, allow=None,
-                 Py_ssize_t body_buffer=1 << 20, Py_ssize_t body_max=0, spool_dir=None,
-                 body_file_dirs=(), double queue_timeout=0.0, start_param=None, bint stamp_reads=False,
-                 bint fill_paths=True, errors_log=None, str wsgi_errors="both", on_output=None,
-                 statm_fd=None, double head_timeout=10.0, uint64_t body_rate=0, int park_fd=-1,
-                 int handoff_fd=-1):
+    def __init__(self, list listen_fds, app, options):
         cdef int i
-        self.head_timeout_us = <int64_t>(head_timeout * 1e6)
-        self.body_rate = body_rate
-        self.park_fd = park_fd
-        self.handoff_fd = handoff_fd
+        o = options  # fpm.options.WorkerOptions, read once
+        self.head_timeout_us = <int64_t>(o.head_timeout * 1e6)
+        self.body_rate = o.body_rate
+        self.park_fd = o.park_fd
+        self.handoff_fd = o.handoff_fd
         self.paused_until = 0
         self.pause_streak = 0
         self.vain_waits = 0
         self.vain_at = 0
         # Without a master to park with (serve() on its own), no reserve: -2.
-        self.reserve_fd = _open_null() if park_fd >= 0 else -2
-        self.fill_paths = fill_paths
-        self.errors_log = errors_log  # wsgi_errors was checked with the configuration
-        self.errors_to_log = errors_log is not None and wsgi_errors != "server"
-        self.errors_to_server = wsgi_errors != "log"
-        self.on_output = on_output
-        self.allow = allow
-        self.body_buffer = body_buffer
-        self.body_max = body_max
-        self.spool_dir = spool_dir
-        self.body_file_dirs = tuple(os.path.join(os.path.realpath(d), "") for d in body_file_dirs)
-        self.queue_timeout_us = <int64_t>(queue_timeout * 1e6)
-        self.start_param = start_param
-        self.stamp_reads = stamp_reads
+        self.reserve_fd = _open_null() if o.park_fd >= 0 else -2
+        self.fill_paths = o.fill_paths
+        self.errors_log = o.errors_log  # wsgi_errors was checked with the configuration
+        self.errors_to_log = o.errors_log is not None and o.wsgi_errors != "server"
+        self.errors_to_server = o.wsgi_errors != "log"
+        self.on_output = o.on_output
+        self.allow = o.allow
+        self.body_buffer = o.body_buffer
+        self.body_max = o.body_max
+        self.spool_dir = o.spool_dir
+        self.body_file_dirs = tuple(os.path.join(os.path.realpath(d), "") for d in o.body_file_dirs)
+        self.queue_timeout_us = <int64_t>(o.queue_timeout * 1e6)
+        self.start_param = o.start_param
+        self.stamp_reads = o.stamp_reads
+        cdef Board board = o.board
         self.board = board
-        self.access = access
-        self.access_begin = getattr(access, "begin", None)
-        self.on_reopen = on_reopen
+        self.access = o.access
+        self.access_begin = getattr(o.access, "begin", None)
+        self.on_reopen = o.on_reopen
         self.log_generation = (<BoardHeader *>board.mem).log_generation if board is not None else 0
-        self.special = special or None
+        self.special = o.special or None
         self.track_cpu = self.special is not None
         self.cpu_mark = 0
-        self.slot = board._checked(slot) if board is not None else &_private_slot
-        self.max_requests = max_requests
-        self.max_memory = max_memory
-        if max_memory:
-            self.statm_fd = open_statm() if statm_fd is None else statm_fd
-        elif statm_fd is not None and statm_fd >= 0:
-            close(statm_fd)  # ours to close, as when it is used
+        self.slot = board._checked(o.slot) if board is not None else &_private_slot
+        self.max_requests = o.max_requests
+        self.max_memory = o.max_memory
+        if o.max_memory:
+            self.statm_fd = open_statm() if o.statm_fd is None else o.statm_fd
+        elif o.statm_fd is not None and o.statm_fd >= 0:
+            close(o.statm_fd)  # ours to close, as when it is used
         self.stop_reason = ""
         self.rss = 0
         self.listen_fds = list(listen_fds)
         self.app = app
-        self.base_environ = base_environ
-        self.mount = mount.rstrip("/")
-        self.params_max = params_max
-        self.max_conns = max_conns
-        self.max_reqs = max_reqs
-        self.read_timeout_ms = <int>(read_timeout * 1000)
-        self.log = log
+        self.base_environ = o.base_environ
+        self.mount = o.mount.rstrip("/")
+        self.params_max = o.params_max
+        self.max_conns = o.max_conns
+        self.max_reqs = o.max_reqs
+        self.read_timeout_ms = <int>(o.read_timeout * 1000)
+        self.log = o.log
         self.held = []
         self.pair_cache = []
         self.nlisten = len(self.listen_fds)
         # Where new connections come from: the listening sockets, and the hand-off socket
         # (connections the master held until their head came), watched alike.
-        self.nsources = self.nlisten + (handoff_fd >= 0)
+        self.nsources = self.nlisten + (self.handoff_fd >= 0)
         self.nfixed = self.nsources + 1
         if self.nfixed + 1 > self.pfds_cap:
             self.pfds_cap = self.nfixed + 16
             self.pfds = <pollfd *>realloc(self.pfds, self.pfds_cap * sizeof(pollfd))
         for i in range(self.nsources):
-            self.pfds[i].fd = self.listen_fds[i] if i < self.nlisten else handoff_fd
+            self.pfds[i].fd = self.listen_fds[i] if i < self.nlisten else self.handoff_fd
             self.pfds[i].events = POLLIN
             self.pfds[i].revents = 0
         global _wake_w
@@ -2852,53 +2850,15 @@ def open_statm():
         return -1
 
 
-def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t params_max=1048576,
-          int max_conns=1, int max_reqs=1, double read_timeout=60.0, log=None,
-          Board board=None, int slot=-1, unsigned long max_requests=0, uint64_t max_memory=0,
-          dict special=None, access=None, on_reopen=None, allow=None, Py_ssize_t body_buffer=1 << 20,
-          Py_ssize_t body_max=0, spool_dir=None, body_file_dirs=(), double queue_timeout=0.0,
-          start_param=None, bint stamp_reads=False, bint fill_paths=True, errors_log=None,
-          str wsgi_errors="both", on_output=None, statm_fd=None, double head_timeout=10.0,
-          uint64_t body_rate=0, int park_fd=-1, int handoff_fd=-1):
-    """Run a worker's loop on inherited listening sockets until request_stop() or a limit.
-
-    ``fill_paths``: set SCRIPT_NAME and PATH_INFO from the request path and ``mount``
-    (``split_paths``; an app's pool: script mode splits them itself).
-
-    ``special`` maps request paths (SCRIPT_NAME + PATH_INFO) to the WSGI apps that answer
-    them instead of ``app``: the status and ping pages. It also turns on the per-request CPU
-    stamp the status page shows.
-
-    ``access.write(environ, status, headers, accepted_epoch_us, duration_us, sock_fd)`` is
-    called after each response is sent (fpm.accesslog.Writer), and ``access.begin()``, unless
-    None, as each request begins. ``on_reopen()`` is called
-    before that when the master has bumped the board's log generation (USR1).
-
-    ``allow(fd)`` is asked about each accepted connection before anything is read from it;
-    False closes it (listen.allowed_clients). ``log(level, text)`` writes the worker's lines
-    about peers, app exceptions and refused requests.
-
-    ``wsgi.errors`` goes to the web server, to ``errors_log.say(request line, text)`` (the
-    error log; ``errors_log.end()`` after the request), or both: ``wsgi_errors``. After
-    finish_request() only the log can take it. ``on_output()`` is called after a request
-    that wrote to sys.stdout or sys.stderr (see ``output_written``).
-
-    Before the app runs, a request that waited longer than ``queue_timeout`` seconds (from
-    the ``start_param`` param, or, with ``stamp_reads``, from the kernel's receive time of its
-    first bytes) is answered 503, and its body is read whole: up to ``body_buffer`` bytes in
-    memory, beyond that into an unlinked file in ``spool_dir``; over ``body_max`` it is
-    answered 413. A REQUEST_BODY_FILE param inside ``body_file_dirs`` is the body instead.
-
-    ``statm_fd`` is open_statm()'s descriptor, taken before a chroot (closed here); None
-    opens it now, when ``max_memory`` is set.
+def serve(list listen_fds, app, options):
+    """Run a worker's loop on inherited listening sockets until request_stop() or a limit,
+    as ``options`` (fpm.options.WorkerOptions) say.
 
     A connection without a whole request head after a few ms goes to the master over
     ``park_fd`` (fpm.parking), which hands it back over ``handoff_fd`` once the head has
-    come (or -1: no master; a silent one is held, a partial head read here); a head must
-    come within ``head_timeout`` seconds, and a body at ``body_rate`` bytes/s after an
-    allowance of ``read_timeout`` (0: any rate), neither silent for longer than
-    ``read_timeout``. Such refusals are counted on the board, not logged here. accept()
-    failing for want of descriptors pauses accepting (accept_pause_ms), counted too.
+    come (or -1: no master; a silent one is held, a partial head read here). Refusals
+    (a late head, a slow body) are counted on the board, not logged here. accept() failing
+    for want of descriptors pauses accepting (accept_pause_ms), counted too.
 
     Returns (requests served, stop reason: "" / "max_requests" / "max_memory", RSS in bytes
     after the last request, 0 unless max_memory is set). A stop requested earlier (a QUIT
@@ -2906,12 +2866,7 @@ def serve(list listen_fds, app, dict base_environ, str mount="", Py_ssize_t para
     answer the request in progress with an error response before the worker dies.
     """
     global _g_slot, _timeout_len, _stopping_len
-    cdef Worker w = Worker(listen_fds, app, base_environ, mount, params_max, max_conns, max_reqs,
-                           read_timeout, log, board, slot, max_requests, max_memory,
-                           special, access, on_reopen, allow, body_buffer, body_max, spool_dir,
-                           body_file_dirs, queue_timeout, start_param, stamp_reads, fill_paths,
-                           errors_log, wsgi_errors, on_output, statm_fd, head_timeout, body_rate,
-                           park_fd, handoff_fd)
+    cdef Worker w = Worker(listen_fds, app, options)
     _g_slot = w.slot
     _timeout_len = _error_reply(_timeout_reply, b"504 Gateway Timeout",
                                 b"The request ran too long and was stopped (request_terminate_timeout).\n")

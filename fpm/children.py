@@ -37,7 +37,6 @@ from fpm.signals import SignalQueue, name as signal_name
 
 FORK_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
-EX_SOFTWARE = 70  # a worker that could not start (its user, chroot or chdir) exits with it
 
 # A pool whose app cannot be loaded is tried again by a new worker after 1 s, 2 s, 4 s ...
 # (doubling with each failed try, at most 2 ** MAX_TRIES s). Meanwhile the worker that
@@ -243,7 +242,7 @@ class Children:
     def _become_worker(self, run, pool, seat: Seat, log_end: int, output) -> None:
         """In the new child: leave the master's session, shed the master's state (the module
         docstring) and run the worker. Never returns."""
-        code = EX_SOFTWARE
+        code = os.EX_SOFTWARE
         log = None
         try:
             log = workerlog.WorkerLog(log_end, self.log.level, self.log.buffering)
@@ -262,7 +261,7 @@ class Children:
             run(pool, list(own), log, seat, self.allow_root, self.master)
             log.error("the worker returned")
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else EX_SOFTWARE
+            code = e.code if isinstance(e.code, int) else os.EX_SOFTWARE
         except BaseException:
             if log is not None:
                 log.exception("the worker failed")

@@ -15,7 +15,7 @@ from importlib import resources
 from fpm import config as fpm_config
 from fpm import poollogs, probe, reexec, unix, worker
 from fpm.log import Logger, choose_target, open_log_file, strerror
-from fpm.master import EX_CONFIG, EX_OK, EX_USAGE, serve
+from fpm.master import serve
 from fpm.sockets import ListenError, parse_listen, resolve_acl, resolve_owner
 
 EMBEDDED = "(embedded)"
@@ -24,7 +24,7 @@ EMBEDDED = "(embedded)"
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, "%s: error: %s\n" % (self.prog, message))
+        self.exit(os.EX_USAGE, "%s: error: %s\n" % (self.prog, message))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EX_USAGE
+        return e.code if isinstance(e.code, int) else os.EX_USAGE
     if args.version:
         from fpm import __version__
         print("pyfpm %s (Python %s)" % (__version__, sys.version.split()[0]))
-        return EX_OK
+        return os.EX_OK
 
     # Until the configuration says where, messages go to stderr.
     log = Logger("stderr")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reload_test:
         errors = _check_pools(config, allow_root)[0] + _start_checks(config, args, probe.Quiet())
         sys.stderr.write("".join(line + "\n" for line in errors))
-        return EX_CONFIG if errors else EX_OK
+        return os.EX_CONFIG if errors else os.EX_OK
     errors, notices = _check_pools(config, allow_root)
     if args.test:
         return _test(config, log, errors, notices, dump=args.test > 1,
@@ -228,7 +228,7 @@ def _fail(log: Logger, errors: list[str]) -> int:
     for line in errors:
         log.error(line)
     log.error("FPM initialization failed")
-    return EX_CONFIG
+    return os.EX_CONFIG
 
 
 def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]],
@@ -248,4 +248,4 @@ def _test(config, log: Logger, errors: list[str], notices: list[tuple[str, str]]
         for line in fpm_config.dump(config).splitlines():
             log.notice(line)
     log.notice("configuration file %s test is successful" % config.path)
-    return EX_OK
+    return os.EX_OK

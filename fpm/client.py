@@ -6,6 +6,7 @@ a shared helper would hide.
 
 import argparse
 import dataclasses
+import os
 import socket
 import struct
 import sys
@@ -351,7 +352,7 @@ def request(address, uri="/", method="GET", body=b"", headers=None, params=None,
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
-        self.exit(64, f"{self.prog}: error: {message}\n")  # EX_USAGE, as the rest of pyfpm
+        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _header(text):

@@ -48,8 +48,6 @@ from fpm.scoreboard import (FINISHING, IDLE, ORDER_TIMEOUT, READING, RUNNING, ST
 from fpm.tracer import Tracer
 from fpm.signals import HANDLED, SignalQueue, handler_name, name as signal_name
 
-EX_OK, EX_USAGE, EX_SOFTWARE, EX_CONFIG = 0, 64, 70, 78
-
 # Deaths that mean the code, not the load, is broken: they count for emergency_restart_*.
 FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
                            signal.SIGABRT, signal.SIGSYS})
@@ -249,13 +247,13 @@ class Master:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         try:
             code = self._start()
-            if code == EX_OK:
+            if code == os.EX_OK:
                 code = self._loop()
         except Exception:
             self.log.exception("the master failed")
             if hasattr(self, "children"):
                 self.children.kill_all(signal.SIGKILL)
-            code = EX_SOFTWARE
+            code = os.EX_SOFTWARE
         finally:
             self._cleanup()
         self._report(code)
@@ -267,7 +265,7 @@ class Master:
         except sockets.ListenError as e:
             self.log.error(str(e))
             self.log.error("FPM initialization failed")
-            return EX_CONFIG
+            return os.EX_CONFIG
         if self.pid_file:
             try:
                 _write_pid_file(self.pid_file)
@@ -275,7 +273,7 @@ class Master:
                 self.log.error("unable to create the pid file '%s': %s"
                                % (self.pid_file, strerror(e)))
                 self.log.error("FPM initialization failed")
-                return EX_CONFIG
+                return os.EX_CONFIG
             self.pid_written = True
         fds: dict[str, list[int]] = {name: [] for name in self.pools}
         for listener in self.listeners:
@@ -289,7 +287,7 @@ class Master:
             except poollogs.Unopenable as e:
                 self.log.error(str(e))
                 self.log.error("FPM initialization failed")
-                return EX_CONFIG
+                return os.EX_CONFIG
             for field, held in (("access_log", self.access_fds), ("slowlog", self.slowlog_fds)):
                 if field in files:
                     held[pool.name] = files[field]
@@ -326,8 +324,8 @@ class Master:
             self.timers.set(("handover",), time.monotonic())
         self.log.notice("ready to handle connections")
         self._start_systemd()
-        self._report(EX_OK)
-        return EX_OK
+        self._report(os.EX_OK)
+        return os.EX_OK
 
     def _open_listeners(self) -> list[sockets.Listener]:
         """One socket per listen address of every pool: kept across a reload, passed by
@@ -499,7 +497,7 @@ class Master:
                 self._on_timer(key)
             if self.state is not State.NORMAL and not self.children:
                 self.log.notice("exiting, bye-bye!")
-                return EX_OK
+                return os.EX_OK
             timeout = self.timers.timeout(time.monotonic())
             # Round up: waking a hair early would spin until the deadline.
             events = self.poller.poll(-1 if timeout is None else math.ceil(timeout * 1000) / 1000)
@@ -1135,9 +1133,9 @@ def _await_daemon(read_fd: int, log: Logger) -> int:
     if not poller.poll(10_000):
         log.error("the master process didn't send back its status "
                   "(via the pipe to the calling process)")
-        return EX_SOFTWARE
+        return os.EX_SOFTWARE
     status = os.read(read_fd, 1)
-    return status[0] if status else EX_SOFTWARE
+    return status[0] if status else os.EX_SOFTWARE
 
 
 def serve(config, log: Logger, *, pid_file: str | None, daemon: bool, allow_root: bool = False,
@@ -1153,7 +1151,7 @@ def serve(config, log: Logger, *, pid_file: str | None, daemon: bool, allow_root
         inherited = reexec.take()
     except ValueError as e:
         log.error(str(e))
-        return EX_SOFTWARE
+        return os.EX_SOFTWARE
     status_fd = daemonize(log) if daemon and inherited is None else None
     where = config.path if config.path.startswith("(") else "(%s)" % config.path
     set_process_title("pyfpm: master process %s" % where)

@@ -161,7 +161,7 @@ def dry_run(stderr_is_tty: bool) -> None:
     except OSError as e:
         raise WouldFail(["%s cannot be run: %s" % (command()[0], e.strerror)]) from None
     lines = done.stderr.decode("utf-8", "replace").splitlines()
-    if done.returncode == 78 and lines:
+    if done.returncode == os.EX_CONFIG and lines:
         raise ConfigError(lines)
     if done.returncode != 0:
         # A traceback's last line says what broke (an upgrade that cannot import, ...).

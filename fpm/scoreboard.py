@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 
 from fpm import _proto
+from fpm._proto import FINISHING, IDLE, READING, RUNNING, STARTING  # noqa: F401 (the stages)
 
-STARTING, IDLE, READING, RUNNING, FINISHING = 1, 2, 3, 4, 5
-ORDER_TIMEOUT = 1  # see _proto.Order
+ORDER_TIMEOUT = _proto.TIMEOUT_ORDER
 
 
 def now_us() -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -24,7 +25,7 @@ from fpm import client
 from fpm.refusals import LABELS
 from fpm.status import STATUS_PATH_HEADER
 
-EX_OK, EX_ANSWER, EX_UNREACHABLE, EX_USAGE = 0, 1, 2, 64
+EX_ANSWER, EX_UNREACHABLE = 1, 2  # as pyfpm request's; os.EX_OK and os.EX_USAGE besides
 DEFAULT_PATH = "/status"
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, erase the screen
 
@@ -88,7 +89,7 @@ def _ask(address: str, path: str, timeout: float) -> client.Response:
     try:
         return client.request(address, status_uri(path), timeout=timeout)
     except ValueError as e:  # an address fpm.client cannot read
-        raise StatusError(EX_USAGE, str(e)) from None
+        raise StatusError(os.EX_USAGE, str(e)) from None
     except client.FastCGIError as e:
         raise StatusError(EX_ANSWER, "%s: not a FastCGI answer: %s" % (address, e)) from None
     except TimeoutError:
@@ -224,7 +225,7 @@ def frame(data: dict, per_second: float | None, heading: str, width: int | None 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, "%s: error: %s\n" % (self.prog, message))
+        self.exit(os.EX_USAGE, "%s: error: %s\n" % (self.prog, message))
 
 
 def _positive(text):
@@ -285,7 +286,7 @@ def main(argv=None, out=None) -> int:
         return 130
     out.write(pretty_json(data) + "\n" if args.json else summary(data, _width(out)))
     out.flush()
-    return EX_OK
+    return os.EX_OK
 
 
 def _width(out) -> int | None:
@@ -307,7 +308,7 @@ def watch(args, out, clock=time.monotonic, sleep=time.sleep) -> int:
             try:
                 data, path = fetch(args.address, path, args.timeout)
             except StatusError as e:
-                if e.code == EX_USAGE:
+                if e.code == os.EX_USAGE:
                     print("pyfpm status: %s" % e, file=sys.stderr)
                     return e.code
                 failed = e
@@ -319,7 +320,7 @@ def watch(args, out, clock=time.monotonic, sleep=time.sleep) -> int:
                 code, text, before = failed.code, heading + "\n" + str(failed) + "\n", None
             else:
                 per_second = rate(data, before, started - before_t)
-                code, before, before_t = EX_OK, data, started
+                code, before, before_t = os.EX_OK, data, started
                 text = frame(data, per_second, heading, size and size.columns,
                              size and size.lines)
             out.write(CLEAR + text if tty else ("\n" if frames else "") + text)
@@ -331,4 +332,4 @@ def watch(args, out, clock=time.monotonic, sleep=time.sleep) -> int:
     except KeyboardInterrupt:
         out.write("\n")
         out.flush()
-        return EX_OK
+        return os.EX_OK

@@ -12,13 +12,12 @@ from typing import NoReturn
 
 # Imported here, in the master: a worker that dropped privileges may not be able to read
 # pyfpm's own files (a package in a 0700 directory).
-from fpm import (__version__, _proto, accesslog, apps, channel, clients, pages, probe, scripts,
-                 slowlog, stdio, unix, workerlog)
+from fpm import (__version__, _proto, accesslog, apps, channel, clients, options, pages, probe,
+                 scripts, slowlog, stdio, unix, workerlog)
 from fpm.proctitle import set_process_title
 
 PR_SET_PDEATHSIG = 1
 SO_TIMESTAMPNS = 35  # Linux; the socket module does not name it
-EX_SOFTWARE = 70
 
 
 def run(pool, listen_fds: list[int], log, seat, allow_root: bool = False,
@@ -30,7 +29,7 @@ def run(pool, listen_fds: list[int], log, seat, allow_root: bool = False,
     except BaseException as e:  # the worker must end in os._exit, never unwind into the master's code
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
             log.exception("worker failed")
-        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else EX_SOFTWARE
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else os.EX_SOFTWARE
     stdio.end_request()  # os._exit flushes nothing: keep the last words
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -49,7 +48,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
         unix.apply(pool, log, allow_root)
     except unix.UnixError as e:
         log.error(e.reason)
-        return EX_SOFTWARE
+        return os.EX_SOFTWARE
     _die_with_parent(master)  # after apply(): changing the uid clears the parent-death signal
     log_line = log.log  # the master names the pool and the worker in each line
 
@@ -79,38 +78,25 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
             log_line("warning", "answering 503 for %.2g seconds, then a new worker tries to load "
                                 "the app again" % seat.retry_after)
             retry = _stop_after(seat.retry_after)
-    # Without a start param, a request's queue wait starts at the kernel's receive time of
-    # its first bytes, which only TCP sockets record.
-    stamp = pool.request_queue_timeout > 0 and not pool.request_start_param
-    tcp = [_prepare_listener(fd, stamp) for fd in listen_fds]
+    tcp = any([_prepare_listener(fd, options.stamps_receive_times(pool)) for fd in listen_fds])
     if seat.channel >= 0 and (pool.request_slowlog_timeout or pool.request_terminate_timeout):
         slowlog.arm_worker(seat.channel)  # the master's way in when ptrace is refused
     access = None
     if seat.access_fd >= 0:
         access = accesslog.Writer(seat.access_fd,
                                   accesslog.compile(pool.access_format, pool.access_json),
-                                  pool.access_suppress_path, pool.name, any(tcp))
-
-    requests, reason, rss = _proto.serve(
-        listen_fds, app, base_environ(pool), pool.mount, pool.fastcgi_params_max,
-        max_conns=pool.pm_max_children * _proto.MAX_HELD, max_reqs=pool.pm_max_children,
-        read_timeout=pool.request_read_timeout, log=log_line,
-        board=seat.board.mem, slot=seat.slot,
-        # Answering 503 ends with its while, not with a count or a size: each new worker
-        # tries to import the app again, which the pause between tries is there to limit.
-        max_requests=seat.max_requests if retry is None else 0,
-        max_memory=pool.pm_max_memory if retry is None else 0, special=special, access=access,
+                                  pool.access_suppress_path, pool.name, tcp)
+    # Answering 503 ends with its while, not with a count or a size: each new worker tries
+    # to import the app again, which the pause between tries is there to limit.
+    limits = dict(max_requests=seat.max_requests) if retry is None else \
+        dict(max_requests=0, max_memory=0)
+    told = options.for_pool(
+        pool, base_environ(pool), tcp=tcp, **limits, log=log_line, board=seat.board.mem,
+        slot=seat.slot, special=special, access=access,
         on_reopen=take_new_files if seat.channel >= 0 and access is not None else None,
-        body_buffer=pool.request_body_buffer_size, body_max=pool.request_body_max_size,
-        spool_dir=pool.request_body_temp_path,
-        body_file_dirs=pool.security_request_body_file_dirs,
-        queue_timeout=pool.request_queue_timeout, start_param=pool.request_start_param,
-        stamp_reads=stamp and any(tcp), allow=clients.acceptor(pool, log_line, any(tcp)),
-        fill_paths=pool.app is not None,
-        errors_log=workerlog.ErrorsLog(log),
-        wsgi_errors=pool.wsgi_errors, on_output=end_output, statm_fd=statm,
-        head_timeout=pool.request_head_timeout, body_rate=pool.request_body_min_rate,
-        park_fd=seat.park_fd, handoff_fd=seat.handoff_fd)
+        allow=clients.acceptor(pool, log_line, tcp), errors_log=workerlog.ErrorsLog(log),
+        on_output=end_output, statm_fd=statm, park_fd=seat.park_fd, handoff_fd=seat.handoff_fd)
+    requests, reason, rss = _proto.serve(listen_fds, app, told)
     if retry:
         return os.EX_UNAVAILABLE
     if reason == "max_memory":

@@ -112,7 +112,8 @@ def make_jail(root: Path) -> Path:
     return root
 
 
-def free_port():
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

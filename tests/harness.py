@@ -12,7 +12,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,17 +20,11 @@ from pathlib import Path
 
 import fpm
 from fpm import config as fpm_config
+from tests.conftest import free_port
 
 # Run the same fpm package the tests import (installed or the source tree).
 COMMAND = [sys.executable, "-m", "fpm"]
 READY = "ready to handle connections"
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fpm_env() -> dict[str, str]:

@@ -20,8 +20,9 @@ import tempfile
 import threading
 import time
 
-from fpm import _proto
+from fpm import _proto, options
 from fpm import client as c
+from fpm.config import PoolConfig
 
 import codec_check
 
@@ -57,9 +58,11 @@ class _Loop:
 
     def _run(self):
         try:
-            _proto.serve([self.listener.fileno()], self.app, BASE, mount=MOUNT, read_timeout=TIMEOUT,
-                         log=lambda level, text: self.lines.append((level, text)),
-                         body_buffer=BODY_BUFFER, body_max=BODY_MAX)
+            pool = PoolConfig(name="fuzz", listen=(self.tmp,), app="check", mount=MOUNT,
+                              request_read_timeout=TIMEOUT, request_body_buffer_size=BODY_BUFFER,
+                              request_body_max_size=BODY_MAX)
+            _proto.serve([self.listener.fileno()], self.app, options.for_pool(
+                pool, BASE, log=lambda level, text: self.lines.append((level, text))))
             self.died = "serve() returned"
         except BaseException as e:  # noqa: BLE001 - reported by the next check()
             self.died = "serve() raised %r" % (e,)

@@ -14,6 +14,7 @@ from fpm import acl
 from fpm.log import Logger
 from fpm.sockets import (Address, ListenError, close_all, open_all, open_listener,
                          parse_listen, resolve_acl, resolve_owner)
+from tests.conftest import free_port
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -139,7 +140,7 @@ def test_non_socket_path_is_refused(tmp_path, log):
 
 
 def test_tcp_listener(log):
-    listener = open_one(log, "127.0.0.1:%d" % _free_port())
+    listener = open_one(log, "127.0.0.1:%d" % free_port())
     try:
         assert fcntl.fcntl(listener.fd, fcntl.F_GETFL) & os.O_NONBLOCK
         assert listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
@@ -153,7 +154,7 @@ def test_tcp_listener(log):
 def test_bare_port_is_dual_stack(log):
     if not socket.has_dualstack_ipv6():
         pytest.skip("no IPv6 here")
-    port = _free_port()
+    port = free_port()
     listener = open_one(log, str(port))
     try:
         assert listener.sock.family == socket.AF_INET6
@@ -164,7 +165,7 @@ def test_bare_port_is_dual_stack(log):
 
 
 def test_backlog(log):
-    listener = open_one(log, "127.0.0.1:%d" % _free_port(), listen_backlog=3)
+    listener = open_one(log, "127.0.0.1:%d" % free_port(), listen_backlog=3)
     listener.close()
 
 
@@ -192,7 +193,7 @@ def test_open_all_closes_what_it_opened_on_failure(tmp_path, log):
 
 
 def test_open_all_in_pool_then_address_order(tmp_path, log):
-    port = _free_port()
+    port = free_port()
     listeners = open_all([Pool((str(tmp_path / "a.sock"), "127.0.0.1:%d" % port), name="a"),
                           Pool((str(tmp_path / "b.sock"),), name="b")], log)
     assert [(l.pool_name, l.key) for l in listeners] == [
@@ -211,12 +212,6 @@ def test_open_all_takes_adopted_sockets_by_address(tmp_path, log):
         assert listeners[1] is kept and listeners[0].key == str(tmp_path / "new.sock")
     finally:
         close_all(listeners)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- listen.acl_users / listen.acl_groups --------------------------------------------------
