@@ -30,21 +30,11 @@ import compare_measure as measure  # noqa: E402  (bench/, this script's director
 import harness  # noqa: E402  (tests/harness.py)
 from tests import conftest  # noqa: E402
 
-POOL = """\
-[global]
-error_log = {tmp}/error.log
-log_level = notice
-
-[soak]
-listen = {tmp}/soak.sock
-listen.mode = 0666
-pm = static
-pm.max_children = 2
-; recycling under load: each worker is replaced every few seconds
-pm.max_requests = {max_requests}
-app = hello_app:app
-python_path = {bench}
-"""
+POOL = conftest.pyfpm_config(
+    global_="error_log = {tmp}/error.log", pool="soak", listen="{tmp}/soak.sock",
+    app="hello_app:app", python_path="{bench}",
+    # Recycling under load: each worker is replaced every few seconds.
+    extra="pm.max_requests = {max_requests}")
 
 # Growth over the measured part of the run (the fitted line's end minus its start) above
 # which a series is not flat: (absolute, relative to the series' median).

@@ -18,25 +18,15 @@ import psutil
 import pytest
 
 from fpm import client
-from tests.conftest import APPS
+from tests.conftest import pyfpm_config
 from tests.harness import Server
 
 WORKERS = 4
 REQUESTS = 2000
 MiB = 2 ** 20
 
-CONFIG = """\
-[global]
-log_level = notice
-
-[www]
-listen = {sock}
-pm = static
-pm.max_children = %d
-app = {app}
-python_path = %s
-preload = {preload}
-""" % (WORKERS, APPS)
+CONFIG = pyfpm_config(listen="{sock}", workers=WORKERS, mode="", app="{app}",
+                      extra="preload = {preload}")
 
 APPS_MEASURED = {"django": ("django_project.wsgi:application", "/"),
                  "bulky": ("bulky_app:app", "/")}

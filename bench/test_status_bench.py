@@ -9,24 +9,13 @@ import threading
 import time
 
 from fpm import client
-from tests.conftest import APPS
+from tests.conftest import pyfpm_config
 from tests.harness import Server
 
 STATUS_REQUESTS = 500
 
-CONFIG = """\
-[global]
-log_level = notice
-
-[www]
-listen = {sock}
-pm = static
-pm.max_children = 2
-app = wsgi_app:app
-python_path = %s
-pm.status_path = /status
-pm.status_listen = {tmp}/status.sock
-""" % APPS
+CONFIG = pyfpm_config(listen="{sock}", mode="",
+                      extra="pm.status_path = /status\npm.status_listen = {tmp}/status.sock")
 
 
 def occupy(address):

@@ -134,33 +134,37 @@ def wait_port(port, proc, timeout, what):
 
 # --- pyfpm ---------------------------------------------------------------------------------
 
-POOL = """\
-[global]
-log_level = {log_level}
-
-[{pool}]
-listen = {listen}
-listen.mode = 0666
-pm = static
-pm.max_children = {workers}
-app = {app}
-python_path = {python_path}
-mount = {mount}
-{extra}
-"""
-
-
-def pyfpm_config(tmp, *, listen="unix", app="wsgi_app:app", workers=2, mount="", pool="www",
-                 log_level="notice", python_path=APPS, extra=""):
-    """A config for one pool serving a test app; listen is "unix", "tcp" or an address.
-    The error log is the default, stderr, which the harness captures for .log_text()."""
+def pyfpm_config(tmp=None, *, log_level="notice", global_="", pool="www", listen="unix",
+                 **section) -> str:
+    """The tests' one configuration builder: a [global] section (global_section) and one
+    pool (pool_section; add more with it). ``listen`` is "unix" (``tmp/<pool>.sock``), "tcp"
+    (a free port) or as pool_section takes it. The error log is the default, stderr, which
+    the harness captures for .log_text()."""
     if listen == "unix":
         listen = str(tmp / f"{pool}.sock")
     elif listen == "tcp":
         listen = f"127.0.0.1:{free_port()}"
-    return POOL.format(log_level=log_level, pool=pool,
-                       listen=listen, workers=workers, app=app, python_path=python_path,
-                       mount=mount, extra=extra)
+    return global_section(log_level, global_) + "\n" + pool_section(pool, listen=listen, **section)
+
+
+def global_section(log_level="notice", lines="") -> str:
+    """[global]: ``log_level`` (falsy: no line), then ``lines``."""
+    return "\n".join(filter(None, ["[global]", log_level and f"log_level = {log_level}",
+                                   lines.rstrip("\n")])) + "\n"
+
+
+def pool_section(pool="www", *, listen, app="wsgi_app:app", workers=2, pm="static", mode="0666",
+                 python_path=APPS, mount="", extra="") -> str:
+    """A pool serving a test app. ``listen`` is an address, which may be one of
+    harness.Server's placeholders ({sock}, {tmp}/..., 127.0.0.1:{port}); a falsy ``listen``
+    (the pool's listen lines are in ``extra``), ``pm``, ``workers``, ``app``, ``mode``,
+    ``python_path`` or ``mount`` leaves its line out. ``extra``: the pool's other lines."""
+    lines = [f"[{pool}]", listen and f"listen = {listen}", mode and f"listen.mode = {mode}",
+             pm and f"pm = {pm}", workers and f"pm.max_children = {workers}",
+             app and f"app = {app}",
+             python_path and f"python_path = {python_path}", mount and f"mount = {mount}",
+             extra.rstrip("\n")]
+    return "\n".join(filter(None, lines)) + "\n"
 
 
 @pytest.fixture

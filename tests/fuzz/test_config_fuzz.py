@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import harness
 from fpm import client
 from fpm import config as fpm_config
-from tests.conftest import APPS, free_port, pyfpm_config
+from tests.conftest import free_port, pyfpm_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("PYFPM_CONFIG_FUZZ_EXAMPLES", "200"))
@@ -60,11 +60,10 @@ def _bases(tmp: Path):
             "access.log = %s/access.log" % tmp, "pm.status_path = /status",
             "ping.path = /ping", "request_terminate_timeout = 30s",
             "env[FUZZ] = 1", "listen.allowed_clients = 127.0.0.1"])), {}),
-        "dynamic": ("pyfpm.conf", "[global]\nerror_log = %s/error.log\nlog_level = notice\n"
-                    "[dyn]\nlisten = %s/dyn.sock\npm = dynamic\npm.max_children = 3\n"
-                    "pm.start_servers = 1\npm.min_spare_servers = 1\npm.max_spare_servers = 2\n"
-                    "pm.max_requests = 100\napp = wsgi_app:app\npython_path = %s\n"
-                    % (tmp, tmp, APPS), {}),
+        "dynamic": ("pyfpm.conf", pyfpm_config(
+            tmp, global_="error_log = %s/error.log" % tmp, pool="dyn", pm="dynamic", workers=3,
+            mode="", extra="pm.start_servers = 1\npm.min_spare_servers = 1\n"
+                           "pm.max_spare_servers = 2\npm.max_requests = 100"), {}),
     }
 
 

@@ -18,25 +18,15 @@ import pytest
 import harness
 from fpm import client
 from fpm.config import venv_site_packages
-from tests.conftest import make_account, make_jail
+from tests.conftest import make_account, make_jail, pool_section, pyfpm_config
 
 BROKEN = "import os\nvalue = undefined_name  # line 2\n"
 FIXED = ("def app(environ, start_response):\n"
          "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
          "    return [b'fixed']\n")
 
-CONFIG = """\
-[www]
-listen = {tmp}/www.sock
-listen.mode = 0666
-pm = static
-pm.max_children = 2
-app = broken_app:app
-python_path = {tmp}
-pm.status_path = /status
-ping.path = /ping
-{extra}
-"""
+CONFIG = pyfpm_config(listen="{tmp}/www.sock", app="broken_app:app", python_path="{tmp}",
+                      extra="pm.status_path = /status\nping.path = /ping\n{extra}")
 
 FAILED = (r"ERROR: \[pool www\] child (\d+): cannot import module 'broken_app' for app "
           r"'broken_app:app': NameError: name 'undefined_name' is not defined$")
@@ -108,9 +98,9 @@ def test_the_next_try_picks_up_the_fixed_app(tmp_path):
 
 def test_a_preload_that_fails_leaves_the_other_pools_serving(tmp_path):
     (tmp_path / "good_app.py").write_text(FIXED)
-    server = broken(tmp_path, "preload = yes\n\n[good]\nlisten = %s/good.sock\npm = static\n"
-                              "pm.max_children = 1\napp = good_app:app\npython_path = %s\n"
-                    % (tmp_path, tmp_path))
+    server = broken(tmp_path, "preload = yes\n\n" + pool_section(
+        "good", listen="%s/good.sock" % tmp_path, workers=1, mode="", app="good_app:app",
+        python_path=tmp_path))
     server.start()
     try:
         server.wait_log(r"ERROR: \[pool www\] preload: cannot import module 'broken_app' .*; its "
@@ -159,17 +149,9 @@ def site():
         shutil.rmtree(base, ignore_errors=True)
 
 
-USER_CONFIG = """\
-[www]
-listen = {tmp}/www.sock
-listen.mode = 0666
-user = {user}
-pm = static
-pm.max_children = 1
-app = user_app:app
-python_path = {path}
-{extra}
-"""
+# {user}'s pool; {path}: its python_path.
+USER_CONFIG = pyfpm_config(listen="{tmp}/www.sock", workers=1, app="user_app:app",
+                           python_path="{path}", extra="user = {user}\n{extra}")
 
 
 def test_t_imports_as_the_pools_user_and_names_what_it_cannot_read(site, tmp_path):

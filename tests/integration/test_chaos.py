@@ -23,27 +23,12 @@ import pytest
 import harness
 import load
 from harness import wait_for
-from tests.conftest import APPS, find_program, http_request
+from tests.conftest import find_program, http_request, pyfpm_config
 from tests.integration.test_systemd import ActivatedServer
 
 LOAD_SECONDS = 6
 CONNECTIONS = 8
 WORKERS = 4
-
-CONFIG = """\
-[global]
-log_level = notice
-{global_}
-
-[www]
-listen = {listen}
-listen.mode = 0666
-pm = static
-pm.max_children = %d
-app = fault_app:app
-python_path = %s
-{pool}
-""" % (WORKERS, APPS)
 
 # What nginx logs for the request of a worker that died under it.
 DIED_UNDER = [r"upstream prematurely closed connection",
@@ -51,7 +36,8 @@ DIED_UNDER = [r"upstream prematurely closed connection",
 
 
 def config(listen="{sock}", global_="", pool=""):
-    return CONFIG.format(listen=listen, global_=global_, pool=pool)
+    return pyfpm_config(listen=listen, workers=WORKERS, app="fault_app:app", global_=global_,
+                        extra=pool)
 
 
 class Load:

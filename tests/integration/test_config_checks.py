@@ -9,20 +9,14 @@ import sys
 import pytest
 
 from fpm import client
-from tests.conftest import APPS
+from tests.conftest import pyfpm_config
 from tests.harness import Server, run_fpm, wait_for
 
-POOL = """\
-[global]
-{global_}
-[www]
-listen = {listen}
-pm = static
-pm.max_children = 1
-app = slow_app:app
-python_path = {apps}
-{pool}
-"""
+def config(global_="", pool="", listen="{sock}"):
+    """One worker of slow_app; the pool's own lines (``pool``) begin at line 9 when
+    ``global_`` is empty."""
+    return pyfpm_config(listen=listen, workers=1, app="slow_app:app", mode="", log_level="",
+                        global_=global_, extra=pool)
 
 
 def errors(out) -> list[str]:
@@ -52,8 +46,7 @@ def errors(out) -> list[str]:
 ], ids=["slowlog", "access-log", "status-listen-dir", "process-max", "misspelt"])
 def test_test_and_start_refuse_alike(tmp_path, global_, pool, error):
     conf = tmp_path / "pyfpm.conf"
-    conf.write_text(POOL.format(global_=global_, listen=tmp_path / "www.sock", apps=APPS,
-                                pool=pool.format(tmp=tmp_path)))
+    conf.write_text(config(global_, pool.format(tmp=tmp_path), tmp_path / "www.sock"))
     test = run_fpm("-t", "-y", str(conf))
     start = run_fpm("-F", "-O", "-y", str(conf))
     assert (test.returncode, start.returncode) == (78, 78), (test.stderr, start.stderr)
@@ -65,7 +58,7 @@ def test_test_and_start_refuse_alike(tmp_path, global_, pool, error):
 def test_a_unix_socket_in_a_missing_directory_is_named_by_both(tmp_path):
     conf = tmp_path / "pyfpm.conf"
     sock = tmp_path / "run/pyfpm/www.sock"
-    conf.write_text(POOL.format(global_="", listen=sock, apps=APPS, pool=""))
+    conf.write_text(config(listen=sock))
     test = run_fpm("-t", "-y", str(conf))
     start = run_fpm("-F", "-O", "-y", str(conf))
     assert (test.returncode, start.returncode) == (78, 78)
@@ -86,7 +79,7 @@ SLOW = "slowlog = {tmp}/www.slow.log\nrequest_slowlog_timeout = 1\naccess.log = 
 def server(tmp_path):
     """One worker, a slowlog at tmp/www.slow.log and an access log (whose reopening USR1
     announces)."""
-    server = Server(POOL.format(global_="", listen="{sock}", apps=APPS, pool=SLOW), tmp_path)
+    server = Server(config(pool=SLOW), tmp_path)
     server.start()
     server.wait_idle(1)
     yield server
@@ -177,10 +170,8 @@ def test_test_start_and_reload_refuse_alike(tmp_path, global_, pool, error):
     """Each of these passed -t; a reload to it ended the master and every worker (with
     error_log, silently), or left the workers crash-looping while the master said ready."""
     conf = tmp_path / "pyfpm.conf"
-    good = POOL.format(global_="error_log = {tmp}/fpm-stderr.log\n; (a line for the line numbers)",
-                       listen="{sock}", apps=APPS, pool="")
-    bad = POOL.format(global_="error_log = {tmp}/fpm-stderr.log\n" + global_, listen="{sock}",
-                      apps=APPS, pool=pool)
+    good = config("error_log = {tmp}/fpm-stderr.log")
+    bad = config("error_log = {tmp}/fpm-stderr.log\n" + global_, pool)
     expected = error.format(tmp=tmp_path, conf=conf)
     conf.write_text(bad.replace("{tmp}", str(tmp_path)).replace("{sock}", str(tmp_path / "s")))
     test = run_fpm("-F", "-t", "-y", str(conf))
@@ -217,8 +208,7 @@ def test_a_reload_into_code_that_cannot_start_is_refused_before_the_exec(tmp_pat
     (the new code, once upgraded) on the new configuration."""
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
-    config = POOL.format(global_="", listen="{sock}", apps=APPS, pool="")
-    with Server(config, tmp_path, command=[sys.executable, str(launcher)]) as server:
+    with Server(config(), tmp_path, command=[sys.executable, str(launcher)]) as server:
         (worker,) = server.wait_idle(1)
         (tmp_path / "broken").touch()
         mark = server.mark()
@@ -266,12 +256,12 @@ request_slowlog_timeout = 2147483647
 request_slowlog_trace_depth = 2147483647
 slowlog = {tmp}/slow.log
 """
-    config = POOL.format(global_=top, listen="{sock}", apps=APPS, pool=pool)
+    text = config(top, pool)
     conf = tmp_path / "test.conf"
-    conf.write_text(config.replace("{tmp}", str(tmp_path)).replace("{sock}", str(tmp_path / "s")))
+    conf.write_text(text.replace("{tmp}", str(tmp_path)).replace("{sock}", str(tmp_path / "s")))
     test = run_fpm("-t", "-y", str(conf))
     assert test.returncode == 0, test.stderr
-    with Server(config, tmp_path) as server:
+    with Server(text, tmp_path) as server:
         server.wait_idle(1)
         response = client.request(server.address, "/sleep?s=0", method="POST", body=b"x" * 70000,
                                   timeout=10)

@@ -16,7 +16,6 @@ import pytest
 
 import harness
 import hostile
-from conftest import APPS, POOL
 from fpm import client as fc
 
 PROBE_BOUND = 1.0  # seconds a request through nginx may take while an attack runs (a shared VM)
@@ -299,11 +298,7 @@ def test_parked_connections_cross_a_reload(pyfpm, nginx):
 
 
 def test_an_ondemand_pool_forks_for_a_head_that_came_while_parked(pyfpm):
-    config = POOL.format(log_level="notice", pool="www", listen="{sock}", workers=2,
-                         app="wsgi_app:app", python_path=APPS, mount="",
-                         extra="pm.process_idle_timeout = 1s").replace(
-                             "pm = static", "pm = ondemand")
-    server = pyfpm(config)
+    server = pyfpm(pm="ondemand", extra="pm.process_idle_timeout = 1s")
     request = fc.encode_request(fc.build_params("/hello"))
     with fc.connect(server.address) as sock:
         sock.sendall(request[:20])
@@ -316,9 +311,7 @@ def test_an_ondemand_pool_forks_for_a_head_that_came_while_parked(pyfpm):
 
 def test_a_level_triggered_master_watches_parked_connections_too(pyfpm):
     """events.mechanism = poll: a partial head is peeked at again every RECHECK."""
-    config = POOL.format(log_level="notice", pool="www", listen="{sock}", workers=1,
-                         app="wsgi_app:app", python_path=APPS, mount="", extra="")
-    server = pyfpm(config.replace("[global]\n", "[global]\nevents.mechanism = poll\n", 1))
+    server = pyfpm(workers=1, global_="events.mechanism = poll")
     request = fc.encode_request(fc.build_params("/hello"))
     with fc.connect(server.address) as sock:
         sock.sendall(request[:20])

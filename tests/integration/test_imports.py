@@ -16,7 +16,7 @@ import pytest
 
 import harness
 from fpm import client
-from tests.conftest import make_account, make_jail
+from tests.conftest import make_account, make_jail, pyfpm_config
 
 # Each leaves a marker named after itself and the importing pid, then fails loudly.
 HIJACK = """\
@@ -39,16 +39,8 @@ def app(environ, start_response):
     return [body]
 """
 
-CONFIG = """\
-[www]
-listen = {tmp}/www.sock
-listen.mode = 0666
-pm = static
-pm.max_children = 2
-app = probe_app:app
-python_path = {app}
-{extra}
-"""
+CONFIG = pyfpm_config(listen="{tmp}/www.sock", app="probe_app:app", python_path="{app}",
+                      extra="{extra}")
 
 STDLIB = os.path.join(sysconfig.get_path("stdlib"), "")
 

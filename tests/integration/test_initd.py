@@ -13,21 +13,9 @@ import pytest
 
 import harness
 from fpm.client import request
-from tests.conftest import find_program
+from tests.conftest import find_program, pyfpm_config
 
 SCRIPT = Path(__file__).resolve().parents[2] / "conf" / "init.d" / "pyfpm"
-
-CONFIG = """\
-[global]
-error_log = {tmp}/fpm.log
-
-[www]
-listen = {listen}
-pm = static
-pm.max_children = 2
-app = testapp:app
-python_path = {tmp}
-"""
 
 APP = """\
 import os
@@ -49,7 +37,9 @@ class InitScript:
         self.log = tmp / "fpm.log"
         (tmp / "testapp.py").write_text(APP)
         self.conf = tmp / "pyfpm.conf"
-        self.conf.write_text(CONFIG.format(tmp=tmp, listen=listen or self.sock))
+        self.conf.write_text(pyfpm_config(
+            listen=listen or self.sock, app="testapp:app", python_path=tmp, mode="",
+            log_level="", global_="error_log = %s/fpm.log" % tmp))
         # PYFPM is one command; this one runs the fpm package the tests import.
         command = tmp / "pyfpm"
         command.write_text('#!/bin/sh\nexec "%s" -m fpm "$@"\n' % sys.executable)

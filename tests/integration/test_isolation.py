@@ -22,40 +22,22 @@ import pytest
 import harness
 from fpm import client
 from harness import wait_for
-from tests.conftest import APPS, make_account
+from tests.conftest import APPS, make_account, pool_section, pyfpm_config
 
 STAMP = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\] "
 
-CONFIG = """\
-[global]
-error_log = {tmp}/error.log
-log_level = {log_level}
-
-[a]
-user = {user_a}
-listen = 127.0.0.1:{port}
-pm = static
-pm.max_children = 1
-app = isolation_app:app
-python_path = {app_dir}
-catch_workers_output = yes
-access.log = {tmp}/a.access.log
-slowlog = {tmp}/a.slow.log
-request_slowlog_timeout = 30s
-pm.status_listen = {tmp}/a-status.sock
-pm.status_path = /status
-
-[b]
-user = {user_b}
-listen = {tmp}/b.sock
-listen.mode = 0666
-pm = static
-pm.max_children = 1
-app = isolation_app:app
-python_path = {app_dir}
-access.log = {tmp}/b.access.log
-pm.max_memory = 512M
-"""
+# Pool a on TCP with a status address, a slowlog and captured output; pool b on a unix
+# socket. harness.Server fills in the users, the app's directory and the log level.
+CONFIG = pyfpm_config(
+    log_level="{log_level}", global_="error_log = {tmp}/error.log", pool="a",
+    listen="127.0.0.1:{port}", workers=1, mode="", app="isolation_app:app",
+    python_path="{app_dir}",
+    extra="user = {user_a}\ncatch_workers_output = yes\naccess.log = {tmp}/a.access.log\n"
+          "slowlog = {tmp}/a.slow.log\nrequest_slowlog_timeout = 30s\n"
+          "pm.status_listen = {tmp}/a-status.sock\npm.status_path = /status") + "\n" + \
+    pool_section("b", listen="{tmp}/b.sock", workers=1, app="isolation_app:app",
+                 python_path="{app_dir}",
+                 extra="user = {user_b}\naccess.log = {tmp}/b.access.log\npm.max_memory = 512M")
 
 
 @pytest.fixture(scope="module")
@@ -333,10 +315,9 @@ def test_a_preloaded_app_keeps_the_files_it_opened_at_import(tmp_path):
     """The master imports it; the objects its workers use hold descriptors the master opened
     for it, which they keep (and no other pool's worker does)."""
     app_log = tmp_path / "app.log"
-    conf = ("[www]\nlisten = {sock}\nlisten.mode = 0666\npm = static\npm.max_children = 1\n"
-            "app = isolation_app:app\npython_path = %s\npreload = yes\n"
-            "[other]\nlisten = {tmp}/other.sock\nlisten.mode = 0666\npm = static\n"
-            "pm.max_children = 1\napp = isolation_app:app\npython_path = %s\n" % (APPS, APPS))
+    conf = pyfpm_config(listen="{sock}", workers=1, app="isolation_app:app",
+                        extra="preload = yes") + "\n" + \
+        pool_section("other", listen="{tmp}/other.sock", workers=1, app="isolation_app:app")
     server = harness.Server(conf, tmp_path, env={"ISOLATION_APP_LOG": str(app_log)})
     with server:
         assert server.request("/applog?text=from+the+worker").body == b"written"

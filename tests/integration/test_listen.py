@@ -21,28 +21,21 @@ import pytest
 import harness
 from fpm import acl
 from fpm import client as fc
-from tests.conftest import APPS, make_account
+from tests.conftest import make_account, pyfpm_config
 
 TS = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\]"
 
-CONFIG = """\
-[global]
-error_log = stderr
+def config(listen: str, pool: str = "") -> str:
+    """One worker; ``listen``: the pool's listen lines."""
+    return pyfpm_config(listen=None, workers=1, mode="", log_level="",
+                        global_="error_log = stderr", extra=listen + "\n" + pool)
 
-[www]
-{listen}
-pm = static
-pm.max_children = 1
-app = wsgi_app:app
-python_path = %s
-{pool}
-""" % APPS
 
 HELLO = fc.encode_request(fc.build_params("/hello"))
 
 
 def server(tmp, listen, pool="", **values):
-    return harness.Server(CONFIG.format(listen=listen, pool=pool), tmp, **values)
+    return harness.Server(config(listen=listen, pool=pool), tmp, **values)
 
 
 def answer(data: bytes) -> fc.Response:
@@ -134,7 +127,7 @@ def test_socket_activation_gives_each_address_its_socket(tmp_path):
 
 def test_test_mode_shows_each_address(tmp_path):
     conf = tmp_path / "pyfpm.conf"
-    conf.write_text(CONFIG.format(listen="listen[] = %s/a.sock\nlisten[] = 127.0.0.1:9000"
+    conf.write_text(config(listen="listen[] = %s/a.sock\nlisten[] = 127.0.0.1:9000"
                                   % tmp_path, pool=""))
     done = harness.run_fpm("-tt", "-y", str(conf))
     assert done.returncode == 0, done.stderr
@@ -144,7 +137,7 @@ def test_test_mode_shows_each_address(tmp_path):
 
 def test_an_address_given_twice_is_refused(tmp_path):
     conf = tmp_path / "pyfpm.conf"
-    conf.write_text(CONFIG.format(listen="listen = 127.0.0.1:9000\nlisten[] = 127.0.0.1:9000",
+    conf.write_text(config(listen="listen = 127.0.0.1:9000\nlisten[] = 127.0.0.1:9000",
                                   pool=""))
     done = harness.run_fpm("-t", "-y", str(conf))
     assert done.returncode == 78
@@ -318,7 +311,7 @@ def test_acl_lets_its_user_or_group_in_and_no_one_else(tmp_path, account, run_di
 
 def test_unknown_acl_user_fails_the_check(tmp_path):
     conf = tmp_path / "pyfpm.conf"
-    conf.write_text(CONFIG.format(listen="listen = %s/www.sock" % tmp_path,
+    conf.write_text(config(listen="listen = %s/www.sock" % tmp_path,
                                   pool="listen.acl_users = nobody, no-such-user-x"))
     done = harness.run_fpm("-t", "-y", str(conf))
     assert done.returncode == 78

@@ -19,29 +19,15 @@ import pytest
 import harness
 from harness import wait_for
 from fpm import client
+from tests.conftest import pyfpm_config
 
 APP = "log_app:app"
 CLF = r"\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}"
 STAMP = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\] "
 
-CONFIG = """\
-[global]
-{global_}
-
-[www]
-listen = {listen}
-listen.mode = 0666
-pm = static
-pm.max_children = {workers}
-app = log_app:app
-python_path = {apps}
-{pool}
-"""
-
-
 def config(*, global_="", pool="", listen="127.0.0.1:{port}", workers=2):
-    from conftest import APPS
-    return CONFIG.format(global_=global_, pool=pool, listen=listen, workers=workers, apps=APPS)
+    return pyfpm_config(listen=listen, workers=workers, app="log_app:app", log_level="",
+                        global_=global_, extra=pool)
 
 
 @contextlib.contextmanager
@@ -151,7 +137,7 @@ def test_config_test_reports_a_bad_access_format(tmp_path):
     conf.write_text(config(pool='access.format = "%R %{bogus}d"').replace("{port}", "9"))
     result = harness.run_fpm("-t", "-y", str(conf))
     assert result.returncode == 78
-    assert re.search(r"ERROR: \[%s:11\] \[pool www\] access.format: invalid value "
+    assert re.search(r"ERROR: \[%s:10\] \[pool www\] access.format: invalid value "
                      r"'%%R %%\{bogus\}d' \(expected a format of PHP-FPM's %% codes; only "
                      r"'seconds', 'milli', 'milliseconds', 'micro' or 'microseconds' are allowed "
                      r"as a modifier for %%d \('bogus'\)\)$" % re.escape(str(conf)),

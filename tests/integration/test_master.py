@@ -15,23 +15,15 @@ import pytest
 import harness
 from fpm import __version__
 from fpm.client import FastCGIError
+from tests.conftest import pyfpm_config
 
 TS = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\]"
 
-CONFIG = """\
-[global]
-error_log = stderr
-{global_extra}
+def config(listen="{sock}", children=2, app="testapp:app", mode="0660",
+           global_="error_log = stderr", pool="", path="{tmp}"):
+    return pyfpm_config(listen=listen, workers=children, app=app, mode=mode, python_path=path,
+                        log_level="", global_=global_, extra=pool)
 
-[www]
-listen = {listen}
-listen.mode = {mode}
-pm = static
-pm.max_children = {children}
-app = {app}
-python_path = {tmp}
-{pool_extra}
-"""
 
 # A test app of our own, so what the signal tests rely on is in view here: /slow announces
 # that it has started (a file), sleeps, then streams a body that must arrive whole.
@@ -55,10 +47,8 @@ def app(environ, start_response):
 def make_server(tmp_path, listen="{sock}", children=2, app="testapp:app", mode="0660",
                 global_extra="", pool_extra="", **kwargs):
     (tmp_path / "testapp.py").write_text(APP)
-    config = CONFIG.format(listen=listen, children=children, app=app, mode=mode,
-                           global_extra=global_extra, pool_extra=pool_extra,
-                           tmp="{tmp}", sock="{sock}", port="{port}")
-    return harness.Server(config, tmp_path, **kwargs)
+    return harness.Server(config(listen, children, app, mode, "error_log = stderr\n" + global_extra,
+                                 pool_extra), tmp_path, **kwargs)
 
 
 @pytest.fixture
@@ -259,11 +249,9 @@ def test_app_that_cannot_load_is_not_respawned_in_a_loop(tmp_path):
 def test_usr1_reopens_the_error_log(tmp_path):
     log_file = tmp_path / "fpm.log"
     (tmp_path / "testapp.py").write_text(APP)
-    config = CONFIG.format(listen="{sock}", children=1, app="testapp:app", mode="0660",
-                           global_extra="", pool_extra="", tmp="{tmp}", sock="{sock}", port="{port}")
-    config = config.replace("error_log = stderr", "error_log = {tmp}/fpm.log")
     # -F without -O and stderr not a terminal: the log goes to error_log.
-    server = harness.Server(config, tmp_path, flags=("-F",))
+    server = harness.Server(config(children=1, global_="error_log = {tmp}/fpm.log"), tmp_path,
+                            flags=("-F",))
     try:
         server.start(wait_ready=False)
         deadline = time.monotonic() + 10
@@ -335,11 +323,9 @@ def test_second_instance_on_the_same_unix_socket_exits_78(server, tmp_path_facto
 
 def test_daemonize(tmp_path):
     (tmp_path / "testapp.py").write_text(APP)
-    config = CONFIG.format(listen=tmp_path / "fpm.sock", children=1, app="testapp:app", mode="0660",
-                           global_extra="pid = %s/fpm.pid\ndaemonize = yes\nerror_log = %s/fpm.log"
-                           % (tmp_path, tmp_path),
-                           pool_extra="", tmp=tmp_path).replace("error_log = stderr\n", "")
-    (tmp_path / "pyfpm.conf").write_text(config)
+    (tmp_path / "pyfpm.conf").write_text(config(
+        tmp_path / "fpm.sock", 1, global_="pid = %s/fpm.pid\ndaemonize = yes\nerror_log = %s/fpm.log"
+        % (tmp_path, tmp_path), path=tmp_path))
     start = time.monotonic()
     launcher = harness.run_fpm("-y", str(tmp_path / "pyfpm.conf"))
     assert launcher.returncode == 0, launcher.stderr
@@ -374,9 +360,8 @@ def test_daemon_start_failure_is_reported_to_the_launcher(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        (tmp_path / "pyfpm.conf").write_text(CONFIG.format(
-            listen="127.0.0.1:%d" % taken.getsockname()[1], children=1, app="testapp:app",
-            mode="0660", global_extra="", pool_extra="", tmp=tmp_path))
+        (tmp_path / "pyfpm.conf").write_text(config(
+            "127.0.0.1:%d" % taken.getsockname()[1], 1, path=tmp_path))
         launcher = harness.run_fpm("-D", "-y", str(tmp_path / "pyfpm.conf"))
     assert launcher.returncode == 78
     assert "Address already in use" in launcher.stderr
@@ -384,9 +369,7 @@ def test_daemon_start_failure_is_reported_to_the_launcher(tmp_path):
 
 def test_config_test_ok_and_failure(tmp_path):
     (tmp_path / "testapp.py").write_text(APP)
-    (tmp_path / "ok.conf").write_text(CONFIG.format(
-        listen=tmp_path / "s", children=2, app="testapp:app", mode="0660",
-        global_extra="", pool_extra="", tmp=tmp_path))
+    (tmp_path / "ok.conf").write_text(config(tmp_path / "s", path=tmp_path))
     ok = harness.run_fpm("-t", "-y", str(tmp_path / "ok.conf"))
     assert ok.returncode == 0
     assert re.fullmatch(TS + r" NOTICE: configuration file %s test is successful\n"

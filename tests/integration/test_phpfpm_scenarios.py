@@ -28,6 +28,7 @@ import pytest
 import harness
 from harness import Server, wait_for
 from fpm import client
+from tests.conftest import global_section, pool_section, pyfpm_config
 
 # Blocks SIGQUIT in every worker that imports it, as bug77023's script does with
 # pcntl_sigprocmask(): the worker's graceful stop never arrives.
@@ -58,23 +59,11 @@ def app(environ, start_response):
     return [b"ok"]
 """
 
-CONFIG = """\
-[global]
-error_log = {error_log}
-log_level = {level}
-{global_extra}
-
-[www]
-listen = {{sock}}
-app = {app}
-python_path = {{tmp}}
-{pool}
-"""
-
-
 def config_for(pool, app="app:app", level="notice", global_extra="", error_log="stderr"):
-    return CONFIG.format(level=level, app=app, pool=pool, global_extra=global_extra,
-                         error_log=error_log)
+    """One pool [www]; ``pool``: its pm lines and more."""
+    return pyfpm_config(listen="{sock}", pm=None, workers=None, mode="", app=app,
+                        python_path="{tmp}", log_level=level,
+                        global_="error_log = %s\n%s" % (error_log, global_extra), extra=pool)
 
 
 def server_for(tmp_path, pool, app="app:app", source=APP, level="notice", global_extra="",
@@ -402,10 +391,12 @@ def test_pools_of_every_pm_side_by_side(tmp_path):
              "pool_ondemand": "pm = ondemand\npm.max_children = 2\n"
                               "pm.process_idle_timeout = 10",
              "pool_static": "pm = static\npm.max_children = 2"}
-    text = "[global]\nerror_log = stderr\n" + "".join(
-        "\n[%s]\nlisten = {tmp}/%s.sock\napp = app:app\npython_path = {tmp}\n"
-        "ping.path = /ping\nping.response = pong-%s\n%s\n" % (name, name, name[5:], pm)
-        for name, pm in pools.items())
+    text = "\n".join([global_section("", "error_log = stderr")]
+                      + [pool_section(name, listen="{tmp}/%s.sock" % name, pm=None, workers=None,
+                                      mode="", app="app:app", python_path="{tmp}",
+                                      extra="ping.path = /ping\nping.response = pong-%s\n%s"
+                                      % (name[5:], pm))
+                         for name, pm in pools.items()])
     with Server(text, tmp_path) as server:
         for name in pools:
             response = client.request(str(tmp_path / ("%s.sock" % name)), "/ping")

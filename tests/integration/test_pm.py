@@ -22,29 +22,21 @@ import pytest
 
 import load
 from harness import wait_for
-from tests.conftest import APPS, find_program
+from tests.conftest import find_program, global_section, pool_section
 from fpm import client
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-POOL = """\
-[{name}]
-listen = {{tmp}}/{name}.sock
-listen.mode = 0666
-pm = {pm}
-pm.max_children = {children}
-app = wsgi_app:app
-python_path = %s
-{extra}
-""" % APPS
-
-
 def config(pm="static", children=2, extra="", global_extra="", pools=("www",)):
     """One [global] (log_level debug: the idle stops and recycling reasons are DEBUG lines)
     and the named pools, all alike."""
-    text = "[global]\nlog_level = debug\n%s\n\n" % global_extra
-    return text + "\n".join(POOL.format(name=name, pm=pm, children=children, extra=extra)
-                            for name in pools)
+    return "\n".join([global_section("debug", global_extra)]
+                     + [section(name, pm, children, extra) for name in pools])
+
+
+def section(name, pm, children, extra=""):
+    return pool_section(name, listen="{tmp}/%s.sock" % name, pm=pm, workers=children,
+                        extra=extra)
 
 
 def started(text, pool="www"):
@@ -405,7 +397,7 @@ def test_process_max_caps_the_total_across_pools(pyfpm):
     """The pools may start their workers (the configuration must allow that much), but not
     grow past process.max: ondemand pool b gets one worker of its two, and waits for it."""
     text = config(children=2, global_extra="process.max = 3", pools=("a",)) + \
-        POOL.format(name="b", pm="ondemand", children=2, extra="")
+        section("b", "ondemand", 2)
     server = pyfpm(text)
     wait_for("pool a's 2 workers", lambda: len(server.children()) == 2, 5, server)
     b = str(server.tmp / "b.sock")

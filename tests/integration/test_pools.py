@@ -21,53 +21,25 @@ import pytest
 
 import harness
 from fpm import client
-from tests.conftest import APPS, make_account, make_jail
+from tests.conftest import APPS, global_section, make_account, make_jail, pool_section
 
 PY = "python%d.%d" % sys.version_info[:2]
 # Where pool c's app lives, inside its chroot: a virtualenv's site-packages.
 VENV_PACKAGES = "/venv/lib/%s/site-packages" % PY
 
 # [global] raises every worker's core limit; pool b sets its own.
-CONFIG = """\
-[global]
-error_log = stderr
-rlimit_core = unlimited
-
-[a]
-listen = {tmp}/a.sock
-pm = static
-pm.max_children = 1
-app = pool_app:app
-python_path = {base}/a
-user = {user_a}
-chdir = {base}/work
-clear_env = yes
-env[X] = 1
-rlimit_files = 1000
-process.priority = 5
-
-[b]
-listen = {tmp}/b.sock
-pm = static
-pm.max_children = 2
-app = pool_app:app
-python_path = {base}/b
-preload = yes
-user = {user_b}
-clear_env = no
-env[Y] = 2
-rlimit_core = 0
-process.dumpable = yes
-
-[c]
-listen = {tmp}/c.sock
-pm = static
-pm.max_children = 1
-app = pool_app:app
-user = {user_a}
-chroot = {base}/jail
-virtualenv = /venv
-"""
+CONFIG = "\n".join([
+    global_section("", "error_log = stderr\nrlimit_core = unlimited"),
+    pool_section("a", listen="{tmp}/a.sock", workers=1, mode="", app="pool_app:app",
+                 python_path="{base}/a",
+                 extra="user = {user_a}\nchdir = {base}/work\nclear_env = yes\nenv[X] = 1\n"
+                       "rlimit_files = 1000\nprocess.priority = 5"),
+    pool_section("b", listen="{tmp}/b.sock", mode="", app="pool_app:app", python_path="{base}/b",
+                 extra="preload = yes\nuser = {user_b}\nclear_env = no\nenv[Y] = 2\n"
+                       "rlimit_core = 0\nprocess.dumpable = yes"),
+    pool_section("c", listen="{tmp}/c.sock", workers=1, mode="", app="pool_app:app",
+                 python_path=None,
+                 extra="user = {user_a}\nchroot = {base}/jail\nvirtualenv = /venv")])
 
 MARKER = {"PYFPM_POOLS_MARKER": "from the master"}
 

@@ -13,36 +13,7 @@ from pathlib import Path
 
 import harness
 import load
-from tests.conftest import APPS, find_program, http_request
-
-CONFIG = """\
-[global]
-log_level = {log_level}
-{global_extra}
-
-[www]
-listen = {listen}
-listen.mode = 0666
-pm = static
-pm.max_children = {children}
-app = wsgi_app:app
-python_path = %s
-{pool_extra}
-""" % APPS
-
-
-def config(tmp, listen=None, children=2, log_level="notice", global_extra="", pool_extra=""):
-    return CONFIG.format(listen=listen or tmp / "www.sock", children=children, log_level=log_level,
-                         global_extra=global_extra, pool_extra=pool_extra)
-
-
-@pytest.fixture
-def fpm(pyfpm, tmp_path_factory):
-    def start(**kwargs):
-        tmp = tmp_path_factory.mktemp("reload")
-        return pyfpm(config(tmp, **kwargs))
-    return start
-
+from tests.conftest import find_program, http_request, pool_section, pyfpm_config
 
 def reload(server, timeout=10.0):
     """USR2, then wait until the new master is up and the previous workers are told to go."""
@@ -57,12 +28,12 @@ def worker_pids(server):
 
 
 @pytest.mark.parametrize("clients", [16, 64])
-def test_reload_under_load_loses_no_request(fpm, nginx, clients):
+def test_reload_under_load_loses_no_request(pyfpm, nginx, clients):
     """wrk through nginx for 10 s, 3 reloads, plus a 3 s request in flight across the first:
     no failed request, no request cut short, the master keeps its pid. (PHP-FPM, measured on
     this machine, fails 1 request per 3 reloads at 16 clients and 3 at 64.)"""
     wrk = find_program("wrk")
-    server = fpm(children=2)
+    server = pyfpm(workers=2)
     front = nginx(server.address)
     server.wait_idle(2)
     master, first_workers = server.pid, worker_pids(server)
@@ -92,8 +63,8 @@ def test_reload_under_load_loses_no_request(fpm, nginx, clients):
     assert not re.search(r"exited on signal", text), text
 
 
-def test_reload_with_a_broken_config_keeps_serving(fpm, tmp_path):
-    server = fpm(children=2)
+def test_reload_with_a_broken_config_keeps_serving(pyfpm, tmp_path):
+    server = pyfpm(workers=2)
     before = server.wait_idle(2)
     good = server.conf_path.read_text()
     server.conf_path.write_text(good.replace("pm.max_children = 2", "pm.max_children = lots"))
@@ -114,16 +85,15 @@ def test_reload_with_a_broken_config_keeps_serving(fpm, tmp_path):
     assert server.request("/hello").status == 200
 
 
-def test_reload_applies_a_changed_config(fpm, tmp_path):
-    server = fpm(children=2)
+def test_reload_applies_a_changed_config(pyfpm, tmp_path):
+    server = pyfpm(workers=2)
     server.wait_idle(2)
     old_sock = Path(server.address)
     new_sock = old_sock.parent / "moved.sock"
     text = server.conf_path.read_text()
     text = text.replace("listen = %s" % old_sock, "listen = %s" % new_sock)
     text = text.replace("pm.max_children = 2", "pm.max_children = 3")
-    text += "\n[extra]\nlisten = %s\npm = static\npm.max_children = 1\napp = wsgi_app:app\n" \
-            "python_path = %s\n" % (server.tmp / "extra.sock", APPS)
+    text += "\n" + pool_section("extra", listen=server.tmp / "extra.sock", workers=1, mode="")
     server.conf_path.write_text(text)
     mark = reload(server)
     server.wait_log(r"\[pool www\] 2 child\(ren\) of the previous configuration", since=mark)
@@ -137,8 +107,8 @@ def test_reload_applies_a_changed_config(fpm, tmp_path):
     assert not old_sock.exists(), "the socket no pool listens on any more was left behind"
 
 
-def test_reload_keeps_the_old_workers_while_the_new_app_fails_to_load(fpm):
-    server = fpm(children=2)
+def test_reload_keeps_the_old_workers_while_the_new_app_fails_to_load(pyfpm):
+    server = pyfpm(workers=2)
     before = set(server.wait_idle(2))
     server.conf_path.write_text(server.conf_path.read_text().replace(
         "app = wsgi_app:app", "app = no_such_module:app"))
@@ -164,8 +134,8 @@ def crash_workers(server, n):
     return mark
 
 
-def test_emergency_restart_after_crashes(fpm):
-    server = fpm(children=2, global_extra=EMERGENCY)
+def test_emergency_restart_after_crashes(pyfpm):
+    server = pyfpm(workers=2, global_=EMERGENCY)
     mark = crash_workers(server, 3)
     server.wait_log(r"WARNING: failed processes threshold \(3 in 10 sec\) is reached, "
                     r"initiating reload$", since=mark)
@@ -176,8 +146,8 @@ def test_emergency_restart_after_crashes(fpm):
     assert server.request("/hello").status == 200
 
 
-def test_crashes_below_the_threshold_do_not_reload(fpm):
-    server = fpm(children=2, global_extra=EMERGENCY)
+def test_crashes_below_the_threshold_do_not_reload(pyfpm):
+    server = pyfpm(workers=2, global_=EMERGENCY)
     mark = crash_workers(server, 2)
     deadline = time.monotonic() + 5
     while server.log_text()[mark:].count("exited on signal 11 (SIGSEGV") < 2:
@@ -187,8 +157,8 @@ def test_crashes_below_the_threshold_do_not_reload(fpm):
     assert "initiating reload" not in server.log_text()[mark:]
 
 
-def test_terminate_timeout_answers_504_and_respawns(fpm, nginx):
-    server = fpm(children=2, pool_extra="request_terminate_timeout = 1s")
+def test_terminate_timeout_answers_504_and_respawns(pyfpm, nginx):
+    server = pyfpm(workers=2, extra="request_terminate_timeout = 1s")
     front = nginx(server.address)
     before = set(server.wait_idle(2))
     stuck = {}
@@ -212,8 +182,8 @@ def test_terminate_timeout_answers_504_and_respawns(fpm, nginx):
     assert victim not in after and len(after) == 2
 
 
-def test_terminate_timeout_off_lets_slow_requests_finish(fpm, nginx):
-    server = fpm(children=1)
+def test_terminate_timeout_off_lets_slow_requests_finish(pyfpm, nginx):
+    server = pyfpm(workers=1)
     front = nginx(server.address)
     server.wait_idle(1)
     assert front.get("/slow?s=1.5").status == 200
@@ -224,9 +194,7 @@ def test_captured_output_of_a_worker_finishing_across_a_reload_is_logged(pyfpm, 
     """The pipes of catch_workers_output cross the re-exec with the workers: an old worker
     that prints while it finishes its request is heard, and its request succeeds."""
     from fpm import client
-    server = pyfpm(CONFIG.format(listen=tmp_path / "www.sock", children=1, log_level="notice",
-                                 global_extra="", pool_extra="catch_workers_output = yes")
-                   .replace("wsgi_app:app", "log_app:app"))
+    server = pyfpm(workers=1, app="log_app:app", extra="catch_workers_output = yes")
     old = server.wait_idle(1)[0]
     result = {}
     thread = threading.Thread(target=lambda: result.update(r=client.request(
@@ -245,7 +213,7 @@ def test_a_reload_in_a_removed_directory_keeps_serving(tmp_path):
     the master there all the same, and -v works there too."""
     start = tmp_path / "release-1"
     start.mkdir()
-    server = harness.Server(config(tmp_path), tmp_path, cwd=start).start()
+    server = harness.Server(pyfpm_config(tmp_path), tmp_path, cwd=start).start()
     try:
         server.wait_idle(2)
         start.rmdir()
@@ -261,10 +229,10 @@ def test_a_reload_in_a_removed_directory_keeps_serving(tmp_path):
     assert version.returncode == 0 and version.stdout.startswith("pyfpm "), version.stderr
 
 
-def test_a_reload_adopts_workers_whose_scoreboard_has_another_layout(fpm):
+def test_a_reload_adopts_workers_whose_scoreboard_has_another_layout(pyfpm):
     """The previous master was another pyfpm version (an upgrade): its scoreboard is not
     this one's, and the new master serves all the same."""
-    server = fpm(children=2)
+    server = pyfpm(workers=2)
     old = worker_pids(server)
     memfds = [fd for fd in os.listdir("/proc/%d/fd" % server.pid)
               if "pyfpm-scoreboard-www" in os.readlink("/proc/%d/fd/%s" % (server.pid, fd))]

@@ -10,22 +10,16 @@ import pytest
 
 import harness
 from fpm import client
-from tests.conftest import APPS, FASTCGI_PARAMS, make_account
+from tests.conftest import APPS, FASTCGI_PARAMS, make_account, pyfpm_config
 
 DOCROOT = APPS / "scripts"
 CHILD = r"\[pool www\] child \d+: "
 
-CONFIG = """\
-[global]
-error_log = stderr
+def config(workers, extra=""):
+    """A pool in script mode (no app)."""
+    return pyfpm_config(listen="{sock}", workers=workers, app=None, python_path=None,
+                        log_level="", global_="error_log = stderr", extra=extra)
 
-[www]
-listen = {sock}
-listen.mode = 0666
-pm = static
-pm.max_children = {workers}
-{extra}
-"""
 
 # Debian's snippets/fastcgi-php.conf with .php → .py, minus its try_files (which would have
 # nginx answer a missing script itself): PATH_INFO as nginx splits it.
@@ -78,7 +72,7 @@ def www(tmp_path):
 def site(pyfpm, nginx, www):
     """Factory: site(layout=SPLIT, workers=2, extra=pool lines) → (nginx, pyfpm)."""
     def start(layout=SPLIT, workers=2, extra=""):
-        server = pyfpm(CONFIG.format(sock="{sock}", workers=workers, extra=extra))
+        server = pyfpm(config(workers, extra))
         front = nginx(sock(server), locations=layout.format(www=www, params=FASTCGI_PARAMS))
         return front, server
     return start
@@ -199,8 +193,7 @@ def account():
 
 def test_an_unreadable_script_is_403_and_logged(tmp_path, account):
     www = account.base / "www"
-    config = CONFIG.format(sock="{sock}", workers=1, extra="user = %s" % account.name)
-    with harness.Server(config, tmp_path) as server:
+    with harness.Server(config(1, "user = %s" % account.name), tmp_path) as server:
         assert request(server, "/app.py", www / "app.py").status == 200
         r = request(server, "/private.py", www / "private.py")
         assert (r.status, r.body) == (403, b"Access denied.\n")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import APPS, find_program, free_port, require, wait_port
+from tests.conftest import (find_program, free_port, pool_section, pyfpm_config, require,
+                            wait_port)
 from tests.harness import Server, kill_group, run_fpm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,22 +118,12 @@ def application(environ, start_response):
                                                environ["PATH_INFO"].encode())]
 '''
 BODY = b"x" * 1000
-POOLS = """\
-[www]
-listen = {tmp}/www.sock
-pm = static
-pm.max_children = 2
-app = site_app:app
-python_path = {apps}
-pm.status_path = /status
-ping.path = /ping
-security.request_body_file_dirs = {tmp}/nginx/body
-
-[scripts]
-listen = {tmp}/scripts.sock
-pm = static
-pm.max_children = 1
-"""
+# Pool www (site_app) and pool scripts (script mode); harness.Server fills in {tmp}.
+POOLS = pyfpm_config(log_level="", listen="{tmp}/www.sock", mode="", app="site_app:app",
+                     extra="pm.status_path = /status\nping.path = /ping\n"
+                           "security.request_body_file_dirs = {tmp}/nginx/body") + "\n" + \
+    pool_section("scripts", listen="{tmp}/scripts.sock", workers=1, mode="", app=None,
+                 python_path=None)
 
 
 def nginx_blocks() -> list:
@@ -172,7 +163,7 @@ def site(tmp_path_factory):
     (tmp / "www").mkdir()
     (tmp / "www/hello.py").write_bytes(SCRIPT)
     (tmp / "nginx").mkdir()
-    server = Server(POOLS.format(tmp=tmp, apps=APPS), tmp)
+    server = Server(POOLS, tmp)
     server.start()
     yield server
     server.stop()

@@ -15,24 +15,8 @@ import fpm
 import otherpython
 import slow_app
 from fpm import _pystack, client, trace
-from tests.conftest import APPS, require
+from tests.conftest import APPS, pyfpm_config, require
 from tests.harness import Server
-
-CONFIG = """\
-[global]
-log_level = notice
-
-[www]
-listen = {sock}
-pm = static
-pm.max_children = 1
-{app}
-pm.status_path = /status
-{slowlog}
-request_slowlog_timeout = 1
-request_slowlog_trace_depth = 20
-{extra}
-"""
 
 FRAME = re.compile(r"^\[0x[0-9a-f]{16}\] (\S+)\(\) (.+):(\d+)$")
 
@@ -41,9 +25,11 @@ def start(tmp_path, app="slow_app:app", path=str(APPS), extra="", prefix=(),
           slowlog="slowlog = {tmp}/www.slow.log", env=None):
     """The master with a pool of one worker; `app` None: script mode. `prefix` goes before
     its command line (setpriv), `env` into its environment."""
-    pool = "" if app is None else f"app = {app}\npython_path = {path}"
-    server = Server(CONFIG.format(app=pool, extra=extra, sock="{sock}", slowlog=slowlog),
-                    tmp_path, env=env)
+    config = pyfpm_config(listen="{sock}", workers=1, app=app, python_path=app and path,
+                          mode="", extra="pm.status_path = /status\n%s\n"
+                          "request_slowlog_timeout = 1\nrequest_slowlog_trace_depth = 20\n%s"
+                          % (slowlog, extra))
+    server = Server(config, tmp_path, env=env)
     server.argv = list(prefix) + server.argv
     server.start()
     server.wait_idle(1)

@@ -10,31 +10,14 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from fpm import client
-from tests.conftest import APPS
 
-CONFIG = """\
-[global]
-log_level = notice
-
-[www]
-listen = {sock}
-listen.mode = 0666
-listen.backlog = 64
-pm = static
-pm.max_children = {children}
-app = wsgi_app:app
-python_path = %s
-pm.status_path = /status
-ping.path = /ping
-ping.response = all good
-""" % APPS
+STATUS = "pm.status_path = /status\nping.path = /ping\nping.response = all good"
 
 
 @pytest.fixture
-def fpm(pyfpm, tmp_path_factory):
+def fpm(pyfpm):
     def start(children=2):
-        tmp = tmp_path_factory.mktemp("status")
-        server = pyfpm(CONFIG.format(sock=tmp / "www.sock", children=children))
+        server = pyfpm(workers=children, extra="listen.backlog = 64\n" + STATUS)
         server.wait_idle(children)
         return server
     return start
@@ -151,16 +134,14 @@ def test_status_through_nginx(served):
     assert json.loads(response.body)["pool"] == "www"
 
 
-STATUS_LISTEN = CONFIG.replace("pm.max_children = {children}", "pm.max_children = 1") + """\
-pm.status_listen = {status_sock}
-"""
 
 
 def test_status_listen_answers_while_every_worker_is_busy(pyfpm, tmp_path):
     """pm.status_listen: the pool's only worker is stuck in a request, yet its status (and
     ping) still answer on the separate address, from the pool's own scoreboard."""
     status_sock = tmp_path / "status.sock"
-    server = pyfpm(STATUS_LISTEN.format(sock=tmp_path / "www.sock", status_sock=status_sock))
+    server = pyfpm(workers=1, extra="listen.backlog = 64\n%s\npm.status_listen = %s"
+                   % (STATUS, status_sock))
     server.wait_idle(1)
     thread, result = slow_request(server, 3)
     try:

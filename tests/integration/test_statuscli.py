@@ -16,30 +16,16 @@ import pytest
 
 from fpm import client
 from harness import COMMAND, fpm_env, run_fpm
-from tests.conftest import APPS, free_port
-
-CONFIG = """\
-[global]
-log_level = notice
-
-[www]
-listen = {listen}
-listen.mode = 0666
-pm = static
-pm.max_children = 2
-app = wsgi_app:app
-python_path = %s
-pm.status_path = /status
-""" % APPS
+from tests.conftest import free_port
 
 REQUESTS = 7
 
 
 @pytest.fixture
-def fpm(pyfpm, tmp_path):
+def fpm(pyfpm):
     """A pool of two workers with its status page at /status, after REQUESTS requests."""
     def start(listen=None):
-        server = pyfpm(CONFIG.format(listen=listen or tmp_path / "www.sock"))
+        server = pyfpm(listen=listen or "unix", extra="pm.status_path = /status")
         server.wait_idle(2)
         for _ in range(REQUESTS):
             assert server.request("/hello").body == b"hello world"
@@ -182,11 +168,8 @@ def test_errors_name_the_address_or_what_answered(fpm, tmp_path):
 @pytest.mark.parametrize("status_path", ["/fpm-status", None])
 def test_a_status_listen_address_leads_to_its_status_page(pyfpm, tmp_path, status_path):
     """Its status page is at pm.status_path, or at / without one: found without --path."""
-    config = CONFIG.format(listen=tmp_path / "www.sock").replace(
-        "pm.status_path = /status",
-        "pm.status_listen = %s\nping.path = /ping\n" % (tmp_path / "status.sock")
-        + ("pm.status_path = %s" % status_path if status_path else ""))
-    server = pyfpm(config)
+    server = pyfpm(extra="pm.status_listen = %s\nping.path = /ping\n" % (tmp_path / "status.sock")
+                   + ("pm.status_path = %s" % status_path if status_path else ""))
     server.wait_idle(2)
     address = tmp_path / "status.sock"
     done = status(address)
@@ -199,10 +182,8 @@ def test_a_status_listen_address_leads_to_its_status_page(pyfpm, tmp_path, statu
 
 
 def test_a_wrong_path_on_a_status_listen_address_names_the_right_one(pyfpm, tmp_path):
-    config = CONFIG.format(listen=tmp_path / "www.sock").replace(
-        "pm.status_path = /status",
-        "pm.status_path = /fpm-status\npm.status_listen = %s" % (tmp_path / "status.sock"))
-    pyfpm(config).wait_idle(2)
+    pyfpm(extra="pm.status_path = /fpm-status\npm.status_listen = %s"
+          % (tmp_path / "status.sock")).wait_idle(2)
     done = status(tmp_path / "status.sock", "--path", "/status")
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == (

@@ -15,23 +15,15 @@ import pytest
 
 import harness
 from fpm.client import request
-from tests.conftest import find_program
+from tests.conftest import find_program, pool_section, pyfpm_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
-CONFIG = """\
-[global]
-error_log = stderr
-systemd_interval = {interval}
+def config(listen="{sock}", interval=1, more="", path="{tmp}"):
+    return pyfpm_config(listen=listen, app="testapp:app", python_path=path, mode="",
+                        log_level="", global_="error_log = stderr\nsystemd_interval = %s"
+                        % interval, extra=more)
 
-[www]
-listen = {listen}
-pm = static
-pm.max_children = 2
-app = testapp:app
-python_path = {tmp}
-{more}
-"""
 
 APP = """\
 import os
@@ -101,8 +93,7 @@ def systemd(tmp_path):
 
 def make_server(tmp_path, *, interval=1, listen="{sock}", more="", env=None, cls=None, **kw):
     (tmp_path / "testapp.py").write_text(APP)
-    config = CONFIG.format(interval=interval, listen=listen, more=more, tmp="{tmp}", sock="{sock}")
-    return (cls or harness.Server)(config, tmp_path, env=env, **kw)
+    return (cls or harness.Server)(config(listen, interval, more), tmp_path, env=env, **kw)
 
 
 @pytest.fixture
@@ -263,8 +254,8 @@ def test_socket_activation(tmp_path, systemd, kind):
     spare.bind(("127.0.0.1", 0))
     spare.listen()
     own = tmp_path / "own.sock"
-    more = "[own]\nlisten = %s\npm = static\npm.max_children = 1\napp = testapp:app\n" \
-           "python_path = %s\n" % (own, tmp_path)
+    more = pool_section("own", listen=own, workers=1, mode="", app="testapp:app",
+                        python_path=tmp_path)
     server = make_server(tmp_path, listen=address, more=more, env=systemd.env,
                          cls=ActivatedServer, sockets=[activated, spare], names=["www", "spare"])
     try:
@@ -310,7 +301,7 @@ def test_unit_commands_are_accepted_by_pyfpm(tmp_path):
     """ExecStart= and the ExecReload= test run as written (binary and config swapped)."""
     (tmp_path / "testapp.py").write_text(APP)
     conf = tmp_path / "pyfpm.conf"
-    conf.write_text(CONFIG.format(interval=10, listen=tmp_path / "s.sock", more="", tmp=tmp_path))
+    conf.write_text(config(tmp_path / "s.sock", 10, path=tmp_path))
     [start] = unit_commands("pyfpm.service", "ExecStart")
     test, kill = unit_commands("pyfpm.service", "ExecReload")
     assert kill == ["/bin/kill", "-USR2", "$MAINPID"]

@@ -19,23 +19,15 @@ import pytest
 
 import harness
 from fpm import client
-from tests.conftest import APPS, make_account, make_jail
+from tests.conftest import APPS, make_account, make_jail, pyfpm_config
 
 TS = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\]"
 
-CONFIG = """\
-[global]
-error_log = stderr
-
-[www]
-listen = {sock}
-listen.mode = 0666
-pm = static
-pm.max_children = 1
-app = unix_app:app
-python_path = {app_dir}
-{pool}
-"""
+def config(app_dir="{app_dir}", global_="", app="unix_app:app"):
+    """One worker of ``app``; harness.Server fills in {pool} (the pool's own lines) and
+    {app_dir}."""
+    return pyfpm_config(listen="{sock}", workers=1, app=app, python_path=app_dir, log_level="",
+                        global_="error_log = stderr\n" + global_, extra="{pool}")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +47,7 @@ def account():
 
 
 def server(tmp_path, account, pool="", **kwargs):
-    return harness.Server(CONFIG, tmp_path, app_dir=account.app_dir, pool=pool, **kwargs)
+    return harness.Server(config(), tmp_path, app_dir=account.app_dir, pool=pool, **kwargs)
 
 
 def worker_state(srv, uri="/"):
@@ -206,7 +198,7 @@ def test_R_survives_a_reload(tmp_path, account):
 
 def test_unknown_user_fails_the_config_test(tmp_path, account):
     (tmp_path / "pyfpm.conf").write_text(harness.substitute(
-        CONFIG, {"sock": tmp_path / "s", "app_dir": account.app_dir, "pool": "user = aaaaaa"}))
+        config(), {"sock": tmp_path / "s", "app_dir": account.app_dir, "pool": "user = aaaaaa"}))
     for allow_root in (False, True):
         test = harness.run_fpm("-t", "-y", str(tmp_path / "pyfpm.conf"), allow_root=allow_root)
         assert test.returncode == 78
@@ -228,8 +220,8 @@ def jail(account):
 
 def test_chroot_serves_from_inside_the_jail(tmp_path, account, jail):
     pool = f"user = {account.name}\nchroot = {jail}\nchdir = /app"
-    config = CONFIG.replace("python_path = {app_dir}", "python_path = /app")
-    with harness.Server(config, tmp_path, pool=pool) as srv:
+    text = config(app_dir="/app")
+    with harness.Server(text, tmp_path, pool=pool) as srv:
         state = worker_state(srv)
         # A module first imported now comes from the jail's copy of the standard library
         # (which the pool user could not even read at the host's path here).
@@ -244,8 +236,8 @@ def test_chroot_serves_from_inside_the_jail(tmp_path, account, jail):
 
 def test_chroot_without_chdir_starts_in_its_root(tmp_path, account, jail):
     pool = f"user = {account.name}\nchroot = {jail}"
-    config = CONFIG.replace("python_path = {app_dir}", "python_path = /app")
-    with harness.Server(config, tmp_path, pool=pool) as srv:
+    text = config(app_dir="/app")
+    with harness.Server(text, tmp_path, pool=pool) as srv:
         state = worker_state(srv)
     top = os.stat(jail)
     assert state["root"] == [top.st_dev, top.st_ino]
@@ -255,9 +247,8 @@ def test_chroot_without_chdir_starts_in_its_root(tmp_path, account, jail):
 # --- [global]: the master's own limits and priority ---------------------------------------------
 
 def test_global_limits_and_priority_apply_to_the_master_and_its_workers(tmp_path, account):
-    config = CONFIG.replace("[global]\n", "[global]\nrlimit_files = 2345\nrlimit_core = 0\n"
-                                          "process.priority = 3\n")
-    with harness.Server(config, tmp_path, app_dir=account.app_dir,
+    text = config(global_="rlimit_files = 2345\nrlimit_core = 0\nprocess.priority = 3")
+    with harness.Server(text, tmp_path, app_dir=account.app_dir,
                         pool=f"user = {account.name}") as srv:
         state = worker_state(srv)
         master_nice = os.getpriority(os.PRIO_PROCESS, srv.pid)
@@ -269,8 +260,8 @@ def test_global_limits_and_priority_apply_to_the_master_and_its_workers(tmp_path
 
 def test_a_global_rlimit_that_cannot_be_set_stops_the_start(tmp_path, account):
     ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
-    config = CONFIG.replace("[global]\n", "[global]\nrlimit_files = %d\n" % (ceiling + 1))
-    srv = harness.Server(config, tmp_path, app_dir=account.app_dir, pool="")
+    text = config(global_="rlimit_files = %d\n" % (ceiling + 1))
+    srv = harness.Server(text, tmp_path, app_dir=account.app_dir, pool="")
     try:
         srv.start(wait_ready=False)
         assert srv.wait_exit() == 78
@@ -303,9 +294,9 @@ def _venv(root: Path, version: str) -> Path:
 def test_virtualenv_packages_are_imported(tmp_path, account):
     here = "%d.%d" % sys.version_info[:2]
     venv = _venv(account.base / "venv", here)
-    config = CONFIG.replace("app = unix_app:app", "app = venv_app:app")
+    text = config(app="venv_app:app")
     pool = f"user = {account.name}\nvirtualenv = {venv}"
-    with harness.Server(config, tmp_path, app_dir=account.app_dir, pool=pool) as srv:
+    with harness.Server(text, tmp_path, app_dir=account.app_dir, pool=pool) as srv:
         state = worker_state(srv)
     packages = venv / "lib" / ("python" + here) / "site-packages"
     assert state["file"] == str(packages / "venv_app.py")
@@ -322,7 +313,7 @@ def test_a_virtualenv_rebuilt_for_another_python_fails_the_worker_clearly(tmp_pa
     here = "%d.%d" % sys.version_info[:2]
     venv = _venv(account.base / "venv-rebuilt", here)
     pool = f"user = {account.name}\nvirtualenv = {venv}"
-    with harness.Server(CONFIG, tmp_path, app_dir=account.app_dir, pool=pool) as srv:
+    with harness.Server(config(), tmp_path, app_dir=account.app_dir, pool=pool) as srv:
         pid = worker_state(srv)["pid"]
         (venv / "lib" / ("python" + here)).rename(venv / "lib" / "python3.99")
         mark = srv.mark()

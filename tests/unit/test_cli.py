@@ -10,17 +10,10 @@ import pytest
 from fpm import __version__
 from fpm import cli
 from fpm.cli import main
+from tests.conftest import pyfpm_config
 
-GOOD = """\
-[global]
-error_log = stderr
-
-[www]
-listen = {listen}
-pm = static
-pm.max_children = 2
-app = fpm.demo:app
-"""
+GOOD = pyfpm_config(listen="{listen}", app="fpm.demo:app", python_path=None, mode="",
+                    log_level="", global_="error_log = stderr")
 
 
 def test_version(capfd):
