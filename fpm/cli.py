@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         return _fail(log, errors)
 
+    return _run(args, config, log, notices, allow_root)
+
+
+def _run(args, config, log: Logger, notices: list, allow_root: bool) -> int:
+    """Open the error log the configuration names, apply [global]'s limits, and serve."""
     daemon = _daemon(args, config)
     target = _error_log(args, config)
     try:

@@ -288,28 +288,11 @@ def adopt_sockets(pools, log: Logger, environ=None, pid: int | None = None
     forget_listen_env(environ)
     if not fds:
         return {}
-    socks: dict[int, socket.socket] = {}
-    described: dict[int, str] = {}
-    entries = []
-    for fd, name in zip(fds, names):
-        try:
-            os.set_inheritable(fd, False)
-            sock = socket.socket(fileno=fd)
-        except OSError as e:
-            log.warning("systemd passed fd=%d \"%s\", which is not a socket: %s"
-                        % (fd, name, strerror(e)))
-            _close_quietly(fd)  # so that no worker inherits it
-            continue
-        if (sock.type != socket.SOCK_STREAM
-                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
-            log.warning("systemd passed socket fd=%d \"%s\", which is not a listening "
-                        "stream socket (Accept=yes is not supported); closed" % (fd, name))
-            sock.close()
-            continue
-        sockname = sock.getsockname()
-        socks[fd] = sock
-        described[fd] = "\"%s\" (%s)" % (name, describe(sock.family, sockname))
-        entries.append((fd, sock.family, sockname))
+    socks = _listening(fds, names, log)
+    name_of = dict(zip(fds, names))
+    described = {fd: "\"%s\" (%s)" % (name_of[fd], describe(sock.family, sock.getsockname()))
+                 for fd, sock in socks.items()}
+    entries = [(fd, sock.family, sock.getsockname()) for fd, sock in socks.items()]
     wanted = [((pool.name, text), text) for pool in pools for text in pool.listen]
     match = match_listeners(entries, wanted)
     for fd in match.unused:
@@ -329,6 +312,29 @@ def adopt_sockets(pools, log: Logger, environ=None, pid: int | None = None
     for name, text in match.missing:
         log.notice("[pool %s] systemd passed no socket for '%s'; binding it" % (name, text))
     return adopted
+
+
+def _listening(fds: list[int], names: list[str], log: Logger) -> dict[int, socket.socket]:
+    """The passed fds that are listening stream sockets, close-on-exec; the others are
+    closed, each with a WARNING."""
+    socks: dict[int, socket.socket] = {}
+    for fd, name in zip(fds, names):
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            log.warning("systemd passed fd=%d \"%s\", which is not a socket: %s"
+                        % (fd, name, strerror(e)))
+            _close_quietly(fd)  # so that no worker inherits it
+            continue
+        if (sock.type != socket.SOCK_STREAM
+                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            log.warning("systemd passed socket fd=%d \"%s\", which is not a listening "
+                        "stream socket (Accept=yes is not supported); closed" % (fd, name))
+            sock.close()
+            continue
+        socks[fd] = sock
+    return socks
 
 
 def _close_quietly(fd: int) -> None:

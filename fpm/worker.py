@@ -56,28 +56,10 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
         channel.take_files(seat.channel)
 
     end_output = stdio.worker_output(pool, log, _proto.output_written)
-    retry = None
-    if seat.shows is not None:
-        app, special = pages.not_found, pages.special_paths(pool, seat.shows[1], seat.shows[0])
-    else:
-        special = pages.special_paths(pool, seat.board)
-        try:
-            if pool.app is None:  # script mode: each request names its .py file
-                app = scripts.ScriptApp(pool, log_line)
-            else:
-                app = (seat.app.install() if seat.app is not None
-                       else apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv))
-        except apps.AppLoadError as e:
-            reason = probe.explain(e, dirs)
-            log_line("error", reason + _traceback_of(e))
-            if seat.retry_after <= 0:
-                return os.EX_UNAVAILABLE  # the previous workers still serve (a reload)
-            seat.board.mem.mark_app_failed(seat.slot, time.time_ns() // 1000, reason)
-            app = pages.unavailable(seat.retry_after)
-            special = pages.special_paths(pool, seat.board, unavailable=app)
-            log_line("warning", "answering 503 for %.2g seconds, then a new worker tries to load "
-                                "the app again" % seat.retry_after)
-            retry = _stop_after(seat.retry_after)
+    loaded = _app(pool, seat, log_line, dirs)
+    if loaded is None:
+        return os.EX_UNAVAILABLE  # the previous workers still serve (a reload)
+    app, special, retry = loaded
     tcp = any([_prepare_listener(fd, options.stamps_receive_times(pool)) for fd in listen_fds])
     if seat.channel >= 0 and (pool.request_slowlog_timeout or pool.request_terminate_timeout):
         slowlog.arm_worker(seat.channel)  # the master's way in when ptrace is refused
@@ -105,6 +87,33 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
     elif reason == "max_requests":
         log.debug("served its %d requests (pm.max_requests); recycling" % requests)
     return 0
+
+
+def _app(pool, seat, log_line, dirs) -> tuple | None:
+    """(the app, the special paths, the retry timer): the pool's app (the status pages for
+    a status pool), or one answering 503 for seat.retry_after seconds when it cannot be
+    loaded (its retry timer then ends the loop); None when the previous configuration's
+    workers still serve the pool: this one exits instead."""
+    if seat.shows is not None:
+        return pages.not_found, pages.special_paths(pool, seat.shows[1], seat.shows[0]), None
+    try:
+        if pool.app is None:  # script mode: each request names its .py file
+            app = scripts.ScriptApp(pool, log_line)
+        else:
+            app = (seat.app.install() if seat.app is not None
+                   else apps.load(pool.app, pool.chdir, pool.python_path, pool.virtualenv))
+        return app, pages.special_paths(pool, seat.board), None
+    except apps.AppLoadError as e:
+        reason = probe.explain(e, dirs)
+        log_line("error", reason + _traceback_of(e))
+        if seat.retry_after <= 0:
+            return None
+        seat.board.mem.mark_app_failed(seat.slot, time.time_ns() // 1000, reason)
+        app = pages.unavailable(seat.retry_after)
+        log_line("warning", "answering 503 for %.2g seconds, then a new worker tries to load "
+                            "the app again" % seat.retry_after)
+        return (app, pages.special_paths(pool, seat.board, unavailable=app),
+                _stop_after(seat.retry_after))
 
 
 def memory_warnings(pools) -> list[str]:

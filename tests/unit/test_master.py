@@ -3,8 +3,10 @@ import signal
 
 import pytest
 
-from fpm.master import (State, Timers, escalation, heartbeat, may_switch, next_signal,
-                        record_fault, timed_out)
+from fpm.master import record_fault
+from fpm.states import State, may_switch, next_signal
+from fpm.timeouts import escalation, timed_out
+from fpm.timers import Timers, heartbeat
 from fpm.scoreboard import FINISHING, IDLE, READING, RUNNING, Slot
 
 
