@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from fpm import accesslog, clients, ini
+from fpm import accesslog, clients, ini, pm
 
 try:  # tomllib is in the standard library from 3.11; tomli is the same parser for older ones
     import tomllib
@@ -1129,7 +1129,8 @@ def _build(doc: ini.Document, path: str, base: str) -> Config:
         # The master learns of a waiting connection from an edge-triggered epoll event.
         errors.extend(f"{_at(p.origin.get('pm', p.where))} [pool {p.name}] the ondemand process "
                       f"manager can only be used with events.mechanism = epoll (or auto), "
-                      f"not poll" for p, c in zip(pools.values(), pool_configs) if c.pm == "ondemand")
+                      f"not poll" for p, c in zip(pools.values(), pool_configs)
+                      if pm.of(c).watches_queue)
     _check_listen_clashes(list(zip(pools.values(), pool_configs)), errors)
     if global_config.process_max and not errors:
         errors.extend(_check_process_max(global_, global_config.process_max, pool_configs))
@@ -1391,25 +1392,15 @@ def _check_pool_rules(p: _Section, v: dict[str, Any]) -> list[str]:
     return [problem for problem in problems if problem]
 
 
-def initial_workers(pool) -> int:
-    """Workers a pool forks at start: pm.max_children (static), pm.start_servers (dynamic),
-    none (ondemand)."""
-    if pool.pm == "static":
-        return pool.pm_max_children
-    if pool.pm == "dynamic":
-        return pool.pm_start_servers
-    return 0
-
-
 def _check_process_max(g: _Section, process_max: int, pools: list[PoolConfig]) -> list[str]:
     """PHP-FPM's rule: process.max must let every pool start its initial workers, or some
     would be missing from the start with nothing but a warning to say why."""
-    started = [(pool, initial_workers(pool)) for pool in pools]
-    total = sum(n for _, n in started)
+    started = [(pool, pm.of(pool)) for pool in pools]
+    total = sum(mode.initial(pool) for pool, mode in started)
     if process_max >= total:
         return []
-    by = {"static": "pm.max_children", "dynamic": "pm.start_servers"}
-    shares = ", ".join(f"[pool {pool.name}] {by[pool.pm]} = {n}" for pool, n in started if n)
+    shares = ", ".join(f"[pool {pool.name}] {mode.started_by} = {mode.initial(pool)}"
+                       for pool, mode in started if mode.initial(pool))
     return [f"{g.at('process.max')}process.max ({process_max}) must not be less than the "
             f"number of workers the pools start ({total}: {shares})"]
 

@@ -47,7 +47,7 @@ from fpm.startup import Startup
 from fpm.states import State
 from fpm.stopping import Stopping
 from fpm.timeouts import Timeouts
-from fpm.timers import MAINTENANCE, Timers, heartbeat
+from fpm.timers import MAINTENANCE, Timer, Timers, heartbeat
 from fpm.tracer import Tracer
 
 # Deaths that mean the code, not the load, is broken: they count for emergency_restart_*.
@@ -162,14 +162,14 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         recheck of partial heads (level-triggered poller)."""
         due = lot.next_due()
         if due is None:
-            self.timers.cancel(("parked", lot.name))
+            self.timers.cancel((Timer.PARKED, lot.name))
         else:
-            self.timers.set(("parked", lot.name),
+            self.timers.set((Timer.PARKED, lot.name),
                             time.monotonic() + max(0.0, (due - parking.now_us()) / 1e6))
-        if lot.retry and not self.timers.pending(("handoff", lot.name)):
-            self.timers.set(("handoff", lot.name), time.monotonic() + parking.RETRY)
-        if lot.resting and not self.timers.pending(("recheck", lot.name)):
-            self.timers.set(("recheck", lot.name), time.monotonic() + parking.RECHECK)
+        if lot.retry and not self.timers.pending((Timer.HANDOFF, lot.name)):
+            self.timers.set((Timer.HANDOFF, lot.name), time.monotonic() + parking.RETRY)
+        if lot.resting and not self.timers.pending((Timer.RECHECK, lot.name)):
+            self.timers.set((Timer.RECHECK, lot.name), time.monotonic() + parking.RECHECK)
 
     def _loop(self) -> int:
         self.poller.register(self.signals.rfd, select.EPOLLIN)
@@ -201,30 +201,32 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
             self.reaped = []
 
     def _on_timer(self, key: tuple) -> None:
-        kind = key[0]
-        if kind == "pctl":
+        kind, *arg = key
+        if kind.normal_only and self.state is not State.NORMAL:
+            return
+        if kind is Timer.PCTL:
             self._pctl_round()
-        elif kind == "maintenance" and self.state is State.NORMAL:
+        elif kind is Timer.MAINTENANCE:
             self._maintain()
             self.timers.set(key, time.monotonic() + MAINTENANCE)
-        elif kind == "heartbeat":
+        elif kind is Timer.HEARTBEAT:
             self._check_timeouts()
             self.timers.set(key, time.monotonic() + heartbeat(self.pool_list))
-        elif kind == "spawn" and self.state is State.NORMAL:
-            self._maintain_pool(self.pools[key[1]])
-        elif kind == "escalate":
-            self._escalate(key[1])
-        elif kind == "handover" and self.state is State.NORMAL:
+        elif kind is Timer.SPAWN:
+            self._maintain_pool(self.pools[arg[0]])
+        elif kind is Timer.ESCALATE:
+            self._escalate(arg[0])
+        elif kind is Timer.HANDOVER:
             self._hand_over()
-        elif kind == "ondemand" and self.state is State.NORMAL:
-            self._recheck_queue(self.pools[key[1]])
-        elif kind == "systemd":
+        elif kind is Timer.ONDEMAND:
+            self._recheck_queue(self.pools[arg[0]])
+        elif kind is Timer.SYSTEMD:
             self._report_systemd()
-        elif kind in ("parked", "handoff", "recheck"):
-            lot = self.lots[key[1]]
-            if kind == "parked":
+        else:  # a parking lot's
+            lot = self.lots[arg[0]]
+            if kind is Timer.PARKED:
                 lot.expire(parking.now_us())
-            elif kind == "handoff":
+            elif kind is Timer.HANDOFF:
                 lot.hand_over_ready()
             else:
                 lot.recheck()
@@ -267,7 +269,7 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
                         os.close(fd)
                 board.release(slot)
                 self.log.syserror("[pool %s] fork() failed; trying again in 1 second" % pool.name, e)
-                self.timers.set(("spawn", pool.name), time.monotonic() + 1.0)
+                self.timers.set((Timer.SPAWN, pool.name), time.monotonic() + 1.0)
                 return i
             if child.output is not None:
                 self._watch(self.children.captures[pool.name], child.output)
@@ -319,11 +321,11 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
             self._signal(child, signal.SIGQUIT, MAINTENANCE)
         if plan.spawn:
             # A static pool short of workers lost some: those are respawns.
-            self._spawn(pool, plan.spawn, respawn=pool.pm == "static")
+            self._spawn(pool, plan.spawn, respawn=pm.of(pool).fixed_size)
 
     def _maintain(self) -> None:
         for pool in self.pool_list:
-            if not self.timers.pending(("spawn", pool.name)):
+            if not self.timers.pending((Timer.SPAWN, pool.name)):
                 self._maintain_pool(pool)
             self._publish(pool)
 
@@ -364,7 +366,7 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         self._apply(pool, pm.maintain(pool, slots, self.pm_states[pool.name], now_us()))
 
     def _on_waiting_connection(self, pool) -> None:
-        if self.timers.pending(("spawn", pool.name)):
+        if self.timers.pending((Timer.SPAWN, pool.name)):
             return  # its app does not load: forking per connection would only fail faster
         plan = pm.on_waiting_connection(pool, self._slots(pool.name), self.pm_states[pool.name])
         if plan.spawn:
@@ -372,7 +374,7 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
                            % pool.name)
         self._apply(pool, plan)
         if len(self.children.serving(pool.name)) < pool.pm_max_children:
-            self.timers.set(("ondemand", pool.name), time.monotonic() + ONDEMAND_RECHECK)
+            self.timers.set((Timer.ONDEMAND, pool.name), time.monotonic() + ONDEMAND_RECHECK)
 
     def _recheck_queue(self, pool) -> None:
         """Edge-triggered readiness says nothing about connections that were already
@@ -407,7 +409,7 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
             if gone.child.stopping == "reload" and name in self.pools and not self._old_serving(name):
                 # The previous configuration's last worker of the pool is gone: the new ones
                 # serve now, with a 503 if they cannot load the app, without a pause.
-                self.timers.cancel(("spawn", name))
+                self.timers.cancel((Timer.SPAWN, name))
                 self._maintain_pool(self.pools[name])
         if self.handover:
             self._hand_over()
@@ -423,13 +425,13 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
                                  "next spawn in %.3g seconds"
                                  % (pool.name, gone.child.pid, why, describe_status(gone.status),
                                     gone.lifetime, delay))
-                self.timers.set(("spawn", pool.name), now + delay)
+                self.timers.set((Timer.SPAWN, pool.name), now + delay)
         for gone in replace:
             pool = self.pools[gone.child.pool.name]
-            if not self.timers.pending(("spawn", pool.name)):
+            if not self.timers.pending((Timer.SPAWN, pool.name)):
                 # One for one, as PHP-FPM respawns; a static pool refills to max_children.
                 room = pool.pm_max_children - len(self.children.serving(pool.name))
-                self._spawn(pool, min(room, pool.pm_max_children if pool.pm == "static" else 1),
+                self._spawn(pool, min(room, pool.pm_max_children if pm.of(pool).fixed_size else 1),
                             respawn=True)
         if reload:
             self._reload()
@@ -445,14 +447,14 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         child.last_signal = sig
         self.children.kill(child, sig)
         if escalate_after is not None:
-            self.timers.set(("escalate", child.pid), time.monotonic() + escalate_after)
+            self.timers.set((Timer.ESCALATE, child.pid), time.monotonic() + escalate_after)
 
     # --- signal handlers (called from the loop, never from a signal context) --------------
 
     def handle_chld(self) -> None:
         self.reaped += self.children.reap()
         if not self.children:
-            self.timers.cancel(("pctl",))
+            self.timers.cancel((Timer.PCTL,))
 
 
 _STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)

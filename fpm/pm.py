@@ -1,5 +1,6 @@
-"""Process managers as pure decisions: given a pool's workers (scoreboard copies), its config and
-what the manager remembers, say how many workers to fork and which idle one to stop.
+"""Process managers as objects the master asks (``of(pool)``), their decisions pure: given a
+pool's workers (scoreboard copies), its config and what the manager remembers, say how many
+workers to fork and which idle one to stop.
 
 PHP-FPM's algorithms (reference §3): every second, dynamic stops one idle worker when there
 are more than pm.max_spare_servers idle, and forks when there are fewer than
@@ -13,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from fpm.config import initial_workers
 from fpm.scoreboard import IDLE, Slot
 
 
@@ -35,8 +35,8 @@ class Plan:
 
 
 def initial(pool) -> int:
-    """Workers to fork at start (the rule process.max is checked by, in fpm.config)."""
-    return initial_workers(pool)
+    """Workers to fork at start (fpm.config checks process.max against them)."""
+    return of(pool).initial(pool)
 
 
 def _stoppable(workers: Sequence[Slot]) -> Slot | None:
@@ -53,34 +53,76 @@ def _reached(pool, state: PmState, text: str) -> Plan:
                                   % (pool.name, text, pool.pm_max_children)),))
 
 
-def maintain(pool, workers: Sequence[Slot], state: PmState, now_us: int) -> Plan:
-    """The once-a-second decision for one pool. ``workers`` excludes those already stopping."""
-    if pool.pm == "static":
+class Mode:
+    """A process manager, as the master asks it: what to do each second, and how it treats
+    the pool's size and its listen queue."""
+
+    name = ""
+    started_by: str | None = None  # the directive that says how many workers it forks at start
+    fixed_size = False  # always pm.max_children workers: one short was lost, and is respawned
+    watches_queue = False  # forks when a connection waits in the listen queue and none is idle
+
+    def initial(self, pool) -> int:
+        """Workers to fork at start."""
+        return getattr(pool, self.started_by.replace(".", "_")) if self.started_by else 0
+
+    def maintain(self, pool, workers: Sequence[Slot], state: PmState, now_us: int) -> Plan:
+        raise NotImplementedError
+
+
+class Static(Mode):
+    name, started_by, fixed_size = "static", "pm.max_children", True
+
+    def maintain(self, pool, workers, state, now_us):
         return Plan(state, spawn=max(0, pool.pm_max_children - len(workers)))
-    if pool.pm == "ondemand":
+
+
+class Ondemand(Mode):
+    name, watches_queue = "ondemand", True
+
+    def maintain(self, pool, workers, state, now_us):
         oldest = _stoppable(workers)
         if oldest is not None and now_us - oldest.changed >= pool.pm_process_idle_timeout * 1_000_000:
             return Plan(state, stop=oldest.pid)
         return Plan(state)
-    idle = sum(w.idle for w in workers)
-    running = len(workers)
-    if idle > pool.pm_max_spare_servers:
-        oldest = _stoppable(workers)
-        if oldest is not None:
-            return Plan(replace(state, spawn_rate=1), stop=oldest.pid)
-    if idle >= pool.pm_min_spare_servers:
-        return Plan(replace(state, spawn_rate=1))
-    if running >= pool.pm_max_children:
-        return _reached(pool, state, "server reached pm.max_children setting")
-    messages = ()
-    if state.spawn_rate >= 8:
-        messages = (("warning", "[pool %s] seems busy (you may need to increase "
-                     "pm.start_servers, or pm.min/max_spare_servers), spawning %d children, "
-                     "there are %d idle, and %d total children"
-                     % (pool.name, state.spawn_rate, idle, running)),)
-    n = min(state.spawn_rate, pool.pm_min_spare_servers - idle, pool.pm_max_children - running)
-    rate = min(state.spawn_rate * 2, pool.pm_max_spawn_rate)
-    return Plan(PmState(rate, False, state.max_children_reached), spawn=n, messages=messages)
+
+
+class Dynamic(Mode):
+    name, started_by = "dynamic", "pm.start_servers"
+
+    def maintain(self, pool, workers, state, now_us):
+        idle = sum(w.idle for w in workers)
+        running = len(workers)
+        if idle > pool.pm_max_spare_servers:
+            oldest = _stoppable(workers)
+            if oldest is not None:
+                return Plan(replace(state, spawn_rate=1), stop=oldest.pid)
+        if idle >= pool.pm_min_spare_servers:
+            return Plan(replace(state, spawn_rate=1))
+        if running >= pool.pm_max_children:
+            return _reached(pool, state, "server reached pm.max_children setting")
+        messages = ()
+        if state.spawn_rate >= 8:
+            messages = (("warning", "[pool %s] seems busy (you may need to increase "
+                         "pm.start_servers, or pm.min/max_spare_servers), spawning %d children, "
+                         "there are %d idle, and %d total children"
+                         % (pool.name, state.spawn_rate, idle, running)),)
+        n = min(state.spawn_rate, pool.pm_min_spare_servers - idle, pool.pm_max_children - running)
+        rate = min(state.spawn_rate * 2, pool.pm_max_spawn_rate)
+        return Plan(PmState(rate, False, state.max_children_reached), spawn=n, messages=messages)
+
+
+MODES = {mode.name: mode for mode in (Static(), Dynamic(), Ondemand())}
+
+
+def of(pool) -> Mode:
+    """The process manager ``pool`` names (its pm directive)."""
+    return MODES[pool.pm]
+
+
+def maintain(pool, workers: Sequence[Slot], state: PmState, now_us: int) -> Plan:
+    """The once-a-second decision for one pool. ``workers`` excludes those already stopping."""
+    return of(pool).maintain(pool, workers, state, now_us)
 
 
 def on_waiting_connection(pool, workers: Sequence[Slot], state: PmState) -> Plan:

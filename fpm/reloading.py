@@ -14,7 +14,7 @@ from fpm.children import Child
 from fpm.scoreboard import STARTING
 from fpm.signals import HANDLED
 from fpm.states import State
-from fpm.timers import HANDOVER_POLL
+from fpm.timers import HANDOVER_POLL, Timer
 
 
 class Reloading:
@@ -27,7 +27,7 @@ class Reloading:
 
     def _hand_over(self) -> None:
         """Retire the inherited workers of each pool whose new workers are all ready."""
-        self.timers.cancel(("handover",))
+        self.timers.cancel((Timer.HANDOVER,))
         for name in sorted(self.handover):
             pool = self.pools.get(name)
             old = self._old_serving(name)
@@ -44,7 +44,7 @@ class Reloading:
                 self._signal(child, signal.SIGQUIT, float(pct) if pct > 0 else None)
             self.handover.discard(name)
         if self.handover:
-            self.timers.set(("handover",), time.monotonic() + HANDOVER_POLL)
+            self.timers.set((Timer.HANDOVER,), time.monotonic() + HANDOVER_POLL)
         elif self.notifier is not None:
             self.notifier.ready()
 

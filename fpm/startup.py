@@ -14,7 +14,7 @@ from fpm import parking, pm, poollogs, reexec, sockets, stdio, systemd
 from fpm.children import Child, Children
 from fpm.log import strerror
 from fpm.scoreboard import Board
-from fpm.timers import MAINTENANCE, heartbeat
+from fpm.timers import MAINTENANCE, Timer, heartbeat
 
 
 class StartError(Exception):
@@ -84,18 +84,18 @@ class Startup:
         """Each pool's first workers, its ondemand watch, its status; the master's timers."""
         for pool in self.pool_list:
             self._spawn(pool, pm.initial(pool))
-            if pool.pm == "ondemand":
+            if pm.of(pool).watches_queue:
                 # A connection handed over with its head waits like one in the listen queue.
                 for fd in fds[pool.name] + [self.lots[pool.name].ends.hand_rx]:
                     self.ondemand_fds[fd] = pool.name
                     self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
             self._publish(pool)
-        self.timers.set(("maintenance",), time.monotonic() + MAINTENANCE)
+        self.timers.set((Timer.MAINTENANCE,), time.monotonic() + MAINTENANCE)
         beat = heartbeat(self.pool_list)
         if beat is not None:
-            self.timers.set(("heartbeat",), time.monotonic() + beat)
+            self.timers.set((Timer.HEARTBEAT,), time.monotonic() + beat)
         if self.handover:
-            self.timers.set(("handover",), time.monotonic())
+            self.timers.set((Timer.HANDOVER,), time.monotonic())
 
     def _open_listeners(self) -> list[sockets.Listener]:
         """One socket per listen address of every pool: kept across a reload, passed by
@@ -257,7 +257,7 @@ class Startup:
         if not self.handover:
             self.notifier.ready()
         if every is not None:
-            self.timers.set(("systemd",), time.monotonic() + every)
+            self.timers.set((Timer.SYSTEMD,), time.monotonic() + every)
 
     def _report_systemd(self) -> None:
         slots = [c.board.read(c.slot) for c in self.children.by_pid.values()]
@@ -268,7 +268,7 @@ class Startup:
         self.reported_requests = requests
         if self.watchdog:
             self.notifier.watchdog()
-        self.timers.set(("systemd",), time.monotonic() + self.report_every)
+        self.timers.set((Timer.SYSTEMD,), time.monotonic() + self.report_every)
 
 
 def _slots(pool) -> int:

@@ -7,6 +7,7 @@ import time
 
 from fpm.signals import name as signal_name
 from fpm.states import State, may_switch, next_signal
+from fpm.timers import Timer
 
 
 class Stopping:
@@ -29,14 +30,14 @@ class Stopping:
                 self._arm(lot)
         self.children.stop_all(by)
         for name in self.pools:
-            self.timers.cancel(("spawn", name))
+            self.timers.cancel((Timer.SPAWN, name))
         if self.notifier is not None:
             self.notifier.stopping()
         self._pctl_round()
 
     def _pctl_round(self) -> None:
         """Signal every worker for the current state; arm the next escalation."""
-        self.timers.cancel(("pctl",))
+        self.timers.cancel((Timer.PCTL,))
         if not self.children:
             return
         sig, wait = next_signal(self.state, self.last_signal, self.config.global_.process_control_timeout)
@@ -45,7 +46,7 @@ class Stopping:
         self.last_signal = sig
         self.children.kill_all(sig)
         if wait is not None:
-            self.timers.set(("pctl",), time.monotonic() + wait)
+            self.timers.set((Timer.PCTL,), time.monotonic() + wait)
 
     def handle_term(self, by: int = signal.SIGTERM) -> None:
         self.log.notice("Terminating ...")

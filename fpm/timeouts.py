@@ -9,7 +9,7 @@ import time
 from fpm import trace
 from fpm.scoreboard import FINISHING, IDLE, ORDER_TIMEOUT, READING, RUNNING, now_us
 from fpm.signals import name as signal_name
-from fpm.timers import MAINTENANCE
+from fpm.timers import MAINTENANCE, Timer
 
 
 def escalation(last: int | None, stopping: str | None, stage: int) -> int | None:
@@ -106,7 +106,7 @@ class Timeouts:
             return
         sig = escalation(child.last_signal, child.stopping, child.board.read(child.slot).stage)
         if sig is None:
-            self.timers.set(("escalate", pid), time.monotonic() + MAINTENANCE)
+            self.timers.set((Timer.ESCALATE, pid), time.monotonic() + MAINTENANCE)
             return
         self.log.notice("[pool %s] child %d still alive, sending %s"
                         % (child.pool.name, pid, signal_name(sig)))

@@ -1,5 +1,8 @@
-"""The master's timers: named deadlines the loop sleeps until, and the periods they keep."""
+"""The master's timers: deadlines the loop sleeps until, what each is for, and the periods
+they keep."""
 from __future__ import annotations
+
+import enum
 
 MIN_HEARTBEAT = 0.13  # floor of the request-timeout check interval, as PHP-FPM's
 HANDOVER_POLL = 0.02  # how often a reload checks whether the new workers are ready
@@ -13,19 +16,44 @@ def heartbeat(pools) -> float | None:
     return max(MIN_HEARTBEAT, min(timeouts) / 3) if timeouts else None
 
 
+class Timer(enum.Enum):
+    """What a deadline is for. A timer's key is the Timer alone, or with the pool (its name),
+    the pool's parking lot or the worker (its pid) it is for."""
+
+    MAINTENANCE = "maintenance"  # every pool's pm decision, each MAINTENANCE s
+    HEARTBEAT = "heartbeat"  # request timeouts, each heartbeat() s
+    SPAWN = "spawn"  # a pool's delayed fork (pool)
+    ONDEMAND = "ondemand"  # an ondemand pool's listen queue, looked at again (pool)
+    HANDOVER = "handover"  # retire the previous master's workers once the new ones serve
+    ESCALATE = "escalate"  # a worker that outlived its signal, signalled harder (pid)
+    PCTL = "pctl"  # the next round of stop signals (process_control_timeout)
+    SYSTEMD = "systemd"  # a status report to systemd
+    PARKED = "parked"  # a lot's next head deadline (pool)
+    HANDOFF = "handoff"  # a lot's hand-off, tried again (pool)
+    RECHECK = "recheck"  # a lot's partial heads, peeked at again (pool)
+
+    @property
+    def normal_only(self) -> bool:
+        """Due only while the master runs normally: a stopping master forks nothing."""
+        return self in (Timer.MAINTENANCE, Timer.SPAWN, Timer.ONDEMAND, Timer.HANDOVER)
+
+
+Key = tuple  # (Timer,) or (Timer, pool name or pid)
+
+
 class Timers:
-    """Named deadlines on the monotonic clock; the loop sleeps until the earliest."""
+    """Deadlines on the monotonic clock, by key; the loop sleeps until the earliest."""
 
     def __init__(self):
-        self._at: dict[tuple, float] = {}
+        self._at: dict[Key, float] = {}
 
-    def set(self, key: tuple, at: float) -> None:
+    def set(self, key: Key, at: float) -> None:
         self._at[key] = at
 
-    def cancel(self, key: tuple) -> None:
+    def cancel(self, key: Key) -> None:
         self._at.pop(key, None)
 
-    def pending(self, key: tuple) -> bool:
+    def pending(self, key: Key) -> bool:
         return key in self._at
 
     def timeout(self, now: float) -> float | None:
@@ -34,7 +62,7 @@ class Timers:
             return None
         return max(0.0, min(self._at.values()) - now)
 
-    def pop_due(self, now: float) -> list[tuple]:
+    def pop_due(self, now: float) -> list[Key]:
         due = [key for key, at in self._at.items() if at <= now]
         for key in due:
             del self._at[key]

@@ -6,7 +6,7 @@ import pytest
 from fpm.master import record_fault
 from fpm.states import State, may_switch, next_signal
 from fpm.timeouts import escalation, timed_out
-from fpm.timers import Timers, heartbeat
+from fpm.timers import Timer, Timers, heartbeat
 from fpm.scoreboard import FINISHING, IDLE, READING, RUNNING, Slot
 
 
@@ -113,13 +113,13 @@ def test_heartbeat_is_a_third_of_the_shortest_timeout():
 def test_timers():
     timers = Timers()
     assert timers.timeout(100.0) is None
-    timers.set(("pctl",), 101.0)
-    timers.set(("spawn", "www"), 100.5)
+    timers.set((Timer.PCTL,), 101.0)
+    timers.set((Timer.SPAWN, "www"), 100.5)
     assert timers.timeout(100.0) == 0.5
-    assert timers.pending(("spawn", "www"))
+    assert timers.pending((Timer.SPAWN, "www"))
     assert timers.pop_due(100.0) == []
-    assert timers.pop_due(100.7) == [("spawn", "www")]
+    assert timers.pop_due(100.7) == [(Timer.SPAWN, "www")]
     assert timers.timeout(102.0) == 0.0
-    timers.cancel(("pctl",))
-    timers.cancel(("pctl",))
+    timers.cancel((Timer.PCTL,))
+    timers.cancel((Timer.PCTL,))
     assert timers.timeout(102.0) is None
