@@ -134,16 +134,19 @@ def check(data):
     if refused >= 0:
         assert out.endswith(b"pyfpm.\n"), out[refused:]
         out = out[:refused]
-    records = list(c.iter_records(out))  # whole records, version 1
-    ids = []
-    for rtype, rid, content in records:
-        if rtype == c.END_REQUEST and content[4] == c.REQUEST_COMPLETE:
-            ids.append(rid)
     aborted = {rid for rtype, rid, _ in codec_check.client_records(data)[0]
                if rtype == c.ABORT_REQUEST}
-    for rid in ids:
-        mine = [r for r in records if r[1] == rid]
-        if rid in aborted and not any(content for rtype, _, content in mine if rtype == c.STDOUT):
+    # Each response ends at its END_REQUEST: a request id is used again after an abort.
+    pending: dict[int, list] = {}
+    for record in c.iter_records(out):  # whole records, version 1
+        rtype, rid, content = record
+        pending.setdefault(rid, []).append(record)
+        if rtype != c.END_REQUEST:
+            continue
+        mine = pending.pop(rid)
+        if content[4] != c.REQUEST_COMPLETE:
+            continue
+        if rid in aborted and not any(chunk for kind, _, chunk in mine if kind == c.STDOUT):
             continue  # the web server aborted it: END_REQUEST alone is the answer
         c.Response.from_records(mine, rid)
     events, full = codec_check.reference(data)
