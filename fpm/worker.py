@@ -60,6 +60,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
     if loaded is None:
         return os.EX_UNAVAILABLE  # the previous workers still serve (a reload)
     app, special, retry = loaded
+    # A list, not a generator: every listener is prepared, not only those up to a TCP one.
     tcp = any([_prepare_listener(fd, options.stamps_receive_times(pool)) for fd in listen_fds])
     if seat.channel >= 0 and (pool.request_slowlog_timeout or pool.request_terminate_timeout):
         slowlog.arm_worker(seat.channel)  # the master's way in when ptrace is refused
