@@ -1,4 +1,4 @@
-"""Build the fpm._proto and fpm._pystack extensions; all other metadata lives in pyproject.toml."""
+"""Build the compiled core (CORE) and fpm._pystack; all other metadata lives in pyproject.toml."""
 import json
 import sys
 
@@ -6,6 +6,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PYSTACK = "fpm._pystack"
+# The compiled core, one module per concern, in the order they cimport each other
+# (fpm/_sys.pxd only declares system calls: nothing is built from it).
+CORE = ("_codec", "_board", "_passing", "_worker")
 
 
 def pystack_extension():
@@ -41,10 +44,11 @@ class BuildExt(build_ext):
 def main():
     from Cython.Build import cythonize  # a build requirement only (pyproject.toml)
 
-    proto = Extension("fpm._proto", ["fpm/_proto.pyx"], extra_compile_args=["-O2"])
+    core = [Extension("fpm." + name, ["fpm/%s.pyx" % name], extra_compile_args=["-O2"])
+            for name in CORE]
     setup(
         cmdclass={"build_ext": BuildExt},
-        ext_modules=cythonize([proto], compiler_directives={"language_level": "3"})
+        ext_modules=cythonize(core, compiler_directives={"language_level": "3"})
         + [pystack_extension()],
     )
 

@@ -4,7 +4,7 @@ as yardsticks (compare ratios)."""
 
 import pytest
 
-from fpm import _proto, client
+from fpm import _codec, client
 
 BODY = bytes(range(256)) * 256  # 64 KiB
 RESPONSE_HEAD = (b"Status: 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
@@ -27,7 +27,7 @@ def decode_once(decoder, data):
 @pytest.mark.benchmark(group="params")
 def test_parse_params(benchmark, realistic_params):
     data = request_bytes(realistic_params)
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     events = benchmark(decode_once, decoder, data)
     params = next(e[2] for e in events if e[0] == "params")
     assert params[b"HTTP_USER_AGENT"].startswith(b"Mozilla/5.0")
@@ -107,7 +107,7 @@ def test_decode_64k_body(benchmark, realistic_params):
     params = dict(realistic_params, REQUEST_METHOD="POST", CONTENT_LENGTH=str(len(BODY)),
                   CONTENT_TYPE="application/octet-stream")
     data = request_bytes(params, BODY)
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     events = benchmark(decode_once, decoder, data)
     assert b"".join(e[2] for e in events if e[0] == "stdin") == BODY
     assert events[-1][0] == "stdin_end"
@@ -129,8 +129,8 @@ def test_encode_response(benchmark, size):
     body = BODY[:size]
 
     def encode():
-        return _proto.encode_stdout(1, RESPONSE_HEAD) + _proto.encode_stdout(1, body) + \
-            _proto.encode_end_request(1)
+        return _codec.encode_stdout(1, RESPONSE_HEAD) + _codec.encode_stdout(1, body) + \
+            _codec.encode_end_request(1)
 
     out = benchmark(encode)
     response = client.Response.from_records(client.iter_records(out))

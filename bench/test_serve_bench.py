@@ -1,4 +1,4 @@
-"""One worker's serve() loop, measured end to end: a forked child runs fpm._proto.serve with a
+"""One worker's serve() loop, measured end to end: a forked child runs fpm._worker.serve with a
 hello-world app on a unix socket; the benchmark drives it with pre-encoded requests over a raw
 socket and reports requests per second.
 
@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from fpm import _proto, client, options, scoreboard
+from fpm import _worker, client, options, scoreboard
 from fpm.config import PoolConfig
 
 BATCH = 2000
@@ -38,7 +38,7 @@ def worker(request, tmp_path_factory):
     if pid == 0:  # the worker: serve until killed, never return into pytest
         code = 1
         try:
-            _proto.serve([listener.fileno()], hello, options.for_pool(
+            _worker.serve([listener.fileno()], hello, options.for_pool(
                 PoolConfig(name="bench", listen=(path,), app="hello"),
                 {"SERVER_SOFTWARE": "pyfpm-bench"}, board=board and board.mem,
                 slot=board.claim() if board else -1))

@@ -1,6 +1,6 @@
 """A small pure-Python FastCGI client: `pyfpm request`, and the oracle the tests hold the server to.
 
-It shares no code with `fpm._proto` on purpose: an independent reading of the spec catches what
+It shares no code with `fpm._codec` on purpose: an independent reading of the spec catches what
 a shared helper would hide.
 """
 

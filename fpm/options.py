@@ -1,4 +1,4 @@
-"""What a worker's loop (fpm._proto.serve) is told: its pool's settings as the loop uses
+"""What a worker's loop (fpm._worker.serve) is told: its pool's settings as the loop uses
 them, and the handles the worker gives it, in one object built once per worker. The
 compiled core reads it by attribute and imports nothing of pyfpm's."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fpm._proto import MAX_HELD
+from fpm._worker import MAX_HELD
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class WorkerOptions:
     wsgi_errors: str  # wsgi_errors: "both", "log" or "server"
     # --- handles: what the worker has at hand, and the loop calls ---
     log: Callable[[str, str], None] | None = None  # log(level, text): peers, app errors, refusals
-    board: Any = None  # the pool's scoreboard (fpm._proto.Board), and this worker's slot in it
+    board: Any = None  # the pool's scoreboard (fpm._board.Board), and this worker's slot in it
     slot: int = -1
     special: dict | None = None  # request path -> the WSGI app that answers it (status, ping)
     access: Any = None  # fpm.accesslog.Writer: write() after each response, begin() before

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import time
 
-from fpm import _proto, status
+from fpm import _board, status
 from fpm.scoreboard import Slot
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -62,7 +62,7 @@ def snapshot(pool, board) -> status.PoolStatus:
         app_status="failing" if failing else "ok",
         app_error=board.mem.app_error()[1] if failing else "", procs=procs,
         parked_connections=header["parked"],
-        **dict(zip(_proto.REFUSAL_CAUSES, board.mem.refusals())))
+        **dict(zip(_board.REFUSAL_CAUSES, board.mem.refusals())))
 
 
 def status_app(pool, board):

@@ -5,7 +5,7 @@ accepts a connection without a whole request (nothing sent yet, a head or a body
 a silent or dribbling peer) parks it here over its pool's park socket, with the bytes it
 read, and goes back to work. The master watches parked connections in its event loop and
 only peeks at them (MSG_PEEK): it never reads or writes a request. Once the bytes read plus
-those waiting hold the whole request (fpm._proto.request_status: its head and the empty
+those waiting hold the whole request (fpm._codec.request_status: its head and the empty
 STDIN record that ends its body), or PEEK_MAX of it, the connection goes over the pool's
 hand-off socket to whichever idle worker takes it first (they watch that socket like a
 listening one). One whose head has not come by its deadline (request_head_timeout from its
@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from fpm import _proto
+from fpm import _board, _codec, _passing, _worker
 
 PEEK_MAX = 65536  # this much of a request and still not all of it: a peer this fast gets a worker
 BYTES_EACH = 4096  # bytes parked connections may hold, per connection the pool may park
@@ -53,9 +53,9 @@ RECHECK = 0.05  # level-triggered pollers: how soon a partial head is peeked at 
 RETRY = 0.01  # the hand-off queue was full: how soon to try again
 WATCHED = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 HUNG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
-# Board refusal counters (fpm._proto.REFUSAL_CAUSES) the master adds to.
-HEAD_TIMEOUTS = _proto.REFUSAL_CAUSES.index("head_timeouts")
-PARKED_CLOSED = _proto.REFUSAL_CAUSES.index("parked_closed")
+# Board refusal counters (fpm._board.REFUSAL_CAUSES) the master adds to.
+HEAD_TIMEOUTS = _board.REFUSAL_CAUSES.index("head_timeouts")
+PARKED_CLOSED = _board.REFUSAL_CAUSES.index("parked_closed")
 
 
 def now_us() -> int:
@@ -76,7 +76,7 @@ class Parked:
     ready: bool = False  # it goes to a worker; the hand-off queue was full
     body_since: int = 0  # µs, CLOCK_MONOTONIC: when its head was seen whole (0: not yet)
     body_bytes: int = 0  # of its body, seen so far
-    late: bool = False  # handed over past its body's deadline (_proto.TICKET_LATE)
+    late: bool = False  # handed over past its body's deadline (_passing.TICKET_LATE)
 
     @property
     def fd(self) -> int:
@@ -126,14 +126,14 @@ def due(p: Parked, allowance: int, rate: int) -> int:
         return p.due
     if not rate:
         return p.body_since + allowance
-    return _proto.body_due_us(p.body_since, allowance, p.body_bytes, rate)
+    return _worker.body_due_us(p.body_since, allowance, p.body_bytes, rate)
 
 
 def progress(data: bytes, waiting: bytes) -> tuple[int, int]:
-    """(fpm._proto.request_status of what the worker read plus what waits, bytes of the body
+    """(fpm._codec.request_status of what the worker read plus what waits, bytes of the body
     among them); status 2 (a worker can serve it) too once PEEK_MAX bytes are there."""
     whole = data + waiting
-    status, head_end = _proto.request_status(whole)
+    status, head_end = _codec.request_status(whole)
     if len(whole) >= PEEK_MAX:
         status = 2
     return status, (len(whole) - head_end if status == 1 else 0)
@@ -231,7 +231,7 @@ class Lot:
         """Take every connection the workers parked, within the pool's limits."""
         while True:
             try:
-                got = _proto.take_conn(self.ends.park_rx)
+                got = _passing.take_conn(self.ends.park_rx)
             except OSError as e:
                 if e.errno == errno.EPIPE:  # no worker end left: nothing more will come
                     break
@@ -345,8 +345,8 @@ class Lot:
         # Counted first: a worker may take it before pass_conn() returns.
         self.board.mem.add_handoffs(1)
         try:
-            sent = _proto.pass_conn(self.ends.hand_tx, p.fd, p.due, p.arrived, p.data,
-                                    p.flags | (_proto.TICKET_LATE if p.late else 0))
+            sent = _passing.pass_conn(self.ends.hand_tx, p.fd, p.due, p.arrived, p.data,
+                                    p.flags | (_passing.TICKET_LATE if p.late else 0))
         except OSError:
             sent = None
         if not sent:

@@ -3,7 +3,7 @@ want of descriptors, logged once per cause per episode with the counter the stat
 shows, never once per connection.
 
 Workers and the master only add to the pool's counters (the scoreboard's, in
-fpm._proto.REFUSAL_CAUSES order). Once a second the master hands them to update(): the
+fpm._board.REFUSAL_CAUSES order). Once a second the master hands them to update(): the
 first refusal after a quiet spell begins an episode, logged as a WARNING; the episode
 ends, with a NOTICE saying how many it held and for how long, once QUIET seconds pass
 without one. A flood is two lines, whatever its size.
@@ -14,12 +14,12 @@ import errno
 import os
 from dataclasses import dataclass
 
-from fpm import _proto, status
+from fpm import _board, status
 from fpm.config import Size
 
-QUIET = float(_proto.REFUSAL_QUIET)  # seconds without a refusal of a cause that end its episode
+QUIET = float(_board.REFUSAL_QUIET)  # seconds without a refusal of a cause that end its episode
 
-CAUSES = _proto.REFUSAL_CAUSES
+CAUSES = _board.REFUSAL_CAUSES
 # The status page's name of each counter, by the board's.
 LABELS = {f.attr: f.label for f in status.POOL_FIELDS if f.attr in CAUSES}
 

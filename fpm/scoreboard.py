@@ -7,10 +7,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from fpm import _proto
-from fpm._proto import FINISHING, IDLE, READING, RUNNING, STARTING  # noqa: F401 (the stages)
+from fpm import _board
+from fpm._board import FINISHING, IDLE, READING, RUNNING, STARTING  # noqa: F401 (the stages)
 
-ORDER_TIMEOUT = _proto.TIMEOUT_ORDER
+ORDER_TIMEOUT = _board.TIMEOUT_ORDER
 
 
 def now_us() -> int:
@@ -46,7 +46,7 @@ class Slot:
 
     @property
     def stage_name(self) -> str:
-        return _proto.STAGE_NAMES[self.stage]
+        return _board.STAGE_NAMES[self.stage]
 
 
 class Board:
@@ -56,9 +56,9 @@ class Board:
         create = fd is None
         if create:
             fd = os.memfd_create("pyfpm-scoreboard-" + pool_name, os.MFD_CLOEXEC)
-            os.ftruncate(fd, _proto.board_size(nslots))
+            os.ftruncate(fd, _board.board_size(nslots))
         self.pool_name = pool_name
-        self.mem = _proto.Board(fd, nslots, create)
+        self.mem = _board.Board(fd, nslots, create)
         self.taken: set[int] = set()
 
     @property
@@ -90,8 +90,8 @@ class Board:
         return Slot(*self.mem.read(index))
 
     def header(self) -> dict[str, int]:
-        """The pool-wide numbers, by name (fpm._proto.HEADER_FIELDS)."""
-        return dict(zip(_proto.HEADER_FIELDS, self.mem.header()))
+        """The pool-wide numbers, by name (fpm._board.HEADER_FIELDS)."""
+        return dict(zip(_board.HEADER_FIELDS, self.mem.header()))
 
     def close(self) -> None:
         os.close(self.fd)

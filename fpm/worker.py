@@ -12,7 +12,7 @@ from typing import NoReturn
 
 # Imported here, in the master: a worker that dropped privileges may not be able to read
 # pyfpm's own files (a package in a 0700 directory).
-from fpm import (__version__, _proto, accesslog, apps, channel, clients, options, pages, probe,
+from fpm import (__version__, _worker, accesslog, apps, channel, clients, options, pages, probe,
                  scripts, slowlog, stdio, unix, workerlog)
 from fpm.proctitle import set_process_title
 
@@ -43,7 +43,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
     _init_signals()
     set_process_title("pyfpm: pool %s" % pool.name)  # before a chroot hides libc's path
     dirs = probe.import_dirs(pool)  # seen from outside the chroot: for an import error's hint
-    statm = _proto.open_statm() if pool.pm_max_memory else -1  # a chroot may have no /proc
+    statm = _worker.open_statm() if pool.pm_max_memory else -1  # a chroot may have no /proc
     try:
         unix.apply(pool, log, allow_root)
     except unix.UnixError as e:
@@ -55,7 +55,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
     def take_new_files() -> None:
         channel.take_files(seat.channel)
 
-    end_output = stdio.worker_output(pool, log, _proto.output_written)
+    end_output = stdio.worker_output(pool, log, _worker.output_written)
     loaded = _app(pool, seat, log_line, dirs)
     if loaded is None:
         return os.EX_UNAVAILABLE  # the previous workers still serve (a reload)
@@ -79,7 +79,7 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
         on_reopen=take_new_files if seat.channel >= 0 and access is not None else None,
         allow=clients.acceptor(pool, log_line, tcp), errors_log=workerlog.ErrorsLog(log),
         on_output=end_output, statm_fd=statm, park_fd=seat.park_fd, handoff_fd=seat.handoff_fd)
-    requests, reason, rss = _proto.serve(listen_fds, app, told)
+    requests, reason, rss = _worker.serve(listen_fds, app, told)
     if retry:
         return os.EX_UNAVAILABLE
     if reason == "max_memory":
@@ -122,13 +122,13 @@ def memory_warnings(pools) -> list[str]:
     cannot read /proc: the peak RSS instead of the current one. The start, -t and a reload
     say so."""
     limited = [pool.name for pool in pools if pool.pm_max_memory]
-    fd = _proto.open_statm() if limited else -1
+    fd = _worker.open_statm() if limited else -1
     if fd >= 0 or not limited:
         if fd >= 0:
             os.close(fd)
         return []
     return ["[pool %s] pm.max_memory: %s cannot be read (no /proc); the workers compare "
-            "their peak RSS (getrusage) with it instead of their current RSS" % (name, _proto.STATM)
+            "their peak RSS (getrusage) with it instead of their current RSS" % (name, _worker.STATM)
             for name in limited]
 
 
@@ -148,7 +148,7 @@ def _stop_after(seconds: float) -> list:
 
     def due(signum, frame):
         fired.append(True)
-        _proto.request_stop()
+        _worker.request_stop()
     signal.signal(signal.SIGALRM, due)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     return fired
@@ -164,10 +164,10 @@ def base_environ(pool) -> dict:
         "wsgi.run_once": False,
         # Our wsgi.input returns b"" at the body's end even without CONTENT_LENGTH (chunked).
         "wsgi.input_terminated": True,
-        "wsgi.file_wrapper": _proto.FileWrapper,
+        "wsgi.file_wrapper": _worker.FileWrapper,
         "fpm.pool": pool,
         "fpm.version": __version__,
-        "fpm.finish_request": _proto.finish_request,
+        "fpm.finish_request": _worker.finish_request,
     }
 
 
@@ -179,7 +179,7 @@ def _init_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
     # A web server that hangs up mid-response must give EPIPE, not kill the worker.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    _proto.watch_quit()
+    _worker.watch_quit()
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 

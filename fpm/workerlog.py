@@ -117,7 +117,7 @@ class WorkerLog(Levels):
 
 
 class ErrorsLog:
-    """wsgi.errors into the error log, for fpm._proto: ``say(request, text)`` with the
+    """wsgi.errors into the error log, for fpm._worker: ``say(request, text)`` with the
     request's line (``GET /x``), ``end()`` when a request that said something ends."""
 
     def __init__(self, log: WorkerLog):

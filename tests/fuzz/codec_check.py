@@ -1,4 +1,4 @@
-"""The codec's fuzz check: any bytes into fpm._proto.Decoder, held against fpm.client.
+"""The codec's fuzz check: any bytes into fpm._codec.Decoder, held against fpm.client.
 
 ``check(data)`` raises AssertionError (or whatever escaped the codec) on a defect:
 - the codec may only refuse bytes with ProtocolError, never with another exception;
@@ -14,14 +14,14 @@
 import random
 import zlib
 
-from fpm import _proto
+from fpm import _codec
 from fpm import client as c
 
 
 def _run(data, cuts, *, answer=False):
     """Feed ``data`` cut at ``cuts``: (events, the ProtocolError or None, replies).
     ``answer``: end each request once its input is in, as the worker does."""
-    dec = _proto.Decoder(params_max=1 << 20)  # above any input: no limit to model
+    dec = _codec.Decoder(params_max=1 << 20)  # above any input: no limit to model
     events, replies, error, prev = [], bytearray(), None, 0
     try:
         for cut in cuts + [len(data)]:
@@ -32,11 +32,11 @@ def _run(data, cuts, *, answer=False):
                 replies += dec.data_to_send()
                 if not (answer and new and new[-1][0] in ("stdin_end", "abort")):
                     break
-                replies += dec.end_request(0, _proto.REQUEST_COMPLETE)
+                replies += dec.end_request(0, _codec.REQUEST_COMPLETE)
                 new = dec.feed(b"")  # a BEGIN_REQUEST that waited for the end
         if answer:
             dec.eof()
-    except _proto.ProtocolError as e:
+    except _codec.ProtocolError as e:
         error = e
         replies += dec.data_to_send()
     return _merged(events), error, bytes(replies)

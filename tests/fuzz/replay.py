@@ -1,4 +1,4 @@
-"""Run fuzz inputs through a target's check once each, with the tree's own fpm._proto.
+"""Run fuzz inputs through a target's check once each, with the tree's own compiled core.
 
     python tests/fuzz/replay.py codec|request FILE_OR_DIR...
 

@@ -1,6 +1,6 @@
 """The request path's fuzz check: any bytes sent to a worker's real serve() loop.
 
-One fpm._proto.serve() runs for the whole process in a thread of its own, on a unix
+One fpm._worker.serve() runs for the whole process in a thread of its own, on a unix
 socket, with a WSGI app that checks what it gets. ``check(data)`` connects, sends ``data``,
 half-closes, and reads until the worker closes; it raises AssertionError when:
 - the worker did not close the connection within TIMEOUT, or its loop died;
@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 
-from fpm import _proto, options
+from fpm import _worker, options
 from fpm import client as c
 from fpm.config import PoolConfig
 
@@ -61,7 +61,7 @@ class _Loop:
             pool = PoolConfig(name="fuzz", listen=(self.tmp,), app="check", mount=MOUNT,
                               request_read_timeout=TIMEOUT, request_body_buffer_size=BODY_BUFFER,
                               request_body_max_size=BODY_MAX)
-            _proto.serve([self.listener.fileno()], self.app, options.for_pool(
+            _worker.serve([self.listener.fileno()], self.app, options.for_pool(
                 pool, BASE, log=lambda level, text: self.lines.append((level, text))))
             self.died = "serve() returned"
         except BaseException as e:  # noqa: BLE001 - reported by the next check()

@@ -1,8 +1,8 @@
-"""Run the fuzz targets over the sanitized fpm._proto: the test command's step and the long run.
+"""Run the fuzz targets over the sanitized compiled core: the test command's step and the long run.
 
     python tests/fuzz/run.py [--seconds 60] [--runs N] [--target codec|request|all] [--max-len B] [--out DIR]
 
-Builds the module (build.py, into build/fuzz), then runs each target under atheris with
+Builds the modules (build.py, into build/fuzz), then runs each target under atheris with
 atheris's ASan+UBSan+libFuzzer runtime preloaded, niced, seeded from tests/fuzz/corpus:
 ``--seconds`` is the time of all targets together (split evenly), ``--runs`` the inputs of
 each (the long run). New inputs go to OUT/<target>-corpus, never into the repository; a
@@ -35,13 +35,13 @@ def corpus_dirs(target):
     return [d for d in dirs if d.is_dir()]
 
 
-def fuzz(target, module, out, seconds=None, runs=None, max_len=MAX_LEN, pymalloc=False):
+def fuzz(target, core, out, seconds=None, runs=None, max_len=MAX_LEN, pymalloc=False):
     """Run one target; (exit code, runs done, seconds, crash files)."""
     import atheris
     work = out / (target + "-corpus")
     work.mkdir(parents=True, exist_ok=True)
     prefix = out / (target + "-")  # libFuzzer adds crash-, timeout-, oom-, leak-
-    argv = [sys.executable, str(HERE / "fuzz.py"), target, str(module), str(work),
+    argv = [sys.executable, str(HERE / "fuzz.py"), target, str(core), str(work),
             *map(str, corpus_dirs(target)),
             "-max_len=%d" % max_len, "-timeout=30", "-rss_limit_mb=3072",
             "-dict=%s" % (HERE / "fastcgi.dict"), "-artifact_prefix=%s" % prefix,
@@ -84,11 +84,11 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(HERE))
     import build
-    module = build.build(HERE.parents[1] / "build" / "fuzz")
+    core = build.build(HERE.parents[1] / "build" / "fuzz")
     failed = False
     for target in targets:
         seconds = max(1, args.seconds // len(targets)) if args.runs is None else None
-        code, runs, took, crashes, log = fuzz(target, module, out, seconds, args.runs, args.max_len,
+        code, runs, took, crashes, log = fuzz(target, core, out, seconds, args.runs, args.max_len,
                                              args.pymalloc)
         print("fuzz %s: %d inputs in %.0f s (%.0f/s), exit %d, %d crash%s; log %s"
               % (target, runs, took, runs / took if took else 0, code, len(crashes),

@@ -1,4 +1,4 @@
-"""The fuzz corpus replayed with the tree's own fpm._proto on every test run: the captures
+"""The fuzz corpus replayed with the tree's own compiled core on every test run: the captures
 of real web servers and each input a fuzzer found worth keeping, regressions included,
 go through the same checks as under the fuzzer (codec_check, request_check)."""
 

@@ -1,5 +1,5 @@
 """One worker, many requests: each request's environ holds exactly its own params. The worker
-reuses the strs of the previous request's names and values by position (fpm/_proto.pyx
+reuses the strs of the previous request's names and values by position (fpm/_codec.pyx
 _latin1_at), so a value of the same length, a shorter or longer request, or the same names
 in another order must never show an earlier request's bytes."""
 import json

@@ -1,4 +1,4 @@
-"""The server codec (fpm._proto) held against the independent client (fpm.client).
+"""The server codec (fpm._codec) held against the independent client (fpm.client).
 
 Requests built by the client's encoder must come out of the server's Decoder as the same
 events however the bytes are chunked; the server's encoders must parse in the client.
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fpm import _proto
+from fpm import _codec, _worker
 from fpm import client as c
 
 # Timing is the benchmarks' business; a slow CI machine must not fail a round trip.
@@ -34,7 +34,7 @@ def merged(events):
 
 def decode(data, cuts=(), **kw):
     """Feed data to a fresh Decoder cut at `cuts`, then eof(); (merged events, decoder)."""
-    decoder = _proto.Decoder(**kw)
+    decoder = _codec.Decoder(**kw)
     events, prev = [], 0
     for cut in sorted(set(cuts) | {len(data)}):
         events += decoder.feed(data[prev:cut])
@@ -159,7 +159,7 @@ def test_padding_the_sender_chose_is_skipped():
 
 
 def test_two_requests_on_a_kept_connection():
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     assert merged(decoder.feed(c.encode_request({"A": "1"}, b"one", keep_conn=True))) == \
         expected({b"A": b"1"}, b"one", 1, True)
     assert decoder.end_request(7) == c.encode_record(c.STDOUT, 1, b"") + end_request(1, 7)
@@ -173,7 +173,7 @@ def test_two_requests_on_a_kept_connection():
 def test_next_request_sent_early_waits_for_end_request():
     # A pipelined request with the same id is held until the current one is answered.
     wire = c.encode_request({"A": "1"}, keep_conn=True) + c.encode_request({"B": "2"}, b"x")
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     assert merged(decoder.feed(wire)) == expected({b"A": b"1"}, b"", 1, True)
     assert decoder.feed(b"") == []
     decoder.end_request()
@@ -187,7 +187,7 @@ def test_pipelined_requests_under_random_chunks(p1, p2, b1, b2, data):
     # The serve loop answers each request at stdin_end, then feeds b"" to release the next.
     wire = c.encode_request(p1, b1, keep_conn=True) + c.encode_request(p2, b2, keep_conn=True)
     cuts = sorted(set(data.draw(st.lists(st.integers(0, len(wire)), max_size=30))) | {len(wire)})
-    decoder, events, prev = _proto.Decoder(), [], 0
+    decoder, events, prev = _codec.Decoder(), [], 0
     for cut in cuts:
         piece, prev = wire[prev:cut], cut
         while True:
@@ -209,12 +209,12 @@ def test_next_request_with_another_id_sent_early_is_multiplexing():
 
 
 def test_second_begin_for_the_active_request_is_an_error():
-    with pytest.raises(_proto.ProtocolError, match="second BEGIN_REQUEST"):
-        _proto.Decoder().feed(c.encode_begin(1) + c.encode_begin(1))
+    with pytest.raises(_codec.ProtocolError, match="second BEGIN_REQUEST"):
+        _codec.Decoder().feed(c.encode_begin(1) + c.encode_begin(1))
 
 
 def test_feeding_nothing_gives_nothing():
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     assert decoder.feed(b"") == []
     decoder.eof()
     assert decoder.data_to_send() == b""
@@ -285,13 +285,13 @@ def test_second_request_id_while_one_is_active():
 def test_abort_request():
     wire = c.encode_begin(1) + c.encode_stream(c.PARAMS, 1, c.encode_pairs({"A": "b"})) + \
         c.encode_record(c.STDIN, 1, b"part") + c.encode_record(c.ABORT_REQUEST, 1)
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     assert merged(decoder.feed(wire)) == [("begin", 1, 1, False), ("params", 1, {b"A": b"b"}),
                                           ("stdin", 1, b"part"), ("abort", 1)]
 
 
 def test_abort_before_params_end():
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     wire = c.encode_begin(3, keep_conn=True) + c.encode_record(c.PARAMS, 3, b"\x01\x01Ab") + \
         c.encode_record(c.ABORT_REQUEST, 3)
     assert decoder.feed(wire) == [("begin", 3, 1, True), ("abort", 3)]
@@ -302,13 +302,13 @@ def test_abort_before_params_end():
 @pytest.mark.parametrize("data", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"POST /form HTTP/1.0\r\n\r\n",
                                   b"GET / HTTP/1.1"])
 def test_http_sent_to_the_fastcgi_port(data):
-    with pytest.raises(_proto.ProtocolError, match="HTTP"):
-        _proto.Decoder().feed(data)
+    with pytest.raises(_codec.ProtocolError, match="HTTP"):
+        _codec.Decoder().feed(data)
 
 
 def test_http_fed_in_small_pieces_is_still_named():
-    decoder = _proto.Decoder()
-    with pytest.raises(_proto.ProtocolError, match="HTTP"):
+    decoder = _codec.Decoder()
+    with pytest.raises(_codec.ProtocolError, match="HTTP"):
         for byte in b"GET / HTTP/1.1\r\n\r\n":
             decoder.feed(bytes([byte]))
 
@@ -316,34 +316,34 @@ def test_http_fed_in_small_pieces_is_still_named():
 @pytest.mark.parametrize("version", [0, 2, 3, 255])
 def test_bad_version(version):
     record = bytes([version]) + c.encode_begin(1)[1:]
-    with pytest.raises(_proto.ProtocolError, match=f"version {version}"):
-        _proto.Decoder().feed(record)
+    with pytest.raises(_codec.ProtocolError, match=f"version {version}"):
+        _codec.Decoder().feed(record)
 
 
 def test_tls_sent_to_the_fastcgi_port():
-    with pytest.raises(_proto.ProtocolError, match="TLS"):
-        _proto.Decoder().feed(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    with pytest.raises(_codec.ProtocolError, match="TLS"):
+        _codec.Decoder().feed(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
 
 
 def test_bad_version_after_a_good_request():
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     decoder.feed(c.encode_request({"A": "b"}, keep_conn=True))
-    with pytest.raises(_proto.ProtocolError, match="version 3"):
+    with pytest.raises(_codec.ProtocolError, match="version 3"):
         decoder.feed(b"\x03" + c.encode_begin(2)[1:])
 
 
 def test_params_over_the_cap():
     params = {"N": "v" * 2000}
     size = len(c.encode_pairs(params))
-    with pytest.raises(_proto.ProtocolError, match=rf"{size}\b.*\blimit 1000\b"):
-        _proto.Decoder(params_max=1000).feed(c.encode_request(params))
+    with pytest.raises(_codec.ProtocolError, match=rf"{size}\b.*\blimit 1000\b"):
+        _codec.Decoder(params_max=1000).feed(c.encode_request(params))
 
 
 def test_params_over_the_cap_split_in_many_records():
     # The cap is on the whole PARAMS stream, not on one record.
     params = {f"N{i}": "v" * 100 for i in range(20)}
-    with pytest.raises(_proto.ProtocolError, match=r"limit 1000\b"):
-        _proto.Decoder(params_max=1000).feed(c.encode_request(params, params_chunk=500))
+    with pytest.raises(_codec.ProtocolError, match=r"limit 1000\b"):
+        _codec.Decoder(params_max=1000).feed(c.encode_request(params, params_chunk=500))
 
 
 def test_params_at_the_cap_pass():
@@ -354,15 +354,15 @@ def test_params_at_the_cap_pass():
 
 def test_default_cap_is_one_mebibyte():
     params = {"N": "v" * (1 << 20)}
-    with pytest.raises(_proto.ProtocolError, match=r"limit 1048576\b"):
-        _proto.Decoder().feed(c.encode_request(params))
+    with pytest.raises(_codec.ProtocolError, match=r"limit 1048576\b"):
+        _codec.Decoder().feed(c.encode_request(params))
 
 
 @pytest.mark.parametrize("cut", [1, 7, 8, 12, 16 + 8 + 3])
 def test_eof_mid_record(cut):
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     decoder.feed(c.encode_request({"A": "bc"}, b"body")[:cut])
-    with pytest.raises(_proto.ProtocolError, match="truncated"):
+    with pytest.raises(_codec.ProtocolError, match="truncated"):
         decoder.eof()
 
 
@@ -373,16 +373,16 @@ def test_eof_mid_request(upto):
         wire += c.encode_stream(c.PARAMS, 1, c.encode_pairs({"A": "b"}))
     if upto == "stdin":
         wire += c.encode_record(c.STDIN, 1, b"part")
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     decoder.feed(wire)
-    with pytest.raises(_proto.ProtocolError):
+    with pytest.raises(_codec.ProtocolError):
         decoder.eof()
 
 
 def test_truncated_pair_inside_the_params_stream():
     wire = c.encode_begin(1) + c.encode_record(c.PARAMS, 1, b"\x05\x01AB") + c.encode_record(c.PARAMS, 1, b"")
-    with pytest.raises(_proto.ProtocolError):
-        _proto.Decoder().feed(wire)
+    with pytest.raises(_codec.ProtocolError):
+        _codec.Decoder().feed(wire)
 
 
 # --- server encoders read by the client --------------------------------------------------------
@@ -401,7 +401,7 @@ def check_wire(wire):
        rid=st.integers(1, 65535), seed=st.integers(0, 255))
 def test_encode_stdout_and_stderr(size, rid, seed):
     data = bytes((i * 7 + seed) & 255 for i in range(size))  # cheap to draw, unlike st.binary at 128 KiB
-    for encode, type in ((_proto.encode_stdout, c.STDOUT), (_proto.encode_stderr, c.STDERR)):
+    for encode, type in ((_codec.encode_stdout, c.STDOUT), (_codec.encode_stderr, c.STDERR)):
         wire = encode(rid, data)
         check_wire(wire)
         records = list(c.iter_records(wire))
@@ -411,7 +411,7 @@ def test_encode_stdout_and_stderr(size, rid, seed):
 
 def test_encode_stdout_pads_only_the_last_record():
     data = b"x" * (65535 * 2 + 10)
-    wire = _proto.encode_stdout(1, data)
+    wire = _codec.encode_stdout(1, data)
     sizes = [clen for _, _, _, clen in records_at(wire)]
     assert sum(sizes) == len(data) and max(sizes) <= 65535
     assert all(n % 8 == 0 for n in sizes[:-1])
@@ -419,22 +419,22 @@ def test_encode_stdout_pads_only_the_last_record():
 
 def test_encode_stdout_of_nothing_is_nothing():
     # The empty record that ends the stream comes from Decoder.end_request().
-    assert _proto.encode_stdout(1, b"") == b"" and _proto.encode_stderr(1, b"") == b""
+    assert _codec.encode_stdout(1, b"") == b"" and _codec.encode_stderr(1, b"") == b""
 
 
 @pytest.mark.parametrize("rid, app_status, protocol_status", [
     (1, 0, 0), (65535, 0xFFFFFFFF, 0), (7, 1, c.CANT_MPX_CONN), (2, 0, c.OVERLOADED), (3, 0, c.UNKNOWN_ROLE)])
 def test_encode_end_request(rid, app_status, protocol_status):
-    wire = _proto.encode_end_request(rid, app_status, protocol_status)
+    wire = _codec.encode_end_request(rid, app_status, protocol_status)
     assert wire == (bytes([1, 3, rid >> 8, rid & 255, 0, 8, 0, 0])
                     + struct.pack("!IB3x", app_status, protocol_status))
 
 
 def test_a_whole_response_parses_in_the_client():
-    decoder = _proto.Decoder()
+    decoder = _codec.Decoder()
     decoder.feed(c.encode_request({}))
     stdout = b"Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"b" * 70000
-    wire = (_proto.encode_stdout(1, stdout) + _proto.encode_stderr(1, b"warning\n")
+    wire = (_codec.encode_stdout(1, stdout) + _codec.encode_stderr(1, b"warning\n")
             + decoder.end_request())
     r = c.Response.from_records(c.iter_records(wire))
     assert (r.status, r.headers, r.body, r.stderr, r.stdout_closed) == \
@@ -450,7 +450,7 @@ def test_a_whole_response_parses_in_the_client():
     ("", 0.0), (None, 0.0), ("soon", 0.0),    # unreadable: the wait is not timed
 ])
 def test_request_start_reads_seconds_milli_and_microseconds(value, seconds):
-    assert _proto.request_start(value) == pytest.approx(seconds)
+    assert _worker.request_start(value) == pytest.approx(seconds)
 
 
 def test_finish_request_outside_a_request_is_false():

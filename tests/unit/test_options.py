@@ -3,10 +3,10 @@ mapped once, and the loop reads every option it is told."""
 import dataclasses
 from pathlib import Path
 
-from fpm import _proto, options
+from fpm import _worker, options
 from fpm.config import PoolConfig
 
-CORE = Path(options.__file__).with_name("_proto.pyx").read_text()
+CORE = Path(options.__file__).with_name("_worker.pyx").read_text()
 
 
 def pool(**kwargs):
@@ -23,7 +23,7 @@ def test_each_directive_reaches_its_option():
         {"k": "v"})
     assert dataclasses.asdict(told) == dict(
         base_environ={"k": "v"}, mount="/app", fill_paths=True, params_max=4096,
-        max_conns=3 * _proto.MAX_HELD, max_reqs=3, read_timeout=7, head_timeout=2,
+        max_conns=3 * _worker.MAX_HELD, max_reqs=3, read_timeout=7, head_timeout=2,
         body_rate=512, max_requests=9, max_memory=1 << 26, body_buffer=1024, body_max=8192,
         spool_dir="/var/tmp", body_file_dirs=("/srv/bodies",), queue_timeout=0.5,
         start_param="REQUEST_START", stamp_reads=False, wsgi_errors="log", log=None,

@@ -7,7 +7,7 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
-from fpm import _proto, parking
+from fpm import _codec, _passing, _worker, parking
 from fpm import client as fc
 
 
@@ -36,19 +36,19 @@ def test_a_whole_request_is_ready_and_its_head_alone_is_not():
     body = b"x" * 100
     data = fc.encode_request(fc.build_params("/up", method="POST", body=body), body)
     end = head_length(data)
-    assert _proto.request_status(data) == (READY, end)
-    assert _proto.request_status(data[:end]) == (BODY, end)
-    assert _proto.request_status(data[:-8]) == (BODY, end)  # all but the empty STDIN
+    assert _codec.request_status(data) == (READY, end)
+    assert _codec.request_status(data[:end]) == (BODY, end)
+    assert _codec.request_status(data[:-8]) == (BODY, end)  # all but the empty STDIN
 
 
 @pytest.mark.parametrize("cut", [1, 7, 8, 15, 16, 17, 30])
 def test_a_head_cut_anywhere_is_partial(cut):
     data = request()
-    assert _proto.request_status(data[:head_length(data) - cut])[0] == PARTIAL
+    assert _codec.request_status(data[:head_length(data) - cut])[0] == PARTIAL
 
 
 def test_nothing_is_partial():
-    assert _proto.request_status(b"") == (PARTIAL, 0)
+    assert _codec.request_status(b"") == (PARTIAL, 0)
 
 
 @given(st.dictionaries(st.from_regex(r"HTTP_[A-Z]{1,12}", fullmatch=True),
@@ -63,7 +63,7 @@ def test_each_stage_begins_exactly_where_its_record_ends(params, body, chunk):
     head, whole = head_length(data), stdin_end_length(data)
     for at in list(range(0, len(data) + 1, chunk)) + [head - 1, head, whole - 1, whole]:
         expected = PARTIAL if at < head else BODY if at < whole else READY
-        assert _proto.request_status(data[:at])[0] == expected, at
+        assert _codec.request_status(data[:at])[0] == expected, at
 
 
 @pytest.mark.parametrize("data", [
@@ -79,19 +79,19 @@ def test_each_stage_begins_exactly_where_its_record_ends(params, body, chunk):
     request()[:-8] + fc.encode_record(fc.GET_VALUES, 0, b""),  # answered mid-body
 ])
 def test_what_a_worker_answers_at_once_is_ready(data):
-    assert _proto.request_status(data)[0] == READY
+    assert _codec.request_status(data)[0] == READY
 
 
 def test_records_the_decoder_skips_are_skipped():
     """STDIN of a request never begun is ignored by the decoder: it holds no head."""
     data = fc.encode_record(fc.STDIN, 3, b"zz") + request()
-    assert _proto.request_status(data[:-20])[0] == PARTIAL
-    assert _proto.request_status(data)[0] == READY
+    assert _codec.request_status(data[:-20])[0] == PARTIAL
+    assert _codec.request_status(data)[0] == READY
 
 
 def test_the_params_end_of_another_request_is_not_this_ones():
     data = fc.encode_begin(1) + fc.encode_record(fc.PARAMS, 2, b"")
-    assert _proto.request_status(data)[0] == PARTIAL
+    assert _codec.request_status(data)[0] == PARTIAL
 
 
 # --- connections passed with their bytes --------------------------------------------------
@@ -108,8 +108,8 @@ def test_a_connection_travels_with_its_bytes_and_ticket(pair):
     a, b = pair
     left, right = socket.socketpair()
     with left, right:
-        assert _proto.pass_conn(a, left.fileno(), 123, 456, b"partial head", 1)
-        fd, due, arrived, flags, data = _proto.take_conn(b)
+        assert _passing.pass_conn(a, left.fileno(), 123, 456, b"partial head", 1)
+        fd, due, arrived, flags, data = _passing.take_conn(b)
         try:
             assert (due, arrived, flags, data) == (123, 456, 1, b"partial head")
             assert fd != left.fileno() and not os.get_inheritable(fd)
@@ -117,7 +117,7 @@ def test_a_connection_travels_with_its_bytes_and_ticket(pair):
             assert right.recv(100) == b"through it"
         finally:
             os.close(fd)
-        assert _proto.take_conn(b) is None
+        assert _passing.take_conn(b) is None
 
 
 def test_the_largest_data_travels_and_more_is_refused(pair):
@@ -125,12 +125,12 @@ def test_the_largest_data_travels_and_more_is_refused(pair):
     left, right = socket.socketpair()
     with left, right:
         big = bytes(range(256)) * 256 + b"12345678"
-        assert _proto.pass_conn(a, left.fileno(), 0, 0, big)
-        fd, *_, data = _proto.take_conn(b)
+        assert _passing.pass_conn(a, left.fileno(), 0, 0, big)
+        fd, *_, data = _passing.take_conn(b)
         os.close(fd)
         assert data == big
         with pytest.raises(ValueError, match="at most"):
-            _proto.pass_conn(a, left.fileno(), 0, 0, big + b"x")
+            _passing.pass_conn(a, left.fileno(), 0, 0, big + b"x")
 
 
 def test_a_full_queue_says_so_instead_of_blocking():
@@ -138,11 +138,11 @@ def test_a_full_queue_says_so_instead_of_blocking():
     with a, b, socket.socket() as conn:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sent = 0
-        while _proto.pass_conn(a.fileno(), conn.fileno(), 0, 0, b"x" * 1000):
+        while _passing.pass_conn(a.fileno(), conn.fileno(), 0, 0, b"x" * 1000):
             sent += 1
             assert sent < 10000
         assert sent > 0
-        fd = _proto.take_conn(b.fileno())[0]
+        fd = _passing.take_conn(b.fileno())[0]
         os.close(fd)
 
 
@@ -150,7 +150,7 @@ def test_a_message_without_a_descriptor_is_refused(pair):
     a, b = pair
     os.write(a, b"\0" * 24)
     with pytest.raises(OSError) as e:
-        _proto.take_conn(b)
+        _passing.take_conn(b)
     assert e.value.errno == 74  # EBADMSG
 
 
@@ -215,23 +215,23 @@ def test_a_head_is_due_at_its_deadline_then_the_body_at_its_rate():
 # --- the worker's back-off and body deadline --------------------------------------------
 
 def test_accept_pause_doubles_up_to_a_second():
-    assert [_proto.accept_pause_ms(n) for n in range(9)] == [
+    assert [_worker.accept_pause_ms(n) for n in range(9)] == [
         10, 20, 40, 80, 160, 320, 640, 1000, 1000]
-    assert _proto.accept_pause_ms(10 ** 6) == 1000
+    assert _worker.accept_pause_ms(10 ** 6) == 1000
 
 
 def test_a_worker_stops_waiting_for_requests_that_do_not_come_during_a_flood():
-    assert _proto.first_bytes_ms(0, 10) == _proto.first_bytes_ms(7, 10) == 10
-    assert _proto.first_bytes_ms(8, 10) == _proto.first_bytes_ms(10 ** 6, 999_999) == 0
+    assert _worker.first_bytes_ms(0, 10) == _worker.first_bytes_ms(7, 10) == 10
+    assert _worker.first_bytes_ms(8, 10) == _worker.first_bytes_ms(10 ** 6, 999_999) == 0
     # The flood over (a second without a wait in vain), it waits again.
-    assert _proto.first_bytes_ms(8, 1_000_000) == 10
+    assert _worker.first_bytes_ms(8, 1_000_000) == 10
 
 
 def test_a_body_deadline_moves_with_each_byte():
     start, allowance = 1_000_000, 60_000_000
-    assert _proto.body_due_us(start, allowance, 0, 1024) == start + allowance
-    assert _proto.body_due_us(start, allowance, 1024, 1024) == start + allowance + 1_000_000
-    assert _proto.body_due_us(start, allowance, 512, 1024) == start + allowance + 500_000
+    assert _worker.body_due_us(start, allowance, 0, 1024) == start + allowance
+    assert _worker.body_due_us(start, allowance, 1024, 1024) == start + allowance + 1_000_000
+    assert _worker.body_due_us(start, allowance, 512, 1024) == start + allowance + 500_000
 
 
 # --- a lot, with real sockets and a real epoll --------------------------------------------
@@ -276,7 +276,7 @@ def park(lot, data=b"", due=None):
     """A connection parked as a worker would: returns the peer's end."""
     ours, peer = socket.socketpair()
     due = parking.now_us() + 10_000_000 if due is None else due
-    assert _proto.pass_conn(lot.ends.park_tx, ours.fileno(), due, 0, data)
+    assert _passing.pass_conn(lot.ends.park_tx, ours.fileno(), due, 0, data)
     ours.close()
     return peer
 
@@ -304,7 +304,7 @@ def test_a_request_that_completes_is_handed_over_with_every_byte(lot):
     look_all(lot)
     assert not lot.parked and lot.board.mem.parked == 0
     assert lot.board.mem.handoff_pending == 1
-    fd, due, arrived, flags, consumed = _proto.take_conn(lot.ends.hand_rx)
+    fd, due, arrived, flags, consumed = _passing.take_conn(lot.ends.hand_rx)
     with socket.socket(fileno=fd) as conn, peer:
         # Nothing was read in the master: the rest is still in the socket.
         assert consumed + conn.recv(65536) == data
@@ -338,9 +338,9 @@ def test_a_late_body_goes_to_a_worker_marked_late(lot):
     assert lot.parked, "50 bytes at 1 KiB/s buy 48 ms more"
     lot.expire(p.body_since + 200_000)
     assert not lot.parked and lot.board.mem.refused == [0, 0, 0, 0]  # the worker counts it
-    fd, due, arrived, flags, consumed = _proto.take_conn(lot.ends.hand_rx)
+    fd, due, arrived, flags, consumed = _passing.take_conn(lot.ends.hand_rx)
     os.close(fd)
-    assert flags & _proto.TICKET_LATE
+    assert flags & _passing.TICKET_LATE
     peer.close()
 
 
@@ -362,7 +362,7 @@ def test_a_silent_peer_that_hangs_up_is_let_go_uncounted(lot):
     time.sleep(0.01)
     look_all(lot)
     assert not lot.parked and lot.board.mem.refused == [0, 0, 0, 0]
-    assert _proto.take_conn(lot.ends.hand_rx) is None
+    assert _passing.take_conn(lot.ends.hand_rx) is None
     peer.close()
 
 
@@ -376,7 +376,7 @@ def test_a_head_cut_short_by_a_hang_up_goes_to_a_worker_to_say_so(lot, more):
     time.sleep(0.01)
     look_all(lot)
     assert not lot.parked and lot.board.mem.refused == [0, 0, 0, 0]
-    fd, *_, data = _proto.take_conn(lot.ends.hand_rx)
+    fd, *_, data = _passing.take_conn(lot.ends.hand_rx)
     with socket.socket(fileno=fd) as conn, peer:
         assert data + conn.recv(100) == b"\1\1\0\1" + more
 
@@ -393,7 +393,7 @@ def test_a_master_that_stops_gracefully_hands_every_connection_to_its_workers(lo
     late = park(lot)
     lot.receive()
     assert not lot.parked and lot.board.mem.handoff_pending == 3
-    taken = [_proto.take_conn(lot.ends.hand_rx) for _ in range(3)]
+    taken = [_passing.take_conn(lot.ends.hand_rx) for _ in range(3)]
     assert [t[4] for t in taken] == [b"", request()[:10], b""]
     for t, peer in zip(taken, (silent, partial, late)):
         os.close(t[0])

@@ -1,10 +1,10 @@
-"""fpm._proto.split_paths: the SCRIPT_NAME / PATH_INFO an app pool's app gets, from the params
+"""fpm._worker.split_paths: the SCRIPT_NAME / PATH_INFO an app pool's app gets, from the params
 each web server really sends (captured from Debian 12's nginx, Apache mod_proxy_fcgi, lighttpd,
 Caddy and h2o; README: "PATH_INFO and mount")."""
 
 import pytest
 
-from fpm._proto import split_paths
+from fpm._worker import split_paths
 
 
 def split(mount, **params):

@@ -3,11 +3,11 @@ import dataclasses
 import os
 import sys
 
-from fpm import _proto, scoreboard
+from fpm import _board, scoreboard
 
 
 def test_slot_copy_matches_the_c_layout_order():
-    assert tuple(f.name for f in dataclasses.fields(scoreboard.Slot)) == _proto.SLOT_FIELDS
+    assert tuple(f.name for f in dataclasses.fields(scoreboard.Slot)) == _board.SLOT_FIELDS
 
 
 def test_claim_read_release():
@@ -51,7 +51,7 @@ def test_a_pools_app_error_is_kept_and_a_writer_killed_halfway_does_not_hang_its
         assert board.read(slot).app_failed
         # The header ends with app_seq, its padding, the time and 512 bytes of text; an odd
         # app_seq is a write in progress, for ever if its writer died (SIGKILL) halfway.
-        seq_at = _proto.board_size(0) - 512 - 8 - 4 - 4
+        seq_at = _board.board_size(0) - 512 - 8 - 4 - 4
         os.pwrite(board.fd, (3).to_bytes(4, sys.byteorder), seq_at)
         assert board.mem.app_error()[1] == "cannot import module 'x' ✗"
     finally:

@@ -1,35 +1,39 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""FastCGI 1.0 server side: a sans-IO codec and the worker's accept/read/dispatch/write loop.
-
-The codec (Decoder) takes bytes and gives events or reply bytes; it makes no system call.
-Worker.run() drives it over raw file descriptors and calls the WSGI application.
+"""A worker's loop: accept, read, dispatch to the WSGI application, write; over raw file
+descriptors, driving the codec (_codec) and stamping its scoreboard slot (_board).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from cpython.unicode cimport PyUnicode_DecodeLatin1, PyUnicode_DecodeUTF8
 from libc.errno cimport (EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, EMFILE, ENFILE, ENOBUFS,
-                         ENOMEM, EBADMSG, errno)
-from posix.types cimport off_t
-from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
-
-cdef extern from "<errno.h>":
-    int EWOULDBLOCK
-
-cdef extern from "<sys/types.h>":
-    ctypedef long ssize_t
-from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp, memcpy, memmove, memset
+                         ENOMEM, errno)
 from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, raise_
-from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED,
-                         MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED)
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID, CLOCK_REALTIME
-from posix.unistd cimport pread, write as c_write
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memset
 from posix.resource cimport getrusage, rusage, RUSAGE_SELF
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.unicode cimport PyUnicode_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_1BYTE_KIND
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID, CLOCK_REALTIME
+from posix.types cimport off_t
+from posix.uio cimport iovec, writev
+from posix.unistd cimport close, pread, write as c_write
+
+from fpm._board cimport (Board, BoardHeader, C_REFUSAL_QUIET, REFUSED_ACCEPT, REFUSED_BODY,
+                         REFUSED_HEAD, REFUSED_PARKED, REFUSED_PROTOCOL, ORDER_TIMEOUT,
+                         Slot, Stage, STAGE_FINISHING, STAGE_IDLE, STAGE_READING, count, cstr,
+                         fpm_atomic_add, fpm_swap64, stamp_done, stamp_request, stamp_stage)
+from fpm._codec cimport (BLOCK, Decoder, END_LEN, HEAD_READY, HEADER_LEN, READ_SIZE,
+                         S_REQUEST_COMPLETE, ST_IDLE, ST_STDIN, STEP_ABORT, STEP_BEGIN,
+                         STEP_BLOCKED, STEP_NEED, STEP_PARAMS_DONE, STEP_STDIN, STEP_STDIN_END,
+                         Step, T_STDERR, T_STDOUT, frame_iov, head_status, padding, parse_pairs,
+                         put_end, put_header, put_records, records_len, set_request_id)
+from fpm._passing cimport C_TICKET_LATE, Ticket, recv_conn, send_conn
+from fpm._sys cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLEXCLUSIVE, EPOLLIN, EWOULDBLOCK, MSG_DONTWAIT,
+                      POLLIN, SCM_TIMESTAMPNS, SHUT_WR, SOCK_CLOEXEC, SOL_SOCKET, O_CLOEXEC,
+                      O_RDONLY, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, accept4, cmsghdr,
+                      epoll_create1, epoll_ctl, epoll_event, epoll_wait, msghdr, open_c, poll,
+                      pollfd, recv, recvmsg, sendfile, shutdown, ssize_t)
 
 import errno as errno_mod
 import os
@@ -40,143 +44,15 @@ import tempfile
 import traceback
 from urllib.parse import unquote_to_bytes
 
-cdef extern from "<poll.h>" nogil:
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    enum:
-        POLLIN
-        POLLERR
-        POLLHUP
-
-cdef extern from "<sys/epoll.h>" nogil:
-    union epoll_data_t:
-        int fd
-        uint64_t u64
-    struct epoll_event:
-        uint32_t events
-        epoll_data_t data
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
-    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
-    enum:
-        EPOLL_CLOEXEC
-        EPOLL_CTL_ADD
-        EPOLLIN
-        EPOLLEXCLUSIVE
-
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t writev(int fd, const iovec *iov, int iovcnt)
-
-cdef extern from "<sys/socket.h>" nogil:
-    struct msghdr:
-        void *msg_name
-        unsigned msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct cmsghdr:
-        size_t cmsg_len
-        int cmsg_level
-        int cmsg_type
-    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
-    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
-    unsigned char *CMSG_DATA(cmsghdr *cmsg)
-    size_t CMSG_SPACE(size_t n)
-    size_t CMSG_LEN(size_t n)
-    ssize_t recvmsg(int fd, msghdr *msg, int flags)
-    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
-    ssize_t recv(int fd, void *buf, size_t n, int flags)
-    int accept4(int fd, void *addr, void *addrlen, int flags)
-    int shutdown(int fd, int how)
-    enum:
-        MSG_DONTWAIT
-        MSG_NOSIGNAL
-        MSG_CTRUNC
-        MSG_TRUNC
-        MSG_CMSG_CLOEXEC
-        SHUT_WR
-        SOL_SOCKET
-        SCM_RIGHTS
-        SCM_TIMESTAMPNS
-        SOCK_CLOEXEC
-
-cdef extern from "<sys/sendfile.h>" nogil:
-    ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
-
-cdef extern from "<unistd.h>" nogil:
-    int close(int fd)
-
-cdef extern from "<fcntl.h>" nogil:
-    int open_c "open"(const char *path, int flags)
-    enum:
-        O_RDONLY
-        O_CLOEXEC
-
-cdef extern from * nogil:
-    """
-    #define fpm_barrier() __sync_synchronize()
-    #define fpm_atomic_add(p, n) __sync_fetch_and_add((p), (n))
-    #define fpm_atomic_add32(p, n) __sync_add_and_fetch((p), (n))
-    #define fpm_cas32(p, old, new) __sync_bool_compare_and_swap((p), (old), (new))
-    #define fpm_cas64(p, old, new) __sync_bool_compare_and_swap((p), (old), (new))
-    #define fpm_swap64(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
-    """
-    void fpm_barrier()
-    uint64_t fpm_atomic_add(uint64_t *p, uint64_t n)
-    uint32_t fpm_atomic_add32(uint32_t *p, int n)
-    bint fpm_cas32(uint32_t *p, uint32_t old, uint32_t new)
-    bint fpm_cas64(uint64_t *p, uint64_t old, uint64_t new)
-    int64_t fpm_swap64(int64_t *p, int64_t v)
-
-# Record types, roles, flags and protocol statuses of the FastCGI 1.0 specification.
-BEGIN_REQUEST = 1
-ABORT_REQUEST = 2
-END_REQUEST = 3
-PARAMS = 4
-STDIN = 5
-STDOUT = 6
-STDERR = 7
-DATA = 8
-GET_VALUES = 9
-GET_VALUES_RESULT = 10
-UNKNOWN_TYPE = 11
-RESPONDER = 1
-AUTHORIZER = 2
-FILTER = 3
-KEEP_CONN = 1
-REQUEST_COMPLETE = 0
-CANT_MPX_CONN = 1
-OVERLOADED = 2
-UNKNOWN_ROLE = 3
-MAX_CONTENT = 65535
-MAX_HELD = C_MAX_HELD
-TICKET_LATE = C_TICKET_LATE
+from fpm._codec import HTTPOnFastCGIPort, PeerClosed, PeerError, ProtocolError, RequestAborted
 
 cdef enum:
-    T_BEGIN = 1
-    T_ABORT = 2
-    T_END = 3
-    T_PARAMS = 4
-    T_STDIN = 5
-    T_STDOUT = 6
-    T_STDERR = 7
-    T_DATA = 8
-    T_GET_VALUES = 9
-    T_GET_VALUES_RESULT = 10
-    T_UNKNOWN_TYPE = 11
-    ROLE_RESPONDER = 1
-    HEADER_LEN = 8
-    # Stream records carry at most this much so that only the last one needs padding.
-    BLOCK = 65528
     # Bodies up to this size are copied into the output buffer; larger ones go out by writev.
     COPY_LIMIT = 32768
+    # Records of a larger body written by one writev() (3 iovecs each, after the buffer's).
+    WRITEV_RECORDS = 32
     # The output buffer is written out once it holds this much.
     OUT_FLUSH = 262144
-    READ_SIZE = 65536
     # How long a worker waits for the rest of a request that is not all there when it first
     # reads (nginx writes right after connect(), and a long head may come in two writes)
     # before it parks the connection with the master: long enough that nginx's connections
@@ -196,21 +72,15 @@ cdef enum:
     CONN_FRESH = 0
     CONN_KEPT = 1
     CONN_HANDED = 2
-    # _await_head(): the connection was parked with the master; the worker is done with it.
-    PARKED = -3
-    # A park or hand-off message: a Ticket, then at most a decoder's first buffer of bytes.
-    TICKET_DATA_MAX = READ_SIZE + HEADER_LEN
-    # Ticket.flags: the master hands it over because its body is late (request_body_min_rate):
-    # the worker answers 408 rather than wait for it.
-    C_TICKET_LATE = 1
+    # _await_head(), _more(): the connection was parked or closed; the worker is done with it.
+    GONE = -3
     # The longest pause of a worker's accepting after accept() ran out of descriptors.
     ACCEPT_PAUSE_MAX_MS = 1000
-    # Seconds without a refusal of a cause that end its episode (fpm.refusals).
-    C_REFUSAL_QUIET = 5
     # Idle kept connections one worker watches; beyond this a new idle one is closed.
     C_MAX_HELD = 1024
-    # Names and values of this many params (in order) are kept for reuse by the next request.
-    PAIR_CACHE_SLOTS = 512
+
+
+MAX_HELD = C_MAX_HELD
 
 # A CONTENT_LENGTH beyond what a Py_ssize_t holds (PY_SSIZE_T_MAX, 19 digits).
 cdef Py_ssize_t LENGTH_OVERFLOW = -2
@@ -218,37 +88,9 @@ cdef str MAX_LENGTH_TEXT = str(PY_SSIZE_T_MAX)
 cdef Py_ssize_t MAX_LENGTH_DIGITS = len(MAX_LENGTH_TEXT)
 # nginx forwards Content-Type/Length both as CGI params and as HTTP_ headers.
 cdef tuple CONTENT_HEADERS = (("CONTENT_TYPE", "HTTP_CONTENT_TYPE"), ("CONTENT_LENGTH", "HTTP_CONTENT_LENGTH"))
-cdef const char *ZEROS = b"\0\0\0\0\0\0\0\0"
-cdef dict RECORD_NAMES = {
-    1: "BEGIN_REQUEST", 2: "ABORT_REQUEST", 3: "END_REQUEST", 4: "PARAMS", 5: "STDIN",
-    6: "STDOUT", 7: "STDERR", 8: "DATA", 9: "GET_VALUES", 10: "GET_VALUES_RESULT",
-    11: "UNKNOWN_TYPE",
-}
-cdef tuple HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ",
-                           b"PATCH ", b"CONNECT ", b"TRACE ", b"PRI * HTTP/2")
 cdef bytes HTTP_REFUSAL = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
                 b"This port speaks FastCGI, not HTTP: put a web server (nginx fastcgi_pass) "
                 b"in front of pyfpm.\n")
-
-
-class PeerError(Exception):
-    """The web server on a connection misbehaved or went away; the connection is dropped."""
-
-
-class ProtocolError(PeerError, ValueError):
-    """Bytes that are not valid FastCGI from a web server."""
-
-
-class PeerClosed(PeerError, ConnectionError):
-    """The web server closed or reset the connection before the request was done."""
-
-
-class RequestAborted(PeerError):
-    """The web server sent ABORT_REQUEST before the whole body arrived."""
-
-
-class HTTPOnFastCGIPort(ProtocolError):
-    """Someone spoke HTTP to the FastCGI port."""
 
 
 class TooSlow(PeerError):
@@ -287,27 +129,6 @@ def watch_quit():
     c_signal(SIGQUIT, _on_quit)
 
 
-# --- scoreboard ------------------------------------------------------------------------------
-
-BOARD_MAGIC = 0x46504D33  # "FPM3": a mapping from another layout is refused
-SLOT_APP_FAILED = 1  # Slot.flags: the worker answers 503, its app could not be loaded
-# By Stage, in the status page's words (PHP-FPM's, plus Starting).
-STAGE_NAMES = ("Free", "Starting", "Idle", "Reading headers", "Running", "Finishing")
-# The stages and the master's order as the .pxd numbers them, for fpm.scoreboard.
-STARTING, IDLE, READING, RUNNING, FINISHING = (STAGE_STARTING, STAGE_IDLE, STAGE_READING,
-                                               STAGE_RUNNING, STAGE_FINISHING)
-TIMEOUT_ORDER = ORDER_TIMEOUT
-SLOT_FIELDS = ("pid", "stage", "order", "started", "changed", "accepted", "duration", "requests",
-               "content_length", "rss", "cpu", "method", "request_uri", "script", "user",
-               "app_failed")
-HEADER_FIELDS = ("accepted_conn", "start_epoch_us", "slow_requests", "active", "max_active",
-                 "max_children_reached", "listen_queue", "max_listen_queue", "listen_queue_len",
-                 "parked", "accept_errno")
-# Refusal causes, by their index in BoardHeader.refusals (see the Refused enum).
-REFUSAL_CAUSES = ("head_timeouts", "slow_bodies", "parked_closed", "accept_failures",
-                  "protocol_errors")
-REFUSAL_QUIET = C_REFUSAL_QUIET
-
 
 cdef int _open_null() noexcept:
     """/dev/null, close-on-exec; -1 when no descriptor is free."""
@@ -336,241 +157,18 @@ cpdef int64_t body_due_us(int64_t start_us, int64_t allowance_us, uint64_t recei
     return start_us + allowance_us + <int64_t>(received * 1000000 // rate)
 
 
+
+
 cdef inline int64_t _now_us() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
 
 
-def board_size(int nslots):
-    """Bytes a scoreboard for ``nslots`` workers needs."""
-    return sizeof(BoardHeader) + nslots * sizeof(Slot)
-
-
-cdef class Board:
-    """A pool's scoreboard mapped from a memfd: the master resets and reads slots, each
-    worker stamps its own. The mapping is inherited by forked workers."""
-
-    def __cinit__(self):
-        self.mem = NULL
-        self.fd = -1
-
-    def __init__(self, int fd, int nslots, bint create=False):
-        self.size = board_size(nslots)
-        cdef void *m = mmap(NULL, self.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        if m == MAP_FAILED:
-            raise OSError(errno, "mmap() of the scoreboard failed: " + os.strerror(errno))
-        self.mem = <char *>m
-        self.fd = fd
-        self.nslots = nslots
-        cdef BoardHeader *h = <BoardHeader *>self.mem
-        if create:
-            memset(self.mem, 0, self.size)
-            h.magic = BOARD_MAGIC
-            h.nslots = nslots
-        elif h.magic != BOARD_MAGIC or h.nslots != <uint32_t>nslots:
-            raise ValueError("fd %d holds no scoreboard of %d slots" % (fd, nslots))
-
-    def __dealloc__(self):
-        if self.mem != NULL:
-            munmap(self.mem, self.size)
-
-    def unshare(self):
-        """In a worker, for a scoreboard that is not its pool's: its pages stop being shared.
-        Private zeroes take their place at the same address, so that a stale reference
-        reads nothing and crashes nothing."""
-        if mmap(self.mem, self.size, PROT_READ | PROT_WRITE,
-                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED:
-            raise OSError(errno, "mmap() over another pool's scoreboard failed: "
-                          + os.strerror(errno))
-
-    cdef Slot *slot(self, int index) noexcept nogil:
-        return <Slot *>(self.mem + sizeof(BoardHeader)) + index
-
-    cdef Slot *_checked(self, int index) except NULL:
-        if not 0 <= index < self.nslots:
-            raise IndexError("scoreboard slot %d out of 0..%d" % (index, self.nslots - 1))
-        return self.slot(index)
-
-    @property
-    def accepted_conn(self):
-        return (<BoardHeader *>self.mem).accepted_conn
-
-    def header(self):
-        """The pool-wide numbers, a tuple in HEADER_FIELDS order."""
-        cdef BoardHeader *h = <BoardHeader *>self.mem
-        return (h.accepted_conn, h.start_epoch_us, h.slow_requests, h.active, h.max_active,
-                h.max_children_reached, h.listen_queue, h.max_listen_queue, h.listen_queue_len,
-                h.parked, h.accept_errno)
-
-    def refusals(self):
-        """The refusal counters, a tuple in REFUSAL_CAUSES order."""
-        cdef BoardHeader *h = <BoardHeader *>self.mem
-        return tuple(h.refusals[i] for i in range(<int>N_REFUSALS))
-
-    def count_refusal(self, int cause, uint64_t n=1):
-        """The master's: ``n`` more refusals of ``cause`` (an index in REFUSAL_CAUSES)."""
-        if not 0 <= cause < N_REFUSALS:
-            raise IndexError("refusal cause %d out of 0..%d" % (cause, N_REFUSALS - 1))
-        fpm_atomic_add(&(<BoardHeader *>self.mem).refusals[cause], n)
-
-    def set_parked(self, uint32_t parked):
-        (<BoardHeader *>self.mem).parked = parked
-
-    @property
-    def handoff_pending(self):
-        return (<BoardHeader *>self.mem).handoff_pending
-
-    def add_handoffs(self, int64_t n):
-        """The master's, around each hand-off: see BoardHeader.handoff_pending."""
-        fpm_atomic_add(<uint64_t *>&(<BoardHeader *>self.mem).handoff_pending, <uint64_t>n)
-
-    def settle_handoffs(self, int64_t seen):
-        """The hand-off socket was found empty: whatever count ``seen`` still claims is
-        wrong (a worker died between taking one and counting it); zero it unless it moved."""
-        fpm_cas64(<uint64_t *>&(<BoardHeader *>self.mem).handoff_pending, <uint64_t>seen, 0)
-
-    def app_error(self):
-        """(epoch µs, reason) of the pool's last failed app load; (0, "") if none. A writer
-        killed halfway leaves the sequence odd: after a bounded wait, what is there is read."""
-        cdef BoardHeader *h = <BoardHeader *>self.mem
-        cdef uint32_t seq
-        cdef int64_t at
-        cdef char copy[512]
-        cdef int tries
-        for tries in range(100000):
-            seq = h.app_seq
-            fpm_barrier()
-            at = h.app_error_epoch_us
-            memcpy(copy, h.app_error, 512)
-            fpm_barrier()
-            if not seq & 1 and seq == h.app_seq:
-                break
-        return at, _cstr(copy, 512)
-
-    def mark_app_failed(self, int index, int64_t epoch_us, str reason):
-        """A worker's: its slot answers 503 because the app could not be loaded, and why."""
-        cdef Slot *s = self._checked(index)
-        cdef BoardHeader *h = <BoardHeader *>self.mem
-        cdef uint32_t seq = h.app_seq
-        cdef bytes text = reason.encode("utf-8", "backslashreplace")[:511]
-        _slot_begin(s)
-        s.flags |= SLOT_APP_FAILED
-        _slot_end(s)
-        if seq & 1 or not fpm_cas32(&h.app_seq, seq, seq + 1):
-            return  # another worker is writing the same news
-        h.app_error_epoch_us = epoch_us
-        memcpy(h.app_error, <const char *>text, len(text))
-        h.app_error[len(text)] = 0
-        fpm_barrier()
-        h.app_seq = seq + 2
-
-    def bump_log_generation(self):
-        """Tell the pool's workers to take the reopened log files before their next line."""
-        (<BoardHeader *>self.mem).log_generation += 1
-
-    def count_slow_request(self):
-        (<BoardHeader *>self.mem).slow_requests += 1
-
-    def set_master_counters(self, int64_t start_epoch_us, uint32_t active,
-                            uint32_t max_children_reached, uint32_t listen_queue,
-                            uint32_t listen_queue_len):
-        """The master's once-a-second update: its own numbers, the recounted active workers,
-        and the listen queue, whose high-water mark is kept here."""
-        cdef BoardHeader *h = <BoardHeader *>self.mem
-        h.start_epoch_us = start_epoch_us
-        h.active = active
-        if active > h.max_active:
-            h.max_active = active
-        h.max_children_reached = max_children_reached
-        h.listen_queue = listen_queue
-        if listen_queue > h.max_listen_queue:
-            h.max_listen_queue = listen_queue
-        h.listen_queue_len = listen_queue_len
-
-    def reset(self, int index, int64_t started_us):
-        """Prepare a slot for a worker about to be forked (the slot's old worker is gone)."""
-        cdef Slot *s = self._checked(index)
-        memset(s, 0, sizeof(Slot))
-        s.stage = STAGE_STARTING
-        s.started = s.changed = started_us
-
-    def set_pid(self, int index, int pid):
-        self._checked(index).pid = pid
-
-    def set_order(self, int index, int order):
-        self._checked(index).order = order
-
-    def free(self, int index):
-        cdef Slot *s = self._checked(index)
-        s.pid = 0
-        s.stage = STAGE_FREE
-
-    def read(self, int index):
-        """A consistent copy of a slot as a tuple in SLOT_FIELDS order (times in µs)."""
-        cdef Slot *s = self._checked(index)
-        cdef Slot c
-        cdef uint32_t seq
-        while True:
-            seq = s.seq
-            fpm_barrier()
-            memcpy(&c, s, sizeof(Slot))
-            fpm_barrier()
-            if not seq & 1 and seq == s.seq:
-                break
-        return (c.pid, c.stage, c.order, c.started, c.changed, c.accepted, c.duration, c.requests,
-                c.content_length, c.rss, c.cpu, _cstr(c.method, 16), _cstr(c.request_uri, 512),
-                _cstr(c.script, 256), _cstr(c.user, 32), bool(c.flags & SLOT_APP_FAILED))
-
-
-cdef str _cstr(const char *p, Py_ssize_t cap):
-    cdef Py_ssize_t n = 0
-    while n < cap and p[n]:
-        n += 1
-    # The fields hold the request's raw bytes (environ strs are latin-1); they are UTF-8 in
-    # practice, and shown as such (a character cut by truncation becomes U+FFFD).
-    return PyUnicode_DecodeUTF8(p, n, "replace")
-
-
-cdef inline bint _busy(Stage stage) noexcept nogil:
-    return stage >= STAGE_READING
-
-
-cdef inline void _count_active(BoardHeader *h, bint was, bint now) noexcept nogil:
-    """Keep the pool's count of workers inside a request, and its high-water mark."""
-    cdef uint32_t active, seen
-    if was == now:
-        return
-    active = fpm_atomic_add32(&h.active, 1 if now else -1)
-    if now:
-        seen = h.max_active
-        while active > seen and not fpm_cas32(&h.max_active, seen, active):
-            seen = h.max_active
-
-
 cdef inline int64_t _cpu_us() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
     return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
-
-
-cdef inline void _slot_begin(Slot *s) noexcept nogil:
-    s.seq += 1
-    fpm_barrier()
-
-
-cdef inline void _slot_end(Slot *s) noexcept nogil:
-    fpm_barrier()
-    s.seq += 1
-
-
-cdef void _copy_field(char *dst, Py_ssize_t cap, object value) noexcept:
-    """Copy a latin-1 str (an environ value) into a fixed field, truncated, NUL-terminated."""
-    cdef Py_ssize_t n = 0
-    if isinstance(value, str) and PyUnicode_KIND(value) == PyUnicode_1BYTE_KIND:
-        n = min(PyUnicode_GET_LENGTH(value), cap - 1)
-        memcpy(dst, PyUnicode_DATA(value), n)
-    dst[n] = 0
 
 
 # A worker's own slot when it serves without a scoreboard (tests, benches).
@@ -592,12 +190,13 @@ cdef int _timeout_len = 0, _stopping_len = 0
 
 
 cdef int _error_reply(char *dst, bytes status, bytes text) except -1:
-    """STDOUT(headers + text), an empty STDOUT, END_REQUEST(app status 1); request id 0."""
-    cdef bytes out = (_record(T_STDOUT, 0, b"Status: " + status + b"\r\nContent-Type: text/plain\r\n\r\n" + text)
-                      + _record(T_STDOUT, 0, b"") + _record(T_END, 0, b"\0\0\0\1\0\0\0\0"))
-    assert len(out) <= 256
-    memcpy(dst, PyBytes_AS_STRING(out), len(out))
-    return len(out)
+    """A whole response of request id 0 (the handler sets the id): STDOUT(headers + text),
+    its end and END_REQUEST(app status 1)."""
+    cdef bytes out = b"Status: " + status + b"\r\nContent-Type: text/plain\r\n\r\n" + text
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(out)
+    assert records_len(n) + END_LEN <= 256
+    n = put_records(dst, T_STDOUT, 0, PyBytes_AS_STRING(out), n)
+    return n + put_end(dst + n, 0, 1, S_REQUEST_COMPLETE)
 
 
 cdef void _on_term(int sig) noexcept nogil:
@@ -608,12 +207,7 @@ cdef void _on_term(int sig) noexcept nogil:
             reply, n = _timeout_reply, _timeout_len
         else:
             reply, n = _stopping_reply, _stopping_len
-        # Each record's request id sits at bytes 2-3 of its 8-byte header.
-        while at < n:
-            reply[at + 2] = (_g_rid >> 8) & 0xFF
-            reply[at + 3] = _g_rid & 0xFF
-            at += 8 + ((<unsigned char>reply[at + 4]) << 8 | <unsigned char>reply[at + 5]) + <unsigned char>reply[at + 6]
-        at = 0
+        set_request_id(reply, n, _g_rid)
         while at < n:
             w = c_write(_g_fd, reply + at, n - at)
             if w <= 0:
@@ -623,435 +217,19 @@ cdef void _on_term(int sig) noexcept nogil:
     raise_(sig)  # blocked while the handler runs; delivered, with its default action, on return
 
 
-cdef inline void _put_header(unsigned char *h, int rtype, int request_id, Py_ssize_t clen,
-                             int padding) noexcept nogil:
-    h[0] = 1
-    h[1] = <unsigned char>rtype
-    h[2] = <unsigned char>(request_id >> 8)
-    h[3] = <unsigned char>(request_id & 0xff)
-    h[4] = <unsigned char>(clen >> 8)
-    h[5] = <unsigned char>(clen & 0xff)
-    h[6] = <unsigned char>padding
-    h[7] = 0
+cdef inline void _arm_term_reply(int fd, int request_id) noexcept:
+    """From here a SIGTERM answers request ``request_id`` on ``fd`` (until some of its
+    response is written, or _disarm_term_reply)."""
+    global _g_fd, _g_rid, _g_started
+    _g_rid = request_id
+    _g_started = 0
+    _g_fd = fd
 
 
-cdef bytes _record(int rtype, int request_id, bytes content):
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(content)
-    cdef int pad = (-n) & 7
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, HEADER_LEN + n + pad)
-    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
-    _put_header(p, rtype, request_id, n, pad)
-    memcpy(p + HEADER_LEN, PyBytes_AS_STRING(content), n)
-    memset(p + HEADER_LEN + n, 0, pad)
-    return out
+cdef inline void _disarm_term_reply() noexcept:
+    global _g_fd
+    _g_fd = -1
 
-
-def encode_stream(int rtype, int request_id, bytes data):
-    """Records of one stream carrying data (none for empty data; the end record is separate)."""
-    cdef Py_ssize_t i = 0, n = len(data)
-    parts = []
-    while i < n:
-        parts.append(_record(rtype, request_id, data[i:i + BLOCK]))
-        i += BLOCK
-    return b"".join(parts)
-
-
-def encode_stdout(int request_id, bytes data):
-    return encode_stream(T_STDOUT, request_id, data)
-
-
-def encode_stderr(int request_id, bytes data):
-    return encode_stream(T_STDERR, request_id, data)
-
-
-def encode_end_request(int request_id, unsigned int app_status=0, int protocol_status=0):
-    """An END_REQUEST record (the caller ends the STDOUT stream first)."""
-    body = bytes([(app_status >> 24) & 0xff, (app_status >> 16) & 0xff, (app_status >> 8) & 0xff,
-                  app_status & 0xff, protocol_status, 0, 0, 0])
-    return _record(T_END, request_id, body)
-
-
-cdef void _pair_into(bytearray out, bytes name, bytes value):
-    for n in (len(name), len(value)):
-        if n < 128:
-            out.append(n)
-        else:
-            out += (n | 0x80000000).to_bytes(4, "big")
-    out += name
-    out += value
-
-
-cdef Py_ssize_t _pair_len(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i) except -1:
-    cdef Py_ssize_t at = i[0]
-    if at >= n:
-        raise ProtocolError("malformed FastCGI name-value pair: a length is missing at byte %d of %d" % (at, n))
-    if p[at] < 128:
-        i[0] = at + 1
-        return p[at]
-    if at + 4 > n:
-        raise ProtocolError("malformed FastCGI name-value pair: a 4-byte length is cut at byte %d of %d" % (at, n))
-    i[0] = at + 4
-    return ((p[at] & 0x7f) << 24) | (p[at + 1] << 16) | (p[at + 2] << 8) | p[at + 3]
-
-
-cdef inline bint _reserved(const char *p, Py_ssize_t n) noexcept:
-    """A name in pyfpm's or WSGI's own environ namespace, which no param may add to."""
-    return (n >= 4 and memcmp(p, b"fpm.", 4) == 0) or (n >= 5 and memcmp(p, b"wsgi.", 5) == 0)
-
-
-cdef str _latin1_at(list cache, Py_ssize_t slot, const char *p, Py_ssize_t n, bint name):
-    """p[:n] as a latin-1 str, the one already at cache[slot] when its bytes are the same:
-    nginx sends the same names, and mostly the same values, in the same order on every
-    request, so most pairs cost a memcmp instead of an allocation, and a reused name keeps
-    its hash for the dict insert. A ``name`` in a reserved namespace gives None: it is
-    checked when it is not the cached one, and never cached (its slot gets ""), so a name
-    taken from the cache needs no check."""
-    cdef str s
-    cdef bint drop
-    if slot < PyList_GET_SIZE(cache):
-        s = <str>PyList_GET_ITEM(cache, slot)
-        if PyUnicode_GET_LENGTH(s) == n and memcmp(PyUnicode_DATA(s), p, n) == 0:
-            return s
-    drop = name and _reserved(p, n)
-    if slot < PyList_GET_SIZE(cache):
-        s = "" if drop else PyUnicode_DecodeLatin1(p, n, NULL)
-        cache[slot] = s
-        return None if drop else s
-    s = "" if drop else PyUnicode_DecodeLatin1(p, n, NULL)
-    if slot == PyList_GET_SIZE(cache) and slot < PAIR_CACHE_SLOTS:
-        cache.append(s)
-    return None if drop else s
-
-
-cdef Py_ssize_t _parse_pairs(const unsigned char *p, Py_ssize_t n, dict out,
-                             list cache=None) except -1:
-    """Name-value pairs into out: latin-1 strs reused from cache by position (environ),
-    without the names no param may set (_reserved); or bytes without a cache. The last
-    duplicate wins. Returns how many pairs there were."""
-    cdef Py_ssize_t i = 0, start, nl, vl, count = 0
-    while i < n:
-        count += 1
-        start = i
-        nl = _pair_len(p, n, &i)
-        vl = _pair_len(p, n, &i)
-        if nl + vl > n - i:
-            raise ProtocolError(
-                "malformed FastCGI name-value pair at byte %d: it claims %d + %d bytes but %d remain"
-                % (start, nl, vl, n - i))
-        if cache is not None:  # the name first: slots fill in order
-            name = _latin1_at(cache, 2 * count - 2, <const char *>p + i, nl, True)
-            if name is not None:
-                out[name] = _latin1_at(cache, 2 * count - 1, <const char *>p + i + nl, vl, False)
-        else:
-            out[PyBytes_FromStringAndSize(<const char *>p + i, nl)] = \
-                PyBytes_FromStringAndSize(<const char *>p + i + nl, vl)
-        i += nl + vl
-    return count
-
-
-cdef str _describe_garbage(const unsigned char *p, Py_ssize_t n):
-    head = PyBytes_FromStringAndSize(<const char *>p, min(n, 64))
-    if head.startswith(HTTP_METHODS) or (n < 8 and any(m.startswith(head) for m in HTTP_METHODS)):
-        raise HTTPOnFastCGIPort("HTTP request sent to the FastCGI port (%r)" % head.split(b"\r\n")[0])
-    if n >= 2 and p[0] == 0x16 and p[1] == 0x03:
-        return "TLS handshake sent to the FastCGI port"
-    return "unsupported FastCGI version %d in record header %s" % (p[0], head[:8].hex(" "))
-
-
-cdef Head _request_status(const unsigned char *p, Py_ssize_t n, Py_ssize_t *head_end) noexcept nogil:
-    """How much of a request the bytes that start a connection (or follow a finished
-    request on it) hold: HEAD_PARTIAL, no whole head yet (a RESPONDER BEGIN_REQUEST and the
-    empty PARAMS record that ends its params); HEAD_BODY, the head (ending at *head_end)
-    but not the empty STDIN record that ends the body; HEAD_READY, the whole request, or
-    bytes the decoder answers or refuses at once (a management record, another role, an
-    abort, another request's BEGIN, anything that is not FastCGI, a record that flows the
-    other way), which the worker that reads them answers. Records the decoder would skip
-    are skipped. Nothing is consumed: a connection that is not ready travels on with
-    these same bytes."""
-    cdef Py_ssize_t at = 0, clen
-    cdef int rtype, rid, begun = 0
-    cdef bint body = False
-    while True:
-        if at >= n:
-            return HEAD_BODY if body else HEAD_PARTIAL
-        if p[at] != 1:
-            return HEAD_READY
-        if n - at < HEADER_LEN:
-            return HEAD_BODY if body else HEAD_PARTIAL
-        rtype = p[at + 1]
-        rid = (p[at + 2] << 8) | p[at + 3]
-        clen = (p[at + 4] << 8) | p[at + 5]
-        if rid == 0 or rtype == T_END or rtype == T_STDOUT or rtype == T_STDERR \
-                or rtype == T_GET_VALUES_RESULT or rtype == T_UNKNOWN_TYPE:
-            return HEAD_READY
-        if body and (rid != begun or rtype != T_STDIN):
-            return HEAD_READY
-        if n - at < HEADER_LEN + clen + p[at + 6]:
-            return HEAD_BODY if body else HEAD_PARTIAL
-        if body:
-            if clen == 0:
-                return HEAD_READY
-        elif rtype == T_BEGIN and not begun:
-            if clen != 8 or ((p[at + 8] << 8) | p[at + 9]) != ROLE_RESPONDER:
-                return HEAD_READY
-            begun = rid
-        elif rid == begun and rtype == T_ABORT:
-            return HEAD_READY
-        elif rid == begun and rtype == T_PARAMS and clen == 0:
-            body = True
-            head_end[0] = at + HEADER_LEN + p[at + 6]
-        at += HEADER_LEN + clen + p[at + 6]
-
-
-def request_status(data):
-    """(status, head_end) of ``data``, the first bytes of a connection (or those after a
-    finished request): status 0, no whole head yet; 1, the head (its bytes end at head_end)
-    without the whole body; 2, the whole request, or something a worker answers at once."""
-    cdef const unsigned char[:] view = data
-    cdef Py_ssize_t head_end = 0
-    if view.shape[0] == 0:
-        return HEAD_PARTIAL, 0
-    return _request_status(&view[0], view.shape[0], &head_end), head_end
-
-
-cdef class Decoder:
-    """Server side of one FastCGI connection: feed() bytes in, get events and reply bytes out."""
-
-    def __cinit__(self):
-        self.cap = READ_SIZE + HEADER_LEN
-        self.buf = <char *>malloc(self.cap)
-        if self.buf == NULL:
-            raise MemoryError()
-        self.params = bytearray()
-        self.outbox = bytearray()
-
-    def __dealloc__(self):
-        free(self.buf)
-
-    def __init__(self, Py_ssize_t params_max=1048576, int max_conns=1, int max_reqs=1):
-        self.params_max = params_max
-        self.max_conns = max_conns
-        self.max_reqs = max_reqs
-
-    cdef int _reserve(self, Py_ssize_t n) except -1:
-        cdef Py_ssize_t used = self.end - self.start
-        cdef char *nb
-        if self.cap - self.end >= n:
-            return 0
-        if self.start:
-            memmove(self.buf, self.buf + self.start, used)
-            self.start = 0
-            self.end = used
-        if self.cap - used < n:
-            nb = <char *>realloc(self.buf, used + n)
-            if nb == NULL:
-                raise MemoryError()
-            self.buf = nb
-            self.cap = used + n
-        return 0
-
-    cdef void _consume(self, Py_ssize_t n) noexcept:
-        self.start += n
-        if self.start == self.end:
-            self.start = self.end = 0
-
-    cdef int _reply_end(self, int request_id, unsigned int app_status, int protocol_status) except -1:
-        self.outbox += encode_end_request(request_id, app_status, protocol_status)
-        return 0
-
-    cdef int _management(self, int rtype, const unsigned char *content, Py_ssize_t clen) except -1:
-        cdef dict asked
-        cdef bytearray reply
-        if rtype != T_GET_VALUES:
-            self.outbox += _record(T_UNKNOWN_TYPE, 0, bytes([rtype, 0, 0, 0, 0, 0, 0, 0]))
-            return 0
-        asked = {}
-        _parse_pairs(content, clen, asked)
-        known = {b"FCGI_MAX_CONNS": b"%d" % self.max_conns, b"FCGI_MAX_REQS": b"%d" % self.max_reqs,
-                 b"FCGI_MPXS_CONNS": b"0"}
-        reply = bytearray()
-        for name in asked:
-            value = known.get(name)
-            if value is not None:
-                _pair_into(reply, name, value)
-        self.outbox += _record(T_GET_VALUES_RESULT, 0, bytes(reply))
-        return 0
-
-    cdef Step _step(self) except <Step>-1:
-        cdef Py_ssize_t avail = self.end - self.start
-        cdef const unsigned char *p = <const unsigned char *>self.buf + self.start
-        cdef int rtype, rid, role
-        cdef Py_ssize_t clen, total
-        if avail == 0:
-            return STEP_NEED
-        if p[0] != 1:
-            raise ProtocolError(_describe_garbage(p, avail))
-        if avail < HEADER_LEN:
-            return STEP_NEED
-        rtype = p[1]
-        rid = (p[2] << 8) | p[3]
-        clen = (p[4] << 8) | p[5]
-        total = HEADER_LEN + clen + p[6]
-        if avail < total:
-            return STEP_NEED
-        p += HEADER_LEN
-        if rid == 0:
-            if rtype in (T_GET_VALUES, T_DATA) or rtype > T_UNKNOWN_TYPE or rtype == 0:
-                self._management(rtype, p, clen)
-                self._consume(total)
-                return STEP_RECORD
-            raise ProtocolError("%s record with request id 0" % RECORD_NAMES[rtype])
-        if rtype == T_BEGIN:
-            if clen != 8:
-                raise ProtocolError("BEGIN_REQUEST body of %d bytes (must be 8)" % clen)
-            role = (p[0] << 8) | p[1]
-            if self.state != ST_IDLE:
-                if rid != self.request_id:
-                    self._reply_end(rid, 0, CANT_MPX_CONN)
-                    self._consume(total)
-                    return STEP_RECORD
-                if self.state == ST_INPUT_DONE:
-                    return STEP_BLOCKED
-                raise ProtocolError("second BEGIN_REQUEST for the active request %d" % rid)
-            if role != RESPONDER:
-                self._reply_end(rid, 0, UNKNOWN_ROLE)
-                if not (p[2] & KEEP_CONN):
-                    self.want_close = True
-                self._consume(total)
-                return STEP_RECORD
-            self.state = ST_PARAMS
-            self.request_id = rid
-            self.draining = 0
-            self.role = role
-            self.keep_conn = p[2] & KEEP_CONN
-            self.stdin_ended = False
-            self.aborted = False
-            del self.params[:]
-            self._consume(total)
-            return STEP_BEGIN
-        if rtype in (T_END, T_STDOUT, T_STDERR, T_GET_VALUES_RESULT, T_UNKNOWN_TYPE):
-            raise ProtocolError("%s record sent to the application (it flows the other way)"
-                                % RECORD_NAMES[rtype])
-        if rid != self.request_id or self.state == ST_IDLE or (self.aborted and rtype != T_ABORT):
-            # The specification has records of inactive requests ignored; an aborted
-            # request is inactive for the web server already.
-            if rid == self.draining and rtype == T_STDIN and clen == 0:
-                self.draining = 0
-            self._consume(total)
-            return STEP_RECORD
-        if rtype == T_PARAMS:
-            if self.state != ST_PARAMS:
-                raise ProtocolError("PARAMS record after the end of the params stream")
-            self._consume(total)
-            if clen == 0:
-                self.state = ST_STDIN
-                return STEP_PARAMS_DONE
-            if len(self.params) + clen > self.params_max:
-                raise ProtocolError("FastCGI params too large (%d bytes, limit %d)"
-                                    % (len(self.params) + clen, self.params_max))
-            self.params += PyBytes_FromStringAndSize(<const char *>p, clen)
-            return STEP_RECORD
-        if rtype == T_STDIN:
-            if self.state == ST_PARAMS:
-                raise ProtocolError("STDIN record before the end of the params stream")
-            self._consume(total)
-            if self.stdin_ended:
-                if clen == 0:
-                    return STEP_RECORD
-                raise ProtocolError("STDIN record after the end of the stdin stream")
-            if clen == 0:
-                self.stdin_ended = True
-                self.state = ST_INPUT_DONE
-                return STEP_STDIN_END
-            self.chunk = <const char *>p
-            self.chunk_len = clen
-            return STEP_STDIN
-        if rtype == T_ABORT:
-            self.aborted = True
-            self.state = ST_INPUT_DONE
-            self._consume(total)
-            return STEP_ABORT
-        if rtype == T_DATA:
-            self._consume(total)
-            return STEP_RECORD
-        self.outbox += _record(T_UNKNOWN_TYPE, 0, bytes([rtype, 0, 0, 0, 0, 0, 0, 0]))
-        self._consume(total)
-        return STEP_RECORD
-
-    cdef bytes _end(self, unsigned int app_status, int protocol_status):
-        if self.state == ST_IDLE:
-            raise RuntimeError("end_request() with no active request")
-        rid = self.request_id
-        if not self.stdin_ended and not self.aborted:
-            self.draining = rid
-        self.state = ST_IDLE
-        self.request_id = 0
-        if not self.keep_conn:
-            self.want_close = True
-        return _record(T_STDOUT, rid, b"") + encode_end_request(rid, app_status, protocol_status)
-
-    def feed(self, data):
-        """Take received bytes; return the events they complete (see fpm/_proto.pyi)."""
-        cdef const unsigned char[:] view = data
-        cdef Py_ssize_t n = view.shape[0]
-        cdef Step step
-        cdef dict params
-        events = []
-        self._reserve(n)
-        if n:
-            memcpy(self.buf + self.end, &view[0], n)
-        self.end += n
-        while True:
-            step = self._step()
-            if step == STEP_NEED or step == STEP_BLOCKED:
-                return events
-            if step == STEP_BEGIN:
-                events.append(("begin", self.request_id, self.role, bool(self.keep_conn)))
-            elif step == STEP_PARAMS_DONE:
-                params = {}
-                _parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(self.params),
-                             PyByteArray_GET_SIZE(self.params), params)
-                events.append(("params", self.request_id, params))
-            elif step == STEP_STDIN:
-                events.append(("stdin", self.request_id, PyBytes_FromStringAndSize(self.chunk, self.chunk_len)))
-            elif step == STEP_STDIN_END:
-                events.append(("stdin_end", self.request_id))
-            elif step == STEP_ABORT:
-                events.append(("abort", self.request_id))
-
-    def eof(self):
-        """The peer closed: raise ProtocolError when that cut a record or a request short."""
-        cdef Py_ssize_t avail = self.end - self.start, total
-        cdef const unsigned char *p = <const unsigned char *>self.buf + self.start
-        while avail >= HEADER_LEN:
-            total = HEADER_LEN + ((p[4] << 8) | p[5]) + p[6]
-            if total > avail:
-                break
-            p += total
-            avail -= total
-        if avail >= HEADER_LEN:
-            raise ProtocolError("truncated record: the peer hung up after %d of %d bytes of a %s record"
-                                % (avail, HEADER_LEN + ((p[4] << 8) | p[5]) + p[6],
-                                   RECORD_NAMES.get(p[1], "type %d" % p[1])))
-        if avail:
-            raise ProtocolError("truncated record: the peer hung up after %d of 8 header bytes" % avail)
-        if self.end - self.start > avail:
-            raise ProtocolError("the peer hung up with %d bytes of records not yet processed"
-                                % (self.end - self.start))
-        if self.state == ST_PARAMS:
-            raise ProtocolError("the peer hung up before the end of the params of request %d" % self.request_id)
-        if self.state == ST_STDIN:
-            raise ProtocolError("the peer hung up before the end of the body of request %d" % self.request_id)
-
-    def data_to_send(self):
-        """Replies the codec made itself (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST refusals)."""
-        out = bytes(self.outbox)
-        del self.outbox[:]
-        return out
-
-    def end_request(self, unsigned int app_status=0, int protocol_status=REQUEST_COMPLETE):
-        """Bytes that end the active request (empty STDOUT + END_REQUEST); the next may begin."""
-        return self._end(app_status, protocol_status)
 
 
 cdef class FileWrapper:
@@ -1151,7 +329,7 @@ cdef class Request:
             finally:
                 exc_info = None
             # Nothing reached the web server yet: the error response replaces what was queued.
-            self.w.out_len = 0
+            self.w._out_drop()
             self.headers_sent = False
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
@@ -1197,35 +375,16 @@ cdef class Request:
         self._body(data, True)
 
     cdef int _sendfile(self, int fd) except -1:
-        cdef off_t offset = os.lseek(fd, 0, os.SEEK_CUR)
-        cdef off_t size = os.fstat(fd).st_size
-        cdef Py_ssize_t block, left
-        cdef ssize_t sent
-        cdef int sock = self.conn.fd, err = 0
-        cdef unsigned char hdr[8]
         if not self.headers_sent:
             self._send_headers()
-        while offset < size:
-            block = min(size - offset, BLOCK)
-            _put_header(hdr, T_STDOUT, self.rid, block, (-block) & 7)
-            self.w._out_append(<const char *>hdr, HEADER_LEN)
-            self.w._flush(self.conn)
-            left = block
-            while left > 0:
-                with nogil:
-                    sent = sendfile(sock, fd, &offset, left)
-                    if sent < 0:
-                        err = errno
-                if sent < 0:
-                    if err == EINTR:
-                        PyErr_CheckSignals()
-                        continue
-                    _raise_write_error(err)
-                if sent == 0:
-                    raise OSError("file %r shrank while it was being sent" % fd)
-                left -= sent
-            self.w._out_append(ZEROS, (-block) & 7)
-        return 0
+        return self.w._out_file(self.conn, self.rid, fd)
+
+    cdef int _fail(self) except -1:
+        """The app failed before any of its response was sent: a 500 takes its place."""
+        self.status = None
+        self.headers_sent = False
+        self.start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return self._body(b"Internal Server Error\n", False)
 
     cdef int send_result(self, result) except -1:
         if self.finished:
@@ -1439,6 +598,19 @@ cdef int _spool_write(int fd, const char *p, Py_ssize_t n) except -1:
 
 
 cdef Input _NO_BODY = Input(b"")  # wsgi.input of every request without a body
+
+
+cdef object _body_input(object spool, bytearray grown, bytes body, Py_ssize_t filled,
+                        Py_ssize_t length):
+    """wsgi.input of a body read: its spool file, or in memory (see Worker._read_body)."""
+    if spool is not None:
+        spool.seek(0)
+        return spool
+    if grown is not None:
+        return Input(bytes(grown))
+    if filled:
+        return Input(body if filled == length else body[:filled])
+    return _NO_BODY
 cdef Request _current = None  # the request the app is running, for finish_request()
 cdef bint _said = 0  # the app wrote to sys.stdout or sys.stderr since the last request ended
 
@@ -1460,129 +632,6 @@ def finish_request():
     return _current.finish()
 
 
-# --- connections that travel between a worker and the master (fpm.parking) ----------------
-# A worker parks a connection that is not ready (no whole request head) with the master
-# over the pool's park socket; the master hands it back, once ready, over the pool's
-# hand-off socket, which the pool's idle workers watch like a listening socket. Both are
-# SOCK_SEQPACKET: one message is one connection, its Ticket, the bytes already read from
-# it (nothing is lost or read twice) and its descriptor (SCM_RIGHTS).
-
-cdef void _ticket_msg(msghdr *msg, iovec *iov, Ticket *t, const char *data, Py_ssize_t n,
-                      void *control, size_t controllen) noexcept nogil:
-    """A message of a ticket then ``n`` bytes at ``data``, with room for control data."""
-    memset(msg, 0, sizeof(msghdr))
-    memset(control, 0, controllen)
-    iov[0].iov_base = <void *>t
-    iov[0].iov_len = sizeof(Ticket)
-    iov[1].iov_base = <void *>data
-    iov[1].iov_len = n
-    msg.msg_iov = iov
-    msg.msg_iovlen = 2
-    msg.msg_control = control
-    msg.msg_controllen = controllen
-
-
-cdef int _send_conn(int sock, int fd, Ticket *t, const char *data, Py_ssize_t n) noexcept nogil:
-    """Send ``fd`` with its ticket and ``data`` as one message; 0, or the errno (EAGAIN:
-    the queue is full). The sender still holds its copy of ``fd``."""
-    cdef msghdr msg
-    cdef iovec iov[2]
-    cdef uint64_t control[4]
-    cdef cmsghdr *cm
-    _ticket_msg(&msg, iov, t, data, n, control, CMSG_SPACE(sizeof(int)))
-    cm = CMSG_FIRSTHDR(&msg)
-    cm.cmsg_level = SOL_SOCKET
-    cm.cmsg_type = SCM_RIGHTS
-    cm.cmsg_len = CMSG_LEN(sizeof(int))
-    memcpy(CMSG_DATA(cm), &fd, sizeof(int))
-    while sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0:
-        if errno != EINTR:
-            return errno
-    return 0
-
-
-cdef int _recv_conn(int sock, Ticket *t, char *buf, Py_ssize_t cap, Py_ssize_t *n,
-                    int *fd) noexcept nogil:
-    """Receive one connection sent by _send_conn: its ticket, its bytes into ``buf`` (*n of
-    them), its descriptor (*fd, close-on-exec). 0, or the errno: EAGAIN, none waits;
-    EMFILE, it came without its descriptor, which the kernel could not install here (the
-    connection is lost); EBADMSG, not such a message; EPIPE, the sending end is gone."""
-    cdef msghdr msg
-    cdef iovec iov[2]
-    cdef uint64_t control[8]
-    cdef cmsghdr *cm
-    cdef ssize_t r
-    cdef int got = -1, extra, i, count
-    _ticket_msg(&msg, iov, t, buf, cap, control, sizeof(control))
-    while True:
-        r = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
-        if r >= 0:
-            break
-        if errno != EINTR:
-            return errno
-    if r == 0:
-        return EPIPE
-    cm = CMSG_FIRSTHDR(&msg)
-    while cm != NULL:
-        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_RIGHTS:
-            count = (cm.cmsg_len - CMSG_LEN(0)) // sizeof(int)
-            for i in range(count):
-                memcpy(&extra, CMSG_DATA(cm) + i * sizeof(int), sizeof(int))
-                if got < 0:
-                    got = extra
-                else:
-                    close(extra)  # one connection per message: never more
-        cm = CMSG_NXTHDR(&msg, cm)
-    if msg.msg_flags & MSG_CTRUNC:
-        if got >= 0:
-            close(got)
-        return EMFILE
-    if got < 0 or r < <ssize_t>sizeof(Ticket) or msg.msg_flags & MSG_TRUNC:
-        if got >= 0:
-            close(got)
-        return EBADMSG
-    n[0] = r - sizeof(Ticket)
-    fd[0] = got
-    return 0
-
-
-def pass_conn(int sock, int fd, int64_t head_due_us, int64_t arrived_us, data, uint32_t flags=0):
-    """Send connection ``fd`` with the bytes already read from it (``data``) and when its
-    head is due, over a park or hand-off socket: True once sent, False when the queue is
-    full. The caller closes its own copy of ``fd``."""
-    cdef const unsigned char[:] view = data
-    cdef Ticket t
-    cdef int err
-    if view.shape[0] > TICKET_DATA_MAX:
-        raise ValueError("%d bytes travel with a connection at most, not %d"
-                         % (TICKET_DATA_MAX, view.shape[0]))
-    memset(&t, 0, sizeof(t))
-    t.flags = flags
-    t.head_due_us = head_due_us
-    t.arrived_us = arrived_us
-    err = _send_conn(sock, fd, &t, <const char *>&view[0] if view.shape[0] else NULL,
-                     view.shape[0])
-    if err == EAGAIN or err == EWOULDBLOCK:
-        return False
-    if err:
-        raise OSError(err, "sendmsg() of a connection failed: " + os.strerror(err))
-    return True
-
-
-def take_conn(int sock):
-    """The next connection waiting on a park or hand-off socket: (fd, head_due_us,
-    arrived_us, flags, data); None when none waits. OSError with the errno of one that
-    could not be received (EMFILE: it was lost for want of a descriptor)."""
-    cdef Ticket t
-    cdef Py_ssize_t n = 0
-    cdef int fd = -1, err
-    cdef bytearray buf = bytearray(TICKET_DATA_MAX)
-    err = _recv_conn(sock, &t, PyByteArray_AS_STRING(buf), TICKET_DATA_MAX, &n, &fd)
-    if err == EAGAIN or err == EWOULDBLOCK:
-        return None
-    if err:
-        raise OSError(err, "recvmsg() of a connection failed: " + os.strerror(err))
-    return fd, t.head_due_us, t.arrived_us, t.flags, bytes(buf[:n])
 
 
 cdef int _listen_epoll(pollfd *fixed, int n) except -1:
@@ -1635,7 +684,6 @@ cdef class Worker:
             _wake_w = -1
 
     def __init__(self, list listen_fds, app, options):
-        cdef int i
         o = options  # fpm.options.WorkerOptions, read once
         self.head_timeout_us = <int64_t>(o.head_timeout * 1e6)
         self.body_rate = o.body_rate
@@ -1665,7 +713,8 @@ cdef class Worker:
         self.access = o.access
         self.access_begin = getattr(o.access, "begin", None)
         self.on_reopen = o.on_reopen
-        self.log_generation = (<BoardHeader *>board.mem).log_generation if board is not None else 0
+        self.header = <BoardHeader *>board.mem if board is not None else NULL
+        self.log_generation = self.header.log_generation if self.header != NULL else 0
         self.special = o.special or None
         self.track_cpu = self.special is not None
         self.cpu_mark = 0
@@ -1689,6 +738,13 @@ cdef class Worker:
         self.log = o.log
         self.held = []
         self.pair_cache = []
+        self._watch_sources()
+
+    cdef int _watch_sources(self) except -1:
+        """The fds the loop waits on: the sources of new connections, then the stop pipe
+        (and, later, the connections it holds); the epoll set over the first ones."""
+        cdef int i
+        global _wake_w
         self.nlisten = len(self.listen_fds)
         # Where new connections come from: the listening sockets, and the hand-off socket
         # (connections the master held until their head came), watched alike.
@@ -1701,13 +757,13 @@ cdef class Worker:
             self.pfds[i].fd = self.listen_fds[i] if i < self.nlisten else self.handoff_fd
             self.pfds[i].events = POLLIN
             self.pfds[i].revents = 0
-        global _wake_w
         self.wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.pfds[self.nsources].fd = self.wake_r
         self.pfds[self.nsources].events = POLLIN
         self.pfds[self.nsources].revents = 0
         self.npfds = self.nfixed
         self.epfd = _listen_epoll(self.pfds, self.nfixed)
+        return 0
 
     # --- connections held between requests -------------------------------------------------
 
@@ -1774,10 +830,10 @@ cdef class Worker:
         else at debug level: a flood of bad requests is not a flood of log lines."""
         cdef int64_t now, last
         cdef bint first = True
-        if self.board is not None:
-            self._count(REFUSED_PROTOCOL)
+        if self.header != NULL:
+            count(self.header, REFUSED_PROTOCOL)
             now = _now_us()
-            last = fpm_swap64(&(<BoardHeader *>self.board.mem).protocol_error_us, now)
+            last = fpm_swap64(&self.header.protocol_error_us, now)
             first = last == 0 or now - last >= C_REFUSAL_QUIET * 1000000
         self._drop(conn, "warning" if first else "debug", message)
         return 0
@@ -1804,8 +860,8 @@ cdef class Worker:
     cdef str _request_line(self):
         """``GET /x?y=1``, as the request's slot has it (the status page's and the master's
         lines about it show the same): how the error log names the request in progress."""
-        return "%s %s" % (_cstr(self.slot.method, 16) or "-",
-                          _cstr(self.slot.request_uri, 512) or "-")
+        return "%s %s" % (cstr(self.slot.method, 16) or "-",
+                          cstr(self.slot.request_uri, 512) or "-")
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -1826,8 +882,8 @@ cdef class Worker:
                 # needed. A connection the master handed over goes first (it has waited
                 # for its head already): the board says, without a system call, if any.
                 served = False
-                if self.handoff_fd >= 0 and self.board is not None \
-                        and (<BoardHeader *>self.board.mem).handoff_pending > 0:
+                if self.handoff_fd >= 0 and self.header != NULL \
+                        and self.header.handoff_pending > 0:
                     served = self._take_handoff()
                 if not served:
                     for i in range(self.nlisten):
@@ -1935,9 +991,9 @@ cdef class Worker:
 
     cdef int _pause_accepting(self, int err) except -1:
         """Stop taking connections for a pause that grows while accept() keeps failing."""
-        self._count(REFUSED_ACCEPT)
-        if self.board is not None:
-            (<BoardHeader *>self.board.mem).accept_errno = err
+        count(self.header, REFUSED_ACCEPT)
+        if self.header != NULL:
+            self.header.accept_errno = err
         self.paused_until = _now_us() + accept_pause_ms(self.pause_streak) * 1000
         self.pause_streak += 1
         self._set_sources(0)
@@ -1961,13 +1017,13 @@ cdef class Worker:
         cdef Decoder dec = conn.dec
         if self.reserve_fd >= 0:
             close(self.reserve_fd)
-        err = _recv_conn(self.handoff_fd, &t, dec.buf, dec.cap, &n, &fd)
+        err = recv_conn(self.handoff_fd, &t, dec.buf, dec.cap, &n, &fd)
         if self.reserve_fd >= 0:
             self._reopen_reserve()
         if err == EAGAIN or err == EWOULDBLOCK or err == EPIPE:
             return False  # EPIPE: the master is gone, and so is this worker in a moment
-        if self.board is not None:
-            fpm_atomic_add(<uint64_t *>&(<BoardHeader *>self.board.mem).handoff_pending,
+        if self.header != NULL:
+            fpm_atomic_add(<uint64_t *>&self.header.handoff_pending,
                            <uint64_t>-1)
         if err == EMFILE:
             self._pause_accepting(err)  # that connection is lost: no descriptor for it
@@ -1984,11 +1040,6 @@ cdef class Worker:
         self._serve_conn(conn, CONN_HANDED)
         return True
 
-    cdef int _count(self, int cause) except -1:
-        if self.board is not None:
-            fpm_atomic_add(&(<BoardHeader *>self.board.mem).refusals[cause], 1)
-        return 0
-
     def _decoder(self):
         return Decoder(self.params_max, self.max_conns, self.max_reqs)
 
@@ -2001,11 +1052,11 @@ cdef class Worker:
         cdef int n, i, wait = 0
         cdef int64_t left, deadline = _now_us() + FIRST_BYTES_ON_STOP_MS * 1000
         cdef int64_t pending
-        if self.handoff_fd >= 0 and self.board is not None:
+        if self.handoff_fd >= 0 and self.header != NULL:
             # A stopping master hands over what it had parked before it tells its workers to
             # stop; those handed over by then are served or held here. No more than that:
             # a worker that recycles leaves the rest to the others.
-            pending = (<BoardHeader *>self.board.mem).handoff_pending
+            pending = self.header.handoff_pending
             while pending > 0 and self._take_handoff():
                 pending -= 1
         while self.held:
@@ -2031,78 +1082,10 @@ cdef class Worker:
             self._close(self._unhold(i))
 
     cdef int _serve_conn(self, Conn conn, int how) except -1:
-        """Read from a connection and run the requests on it until it is idle or closed,
-        or park it with the master while its request head has not come (``how``: a
-        CONN_* value)."""
-        cdef Decoder dec = conn.dec
-        cdef Step step
-        cdef Py_ssize_t r
+        """Serve a connection (``how``: a CONN_* value) until it is idle, closed or parked;
+        a peer's fault closes it, told as its kind asks."""
         try:
-            r = self._read(conn, False)
-            if how != CONN_HANDED:
-                # The master handed that one over with its head (or with the head still
-                # coming fast): it is read here, whatever it takes.
-                r = self._await_head(conn, r, how)
-                if r == PARKED:
-                    return 0
-            while True:
-                if r == 0 and dec.end == dec.start:
-                    dec.eof()
-                    self._close(conn)
-                    return 0
-                if r == -2:
-                    self._hold(conn)
-                    return 0
-                # At EOF with bytes left (they came with the hang-up, or the master held
-                # them), those are stepped through first: the peer's fault is named by what
-                # it sent, as when the bytes came before the hang-up.
-                step = dec._step()
-                if step == STEP_PARAMS_DONE:
-                    # Per request: the body's bytes already here count for its rate; the
-                    # next head on a kept connection gets a deadline of its own.
-                    conn.body_read = dec.end - dec.start
-                    conn.head_due_us = 0
-                    conn.refused = False
-                    self._run_request(conn)
-                    conn.late = False
-                    if conn.fd < 0:
-                        return 0
-                elif step == STEP_ABORT:
-                    end = dec._end(0, REQUEST_COMPLETE)
-                    self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
-                    self._flush(conn)
-                elif step == STEP_BLOCKED:
-                    raise ProtocolError("BEGIN_REQUEST for request %d before it ended" % dec.request_id)
-                elif step == STEP_BEGIN:
-                    self._stage(STAGE_READING)
-                    if self.access_begin is not None:
-                        self.access_begin()
-                elif step == STEP_NEED:
-                    if dec.outbox:
-                        self._flush(conn)
-                    if r == 0:  # the peer hung up, and every whole record it sent is done
-                        dec.eof()
-                        self._close(conn)
-                        return 0
-                    if (dec.want_close or _stop and dec.state == ST_IDLE and dec.end == dec.start
-                            ) and not dec.draining:
-                        self._close(conn)
-                        return 0
-                    if dec.state == ST_IDLE and not dec.draining:
-                        # Between requests: what comes is the next request's head, if any.
-                        r = self._read(conn, False)
-                        r = self._await_head(conn, r, CONN_KEPT)
-                        if r == PARKED:
-                            return 0
-                        continue
-                    # Inside a record or a request, or the rest of an unread body: due now.
-                    r = self._read(conn, True)
-                    if r == 0 and dec.draining:
-                        # The response is complete: a web server may drop an unwanted body.
-                        self._close(conn)
-                        return 0
-                    continue
-                r = 1
+            self._serve_requests(conn, how)
         except HTTPOnFastCGIPort as e:
             try:
                 self._write_all(conn, HTTP_REFUSAL, len(HTTP_REFUSAL))
@@ -2112,7 +1095,7 @@ cdef class Worker:
         except TooSlow as e:
             # Counted, and logged by the master once per episode: never a line each.
             if not conn.refused:
-                self._count(e.cause)
+                count(self.header, e.cause)
             self._close(conn)
         except ProtocolError as e:
             self._refuse(conn, str(e))
@@ -2121,18 +1104,88 @@ cdef class Worker:
         except Exception:
             self._unexpected(conn)
         finally:
-            global _g_fd
-            _g_fd = -1
-            self.out_len = 0  # what a failed connection left unsent is never another's
+            _disarm_term_reply()
+            self._out_drop()  # what a failed connection left unsent is never another's
             if self.slot.stage != STAGE_IDLE:
                 self._stage(STAGE_IDLE)
         return 0
+
+    cdef int _serve_requests(self, Conn conn, int how) except -1:
+        """Read from a connection and run the requests on it until it is idle (held), closed,
+        or parked with the master while its request head has not come."""
+        cdef Decoder dec = conn.dec
+        cdef Step step
+        cdef Py_ssize_t r = self._read(conn, False)
+        if how != CONN_HANDED:
+            # The master handed that one over with its head (or with the head still coming
+            # fast): it is read here, whatever it takes.
+            r = self._await_head(conn, r, how)
+        while r != GONE:
+            if r == 0 and dec.end == dec.start:
+                dec.eof()
+                self._close(conn)
+                return 0
+            if r == -2:
+                self._hold(conn)
+                return 0
+            # At EOF with bytes left (they came with the hang-up, or the master held them),
+            # those are stepped through first: the peer's fault is named by what it sent, as
+            # when the bytes came before the hang-up.
+            step = dec._step()
+            if step == STEP_NEED:
+                r = self._more(conn, r)
+                continue
+            if step == STEP_PARAMS_DONE:
+                # Per request: the body's bytes already here count for its rate; the next
+                # head on a kept connection gets a deadline of its own.
+                conn.body_read = dec.end - dec.start
+                conn.head_due_us = 0
+                conn.refused = False
+                self._run_request(conn)
+                conn.late = False
+                if conn.fd < 0:
+                    return 0
+            elif step == STEP_ABORT:
+                self._out_end(conn, 0)
+            elif step == STEP_BLOCKED:
+                raise ProtocolError("BEGIN_REQUEST for request %d before it ended" % dec.request_id)
+            elif step == STEP_BEGIN:
+                self._stage(STAGE_READING)
+                if self.access_begin is not None:
+                    self.access_begin()
+            r = 1
+        return 0
+
+    cdef Py_ssize_t _more(self, Conn conn, Py_ssize_t r) except -9:
+        """No whole record is buffered after a read that gave ``r``: send the codec's own
+        answers, then read on (as _read), or GONE once the connection is closed or parked."""
+        cdef Decoder dec = conn.dec
+        if dec.outbox:
+            self._flush(conn)
+        if r == 0:  # the peer hung up, and every whole record it sent is done
+            dec.eof()
+            self._close(conn)
+            return GONE
+        if (dec.want_close or _stop and dec.state == ST_IDLE and dec.end == dec.start
+                ) and not dec.draining:
+            self._close(conn)
+            return GONE
+        if dec.state == ST_IDLE and not dec.draining:
+            # Between requests: what comes is the next request's head, if any.
+            return self._await_head(conn, self._read(conn, False), CONN_KEPT)
+        # Inside a record or a request, or the rest of an unread body: due now.
+        r = self._read(conn, True)
+        if r == 0 and dec.draining:
+            # The response is complete: a web server may drop an unwanted body.
+            self._close(conn)
+            return GONE
+        return r
 
     cdef Py_ssize_t _await_head(self, Conn conn, Py_ssize_t r, int how) except -9:
         """At the start of a request, after a read that gave ``r`` (see _read): ``r`` again
         when the connection is ready to serve (the whole request buffered, or 64 KiB of it:
         the peer is sending), at EOF, or has nothing at all and is a kept one (-2: held, as
-        between requests); else, after a few ms for the rest, PARKED: the master holds it
+        between requests); else, after a few ms for the rest, GONE: the master holds it
         until its request has come, and no worker waits for it. What is parked is under
         64 KiB, so it travels in one message (TICKET_DATA_MAX)."""
         cdef Decoder dec = conn.dec
@@ -2140,7 +1193,7 @@ cdef class Worker:
         cdef int n, ms
         cdef int64_t now
         cdef Py_ssize_t head_end
-        if r == 0 or _request_status(<const unsigned char *>dec.buf + dec.start,
+        if r == 0 or head_status(<const unsigned char *>dec.buf + dec.start,
                                      dec.end - dec.start, &head_end) == HEAD_READY \
                 or dec.end - dec.start >= READ_SIZE:
             return r
@@ -2155,7 +1208,7 @@ cdef class Worker:
                 n = poll(&pfd, 1, ms)
             while n > 0:  # bytes came: read them; wait on for the rest, within the time
                 r = self._read(conn, False)
-                if r == 0 or _request_status(<const unsigned char *>dec.buf + dec.start,
+                if r == 0 or head_status(<const unsigned char *>dec.buf + dec.start,
                                              dec.end - dec.start, &head_end) == HEAD_READY \
                         or dec.end - dec.start >= READ_SIZE:
                     self.vain_waits = 0
@@ -2176,7 +1229,7 @@ cdef class Worker:
             # connection, read the rest of a head here.
             return -2 if dec.end == dec.start else 1
         self._park(conn)
-        return PARKED
+        return GONE
 
     cdef int _park(self, Conn conn) except -1:
         """Hand the connection and the bytes read from it to the master (fpm.parking)."""
@@ -2186,9 +1239,9 @@ cdef class Worker:
         memset(&t, 0, sizeof(t))
         t.head_due_us = conn.head_due_us or _now_us() + self.head_timeout_us
         t.arrived_us = conn.arrived_us
-        err = _send_conn(self.park_fd, conn.fd, &t, dec.buf + dec.start, dec.end - dec.start)
+        err = send_conn(self.park_fd, conn.fd, &t, dec.buf + dec.start, dec.end - dec.start)
         if err:
-            self._count(REFUSED_PARKED)  # the master's queue is full: nowhere to wait
+            count(self.header, REFUSED_PARKED)  # the master's queue is full: nowhere to wait
         self._close(conn)
         return 0
 
@@ -2277,15 +1330,36 @@ cdef class Worker:
                                         (now - self.slot.accepted) / 1e6))
 
     cdef int _run_request(self, Conn conn) except -1:
+        """Run the request whose params have come: its environ, the app (or what answers
+        in its place), the end of its response, then what follows every request."""
+        cdef Py_ssize_t length = -1
+        cdef Request req = Request(self, conn, conn.dec.request_id)
+        cdef dict environ = self._environ(conn, req, &length)
+        cdef int app_status
+        self._out_drop()
+        self.wrote = False
+        self._stamp_request(environ, length)
+        _arm_term_reply(conn.fd, req.rid)
+        app_status = self._call_app(conn, environ, req, length)
+        self.requests += 1
+        if req.finished:
+            self._out_drop()
+        else:
+            # END_REQUEST goes out before any unread body is drained: nginx stops sending a
+            # streamed body once it has the response header, and waits for END_REQUEST.
+            self._end_response(req, app_status)
+        self._after_response(conn, environ, req)
+        if not req.finished:
+            self._settle(conn)
+        return 0
+
+    cdef dict _environ(self, Conn conn, Request req, Py_ssize_t *length):
+        """The request's WSGI environ from its params; *length: CONTENT_LENGTH (-1: none)."""
         cdef Decoder dec = conn.dec
         cdef dict environ = self.base_environ.copy()
-        cdef Request req = Request(self, conn, dec.request_id)
-        cdef unsigned int app_status = 0
-        cdef Py_ssize_t length = -1
-        global _current, _said
         # No param can replace or add a key of the pool's own (fpm.*, wsgi.*): dropped there.
-        _parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(dec.params),
-                     PyByteArray_GET_SIZE(dec.params), environ, self.pair_cache)
+        parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(dec.params),
+                    PyByteArray_GET_SIZE(dec.params), environ, self.pair_cache)
         for key, http_key in CONTENT_HEADERS:
             value = environ.pop(http_key, None)
             if value is not None and key not in environ:
@@ -2297,7 +1371,7 @@ cdef class Worker:
             del environ["HTTP_PROXY"]
         cl = environ.get("CONTENT_LENGTH")
         if cl:
-            length = _content_length(cl)
+            length[0] = _content_length(cl)
         if self.fill_paths:
             split_paths(environ, self.mount)
         https = environ.get("HTTPS")
@@ -2309,13 +1383,12 @@ cdef class Worker:
         environ.setdefault("SERVER_PORT", "80")
         environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
         environ["wsgi.errors"] = Errors(req)
-        self.out_len = 0
-        self.wrote = False
-        self._stamp_request(environ, length)
-        global _g_fd, _g_rid, _g_started
-        _g_rid = dec.request_id
-        _g_started = 0
-        _g_fd = conn.fd
+        return environ
+
+    cdef int _call_app(self, Conn conn, dict environ, Request req, Py_ssize_t length) except -1:
+        """Run the app, or the page or refusal that answers in its place, and send its
+        result; the app status for END_REQUEST: 1 when it failed or the web server aborted."""
+        global _current
         app = self.app
         if self.special is not None:
             # The status and ping pages answer their exact path, whatever the app routes.
@@ -2334,37 +1407,36 @@ cdef class Worker:
                 if close_result is not None:
                     close_result()
         except RequestAborted:
-            app_status = 1
-            self.out_len = 0
+            self._out_drop()
+            return 1
         except PeerError:
             raise
         except Exception:
-            app_status = 1
             self._log_app_error()
             if not self.wrote and not req.finished:
-                self.out_len = 0
-                req.status = None
-                req.headers_sent = False
-                req.start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
-                req._body(b"Internal Server Error\n", False)
+                self._out_drop()
+                req._fail()
+            return 1
         except BaseException:  # sys.exit() in the app: the worker exits, the traceback stays
             self._log_app_error()
             raise
         finally:
             _current = None
-        self.requests += 1
-        if req.finished:
-            self.out_len = 0
-        else:
-            # END_REQUEST goes out before any unread body is drained: nginx stops sending a
-            # streamed body once it has the response header, and waits for END_REQUEST.
-            if req.stderr_used:
-                self._out_record(T_STDERR, dec.request_id, NULL, 0)
-            end = dec._end(app_status, REQUEST_COMPLETE)
-            self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
-            self._flush(conn)
-        _g_fd = -1
-        # Output the request wrote ends with it: no line joins the next request's.
+        return 0
+
+    cdef int _end_response(self, Request req, unsigned int app_status) except -1:
+        """Send the end of the request's streams and END_REQUEST; a SIGTERM now has
+        nothing left to answer."""
+        if req.stderr_used:
+            self._out_records(T_STDERR, req.rid, NULL, 0)
+        self._out_end(req.conn, app_status)
+        _disarm_term_reply()
+        return 0
+
+    cdef int _after_response(self, Conn conn, dict environ, Request req) except -1:
+        """What follows every request: the ends of the lines it wrote (none joins the next
+        request's), the logs, the slot's stamp and the recycling limits."""
+        global _said
         if req.errors_logged:
             self.errors_log.end()
         if _said:
@@ -2373,9 +1445,11 @@ cdef class Worker:
                 self.on_output()
         if self.access is not None or self.on_reopen is not None:
             self._log_request(conn, environ, req)
-        self._after_request()
-        if req.finished:
-            return 0
+        return self._after_request()
+
+    cdef int _settle(self, Conn conn) except -1:
+        """After a response: drain an unread body, and close a connection not kept."""
+        cdef Decoder dec = conn.dec
         if dec.draining:
             self._stage(STAGE_FINISHING)
         if dec.want_close or _stop:
@@ -2391,14 +1465,7 @@ cdef class Worker:
     cdef int _finish(self, Request req) except -1:
         """End the request for the web server now; the app runs on (fpm.finish_request)."""
         cdef Conn conn = req.conn
-        cdef Decoder dec = conn.dec
-        global _g_fd
-        if req.stderr_used:
-            self._out_record(T_STDERR, req.rid, NULL, 0)
-        end = dec._end(0, REQUEST_COMPLETE)
-        self._out_append(PyBytes_AS_STRING(end), PyBytes_GET_SIZE(end))
-        self._flush(conn)
-        _g_fd = -1  # a terminate timeout must not write a 504 after the response
+        self._end_response(req, 0)
         req.finished = True
         if self.access is not None:
             req.peer = self.access.peer(conn.fd)
@@ -2491,12 +1558,8 @@ cdef class Worker:
                 if self.body_max and total > self.body_max:
                     return self._too_large(environ, -1)  # the rest drains after the answer
                 if sfd < 0 and total > self.body_buffer:
-                    spool = self._spool()
+                    spool = self._spool_from(grown, body, filled)
                     sfd = spool.fileno()
-                    if grown is not None:
-                        _spool_write(sfd, PyByteArray_AS_STRING(grown), len(grown))
-                    elif body is not None:
-                        _spool_write(sfd, PyBytes_AS_STRING(body), filled)
                     body = grown = None
                 if sfd >= 0:
                     _spool_write(sfd, dec.chunk, n)
@@ -2514,22 +1577,23 @@ cdef class Worker:
         except TooSlow as e:
             # Counted once (the master logs the episode); the app never runs on a part of
             # the body, and the connection closes after the answer.
-            self._count(e.cause)
+            count(self.header, e.cause)
             conn.refused = True
             dec.want_close = True
             return Refusal("408 Request Timeout", b"The request body came too slowly.\n")
         if length < 0 and total:
             environ["CONTENT_LENGTH"] = str(total)  # a chunked body, now counted
-        if spool is not None:
-            spool.seek(0)
-            environ["wsgi.input"] = spool
-        elif grown is not None:
-            environ["wsgi.input"] = Input(bytes(grown))
-        elif filled:
-            environ["wsgi.input"] = Input(body if filled == length else body[:filled])
-        else:
-            environ["wsgi.input"] = _NO_BODY
+        environ["wsgi.input"] = _body_input(spool, grown, body, filled, length)
         return None
+
+    cdef object _spool_from(self, bytearray grown, bytes body, Py_ssize_t filled):
+        """A spool file holding what of a body was kept in memory so far."""
+        spool = self._spool()
+        if grown is not None:
+            _spool_write(spool.fileno(), PyByteArray_AS_STRING(grown), len(grown))
+        elif body is not None:
+            _spool_write(spool.fileno(), PyBytes_AS_STRING(body), filled)
+        return spool
 
     def _spool(self):
         """An unlinked file for a large body (O_TMPFILE: it never has a name)."""
@@ -2600,59 +1664,24 @@ cdef class Worker:
     # --- scoreboard stamps: plain stores into shared memory, no system call -------------------
 
     cdef void _stage(self, Stage stage) noexcept nogil:
-        cdef Slot *s = self.slot
-        cdef int64_t now = _now_us()
-        cdef Stage was = <Stage>s.stage
-        _slot_begin(s)
-        s.stage = stage
-        s.changed = now
-        if stage == STAGE_READING:
-            s.accepted = now
-            if self.track_cpu:
-                self.cpu_mark = _cpu_us()
-            s.method[0] = s.request_uri[0] = s.script[0] = s.user[0] = 0
-            s.content_length = 0
-        _slot_end(s)
-        if self.board is not None:
-            if stage == STAGE_READING:
-                fpm_atomic_add(&(<BoardHeader *>self.board.mem).accepted_conn, 1)
-            _count_active(<BoardHeader *>self.board.mem, _busy(was), _busy(stage))
+        if stage == STAGE_READING and self.track_cpu:
+            self.cpu_mark = _cpu_us()
+        stamp_stage(self.slot, self.header, stage, _now_us())
 
     cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1:
-        """What the request is, for the status page and the master's timeout lines."""
-        cdef Slot *s = self.slot
-        script = environ.get("SCRIPT_FILENAME") or environ.get("SCRIPT_NAME", "")
-        _slot_begin(s)
-        _copy_field(s.method, 16, environ.get("REQUEST_METHOD"))
-        _copy_field(s.request_uri, 512, environ.get("REQUEST_URI") or environ.get("PATH_INFO"))
-        _copy_field(s.script, 256, script)
-        _copy_field(s.user, 32, environ.get("REMOTE_USER"))
-        s.content_length = length if length > 0 else 0
-        s.stage = STAGE_RUNNING
-        s.changed = _now_us()
-        _slot_end(s)
-        return 0
+        return stamp_request(self.slot, environ.get("REQUEST_METHOD"),
+                             environ.get("REQUEST_URI") or environ.get("PATH_INFO"),
+                             environ.get("SCRIPT_FILENAME") or environ.get("SCRIPT_NAME", ""),
+                             environ.get("REMOTE_USER"), length, _now_us())
 
     cdef int _after_request(self) except -1:
         """Count the request; decide whether this worker has served its time."""
-        cdef Slot *s = self.slot
         cdef char buf[64]
         cdef ssize_t n
         cdef rusage usage
-        cdef int64_t now = _now_us()
-        cdef int64_t cpu = _cpu_us() if self.track_cpu else 0
-        cdef Stage was = <Stage>s.stage
         global _stop
-        _slot_begin(s)
-        s.requests += 1
-        s.duration = now - s.accepted
-        s.stage = STAGE_IDLE
-        s.changed = now
-        if self.track_cpu:
-            s.cpu = cpu - self.cpu_mark
-        _slot_end(s)
-        if self.board is not None:
-            _count_active(<BoardHeader *>self.board.mem, _busy(was), False)
+        stamp_done(self.slot, self.header, _now_us(),
+                   _cpu_us() - self.cpu_mark if self.track_cpu else -1)
         if self.max_requests and self.requests >= self.max_requests:
             self.stop_reason = "max_requests"
             _stop = 1
@@ -2668,7 +1697,7 @@ cdef class Worker:
                 # grows, so a worker that ever exceeded the limit is recycled.
                 getrusage(RUSAGE_SELF, &usage)
                 self.rss = <uint64_t>usage.ru_maxrss * 1024
-            s.rss = self.rss
+            self.slot.rss = self.rss
             if self.rss > self.max_memory:
                 self.stop_reason = "max_memory"
                 _stop = 1
@@ -2680,8 +1709,8 @@ cdef class Worker:
         cdef int64_t now
         cdef timespec ts
         cdef uint64_t generation
-        if self.on_reopen is not None and self.board is not None:
-            generation = (<BoardHeader *>self.board.mem).log_generation
+        if self.on_reopen is not None and self.header != NULL:
+            generation = self.header.log_generation
             if generation != self.log_generation:
                 self.log_generation = generation
                 self.on_reopen()
@@ -2716,56 +1745,79 @@ cdef class Worker:
             self.out_len += n
         return 0
 
-    cdef int _out_record(self, int rtype, int request_id, const char *data, Py_ssize_t n) except -1:
-        cdef int pad = (-n) & 7
-        self._out_reserve(HEADER_LEN + n + pad)
-        _put_header(<unsigned char *>self.out + self.out_len, rtype, request_id, n, pad)
-        self.out_len += HEADER_LEN
-        self._out_append(data, n)
-        self._out_append(ZEROS, pad)
+    cdef int _out_records(self, int rtype, int request_id, const char *p, Py_ssize_t n) except -1:
+        """Queue ``n`` bytes of a stream as records (one empty record, the stream's end, for none)."""
+        self._out_reserve(records_len(n))
+        self.out_len += put_records(self.out + self.out_len, rtype, request_id, p, n)
         return 0
+
+    cdef int _out_end(self, Conn conn, unsigned int app_status) except -1:
+        """End the connection's active request: queue the end of its response, send all."""
+        cdef int rid = conn.dec._close_request()
+        self._out_reserve(END_LEN)
+        self.out_len += put_end(self.out + self.out_len, rid, app_status, S_REQUEST_COMPLETE)
+        return self._flush(conn)
+
+    cdef void _out_drop(self) noexcept:
+        """Forget the output queued and not sent (an error answer takes its place)."""
+        self.out_len = 0
 
     cdef int _out_stream(self, Conn conn, int rtype, int request_id, object data) except -1:
         """Queue stream records; a large body goes out at once by writev() without a copy."""
         cdef const char *p = PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0, block
-        cdef iovec iov[97]
-        cdef unsigned char hdrs[32][8]
-        cdef int cnt, k
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), done = 0
+        cdef iovec iov[1 + 3 * WRITEV_RECORDS]
+        cdef unsigned char headers[HEADER_LEN * WRITEV_RECORDS]
+        cdef int cnt
+        global _g_started
+        if n == 0:
+            return 0  # an empty record would end the stream
         if n <= COPY_LIMIT:
-            while i < n:
-                block = min(n - i, BLOCK)
-                self._out_record(rtype, request_id, p + i, block)
-                i += block
+            self._out_records(rtype, request_id, p, n)
             if self.out_len >= OUT_FLUSH:
                 self._flush(conn)
             return 0
-        while i < n:
+        while done < n:
             cnt = 0
             if self.out_len:
                 iov[0].iov_base = self.out
                 iov[0].iov_len = self.out_len
                 cnt = 1
-            k = 0
-            while i < n and k < 32:
-                block = min(n - i, BLOCK)
-                _put_header(hdrs[k], rtype, request_id, block, (-block) & 7)
-                iov[cnt].iov_base = hdrs[k]
-                iov[cnt].iov_len = HEADER_LEN
-                iov[cnt + 1].iov_base = <void *>(p + i)
-                iov[cnt + 1].iov_len = block
-                cnt += 2
-                if block & 7:
-                    iov[cnt].iov_base = <void *>ZEROS
-                    iov[cnt].iov_len = (-block) & 7
-                    cnt += 1
-                i += block
-                k += 1
+            cnt += frame_iov(iov + cnt, headers, WRITEV_RECORDS, rtype, request_id, p, n, &done)
             self.out_len = 0
-            global _g_started
             _g_started = 1
             _writev_all(conn.fd, iov, cnt)
             self.wrote = True
+        return 0
+
+    cdef int _out_file(self, Conn conn, int request_id, int fd) except -1:
+        """Send the rest of regular file ``fd`` as STDOUT records, its bytes by sendfile()."""
+        cdef off_t offset = os.lseek(fd, 0, os.SEEK_CUR)
+        cdef off_t size = os.fstat(fd).st_size
+        cdef Py_ssize_t block, left
+        cdef ssize_t sent
+        cdef int err = 0, pad
+        while offset < size:
+            block = min(size - offset, BLOCK)
+            self._out_reserve(HEADER_LEN)
+            pad = put_header(<unsigned char *>self.out + self.out_len, T_STDOUT, request_id, block)
+            self.out_len += HEADER_LEN
+            self._flush(conn)
+            left = block
+            while left > 0:
+                with nogil:
+                    sent = sendfile(conn.fd, fd, &offset, left)
+                    if sent < 0:
+                        err = errno
+                if sent < 0:
+                    if err == EINTR:
+                        PyErr_CheckSignals()
+                        continue
+                    _raise_write_error(err)
+                if sent == 0:
+                    raise OSError("file %r shrank while it was being sent" % fd)
+                left -= sent
+            self._out_append(padding(), pad)
         return 0
 
     cdef int _flush(self, Conn conn) except -1:

@@ -1,0 +1,7 @@
+"""Type stub for connections passed between a worker and the master (fpm/_passing.pyx)."""
+
+TICKET_LATE: int
+
+def pass_conn(sock: int, fd: int, head_due_us: int, arrived_us: int, data: bytes,
+              flags: int = 0) -> bool: ...
+def take_conn(sock: int) -> tuple[int, int, int, int, bytes] | None: ...
