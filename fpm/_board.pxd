@@ -37,14 +37,22 @@ cdef enum Stage:
     STAGE_RUNNING = 4     # the app runs
     STAGE_FINISHING = 5   # END_REQUEST sent, the request's tail (unread body) is being drained
 
-# Refusal causes: BoardHeader.refusals indices, in fpm.refusals.CAUSES order.
+# Refusals by cause, since the pool started (fpm.refusals): a counter each, named as the
+# status page's field, in the order of the Refused indices a worker counts by.
+ctypedef struct Refusals:
+    uint64_t head_timeouts     # no whole request head within request_head_timeout
+    uint64_t slow_bodies       # a body slower than request_body_min_rate (or silent)
+    uint64_t parked_closed     # parked connections over the pool's limit, or the park queue full
+    uint64_t accept_failures   # accept() failed for want of descriptors (EMFILE, ENFILE...)
+    uint64_t protocol_errors   # what a peer sent broke the FastCGI protocol (or was HTTP)
+
 cdef enum Refused:
-    REFUSED_HEAD = 0      # no whole request head within request_head_timeout
-    REFUSED_BODY = 1      # a body slower than request_body_min_rate (or silent)
-    REFUSED_PARKED = 2    # parked connections over the pool's limit, or the park queue full
-    REFUSED_ACCEPT = 3    # accept() failed for want of descriptors (EMFILE, ENFILE...)
-    REFUSED_PROTOCOL = 4  # what a peer sent broke the FastCGI protocol (or was HTTP)
-    N_REFUSALS = 5
+    REFUSED_HEAD = 0
+    REFUSED_BODY = 1
+    REFUSED_PARKED = 2
+    REFUSED_ACCEPT = 3
+    REFUSED_PROTOCOL = 4
+    N_REFUSALS = 5        # the fields of Refusals (checked as _board is imported)
 
 # Why the master is about to signal a worker; read by the worker's SIGTERM handler.
 cdef enum Order:
@@ -70,13 +78,13 @@ ctypedef struct BoardHeader:
     # Connections the master handed to the pool's idle workers and none has taken yet: a
     # worker looks (a memory read) before it accepts, so a busy pool never starves them.
     int64_t handoff_pending
-    # Refusals by cause (fpm.refusals; Refused above), added to atomically by the workers and
-    # the master; the master logs them once per episode.
-    uint64_t refusals[N_REFUSALS]
+    # Added to atomically by the workers and the master; the master logs them once per
+    # episode.
+    Refusals refusals
     # When the last protocol error of the pool was (CLOCK_MONOTONIC, µs): a worker logs the
     # first of an episode in full, the master the episode (fpm.refusals).
     int64_t protocol_error_us
-    uint32_t parked            # connections the master holds for the pool now
+    uint32_t parked_connections  # connections the master holds for the pool now
     int32_t accept_errno       # why the last accept() failed
     # Why the pool's app could not be loaded, by the last worker that tried and failed:
     # written between two increments of app_seq (odd while written; a second writer skips).
@@ -102,7 +110,7 @@ ctypedef struct Slot:
     uint64_t cpu               # µs of CPU the last request took (only with pm.status_path)
     uint64_t flags             # SLOT_APP_FAILED: the worker could not load the app
     uint64_t reserved[1]
-    char method[16]
+    char request_method[16]
     char request_uri[512]
     char script[256]
     char user[32]
@@ -146,10 +154,15 @@ cdef inline void count_active(BoardHeader *h, bint was, bint now) noexcept nogil
             seen = h.max_active
 
 
+cdef inline uint64_t *refusal(BoardHeader *h, int cause) noexcept nogil:
+    """The counter of ``cause`` (a Refused index): Refusals is an array of them by layout."""
+    return (<uint64_t *>&h.refusals) + cause
+
+
 cdef inline void count(BoardHeader *h, Refused cause) noexcept nogil:
     """One more refusal of ``cause`` for the master to tell (``h``: NULL, none)."""
     if h != NULL:
-        fpm_atomic_add(&h.refusals[<int>cause], 1)
+        fpm_atomic_add(refusal(h, cause), 1)
 
 
 cdef void stamp_stage(Slot *s, BoardHeader *h, Stage stage, int64_t now) noexcept nogil

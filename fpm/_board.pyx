@@ -5,6 +5,7 @@ makes on its own slot (declared in _board.pxd). fpm.scoreboard builds the Python
 from cpython.unicode cimport PyUnicode_1BYTE_KIND, PyUnicode_DATA, PyUnicode_DecodeUTF8
 from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_KIND
 from libc.errno cimport errno
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
 from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED,
                          MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED)
@@ -18,15 +19,20 @@ STAGE_NAMES = ("Free", "Starting", "Idle", "Reading headers", "Running", "Finish
 STARTING, IDLE, READING, RUNNING, FINISHING = (STAGE_STARTING, STAGE_IDLE, STAGE_READING,
                                                STAGE_RUNNING, STAGE_FINISHING)
 TIMEOUT_ORDER = ORDER_TIMEOUT
-SLOT_FIELDS = ("pid", "stage", "order", "started", "changed", "accepted", "duration", "requests",
-               "content_length", "rss", "cpu", "method", "request_uri", "script", "user",
-               "app_failed")
-HEADER_FIELDS = ("accepted_conn", "start_epoch_us", "slow_requests", "active", "max_active",
-                 "max_children_reached", "listen_queue", "max_listen_queue", "listen_queue_len",
-                 "parked", "accept_errno")
-# Refusal causes, by their index in BoardHeader.refusals (see the Refused enum).
-REFUSAL_CAUSES = ("head_timeouts", "slow_bodies", "parked_closed", "accept_failures",
-                  "protocol_errors")
+APP_FAILED = SLOT_APP_FAILED
+
+
+cdef dict _refusal_names():
+    cdef Refusals r
+    memset(&r, 0, sizeof(r))
+    return r
+
+
+# The refusal causes, by their Refused index: the Refusals struct's field names.
+REFUSAL_CAUSES = tuple(_refusal_names())
+if len(REFUSAL_CAUSES) != N_REFUSALS or sizeof(Refusals) != N_REFUSALS * sizeof(uint64_t):
+    raise ImportError("fpm/_board.pxd: N_REFUSALS is %d, Refusals has %d counters"
+                      % (N_REFUSALS, len(REFUSAL_CAUSES)))
 REFUSAL_QUIET = C_REFUSAL_QUIET
 
 
@@ -85,25 +91,25 @@ cdef class Board:
         return (<BoardHeader *>self.mem).accepted_conn
 
     def header(self):
-        """The pool-wide numbers, a tuple in HEADER_FIELDS order."""
-        cdef BoardHeader *h = <BoardHeader *>self.mem
-        return (h.accepted_conn, h.start_epoch_us, h.slow_requests, h.active, h.max_active,
-                h.max_children_reached, h.listen_queue, h.max_listen_queue, h.listen_queue_len,
-                h.parked, h.accept_errno)
+        """The pool-wide numbers: the BoardHeader struct's fields, by name (its refusals a
+        dict by cause; app_error() reads the app's error consistently)."""
+        cdef BoardHeader c = (<BoardHeader *>self.mem)[0]
+        c.app_error[sizeof(c.app_error) - 1] = 0  # a torn or hostile write stays in the field
+        return c
 
     def refusals(self):
         """The refusal counters, a tuple in REFUSAL_CAUSES order."""
         cdef BoardHeader *h = <BoardHeader *>self.mem
-        return tuple(h.refusals[i] for i in range(<int>N_REFUSALS))
+        return tuple(refusal(h, i)[0] for i in range(<int>N_REFUSALS))
 
     def count_refusal(self, int cause, uint64_t n=1):
         """The master's: ``n`` more refusals of ``cause`` (an index in REFUSAL_CAUSES)."""
         if not 0 <= cause < N_REFUSALS:
             raise IndexError("refusal cause %d out of 0..%d" % (cause, N_REFUSALS - 1))
-        fpm_atomic_add(&(<BoardHeader *>self.mem).refusals[cause], n)
+        fpm_atomic_add(refusal(<BoardHeader *>self.mem, cause), n)
 
     def set_parked(self, uint32_t parked):
-        (<BoardHeader *>self.mem).parked = parked
+        (<BoardHeader *>self.mem).parked_connections = parked
 
     @property
     def handoff_pending(self):
@@ -195,7 +201,8 @@ cdef class Board:
         s.stage = STAGE_FREE
 
     def read(self, int index):
-        """A consistent copy of a slot as a tuple in SLOT_FIELDS order (times in µs)."""
+        """A consistent copy of a slot: the Slot struct's fields by name (times in µs, texts
+        decoded), but its sequence, which only this reading needs."""
         cdef Slot *s = self._checked(index)
         cdef Slot c
         cdef uint32_t seq
@@ -206,9 +213,17 @@ cdef class Board:
             fpm_barrier()
             if not seq & 1 and seq == s.seq:
                 break
-        return (c.pid, c.stage, c.order, c.started, c.changed, c.accepted, c.duration, c.requests,
-                c.content_length, c.rss, c.cpu, cstr(c.method, 16), cstr(c.request_uri, 512),
-                cstr(c.script, 256), cstr(c.user, 32), bool(c.flags & SLOT_APP_FAILED))
+        # A worker's app can write anything into its slot: each text ends in its field.
+        c.request_method[sizeof(c.request_method) - 1] = 0
+        c.request_uri[sizeof(c.request_uri) - 1] = 0
+        c.script[sizeof(c.script) - 1] = 0
+        c.user[sizeof(c.user) - 1] = 0
+        cdef dict fields = c
+        del fields["seq"], fields["reserved"]
+        for name, value in fields.items():
+            if type(value) is bytes:  # a text, decoded as cstr() does
+                fields[name] = (<bytes>value).decode("utf-8", "replace")
+        return fields
 
 
 cdef str cstr(const char *p, Py_ssize_t cap):
@@ -238,7 +253,7 @@ cdef void stamp_stage(Slot *s, BoardHeader *h, Stage stage, int64_t now) noexcep
     s.changed = now
     if stage == STAGE_READING:
         s.accepted = now
-        s.method[0] = s.request_uri[0] = s.script[0] = s.user[0] = 0
+        s.request_method[0] = s.request_uri[0] = s.script[0] = s.user[0] = 0
         s.content_length = 0
     slot_end(s)
     if h != NULL:
@@ -251,7 +266,7 @@ cdef int stamp_request(Slot *s, object method, object uri, object script, object
                        Py_ssize_t length, int64_t now) except -1:
     """What the running request is, for the status page and the master's timeout lines."""
     slot_begin(s)
-    _copy_field(s.method, sizeof(s.method), method)
+    _copy_field(s.request_method, sizeof(s.request_method), method)
     _copy_field(s.request_uri, sizeof(s.request_uri), uri)
     _copy_field(s.script, sizeof(s.script), script)
     _copy_field(s.user, sizeof(s.user), user)

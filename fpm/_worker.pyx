@@ -860,8 +860,9 @@ cdef class Worker:
     cdef str _request_line(self):
         """``GET /x?y=1``, as the request's slot has it (the status page's and the master's
         lines about it show the same): how the error log names the request in progress."""
-        return "%s %s" % (cstr(self.slot.method, 16) or "-",
-                          cstr(self.slot.request_uri, 512) or "-")
+        cdef Slot *s = self.slot
+        return "%s %s" % (cstr(s.request_method, sizeof(s.request_method)) or "-",
+                          cstr(s.request_uri, sizeof(s.request_uri)) or "-")
 
     # --- the loop ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import time
 
-from fpm import _board, status
+from fpm import status
 from fpm.scoreboard import Slot
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -22,20 +22,23 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _named(fields, source: dict) -> dict:
+    """The values of the status fields named as a field of ``source`` (the scoreboard's)."""
+    return {f.attr: source[f.attr] for f in fields if f.attr in source}
+
+
 def proc_status(slot: Slot, now_us: int, epoch_now: float) -> status.ProcStatus:
     idle = slot.idle
     duration = slot.duration if idle else now_us - slot.accepted
     # CPU and memory describe a finished request, so PHP-FPM shows them for idle workers only.
     cpu = 100.0 * slot.cpu / slot.duration if idle and slot.duration else 0.0
     rss = _rss(slot.pid)
-    return status.ProcStatus(
-        pid=slot.pid, state=slot.stage_name,
-        start_time=epoch_now - (now_us - slot.started) / 1e6,
-        start_since=(now_us - slot.started) // 1_000_000, requests=slot.requests,
-        request_duration=max(0, duration), request_method=slot.method,
-        request_uri=slot.request_uri, content_length=slot.content_length, user=slot.user,
-        script=slot.script, last_request_cpu=cpu,
-        last_request_memory=(slot.rss or rss) if idle else 0, rss=rss)
+    return status.ProcStatus(**{
+        **_named(status.PROC_FIELDS, vars(slot)),
+        "state": slot.stage_name, "start_time": epoch_now - (now_us - slot.started) / 1e6,
+        "start_since": (now_us - slot.started) // 1_000_000,
+        "request_duration": max(0, duration), "last_request_cpu": cpu,
+        "last_request_memory": (slot.rss or rss) if idle else 0, "rss": rss})
 
 
 def snapshot(pool, board) -> status.PoolStatus:
@@ -48,21 +51,17 @@ def snapshot(pool, board) -> status.PoolStatus:
     failing = any(s.app_failed for s in slots)
     idle = sum(s.idle for s in slots)
     start = header["start_epoch_us"] / 1e6 or epoch_now
-    return status.PoolStatus(
-        pool=pool.name, process_manager=pool.pm, start_time=start,
-        start_since=int(epoch_now - start), accepted_conn=header["accepted_conn"],
-        listen_queue=header["listen_queue"], max_listen_queue=header["max_listen_queue"],
-        listen_queue_len=header["listen_queue_len"], idle_processes=idle,
-        active_processes=len(procs) - idle, total_processes=len(procs),
-        max_active_processes=max(header["max_active"], len(procs) - idle),
-        max_children_reached=header["max_children_reached"],
-        slow_requests=header["slow_requests"], max_children=pool.pm_max_children,
-        start_servers=pool.pm_start_servers, min_spare_servers=pool.pm_min_spare_servers,
-        max_spare_servers=pool.pm_max_spare_servers,
-        app_status="failing" if failing else "ok",
-        app_error=board.mem.app_error()[1] if failing else "", procs=procs,
-        parked_connections=header["parked"],
-        **dict(zip(_board.REFUSAL_CAUSES, board.mem.refusals())))
+    return status.PoolStatus(**{
+        **_named(status.POOL_FIELDS, {**header, **header["refusals"]}),
+        "pool": pool.name, "process_manager": pool.pm, "start_time": start,
+        "start_since": int(epoch_now - start), "idle_processes": idle,
+        "active_processes": len(procs) - idle, "total_processes": len(procs),
+        "max_active_processes": max(header["max_active"], len(procs) - idle),
+        "max_children": pool.pm_max_children, "start_servers": pool.pm_start_servers,
+        "min_spare_servers": pool.pm_min_spare_servers,
+        "max_spare_servers": pool.pm_max_spare_servers,
+        "app_status": "failing" if failing else "ok",
+        "app_error": board.mem.app_error()[1] if failing else "", "procs": procs})
 
 
 def status_app(pool, board):

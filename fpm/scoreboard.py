@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 from fpm import _board
 from fpm._board import FINISHING, IDLE, READING, RUNNING, STARTING  # noqa: F401 (the stages)
@@ -18,26 +18,10 @@ def now_us() -> int:
     return time.monotonic_ns() // 1000
 
 
-@dataclass(frozen=True)
-class Slot:
-    """A consistent copy of one worker's row; times are µs on CLOCK_MONOTONIC."""
-
-    pid: int
-    stage: int
-    order: int
-    started: int
-    changed: int
-    accepted: int
-    duration: int
-    requests: int
-    content_length: int
-    rss: int
-    cpu: int  # µs of CPU the last request took (pools with a status page)
-    method: str
-    request_uri: str
-    script: str
-    user: str
-    app_failed: bool = False  # it answers 503: its app could not be loaded
+class Slot(SimpleNamespace):
+    """A consistent copy of one worker's row: the fields of the Slot struct in
+    fpm/_board.pxd, by name; times are µs on CLOCK_MONOTONIC, ``cpu`` the µs of CPU the last
+    request took (pools with a status page), ``rss`` bytes after it (with pm.max_memory)."""
 
     @property
     def idle(self) -> bool:
@@ -47,6 +31,11 @@ class Slot:
     @property
     def stage_name(self) -> str:
         return _board.STAGE_NAMES[self.stage]
+
+    @property
+    def app_failed(self) -> bool:
+        """It answers 503: its app could not be loaded."""
+        return bool(self.flags & _board.APP_FAILED)
 
 
 class Board:
@@ -87,11 +76,11 @@ class Board:
         self.mem.free(index)
 
     def read(self, index: int) -> Slot:
-        return Slot(*self.mem.read(index))
+        return Slot(**self.mem.read(index))
 
-    def header(self) -> dict[str, int]:
-        """The pool-wide numbers, by name (fpm._board.HEADER_FIELDS)."""
-        return dict(zip(_board.HEADER_FIELDS, self.mem.header()))
+    def header(self) -> dict:
+        """The pool-wide numbers, by name (the BoardHeader struct's fields)."""
+        return self.mem.header()
 
     def close(self) -> None:
         os.close(self.fd)

@@ -55,66 +55,12 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, make_dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote_plus
 
 from fpm.log import _MONTHS  # the C locale's, as the error log's dates use
-
-
-@dataclass(frozen=True)
-class ProcStatus:
-    """One worker's row of the status page."""
-    pid: int
-    state: str            # "Starting", "Idle", "Reading headers", "Running", "Finishing"
-    start_time: float     # epoch seconds the worker was forked
-    start_since: int      # seconds
-    requests: int
-    request_duration: int  # µs: the last request's when Idle, else now - accepted
-    request_method: str   # "" when none ("-" is rendered)
-    request_uri: str      # the real REQUEST_URI, query included ("" when none)
-    content_length: int
-    user: str
-    script: str
-    last_request_cpu: float   # percent, 0.0 when unknown
-    last_request_memory: int  # bytes
-    rss: int                  # bytes, the worker's resident set now (pyfpm's addition)
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    """A pool's status snapshot: what one status request shows."""
-    pool: str
-    process_manager: str  # static / dynamic / ondemand
-    start_time: float     # epoch
-    start_since: int
-    accepted_conn: int
-    listen_queue: int
-    max_listen_queue: int
-    listen_queue_len: int
-    idle_processes: int
-    active_processes: int
-    total_processes: int
-    max_active_processes: int
-    max_children_reached: int
-    slow_requests: int
-    # pyfpm's additions: the configured limits (PHP-FPM users asked for them, php-src #16221)
-    max_children: int
-    start_servers: int
-    min_spare_servers: int
-    max_spare_servers: int
-    # pyfpm's: "failing" while the pool's workers cannot load its app (they answer 503)
-    app_status: str
-    app_error: str        # why, from the last worker that tried; "" when the app is loaded
-    procs: tuple[ProcStatus, ...]
-    # pyfpm's: connections waiting in the master for their request head, and the refusals
-    # (fpm.refusals) by cause, since the pool started
-    parked_connections: int = 0
-    head_timeouts: int = 0
-    slow_bodies: int = 0
-    parked_closed: int = 0
-    accept_failures: int = 0
-    protocol_errors: int = 0
 
 
 FORMATS = ("html", "xml", "json", "openmetrics")  # PHP-FPM's precedence; anything else: text
@@ -158,7 +104,9 @@ def ping_response(body_text: str) -> tuple[str, bytes]:
 
 
 # --- the field table --------------------------------------------------------------------------
-# One row per field, in PHP-FPM's order, pyfpm's additions last. Every format is drawn from it.
+# One row per field, in PHP-FPM's order, pyfpm's additions last. Every format is drawn from it,
+# and so are the snapshots (PoolStatus, ProcStatus); a pool field whose attr names a field of
+# the scoreboard's header (or a refusal cause) is that field's value (fpm.pages.snapshot).
 
 STR, DASH, INT, TIME, PERCENT = "str", "dash", "int", "time", "percent"  # DASH: "-" when empty
 COUNTER, GAUGE, UNKNOWN = "counter", "gauge", "unknown"
@@ -190,8 +138,8 @@ class Field:
 
 POOL_FIELDS = (
     Field("pool", "pool", STR),
-    Field("process manager", "process_manager", STR),
-    Field("start time", "start_time", TIME),
+    Field("process manager", "process_manager", STR),  # static, dynamic or ondemand
+    Field("start time", "start_time", TIME),  # epoch seconds
     Field("start since", "start_since", metric=Metric(
         "phpfpm_start_since", UNKNOWN, "The number of seconds since FPM has started.")),
     Field("accepted conn", "accepted_conn", metric=Metric(
@@ -222,7 +170,7 @@ POOL_FIELDS = (
     Field("slow requests", "slow_requests", metric=Metric(
         "phpfpm_slow_requests", UNKNOWN,
         "The number of requests that exceeded your 'request_slowlog_timeout' value.")),
-    # pyfpm's additions
+    # pyfpm's additions: the configured limits (PHP-FPM users asked for them, php-src #16221)
     Field("max children", "max_children", metric=Metric(
         "phpfpm_max_children", GAUGE,
         "The maximum number of processes of the pool (pm.max_children).")),
@@ -239,7 +187,7 @@ POOL_FIELDS = (
         "phpfpm_app_status", GAUGE,
         "Whether the workers could load the pool's app: 1 for the status it is in (ok, or "
         "failing: they answer 503).", label="status")),
-    Field("app error", "app_error", DASH),
+    Field("app error", "app_error", DASH),  # why, from the last worker that tried; "" when ok
     Field("parked connections", "parked_connections", metric=Metric(
         "phpfpm_parked_connections", GAUGE,
         "The number of connections waiting in the master for their request head.")),
@@ -266,10 +214,11 @@ POOL_FIELDS = (
 
 PROC_FIELDS = (
     Field("pid", "pid"),
+    # "Starting", "Idle", "Reading headers", "Running" or "Finishing"
     Field("state", "state", STR, metric=Metric(
         "phpfpm_process_state", GAUGE,
         "The state of the process: 1 for the state it is in.", label="state")),
-    Field("start time", "start_time", TIME),
+    Field("start time", "start_time", TIME),  # epoch seconds the worker was forked
     Field("start since", "start_since"),
     Field("requests", "requests", metric=Metric(
         "phpfpm_process_requests", COUNTER, "The number of requests the process has served.")),
@@ -278,6 +227,7 @@ PROC_FIELDS = (
         "The duration of the current request, or of the last one if the process is idle, "
         "in microseconds.")),
     Field("request method", "request_method", DASH),
+    # the real REQUEST_URI, query included
     Field("request uri", "request_uri", DASH, text_label="request URI"),
     Field("content length", "content_length"),
     Field("user", "user", DASH),
@@ -292,6 +242,26 @@ PROC_FIELDS = (
     Field("rss", "rss", metric=Metric(
         "phpfpm_process_rss_bytes", GAUGE, "The resident set size of the process, in bytes.")),
 )
+
+
+# --- the snapshot: a value per field row -------------------------------------------------------
+
+_TYPES = {STR: str, DASH: str, INT: int, TIME: float, PERCENT: float}
+
+
+def _snapshot(name: str, doc: str, fields: tuple[Field, ...], *more) -> type:
+    """A frozen dataclass with an attribute per row of ``fields`` (then ``more``), each zero
+    (or empty) unless given: a status field is added by its row alone."""
+    cls = make_dataclass(
+        name, [(f.attr, _TYPES[f.kind], dataclasses.field(default=_TYPES[f.kind]()))
+               for f in fields] + list(more), frozen=True)
+    cls.__doc__ = doc
+    return cls
+
+
+ProcStatus = _snapshot("ProcStatus", "One worker's row of the status page.", PROC_FIELDS)
+PoolStatus = _snapshot("PoolStatus", "A pool's status snapshot: what one status request shows.",
+                       POOL_FIELDS, ("procs", tuple, dataclasses.field(default=())))
 
 
 def _pairs(fields, obj):

@@ -84,8 +84,8 @@ class Timeouts:
 
     @staticmethod
     def _request_words(pool, child, slot, elapsed: float) -> tuple:
-        return (pool.name, child.pid, _printable(slot.script or pool.app or ""), slot.method,
-                _printable(slot.request_uri), elapsed)
+        return (pool.name, child.pid, _printable(slot.script or pool.app or ""),
+                slot.request_method, _printable(slot.request_uri), elapsed)
 
     def _trace(self, pool, child, slot, elapsed: float) -> bool:
         """Write the worker's stack (slowlog, else error log); False if it exited meanwhile."""

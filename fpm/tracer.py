@@ -101,7 +101,7 @@ class Tracer:
         """The entry, into the pool's slowlog (``fd``, which the master opened with the other
         logs); without one, into the error log."""
         text = slowlog.entry(time.time(), pool.name, child.pid, slot.script or pool.app or "",
-                             slot.method, slot.request_uri, "", elapsed, stack.frames,
+                             slot.request_method, slot.request_uri, "", elapsed, stack.frames,
                              stack.fallback, debug=self.log.enabled("debug"), failed=stack.failed)
         if fd is None:
             self.log.warning(text.strip("\n"))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from fpm import scoreboard
+
 TESTS = Path(__file__).resolve().parent
 APPS = TESTS / "apps"
 FASTCGI_PARAMS = Path("/etc/nginx/fastcgi_params")
@@ -110,6 +112,16 @@ def make_jail(root: Path) -> Path:
                     ignore=lambda d, names: [n for n in names if n in STDLIB_SKIP
                                              or n.startswith("config-")])
     return root
+
+
+def blank_slot(**fields):
+    """A scoreboard slot as the master reads a fresh one (every field of the C struct, zero),
+    with ``fields`` set."""
+    board = scoreboard.Board("test", 1)
+    try:
+        return scoreboard.Slot(**{**vars(board.read(0)), **fields})
+    finally:
+        board.close()
 
 
 def free_port() -> int:

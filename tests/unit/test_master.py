@@ -7,7 +7,8 @@ from fpm.master import record_fault
 from fpm.states import State, may_switch, next_signal
 from fpm.timeouts import escalation, timed_out
 from fpm.timers import Timer, Timers, heartbeat
-from fpm.scoreboard import FINISHING, IDLE, READING, RUNNING, Slot
+from fpm.scoreboard import FINISHING, IDLE, READING, RUNNING
+from tests.conftest import blank_slot
 
 
 @pytest.mark.parametrize("current, allowed", [
@@ -82,7 +83,8 @@ def test_emergency_restart_off_unless_both_are_set(threshold, interval):
 
 
 def slot(stage, accepted_s):
-    return Slot(1, stage, 0, 0, 0, int(accepted_s * 1e6), 0, 0, 0, 0, 0, "GET", "/", "", "")
+    return blank_slot(pid=1, stage=stage, accepted=int(accepted_s * 1e6), request_method="GET",
+                      request_uri="/")
 
 
 @pytest.mark.parametrize("stage, track, expected", [

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import pytest
 
 from fpm import pm
-from fpm.scoreboard import IDLE, RUNNING, STARTING, Slot
+from fpm.scoreboard import IDLE, RUNNING, STARTING
+from tests.conftest import blank_slot
 
 S = 1_000_000  # µs
 
@@ -18,7 +19,7 @@ def pool(pm_name="dynamic", **kw):
 
 
 def worker(pid, stage=IDLE, started=0, changed=0):
-    return Slot(pid, stage, 0, started * S, changed * S, 0, 0, 0, 0, 0, 0, "", "", "", "")
+    return blank_slot(pid=pid, stage=stage, started=started * S, changed=changed * S)
 
 
 def busy(n, first_pid=100):

@@ -1,13 +1,31 @@
 """The scoreboard as the master uses it: slots claimed, read back consistently, released."""
-import dataclasses
 import os
 import sys
 
 from fpm import _board, scoreboard
 
 
-def test_slot_copy_matches_the_c_layout_order():
-    assert tuple(f.name for f in dataclasses.fields(scoreboard.Slot)) == _board.SLOT_FIELDS
+def test_a_slot_reads_as_its_struct_and_a_hostile_worker_cannot_stretch_its_texts():
+    board = scoreboard.Board("www", 2)
+    try:
+        slot = board.read(board.claim())
+        assert {"pid", "stage", "order", "started", "changed", "accepted", "duration", "requests",
+                "content_length", "rss", "cpu", "flags", "request_method", "request_uri",
+                "script", "user"} <= set(vars(slot))
+        assert "seq" not in vars(slot) and slot.request_method == "" and not slot.app_failed
+        # An app can write anything into its worker's slot: every byte after the (even)
+        # sequence is 0xff, no text ends, and each is read within its own field.
+        start, size = _board.board_size(1), _board.board_size(2) - _board.board_size(1)
+        os.pwrite(board.fd, b"\xff" * (size - 4), start + 4)
+        texts = vars(board.read(1))
+        for name in ("request_method", "request_uri", "script", "user"):
+            assert texts[name] and set(texts[name]) == {"\ufffd"}, name
+        assert len(texts["request_method"]) < 16 and len(texts["user"]) < 32
+        # The header's app error likewise, with no NUL in its 512 bytes.
+        os.pwrite(board.fd, b"x" * 512, _board.board_size(0) - 512)
+        assert board.header()["app_error"] == b"x" * 511
+    finally:
+        board.close()
 
 
 def test_claim_read_release():

@@ -628,9 +628,9 @@ def test_dataclasses_are_the_agreed_interface():
         "listen_queue", "max_listen_queue", "listen_queue_len", "idle_processes",
         "active_processes", "total_processes", "max_active_processes",
         "max_children_reached", "slow_requests", "max_children", "start_servers",
-        "min_spare_servers", "max_spare_servers", "app_status", "app_error", "procs",
+        "min_spare_servers", "max_spare_servers", "app_status", "app_error",
         "parked_connections", "head_timeouts", "slow_bodies", "parked_closed",
-        "accept_failures", "protocol_errors"]
+        "accept_failures", "protocol_errors", "procs"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         DYNAMIC.pool = "x"
     # Every field of the snapshots is on the page (procs as the per-process rows).
