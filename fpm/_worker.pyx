@@ -1,6 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """A worker's loop: accept, read, dispatch to the WSGI application, write; over raw file
 descriptors, driving the codec (_codec) and stamping its scoreboard slot (_board).
+
+No other module cimports this one, so it has no .pxd: each class declares its own state.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -45,6 +47,10 @@ import traceback
 from urllib.parse import unquote_to_bytes
 
 from fpm._codec import HTTPOnFastCGIPort, PeerClosed, PeerError, ProtocolError, RequestAborted
+
+
+cdef class Worker  # declared ahead: a Request holds its worker
+
 
 cdef enum:
     # Bodies up to this size are copied into the output buffer; larger ones go out by writev.
@@ -257,6 +263,16 @@ cdef class FileWrapper:
 
 
 cdef class Conn:
+    """A connection a worker serves: its decoder, and what the loop knows of it."""
+    cdef int fd
+    cdef Decoder dec
+    cdef str peer_cache
+    cdef int64_t arrived_us              # kernel receive time of the request's first bytes (0: unknown)
+    cdef int64_t head_due_us             # CLOCK_MONOTONIC: when its request head is due (0: not set yet)
+    cdef uint64_t body_read              # bytes read while the body came (request_body_min_rate)
+    cdef bint refused                    # a refusal was counted for its request: not again
+    cdef bint late                       # the master handed it over with its body late
+
     def __init__(self, int fd, Decoder dec):
         self.fd = fd
         self.dec = dec
@@ -315,6 +331,16 @@ cdef class Input:
 
 cdef class Request:
     """One request's response side: start_response, write, wsgi.errors, and the body sender."""
+    cdef Worker w
+    cdef Conn conn
+    cdef int rid
+    cdef object status
+    cdef list headers
+    cdef readonly bint headers_sent
+    cdef bint stderr_used
+    cdef bint errors_logged              # wsgi.errors went to the error log: end its last line
+    cdef readonly bint finished          # finish_request() has ended it for the web server
+    cdef object peer                     # the access log's %R, read before finish_request() closed
 
     def __init__(self, Worker w, Conn conn, int rid):
         self.w = w
@@ -655,6 +681,61 @@ cdef int _listen_epoll(pollfd *fixed, int n) except -1:
 
 cdef class Worker:
     """One worker process's loop over its listening sockets and the connections it holds."""
+    cdef list listen_fds
+    cdef object app
+    cdef dict base_environ
+    cdef str mount
+    cdef Py_ssize_t params_max, max_conns, max_reqs
+    cdef int read_timeout_ms
+    cdef int64_t head_timeout_us         # request_head_timeout
+    cdef uint64_t body_rate              # request_body_min_rate, bytes/s (0: off)
+    cdef int park_fd                     # the pool's park socket (to the master; -1: none)
+    cdef int handoff_fd                  # the pool's hand-off socket (from the master; -1: none)
+    cdef int nsources                    # pfds: the listen fds, then the hand-off socket if any
+    cdef int64_t paused_until            # accept() failed for want of descriptors: not before this
+    cdef int pause_streak                # failures in a row (the pause grows with it)
+    cdef int vain_waits                  # waits in a row for a request that did not come...
+    cdef int64_t vain_at                 # ...the last one then (first_bytes_ms)
+    cdef int reserve_fd                  # /dev/null, given up to take a connection when out of fds
+    cdef object log                      # log(level, text): the worker's error-log lines
+    cdef pollfd *pfds
+    cdef int npfds, nlisten, pfds_cap
+    cdef int nfixed                      # pfds: the sources, then the stop pipe, then held conns
+    cdef int wake_r                      # read end of the stop pipe (see watch_quit)
+    cdef list pair_cache                 # params strs of the last request, by position
+    cdef int epfd                        # epoll over the listen fds (EPOLLEXCLUSIVE) and the stop pipe
+    cdef list held                       # Conn objects idle between requests, parallel to pfds[nfixed:]
+    cdef char *out                       # response bytes not yet written
+    cdef Py_ssize_t out_len, out_cap
+    cdef public unsigned long requests
+    cdef bint wrote                      # some of the current response reached the socket
+    cdef unsigned long max_requests      # stop after this many (0: never)
+    cdef uint64_t max_memory             # stop once RSS exceeds this after a request (0: never)
+    cdef int statm_fd                    # /proc/self/statm, read with pread when max_memory
+    cdef public str stop_reason          # "", "max_requests" or "max_memory"
+    cdef public uint64_t rss
+    cdef Board board                     # keeps the mapping of `header` and `slot` alive
+    cdef BoardHeader *header             # the pool's counters (NULL: no scoreboard)
+    cdef Slot *slot
+    cdef dict special                    # request path -> app answering it (status, ping)
+    cdef bint track_cpu                  # stamp each request's CPU time (status page)
+    cdef int64_t cpu_mark                # process CPU µs when the current request began
+    cdef object access                   # the access log writer (fpm.accesslog.Writer) or None
+    cdef object access_begin             # its begin(), called as each request starts, or None
+    cdef object on_reopen                # takes the master's new log fds after a USR1
+    cdef uint64_t log_generation         # the board's log_generation this worker has seen
+    cdef object allow                    # allow(fd) -> bool for each accepted connection, or None
+    cdef Py_ssize_t body_buffer          # request bodies up to this stay in memory
+    cdef Py_ssize_t body_max             # larger bodies are answered 413 (0: no limit)
+    cdef object spool_dir                # where larger bodies are spooled
+    cdef tuple body_file_dirs            # where a REQUEST_BODY_FILE may be (real paths)
+    cdef int64_t queue_timeout_us        # request_queue_timeout (0: off)
+    cdef object start_param              # the param carrying the web server's request start
+    cdef bint stamp_reads                # read with recvmsg to learn the kernel's arrival time
+    cdef bint fill_paths                 # split_paths() on each request (app pools)
+    cdef object errors_log               # wsgi.errors into the error log (fpm.stdio.ErrorsLog) or None
+    cdef bint errors_to_log, errors_to_server  # where wsgi.errors goes (wsgi_errors)
+    cdef object on_output                # ends sys.stdout's and sys.stderr's lines after a request wrote
 
     def __cinit__(self):
         self.wake_r = -1
