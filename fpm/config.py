@@ -628,10 +628,11 @@ DIRECTIVES: tuple[Directive, ...] = (
               "nice(2) value of the workers, from -19 to 20; root only. Default: the master's."),
     Directive("process.dumpable", "pool", Bool(), False,
               "Let the workers dump core and be traced after they drop root (PR_SET_DUMPABLE)."),
-    Directive("pm", "pool", Choice("static", "dynamic", "ondemand"), "static",
+    Directive("pm", "pool", Choice(*pm.MODES), "static",
               "Process manager: static keeps pm.max_children workers, dynamic keeps "
               "spare idle ones, ondemand starts them when requests come.",
-              required="the process manager is missing (static, dynamic or ondemand)"),
+              required="the process manager is missing (%s or %s)"
+              % (", ".join(list(pm.MODES)[:-1]), list(pm.MODES)[-1])),
     Directive("pm.max_children", "pool", Int(1, MAX_CHILDREN, _BOARD), 5,
               "Number of workers (static), or the most there can be (dynamic, ondemand).",
               required="pm.max_children must be set (expected an integer >= 1)"),

@@ -53,6 +53,11 @@ def _reached(pool, state: PmState, text: str) -> Plan:
                                   % (pool.name, text, pool.pm_max_children)),))
 
 
+# Each process manager by its pm directive's word, in the order the manual gives them: a
+# Mode subclass is one by being defined (config's pm directive takes these words).
+MODES: dict[str, Mode] = {}
+
+
 class Mode:
     """A process manager, as the master asks it: what to do each second, and how it treats
     the pool's size and its listen queue."""
@@ -69,22 +74,16 @@ class Mode:
     def maintain(self, pool, workers: Sequence[Slot], state: PmState, now_us: int) -> Plan:
         raise NotImplementedError
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODES[cls.name] = cls()
+
 
 class Static(Mode):
     name, started_by, fixed_size = "static", "pm.max_children", True
 
     def maintain(self, pool, workers, state, now_us):
         return Plan(state, spawn=max(0, pool.pm_max_children - len(workers)))
-
-
-class Ondemand(Mode):
-    name, watches_queue = "ondemand", True
-
-    def maintain(self, pool, workers, state, now_us):
-        oldest = _stoppable(workers)
-        if oldest is not None and now_us - oldest.changed >= pool.pm_process_idle_timeout * 1_000_000:
-            return Plan(state, stop=oldest.pid)
-        return Plan(state)
 
 
 class Dynamic(Mode):
@@ -112,7 +111,16 @@ class Dynamic(Mode):
         return Plan(PmState(rate, False, state.max_children_reached), spawn=n, messages=messages)
 
 
-MODES = {mode.name: mode for mode in (Static(), Dynamic(), Ondemand())}
+class Ondemand(Mode):
+    name, watches_queue = "ondemand", True
+
+    def maintain(self, pool, workers, state, now_us):
+        oldest = _stoppable(workers)
+        if oldest is not None and now_us - oldest.changed >= pool.pm_process_idle_timeout * 1_000_000:
+            return Plan(state, stop=oldest.pid)
+        return Plan(state)
+
+
 
 
 def of(pool) -> Mode:
