@@ -49,7 +49,7 @@ from urllib.parse import unquote_to_bytes
 from fpm._codec import HTTPOnFastCGIPort, PeerClosed, PeerError, ProtocolError, RequestAborted
 
 
-cdef class Worker  # declared ahead: a Request holds its worker
+cdef class Serving  # declared ahead: a Request holds its worker's serving side
 
 
 cdef enum:
@@ -331,7 +331,7 @@ cdef class Input:
 
 cdef class Request:
     """One request's response side: start_response, write, wsgi.errors, and the body sender."""
-    cdef Worker w
+    cdef Serving w
     cdef Conn conn
     cdef int rid
     cdef object status
@@ -342,7 +342,7 @@ cdef class Request:
     cdef readonly bint finished          # finish_request() has ended it for the web server
     cdef object peer                     # the access log's %R, read before finish_request() closed
 
-    def __init__(self, Worker w, Conn conn, int rid):
+    def __init__(self, Serving w, Conn conn, int rid):
         self.w = w
         self.conn = conn
         self.rid = rid
@@ -679,127 +679,177 @@ cdef int _listen_epoll(pollfd *fixed, int n) except -1:
     return epfd
 
 
-cdef class Worker:
-    """One worker process's loop over its listening sockets and the connections it holds."""
-    cdef list listen_fds
-    cdef object app
-    cdef dict base_environ
-    cdef str mount
-    cdef Py_ssize_t params_max, max_conns, max_reqs
-    cdef int read_timeout_ms
-    cdef int64_t head_timeout_us         # request_head_timeout
-    cdef uint64_t body_rate              # request_body_min_rate, bytes/s (0: off)
-    cdef int park_fd                     # the pool's park socket (to the master; -1: none)
-    cdef int handoff_fd                  # the pool's hand-off socket (from the master; -1: none)
-    cdef int nsources                    # pfds: the listen fds, then the hand-off socket if any
-    cdef int64_t paused_until            # accept() failed for want of descriptors: not before this
-    cdef int pause_streak                # failures in a row (the pause grows with it)
-    cdef int vain_waits                  # waits in a row for a request that did not come...
-    cdef int64_t vain_at                 # ...the last one then (first_bytes_ms)
-    cdef int reserve_fd                  # /dev/null, given up to take a connection when out of fds
-    cdef object log                      # log(level, text): the worker's error-log lines
-    cdef pollfd *pfds
-    cdef int npfds, nlisten, pfds_cap
-    cdef int nfixed                      # pfds: the sources, then the stop pipe, then held conns
-    cdef int wake_r                      # read end of the stop pipe (see watch_quit)
-    cdef list pair_cache                 # params strs of the last request, by position
-    cdef int epfd                        # epoll over the listen fds (EPOLLEXCLUSIVE) and the stop pipe
-    cdef list held                       # Conn objects idle between requests, parallel to pfds[nfixed:]
+cdef class Output:
+    """The response bytes a worker queues and writes: records framed by the codec
+    (_codec.pxd), sent by writev() and sendfile()."""
     cdef char *out                       # response bytes not yet written
     cdef Py_ssize_t out_len, out_cap
-    cdef public unsigned long requests
     cdef bint wrote                      # some of the current response reached the socket
+
+    def __cinit__(self):
+        self.out_cap = 65536
+        self.out = <char *>malloc(self.out_cap)
+        if self.out == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.out)
+
+    cdef int _out_reserve(self, Py_ssize_t n) except -1:
+        cdef char *nb
+        cdef Py_ssize_t cap = self.out_cap
+        if self.out_len + n <= cap:
+            return 0
+        while cap < self.out_len + n:
+            cap *= 2
+        nb = <char *>realloc(self.out, cap)
+        if nb == NULL:
+            raise MemoryError()
+        self.out = nb
+        self.out_cap = cap
+        return 0
+
+    cdef int _out_append(self, const char *data, Py_ssize_t n) except -1:
+        if n:
+            self._out_reserve(n)
+            memcpy(self.out + self.out_len, data, n)
+            self.out_len += n
+        return 0
+
+    cdef int _out_records(self, int rtype, int request_id, const char *p, Py_ssize_t n) except -1:
+        """Queue ``n`` bytes of a stream as records (one empty record, the stream's end, for none)."""
+        self._out_reserve(records_len(n))
+        self.out_len += put_records(self.out + self.out_len, rtype, request_id, p, n)
+        return 0
+
+    cdef int _out_end(self, Conn conn, unsigned int app_status) except -1:
+        """End the connection's active request: queue the end of its response, send all."""
+        cdef int rid = conn.dec._close_request()
+        self._out_reserve(END_LEN)
+        self.out_len += put_end(self.out + self.out_len, rid, app_status, S_REQUEST_COMPLETE)
+        return self._flush(conn)
+
+    cdef void _out_drop(self) noexcept:
+        """Forget the output queued and not sent (an error answer takes its place)."""
+        self.out_len = 0
+
+    cdef int _out_stream(self, Conn conn, int rtype, int request_id, object data) except -1:
+        """Queue stream records; a large body goes out at once by writev() without a copy."""
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), done = 0
+        cdef iovec iov[1 + 3 * WRITEV_RECORDS]
+        cdef unsigned char headers[HEADER_LEN * WRITEV_RECORDS]
+        cdef int cnt
+        global _g_started
+        if n == 0:
+            return 0  # an empty record would end the stream
+        if n <= COPY_LIMIT:
+            self._out_records(rtype, request_id, p, n)
+            if self.out_len >= OUT_FLUSH:
+                self._flush(conn)
+            return 0
+        while done < n:
+            cnt = 0
+            if self.out_len:
+                iov[0].iov_base = self.out
+                iov[0].iov_len = self.out_len
+                cnt = 1
+            cnt += frame_iov(iov + cnt, headers, WRITEV_RECORDS, rtype, request_id, p, n, &done)
+            self.out_len = 0
+            _g_started = 1
+            _writev_all(conn.fd, iov, cnt)
+            self.wrote = True
+        return 0
+
+    cdef int _out_file(self, Conn conn, int request_id, int fd) except -1:
+        """Send the rest of regular file ``fd`` as STDOUT records, its bytes by sendfile()."""
+        cdef off_t offset = os.lseek(fd, 0, os.SEEK_CUR)
+        cdef off_t size = os.fstat(fd).st_size
+        cdef Py_ssize_t block, left
+        cdef ssize_t sent
+        cdef int err = 0, pad
+        while offset < size:
+            block = min(size - offset, BLOCK)
+            self._out_reserve(HEADER_LEN)
+            pad = put_header(<unsigned char *>self.out + self.out_len, T_STDOUT, request_id, block)
+            self.out_len += HEADER_LEN
+            self._flush(conn)
+            left = block
+            while left > 0:
+                with nogil:
+                    sent = sendfile(conn.fd, fd, &offset, left)
+                    if sent < 0:
+                        err = errno
+                if sent < 0:
+                    if err == EINTR:
+                        PyErr_CheckSignals()
+                        continue
+                    _raise_write_error(err)
+                if sent == 0:
+                    raise OSError("file %r shrank while it was being sent" % fd)
+                left -= sent
+            self._out_append(padding(), pad)
+        return 0
+
+    cdef int _flush(self, Conn conn) except -1:
+        cdef Decoder dec = conn.dec
+        global _g_started
+        if dec.outbox:
+            self._out_append(PyBytes_AS_STRING(bytes(dec.outbox)), len(dec.outbox))
+            del dec.outbox[:]
+        if self.out_len:
+            _g_started = 1
+            self._write_all(conn, self.out, self.out_len)
+            self.out_len = 0
+            self.wrote = True
+        return 0
+
+    cdef int _write_all(self, Conn conn, const char *data, Py_ssize_t n) except -1:
+        cdef iovec iov
+        iov.iov_base = <void *>data
+        iov.iov_len = n
+        return _writev_all(conn.fd, &iov, 1)
+
+
+cdef class Accounting(Output):
+    """What a worker tells of itself: the stamps on its scoreboard slot (plain stores into
+    shared memory, no system call), its log lines, and the limits that recycle it."""
+    cdef object log                      # log(level, text): the worker's error-log lines
+    cdef Board board                     # keeps the mapping of `header` and `slot` alive
+    cdef BoardHeader *header             # the pool's counters (NULL: no scoreboard)
+    cdef Slot *slot
+    cdef bint track_cpu                  # stamp each request's CPU time (status page)
+    cdef int64_t cpu_mark                # process CPU µs when the current request began
+    cdef public unsigned long requests
     cdef unsigned long max_requests      # stop after this many (0: never)
     cdef uint64_t max_memory             # stop once RSS exceeds this after a request (0: never)
     cdef int statm_fd                    # /proc/self/statm, read with pread when max_memory
     cdef public str stop_reason          # "", "max_requests" or "max_memory"
     cdef public uint64_t rss
-    cdef Board board                     # keeps the mapping of `header` and `slot` alive
-    cdef BoardHeader *header             # the pool's counters (NULL: no scoreboard)
-    cdef Slot *slot
-    cdef dict special                    # request path -> app answering it (status, ping)
-    cdef bint track_cpu                  # stamp each request's CPU time (status page)
-    cdef int64_t cpu_mark                # process CPU µs when the current request began
     cdef object access                   # the access log writer (fpm.accesslog.Writer) or None
     cdef object access_begin             # its begin(), called as each request starts, or None
     cdef object on_reopen                # takes the master's new log fds after a USR1
     cdef uint64_t log_generation         # the board's log_generation this worker has seen
-    cdef object allow                    # allow(fd) -> bool for each accepted connection, or None
-    cdef Py_ssize_t body_buffer          # request bodies up to this stay in memory
-    cdef Py_ssize_t body_max             # larger bodies are answered 413 (0: no limit)
-    cdef object spool_dir                # where larger bodies are spooled
-    cdef tuple body_file_dirs            # where a REQUEST_BODY_FILE may be (real paths)
-    cdef int64_t queue_timeout_us        # request_queue_timeout (0: off)
-    cdef object start_param              # the param carrying the web server's request start
-    cdef bint stamp_reads                # read with recvmsg to learn the kernel's arrival time
-    cdef bint fill_paths                 # split_paths() on each request (app pools)
-    cdef object errors_log               # wsgi.errors into the error log (fpm.stdio.ErrorsLog) or None
-    cdef bint errors_to_log, errors_to_server  # where wsgi.errors goes (wsgi_errors)
-    cdef object on_output                # ends sys.stdout's and sys.stderr's lines after a request wrote
 
     def __cinit__(self):
-        self.wake_r = -1
-        self.epfd = -1
         self.statm_fd = -1
-        self.reserve_fd = -2
-        self.pfds_cap = 16
-        self.pfds = <pollfd *>malloc(self.pfds_cap * sizeof(pollfd))
-        self.out_cap = 65536
-        self.out = <char *>malloc(self.out_cap)
-        if self.pfds == NULL or self.out == NULL:
-            raise MemoryError()
 
     def __dealloc__(self):
-        global _wake_w
-        free(self.pfds)
-        free(self.out)
-        if self.reserve_fd >= 0:
-            close(self.reserve_fd)
         if self.statm_fd >= 0:
             close(self.statm_fd)
-        if self.epfd >= 0:
-            close(self.epfd)
-        if self.wake_r >= 0:
-            close(self.wake_r)
-            close(_wake_w)
-            _wake_w = -1
 
-    def __init__(self, list listen_fds, app, options):
-        o = options  # fpm.options.WorkerOptions, read once
-        self.head_timeout_us = <int64_t>(o.head_timeout * 1e6)
-        self.body_rate = o.body_rate
-        self.park_fd = o.park_fd
-        self.handoff_fd = o.handoff_fd
-        self.paused_until = 0
-        self.pause_streak = 0
-        self.vain_waits = 0
-        self.vain_at = 0
-        # Without a master to park with (serve() on its own), no reserve: -2.
-        self.reserve_fd = _open_null() if o.park_fd >= 0 else -2
-        self.fill_paths = o.fill_paths
-        self.errors_log = o.errors_log  # wsgi_errors was checked with the configuration
-        self.errors_to_log = o.errors_log is not None and o.wsgi_errors != "server"
-        self.errors_to_server = o.wsgi_errors != "log"
-        self.on_output = o.on_output
-        self.allow = o.allow
-        self.body_buffer = o.body_buffer
-        self.body_max = o.body_max
-        self.spool_dir = o.spool_dir
-        self.body_file_dirs = tuple(os.path.join(os.path.realpath(d), "") for d in o.body_file_dirs)
-        self.queue_timeout_us = <int64_t>(o.queue_timeout * 1e6)
-        self.start_param = o.start_param
-        self.stamp_reads = o.stamp_reads
+    def __init__(self, o):
         cdef Board board = o.board
+        self.log = o.log
         self.board = board
+        self.header = <BoardHeader *>board.mem if board is not None else NULL
+        self.slot = board._checked(o.slot) if board is not None else &_private_slot
+        self.log_generation = self.header.log_generation if self.header != NULL else 0
+        self.track_cpu = bool(o.special)  # for the status page's CPU column
+        self.cpu_mark = 0
         self.access = o.access
         self.access_begin = getattr(o.access, "begin", None)
         self.on_reopen = o.on_reopen
-        self.header = <BoardHeader *>board.mem if board is not None else NULL
-        self.log_generation = self.header.log_generation if self.header != NULL else 0
-        self.special = o.special or None
-        self.track_cpu = self.special is not None
-        self.cpu_mark = 0
-        self.slot = board._checked(o.slot) if board is not None else &_private_slot
         self.max_requests = o.max_requests
         self.max_memory = o.max_memory
         if o.max_memory:
@@ -808,73 +858,111 @@ cdef class Worker:
             close(o.statm_fd)  # ours to close, as when it is used
         self.stop_reason = ""
         self.rss = 0
-        self.listen_fds = list(listen_fds)
-        self.app = app
-        self.base_environ = o.base_environ
-        self.mount = o.mount.rstrip("/")
+
+    cdef int _log(self, str level, str text) except -1:
+        if self.log is not None:
+            self.log(level, text)
+        return 0
+
+    cdef int _log_app_error(self) except -1:
+        self._log("error", 'the application raised an exception on "%s"\n%s'
+                  % (self._request_line(), _app_traceback()))
+        return 0
+
+    cdef str _request_line(self):
+        """``GET /x?y=1``, as the request's slot has it (the status page's and the master's
+        lines about it show the same): how the error log names the request in progress."""
+        cdef Slot *s = self.slot
+        return "%s %s" % (cstr(s.request_method, sizeof(s.request_method)) or "-",
+                          cstr(s.request_uri, sizeof(s.request_uri)) or "-")
+
+    cdef void _stage(self, Stage stage) noexcept nogil:
+        if stage == STAGE_READING and self.track_cpu:
+            self.cpu_mark = _cpu_us()
+        stamp_stage(self.slot, self.header, stage, _now_us())
+
+    cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1:
+        return stamp_request(self.slot, environ.get("REQUEST_METHOD"),
+                             environ.get("REQUEST_URI") or environ.get("PATH_INFO"),
+                             environ.get("SCRIPT_FILENAME") or environ.get("SCRIPT_NAME", ""),
+                             environ.get("REMOTE_USER"), length, _now_us())
+
+    cdef int _after_request(self) except -1:
+        """Count the request; decide whether this worker has served its time."""
+        cdef char buf[64]
+        cdef ssize_t n
+        cdef rusage usage
+        global _stop
+        stamp_done(self.slot, self.header, _now_us(),
+                   _cpu_us() - self.cpu_mark if self.track_cpu else -1)
+        if self.max_requests and self.requests >= self.max_requests:
+            self.stop_reason = "max_requests"
+            _stop = 1
+        if self.max_memory:
+            if self.statm_fd >= 0:
+                # statm's second field is the resident set in pages; one pread, no open().
+                n = pread(self.statm_fd, buf, 63, 0)
+                if n > 0:
+                    buf[n] = 0
+                    self.rss = int(buf[:n].split()[1]) * PAGE_SIZE
+            else:
+                # No /proc (see open_statm): the peak resident set, in KiB, which only
+                # grows, so a worker that ever exceeded the limit is recycled.
+                getrusage(RUSAGE_SELF, &usage)
+                self.rss = <uint64_t>usage.ru_maxrss * 1024
+            self.slot.rss = self.rss
+            if self.rss > self.max_memory:
+                self.stop_reason = "max_memory"
+                _stop = 1
+        return 0
+
+    cdef int _log_request(self, Conn conn, dict environ, Request req) except -1:
+        """Take the log files the master reopened (USR1), then write the access log line."""
+        cdef Slot *s = self.slot
+        cdef int64_t now
+        cdef timespec ts
+        cdef uint64_t generation
+        if self.on_reopen is not None and self.header != NULL:
+            generation = self.header.log_generation
+            if generation != self.log_generation:
+                self.log_generation = generation
+                self.on_reopen()
+        if self.access is not None:
+            now = _now_us()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            self.access.write(environ, req.status or "", req.headers or [],
+                              ts.tv_sec * 1000000 + ts.tv_nsec // 1000 - (now - s.accepted),
+                              now - s.accepted, conn.fd, req.peer)
+        return 0
+
+
+cdef class Reading(Accounting):
+    """A connection's side of a request: reading within its deadlines, parking it with the
+    master while its head has not come, and closing it when its peer misbehaves."""
+    cdef Py_ssize_t params_max, max_conns, max_reqs
+    cdef int read_timeout_ms
+    cdef int64_t head_timeout_us         # request_head_timeout
+    cdef uint64_t body_rate              # request_body_min_rate, bytes/s (0: off)
+    cdef int park_fd                     # the pool's park socket (to the master; -1: none)
+    cdef int vain_waits                  # waits in a row for a request that did not come...
+    cdef int64_t vain_at                 # ...the last one then (first_bytes_ms)
+    cdef bint stamp_reads                # read with recvmsg to learn the kernel's arrival time
+
+    def __init__(self, o):
+        Accounting.__init__(self, o)
         self.params_max = o.params_max
         self.max_conns = o.max_conns
         self.max_reqs = o.max_reqs
         self.read_timeout_ms = <int>(o.read_timeout * 1000)
-        self.log = o.log
-        self.held = []
-        self.pair_cache = []
-        self._watch_sources()
+        self.head_timeout_us = <int64_t>(o.head_timeout * 1e6)
+        self.body_rate = o.body_rate
+        self.park_fd = o.park_fd
+        self.stamp_reads = o.stamp_reads
+        self.vain_waits = 0
+        self.vain_at = 0
 
-    cdef int _watch_sources(self) except -1:
-        """The fds the loop waits on: the sources of new connections, then the stop pipe
-        (and, later, the connections it holds); the epoll set over the first ones."""
-        cdef int i
-        global _wake_w
-        self.nlisten = len(self.listen_fds)
-        # Where new connections come from: the listening sockets, and the hand-off socket
-        # (connections the master held until their head came), watched alike.
-        self.nsources = self.nlisten + (self.handoff_fd >= 0)
-        self.nfixed = self.nsources + 1
-        if self.nfixed + 1 > self.pfds_cap:
-            self.pfds_cap = self.nfixed + 16
-            self.pfds = <pollfd *>realloc(self.pfds, self.pfds_cap * sizeof(pollfd))
-        for i in range(self.nsources):
-            self.pfds[i].fd = self.listen_fds[i] if i < self.nlisten else self.handoff_fd
-            self.pfds[i].events = POLLIN
-            self.pfds[i].revents = 0
-        self.wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.pfds[self.nsources].fd = self.wake_r
-        self.pfds[self.nsources].events = POLLIN
-        self.pfds[self.nsources].revents = 0
-        self.npfds = self.nfixed
-        self.epfd = _listen_epoll(self.pfds, self.nfixed)
-        return 0
-
-    # --- connections held between requests -------------------------------------------------
-
-    cdef int _hold(self, Conn conn) except -1:
-        cdef pollfd *np
-        if len(self.held) >= C_MAX_HELD:
-            self._close(conn)
-            return 0
-        if self.npfds == self.pfds_cap:
-            np = <pollfd *>realloc(self.pfds, 2 * self.pfds_cap * sizeof(pollfd))
-            if np == NULL:
-                raise MemoryError()
-            self.pfds = np
-            self.pfds_cap *= 2
-        self.pfds[self.npfds].fd = conn.fd
-        self.pfds[self.npfds].events = POLLIN
-        self.pfds[self.npfds].revents = 0
-        self.npfds += 1
-        self.held.append(conn)
-        return 0
-
-    cdef Conn _unhold(self, int index):
-        cdef int last = self.npfds - 1
-        cdef int h = index - self.nfixed
-        conn = <Conn>self.held[h]
-        self.pfds[index] = self.pfds[last]
-        self.held[h] = self.held[last - self.nfixed]
-        self.held.pop()
-        self.npfds -= 1
-        return conn
+    def _decoder(self):
+        return Decoder(self.params_max, self.max_conns, self.max_reqs)
 
     cdef void _close(self, Conn conn) noexcept:
         if conn.fd >= 0:
@@ -928,24 +1016,737 @@ cdef class Worker:
         self._close(conn)
         return 0
 
-    cdef int _log(self, str level, str text) except -1:
-        if self.log is not None:
-            self.log(level, text)
+    cdef Py_ssize_t _read(self, Conn conn, bint wait) except -9:
+        """recv() into the decoder: bytes read, 0 at EOF, -2 if nothing is there and not
+        wait; with wait, the wait is bounded by the request's deadlines (_wait_ms)."""
+        cdef Decoder dec = conn.dec
+        cdef ssize_t n
+        cdef int r, err, ms
+        cdef int64_t quiet_from = 0
+        cdef pollfd pfd
+        # Bytes that start a request carry its arrival time (request_queue_timeout on TCP).
+        cdef bint stamp = self.stamp_reads and dec.state == ST_IDLE and dec.end == dec.start
+        dec._reserve(READ_SIZE)
+        while True:
+            if stamp:
+                n = _recv_stamped(conn, dec)
+            else:  # MSG_DONTWAIT never blocks, so the GIL is kept (see _accept)
+                n = recv(conn.fd, dec.buf + dec.end, dec.cap - dec.end, MSG_DONTWAIT)
+            if n >= 0:
+                dec.end += n
+                if dec.state == ST_STDIN or dec.draining:
+                    conn.body_read += n
+                return n
+            err = errno
+            if err == EINTR:
+                PyErr_CheckSignals()
+            elif err == EAGAIN or err == EWOULDBLOCK:
+                if not wait:
+                    return -2
+                if not quiet_from:
+                    quiet_from = _now_us()
+                ms = self._wait_ms(conn, quiet_from)
+                pfd.fd = conn.fd
+                pfd.events = POLLIN
+                with nogil:
+                    r = poll(&pfd, 1, ms)
+                if r < 0 and errno == EINTR:
+                    PyErr_CheckSignals()
+            elif err == ECONNRESET:
+                if dec.state == ST_IDLE and dec.end == dec.start:
+                    return 0
+                raise PeerClosed("connection reset by the web server")
+            else:
+                raise OSError(err, os.strerror(err))
+
+    cdef int _wait_ms(self, Conn conn, int64_t quiet_from) except -1:
+        """How long the next wait for bytes may last (ms), or TooSlow once a deadline has
+        passed. A body must come at request_body_min_rate after an allowance of
+        request_read_timeout (a deadline that moves with each byte, not a timeout each
+        byte restarts); a head within request_head_timeout; neither silent for longer
+        than request_read_timeout. Only a connection that makes a worker wait pays for
+        the clock read."""
+        cdef Decoder dec = conn.dec
+        cdef int64_t now = _now_us(), quiet_due = quiet_from + self.read_timeout_ms * 1000LL
+        cdef int64_t due
+        if dec.state == ST_STDIN or dec.draining:
+            due = quiet_due
+            if self.body_rate:
+                due = min(due, body_due_us(self.slot.accepted, self.read_timeout_ms * 1000LL,
+                                           conn.body_read, self.body_rate))
+            if conn.late or conn.refused:
+                # The master held it past that deadline already, or it was answered 408:
+                # what is there is read, nothing is waited for.
+                due = now
+            if now >= due:
+                raise TooSlow(REFUSED_BODY, self._slow_body_words(conn, now, due == quiet_due))
+        else:
+            if not conn.head_due_us:
+                conn.head_due_us = now + self.head_timeout_us
+            due = min(quiet_due, conn.head_due_us)
+            if now >= due:
+                raise TooSlow(REFUSED_HEAD, "no whole request head within request_head_timeout "
+                              "(%g s)" % (self.head_timeout_us / 1e6))
+        return <int>((due - now + 999) // 1000)
+
+    def _slow_body_words(self, Conn conn, int64_t now, bint silent):
+        if conn.late:
+            return "the body of request %d came too slowly while it waited in the master" \
+                % conn.dec.request_id
+        if silent:
+            return ("no data from the web server for %d s in the middle of the body of "
+                    "request %d" % (self.read_timeout_ms // 1000, conn.dec.request_id))
+        return ("the body of request %d came slower than request_body_min_rate (%d bytes/s): "
+                "%d bytes in %.1f s" % (conn.dec.request_id, self.body_rate, conn.body_read,
+                                        (now - self.slot.accepted) / 1e6))
+
+    cdef Py_ssize_t _await_head(self, Conn conn, Py_ssize_t r, int how) except -9:
+        """At the start of a request, after a read that gave ``r`` (see _read): ``r`` again
+        when the connection is ready to serve (the whole request buffered, or 64 KiB of it:
+        the peer is sending), at EOF, or has nothing at all and is a kept one (-2: held, as
+        between requests); else, after a few ms for the rest, GONE: the master holds it
+        until its request has come, and no worker waits for it. What is parked is under
+        64 KiB, so it travels in one message (TICKET_DATA_MAX)."""
+        cdef Decoder dec = conn.dec
+        cdef pollfd pfd
+        cdef int n, ms
+        cdef int64_t now
+        cdef Py_ssize_t head_end
+        if r == 0 or head_status(<const unsigned char *>dec.buf + dec.start,
+                                     dec.end - dec.start, &head_end) == HEAD_READY \
+                or dec.end - dec.start >= READ_SIZE:
+            return r
+        if how == CONN_KEPT and dec.end == dec.start:
+            return r
+        now = _now_us()
+        ms = first_bytes_ms(self.vain_waits, now - self.vain_at)
+        if ms:
+            pfd.fd = conn.fd
+            pfd.events = POLLIN
+            with nogil:
+                n = poll(&pfd, 1, ms)
+            while n > 0:  # bytes came: read them; wait on for the rest, within the time
+                r = self._read(conn, False)
+                if r == 0 or head_status(<const unsigned char *>dec.buf + dec.start,
+                                             dec.end - dec.start, &head_end) == HEAD_READY \
+                        or dec.end - dec.start >= READ_SIZE:
+                    self.vain_waits = 0
+                    return r
+                ms -= <int>((_now_us() - now) // 1000)
+                if ms <= 0:
+                    break
+                with nogil:
+                    n = poll(&pfd, 1, ms)
+            now = _now_us()
+        if now - self.vain_at >= VAIN_WINDOW_US:
+            self.vain_waits = 0
+        self.vain_waits += 1
+        self.vain_at = now
+        if self.park_fd < 0 or _stop:
+            # No master to park with (serve() on its own), or this worker stops (the master
+            # may be stopping too: nothing parked now would come back): hold a silent
+            # connection, read the rest of a head here.
+            return -2 if dec.end == dec.start else 1
+        self._park(conn)
+        return GONE
+
+    cdef int _park(self, Conn conn) except -1:
+        """Hand the connection and the bytes read from it to the master (fpm.parking)."""
+        cdef Decoder dec = conn.dec
+        cdef Ticket t
+        cdef int err
+        memset(&t, 0, sizeof(t))
+        t.head_due_us = conn.head_due_us or _now_us() + self.head_timeout_us
+        t.arrived_us = conn.arrived_us
+        err = send_conn(self.park_fd, conn.fd, &t, dec.buf + dec.start, dec.end - dec.start)
+        if err:
+            count(self.header, REFUSED_PARKED)  # the master's queue is full: nowhere to wait
+        self._close(conn)
         return 0
 
-    cdef int _log_app_error(self) except -1:
-        self._log("error", 'the application raised an exception on "%s"\n%s'
-                  % (self._request_line(), _app_traceback()))
+    cdef int _next_stdin(self, Conn conn) except -1:
+        """Process records up to the next piece of the body: STEP_STDIN (at dec.chunk),
+        STEP_STDIN_END or STEP_ABORT."""
+        cdef Decoder dec = conn.dec
+        cdef Step step
+        while True:
+            step = dec._step()
+            if step == STEP_STDIN or step == STEP_STDIN_END or step == STEP_ABORT:
+                return step
+            if dec.stdin_ended:
+                return STEP_STDIN_END
+            if step == STEP_NEED or step == STEP_BLOCKED:
+                if dec.outbox:
+                    # A management answer must not wait behind a body that may never come.
+                    reply = bytes(dec.outbox)
+                    del dec.outbox[:]
+                    self._write_all(conn, reply, len(reply))
+                if self._read(conn, True) == 0:
+                    if dec.state != ST_STDIN or dec.end != dec.start:
+                        dec.eof()  # a cut record or params: the peer's fault, a warning
+                    raise PeerClosed("the peer hung up before the end of the body of request %d "
+                                     "(its client went away?)" % dec.request_id)
+
+
+cdef class Admission(Reading):
+    """What comes before the app: the wait in the queue, and the request's body, read whole
+    (into memory, into a spool file, or the web server's own file)."""
+    cdef Py_ssize_t body_buffer          # request bodies up to this stay in memory
+    cdef Py_ssize_t body_max             # larger bodies are answered 413 (0: no limit)
+    cdef object spool_dir                # where larger bodies are spooled
+    cdef tuple body_file_dirs            # where a REQUEST_BODY_FILE may be (real paths)
+    cdef int64_t queue_timeout_us        # request_queue_timeout (0: off)
+    cdef object start_param              # the param carrying the web server's request start
+
+    def __init__(self, o):
+        Reading.__init__(self, o)
+        self.body_buffer = o.body_buffer
+        self.body_max = o.body_max
+        self.spool_dir = o.spool_dir
+        self.body_file_dirs = tuple(os.path.join(os.path.realpath(d), "") for d in o.body_file_dirs)
+        self.queue_timeout_us = <int64_t>(o.queue_timeout * 1e6)
+        self.start_param = o.start_param
+
+    cdef object _admit(self, Conn conn, dict environ, Py_ssize_t length):
+        """Set wsgi.input; None, or the refusal that answers instead of the app."""
+        cdef double waited
+        if self.queue_timeout_us:
+            waited = self._waited(conn, environ)
+            if waited * 1e6 > self.queue_timeout_us:
+                self._log("warning", '"%s %s" waited %.3f s for a worker, longer than '
+                          'request_queue_timeout (%g s); answered 503'
+                          % (environ["REQUEST_METHOD"], _uri_of(environ), waited,
+                             self.queue_timeout_us / 1e6))
+                return Refusal("503 Service Unavailable",
+                               b"The server is too busy to answer in time; try again.\n")
+        if length == LENGTH_OVERFLOW:
+            cl = environ["CONTENT_LENGTH"]
+            if len(cl) > 2 * MAX_LENGTH_DIGITS:
+                cl = "%s... (%d digits)" % (cl[:MAX_LENGTH_DIGITS], len(cl))
+            self._log("warning", 'the body of "%s %s" is %s bytes (CONTENT_LENGTH), more than '
+                      'any request body can be (%d bytes); answered 413'
+                      % (environ["REQUEST_METHOD"], _uri_of(environ), cl, PY_SSIZE_T_MAX))
+            return Refusal("413 Content Too Large", b"The request body is too large.\n")
+        path = environ.get("REQUEST_BODY_FILE")
+        if path:
+            return self._body_file(conn, environ, path)
+        if self.body_max and length > self.body_max:
+            return self._too_large(environ, length)
+        return self._read_body(conn, environ, length)
+
+    cdef double _waited(self, Conn conn, dict environ):
+        """Seconds since the web server got the request (its start param) or, else, since
+        the kernel received its first bytes; 0 when neither is known."""
+        cdef timespec ts
+        cdef double now, start = 0
+        clock_gettime(CLOCK_REALTIME, &ts)
+        now = ts.tv_sec + ts.tv_nsec / 1e9
+        if self.start_param is not None:
+            start = request_start(environ.get(self.start_param))
+        elif conn.arrived_us:
+            start = conn.arrived_us / 1e6
+        return now - start if start > 0 else 0
+
+    def _too_large(self, dict environ, Py_ssize_t length):
+        size = "is %d bytes, more" % length if length >= 0 else "is larger"
+        self._log("warning", 'the body of "%s %s" %s than request_body_max_size (%d bytes); '
+                  'answered 413' % (environ["REQUEST_METHOD"], _uri_of(environ), size,
+                                    self.body_max))
+        return Refusal("413 Content Too Large", b"The request body is too large.\n")
+
+    cdef object _read_body(self, Conn conn, dict environ, Py_ssize_t length):
+        """Read the whole body before the app runs: into memory up to body_buffer, else into
+        an unlinked file, written straight from the receive buffer. A body of known length
+        is copied once, into the bytes object wsgi.input's read() then hands out; bytes
+        past CONTENT_LENGTH are read and dropped (PEP 3333: the input ends there)."""
+        cdef Decoder dec = conn.dec
+        cdef Py_ssize_t total = 0, filled = 0, n
+        cdef int sfd = -1, step
+        cdef bytes body = None  # CONTENT_LENGTH bytes, filled in place
+        cdef bytearray grown = None  # a body of unknown length
+        spool = None
+        try:
+            if length > self.body_buffer:
+                spool = self._spool()
+                sfd = spool.fileno()
+            elif length > 0:
+                body = PyBytes_FromStringAndSize(NULL, length)
+            while True:
+                step = self._next_stdin(conn)
+                if step == STEP_STDIN_END:
+                    break
+                if step == STEP_ABORT:
+                    raise RequestAborted("the web server aborted request %d before its body "
+                                         "was complete" % dec.request_id)
+                n = dec.chunk_len
+                if 0 <= length < total + n:
+                    n = length - total
+                    if n == 0:
+                        continue
+                total += n
+                if self.body_max and total > self.body_max:
+                    return self._too_large(environ, -1)  # the rest drains after the answer
+                if sfd < 0 and total > self.body_buffer:
+                    spool = self._spool_from(grown, body, filled)
+                    sfd = spool.fileno()
+                    body = grown = None
+                if sfd >= 0:
+                    _spool_write(sfd, dec.chunk, n)
+                elif body is not None:
+                    memcpy(PyBytes_AS_STRING(body) + filled, dec.chunk, n)
+                    filled += n
+                else:
+                    if grown is None:
+                        grown = bytearray()
+                    _bytearray_extend(grown, dec.chunk, n)
+        except SpoolError as e:
+            self._log("error", '"%s %s": %s; answered 500' % (environ["REQUEST_METHOD"],
+                                                              _uri_of(environ), e))
+            return Refusal("500 Internal Server Error", b"Internal Server Error\n")
+        except TooSlow as e:
+            # Counted once (the master logs the episode); the app never runs on a part of
+            # the body, and the connection closes after the answer.
+            count(self.header, e.cause)
+            conn.refused = True
+            dec.want_close = True
+            return Refusal("408 Request Timeout", b"The request body came too slowly.\n")
+        if length < 0 and total:
+            environ["CONTENT_LENGTH"] = str(total)  # a chunked body, now counted
+        environ["wsgi.input"] = _body_input(spool, grown, body, filled, length)
+        return None
+
+    cdef object _spool_from(self, bytearray grown, bytes body, Py_ssize_t filled):
+        """A spool file holding what of a body was kept in memory so far."""
+        spool = self._spool()
+        if grown is not None:
+            _spool_write(spool.fileno(), PyByteArray_AS_STRING(grown), len(grown))
+        elif body is not None:
+            _spool_write(spool.fileno(), PyBytes_AS_STRING(body), filled)
+        return spool
+
+    def _spool(self):
+        """An unlinked file for a large body (O_TMPFILE: it never has a name)."""
+        where = self.spool_dir or tempfile.gettempdir()
+        try:
+            try:
+                fd = os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                if e.errno not in (errno_mod.EOPNOTSUPP, errno_mod.EISDIR):
+                    raise
+                fd, name = tempfile.mkstemp(dir=where)  # a filesystem without O_TMPFILE
+                os.unlink(name)
+        except OSError as e:
+            raise SpoolError("cannot spool a request body to '%s': %s" % (where, e.strerror)) from None
+        return open(fd, "w+b")
+
+    cdef object _body_file(self, Conn conn, dict environ, str path):
+        """PHP-FPM's accelerated upload: the body is a file the web server wrote
+        (nginx client_body_in_file_only + REQUEST_BODY_FILE); its STDIN is empty."""
+        if "\0" in path:  # no file has such a name (realpath() would raise)
+            self._log("warning", "REQUEST_BODY_FILE %r holds a NUL byte; request refused" % path)
+            return Refusal("403 Forbidden", b"Access denied.\n")
+        real = os.path.realpath(path)
+        if not any(real.startswith(d) for d in self.body_file_dirs):
+            dirs = " ".join(os.path.dirname(d) for d in self.body_file_dirs) or "empty"
+            self._log("warning", "REQUEST_BODY_FILE '%s' is outside security.request_body_file_dirs "
+                      "(%s); request refused" % (path, dirs))
+            return Refusal("403 Forbidden", b"Access denied.\n")
+        while self._next_stdin(conn) == STEP_STDIN:
+            pass  # a body sent anyway is ignored, as PHP-FPM does
+        try:
+            f = open(os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), "rb")
+        except OSError as e:
+            self._log("error", "REQUEST_BODY_FILE: open('%s') failed: %s (%d)"
+                      % (path, e.strerror, e.errno))
+            return Refusal("500 Internal Server Error", b"Internal Server Error\n")
+        size = os.fstat(f.fileno()).st_size
+        if self.body_max and size > self.body_max:
+            f.close()
+            return self._too_large(environ, size)
+        environ.setdefault("CONTENT_LENGTH", str(size))
+        environ["wsgi.input"] = f
+        return None
+
+
+cdef class Serving(Admission):
+    """The requests on a connection, each run through the app to the end of its response."""
+    cdef object app
+    cdef dict base_environ
+    cdef str mount
+    cdef bint fill_paths                 # split_paths() on each request (app pools)
+    cdef list pair_cache                 # params strs of the last request, by position
+    cdef dict special                    # request path -> app answering it (status, ping)
+    cdef object errors_log               # wsgi.errors into the error log (fpm.stdio.ErrorsLog) or None
+    cdef bint errors_to_log, errors_to_server  # where wsgi.errors goes (wsgi_errors)
+    cdef object on_output                # ends sys.stdout's and sys.stderr's lines after a request wrote
+
+    def __init__(self, app, o):
+        Admission.__init__(self, o)
+        self.app = app
+        self.base_environ = o.base_environ
+        self.mount = o.mount.rstrip("/")
+        self.fill_paths = o.fill_paths
+        self.pair_cache = []
+        self.special = o.special or None
+        self.errors_log = o.errors_log  # wsgi_errors was checked with the configuration
+        self.errors_to_log = o.errors_log is not None and o.wsgi_errors != "server"
+        self.errors_to_server = o.wsgi_errors != "log"
+        self.on_output = o.on_output
+
+    cdef int _hold(self, Conn conn) except -1:
+        """Keep an idle connection until its next request: the loop's to do (Worker)."""
+        raise NotImplementedError
+
+    cdef int _serve_conn(self, Conn conn, int how) except -1:
+        """Serve a connection (``how``: a CONN_* value) until it is idle, closed or parked;
+        a peer's fault closes it, told as its kind asks."""
+        try:
+            self._serve_requests(conn, how)
+        except HTTPOnFastCGIPort as e:
+            try:
+                self._write_all(conn, HTTP_REFUSAL, len(HTTP_REFUSAL))
+            except PeerError:
+                pass  # the client hung up already: the refusal was a courtesy
+            self._refuse(conn, str(e))
+        except TooSlow as e:
+            # Counted, and logged by the master once per episode: never a line each.
+            if not conn.refused:
+                count(self.header, e.cause)
+            self._close(conn)
+        except ProtocolError as e:
+            self._refuse(conn, str(e))
+        except PeerError as e:
+            self._drop(conn, "notice", str(e))
+        except Exception:
+            self._unexpected(conn)
+        finally:
+            _disarm_term_reply()
+            self._out_drop()  # what a failed connection left unsent is never another's
+            if self.slot.stage != STAGE_IDLE:
+                self._stage(STAGE_IDLE)
         return 0
 
-    cdef str _request_line(self):
-        """``GET /x?y=1``, as the request's slot has it (the status page's and the master's
-        lines about it show the same): how the error log names the request in progress."""
-        cdef Slot *s = self.slot
-        return "%s %s" % (cstr(s.request_method, sizeof(s.request_method)) or "-",
-                          cstr(s.request_uri, sizeof(s.request_uri)) or "-")
+    cdef int _serve_requests(self, Conn conn, int how) except -1:
+        """Read from a connection and run the requests on it until it is idle (held), closed,
+        or parked with the master while its request head has not come."""
+        cdef Decoder dec = conn.dec
+        cdef Step step
+        cdef Py_ssize_t r = self._read(conn, False)
+        if how != CONN_HANDED:
+            # The master handed that one over with its head (or with the head still coming
+            # fast): it is read here, whatever it takes.
+            r = self._await_head(conn, r, how)
+        while r != GONE:
+            if r == 0 and dec.end == dec.start:
+                dec.eof()
+                self._close(conn)
+                return 0
+            if r == -2:
+                self._hold(conn)
+                return 0
+            # At EOF with bytes left (they came with the hang-up, or the master held them),
+            # those are stepped through first: the peer's fault is named by what it sent, as
+            # when the bytes came before the hang-up.
+            step = dec._step()
+            if step == STEP_NEED:
+                r = self._more(conn, r)
+                continue
+            if step == STEP_PARAMS_DONE:
+                # Per request: the body's bytes already here count for its rate; the next
+                # head on a kept connection gets a deadline of its own.
+                conn.body_read = dec.end - dec.start
+                conn.head_due_us = 0
+                conn.refused = False
+                self._run_request(conn)
+                conn.late = False
+                if conn.fd < 0:
+                    return 0
+            elif step == STEP_ABORT:
+                self._out_end(conn, 0)
+            elif step == STEP_BLOCKED:
+                raise ProtocolError("BEGIN_REQUEST for request %d before it ended" % dec.request_id)
+            elif step == STEP_BEGIN:
+                self._stage(STAGE_READING)
+                if self.access_begin is not None:
+                    self.access_begin()
+            r = 1
+        return 0
 
-    # --- the loop ----------------------------------------------------------------------------
+    cdef Py_ssize_t _more(self, Conn conn, Py_ssize_t r) except -9:
+        """No whole record is buffered after a read that gave ``r``: send the codec's own
+        answers, then read on (as _read), or GONE once the connection is closed or parked."""
+        cdef Decoder dec = conn.dec
+        if dec.outbox:
+            self._flush(conn)
+        if r == 0:  # the peer hung up, and every whole record it sent is done
+            dec.eof()
+            self._close(conn)
+            return GONE
+        if (dec.want_close or _stop and dec.state == ST_IDLE and dec.end == dec.start
+                ) and not dec.draining:
+            self._close(conn)
+            return GONE
+        if dec.state == ST_IDLE and not dec.draining:
+            # Between requests: what comes is the next request's head, if any.
+            return self._await_head(conn, self._read(conn, False), CONN_KEPT)
+        # Inside a record or a request, or the rest of an unread body: due now.
+        r = self._read(conn, True)
+        if r == 0 and dec.draining:
+            # The response is complete: a web server may drop an unwanted body.
+            self._close(conn)
+            return GONE
+        return r
+
+    cdef int _run_request(self, Conn conn) except -1:
+        """Run the request whose params have come: its environ, the app (or what answers
+        in its place), the end of its response, then what follows every request."""
+        cdef Py_ssize_t length = -1
+        cdef Request req = Request(self, conn, conn.dec.request_id)
+        cdef dict environ = self._environ(conn, req, &length)
+        cdef int app_status
+        self._out_drop()
+        self.wrote = False
+        self._stamp_request(environ, length)
+        _arm_term_reply(conn.fd, req.rid)
+        app_status = self._call_app(conn, environ, req, length)
+        self.requests += 1
+        if req.finished:
+            self._out_drop()
+        else:
+            # END_REQUEST goes out before any unread body is drained: nginx stops sending a
+            # streamed body once it has the response header, and waits for END_REQUEST.
+            self._end_response(req, app_status)
+        self._after_response(conn, environ, req)
+        if not req.finished:
+            self._settle(conn)
+        return 0
+
+    cdef dict _environ(self, Conn conn, Request req, Py_ssize_t *length):
+        """The request's WSGI environ from its params; *length: CONTENT_LENGTH (-1: none)."""
+        cdef Decoder dec = conn.dec
+        cdef dict environ = self.base_environ.copy()
+        # No param can replace or add a key of the pool's own (fpm.*, wsgi.*): dropped there.
+        parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(dec.params),
+                    PyByteArray_GET_SIZE(dec.params), environ, self.pair_cache)
+        for key, http_key in CONTENT_HEADERS:
+            value = environ.pop(http_key, None)
+            if value is not None and key not in environ:
+                environ[key] = value
+        # httpoxy (CVE-2016-5385, php bug #72573): a client's "Proxy:" header would arrive
+        # as HTTP_PROXY, which HTTP libraries take for the proxy to use. One lookup of an
+        # interned key per request (~10 ns).
+        if "HTTP_PROXY" in environ:
+            del environ["HTTP_PROXY"]
+        cl = environ.get("CONTENT_LENGTH")
+        if cl:
+            length[0] = _content_length(cl)
+        if self.fill_paths:
+            split_paths(environ, self.mount)
+        https = environ.get("HTTPS")
+        if https and https.lower() != "off":
+            environ["wsgi.url_scheme"] = "https"
+        environ.setdefault("REQUEST_METHOD", "GET")
+        environ.setdefault("QUERY_STRING", "")
+        environ.setdefault("SERVER_NAME", "localhost")
+        environ.setdefault("SERVER_PORT", "80")
+        environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
+        environ["wsgi.errors"] = Errors(req)
+        return environ
+
+    cdef int _call_app(self, Conn conn, dict environ, Request req, Py_ssize_t length) except -1:
+        """Run the app, or the page or refusal that answers in its place, and send its
+        result; the app status for END_REQUEST: 1 when it failed or the web server aborted."""
+        global _current
+        app = self.app
+        if self.special is not None:
+            # The status and ping pages answer their exact path, whatever the app routes.
+            app = self.special.get(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+                                   app)
+        _current = req
+        try:
+            refusal = self._admit(conn, environ, length)
+            if refusal is not None:
+                app = refusal
+            result = app(environ, req.start_response)
+            try:
+                req.send_result(result)
+            finally:
+                close_result = getattr(result, "close", None)
+                if close_result is not None:
+                    close_result()
+        except RequestAborted:
+            self._out_drop()
+            return 1
+        except PeerError:
+            raise
+        except Exception:
+            self._log_app_error()
+            if not self.wrote and not req.finished:
+                self._out_drop()
+                req._fail()
+            return 1
+        except BaseException:  # sys.exit() in the app: the worker exits, the traceback stays
+            self._log_app_error()
+            raise
+        finally:
+            _current = None
+        return 0
+
+    cdef int _end_response(self, Request req, unsigned int app_status) except -1:
+        """Send the end of the request's streams and END_REQUEST; a SIGTERM now has
+        nothing left to answer."""
+        if req.stderr_used:
+            self._out_records(T_STDERR, req.rid, NULL, 0)
+        self._out_end(req.conn, app_status)
+        _disarm_term_reply()
+        return 0
+
+    cdef int _after_response(self, Conn conn, dict environ, Request req) except -1:
+        """What follows every request: the ends of the lines it wrote (none joins the next
+        request's), the logs, the slot's stamp and the recycling limits."""
+        global _said
+        if req.errors_logged:
+            self.errors_log.end()
+        if _said:
+            _said = 0
+            if self.on_output is not None:
+                self.on_output()
+        if self.access is not None or self.on_reopen is not None:
+            self._log_request(conn, environ, req)
+        return self._after_request()
+
+    cdef int _settle(self, Conn conn) except -1:
+        """After a response: drain an unread body, and close a connection not kept."""
+        cdef Decoder dec = conn.dec
+        if dec.draining:
+            self._stage(STAGE_FINISHING)
+        if dec.want_close or _stop:
+            if not dec.draining:
+                # Nothing unread is left, so closing now sends no RST and nginx loses no byte.
+                self._close(conn)
+            else:
+                # nginx ends a response without keep-conn at the upstream's FIN, and closing
+                # with unread bytes would reset it: half-close, then drain until it hangs up.
+                shutdown(conn.fd, SHUT_WR)
+        return 0
+
+    cdef int _finish(self, Request req) except -1:
+        """End the request for the web server now; the app runs on (fpm.finish_request)."""
+        cdef Conn conn = req.conn
+        self._end_response(req, 0)
+        req.finished = True
+        if self.access is not None:
+            req.peer = self.access.peer(conn.fd)
+        # Closed even with keep-conn: a kept connection would have nginx queue its next
+        # request behind the work the app still does (php-src #10335). The body was read
+        # before the app ran, so nothing unread makes the close a reset.
+        self._close(conn)
+        self._stage(STAGE_FINISHING)
+        return 0
+
+
+cdef class Worker(Serving):
+    """One worker process's loop over its listening sockets and the connections it holds."""
+    cdef list listen_fds
+    cdef int handoff_fd                  # the pool's hand-off socket (from the master; -1: none)
+    cdef int nsources                    # pfds: the listen fds, then the hand-off socket if any
+    cdef int64_t paused_until            # accept() failed for want of descriptors: not before this
+    cdef int pause_streak                # failures in a row (the pause grows with it)
+    cdef int reserve_fd                  # /dev/null, given up to take a connection when out of fds
+    cdef pollfd *pfds
+    cdef int npfds, nlisten, pfds_cap
+    cdef int nfixed                      # pfds: the sources, then the stop pipe, then held conns
+    cdef int wake_r                      # read end of the stop pipe (see watch_quit)
+    cdef int epfd                        # epoll over the listen fds (EPOLLEXCLUSIVE) and the stop pipe
+    cdef list held                       # Conn objects idle between requests, parallel to pfds[nfixed:]
+    cdef object allow                    # allow(fd) -> bool for each accepted connection, or None
+
+    def __cinit__(self):
+        self.wake_r = -1
+        self.epfd = -1
+        self.reserve_fd = -2
+        self.pfds_cap = 16
+        self.pfds = <pollfd *>malloc(self.pfds_cap * sizeof(pollfd))
+        if self.pfds == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        global _wake_w
+        free(self.pfds)
+        if self.reserve_fd >= 0:
+            close(self.reserve_fd)
+        if self.epfd >= 0:
+            close(self.epfd)
+        if self.wake_r >= 0:
+            close(self.wake_r)
+            close(_wake_w)
+            _wake_w = -1
+
+    def __init__(self, list listen_fds, app, options):
+        o = options  # fpm.options.WorkerOptions, read once
+        Serving.__init__(self, app, o)
+        self.listen_fds = list(listen_fds)
+        self.handoff_fd = o.handoff_fd
+        self.allow = o.allow
+        self.paused_until = 0
+        self.pause_streak = 0
+        # Without a master to park with (serve() on its own), no reserve: -2.
+        self.reserve_fd = _open_null() if o.park_fd >= 0 else -2
+        self.held = []
+        self._watch_sources()
+
+    cdef int _watch_sources(self) except -1:
+        """The fds the loop waits on: the sources of new connections, then the stop pipe
+        (and, later, the connections it holds); the epoll set over the first ones."""
+        cdef int i
+        global _wake_w
+        self.nlisten = len(self.listen_fds)
+        # Where new connections come from: the listening sockets, and the hand-off socket
+        # (connections the master held until their head came), watched alike.
+        self.nsources = self.nlisten + (self.handoff_fd >= 0)
+        self.nfixed = self.nsources + 1
+        if self.nfixed + 1 > self.pfds_cap:
+            self.pfds_cap = self.nfixed + 16
+            self.pfds = <pollfd *>realloc(self.pfds, self.pfds_cap * sizeof(pollfd))
+        for i in range(self.nsources):
+            self.pfds[i].fd = self.listen_fds[i] if i < self.nlisten else self.handoff_fd
+            self.pfds[i].events = POLLIN
+            self.pfds[i].revents = 0
+        self.wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pfds[self.nsources].fd = self.wake_r
+        self.pfds[self.nsources].events = POLLIN
+        self.pfds[self.nsources].revents = 0
+        self.npfds = self.nfixed
+        self.epfd = _listen_epoll(self.pfds, self.nfixed)
+        return 0
+
+    cdef int _hold(self, Conn conn) except -1:
+        cdef pollfd *np
+        if len(self.held) >= C_MAX_HELD:
+            self._close(conn)
+            return 0
+        if self.npfds == self.pfds_cap:
+            np = <pollfd *>realloc(self.pfds, 2 * self.pfds_cap * sizeof(pollfd))
+            if np == NULL:
+                raise MemoryError()
+            self.pfds = np
+            self.pfds_cap *= 2
+        self.pfds[self.npfds].fd = conn.fd
+        self.pfds[self.npfds].events = POLLIN
+        self.pfds[self.npfds].revents = 0
+        self.npfds += 1
+        self.held.append(conn)
+        return 0
+
+    cdef Conn _unhold(self, int index):
+        cdef int last = self.npfds - 1
+        cdef int h = index - self.nfixed
+        conn = <Conn>self.held[h]
+        self.pfds[index] = self.pfds[last]
+        self.held[h] = self.held[last - self.nfixed]
+        self.held.pop()
+        self.npfds -= 1
+        return conn
 
     def run(self):
         """Serve until request_stop(); return the number of requests served."""
@@ -1122,9 +1923,6 @@ cdef class Worker:
         self._serve_conn(conn, CONN_HANDED)
         return True
 
-    def _decoder(self):
-        return Decoder(self.params_max, self.max_conns, self.max_reqs)
-
     def _finish_held(self):
         """On a graceful stop, serve what already arrived on held connections and close
         the kept ones that wait for nothing. A connection no request has begun on yet was
@@ -1162,764 +1960,6 @@ cdef class Worker:
             wait = <int>((left + 999) // 1000)
         for i in range(self.npfds - 1, self.nfixed - 1, -1):
             self._close(self._unhold(i))
-
-    cdef int _serve_conn(self, Conn conn, int how) except -1:
-        """Serve a connection (``how``: a CONN_* value) until it is idle, closed or parked;
-        a peer's fault closes it, told as its kind asks."""
-        try:
-            self._serve_requests(conn, how)
-        except HTTPOnFastCGIPort as e:
-            try:
-                self._write_all(conn, HTTP_REFUSAL, len(HTTP_REFUSAL))
-            except PeerError:
-                pass  # the client hung up already: the refusal was a courtesy
-            self._refuse(conn, str(e))
-        except TooSlow as e:
-            # Counted, and logged by the master once per episode: never a line each.
-            if not conn.refused:
-                count(self.header, e.cause)
-            self._close(conn)
-        except ProtocolError as e:
-            self._refuse(conn, str(e))
-        except PeerError as e:
-            self._drop(conn, "notice", str(e))
-        except Exception:
-            self._unexpected(conn)
-        finally:
-            _disarm_term_reply()
-            self._out_drop()  # what a failed connection left unsent is never another's
-            if self.slot.stage != STAGE_IDLE:
-                self._stage(STAGE_IDLE)
-        return 0
-
-    cdef int _serve_requests(self, Conn conn, int how) except -1:
-        """Read from a connection and run the requests on it until it is idle (held), closed,
-        or parked with the master while its request head has not come."""
-        cdef Decoder dec = conn.dec
-        cdef Step step
-        cdef Py_ssize_t r = self._read(conn, False)
-        if how != CONN_HANDED:
-            # The master handed that one over with its head (or with the head still coming
-            # fast): it is read here, whatever it takes.
-            r = self._await_head(conn, r, how)
-        while r != GONE:
-            if r == 0 and dec.end == dec.start:
-                dec.eof()
-                self._close(conn)
-                return 0
-            if r == -2:
-                self._hold(conn)
-                return 0
-            # At EOF with bytes left (they came with the hang-up, or the master held them),
-            # those are stepped through first: the peer's fault is named by what it sent, as
-            # when the bytes came before the hang-up.
-            step = dec._step()
-            if step == STEP_NEED:
-                r = self._more(conn, r)
-                continue
-            if step == STEP_PARAMS_DONE:
-                # Per request: the body's bytes already here count for its rate; the next
-                # head on a kept connection gets a deadline of its own.
-                conn.body_read = dec.end - dec.start
-                conn.head_due_us = 0
-                conn.refused = False
-                self._run_request(conn)
-                conn.late = False
-                if conn.fd < 0:
-                    return 0
-            elif step == STEP_ABORT:
-                self._out_end(conn, 0)
-            elif step == STEP_BLOCKED:
-                raise ProtocolError("BEGIN_REQUEST for request %d before it ended" % dec.request_id)
-            elif step == STEP_BEGIN:
-                self._stage(STAGE_READING)
-                if self.access_begin is not None:
-                    self.access_begin()
-            r = 1
-        return 0
-
-    cdef Py_ssize_t _more(self, Conn conn, Py_ssize_t r) except -9:
-        """No whole record is buffered after a read that gave ``r``: send the codec's own
-        answers, then read on (as _read), or GONE once the connection is closed or parked."""
-        cdef Decoder dec = conn.dec
-        if dec.outbox:
-            self._flush(conn)
-        if r == 0:  # the peer hung up, and every whole record it sent is done
-            dec.eof()
-            self._close(conn)
-            return GONE
-        if (dec.want_close or _stop and dec.state == ST_IDLE and dec.end == dec.start
-                ) and not dec.draining:
-            self._close(conn)
-            return GONE
-        if dec.state == ST_IDLE and not dec.draining:
-            # Between requests: what comes is the next request's head, if any.
-            return self._await_head(conn, self._read(conn, False), CONN_KEPT)
-        # Inside a record or a request, or the rest of an unread body: due now.
-        r = self._read(conn, True)
-        if r == 0 and dec.draining:
-            # The response is complete: a web server may drop an unwanted body.
-            self._close(conn)
-            return GONE
-        return r
-
-    cdef Py_ssize_t _await_head(self, Conn conn, Py_ssize_t r, int how) except -9:
-        """At the start of a request, after a read that gave ``r`` (see _read): ``r`` again
-        when the connection is ready to serve (the whole request buffered, or 64 KiB of it:
-        the peer is sending), at EOF, or has nothing at all and is a kept one (-2: held, as
-        between requests); else, after a few ms for the rest, GONE: the master holds it
-        until its request has come, and no worker waits for it. What is parked is under
-        64 KiB, so it travels in one message (TICKET_DATA_MAX)."""
-        cdef Decoder dec = conn.dec
-        cdef pollfd pfd
-        cdef int n, ms
-        cdef int64_t now
-        cdef Py_ssize_t head_end
-        if r == 0 or head_status(<const unsigned char *>dec.buf + dec.start,
-                                     dec.end - dec.start, &head_end) == HEAD_READY \
-                or dec.end - dec.start >= READ_SIZE:
-            return r
-        if how == CONN_KEPT and dec.end == dec.start:
-            return r
-        now = _now_us()
-        ms = first_bytes_ms(self.vain_waits, now - self.vain_at)
-        if ms:
-            pfd.fd = conn.fd
-            pfd.events = POLLIN
-            with nogil:
-                n = poll(&pfd, 1, ms)
-            while n > 0:  # bytes came: read them; wait on for the rest, within the time
-                r = self._read(conn, False)
-                if r == 0 or head_status(<const unsigned char *>dec.buf + dec.start,
-                                             dec.end - dec.start, &head_end) == HEAD_READY \
-                        or dec.end - dec.start >= READ_SIZE:
-                    self.vain_waits = 0
-                    return r
-                ms -= <int>((_now_us() - now) // 1000)
-                if ms <= 0:
-                    break
-                with nogil:
-                    n = poll(&pfd, 1, ms)
-            now = _now_us()
-        if now - self.vain_at >= VAIN_WINDOW_US:
-            self.vain_waits = 0
-        self.vain_waits += 1
-        self.vain_at = now
-        if self.park_fd < 0 or _stop:
-            # No master to park with (serve() on its own), or this worker stops (the master
-            # may be stopping too: nothing parked now would come back): hold a silent
-            # connection, read the rest of a head here.
-            return -2 if dec.end == dec.start else 1
-        self._park(conn)
-        return GONE
-
-    cdef int _park(self, Conn conn) except -1:
-        """Hand the connection and the bytes read from it to the master (fpm.parking)."""
-        cdef Decoder dec = conn.dec
-        cdef Ticket t
-        cdef int err
-        memset(&t, 0, sizeof(t))
-        t.head_due_us = conn.head_due_us or _now_us() + self.head_timeout_us
-        t.arrived_us = conn.arrived_us
-        err = send_conn(self.park_fd, conn.fd, &t, dec.buf + dec.start, dec.end - dec.start)
-        if err:
-            count(self.header, REFUSED_PARKED)  # the master's queue is full: nowhere to wait
-        self._close(conn)
-        return 0
-
-    cdef Py_ssize_t _read(self, Conn conn, bint wait) except -9:
-        """recv() into the decoder: bytes read, 0 at EOF, -2 if nothing is there and not
-        wait; with wait, the wait is bounded by the request's deadlines (_wait_ms)."""
-        cdef Decoder dec = conn.dec
-        cdef ssize_t n
-        cdef int r, err, ms
-        cdef int64_t quiet_from = 0
-        cdef pollfd pfd
-        # Bytes that start a request carry its arrival time (request_queue_timeout on TCP).
-        cdef bint stamp = self.stamp_reads and dec.state == ST_IDLE and dec.end == dec.start
-        dec._reserve(READ_SIZE)
-        while True:
-            if stamp:
-                n = _recv_stamped(conn, dec)
-            else:  # MSG_DONTWAIT never blocks, so the GIL is kept (see _accept)
-                n = recv(conn.fd, dec.buf + dec.end, dec.cap - dec.end, MSG_DONTWAIT)
-            if n >= 0:
-                dec.end += n
-                if dec.state == ST_STDIN or dec.draining:
-                    conn.body_read += n
-                return n
-            err = errno
-            if err == EINTR:
-                PyErr_CheckSignals()
-            elif err == EAGAIN or err == EWOULDBLOCK:
-                if not wait:
-                    return -2
-                if not quiet_from:
-                    quiet_from = _now_us()
-                ms = self._wait_ms(conn, quiet_from)
-                pfd.fd = conn.fd
-                pfd.events = POLLIN
-                with nogil:
-                    r = poll(&pfd, 1, ms)
-                if r < 0 and errno == EINTR:
-                    PyErr_CheckSignals()
-            elif err == ECONNRESET:
-                if dec.state == ST_IDLE and dec.end == dec.start:
-                    return 0
-                raise PeerClosed("connection reset by the web server")
-            else:
-                raise OSError(err, os.strerror(err))
-
-    cdef int _wait_ms(self, Conn conn, int64_t quiet_from) except -1:
-        """How long the next wait for bytes may last (ms), or TooSlow once a deadline has
-        passed. A body must come at request_body_min_rate after an allowance of
-        request_read_timeout (a deadline that moves with each byte, not a timeout each
-        byte restarts); a head within request_head_timeout; neither silent for longer
-        than request_read_timeout. Only a connection that makes a worker wait pays for
-        the clock read."""
-        cdef Decoder dec = conn.dec
-        cdef int64_t now = _now_us(), quiet_due = quiet_from + self.read_timeout_ms * 1000LL
-        cdef int64_t due
-        if dec.state == ST_STDIN or dec.draining:
-            due = quiet_due
-            if self.body_rate:
-                due = min(due, body_due_us(self.slot.accepted, self.read_timeout_ms * 1000LL,
-                                           conn.body_read, self.body_rate))
-            if conn.late or conn.refused:
-                # The master held it past that deadline already, or it was answered 408:
-                # what is there is read, nothing is waited for.
-                due = now
-            if now >= due:
-                raise TooSlow(REFUSED_BODY, self._slow_body_words(conn, now, due == quiet_due))
-        else:
-            if not conn.head_due_us:
-                conn.head_due_us = now + self.head_timeout_us
-            due = min(quiet_due, conn.head_due_us)
-            if now >= due:
-                raise TooSlow(REFUSED_HEAD, "no whole request head within request_head_timeout "
-                              "(%g s)" % (self.head_timeout_us / 1e6))
-        return <int>((due - now + 999) // 1000)
-
-    def _slow_body_words(self, Conn conn, int64_t now, bint silent):
-        if conn.late:
-            return "the body of request %d came too slowly while it waited in the master" \
-                % conn.dec.request_id
-        if silent:
-            return ("no data from the web server for %d s in the middle of the body of "
-                    "request %d" % (self.read_timeout_ms // 1000, conn.dec.request_id))
-        return ("the body of request %d came slower than request_body_min_rate (%d bytes/s): "
-                "%d bytes in %.1f s" % (conn.dec.request_id, self.body_rate, conn.body_read,
-                                        (now - self.slot.accepted) / 1e6))
-
-    cdef int _run_request(self, Conn conn) except -1:
-        """Run the request whose params have come: its environ, the app (or what answers
-        in its place), the end of its response, then what follows every request."""
-        cdef Py_ssize_t length = -1
-        cdef Request req = Request(self, conn, conn.dec.request_id)
-        cdef dict environ = self._environ(conn, req, &length)
-        cdef int app_status
-        self._out_drop()
-        self.wrote = False
-        self._stamp_request(environ, length)
-        _arm_term_reply(conn.fd, req.rid)
-        app_status = self._call_app(conn, environ, req, length)
-        self.requests += 1
-        if req.finished:
-            self._out_drop()
-        else:
-            # END_REQUEST goes out before any unread body is drained: nginx stops sending a
-            # streamed body once it has the response header, and waits for END_REQUEST.
-            self._end_response(req, app_status)
-        self._after_response(conn, environ, req)
-        if not req.finished:
-            self._settle(conn)
-        return 0
-
-    cdef dict _environ(self, Conn conn, Request req, Py_ssize_t *length):
-        """The request's WSGI environ from its params; *length: CONTENT_LENGTH (-1: none)."""
-        cdef Decoder dec = conn.dec
-        cdef dict environ = self.base_environ.copy()
-        # No param can replace or add a key of the pool's own (fpm.*, wsgi.*): dropped there.
-        parse_pairs(<const unsigned char *>PyByteArray_AS_STRING(dec.params),
-                    PyByteArray_GET_SIZE(dec.params), environ, self.pair_cache)
-        for key, http_key in CONTENT_HEADERS:
-            value = environ.pop(http_key, None)
-            if value is not None and key not in environ:
-                environ[key] = value
-        # httpoxy (CVE-2016-5385, php bug #72573): a client's "Proxy:" header would arrive
-        # as HTTP_PROXY, which HTTP libraries take for the proxy to use. One lookup of an
-        # interned key per request (~10 ns).
-        if "HTTP_PROXY" in environ:
-            del environ["HTTP_PROXY"]
-        cl = environ.get("CONTENT_LENGTH")
-        if cl:
-            length[0] = _content_length(cl)
-        if self.fill_paths:
-            split_paths(environ, self.mount)
-        https = environ.get("HTTPS")
-        if https and https.lower() != "off":
-            environ["wsgi.url_scheme"] = "https"
-        environ.setdefault("REQUEST_METHOD", "GET")
-        environ.setdefault("QUERY_STRING", "")
-        environ.setdefault("SERVER_NAME", "localhost")
-        environ.setdefault("SERVER_PORT", "80")
-        environ.setdefault("SERVER_PROTOCOL", "HTTP/1.0")
-        environ["wsgi.errors"] = Errors(req)
-        return environ
-
-    cdef int _call_app(self, Conn conn, dict environ, Request req, Py_ssize_t length) except -1:
-        """Run the app, or the page or refusal that answers in its place, and send its
-        result; the app status for END_REQUEST: 1 when it failed or the web server aborted."""
-        global _current
-        app = self.app
-        if self.special is not None:
-            # The status and ping pages answer their exact path, whatever the app routes.
-            app = self.special.get(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
-                                   app)
-        _current = req
-        try:
-            refusal = self._admit(conn, environ, length)
-            if refusal is not None:
-                app = refusal
-            result = app(environ, req.start_response)
-            try:
-                req.send_result(result)
-            finally:
-                close_result = getattr(result, "close", None)
-                if close_result is not None:
-                    close_result()
-        except RequestAborted:
-            self._out_drop()
-            return 1
-        except PeerError:
-            raise
-        except Exception:
-            self._log_app_error()
-            if not self.wrote and not req.finished:
-                self._out_drop()
-                req._fail()
-            return 1
-        except BaseException:  # sys.exit() in the app: the worker exits, the traceback stays
-            self._log_app_error()
-            raise
-        finally:
-            _current = None
-        return 0
-
-    cdef int _end_response(self, Request req, unsigned int app_status) except -1:
-        """Send the end of the request's streams and END_REQUEST; a SIGTERM now has
-        nothing left to answer."""
-        if req.stderr_used:
-            self._out_records(T_STDERR, req.rid, NULL, 0)
-        self._out_end(req.conn, app_status)
-        _disarm_term_reply()
-        return 0
-
-    cdef int _after_response(self, Conn conn, dict environ, Request req) except -1:
-        """What follows every request: the ends of the lines it wrote (none joins the next
-        request's), the logs, the slot's stamp and the recycling limits."""
-        global _said
-        if req.errors_logged:
-            self.errors_log.end()
-        if _said:
-            _said = 0
-            if self.on_output is not None:
-                self.on_output()
-        if self.access is not None or self.on_reopen is not None:
-            self._log_request(conn, environ, req)
-        return self._after_request()
-
-    cdef int _settle(self, Conn conn) except -1:
-        """After a response: drain an unread body, and close a connection not kept."""
-        cdef Decoder dec = conn.dec
-        if dec.draining:
-            self._stage(STAGE_FINISHING)
-        if dec.want_close or _stop:
-            if not dec.draining:
-                # Nothing unread is left, so closing now sends no RST and nginx loses no byte.
-                self._close(conn)
-            else:
-                # nginx ends a response without keep-conn at the upstream's FIN, and closing
-                # with unread bytes would reset it: half-close, then drain until it hangs up.
-                shutdown(conn.fd, SHUT_WR)
-        return 0
-
-    cdef int _finish(self, Request req) except -1:
-        """End the request for the web server now; the app runs on (fpm.finish_request)."""
-        cdef Conn conn = req.conn
-        self._end_response(req, 0)
-        req.finished = True
-        if self.access is not None:
-            req.peer = self.access.peer(conn.fd)
-        # Closed even with keep-conn: a kept connection would have nginx queue its next
-        # request behind the work the app still does (php-src #10335). The body was read
-        # before the app ran, so nothing unread makes the close a reset.
-        self._close(conn)
-        self._stage(STAGE_FINISHING)
-        return 0
-
-    # --- before the app: the queue wait and the request body --------------------------------
-
-    cdef object _admit(self, Conn conn, dict environ, Py_ssize_t length):
-        """Set wsgi.input; None, or the refusal that answers instead of the app."""
-        cdef double waited
-        if self.queue_timeout_us:
-            waited = self._waited(conn, environ)
-            if waited * 1e6 > self.queue_timeout_us:
-                self._log("warning", '"%s %s" waited %.3f s for a worker, longer than '
-                          'request_queue_timeout (%g s); answered 503'
-                          % (environ["REQUEST_METHOD"], _uri_of(environ), waited,
-                             self.queue_timeout_us / 1e6))
-                return Refusal("503 Service Unavailable",
-                               b"The server is too busy to answer in time; try again.\n")
-        if length == LENGTH_OVERFLOW:
-            cl = environ["CONTENT_LENGTH"]
-            if len(cl) > 2 * MAX_LENGTH_DIGITS:
-                cl = "%s... (%d digits)" % (cl[:MAX_LENGTH_DIGITS], len(cl))
-            self._log("warning", 'the body of "%s %s" is %s bytes (CONTENT_LENGTH), more than '
-                      'any request body can be (%d bytes); answered 413'
-                      % (environ["REQUEST_METHOD"], _uri_of(environ), cl, PY_SSIZE_T_MAX))
-            return Refusal("413 Content Too Large", b"The request body is too large.\n")
-        path = environ.get("REQUEST_BODY_FILE")
-        if path:
-            return self._body_file(conn, environ, path)
-        if self.body_max and length > self.body_max:
-            return self._too_large(environ, length)
-        return self._read_body(conn, environ, length)
-
-    cdef double _waited(self, Conn conn, dict environ):
-        """Seconds since the web server got the request (its start param) or, else, since
-        the kernel received its first bytes; 0 when neither is known."""
-        cdef timespec ts
-        cdef double now, start = 0
-        clock_gettime(CLOCK_REALTIME, &ts)
-        now = ts.tv_sec + ts.tv_nsec / 1e9
-        if self.start_param is not None:
-            start = request_start(environ.get(self.start_param))
-        elif conn.arrived_us:
-            start = conn.arrived_us / 1e6
-        return now - start if start > 0 else 0
-
-    def _too_large(self, dict environ, Py_ssize_t length):
-        size = "is %d bytes, more" % length if length >= 0 else "is larger"
-        self._log("warning", 'the body of "%s %s" %s than request_body_max_size (%d bytes); '
-                  'answered 413' % (environ["REQUEST_METHOD"], _uri_of(environ), size,
-                                    self.body_max))
-        return Refusal("413 Content Too Large", b"The request body is too large.\n")
-
-    cdef object _read_body(self, Conn conn, dict environ, Py_ssize_t length):
-        """Read the whole body before the app runs: into memory up to body_buffer, else into
-        an unlinked file, written straight from the receive buffer. A body of known length
-        is copied once, into the bytes object wsgi.input's read() then hands out; bytes
-        past CONTENT_LENGTH are read and dropped (PEP 3333: the input ends there)."""
-        cdef Decoder dec = conn.dec
-        cdef Py_ssize_t total = 0, filled = 0, n
-        cdef int sfd = -1, step
-        cdef bytes body = None  # CONTENT_LENGTH bytes, filled in place
-        cdef bytearray grown = None  # a body of unknown length
-        spool = None
-        try:
-            if length > self.body_buffer:
-                spool = self._spool()
-                sfd = spool.fileno()
-            elif length > 0:
-                body = PyBytes_FromStringAndSize(NULL, length)
-            while True:
-                step = self._next_stdin(conn)
-                if step == STEP_STDIN_END:
-                    break
-                if step == STEP_ABORT:
-                    raise RequestAborted("the web server aborted request %d before its body "
-                                         "was complete" % dec.request_id)
-                n = dec.chunk_len
-                if 0 <= length < total + n:
-                    n = length - total
-                    if n == 0:
-                        continue
-                total += n
-                if self.body_max and total > self.body_max:
-                    return self._too_large(environ, -1)  # the rest drains after the answer
-                if sfd < 0 and total > self.body_buffer:
-                    spool = self._spool_from(grown, body, filled)
-                    sfd = spool.fileno()
-                    body = grown = None
-                if sfd >= 0:
-                    _spool_write(sfd, dec.chunk, n)
-                elif body is not None:
-                    memcpy(PyBytes_AS_STRING(body) + filled, dec.chunk, n)
-                    filled += n
-                else:
-                    if grown is None:
-                        grown = bytearray()
-                    _bytearray_extend(grown, dec.chunk, n)
-        except SpoolError as e:
-            self._log("error", '"%s %s": %s; answered 500' % (environ["REQUEST_METHOD"],
-                                                              _uri_of(environ), e))
-            return Refusal("500 Internal Server Error", b"Internal Server Error\n")
-        except TooSlow as e:
-            # Counted once (the master logs the episode); the app never runs on a part of
-            # the body, and the connection closes after the answer.
-            count(self.header, e.cause)
-            conn.refused = True
-            dec.want_close = True
-            return Refusal("408 Request Timeout", b"The request body came too slowly.\n")
-        if length < 0 and total:
-            environ["CONTENT_LENGTH"] = str(total)  # a chunked body, now counted
-        environ["wsgi.input"] = _body_input(spool, grown, body, filled, length)
-        return None
-
-    cdef object _spool_from(self, bytearray grown, bytes body, Py_ssize_t filled):
-        """A spool file holding what of a body was kept in memory so far."""
-        spool = self._spool()
-        if grown is not None:
-            _spool_write(spool.fileno(), PyByteArray_AS_STRING(grown), len(grown))
-        elif body is not None:
-            _spool_write(spool.fileno(), PyBytes_AS_STRING(body), filled)
-        return spool
-
-    def _spool(self):
-        """An unlinked file for a large body (O_TMPFILE: it never has a name)."""
-        where = self.spool_dir or tempfile.gettempdir()
-        try:
-            try:
-                fd = os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-            except OSError as e:
-                if e.errno not in (errno_mod.EOPNOTSUPP, errno_mod.EISDIR):
-                    raise
-                fd, name = tempfile.mkstemp(dir=where)  # a filesystem without O_TMPFILE
-                os.unlink(name)
-        except OSError as e:
-            raise SpoolError("cannot spool a request body to '%s': %s" % (where, e.strerror)) from None
-        return open(fd, "w+b")
-
-    cdef object _body_file(self, Conn conn, dict environ, str path):
-        """PHP-FPM's accelerated upload: the body is a file the web server wrote
-        (nginx client_body_in_file_only + REQUEST_BODY_FILE); its STDIN is empty."""
-        if "\0" in path:  # no file has such a name (realpath() would raise)
-            self._log("warning", "REQUEST_BODY_FILE %r holds a NUL byte; request refused" % path)
-            return Refusal("403 Forbidden", b"Access denied.\n")
-        real = os.path.realpath(path)
-        if not any(real.startswith(d) for d in self.body_file_dirs):
-            dirs = " ".join(os.path.dirname(d) for d in self.body_file_dirs) or "empty"
-            self._log("warning", "REQUEST_BODY_FILE '%s' is outside security.request_body_file_dirs "
-                      "(%s); request refused" % (path, dirs))
-            return Refusal("403 Forbidden", b"Access denied.\n")
-        while self._next_stdin(conn) == STEP_STDIN:
-            pass  # a body sent anyway is ignored, as PHP-FPM does
-        try:
-            f = open(os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), "rb")
-        except OSError as e:
-            self._log("error", "REQUEST_BODY_FILE: open('%s') failed: %s (%d)"
-                      % (path, e.strerror, e.errno))
-            return Refusal("500 Internal Server Error", b"Internal Server Error\n")
-        size = os.fstat(f.fileno()).st_size
-        if self.body_max and size > self.body_max:
-            f.close()
-            return self._too_large(environ, size)
-        environ.setdefault("CONTENT_LENGTH", str(size))
-        environ["wsgi.input"] = f
-        return None
-
-    cdef int _next_stdin(self, Conn conn) except -1:
-        """Process records up to the next piece of the body: STEP_STDIN (at dec.chunk),
-        STEP_STDIN_END or STEP_ABORT."""
-        cdef Decoder dec = conn.dec
-        cdef Step step
-        while True:
-            step = dec._step()
-            if step == STEP_STDIN or step == STEP_STDIN_END or step == STEP_ABORT:
-                return step
-            if dec.stdin_ended:
-                return STEP_STDIN_END
-            if step == STEP_NEED or step == STEP_BLOCKED:
-                if dec.outbox:
-                    # A management answer must not wait behind a body that may never come.
-                    reply = bytes(dec.outbox)
-                    del dec.outbox[:]
-                    self._write_all(conn, reply, len(reply))
-                if self._read(conn, True) == 0:
-                    if dec.state != ST_STDIN or dec.end != dec.start:
-                        dec.eof()  # a cut record or params: the peer's fault, a warning
-                    raise PeerClosed("the peer hung up before the end of the body of request %d "
-                                     "(its client went away?)" % dec.request_id)
-
-    # --- scoreboard stamps: plain stores into shared memory, no system call -------------------
-
-    cdef void _stage(self, Stage stage) noexcept nogil:
-        if stage == STAGE_READING and self.track_cpu:
-            self.cpu_mark = _cpu_us()
-        stamp_stage(self.slot, self.header, stage, _now_us())
-
-    cdef int _stamp_request(self, dict environ, Py_ssize_t length) except -1:
-        return stamp_request(self.slot, environ.get("REQUEST_METHOD"),
-                             environ.get("REQUEST_URI") or environ.get("PATH_INFO"),
-                             environ.get("SCRIPT_FILENAME") or environ.get("SCRIPT_NAME", ""),
-                             environ.get("REMOTE_USER"), length, _now_us())
-
-    cdef int _after_request(self) except -1:
-        """Count the request; decide whether this worker has served its time."""
-        cdef char buf[64]
-        cdef ssize_t n
-        cdef rusage usage
-        global _stop
-        stamp_done(self.slot, self.header, _now_us(),
-                   _cpu_us() - self.cpu_mark if self.track_cpu else -1)
-        if self.max_requests and self.requests >= self.max_requests:
-            self.stop_reason = "max_requests"
-            _stop = 1
-        if self.max_memory:
-            if self.statm_fd >= 0:
-                # statm's second field is the resident set in pages; one pread, no open().
-                n = pread(self.statm_fd, buf, 63, 0)
-                if n > 0:
-                    buf[n] = 0
-                    self.rss = int(buf[:n].split()[1]) * PAGE_SIZE
-            else:
-                # No /proc (see open_statm): the peak resident set, in KiB, which only
-                # grows, so a worker that ever exceeded the limit is recycled.
-                getrusage(RUSAGE_SELF, &usage)
-                self.rss = <uint64_t>usage.ru_maxrss * 1024
-            self.slot.rss = self.rss
-            if self.rss > self.max_memory:
-                self.stop_reason = "max_memory"
-                _stop = 1
-        return 0
-
-    cdef int _log_request(self, Conn conn, dict environ, Request req) except -1:
-        """Take the log files the master reopened (USR1), then write the access log line."""
-        cdef Slot *s = self.slot
-        cdef int64_t now
-        cdef timespec ts
-        cdef uint64_t generation
-        if self.on_reopen is not None and self.header != NULL:
-            generation = self.header.log_generation
-            if generation != self.log_generation:
-                self.log_generation = generation
-                self.on_reopen()
-        if self.access is not None:
-            now = _now_us()
-            clock_gettime(CLOCK_REALTIME, &ts)
-            self.access.write(environ, req.status or "", req.headers or [],
-                              ts.tv_sec * 1000000 + ts.tv_nsec // 1000 - (now - s.accepted),
-                              now - s.accepted, conn.fd, req.peer)
-        return 0
-
-    # --- output ------------------------------------------------------------------------------
-
-    cdef int _out_reserve(self, Py_ssize_t n) except -1:
-        cdef char *nb
-        cdef Py_ssize_t cap = self.out_cap
-        if self.out_len + n <= cap:
-            return 0
-        while cap < self.out_len + n:
-            cap *= 2
-        nb = <char *>realloc(self.out, cap)
-        if nb == NULL:
-            raise MemoryError()
-        self.out = nb
-        self.out_cap = cap
-        return 0
-
-    cdef int _out_append(self, const char *data, Py_ssize_t n) except -1:
-        if n:
-            self._out_reserve(n)
-            memcpy(self.out + self.out_len, data, n)
-            self.out_len += n
-        return 0
-
-    cdef int _out_records(self, int rtype, int request_id, const char *p, Py_ssize_t n) except -1:
-        """Queue ``n`` bytes of a stream as records (one empty record, the stream's end, for none)."""
-        self._out_reserve(records_len(n))
-        self.out_len += put_records(self.out + self.out_len, rtype, request_id, p, n)
-        return 0
-
-    cdef int _out_end(self, Conn conn, unsigned int app_status) except -1:
-        """End the connection's active request: queue the end of its response, send all."""
-        cdef int rid = conn.dec._close_request()
-        self._out_reserve(END_LEN)
-        self.out_len += put_end(self.out + self.out_len, rid, app_status, S_REQUEST_COMPLETE)
-        return self._flush(conn)
-
-    cdef void _out_drop(self) noexcept:
-        """Forget the output queued and not sent (an error answer takes its place)."""
-        self.out_len = 0
-
-    cdef int _out_stream(self, Conn conn, int rtype, int request_id, object data) except -1:
-        """Queue stream records; a large body goes out at once by writev() without a copy."""
-        cdef const char *p = PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), done = 0
-        cdef iovec iov[1 + 3 * WRITEV_RECORDS]
-        cdef unsigned char headers[HEADER_LEN * WRITEV_RECORDS]
-        cdef int cnt
-        global _g_started
-        if n == 0:
-            return 0  # an empty record would end the stream
-        if n <= COPY_LIMIT:
-            self._out_records(rtype, request_id, p, n)
-            if self.out_len >= OUT_FLUSH:
-                self._flush(conn)
-            return 0
-        while done < n:
-            cnt = 0
-            if self.out_len:
-                iov[0].iov_base = self.out
-                iov[0].iov_len = self.out_len
-                cnt = 1
-            cnt += frame_iov(iov + cnt, headers, WRITEV_RECORDS, rtype, request_id, p, n, &done)
-            self.out_len = 0
-            _g_started = 1
-            _writev_all(conn.fd, iov, cnt)
-            self.wrote = True
-        return 0
-
-    cdef int _out_file(self, Conn conn, int request_id, int fd) except -1:
-        """Send the rest of regular file ``fd`` as STDOUT records, its bytes by sendfile()."""
-        cdef off_t offset = os.lseek(fd, 0, os.SEEK_CUR)
-        cdef off_t size = os.fstat(fd).st_size
-        cdef Py_ssize_t block, left
-        cdef ssize_t sent
-        cdef int err = 0, pad
-        while offset < size:
-            block = min(size - offset, BLOCK)
-            self._out_reserve(HEADER_LEN)
-            pad = put_header(<unsigned char *>self.out + self.out_len, T_STDOUT, request_id, block)
-            self.out_len += HEADER_LEN
-            self._flush(conn)
-            left = block
-            while left > 0:
-                with nogil:
-                    sent = sendfile(conn.fd, fd, &offset, left)
-                    if sent < 0:
-                        err = errno
-                if sent < 0:
-                    if err == EINTR:
-                        PyErr_CheckSignals()
-                        continue
-                    _raise_write_error(err)
-                if sent == 0:
-                    raise OSError("file %r shrank while it was being sent" % fd)
-                left -= sent
-            self._out_append(padding(), pad)
-        return 0
-
-    cdef int _flush(self, Conn conn) except -1:
-        cdef Decoder dec = conn.dec
-        global _g_started
-        if dec.outbox:
-            self._out_append(PyBytes_AS_STRING(bytes(dec.outbox)), len(dec.outbox))
-            del dec.outbox[:]
-        if self.out_len:
-            _g_started = 1
-            self._write_all(conn, self.out, self.out_len)
-            self.out_len = 0
-            self.wrote = True
-        return 0
-
-    cdef int _write_all(self, Conn conn, const char *data, Py_ssize_t n) except -1:
-        cdef iovec iov
-        iov.iov_base = <void *>data
-        iov.iov_len = n
-        return _writev_all(conn.fd, &iov, 1)
 
 
 cdef ssize_t _recv_stamped(Conn conn, Decoder dec) noexcept:

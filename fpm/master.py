@@ -85,13 +85,7 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         self.allow_root = allow_root
         self.loader = loader
         self.inherited = inherited
-        poll_only = config.global_.events_mechanism == "poll"
-        # pm.status_listen adds a hidden pool per pool; it shows its pool's scoreboard.
-        self.shows = {pool.name + "_status": pool.name for pool in config.pools
-                      if pool.pm_status_listen}
-        self.pool_list = list(config.pools) + [pages.status_pool(pool, poll_only)
-                                               for pool in config.pools if pool.pm_status_listen]
-        self.pools = {pool.name: pool for pool in self.pool_list}
+        self._take_pools(config)
         self.state = State.NORMAL
         self.timers = Timers()
         self.last_signal: int | None = None
@@ -135,6 +129,16 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         self.output_fds: dict[int, object] = {}
         self.signals: SignalQueue
         self.children: Children
+
+    def _take_pools(self, config) -> None:
+        """The configured pools, and the hidden pool pm.status_listen adds to each that has
+        it, which shows its pool's scoreboard."""
+        poll_only = config.global_.events_mechanism == "poll"
+        self.shows = {pool.name + "_status": pool.name for pool in config.pools
+                      if pool.pm_status_listen}
+        self.pool_list = list(config.pools) + [pages.status_pool(pool, poll_only)
+                                               for pool in config.pools if pool.pm_status_listen]
+        self.pools = {pool.name: pool for pool in self.pool_list}
 
     # --- start and stop ------------------------------------------------------------------
 
