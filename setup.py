@@ -13,8 +13,9 @@ CORE = ("_codec", "_board", "_passing", "_worker")
 
 def pystack_extension():
     """The slowlog's stack reader: plain C against the running interpreter's internal headers
-    (it defines Py_BUILD_CORE_MODULE itself), so its struct offsets are this build's own. It
-    is told which Python builds it, and fails to compile against another one's headers."""
+    (it defines Py_BUILD_CORE_MODULE itself), which give the layout of 3.11 and 3.12 (from
+    3.13 on it reads the interpreter's own _Py_DebugOffsets). It is told which Python builds
+    it, and fails to compile against another minor version's headers."""
     return Extension(
         PYSTACK,
         ["fpm/_pystack.c"],

@@ -37,7 +37,8 @@ DUMP_SIGNAL = signal.SIGRTMIN + 3
 
 _HEADER = "Stack (most recent call first):"
 _FRAME = re.compile(r'  File "(.*)", line (\d+|\?\?\?) in (.*)')
-_TRUNCATED = "  ..."  # faulthandler's line after its 100th frame
+_TRUNCATED = "  ..."  # faulthandler's line after its last frame, up to 3.12
+_MAX_FRAMES = 100  # faulthandler's MAX_FRAME_DEPTH: from 3.13 on no line follows the last
 _NO_FRAME = "  <no Python frame>"
 
 
@@ -83,7 +84,8 @@ def dump_with_faulthandler(pid, read_fd, timeout=0.5, root=None, stop=frozenset(
     frame whose (filename, name) is in `stop`, which is left out with those below it.
 
     The dump comes in many small writes and has no terminator; it is complete at a `stop`
-    frame, at the truncation line, or at the outermost frame: the worker is a fork of this
+    frame, at the truncation line or the 100th frame (faulthandler's limit), or at the
+    outermost frame: the worker is a fork of this
     process, so its stack ends where ours does (`root`, (filename, name), defaults to our
     outermost frame). Otherwise what arrived within `timeout` is returned; TraceError if
     nothing did."""
@@ -133,7 +135,7 @@ def parse_dump(text, root, stop=frozenset()):
         if (filename, name) in stop:
             return frames, True
         frames.append(Frame(0, name, filename, 0 if lineno == "???" else int(lineno)))
-        if (filename, name) == root:
+        if (filename, name) == root or len(frames) == _MAX_FRAMES:
             return frames, True
     return frames, False
 

@@ -12,9 +12,11 @@ handing back a signal the stop intercepted. Line tables are decoded after the de
 worker is a fork of this process, so fpm._pystack finds its interpreter at our own
 &_PyRuntime.
 
-fpm._pystack's struct offsets are those of the interpreter it was compiled for: `unusable()`
-says why it must not read this one's (another version or build), which the master logs once at
-start; stack() refuses then too, so a stale build is never used.
+fpm._pystack was compiled for one minor version of CPython (its layout comes from that
+minor's headers, or at run time from the interpreter's own _Py_DebugOffsets): `unusable()`
+says why it must not read this interpreter (another minor or build, or a self-test on a
+forked child whose stack is known came out wrong), which the master logs once at start;
+stack() refuses then too, so a stale or wrong reader is never used.
 
 python-ptrace provides the ptrace(2) binding; it names neither PTRACE_SEIZE nor
 PTRACE_INTERRUPT, so the numbers (linux/ptrace.h) are below. It is imported by load(), which
@@ -114,8 +116,9 @@ class Trace:
 
 @dataclass(frozen=True)
 class Build:
-    """What fpm._pystack's struct offsets depend on: the interpreter's exact version
-    (sys.hexversion) and the build options that change its objects' layout."""
+    """What fpm._pystack's layout depends on: the interpreter's minor version (any patch
+    release of it lays its frames out alike; sys.hexversion is kept to name it) and the
+    build options that change its objects' layout."""
 
     hexversion: int
     debug: bool = False  # Py_DEBUG
@@ -130,6 +133,9 @@ class Build:
                                            self.hexversion >> 8 & 0xFF, level, serial,
                                            " (%s build)" % ", ".join(flags) if flags else "")
 
+    def layout(self):
+        return self.hexversion >> 16, self.debug, self.trace_refs
+
 
 def built() -> Build:
     """The interpreter fpm._pystack was compiled for."""
@@ -143,7 +149,7 @@ def running() -> Build:
 
 def mismatch(built: Build, running: Build) -> str | None:
     """Why a reader compiled for `built` must not read the frames of `running`, or None."""
-    if built == running:
+    if built.layout() == running.layout():
         return None
     return f"fpm._pystack was built for {built}, this is {running}"
 
@@ -168,8 +174,88 @@ def unusable() -> str | None:
         return "%s; rebuild it for this interpreter: %s" % (
             problem, rebuild_command(sys.executable, __version__, source))
     if not _pystack.SUPPORTED:
-        return "fpm._pystack knows the frame layout of CPython 3.11 only, not %s" % running()
-    return None
+        return "%s (this is %s)" % (_pystack.UNSUPPORTED, running())
+    return self_test()
+
+
+# ---- the self-test: a forked child's known stack, read as a worker's would be ----
+
+def _probe_outer(w, hold):
+    os.write(w, b"%d " % (sys._getframe().f_lineno + 1))
+    _probe_inner(w, hold)
+
+
+def _probe_inner(w, hold):
+    os.write(w, b"%d\n" % (sys._getframe().f_lineno + 1))
+    os.read(hold, 1)  # blocks here: nothing is ever written
+
+
+def expected_probe(lines: bytes) -> list[tuple[str, str, int]]:
+    """The frames the probe child's stack must read as, from the lines it reported."""
+    outer, inner = (int(n) for n in lines.split())
+    return [(_probe_inner.__qualname__, __file__, inner),
+            (_probe_outer.__qualname__, __file__, outer)]
+
+
+def probe_mismatch(frames: list[Frame], expected: list[tuple[str, str, int]]) -> str | None:
+    """Why frames read from the probe child are not the `expected` (qualname, file, line)
+    ones, or None."""
+    got = [(f.qualname, f.filename, f.lineno) for f in frames]
+    if got == expected:
+        return None
+    return "a self-test read %s where the stack is %s" % (
+        _show(got), _show(expected))
+
+
+def _show(frames):
+    return "[%s]" % ", ".join("%s() %s:%d" % f for f in frames) if frames else "no frame"
+
+
+def self_test(timeout: float = 2.0) -> str | None:
+    """Read the stack of a forked child blocked in a known place, as a slow worker's is read:
+    None when every frame reads right, else what came out (the reader must not be used).
+    Costs a fork and one trace, once per master."""
+    r, w = os.pipe()
+    hold, never = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: it only blocks, then is killed
+        try:
+            os.close(r)
+            _probe_outer(w, hold)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        lines = b""
+        deadline = time.monotonic() + timeout
+        while not lines.endswith(b"\n") and time.monotonic() < deadline:
+            chunk = os.read(r, 64)
+            if not chunk:
+                break
+            lines += chunk
+        if not lines.endswith(b"\n"):
+            return "a self-test child did not reach its known stack"
+        expected = expected_probe(lines)
+        problem = None
+        for _ in range(50):  # until it is blocked in the read, not still on its way there
+            try:
+                found = _stack(pid, len(expected) + 1, 0.5, (id(self_test.__code__),))
+            except TraceError as e:
+                return "a self-test read failed: %s" % e.reason
+            problem = probe_mismatch(found.frames, expected)
+            innermost = found.frames[0] if found.frames else None
+            still_writing = innermost is not None and innermost.lineno == expected[0][2] - 1 \
+                and innermost.qualname == expected[0][0]
+            if not still_writing:
+                break
+            time.sleep(0.002)
+        return problem
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        forget(pid)
+        for fd in (r, hold, never):
+            os.close(fd)
 
 
 # ---- reading a worker ----
@@ -188,6 +274,10 @@ def stack(pid: int, depth: int, timeout: float = 0.1, stop: tuple[int, ...] = ()
     the worker stays seized until the reaper's waitpid sees the stop and calls on_wait_status;
     or its memory could not be read)."""
     _check_supported()
+    return _stack(pid, depth, timeout, stop)
+
+
+def _stack(pid, depth, timeout, stop):
     if pid in _unstopped:
         raise TraceError("still waiting for the stop of an earlier trace")
     # SIGCHLD is blocked from before the interrupt, so the stop's SIGCHLD waits for

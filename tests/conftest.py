@@ -39,9 +39,19 @@ def require(what, found, hint):
     if found:
         return
     reason = f"{what} not available ({hint})"
+    if what in unpackaged():
+        pytest.skip(f"{what}: not packaged by this distribution (scripts/install-test-deps)")
     if in_ci():
         pytest.fail(f"{reason}; CI must not skip it", pytrace=False)
     pytest.skip(reason)
+
+
+def unpackaged() -> set[str]:
+    """What scripts/install-test-deps found no package of on this distribution."""
+    try:
+        return set((TESTS.parent / ".unpackaged").read_text().split())
+    except FileNotFoundError:
+        return set()
 
 
 def find_program(name):

@@ -1,6 +1,6 @@
 """setup.py's build of fpm._pystack, with the real setuptools and compiler: a build never packs
 a stack reader compiled earlier (for what may have been another patch release), and never
-compiles one against another Python's headers."""
+compiles one against another minor version's headers."""
 import importlib.util
 import os
 import platform
@@ -65,11 +65,23 @@ def test_an_earlier_build_of_the_reader_is_never_reused(tmp_path, monkeypatch):
     assert built_for(target) == sys.hexversion
 
 
-def test_the_reader_does_not_compile_against_another_pythons_headers(tmp_path, monkeypatch,
-                                                                      capfd):
+def test_the_reader_compiles_against_another_patch_releases_headers(tmp_path, monkeypatch):
+    """Any patch release of the minor lays its frames out alike (and the self-test checks
+    it where the reader runs)."""
     other = otherpython.find()
     monkeypatch.chdir(ROOT)
+    assert built_for(build_pystack(tmp_path, include_dirs=other.include_dirs)) == other.hexversion
+
+
+def test_the_reader_does_not_compile_against_another_minors_headers(tmp_path, monkeypatch,
+                                                                     capfd):
+    """As if another minor version ran the build: these headers are not its layout."""
+    monkeypatch.chdir(ROOT)
+    this = platform.python_version()
+    other_minor = sys.hexversion + (1 << 16)
+    monkeypatch.setattr(sys, "hexversion", other_minor)
+    monkeypatch.setattr(sys, "version", "3.%d.0 (elsewhere)" % (other_minor >> 16 & 0xFF))
     with pytest.raises(CompileError):
-        build_pystack(tmp_path, include_dirs=other.include_dirs)
-    assert (f"these are the headers of Python {other.version}, but Python "
-            f"{platform.python_version()} is building it") in capfd.readouterr().err
+        build_pystack(tmp_path)
+    assert (f"these are the headers of Python {this}, but Python "
+            f"3.{other_minor >> 16 & 0xFF}.0 is building it") in capfd.readouterr().err

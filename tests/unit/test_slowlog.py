@@ -105,6 +105,11 @@ def test_parse_dump_incomplete_until_the_root_or_the_truncation_line():
     truncated = DUMP.split("\n")[0] + "\n" + '  File "x.py", line 1 in f\n' * 100 + "  ...\n"
     frames, complete = slowlog.parse_dump(truncated, ROOT)
     assert complete and len(frames) == 100
+    # From 3.13 on faulthandler stops at its 100th frame with no line after it.
+    frames, complete = slowlog.parse_dump(truncated[:-len("  ...\n")], ROOT)
+    assert complete and len(frames) == 100
+    assert not slowlog.parse_dump(truncated[:-len('  File "x.py", line 1 in f\n  ...\n')],
+                                  ROOT)[1]
     # A late dump from an earlier timeout followed by the fresh one: only the last counts.
     frames, complete = slowlog.parse_dump("Stack (most recent call first):\n"
                                           '  File "old.py", line 1 in old\n' + DUMP, ROOT)
@@ -209,7 +214,7 @@ def test_fallback_dump_ends_before_the_stop_frame():
     assert took < 0.2 and status == 0
 
 
-def test_fallback_dump_of_a_deep_stack_ends_at_the_truncation_line():
+def test_fallback_dump_of_a_deep_stack_ends_at_the_100th_frame():
     frames, took, status = dump_of(deep, 150, 0.3)
     assert len(frames) == 100 and took < 0.2
     assert [f.qualname for f in frames[:3]] == ["parked", "deep", "deep"]

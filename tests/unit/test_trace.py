@@ -418,12 +418,13 @@ def subprocess_run(argv, cwd):
 def test_build_check_names_both_builds():
     built = trace.Build(0x030B04F0)
     assert trace.mismatch(built, trace.Build(0x030B04F0)) is None
-    assert trace.mismatch(built, trace.Build(0x030B07F0)) == \
-        "fpm._pystack was built for CPython 3.11.4, this is CPython 3.11.7"
+    # Any patch release of the minor reads alike (the self-test checks it at start).
+    assert trace.mismatch(built, trace.Build(0x030B07F0)) is None
+    assert trace.mismatch(built, trace.Build(0x030D05F0)) == \
+        "fpm._pystack was built for CPython 3.11.4, this is CPython 3.13.5"
     # Same version, another build: a debug interpreter's objects are laid out otherwise.
     assert trace.mismatch(built, trace.Build(0x030B04F0, debug=True)) == \
         "fpm._pystack was built for CPython 3.11.4, this is CPython 3.11.4 (debug build)"
-    # A pre-release is another interpreter too.
     assert trace.mismatch(trace.Build(0x030B00C1, True, True), trace.Build(0x030B00F0)) == (
         "fpm._pystack was built for CPython 3.11.0rc1 (debug, trace-refs build), this is "
         "CPython 3.11.0")
@@ -438,8 +439,36 @@ def test_rebuild_command_builds_from_source_with_this_interpreter():
 
 
 def test_the_installed_reader_was_built_for_this_interpreter():
-    assert trace.built() == trace.running()
+    assert trace.built().layout() == trace.running().layout()
     assert trace.unusable() is None
+
+
+def test_the_self_test_reads_a_forked_childs_known_stack():
+    assert trace.self_test() is None
+
+
+def test_the_self_test_says_what_a_wrong_layout_read(monkeypatch):
+    """A reader whose offsets land elsewhere reads other frames (or none): said, not used."""
+    real = _pystack.read_stack
+
+    def instructions_elsewhere(*args):  # every frame read as not started: its def line
+        got = real(*args)
+        return got and ([(a, c, -2) for a, c, _ in got[0]], got[1])
+
+    monkeypatch.setattr(_pystack, "read_stack", instructions_elsewhere)
+    problem = trace.self_test()
+    assert problem.startswith("a self-test read [_probe_inner() %s:" % trace.__file__)
+    assert "where the stack is [_probe_inner() %s:" % trace.__file__ in problem
+
+
+def test_probe_mismatch_names_both_stacks():
+    expected = [("inner", "/t.py", 5), ("outer", "/t.py", 2)]
+    assert trace.probe_mismatch([trace.Frame(1, "inner", "/t.py", 5),
+                                 trace.Frame(2, "outer", "/t.py", 2)], expected) is None
+    assert trace.probe_mismatch([], expected) == (
+        "a self-test read no frame where the stack is [inner() /t.py:5, outer() /t.py:2]")
+    assert trace.probe_mismatch([trace.Frame(1, "?", "?", 0)], expected) == (
+        "a self-test read [?() ?:0] where the stack is [inner() /t.py:5, outer() /t.py:2]")
 
 
 # ---- offsets and line tables ----
