@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 import fpm
 import otherpython
 import slow_app
-from fpm import _pystack, client, trace
+from fpm import _pystack, client
 from tests.conftest import APPS, pyfpm_config, require
 from tests.harness import Server
 
