@@ -46,7 +46,7 @@ from fpm.signals import HANDLED, SignalQueue, handler_name
 from fpm.startup import Startup
 from fpm.states import State
 from fpm.stopping import Stopping
-from fpm.timeouts import Timeouts
+from fpm.timeouts import Timeouts, Traced
 from fpm.timers import MAINTENANCE, Timer, Timers, heartbeat
 from fpm.tracer import Tracer
 
@@ -127,6 +127,10 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         # Read ends of the workers' log sockets and captured output, and their readers
         # (fpm.workerlog.Reader, fpm.stdio.Capture).
         self.output_fds: dict[int, object] = {}
+        # Slowlog traces whose faulthandler dump is under way (fpm.timeouts), by worker pid;
+        # the pid of each dump's descriptor.
+        self.dumps: dict[int, Traced] = {}
+        self.dump_fds: dict[int, int] = {}
         self.signals: SignalQueue
         self.children: Children
 
@@ -196,6 +200,8 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
                     self._arm(self.park_rx[fd])
                 elif fd in self.output_fds:
                     self.output_fds[fd].readable(fd)
+                elif fd in self.dump_fds:
+                    self._on_dump(fd)
                 elif fd in self.ondemand_fds and self.state is State.NORMAL:
                     self._on_waiting_connection(self.pools[self.ondemand_fds[fd]])
             for sig in sorted(self.signals.drain(), key=_signal_order):
@@ -220,6 +226,8 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
             self._maintain_pool(self.pools[arg[0]])
         elif kind is Timer.ESCALATE:
             self._escalate(arg[0])
+        elif kind is Timer.DUMP:
+            self._end_dump(arg[0])
         elif kind is Timer.HANDOVER:
             self._hand_over()
         elif kind is Timer.ONDEMAND:

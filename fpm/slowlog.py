@@ -18,16 +18,15 @@ faulthandler, which gives none, and are printed without one.
 
 The fallback, for when ptrace is refused or the interpreter is not supported: each worker
 registers faulthandler on DUMP_SIGNAL writing to its own pipe (`arm_worker`, after the fork:
-the registration and the fd are inherited), and the master signals it and reads the pipe.
+the registration and the fd are inherited), and the master signals it and reads the pipe
+in its event loop (`Dump`), never waiting for it.
 """
 
 import faulthandler
 import os
 import re
-import select
 import signal
 import sys
-import time
 
 from fpm.log import format_time
 from fpm.trace import Frame, Gone, TraceError
@@ -78,44 +77,62 @@ def arm_worker(fd):
     faulthandler.register(DUMP_SIGNAL, file=fd, all_threads=False, chain=False)
 
 
-def dump_with_faulthandler(pid, read_fd, timeout=0.5, root=None, stop=frozenset()) -> list[Frame]:
-    """Signal worker `pid` and read its faulthandler dump from `read_fd` (the read end of the
-    pipe it armed; made non-blocking here). Frames innermost first, address 0, up to the first
-    frame whose (filename, name) is in `stop`, which is left out with those below it.
+DUMP_TIMEOUT = 0.5  # seconds a dump may take to come; what came by then is the entry
 
-    The dump comes in many small writes and has no terminator; it is complete at a `stop`
-    frame, at the truncation line or the 100th frame (faulthandler's limit), or at the
-    outermost frame: the worker is a fork of this
-    process, so its stack ends where ours does (`root`, (filename, name), defaults to our
-    outermost frame). Otherwise what arrived within `timeout` is returned; TraceError if
-    nothing did."""
-    root = root or _outermost()
-    os.set_blocking(read_fd, False)
-    _drain(read_fd)  # a dump that came after an earlier timeout
-    try:
-        os.kill(pid, DUMP_SIGNAL)
-    except ProcessLookupError:
-        raise Gone("no such process") from None
-    poller = select.poll()
-    poller.register(read_fd, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    text = b""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            break
-        chunk = _drain(read_fd)
+
+class Dump:
+    """One worker's faulthandler dump, read as it comes without ever waiting for it: the
+    master's loop watches `fd` and calls `feed()` when it is readable, and `frames()` once the
+    dump is complete or DUMP_TIMEOUT has passed.
+
+    `fd` is a duplicate of the master's end of the worker's channel, this dump's own: the
+    worker may be reaped (and its channel closed) while the dump is read. Frames come
+    innermost first, address 0, up to the first frame whose (filename, name) is in `stop`,
+    which is left out with those below it.
+
+    A dump comes in many small writes and has no terminator; it is complete at a `stop`
+    frame, at the truncation line or the 100th frame (faulthandler's limit), at the outermost
+    frame (the worker is a fork of this process, so its stack ends where ours does: `root`,
+    (filename, name), defaults to our outermost frame), or when the worker closes its end."""
+
+    def __init__(self, pid, channel_fd, stop=frozenset(), root=None):
+        self.pid = pid
+        self.stop = stop
+        self.root = root or _outermost()
+        self.text = b""
+        self.complete = False
+        self.fd = os.dup(channel_fd)
+        os.set_blocking(self.fd, False)
+
+    def ask(self):
+        """Signal the worker, after dropping what an earlier, timed out dump left behind.
+        Raises Gone if the worker no longer exists."""
+        _drain(self.fd)
+        try:
+            os.kill(self.pid, DUMP_SIGNAL)
+        except ProcessLookupError:
+            raise Gone("no such process") from None
+
+    def feed(self) -> bool:
+        """Take what the channel holds; True once the dump is complete."""
+        chunk = _drain(self.fd)
         if not chunk:
-            break  # EOF: the worker closed its end (it exited)
-        text += chunk
-        frames, complete = parse_dump(text.decode("utf-8", "replace"), root, stop)
-        if complete:
-            return frames
-    frames, _ = parse_dump(text.decode("utf-8", "replace"), root, stop)
-    if not frames:
-        raise TraceError(f"no faulthandler dump within {timeout * 1000:.0f} ms "
-                         "(signal blocked, or handled by the application?)")
-    return frames
+            self.complete = True  # readable and empty: the worker closed its end (it exited)
+            return True
+        self.text += chunk
+        _, self.complete = parse_dump(self.text.decode("utf-8", "replace"), self.root, self.stop)
+        return self.complete
+
+    def frames(self) -> list[Frame]:
+        """The frames that came; TraceError if none did."""
+        frames, _ = parse_dump(self.text.decode("utf-8", "replace"), self.root, self.stop)
+        if not frames:
+            raise TraceError(f"no faulthandler dump within {DUMP_TIMEOUT * 1000:.0f} ms "
+                             "(signal blocked, or handled by the application?)")
+        return frames
+
+    def close(self):
+        os.close(self.fd)
 
 
 def parse_dump(text, root, stop=frozenset()):

@@ -3,10 +3,12 @@ slowlog, request_terminate_timeout traces it and stops it (its 504 goes out firs
 worker that outlives the signal it was sent alone is signalled harder."""
 from __future__ import annotations
 
+import select
 import signal
 import time
+from dataclasses import dataclass
 
-from fpm import trace
+from fpm import slowlog, trace
 from fpm.scoreboard import FINISHING, IDLE, ORDER_TIMEOUT, READING, RUNNING, now_us
 from fpm.signals import name as signal_name
 from fpm.timers import MAINTENANCE, Timer
@@ -46,6 +48,19 @@ def slow(slot, timeout: int, now: int) -> float | None:
     return elapsed if elapsed >= timeout else None
 
 
+@dataclass
+class Traced:
+    """A worker being traced, and what comes after its stack: the entry, then for
+    request_terminate_timeout (``terminate``) the worker's stop."""
+
+    pool: object
+    child: object
+    slot: object
+    elapsed: float
+    terminate: bool
+    dump: slowlog.Dump | None = None  # the faulthandler dump under way, if any
+
+
 class Timeouts:
     """Part of fpm.master.Master: request timeouts and per-worker escalation."""
 
@@ -57,8 +72,8 @@ class Timeouts:
             pool = self.pools.get(child.pool.name)
             if pool is None or child.pid not in self.children.by_pid:
                 continue  # not a pool of this configuration, or gone during an earlier trace
-            if not self._traced(pool):
-                continue
+            if not self._traced(pool) or child.pid in self.dumps:
+                continue  # untraced, or its stack is still coming
             slot = child.board.read(child.slot)
             elapsed = slow(slot, pool.request_slowlog_timeout, now)
             if elapsed is not None and child.slow_logged != slot.accepted:
@@ -67,8 +82,9 @@ class Timeouts:
                                  'executing too slow (%.6f sec), logging'
                                  % self._request_words(pool, child, slot, elapsed))
                 child.board.mem.count_slow_request()
-                if not self._trace(pool, child, slot, elapsed):
-                    continue
+                self._trace(Traced(pool, child, slot, elapsed, terminate=False))
+                if child.pid not in self.children.by_pid or child.pid in self.dumps:
+                    continue  # gone, or the terminate timeout waits for this stack
             elapsed = timed_out(slot, pool.request_terminate_timeout,
                                 pool.request_terminate_timeout_track_finished, now)
             if elapsed is None or child.timed_out == slot.accepted:
@@ -77,28 +93,54 @@ class Timeouts:
             self.log.warning('[pool %s] child %d, script \'%s\' (request: "%s %s") execution '
                              'timed out (%.6f sec), terminating'
                              % self._request_words(pool, child, slot, elapsed))
-            if not self._trace(pool, child, slot, elapsed):
-                continue
-            child.board.mem.set_order(child.slot, ORDER_TIMEOUT)
-            self._signal(child, signal.SIGTERM, 1.0)
+            self._trace(Traced(pool, child, slot, elapsed, terminate=True))
 
     @staticmethod
     def _request_words(pool, child, slot, elapsed: float) -> tuple:
         return (pool.name, child.pid, _printable(slot.script or pool.app or ""),
                 slot.request_method, _printable(slot.request_uri), elapsed)
 
-    def _trace(self, pool, child, slot, elapsed: float) -> bool:
-        """Write the worker's stack (slowlog, else error log); False if it exited meanwhile."""
+    def _trace(self, t: Traced) -> None:
+        """Write the worker's stack (slowlog, else error log), then stop it if ``t.terminate``;
+        a faulthandler dump is read as it comes (`_on_dump`, Timer.DUMP), the loop never
+        waits for it. Nothing when the worker exited meanwhile."""
         try:
-            stack = self.tracer.stack(child, pool.request_slowlog_trace_depth)
+            stack = self.tracer.stack(t.child, t.pool.request_slowlog_trace_depth)
         except trace.Gone as e:
             if e.status is not None:  # reaped by the tracer: account for it as the reaper would
-                gone = self.children.bury(child.pid, e.status)
+                gone = self.children.bury(t.child.pid, e.status)
                 if gone is not None:
                     self.reaped.append(gone)
-            return False
-        self.tracer.write(pool, child, slot, elapsed, stack, self.slowlog_fds.get(pool.name))
-        return True
+            return
+        if isinstance(stack, slowlog.Dump):
+            t.dump = stack
+            self.dumps[t.child.pid] = t
+            self.dump_fds[stack.fd] = t.child.pid
+            self.poller.register(stack.fd, select.EPOLLIN)
+            self.timers.set((Timer.DUMP, t.child.pid), time.monotonic() + slowlog.DUMP_TIMEOUT)
+            return
+        self._write_trace(t, stack)
+
+    def _on_dump(self, fd: int) -> None:
+        """The channel of a worker being dumped is readable."""
+        t = self.dumps[self.dump_fds[fd]]
+        if t.dump.feed():
+            self._end_dump(t.child.pid)
+
+    def _end_dump(self, pid: int) -> None:
+        """A dump is complete, or out of time: what came is the stack."""
+        t = self.dumps.pop(pid)
+        self.timers.cancel((Timer.DUMP, pid))
+        del self.dump_fds[t.dump.fd]
+        self.poller.unregister(t.dump.fd)
+        self._write_trace(t, self.tracer.dumped(t.child, t.dump, t.pool.request_slowlog_trace_depth))
+
+    def _write_trace(self, t: Traced, stack) -> None:
+        self.tracer.write(t.pool, t.child, t.slot, t.elapsed, stack,
+                          self.slowlog_fds.get(t.pool.name))
+        if t.terminate and t.child.pid in self.children.by_pid:
+            t.child.board.mem.set_order(t.child.slot, ORDER_TIMEOUT)
+            self._signal(t.child, signal.SIGTERM, 1.0)
 
     def _escalate(self, pid: int) -> None:
         child = self.children.by_pid.get(pid)

@@ -26,6 +26,7 @@ class Timer(enum.Enum):
     ONDEMAND = "ondemand"  # an ondemand pool's listen queue, looked at again (pool)
     HANDOVER = "handover"  # retire the previous master's workers once the new ones serve
     ESCALATE = "escalate"  # a worker that outlived its signal, signalled harder (pid)
+    DUMP = "dump"  # a slowlog faulthandler dump, out of time (pid)
     PCTL = "pctl"  # the next round of stop signals (process_control_timeout)
     SYSTEMD = "systemd"  # a status report to systemd
     PARKED = "parked"  # a lot's next head deadline (pool)

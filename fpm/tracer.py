@@ -66,8 +66,10 @@ class Tracer:
         self.log.warning("slowlog: cannot read worker stacks with ptrace (%s); using "
                          "faulthandler dumps from now on" % reason)
 
-    def stack(self, child, depth: int) -> Stack:
-        """Read ``child``'s innermost ``depth`` frames of the application. Raises trace.Gone
+    def stack(self, child, depth: int) -> Stack | slowlog.Dump:
+        """Read ``child``'s innermost ``depth`` frames of the application. Where ptrace is not
+        used, the worker is asked for its faulthandler dump, which comes on its channel: the
+        Dump, for the caller to read as it comes and end with `dumped()`. Raises trace.Gone
         when the worker exited meanwhile (its ``status`` set when it was reaped here)."""
         pid = child.pid
         addresses, names = _stops()
@@ -88,12 +90,21 @@ class Tracer:
                 return Stack(found.frames, False, False)
         if child.channel < 0:
             return Stack([], True, True)
+        dump = slowlog.Dump(pid, child.channel, stop=names)
         try:
-            frames = slowlog.dump_with_faulthandler(pid, child.channel, stop=names)
+            dump.ask()
         except trace.Gone:
+            dump.close()
             raise
+        return dump
+
+    def dumped(self, child, dump: slowlog.Dump, depth: int) -> Stack:
+        """The stack a faulthandler dump gave, once complete or out of time; closes it."""
+        dump.close()
+        try:
+            frames = dump.frames()
         except trace.TraceError as e:
-            self.log.warning("[pool %s] child %d: %s" % (child.pool.name, pid, e.reason))
+            self.log.warning("[pool %s] child %d: %s" % (child.pool.name, child.pid, e.reason))
             return Stack([], True, True)
         return Stack(frames[:depth], True, False)
 

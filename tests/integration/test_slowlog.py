@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -21,17 +23,18 @@ FRAME = re.compile(r"^\[0x[0-9a-f]{16}\] (\S+)\(\) (.+):(\d+)$")
 
 
 def start(tmp_path, app="slow_app:app", path=str(APPS), extra="", prefix=(),
-          slowlog="slowlog = {tmp}/www.slow.log", env=None):
-    """The master with a pool of one worker; `app` None: script mode. `prefix` goes before
+          slowlog="slowlog = {tmp}/www.slow.log", env=None, workers=1, log_level="notice"):
+    """The master with a pool of `workers`; `app` None: script mode. `prefix` goes before
     its command line (setpriv), `env` into its environment."""
-    config = pyfpm_config(listen="{sock}", workers=1, app=app, python_path=app and path,
+    config = pyfpm_config(log_level=log_level, listen="{sock}", workers=workers, app=app,
+                          python_path=app and path,
                           mode="", extra="pm.status_path = /status\n%s\n"
                           "request_slowlog_timeout = 1\nrequest_slowlog_trace_depth = 20\n%s"
                           % (slowlog, extra))
     server = Server(config, tmp_path, env=env)
     server.argv = list(prefix) + server.argv
     server.start()
-    server.wait_idle(1)
+    server.wait_idle(workers)
     return server
 
 
@@ -140,14 +143,14 @@ from slow_app import app
 """
 
 
-def without_ptrace(tmp_path, extra=""):
+def without_ptrace(tmp_path, extra="", app=UNDUMPABLE_APP, **options):
     """A master without CAP_SYS_PTRACE (Docker's default) and a non-dumpable worker: the
     kernel refuses the attach, and the slowlog falls back to faulthandler dumps."""
     setpriv = shutil.which("setpriv")
     require("setpriv", setpriv, "util-linux")
-    (tmp_path / "undumpable.py").write_text(UNDUMPABLE_APP)
+    (tmp_path / "undumpable.py").write_text(app)
     return start(tmp_path, app="undumpable:app", path="%s:%s" % (tmp_path, APPS), extra=extra,
-                 prefix=(setpriv, "--bounding-set=-sys_ptrace"))
+                 prefix=(setpriv, "--bounding-set=-sys_ptrace"), **options)
 
 
 def test_refused_ptrace_falls_back_to_faulthandler(tmp_path):
@@ -179,6 +182,49 @@ def test_fallback_depth_counts_the_apps_frames_only(tmp_path):
         server.wait_log(r"executing too slow")
         [lines] = entries(server)
         assert lines[3:] == [fallback_line(name) for name in SLEEP[:2]]
+    finally:
+        server.stop()
+
+
+def test_fallback_terminate_timeout_writes_the_dump_then_stops_the_worker(tmp_path):
+    server = without_ptrace(tmp_path, extra="request_slowlog_timeout = 0\n"
+                                            "request_terminate_timeout = 1")
+    try:
+        worker = server.wait_idle(1)[0]
+        assert get(server, "/sleep?s=10").status == 504
+        server.wait_log(r"child %d exited on signal 15" % worker)
+        [lines] = entries(server)
+        assert lines[3:] == [fallback_line(name) for name in SLEEP]
+    finally:
+        server.stop()
+
+
+SILENT_APP = UNDUMPABLE_APP + """\
+import signal
+from fpm.slowlog import DUMP_SIGNAL
+signal.pthread_sigmask(signal.SIG_BLOCK, {DUMP_SIGNAL})  # no dump will ever come
+"""
+STAMP = re.compile(r"^\[(\d\d-\w{3}-\d{4} \d\d:\d\d:\d\d\.\d{6})\]  \[pool www\] pid \d+$")
+
+
+def test_fallback_dumps_are_awaited_together_never_one_after_the_other(tmp_path):
+    """Four workers go slow at once and none of them answers the dump signal: the master asks
+    all four and goes on with its loop; each entry is written, failed, when its dump is out of
+    time (500 ms), all four together. A master that waited for each dump in turn wrote the
+    last one 1.5 s after the first, its loop stopped meanwhile."""
+    server = without_ptrace(tmp_path, app=SILENT_APP, workers=4, log_level="debug")
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda _: get(server, "/sleep?s=2.5").status, range(4)))
+        assert statuses == [200] * 4
+        logged = entries(server)
+        assert len(logged) == 4
+        stamps = []
+        for lines in logged:
+            assert lines[3:] == ["+++ dump failed"]
+            stamps.append(datetime.strptime(STAMP.match(lines[0])[1], "%d-%b-%Y %H:%M:%S.%f"))
+        assert (max(stamps) - min(stamps)).total_seconds() < 0.5, stamps
+        assert server.log_text().count("no faulthandler dump within 500 ms") == 4
     finally:
         server.stop()
 

@@ -367,7 +367,7 @@ def test_child_dying_during_the_attach():
 
 
 REFUSED_SCRIPT = """
-import ctypes, os, sys, time
+import ctypes, os, select, sys, time
 from fpm import slowlog, trace
 
 def parked():
@@ -387,7 +387,11 @@ try:
     outcome = "traced"
 except trace.Refused as e:
     outcome = "refused: " + e.reason
-frames = slowlog.dump_with_faulthandler(pid, r)
+dump = slowlog.Dump(pid, r)
+dump.ask()
+while not dump.complete and select.select([dump.fd], [], [], 2)[0]:
+    dump.feed()
+frames = dump.frames()
 os.kill(pid, 9)
 os.waitpid(pid, 0)
 print(outcome)
