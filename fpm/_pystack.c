@@ -366,29 +366,17 @@ layout_fill(void)
 }
 
 /* Fields of a copied object, by offset: a copy has no alignment to rely on. */
-static inline uintptr_t
-at_ptr(const char *base, size_t offset)
-{
-    uintptr_t v;
-    memcpy(&v, base + offset, sizeof v);
-    return v;
-}
-
-static inline int
-at_int(const char *base, size_t offset)
-{
-    int v;
-    memcpy(&v, base + offset, sizeof v);
-    return v;
-}
-
-static inline Py_ssize_t
-at_ssize(const char *base, size_t offset)
-{
-    Py_ssize_t v;
-    memcpy(&v, base + offset, sizeof v);
-    return v;
-}
+#define FPM_FIELD_READER(name, type)                        \
+    static inline type                                      \
+    name(const char *base, size_t offset)                   \
+    {                                                       \
+        type v;                                             \
+        memcpy(&v, base + offset, sizeof v);                \
+        return v;                                           \
+    }
+FPM_FIELD_READER(at_ptr, uintptr_t)
+FPM_FIELD_READER(at_int, int)
+FPM_FIELD_READER(at_ssize, Py_ssize_t)
 
 /* ---- reading the stopped worker ---- */
 
