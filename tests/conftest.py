@@ -294,6 +294,14 @@ class Nginx:
     def error_log(self):
         return (self.tmp / "error.log").read_text(errors="replace")
 
+    def http_host(self):
+        """The HTTP_HOST an app behind this nginx sees for a request to 127.0.0.1:.port. It
+        depends on the distribution's fastcgi_params: Debian 12's sets it to `$host`, which
+        drops the port; nginx 1.30's to `$host$is_request_port$request_port`, and Ubuntu
+        24.04's leaves the client's Host header, port included."""
+        m = re.search(r"^\s*fastcgi_param\s+HTTP_HOST\s+(\S+?);", FASTCGI_PARAMS.read_text(), re.M)
+        return "127.0.0.1" if m and m[1] == "$host" else "127.0.0.1:%d" % self.port
+
     def upstream_errors(self):
         """Lines of level error or worse that the test did not expect."""
         return [line for line in self.error_log().splitlines()
