@@ -179,7 +179,6 @@ def test_wheel_installs_without_a_compiler_and_serves(wheel, tmp_path):
     # The installed console script, its embedded configuration (no -y) and demo app; not
     # the checkout's fpm (no PYTHONPATH, and it runs in tmp).
     log = tmp_path / "pyfpm.log"
-    workers = []
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(venv / "bin/pyfpm")], stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
@@ -199,16 +198,25 @@ def test_wheel_installs_without_a_compiler_and_serves(wheel, tmp_path):
         body = response.body.decode()
         assert "<h1>pyfpm %s</h1>" % __version__ in body
         assert str(venv / "bin/python") in body, "answered by another pyfpm than the wheel's"
-        workers = harness.children_of(proc.pid)
         proc.send_signal(signal.SIGQUIT)  # graceful stop, as PHP-FPM's
         assert proc.wait(10) == 0, log.read_text()
     finally:
+        # Each worker leads a session of its own, outside the master's group.
+        workers = harness.children_of(proc.pid) if proc.poll() is None else []
         harness.kill_group(proc)
-        for pid in workers:  # each leads a session of its own, outside the master's group
+        for pid in workers:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    # The slowlog's stack reader, as stripped: built for this minor, and its layout checks out.
+    reader = subprocess.run([str(venv / "bin/python"), "-c",
+                             "import sys, fpm._pystack as p; "
+                             "print(p.BUILT_FOR >> 16 == sys.hexversion >> 16, p.SUPPORTED, "
+                             "p.UNSUPPORTED, p.__file__.startswith(sys.prefix))"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert reader.stdout.split() == ["True", "1", "None", "True"], reader.stdout + reader.stderr
 
     message = ("test_wheel: %s %d bytes; pip install %.2f s, install to first response %.2f s"
                % (wheel.name, wheel.stat().st_size, installed - started, answered - started))
