@@ -15,7 +15,6 @@ PYFPM_CONFIG_FUZZ_VERBOSE=1 prints each one's verdict (with -s).
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path

@@ -8,7 +8,6 @@ import signal
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path

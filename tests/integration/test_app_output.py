@@ -5,7 +5,6 @@ and captured output whose last line ends with its request (php-src's
 log-bwd-multiple-msgs-stdout-stderr)."""
 import importlib.util
 import re
-import time
 
 import pytest
 

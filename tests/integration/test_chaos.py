@@ -13,16 +13,12 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
 import harness
 import load
-from harness import wait_for
 from tests.conftest import find_program, http_request, pyfpm_config
 from tests.integration.test_systemd import ActivatedServer
 

@@ -9,7 +9,6 @@ import re
 import signal
 import time
 
-import pytest
 
 from fpm import client as fc
 from harness import wait_for

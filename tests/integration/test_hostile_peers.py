@@ -9,10 +9,8 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 
-import pytest
 
 import harness
 import hostile

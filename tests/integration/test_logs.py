@@ -8,13 +8,11 @@ import os
 import re
 import select
 import signal
-import socket
 import stat
 import syslog
 import threading
 import time
 
-import pytest
 
 import harness
 from harness import wait_for

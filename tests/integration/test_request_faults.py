@@ -2,13 +2,11 @@
 dropped, logged, and the same worker serves the next request (issue 14, item 1)."""
 
 import re
-import socket
 
 import pytest
 
 from fpm import client as fc
 from harness import wait_for
-from tests.conftest import APPS
 from tests.integration.test_bad_peers import raw_exchange, worker_of
 
 

@@ -1,6 +1,5 @@
 """fpm.config and fpm.ini: what a user writing pyfpm.conf or pyfpm.toml sees."""
 import dataclasses
-import os
 import re
 import sys
 import textwrap
@@ -1515,8 +1514,8 @@ def test_toml_missing_listen_names_the_pool_table():
 
 def test_toml_syntax_and_shape_errors():
     assert one_error("[pools.www\n", "toml", "/p.toml").startswith("[/p.toml] invalid TOML: ")
-    assert one_error(f'listen = 1\n[pools.www]\nlisten = "1"\npm = "static"\n'
-                     f'"pm.max_children" = 1\n', "toml", "/p.toml") == \
+    assert one_error('listen = 1\n[pools.www]\nlisten = "1"\npm = "static"\n'
+                     '"pm.max_children" = 1\n', "toml", "/p.toml") == \
         "[/p.toml:1] unknown table or key 'listen' (expected [global] and [pools.NAME] tables)"
 
 
