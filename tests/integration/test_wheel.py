@@ -54,8 +54,9 @@ def copy_tree(dest: Path) -> Path:
                 (dest / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest / os.fsdecode(name))
     else:
-        shutil.copytree(ROOT, dest, dirs_exist_ok=True, symlinks=True, ignore=shutil.ignore_patterns(
-            ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", ".git"))
+        skip = shutil.ignore_patterns(".venv", "build", "dist", "*.egg-info", "__pycache__",
+                                      "*.so", ".git")
+        shutil.copytree(ROOT, dest, dirs_exist_ok=True, symlinks=True, ignore=skip)
     return dest
 
 
