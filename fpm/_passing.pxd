@@ -12,6 +12,10 @@ cdef enum:
     # Ticket.flags: the master hands it over because its body is late
     # (request_body_min_rate): the worker answers 408 rather than wait for it.
     C_TICKET_LATE = 1
+    # A kept connection (fastcgi_keep_conn) between requests, from a worker that stops: it
+    # waits in the master, without a head deadline, for the next request the web server
+    # sends on it.
+    C_TICKET_KEPT = 2
 
 
 ctypedef struct Ticket:

@@ -22,6 +22,7 @@ from fpm._sys cimport (CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPA
 import os
 
 TICKET_LATE = C_TICKET_LATE
+TICKET_KEPT = C_TICKET_KEPT
 
 
 cdef void _ticket_msg(msghdr *msg, iovec *iov, Ticket *t, const char *data, Py_ssize_t n,

@@ -12,7 +12,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.errno cimport (EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, EMFILE, ENFILE, ENOBUFS,
                          ENOMEM, errno)
 from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, raise_
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memset
 from posix.resource cimport getrusage, rusage, RUSAGE_SELF
@@ -30,7 +30,7 @@ from fpm._codec cimport (BLOCK, Decoder, END_LEN, HEAD_READY, HEADER_LEN, READ_S
                          STEP_BLOCKED, STEP_NEED, STEP_PARAMS_DONE, STEP_STDIN, STEP_STDIN_END,
                          Step, T_STDERR, T_STDOUT, frame_iov, head_status, padding, parse_pairs,
                          put_end, put_header, put_records, records_len, set_request_id)
-from fpm._passing cimport C_TICKET_LATE, Ticket, recv_conn, send_conn
+from fpm._passing cimport C_TICKET_KEPT, C_TICKET_LATE, Ticket, recv_conn, send_conn
 from fpm._sys cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLEXCLUSIVE, EPOLLIN, EWOULDBLOCK, MSG_DONTWAIT,
                       POLLIN, SCM_TIMESTAMPNS, SHUT_WR, SOCK_CLOEXEC, SOL_SOCKET, O_CLOEXEC,
                       O_RDONLY, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, accept4, cmsghdr,
@@ -1150,13 +1150,15 @@ cdef class Reading(Accounting):
         self._park(conn)
         return GONE
 
-    cdef int _park(self, Conn conn) except -1:
+    cdef int _park(self, Conn conn, uint32_t flags=0) except -1:
         """Hand the connection and the bytes read from it to the master (fpm.parking)."""
         cdef Decoder dec = conn.dec
         cdef Ticket t
         cdef int err
         memset(&t, 0, sizeof(t))
-        t.head_due_us = conn.head_due_us or _now_us() + self.head_timeout_us
+        t.flags = flags
+        if not flags & C_TICKET_KEPT:
+            t.head_due_us = conn.head_due_us or _now_us() + self.head_timeout_us
         t.arrived_us = conn.arrived_us
         err = send_conn(self.park_fd, conn.fd, &t, dec.buf + dec.start, dec.end - dec.start)
         if err:
@@ -1484,7 +1486,12 @@ cdef class Serving(Admission):
             return GONE
         if (dec.want_close or _stop and dec.state == ST_IDLE and dec.end == dec.start
                 ) and not dec.draining:
-            self._close(conn)
+            if _stop and not dec.want_close and self.park_fd >= 0:
+                # Kept between requests as this worker stops: a close could cross the next
+                # request nginx sends on it. The master keeps it for another worker.
+                self._park(conn, C_TICKET_KEPT)
+            else:
+                self._close(conn)
             return GONE
         if dec.state == ST_IDLE and not dec.draining:
             # Between requests: what comes is the next request's head, if any.
@@ -1620,7 +1627,7 @@ cdef class Serving(Admission):
         cdef Decoder dec = conn.dec
         if dec.draining:
             self._stage(STAGE_FINISHING)
-        if dec.want_close or _stop:
+        if dec.want_close or _stop and self.park_fd < 0:
             if not dec.draining:
                 # Nothing unread is left, so closing now sends no RST and nginx loses no byte.
                 self._close(conn)
@@ -1924,11 +1931,15 @@ cdef class Worker(Serving):
         return True
 
     def _finish_held(self):
-        """On a graceful stop, serve what already arrived on held connections and close
-        the kept ones that wait for nothing. A connection no request has begun on yet was
-        accepted for a request on its way (a web server writes right after connect()):
-        hanging up on it is a 502. It gets FIRST_BYTES_ON_STOP_MS, as PHP-FPM's accept
-        gives it, before it is closed; so do those the master handed over as it stops."""
+        """On a graceful stop, serve what already arrived on held connections and park the
+        kept ones that wait for nothing with the master, which hands each to another worker
+        when the web server sends its next request on it: closed here, one could be in use
+        by then (FastCGI cannot announce a close), and a POST sent on it would get a 502.
+        (Without a master, serve() on its own, they are closed.) A connection no request has
+        begun on yet was accepted for a request on its way (a web server writes right after
+        connect()): hanging up on it is a 502. It gets FIRST_BYTES_ON_STOP_MS, as PHP-FPM's
+        accept gives it, before it is closed; so do those the master handed over as it
+        stops."""
         cdef int n, i, wait = 0
         cdef int64_t left, deadline = _now_us() + FIRST_BYTES_ON_STOP_MS * 1000
         cdef int64_t pending
@@ -1951,9 +1962,10 @@ cdef class Worker(Serving):
                 if self.pfds[i].revents:
                     self._serve_conn(self._unhold(i), CONN_KEPT)  # then closed, or held again
                 elif (<Conn>self.held[i - self.nfixed]).dec.keep_conn:
-                    # Kept between requests, none on its way: nginx sends its next request
-                    # on another connection when it finds this one closed.
-                    self._close(self._unhold(i))
+                    if self.park_fd >= 0:
+                        self._park(self._unhold(i), C_TICKET_KEPT)
+                    else:
+                        self._close(self._unhold(i))
             left = deadline - _now_us()
             if left <= 0:
                 break

@@ -86,6 +86,17 @@ class Parked:
     def silent(self) -> bool:
         return not self.data and not self.waiting
 
+    @property
+    def kept(self) -> bool:
+        """A kept connection a stopping worker left between requests (_passing.TICKET_KEPT):
+        no request is on its way until the web server sends one."""
+        return bool(self.flags & _passing.TICKET_KEPT)
+
+    @property
+    def idle(self) -> bool:
+        """Kept, and nothing sent on it since: it has no deadline."""
+        return self.kept and self.silent and not self.due
+
 
 # --- decisions ------------------------------------------------------------------------------
 
@@ -105,9 +116,10 @@ def byte_limit(count: int) -> int:
 
 def victims(parked: Sequence[Parked], count: int, size: int) -> list[Parked]:
     """Which to close so that at most ``count`` stay, holding at most ``size`` bytes:
-    silent ones (they have sent nothing at all) before the others, oldest first in each;
-    one whose head came (waiting for the hand-off queue) last."""
-    order = sorted(parked, key=lambda p: (p.ready, not p.silent, p.since))
+    silent ones (they have sent nothing at all) before the others, a web server's idle kept
+    ones after the other silent ones, oldest first in each; one whose head came (waiting
+    for the hand-off queue) last."""
+    order = sorted(parked, key=lambda p: (p.ready, not p.silent, p.idle, p.since))
     held = sum(len(p.data) for p in parked)
     out = []
     for p in order:
@@ -118,10 +130,12 @@ def victims(parked: Sequence[Parked], count: int, size: int) -> list[Parked]:
     return out
 
 
-def due(p: Parked, allowance: int, rate: int) -> int:
+def due(p: Parked, allowance: int, rate: int) -> int | None:
     """When ``p`` must have come further (µs): its head by its deadline; then its body at
     ``rate`` bytes/s after ``allowance`` µs (request_body_min_rate, request_read_timeout),
-    each byte moving the deadline on."""
+    each byte moving the deadline on. None: an idle kept one, which has no deadline."""
+    if p.idle:
+        return None
     if not p.body_since:
         return p.due
     if not rate:
@@ -209,8 +223,10 @@ class Lot:
     partial is left out of it and peeked at again every RECHECK seconds."""
 
     def __init__(self, name: str, ends: Ends, board, poller, edge: bool, count: int,
-                 index: dict, allowance: int = 60_000_000, rate: int = 0):
+                 index: dict, allowance: int = 60_000_000, rate: int = 0,
+                 head_timeout: int = 10_000_000):
         self.name = name
+        self.head_timeout = head_timeout  # µs: request_head_timeout, from a kept one's first byte
         self.allowance = allowance  # µs: request_read_timeout, before the body's rate applies
         self.rate = rate  # request_body_min_rate, bytes/s (0: any)
         self.index = index  # the master's: which lot each parked descriptor is in
@@ -278,6 +294,8 @@ class Lot:
             self._publish()
             return
         p.waiting = len(waiting)
+        if p.waiting and not p.due:  # a kept one: the web server sends its next request
+            p.due = now_us() + self.head_timeout
         status, p.body_bytes = progress(p.data, waiting)
         if not waiting and not p.data:  # it hung up without a word
             self._close(p)
@@ -319,6 +337,9 @@ class Lot:
 
     def _hand_over_all(self) -> None:
         for p in list(self.parked.values()):
+            if p.idle:  # no worker will be left to take its next request: the master stops
+                self._close(p)
+                continue
             p.ready = True
             self._hand_over(p)
 
@@ -326,7 +347,7 @@ class Lot:
         """Close those whose head is due and has not come; hand those whose body is late
         to a worker, to answer 408."""
         for p in [p for p in self.parked.values()
-                  if not p.ready and due(p, self.allowance, self.rate) <= now]:
+                  if not p.ready and not p.idle and due(p, self.allowance, self.rate) <= now]:
             if p.body_since:
                 p.ready = p.late = True
                 self._hand_over(p)
@@ -337,7 +358,7 @@ class Lot:
     def next_due(self) -> int | None:
         """When the next deadline is (µs), None with nothing parked."""
         return min((due(p, self.allowance, self.rate) for p in self.parked.values()
-                    if not p.ready), default=None)
+                    if not p.ready and not p.idle), default=None)
 
     # --- the edges ------------------------------------------------------------------------
 

@@ -137,7 +137,8 @@ class Startup:
                                   len(self.pool_list))
             lot = parking.Lot(pool.name, ends[pool.name], self.boards[pool.name], self.poller,
                               edge, count, self.parked_in,
-                              pool.request_read_timeout * 1_000_000, pool.request_body_min_rate)
+                              pool.request_read_timeout * 1_000_000, pool.request_body_min_rate,
+                              pool.request_head_timeout * 1_000_000)
             self.lots[pool.name] = lot
             self.park_rx[lot.ends.park_rx] = lot
             self.poller.register(lot.ends.park_rx, select.EPOLLIN)

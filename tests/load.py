@@ -1,8 +1,10 @@
 """Bounded load from wrk against loopback, and what it reports (requests, errors, latency)."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
 
 
@@ -37,14 +39,29 @@ def parse(text: str) -> WrkResult:
                      rate, text)
 
 
-def start_wrk(wrk: str, port: int, path: str, seconds: int, connections: int) -> subprocess.Popen:
-    """wrk -t1 for ``seconds`` against 127.0.0.1:port; finish with ``finish(proc)``."""
-    return subprocess.Popen([wrk, "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency",
-                             "--timeout", "10s", "http://127.0.0.1:%d%s" % (port, path)],
+def start_wrk(wrk: str, port: int, path: str, seconds: int, connections: int,
+              body: bytes | None = None) -> subprocess.Popen:
+    """wrk -t1 for ``seconds`` against 127.0.0.1:port; finish with ``finish(proc)``. With
+    ``body``, every request is a POST of it (form-encoded)."""
+    script = []
+    if body is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write('wrk.method = "POST"\nwrk.body = "%s"\n'
+                    'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
+                    % body.decode("ascii").replace("\\", "\\\\").replace('"', '\\"'))
+        script = ["-s", f.name]
+    proc = subprocess.Popen([wrk, "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency",
+                             "--timeout", "10s", *script, "http://127.0.0.1:%d%s" % (port, path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.script = script[1] if script else None
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> WrkResult:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if getattr(proc, "script", None):
+            os.unlink(proc.script)
     assert proc.returncode == 0, out
     return parse(out)

@@ -156,8 +156,9 @@ def test_a_message_without_a_descriptor_is_refused(pair):
 
 # --- the master's decisions -------------------------------------------------------------
 
-def parked(since, data=b"", waiting=0, ready=False):
-    return parking.Parked(None, 0, 0, 0, data, since, waiting, ready)
+def parked(since, data=b"", waiting=0, ready=False, kept=False):
+    flags = _passing.TICKET_KEPT if kept else 0
+    return parking.Parked(None, 0 if kept else 1, 0, flags, data, since, waiting, ready)
 
 
 def test_victims_are_silent_ones_oldest_first():
@@ -167,6 +168,19 @@ def test_victims_are_silent_ones_oldest_first():
     assert parking.victims(everyone, 4, 1 << 20) == []
     assert parking.victims(everyone, 3, 1 << 20) == [silent_old]
     assert parking.victims(everyone, 1, 1 << 20) == [silent_old, silent_new, old_talker]
+
+
+def test_a_web_servers_idle_kept_ones_go_after_the_other_silent_ones():
+    kept_old, silent_new, talker = parked(1, kept=True), parked(2), parked(3, b"head")
+    assert parking.victims([kept_old, silent_new, talker], 2, 1 << 20) == [silent_new]
+    assert parking.victims([kept_old, silent_new, talker], 1, 1 << 20) == [silent_new, kept_old]
+
+
+def test_an_idle_kept_one_has_no_deadline_until_a_byte_comes():
+    idle = parked(1, kept=True)
+    assert idle.idle and parking.due(idle, 0, 0) is None
+    assert not parked(1, waiting=5, kept=True).idle
+    assert not parked(1).idle  # not kept: its head is due
 
 
 def test_ready_ones_go_last():
@@ -272,11 +286,12 @@ def lot():
     poller.close()
 
 
-def park(lot, data=b"", due=None):
+def park(lot, data=b"", due=None, flags=0):
     """A connection parked as a worker would: returns the peer's end."""
     ours, peer = socket.socketpair()
-    due = parking.now_us() + 10_000_000 if due is None else due
-    assert _passing.pass_conn(lot.ends.park_tx, ours.fileno(), due, 0, data)
+    if due is None:
+        due = 0 if flags & _passing.TICKET_KEPT else parking.now_us() + 10_000_000
+    assert _passing.pass_conn(lot.ends.park_tx, ours.fileno(), due, 0, data, flags)
     ours.close()
     return peer
 
@@ -398,3 +413,56 @@ def test_a_master_that_stops_gracefully_hands_every_connection_to_its_workers(lo
     for t, peer in zip(taken, (silent, partial, late)):
         os.close(t[0])
         peer.close()
+
+
+def test_a_kept_connection_waits_without_a_deadline_for_its_next_request(lot):
+    """A stopping worker's kept connection: no deadline while nginx sends nothing on it (it
+    may keep it for minutes); the next request, once whole, goes to a worker with every byte;
+    its head gets request_head_timeout from its first byte."""
+    kept = park(lot, flags=_passing.TICKET_KEPT)
+    lot.receive()
+    look_all(lot)
+    assert len(lot.parked) == 1 and lot.next_due() is None
+    lot.expire(parking.now_us() + 3600_000_000)
+    assert len(lot.parked) == 1  # an hour on: still there
+    data = request()
+    kept.sendall(data[:10])
+    before = parking.now_us()
+    look_all(lot)
+    assert before + lot.head_timeout <= lot.next_due() <= parking.now_us() + lot.head_timeout
+    kept.sendall(data[10:])
+    look_all(lot)
+    assert not lot.parked and lot.board.mem.handoff_pending == 1
+    fd, _, _, flags, consumed = _passing.take_conn(lot.ends.hand_rx)
+    assert flags & _passing.TICKET_KEPT
+    with socket.socket(fileno=fd) as conn, kept:
+        assert consumed + conn.recv(65536) == data
+
+
+def test_a_kept_connection_nginx_closes_is_let_go_uncounted(lot):
+    kept = park(lot, flags=_passing.TICKET_KEPT)
+    lot.receive()
+    kept.close()
+    look_all(lot)
+    assert not lot.parked and lot.board.mem.refused == [0] * len(lot.board.mem.refused)
+
+
+def test_a_master_that_stops_closes_the_idle_kept_ones(lot):
+    """No worker will be left to take their next request: they are closed, and an idle kept
+    one parked afterwards too, while one with a request on its way goes to a worker."""
+    idle = park(lot, flags=_passing.TICKET_KEPT)
+    busy = park(lot, flags=_passing.TICKET_KEPT)
+    lot.receive()
+    busy.sendall(request()[:10])
+    look_all(lot)
+    lot.hand_over_all()
+    assert not lot.parked and lot.board.mem.handoff_pending == 1
+    late = park(lot, flags=_passing.TICKET_KEPT)
+    lot.receive()
+    assert not lot.parked and lot.board.mem.handoff_pending == 1
+    for peer in (idle, late):
+        peer.settimeout(1)
+        assert peer.recv(10) == b""
+        peer.close()
+    os.close(_passing.take_conn(lot.ends.hand_rx)[0])
+    busy.close()
