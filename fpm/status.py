@@ -11,7 +11,7 @@ PHP-FPM keep working: the configured limits (``max children``; for ``pm = dynami
 ``start servers``, ``min spare servers``, ``max spare servers``) after ``slow requests``, then
 ``app status`` (``ok``, or ``failing`` while the workers cannot load the app and answer 503)
 and ``app error`` (why, ``-`` when ok), then ``parked connections`` (waiting in the master for
-their request head) and the refusal counters ``head timeouts``, ``slow bodies``, ``parked
+their request head, or kept for the web server's next request) and the refusal counters ``head timeouts``, ``slow bodies``, ``parked
 closed``, ``accept failures`` and ``protocol errors`` (fpm.refusals; OpenMetrics counters,
 ``_total``), the worker's ``rss`` (bytes) after ``last request memory``, and in OpenMetrics a
 ``phpfpm_max_children`` gauge (and the dynamic limits) plus, with ``full``, per-process families
@@ -190,7 +190,8 @@ POOL_FIELDS = (
     Field("app error", "app_error", DASH),  # why, from the last worker that tried; "" when ok
     Field("parked connections", "parked_connections", metric=Metric(
         "phpfpm_parked_connections", GAUGE,
-        "The number of connections waiting in the master for their request head.")),
+        "The number of connections waiting in the master for their request head, or kept for "
+        "the web server's next request by a worker that stopped.")),
     Field("head timeouts", "head_timeouts", metric=Metric(
         "phpfpm_head_timeouts", COUNTER,
         "The number of connections closed because their request head did not come within "

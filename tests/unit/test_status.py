@@ -375,7 +375,7 @@ phpfpm_max_spare_servers 3
 # HELP phpfpm_app_status Whether the workers could load the pool's app: 1 for the status it is in (ok, or failing: they answer 503).
 # TYPE phpfpm_app_status gauge
 phpfpm_app_status{status="ok"} 1
-# HELP phpfpm_parked_connections The number of connections waiting in the master for their request head.
+# HELP phpfpm_parked_connections The number of connections waiting in the master for their request head, or kept for the web server's next request by a worker that stopped.
 # TYPE phpfpm_parked_connections gauge
 phpfpm_parked_connections 7
 # HELP phpfpm_head_timeouts The number of connections closed because their request head did not come within request_head_timeout.
