@@ -54,6 +54,20 @@ def unpackaged() -> set[str]:
         return set()
 
 
+DEFAULT_ADDRESS = ("127.0.0.1", 9000)  # fpm/default.conf's listen: the embedded default
+
+
+def require_default_address():
+    """Skip a test of the embedded default configuration where its address is taken."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(DEFAULT_ADDRESS)
+        except OSError:
+            pytest.skip("%s:%d, the embedded configuration's address, is in use here"
+                        % DEFAULT_ADDRESS)
+
+
 def find_program(name):
     """A peer's executable; Debian puts nginx in /usr/sbin, which a non-root PATH may lack."""
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")

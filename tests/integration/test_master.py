@@ -15,7 +15,7 @@ import pytest
 import harness
 from fpm import __version__
 from fpm.client import FastCGIError
-from tests.conftest import pyfpm_config
+from tests.conftest import DEFAULT_ADDRESS, pyfpm_config, require_default_address
 
 TS = r"\[\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}:\d{2}\]"
 
@@ -395,12 +395,7 @@ def test_request_subcommand(server):
 
 
 def test_embedded_default_serves_the_demo_page():
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", 9000))
-        except OSError:
-            pytest.skip("127.0.0.1:9000 is in use here")
+    require_default_address()
     proc = subprocess.Popen([sys.executable, "-m", "fpm"], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, env=harness.fpm_env(), start_new_session=True)
     try:
@@ -409,7 +404,7 @@ def test_embedded_default_serves_the_demo_page():
             line = proc.stderr.readline()
             assert line, "pyfpm exited with %s" % proc.wait()
         from fpm.client import request
-        response = request("127.0.0.1:9000", "/hello?x=<y>")
+        response = request("%s:%d" % DEFAULT_ADDRESS, "/hello?x=<y>")
         assert response.status == 200
         body = response.body.decode()
         assert "<h1>pyfpm %s</h1>" % __version__ in body

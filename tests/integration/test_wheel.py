@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -21,11 +20,11 @@ import pytest
 import harness
 from fpm import __version__
 from fpm import client
-from tests.conftest import find_program, require
+from tests.conftest import DEFAULT_ADDRESS, find_program, require, require_default_address
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = "cp%d%d" % sys.version_info[:2]
-DEMO = "127.0.0.1:9000"  # the embedded default configuration's address (fpm/default.conf)
+DEMO = "%s:%d" % DEFAULT_ADDRESS
 # What the sdist must hold whatever git says (its own tests read them).
 ALWAYS = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
           "fpm/_pystack.c", "fpm/_worker.pyx", "fpm/default.conf",
@@ -154,12 +153,7 @@ def test_wheel_metadata_has_license_and_this_version_classifier(wheel):
 
 
 def test_wheel_installs_without_a_compiler_and_serves(wheel, tmp_path):
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", 9000))
-        except OSError:
-            pytest.skip("127.0.0.1:9000, the embedded configuration's address, is in use here")
+    require_default_address()
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True,
                    timeout=120)
