@@ -58,6 +58,12 @@ class Scenario:
     mib: float | None = None  # MiB a request or its answer carries: MiB/s = req/s × mib
     variant: str = "hello"  # the server instance it runs against (compare_servers.VARIANTS)
     slow: bool = False  # one request for /slow (SLOW_S) kept in flight for the whole cell
+    peers_keep: str | None = None  # fastcgi_keep_conn for the other FastCGI servers, if not keep
+
+    def keep_for(self, server: str) -> str:
+        """fastcgi_keep_conn for ``server``: ``peers_keep`` for the FastCGI servers but pyfpm
+        when set (their usual front, where keep is what pyfpm is measured with)."""
+        return self.peers_keep if self.peers_keep and server != "pyfpm" else self.keep
 
     @property
     def recycle(self) -> bool:
@@ -102,18 +108,21 @@ SCENARIOS = (
              mib=BIG / 1048576),
     Scenario("post-c16", "POST 1 MiB, unix, c16 (req/s = MiB/s)", "unix", "off", 16,
              path="post", mib=1.0),
-    # Issue 17. The slow pair: keep_conn on, 2 workers, and in the second one of them busy
-    # with a 1.5 s request the whole time; /hello's p99 with ÷ without is the figure.
-    Scenario("slow-base-c8", "hello, unix, keep_conn on, c8", "unix", "on", 8),
-    Scenario("slow-c8", "hello, unix, keep_conn on, c8, a 1.5 s request in flight", "unix",
-             "on", 8, slow=True),
+    # Issue 17. The slow pair: 2 workers, and in the second one of them busy with a 1.5 s
+    # request the whole time; /hello's p99 with ÷ without is the figure. keep_conn on for
+    # pyfpm, the others behind their usual front (keep_conn off, nginx's default: with it on,
+    # PHP-FPM and flup pin their workers to nginx's first connections).
+    Scenario("slow-base-c8", "hello, unix, keep_conn on (pyfpm), c8", "unix", "on", 8,
+             peers_keep="off"),
+    Scenario("slow-c8", "hello, unix, keep_conn on (pyfpm), c8, a 1.5 s request in flight",
+             "unix", "on", 8, slow=True, peers_keep="off"),
     Scenario("django-c16", "Django template view, unix, c16", "unix", "off", 16, path="django",
              variant="django"),
-    Scenario("django-keep-c16", "Django template view, unix, keep_conn on, c16", "unix", "on",
-             16, path="django", variant="django"),
-    Scenario("recycle-c16", f"POST 1 MiB, unix, keep_conn on, c16, {RELOADS} reloads, workers "
-             "recycled every 50 requests", "unix", "on", 16, path="post", mib=1.0,
-             variant="recycle"),
+    Scenario("django-keep-c16", "Django template view, unix, keep_conn on (pyfpm), c16", "unix",
+             "on", 16, path="django", variant="django", peers_keep="off"),
+    Scenario("recycle-c16", f"POST 1 MiB, unix, keep_conn on (pyfpm), c16, {RELOADS} reloads, "
+             "workers recycled every 50 requests", "unix", "on", 16, path="post", mib=1.0,
+             variant="recycle", peers_keep="off"),
 )
 # --scenarios takes these names for their sets; the default run is issue 6's.
 SCENARIO_SETS = {"issue6": tuple(s.key for s in SCENARIOS[:9]),
@@ -256,7 +265,8 @@ def check_through_nginx(front: Nginx, backend: Backend, scenarios) -> str | None
     """None if every location this backend serves answers as it should through nginx. (The
     counted location is checked as hello: a check's connection in its log would count as a
     connection served once.)"""
-    checks = {(sc.keep, "hello" if sc.counted else sc.path, sc.headers) for sc in scenarios
+    checks = {(sc.keep_for(backend.server), "hello" if sc.counted else sc.path, sc.headers)
+              for sc in scenarios
               if (sc.transport, sc.variant) == (backend.transport, backend.variant)}
     for keep, what, headers in sorted(checks):
         path = front.path(backend, keep, what)
@@ -317,8 +327,8 @@ def recycle_runs(front, backend, sc, duration, lua) -> dict:
     reload) and after the wait."""
     runs, pools = [], []
     for _ in range(RELOADS):
-        runs.append(measure.run_wrk(front.url(backend, sc.keep, sc.path), sc.connections,
-                                    duration, lua,
+        url = front.url(backend, sc.keep_for(backend.server), sc.path)
+        runs.append(measure.run_wrk(url, sc.connections, duration, lua,
                                     midway=lambda: (len(backend.workers()), reload(backend))))
         time.sleep(SHRINK_WAIT)
         pools.append([runs[-1]["midway"][0], len(backend.workers())])
@@ -333,10 +343,11 @@ def run_cell(front, backend, sc, duration, lua) -> dict:
     waited, why = backend.wait_answering(STALL_TIMEOUT)
     if why:
         return {"error": f"{backend.key} not answering before the run: {why}", "stalled_s": waited}
-    url = front.url(backend, sc.keep, sc.path)
+    keep = sc.keep_for(backend.server)
+    url = front.url(backend, keep, sc.path)
     front.new_errors()  # only what this cell makes nginx log counts
     front.new_counted()
-    slow = SlowInFlight(front, front.path(backend, sc.keep, "slow")) if sc.slow else nullcontext()
+    slow = SlowInFlight(front, front.path(backend, keep, "slow")) if sc.slow else nullcontext()
     try:
         if sc.recycle:  # the workers come and go: no CPU figures
             result = recycle_runs(front, backend, sc, duration, lua)

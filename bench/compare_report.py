@@ -16,6 +16,8 @@ STARVED_SHARE = 0.1  # a connection served less than this share of the median on
 SLOW, SLOW_BASE = "slow-c8", "slow-base-c8"
 DJANGO_KEEP, DJANGO_OFF = "django-keep-c16", "django-c16"
 RECYCLE = "recycle-c16"
+FRONTS = ("keep_conn on for pyfpm; PHP-FPM, uWSGI and flup behind their usual front, keep_conn "
+          "off; gunicorn and Granian behind proxy_pass")
 
 
 def median(values):
@@ -332,7 +334,7 @@ def markdown(scenarios, servers, summary, memory, failures, meta, starts=None,
     if any(e for _, e in effects):
         lines += ["", "One 1.5 s request in flight the whole cell (re-sent as soon as it is "
                   "answered), 2 workers, `wrk -c8` on /hello through the same location "
-                  "(keep_conn on for FastCGI; the HTTP servers behind their usual front): "
+                  f"({FRONTS}): "
                   "/hello's latency in ms, medians over the rounds (max: the worst round's):", "",
                   "| server | without: p50 / p99 / max | with: p50 / p99 / max | p99 with ÷ "
                   "without | req/s without / with | slow requests answered / failed |",
@@ -349,7 +351,7 @@ def markdown(scenarios, servers, summary, memory, failures, meta, starts=None,
                 if (summary.get((RECYCLE, server)) or {}).get("rounds")]
     if recycled:
         lines += ["", "POSTs of 1 MiB at c16 while workers are recycled and the server reloads "
-                  "(per round: 3 wrk runs, the reload signal halfway through each, then "
+                  f"({FRONTS}; per round: 3 wrk runs, the reload signal halfway through each, then "
                   "the wait for idle workers to stop; errors summed over the rounds; workers: "
                   "under load, just before the reload → after the wait, per run):", "",
                   "| server | reload; recycling | POSTs | non-2xx | socket errors | nginx error "

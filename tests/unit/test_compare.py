@@ -487,3 +487,12 @@ def test_markdown_has_the_slow_and_recycle_tables_and_issue_17_targets():
     assert f"| pyfpm | {recycling} | 6,000 | **9** | 0 | 9 (9) | 3 | 2→0 |" in text
     assert "Issue 17's targets for pyfpm" in text
     assert "Issue 6's targets" not in text  # none of its scenarios ran
+
+
+def test_issue_17_measures_pyfpm_with_keep_conn_and_the_others_behind_their_usual_front():
+    for key in (report.SLOW, report.SLOW_BASE, report.DJANGO_KEEP, report.RECYCLE):
+        sc = SCENARIO[key]
+        assert sc.keep_for("pyfpm") == "on"
+        assert {sc.keep_for(s) for s in ("php-fpm", "uwsgi", "flup")} == {"off"}
+    assert SCENARIO["keep-c16"].keep_for("php-fpm") == "on"  # issue 6's: the same for all
+    assert SCENARIO[report.DJANGO_OFF].keep_for("pyfpm") == "off"
