@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""pyfpm side by side with PHP-FPM, uWSGI and flup behind one nginx (issue 6).
+"""pyfpm side by side with PHP-FPM, uWSGI and flup (issue 6), gunicorn and Granian (issue
+17), behind one nginx.
 
     python bench/compare.py [--quick] [--floor F] [--duration 3s] [--rounds 3] [--out bench/results]
+    python bench/compare.py --servers all --scenarios issue17 [--rounds 2]
 
 Installs what is missing (scripts/install-bench-deps), starts every server with 2 workers
-(each on a unix socket and, if a scenario needs it, on 127.0.0.1), one nginx with
-worker_processes 1 in front, then runs `wrk -t1` against each in interleaved rounds
+(each on a unix socket and, if a scenario needs it, on 127.0.0.1; a second instance per
+server serving Django, a third recycling its workers, when a scenario needs them), one nginx
+with worker_processes 1 in front, then runs `wrk -t1` against each in interleaved rounds
 (A B C D A B C D ...) without restarting anything; then counts each server's syscalls per
 request under strace and times fresh starts to a first response. Writes compare.md /
 compare.json / compare.png (or compare-quick.*) to the out dir and prints the table. Every
@@ -24,8 +27,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +40,9 @@ sys.path[:0] = [str(ROOT), str(BENCH)]  # tests.harness, fpm (this checkout), th
 import compare_measure as measure  # noqa: E402
 import compare_report as report  # noqa: E402
 from compare_servers import (  # noqa: E402
-    BIG, COUNTED, FASTCGI_PARAMS, HELLO_PHP, SERVERS, Backend, Nginx, expected_answer,
-    startup_ms)
+    BIG, COUNTED, FASTCGI_PARAMS, FASTCGI_SERVERS, HELLO_PHP, IDLE_TIMEOUT_S, RELOAD_SIGNAL,
+    RECYCLING, SERVERS, VARIANTS, Backend, Nginx, answer_ok, serves, startup_ms)
+from peers.hello_wsgi import SLOW_S  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,25 @@ class Scenario:
     key: str
     title: str
     transport: str
-    keep: str  # fastcgi_keep_conn
+    keep: str  # fastcgi_keep_conn (FastCGI servers; the HTTP ones have their usual front)
     connections: int
-    path: str = "hello"  # hello; post: a 1 MiB body; big: a 100 KiB answer; COUNTED: see Nginx
+    path: str = "hello"  # hello; post: a 1 MiB body; big: a 100 KiB answer; COUNTED: see Nginx;
+    # django: the Django page
     headers: tuple = ()  # (name, value) pairs wrk sends with every request
     mib: float | None = None  # MiB a request or its answer carries: MiB/s = req/s × mib
+    variant: str = "hello"  # the server instance it runs against (compare_servers.VARIANTS)
+    slow: bool = False  # one request for /slow (SLOW_S) kept in flight for the whole cell
+    peers_keep: str | None = None  # fastcgi_keep_conn for the other FastCGI servers, if not keep
+
+    def keep_for(self, server: str) -> str:
+        """fastcgi_keep_conn for ``server``: ``peers_keep`` for the FastCGI servers but pyfpm
+        when set (their usual front, where keep is what pyfpm is measured with)."""
+        return self.peers_keep if self.peers_keep and server != "pyfpm" else self.keep
+
+    @property
+    def recycle(self) -> bool:
+        """RELOADS wrk runs with a reload halfway through each and SHRINK_WAIT s idle after."""
+        return self.variant == "recycle"
 
     @property
     def post(self) -> bool:
@@ -64,6 +83,11 @@ class Scenario:
 STALL_TIMEOUT = 30.0  # how long a cell waits for its backend to answer at all
 FLUSH_WAIT = 1.2  # nginx writes its buffered per-connection log (flush=1s) by then
 STARVED_IN = ("keep-c64",)  # the scenarios whose report says which connections starved
+RELOADS = 3  # per recycle cell, one halfway through each of its wrk runs
+# After each of a recycle cell's wrk runs: long enough for an ondemand pool to stop its idle
+# workers (pm.process_idle_timeout, checked once a second by pyfpm's and PHP-FPM's masters).
+SHRINK_WAIT = IDLE_TIMEOUT_S + 2.0
+SLOW_START = 0.2  # from sending the slow request to starting wrk: it is in a worker by then
 
 # 9 request headers with 211-byte values: with nginx's stock fastcgi_params (20 params on
 # plain HTTP, HTTP_HOST among them) and SCRIPT_FILENAME, nginx sends 30 params, 2,043 bytes
@@ -84,7 +108,25 @@ SCENARIOS = (
              mib=BIG / 1048576),
     Scenario("post-c16", "POST 1 MiB, unix, c16 (req/s = MiB/s)", "unix", "off", 16,
              path="post", mib=1.0),
+    # Issue 17. The slow pair: 2 workers, and in the second one of them busy with a 1.5 s
+    # request the whole time; /hello's p99 with ÷ without is the figure. keep_conn on for
+    # pyfpm, the others behind their usual front (keep_conn off, nginx's default: with it on,
+    # PHP-FPM and flup pin their workers to nginx's first connections).
+    Scenario("slow-base-c8", "hello, unix, keep_conn on (pyfpm), c8", "unix", "on", 8,
+             peers_keep="off"),
+    Scenario("slow-c8", "hello, unix, keep_conn on (pyfpm), c8, a 1.5 s request in flight",
+             "unix", "on", 8, slow=True, peers_keep="off"),
+    Scenario("django-c16", "Django template view, unix, c16", "unix", "off", 16, path="django",
+             variant="django"),
+    Scenario("django-keep-c16", "Django template view, unix, keep_conn on (pyfpm), c16", "unix",
+             "on", 16, path="django", variant="django", peers_keep="off"),
+    Scenario("recycle-c16", f"POST 1 MiB, unix, keep_conn on (pyfpm), c16, {RELOADS} reloads, "
+             "workers recycled every 50 requests", "unix", "on", 16, path="post", mib=1.0,
+             variant="recycle", peers_keep="off"),
 )
+# --scenarios takes these names for their sets; the default run is issue 6's.
+SCENARIO_SETS = {"issue6": tuple(s.key for s in SCENARIOS[:9]),
+                 "issue17": tuple(s.key for s in SCENARIOS[9:])}
 
 
 def forwarded_params(fastcgi_params: str, headers, host: str = "127.0.0.1") -> dict:
@@ -111,13 +153,22 @@ def header_bytes(params: dict) -> int:
     return sum(len(k) + len(v) for k, v in params.items() if k.startswith("HTTP_"))
 
 
+def cell_seconds(sc, duration) -> float:
+    """How long a cell takes without its pause: a recycle cell is RELOADS wrk runs, each
+    followed by SHRINK_WAIT; a slow cell waits for its slow request to start and to end."""
+    if sc.recycle:
+        return RELOADS * (duration + SHRINK_WAIT)
+    return duration + (SLOW_START + SLOW_S if sc.slow else 0)
+
+
 def plan_seconds(scenarios, servers, rounds, duration, warmup, starts, strace) -> float:
     """About how long a run takes, from the cells and the pauses between them (the constants
     fitted to a 5-scenario run of 381 s that this gives as 400 s)."""
     def gap(sc):  # the pause after a cell, plus ~0.5 s of checks and wrk's start and end
         return (FLUSH_WAIT if sc.counted else 1.2 if sc.keep == "on" else 0.3) + 0.5
-    per_round = sum(duration + gap(sc) for sc in scenarios) * len(servers)
-    warm = sum(warmup + gap(sc) for sc in scenarios) * len(servers) if warmup > 0 else 0
+    per_round = sum(cell_seconds(sc, duration) + gap(sc) for sc in scenarios) * len(servers)
+    warm = sum(cell_seconds(sc, warmup) + gap(sc) for sc in scenarios
+               if not sc.recycle) * len(servers) if warmup > 0 else 0
     return (10 + warm + rounds * per_round + starts * len(servers) * 1.2
             + (len(servers) * (strace + 1.5) if strace > 0 else 0))
 
@@ -144,9 +195,12 @@ def parse_args(argv=None):
                    help="wrk run per server under strace -c for syscalls per request "
                         "(default 2s, --quick 0 = none)")
     p.add_argument("--out", default=str(BENCH / "results"), help="where the report goes")
-    p.add_argument("--servers", default=None, help="comma-separated subset of " + ",".join(SERVERS))
+    p.add_argument("--servers", default=None,
+                   help="comma-separated subset of " + ",".join(SERVERS) + ", or all (default: "
+                        + ",".join(FASTCGI_SERVERS) + ")")
     p.add_argument("--scenarios", default=None,
-                   help="comma-separated subset of " + ",".join(s.key for s in SCENARIOS))
+                   help="comma-separated subset of " + ",".join(s.key for s in SCENARIOS)
+                        + ", or of the sets " + ", ".join(SCENARIO_SETS) + " (default: issue6)")
     p.add_argument("--floor", type=float, default=None,
                    help="exit 1 if pyfpm's req/s ÷ PHP-FPM's is below this in a scenario, "
                         "measured again (as many rounds) and below it again")
@@ -158,14 +212,14 @@ def parse_args(argv=None):
     args.rounds = args.rounds or 3
     args.starts = args.starts if args.starts is not None else (0 if args.quick else 5)
     args.strace = seconds(args.strace or ("0" if args.quick else "2s"))
-    servers = args.servers.split(",") if args.servers else (
-        ["pyfpm", "php-fpm"] if args.quick else list(SERVERS))
+    servers = (list(SERVERS) if args.servers == "all" else args.servers.split(",")
+               if args.servers else ["pyfpm", "php-fpm"] if args.quick else list(FASTCGI_SERVERS))
     unknown = set(servers) - set(SERVERS)
     if unknown:
         p.error(f"unknown server(s) {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}")
     args.servers = servers
-    keys = args.scenarios.split(",") if args.scenarios else (
-        ["unix-c16"] if args.quick else [s.key for s in SCENARIOS])
+    keys = [key for name in args.scenarios.split(",") for key in SCENARIO_SETS.get(name, [name])
+            ] if args.scenarios else ["unix-c16"] if args.quick else list(SCENARIO_SETS["issue6"])
     known = {s.key: s for s in SCENARIOS}
     if set(keys) - set(known):
         p.error(f"unknown scenario(s) {', '.join(sorted(set(keys) - set(known)))}; "
@@ -195,52 +249,123 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+def through_nginx(front: Nginx, path: str, what: str, headers=(), timeout: float = 10):
+    """One request through nginx for ``what`` (a 1 MiB POST for post): (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=timeout)
+    try:
+        body = b"a" * 1048576 if what == "post" else None
+        conn.request("POST" if body else "GET", path, body=body, headers=dict(headers))
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 def check_through_nginx(front: Nginx, backend: Backend, scenarios) -> str | None:
     """None if every location this backend serves answers as it should through nginx. (The
     counted location is checked as hello: a check's connection in its log would count as a
     connection served once.)"""
-    checks = {(sc.keep, "hello" if sc.counted else sc.path, sc.headers) for sc in scenarios
-              if sc.transport == backend.transport}
+    checks = {(sc.keep_for(backend.server), "hello" if sc.counted else sc.path, sc.headers)
+              for sc in scenarios
+              if (sc.transport, sc.variant) == (backend.transport, backend.variant)}
     for keep, what, headers in sorted(checks):
-        conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
-        path = f"/{backend.server}/{backend.transport}/{keep}/{what}"
+        path = front.path(backend, keep, what)
         try:
-            body = b"a" * 1048576 if what == "post" else None
-            conn.request("POST" if body else "GET", path, body=body, headers=dict(headers))
-            resp = conn.getresponse()
-            data = resp.read()
-        except OSError as e:
+            status, data = through_nginx(front, path, what, headers)
+        except (OSError, http.client.HTTPException) as e:
             return f"through nginx ({path}): {e}"
-        finally:
-            conn.close()
-        want = expected_answer(what)
-        if resp.status != 200 or (len(data) != want if isinstance(want, int) else data != want):
-            return f"through nginx ({path}): {resp.status}, {len(data)} bytes {data[:80]!r}"
+        if not answer_ok(what, status, data):
+            return f"through nginx ({path}): {status}, {len(data)} bytes {data[:80]!r}"
     return None
 
 
+class SlowInFlight:
+    """One request for /slow through nginx (``path``) in flight for the length of the
+    with-block: re-issued as soon as it completes. Its thread finishes the request in hand
+    when the block ends (bounded: SLOW_S + 10 s per request). ``.done`` and ``.failed``
+    count the requests answered as they should and the others."""
+
+    def __init__(self, front: Nginx, path: str):
+        self.front, self.path = front, path
+        self.done = self.failed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self.stop.is_set():
+            try:
+                ok = answer_ok("slow", *through_nginx(self.front, self.path, "slow",
+                                                      timeout=SLOW_S + 10))
+            except (OSError, http.client.HTTPException):
+                ok = False
+            self.done += ok
+            self.failed += not ok
+            if not ok:
+                self.stop.wait(0.1)  # a backend refusing at once is not hammered
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(SLOW_START)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(SLOW_S + 11)
+
+
+def reload(backend: Backend) -> str:
+    """Send the server's reload signal (compare_servers.RELOAD_SIGNAL) to its master."""
+    sig = RELOAD_SIGNAL[backend.server]
+    os.kill(backend.master(), sig)
+    return sig.name
+
+
+def recycle_runs(front, backend, sc, duration, lua) -> dict:
+    """RELOADS wrk runs of ``duration`` with the reload signal halfway through each, and
+    SHRINK_WAIT s without load after each (an ondemand pool stops its idle workers then):
+    the runs' figures combined, and per run the workers under load (counted just before the
+    reload) and after the wait."""
+    runs, pools = [], []
+    for _ in range(RELOADS):
+        url = front.url(backend, sc.keep_for(backend.server), sc.path)
+        runs.append(measure.run_wrk(url, sc.connections, duration, lua,
+                                    midway=lambda: (len(backend.workers()), reload(backend))))
+        time.sleep(SHRINK_WAIT)
+        pools.append([runs[-1]["midway"][0], len(backend.workers())])
+    return {**measure.combine_runs(runs), "reloads": len(runs), "pools": pools, "midway": None}
+
+
 def run_cell(front, backend, sc, duration, lua) -> dict:
-    """One wrk run against one backend; its figures, or {"error": why}. The backend must
-    first answer a request of its own (bounded): a server left stalled by the cell before
-    is measured once it serves again, and the wait is reported."""
+    """One wrk run against one backend (or a recycle cell's runs, recycle_runs()); its
+    figures, or {"error": why}. The backend must first answer a request of its own
+    (bounded): a server left stalled by the cell before is measured once it serves again,
+    and the wait is reported."""
     waited, why = backend.wait_answering(STALL_TIMEOUT)
     if why:
         return {"error": f"{backend.key} not answering before the run: {why}", "stalled_s": waited}
-    url = front.url(backend, sc.keep, sc.path)
+    keep = sc.keep_for(backend.server)
+    url = front.url(backend, keep, sc.path)
     front.new_errors()  # only what this cell makes nginx log counts
     front.new_counted()
+    slow = SlowInFlight(front, front.path(backend, keep, "slow")) if sc.slow else nullcontext()
     try:
-        with measure.Meter(backend.pids(), front.pids()) as meter:
-            result = measure.run_wrk(url, sc.connections, duration, lua if sc.post else None,
-                                     midway=lambda: measure.accept_queue(backend.address),
-                                     headers=sc.headers)
+        if sc.recycle:  # the workers come and go: no CPU figures
+            result = recycle_runs(front, backend, sc, duration, lua)
+        else:
+            with slow, measure.Meter(backend.pids(), front.pids()) as meter:
+                result = measure.run_wrk(url, sc.connections, duration, lua if sc.post else None,
+                                         midway=lambda: measure.accept_queue(backend.address),
+                                         headers=sc.headers)
+            result.update(meter.figures(result["requests"], result.pop("wrk_ns")))
     except RuntimeError as e:
         return {"error": str(e), "stalled_s": waited}
-    result.update(meter.figures(result["requests"], result.pop("wrk_ns")))
+    if sc.slow:
+        result.update(slow_done=slow.done, slow_failed=slow.failed)
     if sc.counted:
         time.sleep(FLUSH_WAIT)
     errors = front.new_errors()
     result["nginx_errors"] = len(errors)
+    result["upstream_errors"] = sum("upstream" in line for line in errors)
     if sc.counted:
         counts = measure.connection_counts(front.new_counted())
         result["conns"] = report.starvation(
@@ -265,35 +390,43 @@ def interrupted(signum, frame):
 
 
 def start_servers(args, tmp: Path, stack: ExitStack):
-    """Every server once per transport the scenarios use, and nginx in front of those that
-    started; (backends by (server, transport), nginx, {server: why it is not in the run})."""
-    wanted = {sc.transport for sc in args.scenarios} | ({"unix"} if args.strace > 0 else set())
-    transports = sorted(wanted, reverse=True)  # unix first
+    """Every server once per transport and variant the scenarios use (that it serves), and
+    nginx in front of those that started; (backends by (server, transport, variant), nginx,
+    {Backend.label: why it is not in the run}). A server whose hello-world instance fails
+    is out of the run; one whose Django or recycling instance fails only misses those cells."""
+    wanted = ({(sc.transport, sc.variant) for sc in args.scenarios}
+              | ({("unix", "hello")} if args.strace > 0 else set()))
+    instances = sorted(wanted, key=lambda tv: (tv[0] != "unix", VARIANTS.index(tv[1]), tv))
     backends, failures = {}, {}
     for server in args.servers:
-        for transport in transports:
-            b = Backend(server, transport, tmp / f"{server}-{transport}")
+        for transport, variant in instances:
+            if not serves(server, variant):
+                continue
+            b = Backend(server, transport, tmp / f"{server}-{variant}-{transport}", variant)
             stack.callback(b.stop)
             log(f"starting {b.key}")
             if b.start().error:
-                failures.setdefault(server, f"{transport}: {b.error}")
+                failures.setdefault(b.label, f"{transport}: {b.error}")
                 log(f"{b.key} did not start: {b.error}")
             else:  # before any load, even the checks through nginx (one is a 1 MiB POST)
                 time.sleep(0.3)
                 b.fresh_memory = idle_memory(b)
-            backends[server, transport] = b
+            backends[server, transport, variant] = b
     for key, b in list(backends.items()):
-        if key[0] in failures:
+        if key[0] in failures or b.label in failures:
             b.stop()
             del backends[key]
     front = Nginx(tmp / "nginx", list(backends.values()))
     stack.callback(front.stop)
     front.start()
-    for (server, _), b in backends.items():
-        why = server not in failures and check_through_nginx(front, b, args.scenarios)
+    for b in backends.values():
+        why = b.label not in failures and check_through_nginx(front, b, args.scenarios)
         if why:
-            failures[server] = why
+            failures[b.label] = why
             log(f"{b.key}: {why}")
+    for key, b in list(backends.items()):  # an instance that answered wrong is not measured
+        if key[0] in failures or b.label in failures:
+            del backends[key]
     return backends, front, failures
 
 
@@ -301,13 +434,19 @@ def describe(result) -> str:
     if "error" in result:
         return f"failed: {result['error']}"
     conns = result.get("conns")
-    return (f"{result['rate']:9,.0f} req/s  p50 {result['p50']:.2f} ms  p99 {result['p99']:.2f} ms  "
-            f"backend {result['backend_us']:.1f} µs/req  errors {result['non2xx']}/"
-            f"{result['socket_errors']}/{result['nginx_errors']}  queue {result['midway']}"
+    ms = lambda name: "-" if result.get(name) is None else f"{result[name]:.2f}"  # noqa: E731
+    return (f"{result['rate']:9,.0f} req/s  p50 {ms('p50')} ms  p99 {ms('p99')} ms  "
+            + (f"backend {result['backend_us']:.1f} µs/req  " if "backend_us" in result else "")
+            + f"errors {result['non2xx']}/{result['socket_errors']}/{result['nginx_errors']}"
+            f"  queue {result['midway']}"
             + (f"  connections served {conns['served']}/{conns['clients']}, min/median/max "
                f"{conns['min']}/{conns['median']:.0f}/{conns['max']}"
                f"{' STARVED' if conns['starved'] else ''}"
                if conns else "")
+            + (f"  max {ms('max')} ms, slow requests answered {result['slow_done']}"
+               f"/failed {result['slow_failed']}" if "slow_done" in result else "")
+            + (f"  {result['reloads']} reloads, workers {result['pools']}" if "pools" in result
+               else "")
             + (f"  (answered after {result['stalled_s']:.1f} s)" if result["stalled_s"] > 0.5 else ""))
 
 
@@ -315,6 +454,12 @@ def gap(sc) -> float:
     """The pause after a cell: keep_conn on lets nginx's cached upstream connections (1 s)
     go first; a counted cell has waited for nginx's log already."""
     return 0.0 if sc.counted else 1.2 if sc.keep == "on" else 0.3
+
+
+def cells_for(scenarios, servers, backends) -> list:
+    """[(scenario, backend)] in interleaved order, for the servers that serve each scenario."""
+    return [(sc, backends[key]) for sc in scenarios for s in servers
+            if (key := (s, sc.transport, sc.variant)) in backends]
 
 
 def run_rounds(args, cells_of, front, lua: str, rounds: int, attempt: int = 1) -> list[dict]:
@@ -332,15 +477,20 @@ def run_rounds(args, cells_of, front, lua: str, rounds: int, attempt: int = 1) -
 
 def measure_all(args, backends, front, servers, lua: str):
     """Warm-up, idle memory, then the interleaved rounds; (cells, memory by server)."""
-    cells_of = [(sc, backends[s, sc.transport]) for sc in args.scenarios for s in servers]
-    if args.warmup > 0:
-        log(f"warm-up: {len(cells_of)} cells x {args.warmup:g} s")
-        for sc, b in cells_of:
+    cells_of = cells_for(args.scenarios, servers, backends)
+    if args.warmup > 0:  # recycle cells are not warmed: their workers live 50 requests
+        warm = [(sc, b) for sc, b in cells_of if not sc.recycle]
+        log(f"warm-up: {len(warm)} cells x {args.warmup:g} s")
+        for sc, b in warm:
             run_cell(front, b, sc, args.warmup, lua)
             time.sleep(gap(sc))
     time.sleep(1.0)
-    transport = "unix" if ("unix" in {t for _, t in backends}) else "tcp"
-    idle = {s: backends[s, transport] for s in servers}
+    # Memory of each server's hello-world instance (unix first), else of its first one.
+    idle = {}
+    for (server, transport, variant), b in sorted(
+            backends.items(), key=lambda kv: (kv[0][2] != "hello", kv[0][1] != "unix")):
+        if server in servers:
+            idle.setdefault(server, b)
     for b in idle.values():  # flup is left without children by aborted uploads for a while
         b.wait_answering(STALL_TIMEOUT)
     time.sleep(0.5)
@@ -354,7 +504,7 @@ def measure_syscalls(args, backends, front, servers, tmp: Path) -> dict:
     "workers", "master"} (syscall counts), or {"error"}."""
     out = {}
     for server in servers:
-        b = backends.get((server, "unix"))
+        b = backends.get((server, "unix", "hello"))
         if b is None:
             continue
         waited, why = b.wait_answering(STALL_TIMEOUT)
@@ -414,7 +564,7 @@ def measure_again(args, backends, front, servers, lua, summary) -> list[dict]:
         return []
     log(f"pyfpm ÷ php-fpm below {args.floor:g}× in {', '.join(sc.key for sc in below)}: "
         f"measuring again")
-    cells_of = [(sc, backends[s, sc.transport]) for sc in below for s in ("pyfpm", "php-fpm")]
+    cells_of = cells_for(below, ("pyfpm", "php-fpm"), backends)
     return run_rounds(args, cells_of, front, lua, args.rounds, attempt=2)
 
 
@@ -435,14 +585,14 @@ def write_report(args, argv, cells, memory, failures, elapsed, starts=None, sysc
     meta = {
         "title": f"`{command.strip()}` ({time.strftime('%Y-%m-%d %H:%M')}, {elapsed:.0f} s)",
         "description": (f"wrk -t1 -d{args.duration:g}s --latency, {args.rounds} interleaved "
-                        f"round(s), hello world and 2 workers per server, one nginx "
+                        f"round(s), 2 workers per server, one nginx "
                         f"(worker_processes 1), {os.cpu_count()} CPUs, load average before "
                         f"{args.load:.2f}.{extra}"),
     }
     start_figs = {s: report.start_figures(t) for s, t in (starts or {}).items()}
     call_figs = {s: report.syscall_figures(e) for s, e in (syscalls or {}).items()}
     text = report.markdown(args.scenarios, args.servers, summary, memory, failures, meta,
-                           start_figs, call_figs)
+                           start_figs, call_figs, RECYCLING)
     first, guard = guard_ratios(args, summary, args.servers), ""
     if args.floor is None:
         code, lines = 0, [f"pyfpm ÷ php-fpm, {t}: " + ("n/a" if r is None else f"{r:.2f}×")

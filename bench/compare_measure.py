@@ -31,8 +31,9 @@ def parse_ms(text: str) -> float:
 
 
 def parse_wrk(out: str) -> dict:
-    """req/s, requests, p50/p99 (ms), non-2xx and socket errors from ``wrk --latency``."""
+    """req/s, requests, p50/p99/max (ms), non-2xx and socket errors from ``wrk --latency``."""
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", out, re.M)  # avg, stdev, max
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
@@ -40,6 +41,7 @@ def parse_wrk(out: str) -> dict:
         "requests": int(re.search(r"(\d+) requests in", out)[1]),
         "p50": parse_ms(pct["50"]) if "50" in pct else None,
         "p99": parse_ms(pct["99"]) if "99" in pct else None,
+        "max": parse_ms(latency[1]) if latency else None,
         "non2xx": int(non2xx[1]) if non2xx else 0,
         "socket_errors": sum(map(int, sock.groups())) if sock else 0,
         "timeouts": int(sock[4]) if sock else 0,
@@ -74,8 +76,24 @@ def run_wrk(url: str, connections: int, seconds: float, script: str | None = Non
     result = parse_wrk(stdout)
     result["wrk_ns"] = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) * 1e9
     result["midway"] = middle
+    result["seconds"] = seconds
     result["raw"] = stdout
     return result
+
+
+def combine_runs(runs: list[dict]) -> dict:
+    """Several wrk runs of one cell (the recycle scenario's) as one: requests and errors
+    summed, req/s over their summed durations (``seconds`` each), the median p50 and the worst
+    p99 and max."""
+    seconds = sum(r["seconds"] for r in runs)
+    def worst(name):
+        return max((r[name] for r in runs if r[name] is not None), default=None)
+    p50 = sorted(r["p50"] for r in runs if r["p50"] is not None)
+    return {"rate": sum(r["requests"] for r in runs) / seconds if seconds else 0.0,
+            "requests": sum(r["requests"] for r in runs),
+            "p50": p50[len(p50) // 2] if p50 else None, "p99": worst("p99"), "max": worst("max"),
+            **{name: sum(r[name] for r in runs)
+               for name in ("non2xx", "socket_errors", "timeouts")}}
 
 
 def accept_queue(address: str) -> int | None:
@@ -97,15 +115,21 @@ def accept_queue(address: str) -> int | None:
 
 
 def cpu_ns(pids) -> int:
-    """Nanoseconds these processes have run (user + kernel), from /proc/PID/schedstat; a
-    process that has gone counts 0."""
+    """Nanoseconds these processes have run (user + kernel), from the schedstat of each of
+    their threads (/proc/PID/schedstat is the main thread's alone, and Granian serves from
+    other threads); a process or thread that has gone counts 0."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError):
-            pass
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError):
+                pass
     return total
 
 

@@ -1,6 +1,7 @@
 """bench/compare.py's report: medians over rounds per scenario and server, pyfpm's ratio to
-each peer, starvation under keep_conn, start and syscall figures, issue 6's targets met or
-not, as markdown tables and a PNG bar chart. Pure functions of the measured cells."""
+each peer, starvation under keep_conn, start and syscall figures, issue 6's and issue 17's
+targets met or not, a slow request's effect on the others' latency, errors under recycling
+and reloads, as markdown tables and a PNG bar chart. Pure functions of the measured cells."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ import textwrap
 from pathlib import Path
 
 STARVED_SHARE = 0.1  # a connection served less than this share of the median one is starved
+# Issue 17's scenarios (compare.SCENARIOS): with one slow request in flight and without;
+# Django with keep_conn on and off; POSTs under recycling and reloads.
+SLOW, SLOW_BASE = "slow-c8", "slow-base-c8"
+DJANGO_KEEP, DJANGO_OFF = "django-keep-c16", "django-c16"
+RECYCLE = "recycle-c16"
+FRONTS = ("keep_conn on for pyfpm; PHP-FPM, uWSGI and flup behind their usual front, keep_conn "
+          "off; gunicorn and Granian behind proxy_pass")
 
 
 def median(values):
@@ -29,16 +37,20 @@ def summarize(cells: list[dict]) -> dict:
         out[key] = {
             "rounds": len(ok),
             "failed": [c["error"] for c in group if "error" in c],
-            **{name: median(c[name] for c in ok) for name in
+            **{name: median(c.get(name) for c in ok) for name in
                ("rate", "p50", "p99", "backend_us", "nginx_us", "other_pct")},
+            "max": max((c["max"] for c in ok if c.get("max") is not None), default=None),
             "rates": [c["rate"] for c in ok],
             "non2xx": sum(c["non2xx"] for c in ok),
             "socket_errors": sum(c["socket_errors"] for c in ok),
             "nginx_errors": sum(c["nginx_errors"] for c in ok),
-            "queue": max((c["midway"] for c in ok if c["midway"] is not None), default=None),
+            **{name: sum(c.get(name, 0) for c in ok) for name in
+               ("upstream_errors", "timeouts", "slow_done", "slow_failed", "reloads",
+                "requests")},
+            "queue": max((c["midway"] for c in ok if c.get("midway") is not None), default=None),
             "stalled_s": max((c.get("stalled_s", 0) for c in group), default=0),
-            "timeouts": sum(c.get("timeouts", 0) for c in ok),
             "conns": merge_conns([c["conns"] for c in ok if c.get("conns")]),
+            "pools": [c["pools"] for c in ok if c.get("pools")],
         }
     return out
 
@@ -72,6 +84,55 @@ def merge_conns(rounds: list[dict]) -> dict | None:
             "timeouts": sum(r["timeouts"] for r in rounds),
             "upstream_timeouts": sum(r["upstream_timeouts"] for r in rounds),
             "starved": any(r["starved"] for r in rounds)}
+
+
+def slow_effect(summary, server) -> dict | None:
+    """/hello under one slow request in flight against without, for one server: both cells'
+    p50/p99/max, p99 with ÷ without, the slow requests answered and failed; None unless both
+    cells were measured."""
+    slow, base = summary.get((SLOW, server)), summary.get((SLOW_BASE, server))
+    if not slow or not base or slow["p99"] is None or not base["p99"]:
+        return None
+    return {"slow": slow, "base": base, "ratio": slow["p99"] / base["p99"],
+            "done": slow["slow_done"], "failed": slow["slow_failed"]}
+
+
+def shrank(pools) -> bool:
+    """Whether an ondemand pool stopped idle workers during a recycle cell: in some run the
+    workers after the idle wait were fewer than under load (``pools``: per round, per run
+    [workers under load, workers after the wait])."""
+    return any(after < busy for rnd in pools for busy, after in rnd)
+
+
+def issue17_targets(summary, server="pyfpm") -> list[tuple[str, str, bool | None]]:
+    """Issue 17's targets for ``server`` as (target, measured, met), met None when the run did
+    not measure it."""
+    rows = []
+    effect = slow_effect(summary, server)
+    rows.append(("keep_conn on, 2 workers, c8 + one 1.5 s request in flight: /hello p99 ≤ 2× "
+                 "its p99 without",
+                 f"{effect['slow']['p99']:.2f} / {effect['base']['p99']:.2f} ms = "
+                 f"{effect['ratio']:.2f}×" if effect else "not measured",
+                 effect["ratio"] <= 2 if effect else None))
+    r = summary.get((RECYCLE, server))
+    if r and r["rounds"]:
+        measured = (f"{r['non2xx']} non-2xx, {r['upstream_errors']} upstream error lines "
+                    f"({r['requests']:,} POSTs, {r['reloads']} reloads; pool shrank when idle: "
+                    f"{'yes' if shrank(r['pools']) else 'no'})")
+        met = r["non2xx"] == 0 and r["upstream_errors"] == 0 and r["socket_errors"] == 0
+    else:
+        measured, met = "not measured", None
+    rows.append(("keep_conn on, POSTs at c16, pm.max_requests = 50, USR2 reloads, ondemand "
+                 "shrinking: 0 non-2xx at wrk, 0 upstream errors in nginx's log", measured, met))
+    on, off = summary.get((DJANGO_KEEP, server)), summary.get((DJANGO_OFF, server))
+    both = bool(on and off and on["rate"] and off["rate"])
+    rows.append(("Django with keep_conn on: p99 ≤ its p99 with keep_conn off",
+                 f"{on['p99']:.2f} / {off['p99']:.2f} ms" if both else "not measured",
+                 on["p99"] <= off["p99"] if both else None))
+    rows.append(("Django with keep_conn on: req/s ≥ keep_conn off",
+                 f"{on['rate']:,.0f} / {off['rate']:,.0f} = {on['rate'] / off['rate']:.2f}×"
+                 if both else "not measured", on["rate"] >= off["rate"] if both else None))
+    return rows
 
 
 def start_figures(times) -> dict:
@@ -213,10 +274,11 @@ def cell_text(summary, scenario, server, failures, mib=None):
 
 
 def markdown(scenarios, servers, summary, memory, failures, meta, starts=None,
-             syscalls=None) -> str:
+             syscalls=None, recycling=None) -> str:
     """The whole report: req/s with pyfpm's ratios, the details per cell, starvation under
-    keep_conn, memory, start times, syscalls, the targets, failures. ``starts`` and
-    ``syscalls``: start_figures() and syscall_figures() by server."""
+    keep_conn, a slow request's effect, recycling and reloads, memory, start times,
+    syscalls, the targets, failures. ``starts`` and ``syscalls``: start_figures() and
+    syscall_figures() by server; ``recycling``: how each server recycles and reloads."""
     peers = [s for s in servers if s != "pyfpm"]
     lines = [f"### {meta['title']}", "", meta["description"], ""]
     head = ["scenario", *servers] + ([f"pyfpm ÷ {p}" for p in peers] if "pyfpm" in servers else [])
@@ -268,6 +330,37 @@ def markdown(scenarios, servers, summary, memory, failures, meta, starts=None,
             lines.append(f"| {sc.title} | {server} | {c['served']} / {c['clients']} | "
                          f"{c['min']:,} / {c['median']:,.0f} / {c['max']:,} | {c['timeouts']} / "
                          f"{c['upstream_timeouts']} | {'**starved**' if c['starved'] else 'no'} |")
+    effects = [(server, slow_effect(summary, server)) for server in servers]
+    if any(e for _, e in effects):
+        lines += ["", "One 1.5 s request in flight the whole cell (re-sent as soon as it is "
+                  "answered), 2 workers, `wrk -c8` on /hello through the same location "
+                  f"({FRONTS}): "
+                  "/hello's latency in ms, medians over the rounds (max: the worst round's):", "",
+                  "| server | without: p50 / p99 / max | with: p50 / p99 / max | p99 with ÷ "
+                  "without | req/s without / with | slow requests answered / failed |",
+                  "|---|---|---|---|---|---|"]
+        def lat(c):
+            return " / ".join(num(c[k], "{:.2f}") for k in ("p50", "p99", "max"))
+        for server, e in effects:
+            if not e:
+                continue
+            lines.append(f"| {server} | {lat(e['base'])} | {lat(e['slow'])} | "
+                         f"**{e['ratio']:.2f}×** | {num(e['base']['rate'])} / "
+                         f"{num(e['slow']['rate'])} | {e['done']} / {e['failed']} |")
+    recycled = [(server, summary[RECYCLE, server]) for server in servers
+                if (summary.get((RECYCLE, server)) or {}).get("rounds")]
+    if recycled:
+        lines += ["", "POSTs of 1 MiB at c16 while workers are recycled and the server reloads "
+                  f"({FRONTS}; per round: 3 wrk runs, the reload signal halfway through each, then "
+                  "the wait for idle workers to stop; errors summed over the rounds; workers: "
+                  "under load, just before the reload → after the wait, per run):", "",
+                  "| server | reload; recycling | POSTs | non-2xx | socket errors | nginx error "
+                  "lines (upstream) | reloads | workers |", "|---|---|---|---|---|---|---|---|"]
+        for server, r in recycled:
+            pools = "; ".join(", ".join(f"{a}→{b}" for a, b in rnd) for rnd in r["pools"])
+            lines.append(f"| {server} | {(recycling or {}).get(server, '')} | {r['requests']:,} | "
+                         f"**{r['non2xx']}** | {r['socket_errors']} | {r['nginx_errors']} "
+                         f"({r['upstream_errors']}) | {r['reloads']} | {pools} |")
     if memory:
         lines += ["", "Idle workers (median of the 2 workers; /proc/PID/smaps_rollup, USS = "
                   "private pages), MiB: right after the start, before any load, and after the "
@@ -306,10 +399,13 @@ def markdown(scenarios, servers, summary, memory, failures, meta, starts=None,
             top = ", ".join(f"{name} {n:.2f}" for name, n in f["top"])
             lines.append(f"| {server} | **{f['per_request']:.1f}** | "
                          f"{f['master_per_request']:.2f} | {top} |")
-    if "pyfpm" in servers:
-        lines += ["", "Issue 6's targets for pyfpm, from this run:", "",
+    for issue, rows in (("6", targets(summary, memory, starts, syscalls)),
+                        ("17", issue17_targets(summary))):
+        if "pyfpm" not in servers or all(met is None for _, _, met in rows):
+            continue  # none of that issue's scenarios in this run
+        lines += ["", f"Issue {issue}'s targets for pyfpm, from this run:", "",
                   "| target | measured | met? |", "|---|---|---|"]
-        for target, measured, met in targets(summary, memory, starts, syscalls):
+        for target, measured, met in rows:
             verdict = "-" if met is None else ("yes" if met else "**no**")
             lines.append(f"| {target} | {measured} | {verdict} |")
     if failures:
@@ -327,7 +423,8 @@ def chart(path: Path, scenarios, servers, summary, title: str) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    colours = {"pyfpm": "#2b7bb9", "php-fpm": "#8892bf", "uwsgi": "#e0a030", "flup": "#999999"}
+    colours = {"pyfpm": "#2b7bb9", "php-fpm": "#8892bf", "uwsgi": "#e0a030", "flup": "#999999",
+               "gunicorn": "#499848", "granian": "#c0504d", "granian-1t": "#e08a88"}
     cols = min(len(scenarios), 5)
     rows = math.ceil(len(scenarios) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 0.6, 3.6 * rows), squeeze=False)

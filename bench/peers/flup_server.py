@@ -1,14 +1,14 @@
-"""flup's prefork FastCGI server (fcgi_fork) with exactly 2 children, serving hello_wsgi.app.
-Usage: python flup_server.py ADDRESS  (a unix socket path or HOST:PORT)."""
+"""flup's prefork FastCGI server (fcgi_fork) with exactly 2 children, serving a WSGI app.
+Usage: python flup_server.py ADDRESS [MODULE:CALLABLE [DIRECTORY [MAX_REQUESTS]]]
+(ADDRESS a unix socket path or HOST:PORT; default hello_wsgi:app from this directory, no
+request limit). SIGHUP makes flup's run() stop and return True: as flup's documentation has
+it, the server is then run again (its reload; the socket is closed and bound anew)."""
 
+import importlib
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from flup.server.fcgi_fork import WSGIServer  # noqa: E402
-
-from hello_wsgi import app  # noqa: E402
+from flup.server.fcgi_fork import WSGIServer
 
 
 def bind_address(text):
@@ -19,5 +19,10 @@ def bind_address(text):
 
 
 if __name__ == "__main__":
-    WSGIServer(app, bindAddress=bind_address(sys.argv[1]), umask=0,
-               minSpare=2, maxSpare=2, maxChildren=2, maxRequests=0).run()
+    address, target, directory, max_requests = (sys.argv[1:] + [None] * 3)[:4]
+    sys.path.insert(0, directory or os.path.dirname(os.path.abspath(__file__)))
+    module, _, name = (target or "hello_wsgi:app").partition(":")
+    app = getattr(importlib.import_module(module), name)
+    while WSGIServer(app, bindAddress=bind_address(address), umask=0, minSpare=2, maxSpare=2,
+                     maxChildren=2, maxRequests=int(max_requests or 0)).run():
+        pass

@@ -1,6 +1,7 @@
 """bench/compare.py's pure parts: reading wrk, strace and nginx's per-connection log, the
-starvation verdict, summaries, issue 6's targets, the CI guard's floor, the params nginx
-sends in the params scenario, and the length of a default run. No server is started."""
+starvation verdict, summaries, issue 6's and 17's targets, the CI guard's floor, the params
+nginx sends in the params scenario, the servers' configs and command lines, nginx's config in
+front of them, and the length of a run. No server is started."""
 
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ sys.path.insert(0, str(BENCH))
 import compare  # noqa: E402
 import compare_measure as measure  # noqa: E402
 import compare_report as report  # noqa: E402
+import compare_servers as servers  # noqa: E402
 sys.path[:] = _PATH
 
 WRK = """\
@@ -91,6 +93,7 @@ def test_wrk_output_read_into_rate_latency_and_errors():
     got = measure.parse_wrk(WRK)
     assert got["rate"] == 24888.12 and got["requests"] == 49776
     assert got["p50"] == pytest.approx(0.54) and got["p99"] == pytest.approx(2.1)
+    assert got["max"] == pytest.approx(8.01)  # the Latency line's third column
     assert (got["non2xx"], got["socket_errors"], got["timeouts"]) == (2, 4, 3)
 
 
@@ -241,7 +244,9 @@ def test_params_scenario_sends_30_params_with_2_kib_of_headers(text):
 
 def test_every_scenario_of_issue_6_is_there_and_payloads_give_mib():
     assert {"unix-c16", "unix-c64", "tcp-c16", "keep-c16", "tcp-keep-c16", "keep-c64",
-            "params-c16", "big-c16", "post-c16"} == set(SCENARIO)
+            "params-c16", "big-c16", "post-c16"} == set(compare.SCENARIO_SETS["issue6"])
+    assert all(SCENARIO[k].variant == "hello" and not SCENARIO[k].slow
+               for k in compare.SCENARIO_SETS["issue6"])
     assert SCENARIO["keep-c64"].counted and SCENARIO["keep-c64"].connections == 64
     assert report.mib_text(10240, SCENARIO["big-c16"].mib) == " (1,000 MiB/s)"
     assert report.mib_text(800, SCENARIO["post-c16"].mib) == ""  # req/s already is MiB/s
@@ -279,4 +284,215 @@ def test_default_run_stays_within_10_minutes_and_quick_within_one():
 
 def test_the_plan_matches_the_five_scenario_run_it_was_fitted_to():
     five = [SCENARIO[k] for k in ("unix-c16", "unix-c64", "tcp-c16", "keep-c16", "post-c16")]
-    assert 360 <= compare.plan_seconds(five, compare.SERVERS, 3, 5.0, 1.0, 0, 0) <= 420  # 381 s
+    assert 360 <= compare.plan_seconds(five, compare.FASTCGI_SERVERS, 3, 5.0, 1.0, 0, 0) <= 420
+
+# --- issue 17: the HTTP servers, the slow request, Django, recycling and reloads ------------
+
+def test_issue_17_scenarios_pair_up_as_its_targets_read_them():
+    issue17 = {k: SCENARIO[k] for k in compare.SCENARIO_SETS["issue17"]}
+    assert set(issue17) == {report.SLOW, report.SLOW_BASE, report.DJANGO_KEEP,
+                            report.DJANGO_OFF, report.RECYCLE}
+    slow, base = issue17[report.SLOW], issue17[report.SLOW_BASE]
+    assert slow.slow and not base.slow  # the same cell but for the slow request
+    assert (slow.keep, slow.connections, slow.path) == (base.keep, base.connections, base.path) \
+        == ("on", 8, "hello")
+    assert (issue17[report.DJANGO_KEEP].keep, issue17[report.DJANGO_OFF].keep) == ("on", "off")
+    assert {issue17[k].variant for k in (report.DJANGO_KEEP, report.DJANGO_OFF)} == {"django"}
+    recycle = issue17[report.RECYCLE]
+    assert recycle.recycle and recycle.post and recycle.keep == "on" and recycle.connections == 16
+
+
+def test_servers_all_and_scenario_sets_expand_and_the_default_stays_issue_6():
+    args = compare.parse_args(["--servers", "all", "--scenarios", "issue17,unix-c16"])
+    assert args.servers == list(compare.SERVERS) and len(args.servers) == 7
+    assert [sc.key for sc in args.scenarios] == [*compare.SCENARIO_SETS["issue17"], "unix-c16"]
+    default = compare.parse_args([])
+    assert default.servers == list(compare.FASTCGI_SERVERS)
+    assert [sc.key for sc in default.scenarios] == list(compare.SCENARIO_SETS["issue6"])
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--scenarios", "issue18"])
+
+
+def test_recycle_and_slow_cells_take_longer_in_the_plan():
+    one = [SCENARIO["slow-base-c8"]]
+    base = compare.plan_seconds(one, ["pyfpm"], 1, 3.0, 0, 0, 0)
+    assert compare.plan_seconds([SCENARIO["slow-c8"]], ["pyfpm"], 1, 3.0, 0, 0, 0) == \
+        pytest.approx(base + compare.SLOW_START + compare.SLOW_S)
+    recycle = compare.cell_seconds(SCENARIO["recycle-c16"], 3.0)
+    assert recycle == compare.RELOADS * (3.0 + compare.SHRINK_WAIT)
+    # not warmed up: the warm-up adds nothing to a recycle cell's plan
+    assert compare.plan_seconds([SCENARIO["recycle-c16"]], ["pyfpm"], 1, 3.0, 1.0, 0, 0) == \
+        compare.plan_seconds([SCENARIO["recycle-c16"]], ["pyfpm"], 1, 3.0, 0, 0, 0)
+
+
+def test_the_issue_17_run_of_bench_readme_stays_within_10_minutes():
+    a = compare.parse_args(["--servers", "all", "--scenarios", "issue17", "--rounds", "2",
+                            "--duration", "2s", "--starts", "0", "--strace", "0"])
+    assert compare.plan_seconds(a.scenarios, a.servers, a.rounds, a.duration, a.warmup,
+                                a.starts, a.strace) <= 600
+
+
+def test_wrk_runs_of_a_recycle_cell_combine_into_one():
+    runs = [{"requests": 900, "seconds": 3.0, "p50": 2.0, "p99": 30.0, "max": 80.0, "non2xx": 1,
+             "socket_errors": 0, "timeouts": 0},
+            {"requests": 600, "seconds": 3.0, "p50": 5.0, "p99": 90.0, "max": 400.0, "non2xx": 0,
+             "socket_errors": 2, "timeouts": 1},
+            {"requests": 300, "seconds": 3.0, "p50": 3.0, "p99": 20.0, "max": 60.0, "non2xx": 2,
+             "socket_errors": 0, "timeouts": 0}]
+    got = measure.combine_runs(runs)
+    assert got["rate"] == pytest.approx(1800 / 9) and got["requests"] == 1800
+    assert (got["p50"], got["p99"], got["max"]) == (3.0, 90.0, 400.0)
+    assert (got["non2xx"], got["socket_errors"], got["timeouts"]) == (3, 2, 1)
+
+
+def test_answers_checked_per_path_and_the_django_page_by_its_items():
+    assert servers.answer_ok("hello", 200, b"Hello world\n")
+    assert servers.answer_ok("slow", 200, b"Hello world\n")
+    assert not servers.answer_ok("hello", 502, b"Hello world\n")
+    assert servers.answer_ok("post", 200, b"1048576") and not servers.answer_ok("post", 200, b"0")
+    assert servers.answer_ok("big", 200, b"a" * servers.BIG)
+    from djangobench import page
+    rows = "".join(f"<li>{i}</li>\n" for i in range(len(page.ITEMS))).encode()
+    good = b"<html><title>" + page.TITLE.encode() + b"</title><ul>" + rows + b"</ul></html>\n"
+    assert servers.answer_ok("django", 200, good)
+    assert not servers.answer_ok("django", 200, good.replace(b"<li>", b"<p>", 1))  # one short
+    assert not servers.answer_ok("django", 200, b"<html>Bad Request (400)</html>")
+
+
+def backend(server, variant="hello", transport="unix", tmp=Path("/tmp/x")):
+    b = servers.Backend(server, transport, tmp / f"{server}-{variant}", variant)
+    b.address = str(b.tmp / "fcgi.sock") if transport == "unix" else "127.0.0.1:9001"
+    return b
+
+
+def location(config, prefix):
+    return next(line.strip() for line in config.splitlines() if f"location {prefix} " in line)
+
+
+def upstream(config, name):
+    return next(line.strip() for line in config.splitlines() if f"upstream {name} " in line)
+
+
+def test_nginx_passes_fastcgi_servers_by_keep_conn_and_proxies_the_http_ones():
+    conf = servers.Nginx(Path("/tmp/n"), [backend("pyfpm"), backend("gunicorn"),
+                                          backend("granian-1t", "django")]).config()
+    assert "fastcgi_keep_conn on; fastcgi_pass pyfpm_unix_on;" in location(conf, "/pyfpm/unix/on/")
+    assert "keepalive 16;" in upstream(conf, "pyfpm_unix_on")
+    assert "keepalive" not in upstream(conf, "pyfpm_unix_off")
+    # gunicorn's sync workers: proxy_pass, no upstream keepalive, whatever keep_conn says
+    for keep in ("off", "on"):
+        loc = location(conf, f"/gunicorn/unix/{keep}/")
+        assert "proxy_pass http://gunicorn_unix_" + keep in loc and "fastcgi" not in loc
+        assert "proxy_http_version" not in loc
+        assert "keepalive" not in upstream(conf, f"gunicorn_unix_{keep}")
+    # Granian: upstream keepalive, HTTP/1.1 without Connection: close; the Django instance
+    # under its own prefix; the client's Host for Django's ALLOWED_HOSTS
+    loc = location(conf, "/granian-1t-django/unix/off/")
+    assert 'proxy_http_version 1.1; proxy_set_header Connection "";' in loc
+    assert "proxy_set_header Host $host;" in loc
+    assert "keepalive 16;" in upstream(conf, "granian_1t_django_unix_off")
+    assert "server unix:/tmp/x/granian-1t-django/fcgi.sock;" in upstream(
+        conf, "granian_1t_django_unix_off")
+
+
+def test_process_managers_recycle_on_demand_and_uwsgi_finds_django():
+    tmp = Path("/tmp/x")
+    for server in ("pyfpm", "php-fpm"):
+        text = servers.config_text(server, "recycle", "/s.sock", tmp)
+        assert "pm = ondemand" in text and "pm.max_requests = 50" in text
+        assert "pm.process_idle_timeout = 1s" in text and "pm = static" not in text
+        assert "pm = static\npm.max_children = 2" in servers.config_text(server, "hello", "/s", tmp)
+    pyfpm = servers.config_text("pyfpm", "django", "/s.sock", tmp)
+    assert "app = djangobench.wsgi:application" in pyfpm
+    assert f"python_path = {servers.BENCH}" in pyfpm
+    assert "app = hello_wsgi:app" in servers.config_text("pyfpm", "hello", "/s", tmp)
+    uwsgi = servers.config_text("uwsgi", "django", "/s.sock", tmp)
+    assert "module = djangobench.wsgi:application" in uwsgi and "\npythonpath = /" in uwsgi
+    assert "max-requests = 50" in servers.config_text("uwsgi", "recycle", "/s", tmp)
+    assert "max-requests" not in servers.config_text("uwsgi", "hello", "/s", tmp)
+    assert not servers.serves("php-fpm", "django") and servers.serves("php-fpm", "recycle")
+
+
+def test_http_servers_command_lines():
+    conf = Path("/tmp/none")
+    gunicorn = servers.command("gunicorn", conf, "/tmp/g.sock", "recycle")
+    if isinstance(gunicorn, str):
+        pytest.skip(gunicorn)  # not installed for this Python
+    text = " ".join(gunicorn)
+    assert "--workers 2 --worker-class sync --preload" in text and "--bind unix:/tmp/g.sock" in text
+    assert "--max-requests 50" in text and gunicorn[-1] == "hello_wsgi:app"
+    assert "--max-requests" not in servers.command("gunicorn", conf, "127.0.0.1:9", "hello")
+    granian = servers.command("granian", conf, "/tmp/g.sock", "django")
+    if isinstance(granian, str):
+        pytest.skip(granian)
+    assert "--interface wsgi --workers 2" in " ".join(granian)
+    assert "--blocking-threads" not in granian and granian[-1] == "djangobench.wsgi:application"
+    matched = servers.command("granian-1t", conf, "127.0.0.1:9001", "hello")
+    assert "--blocking-threads 1" in " ".join(matched) and "--host 127.0.0.1 --port 9001" in \
+        " ".join(matched)
+    assert set(servers.RELOAD_SIGNAL) == set(servers.RECYCLING) == set(servers.SERVERS)
+
+
+def issue17_summary(slow_p99=3.0, base_p99=2.0, non2xx=0, upstream=0, pools=((2, 0),),
+                    django=((1200, 9.0), (1000, 10.0))):
+    (on_rate, on_p99), (off_rate, off_p99) = django
+    cells = [cell(report.SLOW_BASE, "pyfpm", 20000, p99=base_p99, max=5.0),
+             cell(report.SLOW, "pyfpm", 18000, p99=slow_p99, max=9.0, slow_done=2, slow_failed=0),
+             cell(report.DJANGO_KEEP, "pyfpm", on_rate, p99=on_p99),
+             cell(report.DJANGO_OFF, "pyfpm", off_rate, p99=off_p99),
+             cell(report.RECYCLE, "pyfpm", 700, non2xx=non2xx, upstream_errors=upstream,
+                  nginx_errors=upstream, requests=6000, reloads=3, pools=[list(p) for p in pools])]
+    return report.summarize(cells)
+
+
+def test_issue_17_targets_met():
+    rows = report.issue17_targets(issue17_summary())
+    assert [met for _, _, met in rows] == [True] * 4, rows
+    assert rows[0][1] == "3.00 / 2.00 ms = 1.50×"
+    assert "0 non-2xx, 0 upstream error lines (6,000 POSTs, 3 reloads; pool shrank when idle: " \
+        "yes)" == rows[1][1]
+
+
+def test_issue_17_targets_missed_and_unmeasured():
+    rows = report.issue17_targets(issue17_summary(slow_p99=4.1, non2xx=9, upstream=9,
+                                                  django=((900, 12.0), (1000, 10.0))))
+    assert [met for _, _, met in rows] == [False] * 4
+    assert report.issue17_targets(issue17_summary(), server="uwsgi") == [
+        (t, "not measured", None) for t, _, _ in rows]
+    assert report.issue17_targets(issue17_summary(upstream=1))[1][2] is False
+    assert report.issue17_targets(issue17_summary(slow_p99=4.0))[0][2] is True  # 2× exactly
+
+
+def test_pool_shrinks_only_when_fewer_workers_after_the_wait():
+    assert report.shrank([[[2, 0], [2, 2]]]) and not report.shrank([[[2, 2]], [[3, 3]]])
+    assert not report.shrank([])
+
+
+def test_summary_keeps_the_worst_max_and_sums_the_new_counts():
+    cells = [cell(report.SLOW, "pyfpm", 1000, 1, max=9.0, slow_done=2, slow_failed=1),
+             cell(report.SLOW, "pyfpm", 1000, 2, max=30.0, slow_done=3, slow_failed=0)]
+    s = report.summarize(cells)[report.SLOW, "pyfpm"]
+    assert (s["max"], s["slow_done"], s["slow_failed"]) == (30.0, 5, 1)
+    assert report.summarize([cell("unix-c16", "pyfpm", 1)])["unix-c16", "pyfpm"]["max"] is None
+
+
+def test_markdown_has_the_slow_and_recycle_tables_and_issue_17_targets():
+    s = issue17_summary(non2xx=9, upstream=9)
+    scenarios = [SCENARIO[k] for k in compare.SCENARIO_SETS["issue17"]]
+    text = report.markdown(scenarios, ["pyfpm"], s, {}, {}, {"title": "t", "description": "d"},
+                           recycling=servers.RECYCLING)
+    assert "| pyfpm | 0.50 / 2.00 / 5.00 | 0.50 / 3.00 / 9.00 | **1.50×** | 20,000 / 18,000 | " \
+           "2 / 0 |" in text
+    recycling = servers.RECYCLING["pyfpm"]
+    assert f"| pyfpm | {recycling} | 6,000 | **9** | 0 | 9 (9) | 3 | 2→0 |" in text
+    assert "Issue 17's targets for pyfpm" in text
+    assert "Issue 6's targets" not in text  # none of its scenarios ran
+
+
+def test_issue_17_measures_pyfpm_with_keep_conn_and_the_others_behind_their_usual_front():
+    for key in (report.SLOW, report.SLOW_BASE, report.DJANGO_KEEP, report.RECYCLE):
+        sc = SCENARIO[key]
+        assert sc.keep_for("pyfpm") == "on"
+        assert {sc.keep_for(s) for s in ("php-fpm", "uwsgi", "flup")} == {"off"}
+    assert SCENARIO["keep-c16"].keep_for("php-fpm") == "on"  # issue 6's: the same for all
+    assert SCENARIO[report.DJANGO_OFF].keep_for("pyfpm") == "off"
