@@ -32,7 +32,7 @@ def parse_ms(text: str) -> float:
 
 def parse_wrk(out: str) -> dict:
     """req/s, requests, p50/p99/max (ms), non-2xx and socket errors from ``wrk --latency``."""
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))  # "1.28s " has a space
     latency = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", out, re.M)  # avg, stdev, max
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

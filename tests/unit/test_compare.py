@@ -97,6 +97,13 @@ def test_wrk_output_read_into_rate_latency_and_errors():
     assert (got["non2xx"], got["socket_errors"], got["timeouts"]) == (2, 4, 3)
 
 
+def test_wrk_latencies_in_seconds_are_read_too():
+    # wrk pads a figure in seconds with a space: a request stuck behind a slow one
+    out = WRK.replace("     99%    2.10ms", "     99%    1.28s ").replace("8.01ms", "1.32s")
+    got = measure.parse_wrk(out)
+    assert (got["p99"], got["max"]) == (1280.0, 1320.0)
+
+
 def test_strace_table_read_by_its_columns_blank_errors_included():
     got = measure.parse_strace(STRACE)
     assert got == {"writev": 3000, "recvfrom": 3000, "accept4": 3000, "close": 3000,
