@@ -8,7 +8,7 @@ from setuptools.command.build_ext import build_ext
 PYSTACK = "fpm._pystack"
 # The compiled core, one module per concern, in the order they cimport each other
 # (fpm/_sys.pxd only declares system calls: nothing is built from it).
-CORE = ("_codec", "_board", "_passing", "_worker")
+CORE = ("_codec", "_board", "_passing", "_kept", "_worker")
 
 
 def pystack_extension():

@@ -16,6 +16,13 @@ cdef enum:
     # waits in the master, without a head deadline, for the next request the web server
     # sends on it.
     C_TICKET_KEPT = 2
+    # A kept connection a worker shares with the pool's other workers (fpm._kept): its
+    # table entry travels in head_due_us (generation << 32 | index). The master keeps a
+    # copy and gives one to each worker; from the master to a worker, the same.
+    C_TICKET_SHARE = 4
+    # Other processes may still hold copies of it (it was shared): closing one's own copy
+    # would not close it, shutdown() does.
+    C_TICKET_DUPS = 8
 
 
 ctypedef struct Ticket:

@@ -23,6 +23,8 @@ import os
 
 TICKET_LATE = C_TICKET_LATE
 TICKET_KEPT = C_TICKET_KEPT
+TICKET_SHARE = C_TICKET_SHARE
+TICKET_DUPS = C_TICKET_DUPS
 
 
 cdef void _ticket_msg(msghdr *msg, iovec *iov, Ticket *t, const char *data, Py_ssize_t n,

@@ -35,7 +35,9 @@ cdef extern from "<sys/epoll.h>" nogil:
     enum:
         EPOLL_CLOEXEC
         EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
         EPOLLIN
+        EPOLLET
         EPOLLEXCLUSIVE
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -68,6 +70,7 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_TRUNC
         MSG_CMSG_CLOEXEC
         SHUT_WR
+        SHUT_RDWR
         SOL_SOCKET
         SCM_RIGHTS
         SCM_TIMESTAMPNS

@@ -30,9 +30,13 @@ from fpm._codec cimport (BLOCK, Decoder, END_LEN, HEAD_READY, HEADER_LEN, READ_S
                          STEP_BLOCKED, STEP_NEED, STEP_PARAMS_DONE, STEP_STDIN, STEP_STDIN_END,
                          Step, T_STDERR, T_STDOUT, frame_iov, head_status, padding, parse_pairs,
                          put_end, put_header, put_records, records_len, set_request_id)
-from fpm._passing cimport C_TICKET_KEPT, C_TICKET_LATE, Ticket, recv_conn, send_conn
-from fpm._sys cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLLEXCLUSIVE, EPOLLIN, EWOULDBLOCK, MSG_DONTWAIT,
-                      POLLIN, SCM_TIMESTAMPNS, SHUT_WR, SOCK_CLOEXEC, SOL_SOCKET, O_CLOEXEC,
+from fpm._kept cimport (CLAIM_OK, CLAIM_STALE, GEN_MASK, K_FREE, KeptHeader, Table, k_entries,
+                       k_gen, k_state, kept_alloc, kept_claim, kept_drop, kept_release)
+from fpm._passing cimport (C_TICKET_DUPS, C_TICKET_KEPT, C_TICKET_LATE, C_TICKET_SHARE, Ticket,
+                           recv_conn, send_conn)
+from fpm._sys cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLET, EPOLLEXCLUSIVE, EPOLLIN,
+                      EWOULDBLOCK, MSG_DONTWAIT, POLLIN, SCM_TIMESTAMPNS, SHUT_RDWR, SHUT_WR,
+                      SOCK_CLOEXEC, SOL_SOCKET, O_CLOEXEC,
                       O_RDONLY, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, accept4, cmsghdr,
                       epoll_create1, epoll_ctl, epoll_event, epoll_wait, msghdr, open_c, poll,
                       pollfd, recv, recvmsg, sendfile, shutdown, ssize_t)
@@ -84,9 +88,17 @@ cdef enum:
     ACCEPT_PAUSE_MAX_MS = 1000
     # Idle kept connections one worker watches; beyond this a new idle one is closed.
     C_MAX_HELD = 1024
+    # A kept connection is shared with the pool's other workers once it has served this
+    # many requests: a web server keeps it, and does not close it after each request (a
+    # share costs the master a message to every worker).
+    SHARE_AFTER = 2
+    # Conn objects a worker keeps to serve shared connections with.
+    SPARE_CONNS = 4
 
 
 MAX_HELD = C_MAX_HELD
+# epoll events of shared kept connections carry this bit, their generation and index.
+cdef uint64_t KEPT_EVENT = 1ULL << 62
 
 # A CONTENT_LENGTH beyond what a Py_ssize_t holds (PY_SSIZE_T_MAX, 19 digits).
 cdef Py_ssize_t LENGTH_OVERFLOW = -2
@@ -272,10 +284,25 @@ cdef class Conn:
     cdef uint64_t body_read              # bytes read while the body came (request_body_min_rate)
     cdef bint refused                    # a refusal was counted for its request: not again
     cdef bint late                       # the master handed it over with its body late
+    cdef int served                      # requests begun on it here
+    cdef int kid                         # its entry in the pool's shared table (-1: not shared)
+    cdef uint32_t kgen                   # ...and the generation of that entry
+    cdef bint dups                       # other processes may hold copies: shutdown() closes it
 
     def __init__(self, int fd, Decoder dec):
         self.fd = fd
         self.dec = dec
+        self.kid = -1
+
+    cdef int reset(self, int fd) except -1:
+        """Serve another connection with this object (its decoder between requests)."""
+        self.fd = fd
+        self.dec.start = self.dec.end = 0
+        self.peer_cache = None
+        self.arrived_us = self.head_due_us = 0
+        self.body_read = 0
+        self.refused = self.late = False
+        return 0
 
 
 cdef class Input:
@@ -660,22 +687,28 @@ def finish_request():
 
 
 
-cdef int _listen_epoll(pollfd *fixed, int n) except -1:
-    """An epoll set over the listen fds and the stop pipe (the last of ``fixed``), each
-    event carrying its index. Listeners are exclusive: with poll() every idle worker of the
-    pool woke for each connection and all but one found the queue empty; the kernel now
-    wakes one (one request at a time, 2 workers: 1.03 wake-ups per request, was 1.22)."""
+cdef int _epoll_add(int epfd, int fd, uint32_t events, uint64_t data) noexcept:
+    """0, or the errno of epoll_ctl(EPOLL_CTL_ADD)."""
     cdef epoll_event ev
-    cdef int i, epfd = epoll_create1(EPOLL_CLOEXEC)
+    ev.events = events
+    ev.data.u64 = data
+    return errno if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 else 0
+
+
+cdef int _listen_epoll(int *fds, int nsources, int n) except -1:
+    """An epoll set over ``n`` fds, each event carrying its index: the sources of new
+    connections (the first ``nsources``), then the stop pipe and the kept channel. Sources
+    are exclusive: with poll() every idle worker of the pool woke for each connection and
+    all but one found the queue empty; the kernel now wakes one (one request at a time, 2
+    workers: 1.03 wake-ups per request, was 1.22)."""
+    cdef int i, err, epfd = epoll_create1(EPOLL_CLOEXEC)
     if epfd < 0:
         raise OSError(errno, "epoll_create1() failed: " + os.strerror(errno))
     for i in range(n):
-        ev.events = EPOLLIN | (EPOLLEXCLUSIVE if i < n - 1 else 0)
-        ev.data.u64 = i
-        if epoll_ctl(epfd, EPOLL_CTL_ADD, fixed[i].fd, &ev) < 0:
-            err = errno
+        err = _epoll_add(epfd, fds[i], EPOLLIN | (EPOLLEXCLUSIVE if i < nsources else 0), i)
+        if err:
             close(epfd)
-            raise OSError(err, "epoll_ctl(%d) failed: %s" % (fixed[i].fd, os.strerror(err)))
+            raise OSError(err, "epoll_ctl(%d) failed: %s" % (fds[i], os.strerror(err)))
     return epfd
 
 
@@ -966,8 +999,16 @@ cdef class Reading(Accounting):
 
     cdef void _close(self, Conn conn) noexcept:
         if conn.fd >= 0:
+            if conn.kid >= 0:
+                self._unshare(conn)
+            if conn.dups:
+                shutdown(conn.fd, SHUT_RDWR)
             close(conn.fd)
             conn.fd = -1
+
+    cdef void _unshare(self, Conn conn) noexcept:
+        """Take a shared connection out of the pool's table (Worker)."""
+        pass
 
     def _peer(self, Conn conn):
         if conn.peer_cache is None:
@@ -1155,14 +1196,17 @@ cdef class Reading(Accounting):
         cdef Decoder dec = conn.dec
         cdef Ticket t
         cdef int err
+        if conn.kid >= 0:
+            self._unshare(conn)
         memset(&t, 0, sizeof(t))
-        t.flags = flags
+        t.flags = flags | (C_TICKET_DUPS if conn.dups else 0)
         if not flags & C_TICKET_KEPT:
             t.head_due_us = conn.head_due_us or _now_us() + self.head_timeout_us
         t.arrived_us = conn.arrived_us
         err = send_conn(self.park_fd, conn.fd, &t, dec.buf + dec.start, dec.end - dec.start)
         if err:
             count(self.header, REFUSED_PARKED)  # the master's queue is full: nowhere to wait
+        conn.dups = False  # the master holds it now: this copy goes, the connection stays
         self._close(conn)
         return 0
 
@@ -1396,7 +1440,8 @@ cdef class Serving(Admission):
         self.on_output = o.on_output
 
     cdef int _hold(self, Conn conn) except -1:
-        """Keep an idle connection until its next request: the loop's to do (Worker)."""
+        """Keep an idle connection until its next request: the loop's to do (Worker);
+        1 when it must be read again at once (a shared one became ready meanwhile)."""
         raise NotImplementedError
 
     cdef int _serve_conn(self, Conn conn, int how) except -1:
@@ -1444,7 +1489,9 @@ cdef class Serving(Admission):
                 self._close(conn)
                 return 0
             if r == -2:
-                self._hold(conn)
+                if self._hold(conn):
+                    r = self._await_head(conn, self._read(conn, False), CONN_KEPT)
+                    continue
                 return 0
             # At EOF with bytes left (they came with the hang-up, or the master held them),
             # those are stepped through first: the peer's fault is named by what it sent, as
@@ -1459,6 +1506,7 @@ cdef class Serving(Admission):
                 conn.body_read = dec.end - dec.start
                 conn.head_due_us = 0
                 conn.refused = False
+                conn.served += 1
                 self._run_request(conn)
                 conn.late = False
                 if conn.fd < 0:
@@ -1488,8 +1536,12 @@ cdef class Serving(Admission):
                 ) and not dec.draining:
             if _stop and not dec.want_close and self.park_fd >= 0:
                 # Kept between requests as this worker stops: a close could cross the next
-                # request nginx sends on it. The master keeps it for another worker.
-                self._park(conn, C_TICKET_KEPT)
+                # request nginx sends on it. The master keeps it for another worker; a
+                # shared one is let go: the others serve it.
+                if conn.kid < 0:
+                    self._park(conn, C_TICKET_KEPT)
+                else:
+                    self._hold(conn)
             else:
                 self._close(conn)
             return GONE
@@ -1652,25 +1704,244 @@ cdef class Serving(Admission):
         return 0
 
 
-cdef class Worker(Serving):
+cdef class Sharing(Serving):
+    """Kept connections shared by the pool's workers (fpm._kept): this worker's copy of
+    each, by table entry, watched in its epoll set with EPOLLET | EPOLLEXCLUSIVE, so that
+    the kernel wakes an idle worker for a request on any of them."""
+    cdef int epfd                        # epoll: sources (EPOLLEXCLUSIVE), stop pipe, kept channel, shared conns
+    cdef Table kept                      # the pool's table (None: not shared)
+    cdef KeptHeader *kh
+    cdef int kept_rx                     # where the master sends copies of newly shared ones (-1: none)
+    cdef int chan_index                  # its event index
+    cdef int *kfd                        # by entry: this worker's copy (-1: none)...
+    cdef uint32_t *kgen                  # ...of the connection of that generation
+    cdef int nkept                       # copies held
+    cdef uint64_t kept_drops             # the table's drops when this worker last swept
+    cdef uint32_t pid
+    cdef list spare                      # Conn objects to serve shared connections with
+
+    def __cinit__(self):
+        self.epfd = -1
+        self.kept_rx = -1
+        self.chan_index = -1
+
+    def __dealloc__(self):
+        cdef int i
+        if self.kfd != NULL:
+            for i in range(self.kept.size):
+                if self.kfd[i] >= 0:
+                    close(self.kfd[i])
+        free(self.kfd)
+        free(self.kgen)
+        if self.epfd >= 0:
+            close(self.epfd)
+        if self.kept_rx >= 0:
+            close(self.kept_rx)
+
+    def __init__(self, app, o):
+        Serving.__init__(self, app, o)
+        self.spare = []
+        self.pid = os.getpid()
+        if o.kept is not None and o.park_fd >= 0:
+            self._init_kept(o.kept, o.kept_rx)
+        elif o.kept_rx >= 0:
+            close(o.kept_rx)
+
+    cdef int _init_kept(self, Table kept, int kept_rx) except -1:
+        cdef int i
+        self.kept = kept
+        self.kh = kept.head
+        self.kept_rx = kept_rx
+        self.kfd = <int *>malloc(max(1, kept.size) * sizeof(int))
+        self.kgen = <uint32_t *>malloc(max(1, kept.size) * sizeof(uint32_t))
+        if self.kfd == NULL or self.kgen == NULL:
+            raise MemoryError()
+        for i in range(kept.size):
+            self.kfd[i] = -1
+        self.kept_drops = self.kh.drops
+        return 0
+
+    cdef bint _register_kept(self, int index, uint32_t gen, int fd) noexcept:
+        """Watch this worker's copy of a shared connection; False if epoll refused it."""
+        if _epoll_add(self.epfd, fd, EPOLLIN | EPOLLET | EPOLLEXCLUSIVE,
+                      KEPT_EVENT | (<uint64_t>gen << 32) | <uint32_t>index):
+            return False
+        self.kfd[index] = fd
+        self.kgen[index] = gen
+        self.nkept += 1
+        return True
+
+    cdef void _unregister_kept(self, int index) noexcept:
+        epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.kfd[index], NULL)
+        self.kfd[index] = -1
+        self.nkept -= 1
+
+    cdef void _forget_kept(self, int index) noexcept:
+        """Close this worker's copy of a connection gone from the table (the connection
+        itself was shut down, or is parked, by whoever took it out)."""
+        cdef int fd = self.kfd[index]
+        self._unregister_kept(index)
+        close(fd)
+
+    cdef void _adopt_kept(self, int index, uint32_t gen, int fd) noexcept:
+        """A copy of shared connection ``gen`` of entry ``index`` (from the master)."""
+        cdef uint64_t w
+        if self.kfd == NULL or not 0 <= index < self.kept.size:
+            close(fd)
+            return
+        if self.kfd[index] >= 0:
+            if self.kgen[index] == gen:
+                close(fd)
+                return
+            self._forget_kept(index)
+        w = (<volatile uint64_t *>&k_entries(self.kh)[index].word)[0]
+        if k_gen(w) != gen or k_state(w) == K_FREE or not self._register_kept(index, gen, fd):
+            close(fd)
+
+    cdef int _take_copies(self) except -1:
+        """Take the copies of newly shared connections the master sent."""
+        cdef Ticket t
+        cdef char buf[64]
+        cdef Py_ssize_t n = 0
+        cdef int fd = -1, err
+        while True:
+            err = recv_conn(self.kept_rx, &t, buf, sizeof(buf), &n, &fd)
+            if err == EAGAIN or err == EWOULDBLOCK:
+                return 0
+            if err == EPIPE:
+                # The master re-executed (a reload) and will retire this worker: the copies
+                # held serve on, no new ones come.
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.kept_rx, NULL)
+                close(self.kept_rx)
+                self.kept_rx = -1
+                return 0
+            if not err:
+                self._adopt_kept(<int>(t.head_due_us & 0xffffffff),
+                                 <uint32_t>(t.head_due_us >> 32), fd)
+
+    cdef int _sweep_kept(self) except -1:
+        """Close the copies of connections taken out of the table since the last sweep."""
+        cdef int i
+        cdef uint64_t w
+        self.kept_drops = (<volatile uint64_t *>&self.kh.drops)[0]
+        for i in range(self.kept.size):
+            if self.kfd[i] >= 0:
+                w = (<volatile uint64_t *>&k_entries(self.kh)[i].word)[0]
+                if k_gen(w) != self.kgen[i] or k_state(w) == K_FREE:
+                    self._forget_kept(i)
+        return 0
+
+    cdef int _kept_ready(self, int index, uint32_t gen) except -1:
+        """Shared connection ``gen`` of entry ``index`` became readable: serve it unless
+        another worker does (which then reads it again before it lets go)."""
+        cdef int r
+        cdef Conn conn
+        if not 0 <= index < self.kept.size or self.kfd[index] < 0 or self.kgen[index] != gen:
+            return 0
+        r = kept_claim(&k_entries(self.kh)[index], gen, self.pid)
+        if r == CLAIM_STALE:
+            self._forget_kept(index)
+        elif r == CLAIM_OK:
+            conn = self.spare.pop() if self.spare else Conn(-1, self._decoder())
+            conn.reset(self.kfd[index])
+            conn.kid = index
+            conn.kgen = gen
+            conn.dups = True
+            conn.served = SHARE_AFTER
+            self._serve_conn(conn, CONN_KEPT)
+        return 0
+
+    cdef bint _nudged(self, int index, uint32_t gen, int fd) except -1:
+        """The master handed over a copy of a shared connection with a request nobody
+        serves (fpm.parking.Lot.nudge): serve it, with this worker's own copy if it has one."""
+        if self.kfd == NULL or not 0 <= index < self.kept.size:
+            close(fd)
+            return True
+        if self.kfd[index] >= 0 and self.kgen[index] == gen:
+            close(fd)
+        else:
+            self._adopt_kept(index, gen, fd)
+        self._kept_ready(index, gen)
+        return True
+
+    cdef bint _share(self, Conn conn) except -1:
+        """Share a kept connection with the pool's workers: an entry in the table, this
+        worker's epoll set, and a copy to the master, which gives one to each of the
+        others. False when the table is full or the master's queue is."""
+        cdef uint32_t gen = 0
+        cdef int index = kept_alloc(self.kh, self.pid, &gen)
+        cdef Ticket t
+        if index < 0:
+            return False
+        if not self._register_kept(index, gen, conn.fd):
+            kept_drop(self.kh, &k_entries(self.kh)[index], gen, self.pid)
+            return False
+        conn.kid = index
+        conn.kgen = gen
+        if self._pass_on(conn, C_TICKET_SHARE):
+            self._unregister_kept(index)
+            kept_drop(self.kh, &k_entries(self.kh)[index], gen, self.pid)
+            conn.kid = -1
+            return False
+        conn.dups = True
+        return True
+
+    cdef int _pass_on(self, Conn conn, uint32_t flags) noexcept:
+        """Send the master a copy of shared connection ``conn``: to share it (TICKET_SHARE),
+        or with TICKET_KEPT too, to hand it to another worker; 0 or the errno."""
+        cdef Ticket t
+        memset(&t, 0, sizeof(t))
+        t.flags = flags
+        t.head_due_us = (<int64_t>conn.kgen << 32) | conn.kid
+        return send_conn(self.park_fd, conn.fd, &t, NULL, 0)
+
+    cdef void _unshare(self, Conn conn) noexcept:
+        kept_drop(self.kh, &k_entries(self.kh)[conn.kid], conn.kgen, self.pid)
+        self._unregister_kept(conn.kid)
+        conn.kid = -1
+
+    cdef int _hold_shared(self, Conn conn) except -2:
+        """Between requests: share a kept connection that has served SHARE_AFTER requests;
+        let go of a shared one. -1 for one not shared, 0 once let go, 1 when it must be
+        read again at once (it became ready meanwhile: still ours)."""
+        if (conn.kid < 0 and conn.served >= SHARE_AFTER and self.kfd != NULL and not _stop
+                and conn.dec.keep_conn):
+            self._share(conn)
+        if conn.kid < 0:
+            return -1
+        if kept_release(&k_entries(self.kh)[conn.kid], conn.kgen, self.pid) == 1:
+            if not _stop:
+                return 1
+            # The worker woken for the request that came meanwhile left it to this one,
+            # which stops: the master hands it to another.
+            while kept_release(&k_entries(self.kh)[conn.kid], conn.kgen, self.pid) == 1:
+                pass
+            self._pass_on(conn, C_TICKET_SHARE | C_TICKET_KEPT)
+        conn.fd = -1  # this worker's copy stays, in kfd
+        conn.kid = -1
+        if len(self.spare) < SPARE_CONNS:
+            self.spare.append(conn)
+        return 0
+
+
+cdef class Worker(Sharing):
     """One worker process's loop over its listening sockets and the connections it holds."""
     cdef list listen_fds
     cdef int handoff_fd                  # the pool's hand-off socket (from the master; -1: none)
-    cdef int nsources                    # pfds: the listen fds, then the hand-off socket if any
+    cdef int nsources                    # srcs: the listen fds, then the hand-off socket if any
+    cdef int *srcs                       # the sources, the stop pipe, the kept channel (event indexes)
     cdef int64_t paused_until            # accept() failed for want of descriptors: not before this
     cdef int pause_streak                # failures in a row (the pause grows with it)
     cdef int reserve_fd                  # /dev/null, given up to take a connection when out of fds
-    cdef pollfd *pfds
+    cdef pollfd *pfds                    # the epoll set, then the connections held privately
     cdef int npfds, nlisten, pfds_cap
-    cdef int nfixed                      # pfds: the sources, then the stop pipe, then held conns
+    cdef int nfixed                      # pfds before the held connections (1: the epoll set)
     cdef int wake_r                      # read end of the stop pipe (see watch_quit)
-    cdef int epfd                        # epoll over the listen fds (EPOLLEXCLUSIVE) and the stop pipe
     cdef list held                       # Conn objects idle between requests, parallel to pfds[nfixed:]
     cdef object allow                    # allow(fd) -> bool for each accepted connection, or None
 
     def __cinit__(self):
         self.wake_r = -1
-        self.epfd = -1
         self.reserve_fd = -2
         self.pfds_cap = 16
         self.pfds = <pollfd *>malloc(self.pfds_cap * sizeof(pollfd))
@@ -1680,10 +1951,9 @@ cdef class Worker(Serving):
     def __dealloc__(self):
         global _wake_w
         free(self.pfds)
+        free(self.srcs)
         if self.reserve_fd >= 0:
             close(self.reserve_fd)
-        if self.epfd >= 0:
-            close(self.epfd)
         if self.wake_r >= 0:
             close(self.wake_r)
             close(_wake_w)
@@ -1691,7 +1961,7 @@ cdef class Worker(Serving):
 
     def __init__(self, list listen_fds, app, options):
         o = options  # fpm.options.WorkerOptions, read once
-        Serving.__init__(self, app, o)
+        Sharing.__init__(self, app, o)
         self.listen_fds = list(listen_fds)
         self.handoff_fd = o.handoff_fd
         self.allow = o.allow
@@ -1701,34 +1971,43 @@ cdef class Worker(Serving):
         self.reserve_fd = _open_null() if o.park_fd >= 0 else -2
         self.held = []
         self._watch_sources()
+        for index, gen, fd in o.kept_conns:
+            self._adopt_kept(index, gen, fd)
 
     cdef int _watch_sources(self) except -1:
-        """The fds the loop waits on: the sources of new connections, then the stop pipe
-        (and, later, the connections it holds); the epoll set over the first ones."""
-        cdef int i
+        """The fds the loop waits on: the epoll set of the sources of new connections, the
+        stop pipe, the kept channel and the shared connections; then the connections it
+        holds privately, polled with it."""
+        cdef int i, n
         global _wake_w
         self.nlisten = len(self.listen_fds)
         # Where new connections come from: the listening sockets, and the hand-off socket
         # (connections the master held until their head came), watched alike.
         self.nsources = self.nlisten + (self.handoff_fd >= 0)
-        self.nfixed = self.nsources + 1
-        if self.nfixed + 1 > self.pfds_cap:
-            self.pfds_cap = self.nfixed + 16
-            self.pfds = <pollfd *>realloc(self.pfds, self.pfds_cap * sizeof(pollfd))
+        self.srcs = <int *>malloc((self.nsources + 2) * sizeof(int))
+        if self.srcs == NULL:
+            raise MemoryError()
         for i in range(self.nsources):
-            self.pfds[i].fd = self.listen_fds[i] if i < self.nlisten else self.handoff_fd
-            self.pfds[i].events = POLLIN
-            self.pfds[i].revents = 0
+            self.srcs[i] = self.listen_fds[i] if i < self.nlisten else self.handoff_fd
         self.wake_r, _wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.pfds[self.nsources].fd = self.wake_r
-        self.pfds[self.nsources].events = POLLIN
-        self.pfds[self.nsources].revents = 0
-        self.npfds = self.nfixed
-        self.epfd = _listen_epoll(self.pfds, self.nfixed)
+        self.srcs[self.nsources] = self.wake_r
+        n = self.nsources + 1
+        if self.kept_rx >= 0:
+            self.chan_index = n
+            self.srcs[n] = self.kept_rx
+            n += 1
+        self.epfd = _listen_epoll(self.srcs, self.nsources, n)
+        self.pfds[0].fd = self.epfd
+        self.pfds[0].events = POLLIN
+        self.pfds[0].revents = 0
+        self.nfixed = self.npfds = 1
         return 0
 
     cdef int _hold(self, Conn conn) except -1:
         cdef pollfd *np
+        cdef int shared = self._hold_shared(conn)
+        if shared >= 0:
+            return shared
         if len(self.held) >= C_MAX_HELD:
             self._close(conn)
             return 0
@@ -1762,12 +2041,19 @@ cdef class Worker(Serving):
         cdef Conn conn
         global _stop
         while not _stop:
+            if self.kh != NULL and self.kh.drops != self.kept_drops:
+                self._sweep_kept()
             if self.reserve_fd == -1:
                 self._reopen_reserve()
             if self.paused_until and _now_us() >= self.paused_until:
                 self.paused_until = 0
-                self._set_sources(POLLIN)
+                self._set_sources(True)
             if not self.held and not self.paused_until:
+                if self.nkept:
+                    # Shared connections are watched in the epoll set with the sources:
+                    # a request on one costs no system call more than on a held one.
+                    self._wait_listeners(-1)
+                    continue
                 # Optimistic accept: under load the queue is never empty, so no wait is
                 # needed. A connection the master handed over goes first (it has waited
                 # for its head already): the board says, without a system call, if any.
@@ -1780,8 +2066,8 @@ cdef class Worker(Serving):
                         if self._accept(i):
                             served = True
                             break
-                if not served:
-                    self._wait_listeners()
+                if not served and not self.paused_until:  # else: the pause's timed wait below
+                    self._wait_listeners(-1)
                 continue
             # Held connections to watch, or accepting paused (the sources are left out).
             timeout = -1
@@ -1798,31 +2084,38 @@ cdef class Worker(Serving):
             for i in range(self.npfds - 1, self.nfixed - 1, -1):
                 if self.pfds[i].revents:
                     ready.append(self._unhold(i))
-            for i in range(self.nsources):
-                if self.pfds[i].revents and not self.paused_until:
-                    self._take(i)
+            if self.pfds[0].revents:
+                self._wait_listeners(0)
             for conn in ready:
                 self._serve_conn(conn, CONN_KEPT)
         self._finish_held()
         return self.requests
 
-    cdef int _wait_listeners(self) except -1:
-        """Sleep until a source has a connection (and take it) or the stop pipe wakes us."""
+    cdef int _wait_listeners(self, int timeout) except -1:
+        """Wait up to ``timeout`` ms (-1: until something comes) on the epoll set, and take
+        what came: new connections, requests on shared ones, copies of newly shared ones;
+        the stop pipe only wakes us."""
         cdef epoll_event events[16]
-        cdef int i, n, index
+        cdef int i, n
+        cdef uint64_t data
         with nogil:
-            n = epoll_wait(self.epfd, events, 16, -1)
+            n = epoll_wait(self.epfd, events, 16, timeout)
         if n < 0:
             if errno != EINTR:
                 raise OSError(errno, os.strerror(errno))
             PyErr_CheckSignals()
             return 0
         for i in range(n):
-            index = <int>events[i].data.u64
+            data = events[i].data.u64
             # Even once told to stop: EPOLLEXCLUSIVE may have woken this worker alone for
-            # the connection, and a worker that leaves it queued leaves it to nobody.
-            if index < self.nsources and not self.paused_until:
-                self._take(index)
+            # the connection or the request, and a worker that leaves it leaves it to nobody.
+            if data & KEPT_EVENT:
+                self._kept_ready(<int>(data & 0xffffffff), <uint32_t>(data >> 32) & GEN_MASK)
+            elif data < <uint64_t>self.nsources:
+                if not self.paused_until:
+                    self._take(<int>data)
+            elif data == <uint64_t>self.chan_index:
+                self._take_copies()
         return 0
 
     cdef bint _take(self, int index) except -1:
@@ -1835,7 +2128,7 @@ cdef class Worker(Serving):
         """Accept from listener ``index`` and serve the connection; False if none was queued.
         The GIL stays held: the listeners never block, and a release and take per call
         costs more than the call."""
-        cdef int cfd = accept4(self.pfds[index].fd, NULL, NULL, SOCK_CLOEXEC)
+        cdef int cfd = accept4(self.srcs[index], NULL, NULL, SOCK_CLOEXEC)
         if cfd < 0:
             self._accept_error(errno, index)
             return False
@@ -1862,7 +2155,7 @@ cdef class Worker(Serving):
             self._pause_accepting(err)
             if (err == EMFILE or err == ENFILE) and self.reserve_fd >= 0:
                 close(self.reserve_fd)
-                cfd = accept4(self.pfds[index].fd, NULL, NULL, SOCK_CLOEXEC)
+                cfd = accept4(self.srcs[index], NULL, NULL, SOCK_CLOEXEC)
                 if cfd >= 0:
                     if self.allow is None or self.allow(cfd):
                         self._park(Conn(cfd, self._decoder()))
@@ -1886,14 +2179,18 @@ cdef class Worker(Serving):
             self.header.accept_errno = err
         self.paused_until = _now_us() + accept_pause_ms(self.pause_streak) * 1000
         self.pause_streak += 1
-        self._set_sources(0)
+        self._set_sources(False)
         return 0
 
-    cdef int _set_sources(self, short events) noexcept:
-        """Watch the sources in poll() (POLLIN) or not (0: accepting is paused)."""
+    cdef int _set_sources(self, bint watch) noexcept:
+        """Watch the sources in the epoll set, or not (accepting is paused). Removed and
+        added again: EPOLLEXCLUSIVE cannot be modified."""
         cdef int i
         for i in range(self.nsources):
-            self.pfds[i].events = events
+            if watch:
+                _epoll_add(self.epfd, self.srcs[i], EPOLLIN | EPOLLEXCLUSIVE, i)
+            else:
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.srcs[i], NULL)
         return 0
 
     cdef bint _take_handoff(self) except -1:
@@ -1922,11 +2219,15 @@ cdef class Worker(Serving):
             raise OSError(err, "recvmsg() on the hand-off socket failed: " + os.strerror(err))
         if self.pause_streak:
             self.pause_streak = 0
+        if t.flags & C_TICKET_SHARE:
+            return self._nudged(<int>(t.head_due_us & 0xffffffff),
+                                <uint32_t>(t.head_due_us >> 32), fd)
         dec.end = n
         conn.fd = fd
         conn.head_due_us = t.head_due_us
         conn.arrived_us = t.arrived_us
         conn.late = t.flags & C_TICKET_LATE
+        conn.dups = t.flags & C_TICKET_DUPS
         self._serve_conn(conn, CONN_HANDED)
         return True
 

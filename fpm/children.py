@@ -71,6 +71,7 @@ class Child:
     timed_out: int = 0  # `accepted` of the request it was terminated for
     slow_logged: int = 0  # `accepted` of the request it was traced into the slowlog for
     channel: int = -1  # the master's end of its fpm.channel socket pair
+    kept_tx: int = -1  # the master's end of its kept channel (fpm.sharing)
     output: tuple[int, int] | None = None  # read ends of its stdout and stderr (catch_workers_output)
     log: int = -1  # the master's end of its log socket (fpm.workerlog)
     tries: int = 0  # its pool's failed tries to load the app when it was forked (app_retry)
@@ -99,6 +100,8 @@ class Seat:
     app_fds: frozenset[int] = frozenset()
     park_fd: int = -1  # the pool's park socket, to the master (fpm.parking; -1: none)
     handoff_fd: int = -1  # the pool's hand-off socket, from the master
+    shared: object = None  # the pool's shared kept connections (fpm.sharing.Shared), if any
+    kept_rx: int = -1  # its end of its kept channel: copies of newly shared connections
 
 
 @dataclass(frozen=True)
@@ -188,8 +191,9 @@ class Children:
         self.logs = workerlog.Reader(log, forget)
         self.master = os.getpid()  # the same across a reload's re-exec
         # Every scoreboard the master maps (fpm.scoreboard.Board), of this generation and
-        # of the one before a reload.
+        # of the one before a reload; every pool's shared kept connections (fpm.sharing).
         self.boards: Callable[[], list] = lambda: []
+        self.shared: Callable[[], list] = lambda: []
 
     def __len__(self) -> int:
         return len(self.by_pid)
@@ -198,9 +202,11 @@ class Children:
         """The pool's workers that are not on their way out."""
         return [c for c in self.by_pid.values() if c.pool.name == pool_name and c.stopping is None]
 
-    def spawn(self, pool, seat: Seat, respawn: bool = False, channel: int = -1) -> Child:
-        """Fork one worker of ``pool`` into ``seat``; ``channel`` is the master's end of the
-        pair whose other end is ``seat.channel``. Raises OSError when fork() fails.
+    def spawn(self, pool, seat: Seat, respawn: bool = False, channel: int = -1,
+              kept_tx: int = -1) -> Child:
+        """Fork one worker of ``pool`` into ``seat``; ``channel`` and ``kept_tx`` are the
+        master's ends of the pairs whose other ends are ``seat.channel`` and
+        ``seat.kept_rx``. Raises OSError when fork() fails.
 
         Logged at NOTICE when it replaces one that exited, else (start, process manager)
         at DEBUG, as PHP-FPM does: an ondemand pool would otherwise fill the log.
@@ -224,13 +230,14 @@ class Children:
             os.close(log_end)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         seat.board.mem.set_pid(seat.slot, pid)
-        if seat.channel >= 0:
-            os.close(seat.channel)
+        for fd in (seat.channel, seat.kept_rx):
+            if fd >= 0:
+                os.close(fd)
         if capture is not None:
             capture.attach(pid, output)
         self.logs.attach(pid, pool, log)
         child = Child(pid, pool, time.monotonic(), seat.board, seat.slot, channel=channel,
-                      output=output, tries=seat.tries, log=log)
+                      kept_tx=kept_tx, output=output, tries=seat.tries, log=log)
         self.by_pid[pid] = child
         self.log.log("notice" if respawn else "debug", "[pool %s] child %d started" % (pool.name, pid))
         return child
@@ -254,9 +261,13 @@ class Children:
             for board in self.boards():
                 if id(board) not in shown:
                     board.mem.unshare()
+            for shared in self.shared():
+                if shared is not seat.shared:
+                    shared.table.unshare()
+            copies = seat.shared.fds() if seat.shared is not None else ()
             unix.close_fds_except({0, 1, 2, *own, seat.channel, seat.access_fd, log_end,
                                    seat.park_fd, seat.handoff_fd, *(output or ()),
-                                   *seat.app_fds})
+                                   *seat.app_fds, seat.kept_rx, *copies})
             stdio.redirect(output)
             run(pool, list(own), log, seat, self.allow_root, self.master)
             log.error("the worker returned")
@@ -301,8 +312,9 @@ class Children:
             last = child.board.read(child.slot)
             ready, app_failed = last.stage != STARTING, last.app_failed
             child.board.release(child.slot)
-        if child.channel >= 0:
-            os.close(child.channel)
+        for fd in (child.channel, child.kept_tx):
+            if fd >= 0:
+                os.close(fd)
         if child.pool.name in self.captures:
             self.captures[child.pool.name].drop(pid)
         self.logs.drop(pid)

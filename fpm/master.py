@@ -42,6 +42,7 @@ from fpm.proctitle import set_process_title
 from fpm.reloading import Reloading
 from fpm.reopening import Reopening
 from fpm.scoreboard import STARTING, Board, now_us
+from fpm.sharing import KeptConnections
 from fpm.signals import HANDLED, SignalQueue, handler_name
 from fpm.startup import Startup
 from fpm.states import State
@@ -68,7 +69,7 @@ def record_fault(faults: tuple[float, ...], now: float, threshold: int,
     return faults, False
 
 
-class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
+class Master(Startup, Reloading, Stopping, Timeouts, Reopening, KeptConnections):
     """Runs the pools of ``config`` until a stop signal; ``run()`` returns the exit code.
 
     ``loader`` re-reads and checks the configuration for a reload (raises ConfigError).
@@ -112,7 +113,9 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         if any(self._traced(pool) for pool in config.pools):
             self.tracer.prepare()
         self.started_epoch_us = time.time_ns() // 1000
-        self.ondemand_fds: dict[int, str] = {}  # listening fd -> ondemand pool
+        # Where a connection waits for an ondemand pool's worker: its listening sockets, and
+        # while it has none, its shared kept connections (fpm.sharing); fd -> pool.
+        self.ondemand_fds: dict[int, str] = {}
         self.access_fds: dict[str, int] = {}  # pool -> its access log, opened here for workers
         self.slowlog_fds: dict[str, int] = {}  # pool -> its slowlog, which the master writes
         # Descriptor number -> a copy of what it was when pyfpm started (fpm.log.stream_fd),
@@ -268,15 +271,17 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
             # answers 503 for a while, spread so that a pool's workers do not all try again
             # (and leave it without a worker) at once.
             retry = 0.0 if self._old_serving(pool.name) else app_retry(tries) * random.uniform(0.75, 1.0)
-            ends = self.lots[pool.name].ends
+            lot = self.lots[pool.name]
+            kept_tx, kept_rx = lot.kept_channel()
             seat = Seat(board, slot, pool.pm_max_requests + jitter, self.apps.get(pool.name),
                         theirs, None if shown is None else (self.pools[shown], self.boards[shown]),
                         self.access_fds.get(pool.name, -1), tries, retry,
-                        self.app_fds.get(pool.name, frozenset()), ends.park_tx, ends.hand_rx)
+                        self.app_fds.get(pool.name, frozenset()), lot.ends.park_tx,
+                        lot.ends.hand_rx, lot.shared, kept_rx)
             try:
-                child = self.children.spawn(pool, seat, respawn, ours)
+                child = self.children.spawn(pool, seat, respawn, ours, kept_tx)
             except OSError as e:
-                for fd in (ours, theirs):
+                for fd in (ours, theirs, kept_tx, kept_rx):
                     if fd >= 0:
                         os.close(fd)
                 board.release(slot)
@@ -308,16 +313,6 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         self.poller.unregister(fd)
         del self.output_fds[fd]
 
-    def _needs_channel(self, pool) -> bool:
-        """A worker gets a channel when it has an access log to reopen on USR1, or may be
-        traced (the faulthandler fallback sends its stack over it)."""
-        return pool.access_log is not None or self._traced(pool)
-
-    @staticmethod
-    def _traced(pool) -> bool:
-        """Its workers' stacks may be read: into the slowlog, or when a request is killed."""
-        return pool.request_slowlog_timeout > 0 or pool.request_terminate_timeout > 0
-
     def _slots(self, pool_name: str) -> list:
         """Scoreboard copies of the pool's serving workers, for its process manager."""
         return [c.board.read(c.slot) for c in self.children.serving(pool_name)]
@@ -334,6 +329,7 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
         if plan.spawn:
             # A static pool short of workers lost some: those are respawns.
             self._spawn(pool, plan.spawn, respawn=pm.of(pool).fixed_size)
+        self._watch_kept(pool)
 
     def _maintain(self) -> None:
         for pool in self.pool_list:
@@ -414,6 +410,7 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening):
                                                             g.emergency_restart_interval))
                     reload = True
         self._close_spent_boards()
+        self._kept_after_exits(exits)
         if self.state is not State.NORMAL:
             return
         for gone in exits:

@@ -44,6 +44,9 @@ class WorkerOptions:
     statm_fd: int | None = None  # open_statm()'s fd, taken before a chroot (None: opened when needed)
     park_fd: int = -1  # the socket to park connections with the master on (-1: none)
     handoff_fd: int = -1  # the pool's socket the master hands ready connections back on
+    kept: Any = None  # the pool's table of shared kept connections (fpm._kept.Table; None: none)
+    kept_rx: int = -1  # where the master sends this worker copies of newly shared connections
+    kept_conns: tuple = ()  # (entry, generation, fd) of those shared when it was forked
 
 
 def for_pool(pool, base_environ: dict, *, tcp: bool = False, **given) -> WorkerOptions:

@@ -31,6 +31,7 @@ the pool holds too many  the oldest silent one closed, counted (victims())
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import os
 import resource
@@ -240,6 +241,8 @@ class Lot:
         self.resting: set[int] = set()  # left out of a level-triggered poller until RECHECK
         self.retry = False  # some ready one waits for room in the hand-off queue
         self.stopping = False  # the master stops gracefully: each one goes to a worker as it is
+        self.shared = None  # the pool's shared kept connections (fpm.sharing.Shared), if any
+        self.targets = lambda: ()  # the kept channels of the pool's serving workers
 
     # --- arrivals -------------------------------------------------------------------------
 
@@ -257,6 +260,14 @@ class Lot:
             if got is None:
                 break
             fd, due, arrived, flags, data = got
+            if flags & _passing.TICKET_SHARE:
+                if self.shared is not None and flags & _passing.TICKET_KEPT:
+                    self._nudge(due & 0xffffffff, due >> 32, fd)  # from a worker that stops
+                if self.shared is not None and not flags & _passing.TICKET_KEPT:
+                    self.shared.add(due & 0xffffffff, due >> 32, fd, self.targets())
+                else:
+                    os.close(fd)
+                continue
             self._add(Parked(socket.socket(fileno=fd), due, arrived, flags, data,
                              time.monotonic()))
         for p in victims(list(self.parked.values()), self.count, self.size):
@@ -380,8 +391,31 @@ class Lot:
         self._forget(p)
         p.sock.close()
 
+    def nudge(self) -> None:
+        """A worker died: each shared connection with a request that nobody serves goes to
+        a worker over the hand-off socket, as a copy (fpm.sharing.Shared.ready())."""
+        for index, gen, fd in self.shared.ready() if self.shared is not None else ():
+            self._nudge(index, gen, fd)
+
+    def _nudge(self, index: int, gen: int, fd: int) -> None:
+        """A copy of shared connection ``gen`` of entry ``index`` to whichever worker takes
+        it first: it serves the request waiting there."""
+        self.board.mem.add_handoffs(1)
+        try:
+            sent = _passing.pass_conn(self.ends.hand_tx, fd, gen << 32 | index, 0, b"",
+                                      _passing.TICKET_SHARE)
+        except OSError:
+            sent = False
+        if not sent:
+            self.board.mem.add_handoffs(-1)
+
     def _close(self, p: Parked, cause: int | None = None) -> None:
         self._forget(p)
+        if p.flags & _passing.TICKET_DUPS:
+            # Once shared, workers may hold copies until they sweep them: closing this one
+            # would leave the peer waiting.
+            with contextlib.suppress(OSError):
+                p.sock.shutdown(socket.SHUT_RDWR)
         p.sock.close()
         if cause is not None:
             self.board.mem.count_refusal(cause)
@@ -398,9 +432,17 @@ class Lot:
     def _publish(self) -> None:
         self.board.mem.set_parked(len(self.parked))
 
+    def kept_channel(self) -> tuple[int, int]:
+        """(the master's end, the worker's) of a new worker's kept channel, over which the
+        master sends it copies of newly shared connections; (-1, -1) if none are shared."""
+        return socket_pair() if self.shared is not None else (-1, -1)
+
     def settle(self) -> None:
         """Once a tick: when the hand-off socket is empty, the board's count of connections
-        waiting there must say 0 (a worker that died as it took one never counted it)."""
+        waiting there must say 0 (a worker that died as it took one never counted it); the
+        copies of shared connections closed since are closed too."""
+        if self.shared is not None:
+            self.shared.sweep()
         seen = self.board.mem.handoff_pending
         if seen:
             queue = select.poll()

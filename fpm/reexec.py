@@ -23,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from fpm import parking
+from fpm import parking, sharing
 from fpm.signals import HANDLED
 from fpm.sockets import Listener, parse_listen
 
@@ -40,11 +40,14 @@ class Inherited:
     streams: tuple[tuple[int, int], ...] = ()  # (descriptor number, fd of its copy)
     lots: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()  # (pool, fpm.parking.Ends fds)
     parked_fd: int = -1  # a memfd of the parked connections (parked_entries()), or -1
+    kept: tuple[tuple[str, list], ...] = ()  # (pool, fpm.sharing.Shared.export())
 
 
 def encode(listeners, boards, children, streams=None, lots=None, parked_fd: int = -1) -> str:
     return json.dumps({
         "lots": [[name, list(lot.ends.fds)] for name, lot in (lots or {}).items()],
+        "kept": [[name, lot.shared.export()] for name, lot in (lots or {}).items()
+                 if lot.shared is not None],
         "parked": parked_fd,
         "listeners": [[l.address.text, l.fd, l.owned] for l in listeners],
         "boards": [[b.fd, b.nslots, b.pool_name] for b in boards],
@@ -69,7 +72,8 @@ def decode(text: str) -> Inherited:
                            tuple((int(n), int(fd)) for n, fd in data.get("streams", ())),
                            tuple((str(name), tuple(int(fd) for fd in fds))
                                  for name, fds in data.get("lots", ())),
-                           int(data.get("parked", -1)))
+                           int(data.get("parked", -1)),
+                           tuple((str(name), list(entry)) for name, entry in data.get("kept", ())))
         if any(len(fds) != 4 for _, fds in result.lots):
             raise ValueError("a pool's park and hand-off sockets are 4 descriptors")
         return result
@@ -99,6 +103,18 @@ def adopt_listeners(inherited: Inherited, pools) -> tuple[dict[str, Listener], l
         else:
             adopted[text] = listener
     return adopted, unused
+
+
+def adopt_shared(inherited: Inherited) -> dict:
+    """{pool: fpm.sharing.Shared} of the previous master's shared kept connections; a
+    malformed entry is dropped (its connections close with the old workers)."""
+    out = {}
+    for name, entry in inherited.kept:
+        try:
+            out[name] = sharing.Shared.adopt(name, entry)
+        except (ValueError, TypeError, IndexError, OSError):
+            pass
+    return out
 
 
 def save_parked(lots) -> int:
@@ -179,6 +195,8 @@ def execute(listeners, boards, children, stderr_fd: int | None, streams=None,
     fds += [fd for c in children for fd in c.output or ()]
     fds += list((streams or {}).values())
     fds += [fd for lot in lots.values() for fd in lot.ends.fds + tuple(lot.parked)]
+    fds += [fd for lot in lots.values() if lot.shared is not None
+            for fd in [lot.shared.table.fd, *lot.shared.fds()]]
     parked_fd = save_parked(lots)
     for fd in fds:
         os.set_inheritable(fd, True)

@@ -4,13 +4,14 @@ previous master's workers, preloaded apps, the launch into the final log, the fi
 and systemd's notifications; on the way out, the sockets and the pid file."""
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import select
 import time
 
 from fpm import config as fpm_config
-from fpm import parking, pm, poollogs, reexec, sockets, stdio, systemd
+from fpm import parking, pm, poollogs, reexec, sharing, sockets, stdio, systemd
 from fpm.children import Child, Children
 from fpm.log import strerror
 from fpm.scoreboard import Board
@@ -47,6 +48,8 @@ class Startup:
         self.children = Children(self.log, self.signals, fds, self.allow_root,
                                  forget=self._forget_output)
         self.children.boards = lambda: [*self.boards.values(), *self.old_boards]
+        self.children.shared = lambda: [lot.shared for lot in self.lots.values()
+                                        if lot.shared is not None]
         self._open_lots()
         for pool in self.pool_list:
             if pool.catch_workers_output:
@@ -116,7 +119,9 @@ class Startup:
         """Each pool's park and hand-off sockets (those of the previous master after a
         reload, with the connections it held) and its limit of parked connections."""
         ends = {}
+        shared = {}
         if self.inherited is not None:
+            shared = reexec.adopt_shared(self.inherited)
             for name, fds in self.inherited.lots:
                 for fd in fds:
                     os.set_inheritable(fd, False)
@@ -142,6 +147,15 @@ class Startup:
             self.lots[pool.name] = lot
             self.park_rx[lot.ends.park_rx] = lot
             self.poller.register(lot.ends.park_rx, select.EPOLLIN)
+            lot.shared = shared.pop(pool.name, None)
+            size = sharing.table_size(count, pool.rlimit_files)
+            if lot.shared is None and size:
+                lot.shared = sharing.Shared.create(pool.name, size)
+            if lot.shared is not None:
+                lot.targets = functools.partial(self._kept_targets, pool.name)
+                lot.shared.poller, lot.shared.index = self.poller, self.ondemand_fds
+        for gone in shared.values():  # a pool gone from the configuration
+            gone.close()
         if self.inherited is not None:
             for name, entry in reexec.parked_entries(self.inherited):
                 if name in self.lots:

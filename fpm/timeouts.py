@@ -64,6 +64,16 @@ class Traced:
 class Timeouts:
     """Part of fpm.master.Master: request timeouts and per-worker escalation."""
 
+    def _needs_channel(self, pool) -> bool:
+        """A worker gets a channel when it has an access log to reopen on USR1, or may be
+        traced (the faulthandler fallback sends its stack over it)."""
+        return pool.access_log is not None or self._traced(pool)
+
+    @staticmethod
+    def _traced(pool) -> bool:
+        """Its workers' stacks may be read: into the slowlog, or when a request is killed."""
+        return pool.request_slowlog_timeout > 0 or pool.request_terminate_timeout > 0
+
     def _check_timeouts(self) -> None:
         """request_slowlog_timeout: trace the worker into the slowlog, once per request;
         request_terminate_timeout: trace it, then stop it (its 504 goes out first)."""

@@ -78,7 +78,9 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
         slot=seat.slot, special=special, access=access,
         on_reopen=take_new_files if seat.channel >= 0 and access is not None else None,
         allow=clients.acceptor(pool, log_line, tcp), errors_log=workerlog.ErrorsLog(log),
-        on_output=end_output, statm_fd=statm, park_fd=seat.park_fd, handoff_fd=seat.handoff_fd)
+        on_output=end_output, statm_fd=statm, park_fd=seat.park_fd, handoff_fd=seat.handoff_fd,
+        kept=seat.shared.table if seat.shared is not None else None, kept_rx=seat.kept_rx,
+        kept_conns=seat.shared.inherited() if seat.shared is not None else ())
     requests, reason, rss = _worker.serve(listen_fds, app, told)
     if retry:
         return os.EX_UNAVAILABLE

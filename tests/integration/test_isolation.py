@@ -170,6 +170,7 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "listening socket %s" % p.a,
             "stream socket pair with the master",  # its channel: access log, faulthandler dumps
             "seqpacket socket pair with the master",  # its log
+            "seqpacket socket pair with the master",  # its kept channel (fpm.sharing)
             # its pool's park and hand-off sockets (fpm.parking), and the descriptor it keeps
             # in reserve for a connection it is woken for
             "seqpacket socket pair with the master", "seqpacket socket pair with the master",
@@ -181,7 +182,7 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "/dev/null (read-write)", "/dev/null (read-write)", "/dev/null (read-write)",
             "listening socket %s" % p.b,
             "stream socket pair with the master",
-            "seqpacket socket pair with the master",
+            "seqpacket socket pair with the master", "seqpacket socket pair with the master",
             "%s/b.access.log (write, append)" % tmp,
             "seqpacket socket pair with the master", "seqpacket socket pair with the master",
             "/dev/null (read)",
@@ -191,17 +192,20 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
         assert holdings(status, master) == sorted([
             "/dev/null (read-write)", "/dev/null (read-write)", "/dev/null (read-write)",
             "listening socket %s" % p.status,
-            "seqpacket socket pair with the master",
+            "seqpacket socket pair with the master", "seqpacket socket pair with the master",
             "seqpacket socket pair with the master", "seqpacket socket pair with the master",
             "/dev/null (read)",
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",
         ])
         # Nor does a worker map another pool's scoreboard: only its own (the status
-        # worker's also the pool's it shows).
+        # worker's also the pool's it shows); nor another pool's kept connections.
         for pid, own in ((a, {"a"}), (b, {"b"}), (status, {"a_status", "a"})):
             with open("/proc/%d/maps" % pid) as f:
-                boards = set(re.findall(r"/memfd:pyfpm-scoreboard-(\S+) ", f.read()))
+                maps = f.read()
+            boards = set(re.findall(r"/memfd:pyfpm-scoreboard-(\S+) ", maps))
             assert boards == own, (pid, boards)
+            kept = set(re.findall(r"/memfd:pyfpm-kept-(\S+) ", maps))
+            assert kept == own - {"a"} if pid == status else kept == own, (pid, kept)
 
 
 def test_a_worker_cannot_write_or_truncate_the_error_log(tmp_path, accounts):

@@ -43,8 +43,14 @@ def test_park_and_hand_off_sockets_cross_the_exec():
     class Lot:
         class ends:
             fds = (10, 11, 12, 13)
+
+        class shared:
+            @staticmethod
+            def export():
+                return [15, 4, [[0, 1, 16]]]
     inherited = reexec.decode(reexec.encode([], [], [], None, {"www": Lot()}, 14))
     assert inherited.lots == (("www", (10, 11, 12, 13)),) and inherited.parked_fd == 14
+    assert inherited.kept == (("www", [15, 4, [[0, 1, 16]]]),)
 
 
 def test_a_master_from_before_parking_hands_over_none():

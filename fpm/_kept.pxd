@@ -1,0 +1,121 @@
+# Kept connections a pool's workers share (fastcgi_keep_conn): a table in shared memory of
+# one word per connection, which a worker claims by compare-and-swap before it reads a
+# request from it. Every worker holds a copy of each shared connection's descriptor in its
+# epoll set (EPOLLEXCLUSIVE: the kernel wakes an idle one), so any free worker serves any
+# connection that becomes ready. _worker cimports it; the master maps the same table.
+
+from libc.stdint cimport uint32_t, uint64_t
+
+from fpm._board cimport fpm_atomic_add, fpm_cas64
+
+
+cdef enum:
+    # Entries of a pool's table: connections that can be shared at once.
+    C_KEPT_MAX = 1024
+    # Entry states (bits 32-39 of the word).
+    K_FREE = 0                           # no connection
+    K_IDLE = 1                           # shared, nobody reads it
+    K_BUSY = 2                           # a worker (its pid in bits 0-31) serves a request on it
+    K_MISSED = 4                         # with K_BUSY: it became ready while that worker was busy
+    # What kept_claim() found.
+    CLAIM_STALE = -1                     # that connection is gone (closed, or no longer shared)
+    CLAIM_BUSY = 0                       # another worker serves it; it reads again before it lets go
+    CLAIM_OK = 1
+    GEN_MASK = 0xffffff                  # generations are 24 bits (bits 40-63)
+
+
+ctypedef struct KeptHeader:
+    uint64_t magic
+    uint64_t drops                       # entries freed so far: holders sweep their copies
+    uint32_t size
+    uint32_t pad
+
+
+ctypedef struct KeptEntry:
+    uint64_t word                        # gen << 40 | state << 32 | pid
+
+
+cdef inline uint64_t k_word(uint32_t gen, uint32_t state, uint32_t pid) noexcept nogil:
+    return (<uint64_t>(gen & GEN_MASK) << 40) | (<uint64_t>state << 32) | pid
+
+
+cdef inline uint32_t k_gen(uint64_t w) noexcept nogil:
+    return <uint32_t>(w >> 40) & GEN_MASK
+
+
+cdef inline uint32_t k_state(uint64_t w) noexcept nogil:
+    return <uint32_t>(w >> 32) & 0xff
+
+
+cdef inline uint32_t k_pid(uint64_t w) noexcept nogil:
+    return <uint32_t>w
+
+
+cdef inline KeptEntry *k_entries(KeptHeader *h) noexcept nogil:
+    return <KeptEntry *>(h + 1)
+
+
+cdef inline int kept_claim(KeptEntry *e, uint32_t gen, uint32_t pid) noexcept nogil:
+    """Take connection ``gen`` of entry ``e`` to serve it (CLAIM_OK); CLAIM_BUSY when another
+    worker serves it (marked K_MISSED: it reads again before it lets go), CLAIM_STALE when
+    the entry holds another connection or none."""
+    cdef uint64_t w
+    while True:
+        w = (<volatile uint64_t *>&e.word)[0]
+        if k_gen(w) != gen or k_state(w) == K_FREE:
+            return CLAIM_STALE
+        if k_state(w) & K_BUSY:
+            if k_state(w) & K_MISSED or fpm_cas64(&e.word, w, w | (<uint64_t>K_MISSED << 32)):
+                return CLAIM_BUSY
+        elif fpm_cas64(&e.word, w, k_word(gen, K_BUSY, pid)):
+            return CLAIM_OK
+
+
+cdef inline int kept_release(KeptEntry *e, uint32_t gen, uint32_t pid) noexcept nogil:
+    """Let go of a connection this worker served, which had nothing more to read: 0; 1 when
+    it became ready meanwhile (K_MISSED, now cleared): read it again, it is still ours; -1
+    when it was not ours (the master dropped it)."""
+    cdef uint64_t busy = k_word(gen, K_BUSY, pid), missed = k_word(gen, K_BUSY | K_MISSED, pid)
+    while True:
+        if fpm_cas64(&e.word, busy, k_word(gen, K_IDLE, 0)):
+            return 0
+        if fpm_cas64(&e.word, missed, busy):
+            return 1
+        if (<volatile uint64_t *>&e.word)[0] not in (busy, missed):
+            return -1
+
+
+cdef inline int kept_alloc(KeptHeader *h, uint32_t pid, uint32_t *gen) noexcept nogil:
+    """A free entry, claimed by this worker for a connection it shares, with the next
+    generation; -1 when the table is full."""
+    cdef KeptEntry *t = k_entries(h)
+    cdef uint64_t w
+    cdef uint32_t i, g
+    for i in range(h.size):
+        w = (<volatile uint64_t *>&t[i].word)[0]
+        if k_state(w) == K_FREE:
+            g = (k_gen(w) + 1) & GEN_MASK
+            if fpm_cas64(&t[i].word, w, k_word(g, K_BUSY, pid)):
+                gen[0] = g
+                return <int>i
+    return -1
+
+
+cdef inline bint kept_drop(KeptHeader *h, KeptEntry *e, uint32_t gen, uint32_t pid) noexcept nogil:
+    """Free the entry of a connection this worker serves (pid; 0 for the master, whatever
+    worker serves it): closed, or no longer shared. Holders of copies sweep them."""
+    cdef uint64_t w
+    while True:
+        w = (<volatile uint64_t *>&e.word)[0]
+        if k_gen(w) != gen or k_state(w) == K_FREE or (pid and k_pid(w) != pid):
+            return False
+        if fpm_cas64(&e.word, w, k_word(gen, K_FREE, 0)):
+            fpm_atomic_add(&h.drops, 1)
+            return True
+
+
+cdef class Table:
+    cdef KeptHeader *head
+    cdef readonly int fd
+    cdef readonly int size
+    cdef Py_ssize_t length

@@ -1,0 +1,114 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""A pool's table of shared kept connections (see _kept.pxd), in a memfd that survives the
+master's re-exec on reload, so old and new workers claim the same words."""
+
+from libc.errno cimport errno
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memset
+from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED,
+                         MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED)
+
+import os
+
+KEPT_MAX = C_KEPT_MAX
+FREE, IDLE, BUSY, MISSED = K_FREE, K_IDLE, K_BUSY, K_MISSED
+cdef uint64_t KEPT_MAGIC = 0x70796670_6b657074  # "pyfpkept"
+
+
+def table_bytes(int size):
+    return sizeof(KeptHeader) + size * sizeof(KeptEntry)
+
+
+cdef class Table:
+    """The shared table mapped from ``fd`` (``size`` entries; ``create``: reset it). The
+    mapping is inherited by forked workers."""
+
+    def __cinit__(self):
+        self.head = NULL
+        self.fd = -1
+
+    def __init__(self, int fd, int size, bint create=False):
+        if not 0 <= size <= C_KEPT_MAX:
+            raise ValueError("a kept-connection table holds 0 to %d entries, not %d"
+                             % (C_KEPT_MAX, size))
+        self.length = table_bytes(size)
+        cdef void *m = mmap(NULL, self.length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if m == MAP_FAILED:
+            raise OSError(errno, "mmap() of the kept-connection table failed: "
+                          + os.strerror(errno))
+        self.head = <KeptHeader *>m
+        self.fd = fd
+        self.size = size
+        if create:
+            memset(m, 0, self.length)
+            self.head.magic = KEPT_MAGIC
+            self.head.size = size
+        elif self.head.magic != KEPT_MAGIC or self.head.size != <uint32_t>size:
+            munmap(m, self.length)
+            self.head = NULL
+            raise ValueError("fd %d holds no kept-connection table of %d entries" % (fd, size))
+
+    def __dealloc__(self):
+        if self.head != NULL:
+            munmap(self.head, self.length)
+
+    def unshare(self):
+        """In a worker of another pool: private zeroes take the shared pages' place."""
+        if mmap(self.head, self.length, PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED:
+            raise OSError(errno, "mmap() over another pool's kept-connection table failed: "
+                          + os.strerror(errno))
+
+    @property
+    def drops(self):
+        return (<volatile uint64_t *>&self.head.drops)[0]
+
+    def entry(self, int index):
+        """(generation, state, pid) of entry ``index``."""
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        cdef uint64_t w = (<volatile uint64_t *>&k_entries(self.head)[index].word)[0]
+        return k_gen(w), k_state(w), k_pid(w)
+
+    def live(self):
+        """{index: generation} of the entries that hold a connection."""
+        cdef KeptEntry *t = k_entries(self.head)
+        cdef uint64_t w
+        cdef int i
+        out = {}
+        for i in range(self.size):
+            w = (<volatile uint64_t *>&t[i].word)[0]
+            if k_state(w) != K_FREE:
+                out[i] = k_gen(w)
+        return out
+
+    def drop(self, int index, uint32_t gen):
+        """Free entry ``index`` if it still holds connection ``gen`` (the master: a worker
+        died serving it, or the master gives it up); True if it did."""
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return kept_drop(self.head, &k_entries(self.head)[index], gen, 0)
+
+    # The workers' operations, for tests: the loop uses the inline functions of _kept.pxd.
+    def alloc(self, uint32_t pid):
+        cdef uint32_t gen = 0
+        cdef int index = kept_alloc(self.head, pid, &gen)
+        return None if index < 0 else (index, gen)
+
+    def claim(self, int index, uint32_t gen, uint32_t pid):
+        return kept_claim(&k_entries(self.head)[index], gen, pid)
+
+    def release(self, int index, uint32_t gen, uint32_t pid):
+        return kept_release(&k_entries(self.head)[index], gen, pid)
+
+    def busy_of(self, uint32_t pid):
+        """[(index, generation)] of the entries worker ``pid`` was serving."""
+        cdef KeptEntry *t = k_entries(self.head)
+        cdef uint64_t w
+        cdef int i
+        out = []
+        for i in range(self.size):
+            w = (<volatile uint64_t *>&t[i].word)[0]
+            if k_state(w) & K_BUSY and k_pid(w) == pid:
+                out.append((i, k_gen(w)))
+        return out

@@ -1,0 +1,198 @@
+"""Kept connections shared by a pool's workers: the master's side (the workers' is
+fpm._worker.Sharing, the table fpm._kept).
+
+A web server that keeps its connections (nginx ``fastcgi_keep_conn on`` with an upstream
+``keepalive``) sends its next request on whichever of them it picks. Held by the worker that
+accepted it, that request would wait whenever that worker is busy, while another one sits
+idle. So once a kept connection has served two requests (a web server that closes each
+connection after its request never gets that far), its worker shares it: it takes an entry
+in the pool's table and sends the master a copy (TICKET_SHARE on the park socket). The
+master keeps that copy and sends one to each of the pool's workers on its kept channel; a
+worker forked later inherits it. Each worker watches its copy with EPOLLET | EPOLLEXCLUSIVE,
+so the kernel wakes one idle worker for each request, and that worker claims the entry
+(compare-and-swap) before it reads: any free worker serves any ready connection, at no
+system call more per request than a connection its worker holds alone.
+
+Here the master also closes its copies of connections taken out of the table (sweep()), ends
+those a worker was serving when it died (closing copies would not end them: shutdown() does),
+and, while its pool has no worker to watch them (ondemand, between its last worker and the
+next), watches them itself to fork for a request. The table and the copies cross a reload's
+re-exec, so the old workers and the new ones share the same connections.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+
+from fpm import _kept, _passing, pm
+from fpm.states import State
+
+# Each shared connection costs one descriptor in the master and one in each worker of its
+# pool: a pool's table holds at most this share of the connections it may park (its share
+# of the master's descriptors), and of its workers' rlimit_files.
+SHARE_OF_PARKED = 2
+SHARE_OF_WORKER_FILES = 4
+
+
+def table_size(parked_limit: int, worker_files: int | None = None) -> int:
+    """Entries of a pool's table, within the master's and its workers' descriptors."""
+    size = min(_kept.KEPT_MAX, parked_limit // SHARE_OF_PARKED)
+    if worker_files is not None:
+        size = min(size, worker_files // SHARE_OF_WORKER_FILES)
+    return max(0, size)
+
+
+class Shared:
+    """One pool's shared kept connections, in the master: the table and a copy of each."""
+
+    def __init__(self, name: str, table: _kept.Table):
+        self.name = name
+        self.table = table
+        self.copies: dict[int, tuple[int, int]] = {}  # entry -> (generation, the master's copy)
+        self.drops = table.drops  # the table's drops at the last sweep
+        self.poller = None  # the master's, and its index of watched copies (watch())
+        self.index: dict[int, str] = {}
+
+    @classmethod
+    def create(cls, name: str, size: int) -> "Shared":
+        fd = os.memfd_create("pyfpm-kept-" + name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, _kept.table_bytes(size))
+        return cls(name, _kept.Table(fd, size, True))
+
+    def add(self, index: int, gen: int, fd: int, targets) -> None:
+        """A worker shared connection ``gen`` of entry ``index`` (``fd``: the master's copy):
+        a copy goes to each kept channel in ``targets``, the pool's serving workers'."""
+        if not 0 <= index < self.table.size or self.table.entry(index)[0] != gen \
+                or self.table.entry(index)[1] == _kept.FREE:
+            os.close(fd)  # closed already by the worker that shared it
+            return
+        self._close_copy(index)
+        self.copies[index] = (gen, fd)
+        for tx in targets:
+            try:
+                _passing.pass_conn(tx, fd, gen << 32 | index, 0, b"", _passing.TICKET_SHARE)
+            except OSError:
+                pass  # that worker is gone; its channel is closed once it is reaped
+
+    def sweep(self) -> None:
+        """Close the copies of connections taken out of the table since the last sweep."""
+        drops = self.table.drops
+        if drops == self.drops:
+            return
+        self.drops = drops
+        live = self.table.live()
+        for index in [i for i, (gen, _) in self.copies.items() if live.get(i) != gen]:
+            self._close_copy(index)
+
+    def worker_gone(self, pid: int) -> None:
+        """Worker ``pid`` is gone: those it was serving (it died in a request) are shut
+        down, as its death closes a connection it holds alone."""
+        for index, gen in self.table.busy_of(pid):
+            if self.table.drop(index, gen) and self.copies.get(index, (None,))[0] == gen:
+                _shutdown(self.copies[index][1])
+        self.sweep()
+
+    def watch(self, on: bool) -> None:
+        """Watch the copies in the master's poller (index: copy -> pool), or stop: only
+        while the pool has no worker to watch them, or the master would wake for every
+        request."""
+        for fd in self.fds():
+            if on and fd not in self.index:
+                self.index[fd] = self.name
+                self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
+            elif not on and self.index.pop(fd, None) is not None:
+                self.poller.unregister(fd)
+
+    def ready(self) -> list[tuple[int, int, int]]:
+        """(entry, generation, descriptor) of the connections nobody serves that have bytes
+        waiting: after a worker died, one the kernel had just woken it for waits for nobody
+        (EPOLLEXCLUSIVE woke that worker alone, and no new byte wakes another)."""
+        live = self.table.live()
+        idle = {fd: (index, gen) for index, (gen, fd) in self.copies.items()
+                if live.get(index) == gen and self.table.entry(index)[1] == _kept.IDLE}
+        waiting = select.poll()
+        for fd in idle:
+            waiting.register(fd, select.POLLIN)
+        return [(*idle[fd], fd) for fd, _ in waiting.poll(0)]
+
+    def _close_copy(self, index: int) -> None:
+        gen, fd = self.copies.pop(index, (0, -1))
+        if fd >= 0:
+            if self.index.pop(fd, None) is not None:
+                self.poller.unregister(fd)
+            os.close(fd)
+
+    def inherited(self) -> tuple[tuple[int, int, int], ...]:
+        """(entry, generation, descriptor) of each copy: what a worker forked now inherits."""
+        return tuple((index, gen, fd) for index, (gen, fd) in self.copies.items())
+
+    def fds(self) -> list[int]:
+        return [fd for _, fd in self.copies.values()]
+
+    def close(self) -> None:
+        """The pool is gone from the configuration: its copies and table go too."""
+        for index in list(self.copies):
+            self._close_copy(index)
+        os.close(self.table.fd)
+
+    # --- reload ---------------------------------------------------------------------------
+
+    def export(self) -> list:
+        """For the next master: [table fd, size, [[entry, generation, fd], ...]]; the
+        descriptors must cross the exec."""
+        return [self.table.fd, self.table.size, [list(c) for c in self.inherited()]]
+
+    @classmethod
+    def adopt(cls, name: str, entry: list) -> "Shared":
+        """The previous master's (export()); ValueError if malformed."""
+        fd, size, copies = int(entry[0]), int(entry[1]), entry[2]
+        os.set_inheritable(fd, False)
+        shared = cls(name, _kept.Table(fd, size))
+        for index, gen, copy in copies:
+            os.set_inheritable(int(copy), False)
+            shared.copies[int(index)] = (int(gen), int(copy))
+        shared.sweep()
+        return shared
+
+
+def _shutdown(fd: int) -> None:
+    """End the connection, whatever other copies of it are open."""
+    s = socket.socket(fileno=fd)
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # it was reset already
+    finally:
+        s.detach()
+
+
+class KeptConnections:
+    """The master's part in sharing kept connections (a part of fpm.master.Master's class,
+    as fpm.startup is): the copies' channels, watching an ondemand pool's copies while it
+    has no worker, and what a worker's exit leaves."""
+
+    def _kept_targets(self, name: str) -> list[int]:
+        """The kept channels of the pool's serving workers."""
+        return [c.kept_tx for c in self.children.serving(name) if c.kept_tx >= 0]
+
+    def _watch_kept(self, pool) -> None:
+        """An ondemand pool's shared connections are watched here while it has no worker,
+        so that a request on one forks a worker."""
+        shared = self.lots[pool.name].shared
+        if shared is not None and pm.of(pool).watches_queue:
+            shared.watch(self.state is State.NORMAL and not self.children.serving(pool.name))
+
+    def _kept_after_exits(self, exits) -> None:
+        """Shut down what the workers were serving when they died; after a death, hand a
+        request nobody serves to a worker (fpm.parking.Lot.nudge); watch an ondemand pool's
+        copies if it has no worker left."""
+        for gone in exits:
+            lot = self.lots.get(gone.child.pool.name)
+            if lot is None or lot.shared is None:
+                continue
+            lot.shared.worker_gone(gone.child.pid)
+            if os.WIFSIGNALED(gone.status):
+                lot.nudge()
+            if gone.child.pool.name in self.pools:
+                self._watch_kept(self.pools[gone.child.pool.name])

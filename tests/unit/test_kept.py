@@ -1,0 +1,185 @@
+"""Kept connections shared by a pool's workers: the table's claims (fpm._kept) and the
+master's copies (fpm.sharing)."""
+import os
+import socket
+
+import pytest
+from hypothesis import given, strategies as st
+
+from fpm import _kept, _passing, sharing
+
+OK, BUSY, STALE = 1, 0, -1
+
+
+def table(size=4):
+    fd = os.memfd_create("test-kept", os.MFD_CLOEXEC)
+    os.ftruncate(fd, _kept.table_bytes(size))
+    return _kept.Table(fd, size, True)
+
+
+def test_a_connection_is_served_by_one_worker_at_a_time():
+    t = table()
+    index, gen = t.alloc(100)  # worker 100 shares it while it serves it
+    assert t.entry(index) == (gen, _kept.BUSY, 100)
+    assert t.claim(index, gen, 200) == BUSY
+    assert t.release(index, gen, 100) == 1, "a request came meanwhile: 100 reads again"
+    assert t.release(index, gen, 100) == 0
+    assert t.entry(index) == (gen, _kept.IDLE, 0)
+    assert t.claim(index, gen, 200) == OK
+    assert t.claim(index, gen, 100) == BUSY
+
+
+def test_a_dropped_entry_is_stale_to_every_copy_and_comes_back_with_a_new_generation():
+    t = table(1)
+    index, gen = t.alloc(100)
+    assert t.drop(index, gen) and t.drops == 1
+    assert t.claim(index, gen, 200) == STALE
+    assert not t.drop(index, gen), "dropped once only"
+    again = t.alloc(300)
+    assert again == (index, gen + 1)
+    assert t.claim(index, gen, 200) == STALE
+    assert t.alloc(400) is None, "the table is full"
+
+
+def test_busy_of_names_what_a_dead_worker_was_serving():
+    t = table()
+    a, ga = t.alloc(100)
+    b, gb = t.alloc(100)
+    t.release(b, gb, 100)
+    assert t.busy_of(100) == [(a, ga)]
+    assert t.live() == {a: ga, b: gb}
+
+
+def test_a_table_of_another_layout_is_refused():
+    t = table(4)
+    with pytest.raises(ValueError, match="no kept-connection table of 8 entries"):
+        _kept.Table(t.fd, 8)
+    with pytest.raises(ValueError, match="0 to 1024 entries"):
+        table(_kept.KEPT_MAX + 1)
+
+
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.sampled_from(["claim", "release"])),
+                max_size=60))
+def test_claims_never_give_one_connection_to_two_workers(steps):
+    t = table(1)
+    index, gen = t.alloc(1)
+    serving = {1}
+    for pid, op in steps:
+        if op == "claim":
+            got = t.claim(index, gen, pid)
+            if got == OK:
+                assert not serving
+                serving.add(pid)
+            else:
+                assert got == BUSY and serving
+        elif pid in serving:
+            if t.release(index, gen, pid) == 0:
+                serving.discard(pid)
+        else:
+            assert t.release(index, gen, pid) == -1
+        assert len(serving) <= 1
+
+
+# --- the master's copies ---------------------------------------------------------------------
+
+@pytest.fixture
+def shared():
+    s = sharing.Shared.create("test", 4)
+    yield s
+    s.close()
+
+
+def pair():
+    a, b = socket.socketpair()
+    return a, b
+
+
+def test_each_worker_gets_a_copy_and_the_master_keeps_one(shared):
+    nginx, conn = pair()
+    index, gen = shared.table.alloc(100)
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    shared.add(index, gen, os.dup(conn.fileno()), [tx.fileno()])
+    fd, due, _, flags, _ = _passing.take_conn(rx.fileno())
+    assert (due, flags) == (gen << 32 | index, _passing.TICKET_SHARE)
+    assert shared.inherited() == ((index, gen, shared.fds()[0]),)
+    os.close(fd)
+    for s in (nginx, conn, tx, rx):
+        s.close()
+
+
+def test_a_copy_of_a_connection_closed_meanwhile_is_not_kept(shared):
+    nginx, conn = pair()
+    index, gen = shared.table.alloc(100)
+    shared.table.drop(index, gen)
+    shared.add(index, gen, os.dup(conn.fileno()), [])
+    assert shared.copies == {}
+    nginx.close()
+    conn.close()
+
+
+def test_sweep_closes_the_copies_of_dropped_connections(shared):
+    nginx, conn = pair()
+    index, gen = shared.table.alloc(100)
+    copy = os.dup(conn.fileno())
+    shared.add(index, gen, copy, [])
+    shared.sweep()
+    assert shared.fds() == [copy]
+    shared.table.drop(index, gen)
+
+    class Poller:
+        forgotten = []
+        unregister = forgotten.append
+    shared.poller, shared.index = Poller, {copy: "test"}  # the master watched it
+    shared.sweep()
+    assert shared.copies == {} and Poller.forgotten == [copy] and shared.index == {}
+    nginx.close()
+    conn.close()
+
+
+def test_a_worker_that_dies_in_a_request_ends_its_connection(shared):
+    nginx, conn = pair()
+    index, gen = shared.table.alloc(100)
+    shared.add(index, gen, os.dup(conn.fileno()), [])
+    # Another copy stays open (the other workers'): only a shutdown tells the peer.
+    shared.worker_gone(100)
+    nginx.settimeout(5)
+    assert nginx.recv(10) == b"", "the web server sees the connection end"
+    assert shared.copies == {} and shared.table.live() == {}
+    nginx.close()
+    conn.close()
+
+
+def test_ready_names_the_idle_connections_with_a_request_waiting(shared):
+    waiting, quiet, busy = pair(), pair(), pair()
+    entries = []
+    for nginx, conn in (waiting, quiet, busy):
+        index, gen = shared.table.alloc(100)
+        shared.add(index, gen, os.dup(conn.fileno()), [])
+        entries.append((index, gen))
+    for index, gen in entries[:2]:
+        shared.table.release(index, gen, 100)
+    waiting[0].send(b"request")
+    busy[0].send(b"request")
+    (index, gen), _, _ = entries
+    assert shared.ready() == [(index, gen, shared.copies[index][1])]
+    for ends in (waiting, quiet, busy):
+        for s in ends:
+            s.close()
+
+
+def test_the_table_and_copies_cross_a_reload(shared):
+    nginx, conn = pair()
+    index, gen = shared.table.alloc(100)
+    shared.add(index, gen, os.dup(conn.fileno()), [])
+    adopted = sharing.Shared.adopt("test", shared.export())
+    assert adopted.inherited() == shared.inherited()
+    assert adopted.table.entry(index) == (gen, _kept.BUSY, 100)
+    nginx.close()
+    conn.close()
+
+
+def test_table_size_is_a_share_of_the_pools_parking_limit():
+    assert sharing.table_size(100) == 50
+    assert sharing.table_size(1 << 20) == _kept.KEPT_MAX
+    assert sharing.table_size(1) == 0
+    assert sharing.table_size(100, worker_files=64) == 16, "rlimit_files = 64"
