@@ -442,7 +442,7 @@ class Lot:
         waiting there must say 0 (a worker that died as it took one never counted it); the
         copies of shared connections closed since are closed too."""
         if self.shared is not None:
-            self.shared.sweep()
+            self.shared.sweep(self.targets())
         seen = self.board.mem.handoff_pending
         if seen:
             queue = select.poll()

@@ -75,8 +75,10 @@ class Shared:
             except OSError:
                 pass  # that worker is gone; its channel is closed once it is reaped
 
-    def sweep(self) -> None:
-        """Close the copies of connections taken out of the table since the last sweep."""
+    def sweep(self, targets=()) -> None:
+        """Close the copies of connections taken out of the table since the last sweep, and
+        wake the workers on ``targets`` (their kept channels) to close theirs: one asleep in
+        epoll_wait() would hold its copies until something else woke it."""
         drops = self.table.drops
         if drops == self.drops:
             return
@@ -84,6 +86,14 @@ class Shared:
         live = self.table.live()
         for index in [i for i, (gen, _) in self.copies.items() if live.get(i) != gen]:
             self._close_copy(index)
+        for tx in targets:
+            channel = socket.socket(fileno=tx)
+            try:
+                channel.send(b"\0", socket.MSG_DONTWAIT)  # no connection in it: it only sweeps
+            except OSError:
+                pass  # its channel is full (it sweeps when it takes them) or it is gone
+            finally:
+                channel.detach()
 
     def worker_gone(self, pid: int) -> None:
         """Worker ``pid`` is gone: those it was serving (it died in a request) are shut

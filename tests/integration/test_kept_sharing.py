@@ -1,10 +1,14 @@
-"""nginx's kept connections (fastcgi_keep_conn on, upstream keepalive) and a busy worker:
-a request nginx sends on a connection that a busy worker accepted earlier must not wait for
-that worker while another of the pool is free (issue 17, item 1: no head-of-line blocking)."""
+"""nginx's kept connections (fastcgi_keep_conn on, upstream keepalive), shared by the pool's
+workers (fpm.sharing): a request nginx sends on a connection that a busy worker accepted
+earlier does not wait for that worker while another is free (no head-of-line blocking); a
+worker's death still ends the connection it served; no copy outlives its connection."""
 import concurrent.futures
+import os
+import signal
 
 import pytest
 
+import harness
 from harness import wait_for
 
 # Written into the test's directory: /slow blocks until the file `release` appears there
@@ -45,12 +49,11 @@ def test_a_busy_worker_holds_up_no_request_on_its_kept_connections(served, tmp_p
     front, server = served(listen=listen, keep_conn=True, workers=2, app="gate_app:app",
                            python_path=tmp_path)
     server.wait_idle(2)
-    # Warm up: 8 clients at once make nginx open 8 connections; both workers accept and keep
-    # some (with keep_conn, a worker answers only on the connections it accepted).
-    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
-        warm = list(pool.map(lambda _: front.get("/fast", timeout=10), range(6 * CLIENTS)))
-    assert [r.status for r in warm] == [200] * len(warm)
-    assert len({r.body for r in warm}) == 2, "one worker took every kept connection"
+    # Warm up: 8 clients at once make nginx open 8 connections, both workers accept some,
+    # and each connection serves enough requests to be shared.
+    first = warm(front)
+    assert [r.status for r in first] == [200] * len(first)
+    assert len({r.body for r in first}) == 2, "one worker took every kept connection"
 
     def fast(i):
         try:
@@ -78,3 +81,51 @@ def test_a_busy_worker_holds_up_no_request_on_its_kept_connections(served, tmp_p
     assert in_flight, "/slow ended before the test released it: %r" % (done,)
     assert busy not in {r.body for r in results}
     assert (done.status, done.body) == (200, busy)
+
+
+def warm(front, n=6 * CLIENTS):
+    """n requests, CLIENTS at a time: nginx opens CLIENTS connections and reuses them, each
+    serving enough requests to be shared."""
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        return list(pool.map(lambda _: front.get("/fast", timeout=10), range(n)))
+
+
+def open_fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def test_a_worker_killed_in_a_request_ends_its_connection_at_once(served, tmp_path):
+    """The worker serving a request on a shared connection is killed: nginx sees that
+    connection end at once (502), as when a worker held its connections alone. The other
+    workers' copies do not keep it open until nginx's fastcgi_read_timeout (30 s here). (A
+    POST: nginx would send a GET again, on another connection.)"""
+    (tmp_path / "gate_app.py").write_text(GATE_APP)
+    front, server = served(keep_conn=True, workers=2, app="gate_app:app", python_path=tmp_path)
+    front.expected_errors.append(r"upstream prematurely closed|recv\(\) failed")
+    server.wait_idle(2)
+    assert {r.status for r in warm(front)} == {200}
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        slow = background.submit(front.request, "POST", "/slow", body=b"x", timeout=40)
+        started = tmp_path / "slow-started"
+        wait_for("/slow in a worker", started.exists, 10, server)
+        os.kill(int(started.read_bytes()), signal.SIGKILL)
+        done = slow.result(timeout=15)
+    assert done.status == 502 and done.seconds < 10, (done.status, done.seconds)
+    server.wait_idle(2)
+    assert {r.status for r in warm(front, CLIENTS)} == {200}, "the pool serves on"
+
+
+def test_no_copy_outlives_the_connections_nginx_closed(served, tmp_path):
+    """Every worker holds a copy of each shared connection: once nginx has gone, and its
+    connection with it, the workers and the master close theirs."""
+    (tmp_path / "gate_app.py").write_text(GATE_APP)
+    front, server = served(keep_conn=True, workers=3, app="gate_app:app", python_path=tmp_path)
+    server.wait_idle(3)
+    pids = [server.pid, *server.children()]
+    before = {pid: open_fds(pid) for pid in pids}
+    assert {front.get("/fast", timeout=10).status for _ in range(4)} == {200}
+    wait_for("copies in every worker", lambda: all(open_fds(p) > before[p] for p in pids), 5,
+             server)
+    harness.kill_group(front.proc)
+    wait_for("every copy closed", lambda: all(open_fds(p) <= before[p] for p in pids), 10,
+             server)

@@ -130,8 +130,12 @@ def test_sweep_closes_the_copies_of_dropped_connections(shared):
         forgotten = []
         unregister = forgotten.append
     shared.poller, shared.index = Poller, {copy: "test"}  # the master watched it
-    shared.sweep()
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    shared.sweep([tx.fileno()])
     assert shared.copies == {} and Poller.forgotten == [copy] and shared.index == {}
+    assert rx.recv(8) == b"\0", "a worker asleep is woken to sweep its copies"
+    tx.close()
+    rx.close()
     nginx.close()
     conn.close()
 
