@@ -149,11 +149,16 @@ def is_http_level(text: str) -> bool:
 
 
 def test_every_nginx_block_says_the_same_of_fastcgi_keep_conn():
-    """README and conf/nginx once disagreed. They say off (nginx's default, and the README
-    says why): no block turns it on."""
-    values = {p.values[0]: re.findall(r"^\s*fastcgi_keep_conn\s+(\w+)\s*;",
-                                      active(p.values[1]), re.M) for p in nginx_blocks()}
-    assert {v for found in values.values() for v in found} <= {"off"}, values
+    """README and conf/nginx once disagreed. They say on, with the upstream's keepalive (the
+    README says why): every location that passes to the upstream turns it on, none off."""
+    for p in nginx_blocks():
+        where, text = p.values
+        text = active(text)
+        passes = len(re.findall(r"\bfastcgi_pass\s+pyfpm\s*;", text))
+        kept = re.findall(r"\bfastcgi_keep_conn\s+(\w+)\s*;", text)
+        assert kept == ["on"] * passes, (where, kept, passes)
+        if "upstream pyfpm" in text:
+            assert re.search(r"^\s*keepalive\s+\d+\s*;", text, re.M), where
 
 
 @pytest.fixture(scope="module")
@@ -320,9 +325,12 @@ def test_streamed_response_arrives_line_by_line(site, tmp_path, uri):
 
 def test_without_either_nginx_holds_a_stream_back(site, tmp_path):
     """Why the README asks for one of them: with nginx's buffering on, the lines of the same
-    stream reach the client together, at its end."""
+    stream reach the client together, at its end. (With fastcgi_keep_conn on, as shipped,
+    the nginx here passed them on as they came; with it off, its default, it does not.)"""
     port = free_port()
-    conf = debian_nginx(tmp_path, port, site, (CONF / "nginx/pyfpm.conf").read_text())
+    shipped = (CONF / "nginx/pyfpm.conf").read_text()
+    conf = debian_nginx(tmp_path, port, site,
+                        shipped.replace("fastcgi_keep_conn on;", "fastcgi_keep_conn off;"))
     with RunningNginx(find_program("nginx"), conf, tmp_path, port):
         seen = arrivals(port, "/stream?n=3&pause=%g" % PAUSE, 3)
     assert seen[0] > PAUSE * 1.5 and seen[-1] - seen[0] < PAUSE * 0.5, seen
