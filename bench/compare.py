@@ -4,6 +4,7 @@
 
     python bench/compare.py [--quick] [--floor F] [--duration 3s] [--rounds 3] [--out bench/results]
     python bench/compare.py --servers all --scenarios issue17 [--rounds 2]
+    python bench/compare.py --servers pyfpm,pyfpm-base --base DIR   # this checkout against DIR's
 
 Installs what is missing (scripts/install-bench-deps), starts every server with 2 workers
 (each on a unix socket and, if a scenario needs it, on 127.0.0.1; a second instance per
@@ -40,8 +41,8 @@ sys.path[:0] = [str(ROOT), str(BENCH)]  # tests.harness, fpm (this checkout), th
 import compare_measure as measure  # noqa: E402
 import compare_report as report  # noqa: E402
 from compare_servers import (  # noqa: E402
-    BIG, COUNTED, FASTCGI_PARAMS, FASTCGI_SERVERS, HELLO_PHP, IDLE_TIMEOUT_S, RELOAD_SIGNAL,
-    RECYCLING, SERVERS, VARIANTS, Backend, Nginx, answer_ok, serves, startup_ms)
+    BASE, BIG, COUNTED, FASTCGI_PARAMS, FASTCGI_SERVERS, HELLO_PHP, IDLE_TIMEOUT_S, RELOAD_SIGNAL,
+    RECYCLING, SERVERS, VARIANTS, Backend, Nginx, answer_ok, serves, software, startup_ms)
 from peers.hello_wsgi import SLOW_S  # noqa: E402
 
 
@@ -62,8 +63,9 @@ class Scenario:
 
     def keep_for(self, server: str) -> str:
         """fastcgi_keep_conn for ``server``: ``peers_keep`` for the FastCGI servers but pyfpm
-        when set (their usual front, where keep is what pyfpm is measured with)."""
-        return self.peers_keep if self.peers_keep and server != "pyfpm" else self.keep
+        (and pyfpm-base) when set (their usual front, where keep is what pyfpm is measured
+        with)."""
+        return self.peers_keep if self.peers_keep and software(server) != "pyfpm" else self.keep
 
     @property
     def recycle(self) -> bool:
@@ -197,10 +199,14 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(BENCH / "results"), help="where the report goes")
     p.add_argument("--servers", default=None,
                    help="comma-separated subset of " + ",".join(SERVERS) + ", or all (default: "
-                        + ",".join(FASTCGI_SERVERS) + ")")
+                        + ",".join(FASTCGI_SERVERS) + f"); and {BASE} with --base")
     p.add_argument("--scenarios", default=None,
                    help="comma-separated subset of " + ",".join(s.key for s in SCENARIOS)
                         + ", or of the sets " + ", ".join(SCENARIO_SETS) + " (default: issue6)")
+    p.add_argument("--base", default=None, metavar="DIR",
+                   help=f"a pyfpm checkout (extensions built in place) that {BASE} in --servers "
+                        "runs, with pyfpm's config and app: before (DIR) and after (this "
+                        "checkout) in one run")
     p.add_argument("--floor", type=float, default=None,
                    help="exit 1 if pyfpm's req/s ÷ PHP-FPM's is below this in a scenario, "
                         "measured again (as many rounds) and below it again")
@@ -214,9 +220,14 @@ def parse_args(argv=None):
     args.strace = seconds(args.strace or ("0" if args.quick else "2s"))
     servers = (list(SERVERS) if args.servers == "all" else args.servers.split(",")
                if args.servers else ["pyfpm", "php-fpm"] if args.quick else list(FASTCGI_SERVERS))
-    unknown = set(servers) - set(SERVERS)
+    unknown = set(servers) - {*SERVERS, BASE}
     if unknown:
-        p.error(f"unknown server(s) {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}")
+        p.error(f"unknown server(s) {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}, "
+                f"{BASE}")
+    if BASE in servers and not (args.base and Path(args.base, "fpm", "__init__.py").is_file()):
+        p.error(f"{BASE} runs the pyfpm checkout --base DIR names (DIR/fpm/__init__.py): "
+                f"{args.base or 'none given'}")
+    args.base = args.base and Path(args.base).resolve()
     args.servers = servers
     keys = [key for name in args.scenarios.split(",") for key in SCENARIO_SETS.get(name, [name])
             ] if args.scenarios else ["unix-c16"] if args.quick else list(SCENARIO_SETS["issue6"])
@@ -315,7 +326,7 @@ class SlowInFlight:
 
 def reload(backend: Backend) -> str:
     """Send the server's reload signal (compare_servers.RELOAD_SIGNAL) to its master."""
-    sig = RELOAD_SIGNAL[backend.server]
+    sig = RELOAD_SIGNAL[software(backend.server)]
     os.kill(backend.master(), sig)
     return sig.name
 
@@ -402,7 +413,8 @@ def start_servers(args, tmp: Path, stack: ExitStack):
         for transport, variant in instances:
             if not serves(server, variant):
                 continue
-            b = Backend(server, transport, tmp / f"{server}-{variant}-{transport}", variant)
+            b = Backend(server, transport, tmp / f"{server}-{variant}-{transport}", variant,
+                        root=checkout(args, server))
             stack.callback(b.stop)
             log(f"starting {b.key}")
             if b.start().error:
@@ -528,18 +540,25 @@ def measure_syscalls(args, backends, front, servers, tmp: Path) -> dict:
     return out
 
 
-def measure_starts(servers, tmp: Path, n: int) -> dict:
+def checkout(args, server: str) -> Path | None:
+    """The pyfpm checkout ``server`` runs if not this one (Backend.root): --base's for BASE."""
+    return args.base if server == BASE else None
+
+
+def measure_starts(args, servers, tmp: Path, n: int) -> dict:
     """{server: [ms from Popen to the first answer, or why not]} of ``n`` fresh starts each,
     interleaved across the servers. Python servers start from compiled bytecode, as a pip
     install leaves them: with PYTHONDONTWRITEBYTECODE set (this VM sets it) every start
     would compile pyfpm's sources again (~60 ms)."""
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "fpm"), str(BENCH / "peers")],
-                   check=True, stdout=subprocess.DEVNULL)
+    roots = [ROOT] + ([args.base] if BASE in servers else [])
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(r / "fpm") for r in roots),
+                    str(BENCH / "peers")], check=True, stdout=subprocess.DEVNULL)
     times = {s: [] for s in servers}
     for i in range(n):
         for server in servers:
-            times[server].append(startup_ms(server, tmp / f"start-{server}-{i}"))
+            times[server].append(startup_ms(server, tmp / f"start-{server}-{i}",
+                                            root=checkout(args, server)))
             t = times[server][-1]
             log(f"start {i + 1} {server:8} " + (f"failed: {t}" if isinstance(t, str)
                                                  else f"{t:.1f} ms"))
@@ -568,6 +587,19 @@ def measure_again(args, backends, front, servers, lua, summary) -> list[dict]:
     return run_rounds(args, cells_of, front, lua, args.rounds, attempt=2)
 
 
+def checkouts_text(args) -> str:
+    """Which checkouts pyfpm and pyfpm-base run, for the report (their commits)."""
+    if BASE not in args.servers:
+        return ""
+    def commit(root):
+        done = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s"],
+                              capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "fpm"],
+                               capture_output=True, text=True).stdout.strip()
+        return f"{done.stdout.strip() or 'not a git checkout'}{', fpm/ modified' if dirty else ''}"
+    return f" pyfpm: {ROOT} ({commit(ROOT)}); {BASE}: {args.base} ({commit(args.base)})."
+
+
 def write_report(args, argv, cells, memory, failures, elapsed, starts=None, syscalls=None,
                  again=()) -> int:
     """The markdown, JSON and PNG in the out dir; prints the table and pyfpm ÷ PHP-FPM.
@@ -587,12 +619,13 @@ def write_report(args, argv, cells, memory, failures, elapsed, starts=None, sysc
         "description": (f"wrk -t1 -d{args.duration:g}s --latency, {args.rounds} interleaved "
                         f"round(s), 2 workers per server, one nginx "
                         f"(worker_processes 1), {os.cpu_count()} CPUs, load average before "
-                        f"{args.load:.2f}.{extra}"),
+                        f"{args.load:.2f}.{extra}{args.checkouts}"),
     }
     start_figs = {s: report.start_figures(t) for s, t in (starts or {}).items()}
     call_figs = {s: report.syscall_figures(e) for s, e in (syscalls or {}).items()}
+    recycling = {s: RECYCLING[software(s)] for s in args.servers}
     text = report.markdown(args.scenarios, args.servers, summary, memory, failures, meta,
-                           start_figs, call_figs, RECYCLING)
+                           start_figs, call_figs, recycling)
     first, guard = guard_ratios(args, summary, args.servers), ""
     if args.floor is None:
         code, lines = 0, [f"pyfpm ÷ php-fpm, {t}: " + ("n/a" if r is None else f"{r:.2f}×")
@@ -633,6 +666,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)  # also when started in the background (SIG_IGN)
     args.load = os.getloadavg()[0]
+    args.checkouts = checkouts_text(args)  # before the run: a commit during it is not what ran
     started = time.monotonic()
     plan = plan_seconds(args.scenarios, args.servers, args.rounds, args.duration, args.warmup,
                         args.starts, args.strace)
@@ -651,7 +685,7 @@ def main(argv=None) -> int:
         cells, memory = measure_all(args, backends, front, servers, str(lua))
         again = measure_again(args, backends, front, servers, str(lua), report.summarize(cells))
         syscalls = measure_syscalls(args, backends, front, servers, tmp) if args.strace > 0 else {}
-        starts = measure_starts(servers, tmp, args.starts) if args.starts > 0 else {}
+        starts = measure_starts(args, servers, tmp, args.starts) if args.starts > 0 else {}
     return write_report(args, argv, cells, memory, failures, time.monotonic() - started,
                         starts, syscalls, again)
 

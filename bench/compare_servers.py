@@ -38,6 +38,10 @@ HTTP_SERVERS = ("gunicorn", "granian", "granian-1t")
 KEEPALIVE = ("granian", "granian-1t")  # nginx keeps idle connections to these (gunicorn's
 # sync workers close every connection after its response: no keep-alive to keep)
 SERVERS = FASTCGI_SERVERS + HTTP_SERVERS
+# pyfpm from another checkout (compare.py --base DIR), for a before/after in one run: pyfpm's
+# config, app, command and signals (software()), only the fpm package differs. Not in
+# SERVERS (--servers all is the peers): it runs when named.
+BASE = "pyfpm-base"
 START_TIMEOUT = 20.0
 BIG = 102400  # bytes hello.php and hello_wsgi.py answer for a path ending in /big
 COUNTED = "counted"  # the path whose requests nginx logs per client connection (keep_conn on)
@@ -66,6 +70,11 @@ RECYCLING = {
                "at least 60 s, or --workers-max-rss)",
 }
 RECYCLING["granian-1t"] = RECYCLING["granian"]
+
+
+def software(server: str) -> str:
+    """The server whose config, command and signals ``server`` takes: pyfpm for BASE."""
+    return "pyfpm" if server == BASE else server
 
 
 def serves(server: str, variant: str) -> bool:
@@ -114,7 +123,8 @@ def command(server: str, conf: Path, address: str, variant: str = "hello") -> li
     module, name, directory = APPS["django" if variant == "django" else "hello"]
     target = f"{module}:{name}"
     recycle = variant == "recycle"
-    if server == "pyfpm":  # this checkout's fpm package, as the test suite runs it
+    server = software(server)
+    if server == "pyfpm":  # the fpm package of pyfpm_env()'s checkout, as the test suite runs it
         return harness.COMMAND + ["-F", "-O", "-R", "-y", str(conf)]
     if server == "php-fpm":
         binary = php_fpm_binary()
@@ -169,9 +179,18 @@ def config_text(server: str, variant: str, listen: str, tmp: Path) -> str:
         pm, extra = "pm = static\npm.max_children = 2", ""
     if variant == "django":  # Debian's uWSGI plugin is the system Python's: Django from ours
         extra = f"pythonpath = {sysconfig.get_paths()['purelib']}"
-    return (PEERS / CONFIGS[server]).read_text().format(
+    return (PEERS / CONFIGS[software(server)]).read_text().format(
         listen=listen, tmp=tmp, module=module, callable=name, app_dir=directory, pm=pm,
         extra=extra)
+
+
+def pyfpm_env(root: Path | None) -> dict[str, str]:
+    """The environment pyfpm runs in: the fpm package of this checkout (``root`` None, as
+    the test suite runs it) or of ``root`` (BASE) first on PYTHONPATH."""
+    if root is None:
+        return harness.fpm_env()
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root)] + ([path] if path else []))}
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -217,6 +236,7 @@ class Backend:
     ready_s: float | None = None  # from Popen to the first hello-world answer
     answered_at: float = 0.0  # time.monotonic() of the last answer wait_answering saw
     fresh_memory: dict | None = None  # idle workers' memory right after the start
+    root: Path | None = None  # the pyfpm checkout BASE runs (compare.py --base)
 
     @property
     def label(self) -> str:
@@ -240,14 +260,14 @@ class Backend:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.address = (str(self.tmp / "fcgi.sock") if self.transport == "unix"
                         else f"127.0.0.1:{free_port()}")
-        conf = self.tmp / CONFIGS.get(self.server, "none")
-        if self.server in CONFIGS:
+        conf = self.tmp / CONFIGS.get(software(self.server), "none")
+        if software(self.server) in CONFIGS:
             conf.write_text(config_text(self.server, self.variant, self.address, self.tmp))
         argv = command(self.server, conf, self.address, self.variant)
         if isinstance(argv, str):
             self.error = argv
             return self
-        env = harness.fpm_env() if self.server == "pyfpm" else None
+        env = pyfpm_env(self.root) if software(self.server) == "pyfpm" else None
         with open(self.log, "wb") as log:
             started = time.monotonic()
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -322,11 +342,13 @@ class Backend:
             harness.kill_group(self.proc, grace=1.0)
 
 
-def startup_ms(server: str, tmp: Path, poll: float = 0.002) -> float | str:
+def startup_ms(server: str, tmp: Path, poll: float = 0.002, root: Path | None = None
+               ) -> float | str:
     """Start ``server`` fresh on a unix socket in its own directory and process group: ms
     from Popen to its first hello-world answer (polled every ``poll`` s), or
-    why it did not answer. Stopped and its directory removed before returning."""
-    backend = Backend(server, "unix", tmp, poll=poll)
+    why it did not answer. Stopped and its directory removed before returning. ``root``:
+    Backend.root."""
+    backend = Backend(server, "unix", tmp, poll=poll, root=root)
     try:
         backend.start()
     finally:
