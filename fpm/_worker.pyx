@@ -9,8 +9,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.errno cimport (EAGAIN, EINTR, ECONNRESET, EPIPE, ECONNABORTED, EMFILE, ENFILE, ENOBUFS,
-                         ENOMEM, errno)
+from libc.errno cimport (EAGAIN, EBADMSG, EINTR, ECONNRESET, EPIPE, ECONNABORTED, EMFILE, ENFILE,
+                         ENOBUFS, ENOMEM, errno)
 from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, raise_
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
@@ -1762,7 +1762,10 @@ cdef class Sharing(Serving):
         return 0
 
     cdef bint _register_kept(self, int index, uint32_t gen, int fd) noexcept:
-        """Watch this worker's copy of a shared connection; False if epoll refused it."""
+        """Watch this worker's copy of a shared connection; False if epoll refused it. A copy
+        of the entry's previous connection, not swept yet, goes first."""
+        if self.kfd[index] >= 0:
+            self._forget_kept(index)
         if _epoll_add(self.epfd, fd, EPOLLIN | EPOLLET | EPOLLEXCLUSIVE,
                       KEPT_EVENT | (<uint64_t>gen << 32) | <uint32_t>index):
             return False
@@ -1808,9 +1811,10 @@ cdef class Sharing(Serving):
             err = recv_conn(self.kept_rx, &t, buf, sizeof(buf), &n, &fd)
             if err == EAGAIN or err == EWOULDBLOCK:
                 return 0
-            if err == EPIPE:
-                # The master re-executed (a reload) and will retire this worker: the copies
-                # held serve on, no new ones come.
+            if err and err != EMFILE and err != EBADMSG:
+                # EPIPE: the master re-executed (a reload) and will retire this worker: the
+                # copies held serve on, no new ones come. (Any other error alike: a channel
+                # that fails is not read again.)
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.kept_rx, NULL)
                 close(self.kept_rx)
                 self.kept_rx = -1
@@ -1916,7 +1920,9 @@ cdef class Sharing(Serving):
             # which stops: the master hands it to another.
             while kept_release(&k_entries(self.kh)[conn.kid], conn.kgen, self.pid) == 1:
                 pass
-            self._pass_on(conn, C_TICKET_SHARE | C_TICKET_KEPT)
+            if self._pass_on(conn, C_TICKET_SHARE | C_TICKET_KEPT) and kept_claim(
+                    &k_entries(self.kh)[conn.kid], conn.kgen, self.pid) == CLAIM_OK:
+                return 1  # the master's queue is full: served here after all
         conn.fd = -1  # this worker's copy stays, in kfd
         conn.kid = -1
         if len(self.spare) < SPARE_CONNS:

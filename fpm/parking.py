@@ -392,8 +392,8 @@ class Lot:
         p.sock.close()
 
     def nudge(self) -> None:
-        """A worker died: each shared connection with a request that nobody serves goes to
-        a worker over the hand-off socket, as a copy (fpm.sharing.Shared.ready())."""
+        """A worker is gone: each shared connection with a request that nobody serves goes
+        to a worker over the hand-off socket, as a copy (fpm.sharing.Shared.ready())."""
         for index, gen, fd in self.shared.ready() if self.shared is not None else ():
             self._nudge(index, gen, fd)
 

@@ -97,11 +97,11 @@ class Shared:
 
     def worker_gone(self, pid: int) -> None:
         """Worker ``pid`` is gone: those it was serving (it died in a request) are shut
-        down, as its death closes a connection it holds alone."""
+        down, as its death closes a connection it holds alone; every copy of them is closed
+        at the next sweep."""
         for index, gen in self.table.busy_of(pid):
             if self.table.drop(index, gen) and self.copies.get(index, (None,))[0] == gen:
                 _shutdown(self.copies[index][1])
-        self.sweep()
 
     def watch(self, on: bool) -> None:
         """Watch the copies in the master's poller (index: copy -> pool), or stop: only
@@ -194,15 +194,14 @@ class KeptConnections:
             shared.watch(self.state is State.NORMAL and not self.children.serving(pool.name))
 
     def _kept_after_exits(self, exits) -> None:
-        """Shut down what the workers were serving when they died; after a death, hand a
-        request nobody serves to a worker (fpm.parking.Lot.nudge); watch an ondemand pool's
-        copies if it has no worker left."""
+        """Shut down what the workers were serving when they died; hand a request nobody
+        serves to a worker (fpm.parking.Lot.nudge: the kernel may have woken the worker
+        that left for it alone); watch an ondemand pool's copies if it has no worker left."""
         for gone in exits:
             lot = self.lots.get(gone.child.pool.name)
             if lot is None or lot.shared is None:
                 continue
             lot.shared.worker_gone(gone.child.pid)
-            if os.WIFSIGNALED(gone.status):
-                lot.nudge()
+            lot.nudge()
             if gone.child.pool.name in self.pools:
                 self._watch_kept(self.pools[gone.child.pool.name])

@@ -148,7 +148,9 @@ def test_a_worker_that_dies_in_a_request_ends_its_connection(shared):
     shared.worker_gone(100)
     nginx.settimeout(5)
     assert nginx.recv(10) == b"", "the web server sees the connection end"
-    assert shared.copies == {} and shared.table.live() == {}
+    assert shared.table.live() == {}
+    shared.sweep()
+    assert shared.copies == {}
     nginx.close()
     conn.close()
 
