@@ -12,7 +12,8 @@ import os
 
 KEPT_MAX = C_KEPT_MAX
 FREE, IDLE, BUSY, MISSED = K_FREE, K_IDLE, K_BUSY, K_MISSED
-cdef uint64_t KEPT_MAGIC = 0x70796670_6b657074  # "pyfpkept"
+WATCHER, DEPUTY, REST = ROLE_WATCHER, ROLE_DEPUTY, ROLE_REST
+cdef uint64_t KEPT_MAGIC = 0x70796670_6b657032  # "pyfpkep2": the header with the roles
 
 
 def table_bytes(int size):
@@ -20,14 +21,15 @@ def table_bytes(int size):
 
 
 cdef class Table:
-    """The shared table mapped from ``fd`` (``size`` entries; ``create``: reset it). The
-    mapping is inherited by forked workers."""
+    """The shared table mapped from ``fd`` (``size`` entries; ``create``: reset it), and
+    the pool's ``bell``. The mapping is inherited by forked workers."""
 
     def __cinit__(self):
         self.head = NULL
         self.fd = -1
+        self.bell = -1
 
-    def __init__(self, int fd, int size, bint create=False):
+    def __init__(self, int fd, int size, bint create=False, int bell=-1):
         if not 0 <= size <= C_KEPT_MAX:
             raise ValueError("a kept-connection table holds 0 to %d entries, not %d"
                              % (C_KEPT_MAX, size))
@@ -38,6 +40,7 @@ cdef class Table:
                           + os.strerror(errno))
         self.head = <KeptHeader *>m
         self.fd = fd
+        self.bell = bell
         self.size = size
         if create:
             memset(m, 0, self.length)
@@ -100,6 +103,31 @@ cdef class Table:
 
     def release(self, int index, uint32_t gen, uint32_t pid):
         return kept_release(&k_entries(self.head)[index], gen, pid)
+
+    def take_role(self, uint32_t pid, bint deputize=True):
+        return kept_take_role(self.head, pid, deputize)
+
+    def leave_role(self, uint32_t pid, int role, bint work):
+        return kept_leave_role(self.head, pid, role, work)
+
+    def answer(self):
+        """The bell was answered (read)."""
+        fpm_cas64(&self.head.rung, 1, 0)
+
+    def vacate(self, uint32_t pid):
+        """True if worker ``pid`` (gone) was the watcher or the deputy; the bell must call
+        another (call())."""
+        return kept_vacate(self.head, pid)
+
+    def call(self):
+        """True when the caller must ring the bell (it is not rung already)."""
+        return kept_call(self.head)
+
+    def roles(self):
+        """{watcher, deputy, rung, wakes}: the sleepers' places (pids; 0: nobody)."""
+        cdef KeptHeader *h = self.head
+        return {"watcher": k_load(&h.watcher), "deputy": k_load(&h.deputy),
+                "rung": k_load(&h.rung), "wakes": k_load(&h.wakes)}
 
     def busy_of(self, uint32_t pid):
         """[(index, generation)] of the entries worker ``pid`` was serving."""

@@ -19,19 +19,21 @@ from posix.resource cimport getrusage, rusage, RUSAGE_SELF
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID, CLOCK_REALTIME
 from posix.types cimport off_t
 from posix.uio cimport iovec, writev
-from posix.unistd cimport close, pread, write as c_write
+from posix.unistd cimport close, pread, read as c_read, write as c_write
 
 from fpm._board cimport (Board, BoardHeader, C_REFUSAL_QUIET, REFUSED_ACCEPT, REFUSED_BODY,
                          REFUSED_HEAD, REFUSED_PARKED, REFUSED_PROTOCOL, ORDER_TIMEOUT,
                          Slot, Stage, STAGE_FINISHING, STAGE_IDLE, STAGE_READING, count, cstr,
-                         fpm_atomic_add, fpm_swap64, stamp_done, stamp_request, stamp_stage)
+                         fpm_atomic_add, fpm_cas64, fpm_swap64, stamp_done, stamp_request, stamp_stage)
 from fpm._codec cimport (BLOCK, Decoder, END_LEN, HEAD_READY, HEADER_LEN, READ_SIZE,
                          S_REQUEST_COMPLETE, ST_IDLE, ST_STDIN, STEP_ABORT, STEP_BEGIN,
                          STEP_BLOCKED, STEP_NEED, STEP_PARAMS_DONE, STEP_STDIN, STEP_STDIN_END,
                          Step, T_STDERR, T_STDOUT, frame_iov, head_status, padding, parse_pairs,
                          put_end, put_header, put_records, records_len, set_request_id)
-from fpm._kept cimport (CLAIM_OK, CLAIM_STALE, GEN_MASK, K_FREE, KeptHeader, Table, k_entries,
-                       k_gen, k_state, kept_alloc, kept_claim, kept_drop, kept_release)
+from fpm._kept cimport (CLAIM_OK, CLAIM_STALE, DEPUTY_MAX_MS, DEPUTY_MS, GEN_MASK, K_FREE,
+                       KeptHeader, ROLE_DEPUTY, ROLE_NONE, ROLE_REST, ROLE_WATCHER, Table,
+                       k_entries, k_gen, k_load, k_state, kept_alloc, kept_claim, kept_drop,
+                       kept_leave_role, kept_release, kept_take_role, kept_vacate)
 from fpm._passing cimport (C_TICKET_DUPS, C_TICKET_KEPT, C_TICKET_LATE, C_TICKET_SHARE, Ticket,
                            recv_conn, send_conn)
 from fpm._sys cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLET, EPOLLEXCLUSIVE, EPOLLIN,
@@ -99,6 +101,8 @@ cdef enum:
 MAX_HELD = C_MAX_HELD
 # epoll events of shared kept connections carry this bit, their generation and index.
 cdef uint64_t KEPT_EVENT = 1ULL << 62
+# The pool's bell (fpm._kept), in the epoll set of the workers that do not watch them.
+cdef uint64_t BELL_EVENT = 1ULL << 61
 
 # A CONTENT_LENGTH beyond what a Py_ssize_t holds (PY_SSIZE_T_MAX, 19 digits).
 cdef Py_ssize_t LENGTH_OVERFLOW = -2
@@ -1707,8 +1711,13 @@ cdef class Serving(Admission):
 cdef class Sharing(Serving):
     """Kept connections shared by the pool's workers (fpm._kept): this worker's copy of
     each, by table entry, watched in its epoll set with EPOLLET | EPOLLEXCLUSIVE, so that
-    the kernel wakes an idle worker for a request on any of them."""
+    the kernel wakes an idle worker for a request on any of them; which set it sleeps on
+    depends on its role (_sleep_set)."""
     cdef int epfd                        # epoll: sources (EPOLLEXCLUSIVE), stop pipe, kept channel, shared conns
+    cdef int epfd_rest                   # the same without the shared conns, with the bell (-1: not shared)
+    cdef int role                        # ROLE_*: what it is in its current sleep
+    cdef int deputy_ms                   # its next sleep as the deputy (> DEPUTY_MAX_MS: it rests)
+    cdef uint64_t wakes_seen             # the table's wakes at its last sleep as the deputy
     cdef Table kept                      # the pool's table (None: not shared)
     cdef KeptHeader *kh
     cdef int kept_rx                     # where the master sends copies of newly shared ones (-1: none)
@@ -1722,8 +1731,10 @@ cdef class Sharing(Serving):
 
     def __cinit__(self):
         self.epfd = -1
+        self.epfd_rest = -1
         self.kept_rx = -1
         self.chan_index = -1
+        self.deputy_ms = DEPUTY_MS
 
     def __dealloc__(self):
         cdef int i
@@ -1735,6 +1746,8 @@ cdef class Sharing(Serving):
         free(self.kgen)
         if self.epfd >= 0:
             close(self.epfd)
+        if self.epfd_rest >= 0:
+            close(self.epfd_rest)
         if self.kept_rx >= 0:
             close(self.kept_rx)
 
@@ -1816,6 +1829,8 @@ cdef class Sharing(Serving):
                 # copies held serve on, no new ones come. (Any other error alike: a channel
                 # that fails is not read again.)
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.kept_rx, NULL)
+                if self.epfd_rest >= 0:
+                    epoll_ctl(self.epfd_rest, EPOLL_CTL_DEL, self.kept_rx, NULL)
                 close(self.kept_rx)
                 self.kept_rx = -1
                 return 0
@@ -1867,6 +1882,51 @@ cdef class Sharing(Serving):
             self._adopt_kept(index, gen, fd)
         self._kept_ready(index, gen)
         return True
+
+    cdef int _sleep_set(self, int *timeout) noexcept:
+        """Take a role (fpm._kept) for the sleep to come: the epoll set to sleep on, and
+        ``timeout`` shortened to the deputy's sleep."""
+        self.role = ROLE_NONE
+        if self.epfd_rest < 0 or not self.nkept or _stop:
+            return self.epfd
+        self.role = kept_take_role(self.kh, self.pid, self.deputy_ms <= DEPUTY_MAX_MS)
+        if self.role == ROLE_WATCHER:
+            return self.epfd
+        if self.role == ROLE_DEPUTY and not 0 <= timeout[0] <= self.deputy_ms:
+            timeout[0] = self.deputy_ms
+        return self.epfd_rest
+
+    cdef void _woke(self, bint work, bint timed_out) noexcept:
+        """Leave the role of the sleep that ended; ``work``: to serve (or to stop)."""
+        cdef uint64_t wakes
+        if self.role == ROLE_NONE:
+            return
+        if kept_leave_role(self.kh, self.pid, self.role, work or _stop):
+            self._ring()
+        if self.role == ROLE_DEPUTY and timed_out and not work:
+            wakes = k_load(&self.kh.wakes)
+            if wakes != self.wakes_seen:
+                self.wakes_seen = wakes
+                self.deputy_ms = DEPUTY_MS
+            elif k_load(&self.kh.watcher):
+                # The watcher sleeps and no request came: sleep longer; past the longest
+                # sleep, rest (the watcher rings when it goes to serve).
+                self.deputy_ms *= 2
+                if self.deputy_ms > DEPUTY_MAX_MS:
+                    kept_vacate(self.kh, self.pid)
+        elif not timed_out:
+            self.deputy_ms = DEPUTY_MS
+        self.role = ROLE_NONE
+
+    cdef void _ring(self) noexcept:
+        cdef uint64_t one = 1
+        c_write(self.kept.bell, &one, sizeof(one))
+
+    cdef void _answer(self) noexcept:
+        """The bell called this worker: it takes a role at its next sleep."""
+        cdef uint64_t count
+        c_read(self.kept.bell, &count, sizeof(count))
+        fpm_cas64(&self.kh.rung, 1, 0)
 
     cdef bint _share(self, Conn conn) except -1:
         """Share a kept connection with the pool's workers: an entry in the table, this
@@ -1984,7 +2044,7 @@ cdef class Worker(Sharing):
         """The fds the loop waits on: the epoll set of the sources of new connections, the
         stop pipe, the kept channel and the shared connections; then the connections it
         holds privately, polled with it."""
-        cdef int i, n
+        cdef int i, n, err
         global _wake_w
         self.nlisten = len(self.listen_fds)
         # Where new connections come from: the listening sockets, and the hand-off socket
@@ -2003,6 +2063,11 @@ cdef class Worker(Sharing):
             self.srcs[n] = self.kept_rx
             n += 1
         self.epfd = _listen_epoll(self.srcs, self.nsources, n)
+        if self.kh != NULL and self.kept.bell >= 0:
+            self.epfd_rest = _listen_epoll(self.srcs, self.nsources, n)
+            err = _epoll_add(self.epfd_rest, self.kept.bell, EPOLLIN | EPOLLEXCLUSIVE, BELL_EVENT)
+            if err:
+                raise OSError(err, "epoll_ctl() of the pool's bell failed: " + os.strerror(err))
         self.pfds[0].fd = self.epfd
         self.pfds[0].events = POLLIN
         self.pfds[0].revents = 0
@@ -2042,9 +2107,10 @@ cdef class Worker(Sharing):
 
     def run(self):
         """Serve until request_stop(); return the number of requests served."""
-        cdef int i, n, timeout
+        cdef int i, n, nev, timeout
         cdef bint served
         cdef Conn conn
+        cdef epoll_event events[16]
         global _stop
         while not _stop:
             if self.kh != NULL and self.kh.drops != self.kept_drops:
@@ -2079,9 +2145,11 @@ cdef class Worker(Sharing):
             timeout = -1
             if self.paused_until:
                 timeout = max(1, <int>((self.paused_until - _now_us() + 999) // 1000))
+            self.pfds[0].fd = self._sleep_set(&timeout)
             with nogil:
                 n = poll(self.pfds, self.npfds, timeout)
             if n < 0:
+                self._woke(False, False)
                 if errno != EINTR:
                     raise OSError(errno, os.strerror(errno))
                 PyErr_CheckSignals()
@@ -2090,27 +2158,47 @@ cdef class Worker(Sharing):
             for i in range(self.npfds - 1, self.nfixed - 1, -1):
                 if self.pfds[i].revents:
                     ready.append(self._unhold(i))
+            nev = 0
             if self.pfds[0].revents:
-                self._wait_listeners(0)
+                nev = max(0, epoll_wait(self.pfds[0].fd, events, 16, 0))
+            self._woke(len(ready) > 0 or self._work_in(events, nev), n == 0)
+            self._take_events(events, nev)
             for conn in ready:
                 self._serve_conn(conn, CONN_KEPT)
+        if self.kh != NULL and kept_vacate(self.kh, self.pid):
+            self._ring()
         self._finish_held()
         return self.requests
 
     cdef int _wait_listeners(self, int timeout) except -1:
-        """Wait up to ``timeout`` ms (-1: until something comes) on the epoll set, and take
-        what came: new connections, requests on shared ones, copies of newly shared ones;
-        the stop pipe only wakes us."""
+        """Wait up to ``timeout`` ms (-1: until something comes) on the epoll set of this
+        worker's role, and take what came."""
         cdef epoll_event events[16]
-        cdef int i, n
-        cdef uint64_t data
+        cdef int n, epfd = self._sleep_set(&timeout)
         with nogil:
-            n = epoll_wait(self.epfd, events, 16, timeout)
+            n = epoll_wait(epfd, events, 16, timeout)
         if n < 0:
+            self._woke(False, False)
             if errno != EINTR:
                 raise OSError(errno, os.strerror(errno))
             PyErr_CheckSignals()
             return 0
+        self._woke(self._work_in(events, n), n == 0)
+        return self._take_events(events, n)
+
+    cdef bint _work_in(self, epoll_event *events, int n) noexcept:
+        """Whether ``events`` bring a request or a connection to serve."""
+        cdef int i
+        for i in range(n):
+            if events[i].data.u64 & KEPT_EVENT or events[i].data.u64 < <uint64_t>self.nsources:
+                return True
+        return False
+
+    cdef int _take_events(self, epoll_event *events, int n) except -1:
+        """Take what came: new connections, requests on shared ones, copies of newly shared
+        ones, the bell; the stop pipe only wakes us."""
+        cdef int i
+        cdef uint64_t data
         for i in range(n):
             data = events[i].data.u64
             # Even once told to stop: EPOLLEXCLUSIVE may have woken this worker alone for
@@ -2122,6 +2210,8 @@ cdef class Worker(Sharing):
                     self._take(<int>data)
             elif data == <uint64_t>self.chan_index:
                 self._take_copies()
+            elif data == BELL_EVENT:
+                self._answer()
         return 0
 
     cdef bint _take(self, int index) except -1:
@@ -2191,12 +2281,15 @@ cdef class Worker(Sharing):
     cdef int _set_sources(self, bint watch) noexcept:
         """Watch the sources in the epoll set, or not (accepting is paused). Removed and
         added again: EPOLLEXCLUSIVE cannot be modified."""
-        cdef int i
-        for i in range(self.nsources):
-            if watch:
-                _epoll_add(self.epfd, self.srcs[i], EPOLLIN | EPOLLEXCLUSIVE, i)
-            else:
-                epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.srcs[i], NULL)
+        cdef int i, epfd
+        for epfd in (self.epfd, self.epfd_rest):
+            if epfd < 0:
+                continue
+            for i in range(self.nsources):
+                if watch:
+                    _epoll_add(epfd, self.srcs[i], EPOLLIN | EPOLLEXCLUSIVE, i)
+                else:
+                    epoll_ctl(epfd, EPOLL_CTL_DEL, self.srcs[i], NULL)
         return 0
 
     cdef bint _take_handoff(self) except -1:

@@ -58,7 +58,7 @@ class Shared:
     def create(cls, name: str, size: int) -> "Shared":
         fd = os.memfd_create("pyfpm-kept-" + name, os.MFD_CLOEXEC)
         os.ftruncate(fd, _kept.table_bytes(size))
-        return cls(name, _kept.Table(fd, size, True))
+        return cls(name, _kept.Table(fd, size, True, _bell()))
 
     def add(self, index: int, gen: int, fd: int, targets) -> None:
         """A worker shared connection ``gen`` of entry ``index`` (``fd``: the master's copy):
@@ -102,6 +102,14 @@ class Shared:
         for index, gen in self.table.busy_of(pid):
             if self.table.drop(index, gen) and self.copies.get(index, (None,))[0] == gen:
                 _shutdown(self.copies[index][1])
+        # It may have been the watcher or the deputy, or the one the bell called.
+        self.table.vacate(pid)
+        self.ring()
+
+    def ring(self) -> None:
+        """Call a resting worker to take the watcher's or the deputy's place (fpm._kept)."""
+        if self.table.call():
+            os.eventfd_write(self.table.bell, 1)
 
     def watch(self, on: bool) -> None:
         """Watch the copies in the master's poller (index: copy -> pool), or stop: only
@@ -145,25 +153,32 @@ class Shared:
         for index in list(self.copies):
             self._close_copy(index)
         os.close(self.table.fd)
+        os.close(self.table.bell)
 
     # --- reload ---------------------------------------------------------------------------
 
     def export(self) -> list:
-        """For the next master: [table fd, size, [[entry, generation, fd], ...]]; the
+        """For the next master: [table fd, size, [[entry, generation, fd], ...], bell]; the
         descriptors must cross the exec."""
-        return [self.table.fd, self.table.size, [list(c) for c in self.inherited()]]
+        return [self.table.fd, self.table.size, [list(c) for c in self.inherited()],
+                self.table.bell]
 
     @classmethod
     def adopt(cls, name: str, entry: list) -> "Shared":
         """The previous master's (export()); ValueError if malformed."""
-        fd, size, copies = int(entry[0]), int(entry[1]), entry[2]
-        os.set_inheritable(fd, False)
-        shared = cls(name, _kept.Table(fd, size))
+        fd, size, copies, bell = int(entry[0]), int(entry[1]), entry[2], int(entry[3])
+        for own in (fd, bell):
+            os.set_inheritable(own, False)
+        shared = cls(name, _kept.Table(fd, size, False, bell))
         for index, gen, copy in copies:
             os.set_inheritable(int(copy), False)
             shared.copies[int(index)] = (int(gen), int(copy))
         shared.sweep()
         return shared
+
+
+def _bell() -> int:
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
 
 def _shutdown(fd: int) -> None:

@@ -50,6 +50,56 @@ def test_busy_of_names_what_a_dead_worker_was_serving():
     assert t.live() == {a: ga, b: gb}
 
 
+def test_one_worker_watches_one_stands_by_the_others_rest():
+    t = table()
+    assert t.take_role(100) == _kept.WATCHER
+    assert t.take_role(200) == _kept.DEPUTY
+    assert t.take_role(200) == _kept.DEPUTY, "a deputy keeps its place from sleep to sleep"
+    assert t.take_role(300) == _kept.REST
+    assert t.roles() == {"watcher": 100, "deputy": 200, "rung": 0, "wakes": 0}
+
+
+def test_the_watcher_that_goes_to_serve_rings_only_when_nobody_takes_over():
+    t = table()
+    t.take_role(100)
+    t.take_role(200)
+    assert not t.leave_role(100, _kept.WATCHER, True), "the deputy takes over: no bell"
+    assert t.roles()["wakes"] == 1
+    # The deputy wakes to find the watcher gone: it takes its place, and leaves its own.
+    assert t.take_role(200) == _kept.WATCHER
+    assert t.roles()["deputy"] == 0
+    assert t.leave_role(200, _kept.WATCHER, True), "nobody to take over: ring"
+    assert t.take_role(200) == _kept.WATCHER
+    assert not t.leave_role(200, _kept.WATCHER, True), "rung already, not answered yet"
+    t.answer()
+    assert t.take_role(300) == _kept.WATCHER
+    assert not t.leave_role(300, _kept.WATCHER, False), "woken for nothing to serve"
+    assert t.take_role(300) == _kept.WATCHER
+    assert t.leave_role(300, _kept.WATCHER, True)
+
+
+def test_a_deputy_that_goes_to_serve_rings_when_nobody_watches():
+    t = table()
+    t.take_role(100)
+    t.take_role(200)
+    assert not t.leave_role(200, _kept.DEPUTY, True), "the watcher still sleeps on them"
+    assert t.roles()["deputy"] == 0
+    assert t.take_role(200) == _kept.DEPUTY
+    t.leave_role(100, _kept.WATCHER, True)
+    assert t.leave_role(200, _kept.DEPUTY, True), "the watcher is serving too: ring"
+    assert not t.leave_role(300, _kept.REST, True), "a resting worker leaves nobody"
+
+
+def test_a_deputy_may_decline_and_a_dead_worker_leaves_its_place():
+    t = table()
+    t.take_role(100)
+    assert t.take_role(200, deputize=False) == _kept.REST, "it found no work: it rests"
+    assert t.take_role(300) == _kept.DEPUTY
+    assert t.vacate(300) and t.vacate(100) and not t.vacate(200)
+    assert t.roles()["watcher"] == t.roles()["deputy"] == 0
+    assert t.call() and not t.call(), "one ring until answered"
+
+
 def test_a_table_of_another_layout_is_refused():
     t = table(4)
     with pytest.raises(ValueError, match="no kept-connection table of 8 entries"):
