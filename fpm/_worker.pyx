@@ -2107,10 +2107,8 @@ cdef class Worker(Sharing):
 
     def run(self):
         """Serve until request_stop(); return the number of requests served."""
-        cdef int i, n, nev, timeout
+        cdef int i
         cdef bint served
-        cdef Conn conn
-        cdef epoll_event events[16]
         global _stop
         while not _stop:
             if self.kh != NULL and self.kh.drops != self.kept_drops:
@@ -2141,34 +2139,40 @@ cdef class Worker(Sharing):
                 if not served and not self.paused_until:  # else: the pause's timed wait below
                     self._wait_listeners(-1)
                 continue
-            # Held connections to watch, or accepting paused (the sources are left out).
-            timeout = -1
-            if self.paused_until:
-                timeout = max(1, <int>((self.paused_until - _now_us() + 999) // 1000))
-            self.pfds[0].fd = self._sleep_set(&timeout)
-            with nogil:
-                n = poll(self.pfds, self.npfds, timeout)
-            if n < 0:
-                self._woke(False, False)
-                if errno != EINTR:
-                    raise OSError(errno, os.strerror(errno))
-                PyErr_CheckSignals()
-                continue
-            ready = []
-            for i in range(self.npfds - 1, self.nfixed - 1, -1):
-                if self.pfds[i].revents:
-                    ready.append(self._unhold(i))
-            nev = 0
-            if self.pfds[0].revents:
-                nev = max(0, epoll_wait(self.pfds[0].fd, events, 16, 0))
-            self._woke(len(ready) > 0 or self._work_in(events, nev), n == 0)
-            self._take_events(events, nev)
-            for conn in ready:
-                self._serve_conn(conn, CONN_KEPT)
+            self._poll_held()
         if self.kh != NULL and kept_vacate(self.kh, self.pid):
             self._ring()
         self._finish_held()
         return self.requests
+
+    cdef int _poll_held(self) except -1:
+        """Wait on the held connections and the epoll set (or the held ones alone, while
+        accepting is paused: the sources are left out of the set), and serve what came."""
+        cdef int i, n, nev = 0, timeout = -1
+        cdef Conn conn
+        cdef epoll_event events[16]
+        if self.paused_until:
+            timeout = max(1, <int>((self.paused_until - _now_us() + 999) // 1000))
+        self.pfds[0].fd = self._sleep_set(&timeout)
+        with nogil:
+            n = poll(self.pfds, self.npfds, timeout)
+        if n < 0:
+            self._woke(False, False)
+            if errno != EINTR:
+                raise OSError(errno, os.strerror(errno))
+            PyErr_CheckSignals()
+            return 0
+        ready = []
+        for i in range(self.npfds - 1, self.nfixed - 1, -1):
+            if self.pfds[i].revents:
+                ready.append(self._unhold(i))
+        if self.pfds[0].revents:
+            nev = max(0, epoll_wait(self.pfds[0].fd, events, 16, 0))
+        self._woke(len(ready) > 0 or self._work_in(events, nev), n == 0)
+        self._take_events(events, nev)
+        for conn in ready:
+            self._serve_conn(conn, CONN_KEPT)
+        return 0
 
     cdef int _wait_listeners(self, int timeout) except -1:
         """Wait up to ``timeout`` ms (-1: until something comes) on the epoll set of this

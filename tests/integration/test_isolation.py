@@ -177,6 +177,9 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "/dev/null (read)",
             "%s/a.access.log (write, append)" % tmp,
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",  # its loop's
+            # its pool's bell, and the epoll set it sleeps on when it does not watch the
+            # shared kept connections (fpm._kept)
+            "anon_inode:[eventfd] (read-write)", "epoll",
         ])
         assert holdings(b, master) == sorted([
             "/dev/null (read-write)", "/dev/null (read-write)", "/dev/null (read-write)",
@@ -187,6 +190,7 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "seqpacket socket pair with the master", "seqpacket socket pair with the master",
             "/dev/null (read)",
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",
+            "anon_inode:[eventfd] (read-write)", "epoll",
             "/proc/self/statm (read)",  # its own, for pm.max_memory
         ])
         assert holdings(status, master) == sorted([
@@ -196,6 +200,7 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "seqpacket socket pair with the master", "seqpacket socket pair with the master",
             "/dev/null (read)",
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",
+            "anon_inode:[eventfd] (read-write)", "epoll",
         ])
         # Nor does a worker map another pool's scoreboard: only its own (the status
         # worker's also the pool's it shows); nor another pool's kept connections.
