@@ -50,6 +50,7 @@ ctypedef struct KeptHeader:
     uint64_t deputy                      # pid of the one that takes over when it stays away (0: none)
     uint64_t rung                        # 1: the bell rang and nobody answered yet
     uint64_t wakes                       # watchers woken to serve, so far: the deputy's sign of load
+    uint64_t shares                      # 1 once a worker shared a connection: the web server keeps them
 
 
 ctypedef struct KeptEntry:

@@ -92,7 +92,9 @@ cdef enum:
     C_MAX_HELD = 1024
     # A kept connection is shared with the pool's other workers once it has served this
     # many requests: a web server keeps it, and does not close it after each request (a
-    # share costs the master a message to every worker).
+    # share costs the master a message to every worker). Once the pool has shared one (its
+    # web server keeps them), after its first: held alone until its second, a request on it
+    # would wait for a worker busy with another connection's (a 1.5 s one: measured).
     SHARE_AFTER = 2
     # Conn objects a worker keeps to serve shared connections with.
     SPARE_CONNS = 4
@@ -1937,6 +1939,8 @@ cdef class Sharing(Serving):
         cdef Ticket t
         if index < 0:
             return False
+        if not self.kh.shares:
+            fpm_atomic_add(&self.kh.shares, 1)
         if not self._register_kept(index, gen, conn.fd):
             kept_drop(self.kh, &k_entries(self.kh)[index], gen, self.pid)
             return False
@@ -1965,11 +1969,12 @@ cdef class Sharing(Serving):
         conn.kid = -1
 
     cdef int _hold_shared(self, Conn conn) except -2:
-        """Between requests: share a kept connection that has served SHARE_AFTER requests;
-        let go of a shared one. -1 for one not shared, 0 once let go, 1 when it must be
-        read again at once (it became ready meanwhile: still ours)."""
-        if (conn.kid < 0 and conn.served >= SHARE_AFTER and self.kfd != NULL and not _stop
-                and conn.dec.keep_conn):
+        """Between requests: share a kept connection that has served SHARE_AFTER requests
+        (one, once the pool has shared any); let go of a shared one. -1 for one not shared,
+        0 once let go, 1 when it must be read again at once (it became ready meanwhile:
+        still ours)."""
+        if (conn.kid < 0 and self.kfd != NULL and not _stop and conn.dec.keep_conn
+                and conn.served >= (1 if k_load(&self.kh.shares) else SHARE_AFTER)):
             self._share(conn)
         if conn.kid < 0:
             return -1
@@ -2157,11 +2162,7 @@ cdef class Worker(Sharing):
         with nogil:
             n = poll(self.pfds, self.npfds, timeout)
         if n < 0:
-            self._woke(False, False)
-            if errno != EINTR:
-                raise OSError(errno, os.strerror(errno))
-            PyErr_CheckSignals()
-            return 0
+            return self._sleep_failed()
         ready = []
         for i in range(self.npfds - 1, self.nfixed - 1, -1):
             if self.pfds[i].revents:
@@ -2182,13 +2183,19 @@ cdef class Worker(Sharing):
         with nogil:
             n = epoll_wait(epfd, events, 16, timeout)
         if n < 0:
-            self._woke(False, False)
-            if errno != EINTR:
-                raise OSError(errno, os.strerror(errno))
-            PyErr_CheckSignals()
-            return 0
+            return self._sleep_failed()
         self._woke(self._work_in(events, n), n == 0)
         return self._take_events(events, n)
+
+    cdef int _sleep_failed(self) except -1:
+        """poll() or epoll_wait() failed: EINTR (a signal, whose handler runs now), else
+        raise."""
+        cdef int err = errno
+        self._woke(False, False)
+        if err != EINTR:
+            raise OSError(err, os.strerror(err))
+        PyErr_CheckSignals()
+        return 0
 
     cdef bint _work_in(self, epoll_event *events, int n) noexcept:
         """Whether ``events`` bring a request or a connection to serve."""

@@ -3,6 +3,7 @@ workers (fpm.sharing): a request nginx sends on a connection that a busy worker 
 earlier does not wait for that worker while another is free (no head-of-line blocking); a
 worker's death still ends the connection it served; no copy outlives its connection."""
 import concurrent.futures
+import contextlib
 import os
 import signal
 import time
@@ -10,11 +11,13 @@ import time
 import pytest
 
 import harness
+from fpm import client as fc
 from harness import wait_for
 
-# Written into the test's directory: /slow?K blocks until the file `release` appears there
-# (at most 20 s, then 504), after writing its pid to `slow-started-K`; any other path is a
-# short request (50 ms, so that nginx has several in flight) answered with the worker's pid.
+# Written into the test's directory: /slow?K blocks until the file `release` or `release-K`
+# appears there (at most 20 s, then 504), after writing its pid to `slow-started-K`; any
+# other path is a short request (50 ms, so that nginx has several in flight) answered with
+# the worker's pid.
 GATE_APP = """\
 import os, time
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,13 +25,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def app(environ, start_response):
     status, body = "200 OK", b"%d" % os.getpid()
-    if environ["PATH_INFO"] == "/slow":
+    if environ["REQUEST_URI"].partition("?")[0] == "/slow":
         started = os.path.join(HERE, "slow-started-" + environ["QUERY_STRING"])
         with open(started + ".tmp", "wb") as f:
             f.write(body)
         os.rename(started + ".tmp", started)
         deadline = time.monotonic() + 20
-        while not os.path.exists(os.path.join(HERE, "release")):
+        while not any(os.path.exists(os.path.join(HERE, name))
+                      for name in ("release", "release-" + environ["QUERY_STRING"])):
             if time.monotonic() > deadline:
                 status = "504 Gateway Timeout"
                 break
@@ -88,6 +92,45 @@ def test_a_busy_worker_holds_up_no_request_on_its_kept_connections(served, tmp_p
     assert all(in_flight), "/slow ended before the test released it: %r" % (done,)
     assert not set(busy) & {r.body for r in results}
     assert [(d.status, d.body) for d in done] == [(200, b) for b in busy]
+
+
+def test_a_connection_new_to_a_pool_that_shares_waits_for_no_busy_worker(pyfpm, tmp_path):
+    """A web server that keeps its connections opens a new one (a burst needs more, or its
+    keepalive_timeout closed the others): the second request on it does not wait for the
+    worker that served its first, busy meanwhile with another connection's request."""
+    (tmp_path / "gate_app.py").write_text(GATE_APP)
+    server = pyfpm(workers=2, app="gate_app:app", python_path=tmp_path)
+    server.wait_idle(2)
+
+    def slow(conn, k):
+        conn.send(fc.encode_request(fc.build_params("/slow?%d" % k), keep_conn=True))
+        started = tmp_path / ("slow-started-%d" % k)
+        wait_for("/slow?%d in a worker" % k, started.exists, 10, server)
+        return started.read_bytes()
+
+    with contextlib.ExitStack() as stack:
+        def connect():
+            return stack.enter_context(fc.Connection(server.address, timeout=5))
+        kept = connect()
+        assert [kept.request("/fast").status for _ in range(2)] == [200, 200], "shared now"
+        first = connect()
+        busy = slow(first, 0)
+        new, other = connect(), connect()
+        # Both new connections go to the one free worker, which serves a first request on each.
+        free = {new.request("/fast").body, other.request("/fast").body}
+        assert len(free) == 1 and busy not in free
+        (tmp_path / "release-0").touch()
+        assert first.read_response().status == 200
+        busy = slow(other, 1)
+        try:
+            second = new.request("/fast")
+        except TimeoutError:
+            second = None
+        finally:
+            (tmp_path / "release-1").touch()
+        assert second is not None, "the second request waited for the busy worker"
+        assert (second.status, second.body != busy) == (200, True)
+        assert other.read_response().status == 200
 
 
 def warm(front, n=6 * CLIENTS):

@@ -50,19 +50,22 @@ def test_busy_of_names_what_a_dead_worker_was_serving():
     assert t.live() == {a: ga, b: gb}
 
 
-def test_one_worker_watches_one_stands_by_the_others_rest():
+def watched():
+    """A table whose watcher is worker 100 and whose deputy is worker 200."""
     t = table()
-    assert t.take_role(100) == _kept.WATCHER
-    assert t.take_role(200) == _kept.DEPUTY
+    assert (t.take_role(100), t.take_role(200)) == (_kept.WATCHER, _kept.DEPUTY)
+    return t
+
+
+def test_one_worker_watches_one_stands_by_the_others_rest():
+    t = watched()
     assert t.take_role(200) == _kept.DEPUTY, "a deputy keeps its place from sleep to sleep"
     assert t.take_role(300) == _kept.REST
     assert t.roles() == {"watcher": 100, "deputy": 200, "rung": 0, "wakes": 0}
 
 
 def test_the_watcher_that_goes_to_serve_rings_only_when_nobody_takes_over():
-    t = table()
-    t.take_role(100)
-    t.take_role(200)
+    t = watched()
     assert not t.leave_role(100, _kept.WATCHER, True), "the deputy takes over: no bell"
     assert t.roles()["wakes"] == 1
     # The deputy wakes to find the watcher gone: it takes its place, and leaves its own.
@@ -79,9 +82,7 @@ def test_the_watcher_that_goes_to_serve_rings_only_when_nobody_takes_over():
 
 
 def test_a_deputy_that_goes_to_serve_rings_when_nobody_watches():
-    t = table()
-    t.take_role(100)
-    t.take_role(200)
+    t = watched()
     assert not t.leave_role(200, _kept.DEPUTY, True), "the watcher still sleeps on them"
     assert t.roles()["deputy"] == 0
     assert t.take_role(200) == _kept.DEPUTY
