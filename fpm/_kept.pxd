@@ -51,6 +51,7 @@ ctypedef struct KeptHeader:
     uint64_t rung                        # 1: the bell rang and nobody answered yet
     uint64_t wakes                       # watchers woken to serve, so far: the deputy's sign of load
     uint64_t shares                      # 1 once a worker shared a connection: the web server keeps them
+    uint64_t deputy_ms                   # the deputy's current sleep (ms)
 
 
 ctypedef struct KeptEntry:
@@ -161,13 +162,14 @@ cdef inline int kept_take_role(KeptHeader *h, uint64_t pid, bint deputize) noexc
 
 cdef inline bint kept_leave_role(KeptHeader *h, uint64_t pid, int role, bint work) noexcept nogil:
     """A worker woke from its sleep in ``role``; ``work``: to serve (or to stop). True when
-    it must ring the bell: the watcher went with no deputy to take over, or the deputy with
-    nobody watching."""
+    it must ring the bell: the watcher went with no deputy to take over within DEPUTY_MS
+    (none, or one on a longer sleep: the pool was idle), or the deputy with nobody
+    watching."""
     if role == ROLE_WATCHER:
         fpm_cas64(&h.watcher, pid, 0)
         if work:
             fpm_atomic_add(&h.wakes, 1)
-            return k_load(&h.deputy) == 0 and kept_call(h)
+            return (k_load(&h.deputy) == 0 or k_load(&h.deputy_ms) > DEPUTY_MS) and kept_call(h)
     elif role == ROLE_DEPUTY and work:
         fpm_cas64(&h.deputy, pid, 0)
         return k_load(&h.watcher) == 0 and kept_call(h)

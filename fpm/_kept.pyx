@@ -119,9 +119,22 @@ cdef class Table:
         another (call())."""
         return kept_vacate(self.head, pid)
 
-    def call(self):
-        """True when the caller must ring the bell (it is not rung already)."""
+    def call(self, bint anyway=False):
+        """True when the caller must ring the bell: it is not rung already, or ``anyway``
+        (the master, after a worker's death: it may have died with the bell rung and not
+        answered, or answered and not marked)."""
+        if anyway:
+            (<volatile uint64_t *>&self.head.rung)[0] = 1
+            return True
         return kept_call(self.head)
+
+    def deputize(self, uint32_t pid, uint64_t sleep_ms):
+        """Worker ``pid`` takes the deputy's place for a sleep of ``sleep_ms`` (as a
+        worker's _sleep_set does); its role."""
+        cdef int role = kept_take_role(self.head, pid, True)
+        if role == ROLE_DEPUTY:
+            self.head.deputy_ms = sleep_ms
+        return role
 
     def roles(self):
         """{watcher, deputy, rung, wakes}: the sleepers' places (pids; 0: nobody)."""

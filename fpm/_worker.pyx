@@ -33,7 +33,7 @@ from fpm._codec cimport (BLOCK, Decoder, END_LEN, HEAD_READY, HEADER_LEN, READ_S
 from fpm._kept cimport (CLAIM_OK, CLAIM_STALE, DEPUTY_MAX_MS, DEPUTY_MS, GEN_MASK, K_FREE,
                        KeptHeader, ROLE_DEPUTY, ROLE_NONE, ROLE_REST, ROLE_WATCHER, Table,
                        k_entries, k_gen, k_load, k_state, kept_alloc, kept_claim, kept_drop,
-                       kept_leave_role, kept_release, kept_take_role, kept_vacate)
+                       kept_call, kept_leave_role, kept_release, kept_take_role, kept_vacate)
 from fpm._passing cimport (C_TICKET_DUPS, C_TICKET_KEPT, C_TICKET_LATE, C_TICKET_SHARE, Ticket,
                            recv_conn, send_conn)
 from fpm._sys cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLET, EPOLLEXCLUSIVE, EPOLLIN,
@@ -1889,22 +1889,34 @@ cdef class Sharing(Serving):
         """Take a role (fpm._kept) for the sleep to come: the epoll set to sleep on, and
         ``timeout`` shortened to the deputy's sleep."""
         self.role = ROLE_NONE
-        if self.epfd_rest < 0 or not self.nkept or _stop:
+        if self.epfd_rest < 0:
+            return self.epfd
+        if not self.nkept or self.kept_rx < 0 or _stop:
+            # No place for a worker that watches nothing shared, or not all of it (its kept
+            # channel closed: the master re-executed, and it retires): the others would
+            # leave requests to it.
+            if kept_vacate(self.kh, self.pid):
+                self._call()
             return self.epfd
         self.role = kept_take_role(self.kh, self.pid, self.deputy_ms <= DEPUTY_MAX_MS)
         if self.role == ROLE_WATCHER:
             return self.epfd
-        if self.role == ROLE_DEPUTY and not 0 <= timeout[0] <= self.deputy_ms:
-            timeout[0] = self.deputy_ms
+        if self.role == ROLE_DEPUTY:
+            self.kh.deputy_ms = self.deputy_ms  # the watcher rings if it is over DEPUTY_MS
+            if not 0 <= timeout[0] <= self.deputy_ms:
+                timeout[0] = self.deputy_ms
         return self.epfd_rest
 
-    cdef void _woke(self, bint work, bint timed_out) noexcept:
-        """Leave the role of the sleep that ended; ``work``: to serve (or to stop)."""
+    cdef void _woke(self, bint work, bint timed_out, bint called) noexcept:
+        """Leave the role of the sleep that ended; ``work``: to serve (or to stop);
+        ``called``: the bell woke it (answered already)."""
         cdef uint64_t wakes
         if self.role == ROLE_NONE:
             return
         if kept_leave_role(self.kh, self.pid, self.role, work or _stop):
             self._ring()
+        elif called and (work or _stop):
+            self._call()  # called, it goes to serve: the call goes on to another
         if self.role == ROLE_DEPUTY and timed_out and not work:
             wakes = k_load(&self.kh.wakes)
             if wakes != self.wakes_seen:
@@ -1924,11 +1936,21 @@ cdef class Sharing(Serving):
         cdef uint64_t one = 1
         c_write(self.kept.bell, &one, sizeof(one))
 
-    cdef void _answer(self) noexcept:
-        """The bell called this worker: it takes a role at its next sleep."""
+    cdef void _call(self) noexcept:
+        """Ring if nobody watches (and the bell is not rung already)."""
+        if k_load(&self.kh.watcher) == 0 and kept_call(self.kh):
+            self._ring()
+
+    cdef bint _answer(self, epoll_event *events, int n) noexcept:
+        """Whether the bell is among ``events``: answered then, before anything is served."""
         cdef uint64_t count
-        c_read(self.kept.bell, &count, sizeof(count))
-        fpm_cas64(&self.kh.rung, 1, 0)
+        cdef int i
+        for i in range(n):
+            if events[i].data.u64 == BELL_EVENT:
+                c_read(self.kept.bell, &count, sizeof(count))
+                fpm_cas64(&self.kh.rung, 1, 0)
+                return True
+        return False
 
     cdef bint _share(self, Conn conn) except -1:
         """Share a kept connection with the pool's workers: an entry in the table, this
@@ -2146,7 +2168,7 @@ cdef class Worker(Sharing):
                 continue
             self._poll_held()
         if self.kh != NULL and kept_vacate(self.kh, self.pid):
-            self._ring()
+            self._call()
         self._finish_held()
         return self.requests
 
@@ -2169,7 +2191,8 @@ cdef class Worker(Sharing):
                 ready.append(self._unhold(i))
         if self.pfds[0].revents:
             nev = max(0, epoll_wait(self.pfds[0].fd, events, 16, 0))
-        self._woke(len(ready) > 0 or self._work_in(events, nev), n == 0)
+        self._woke(len(ready) > 0 or self._work_in(events, nev), n == 0,
+                   self._answer(events, nev))
         self._take_events(events, nev)
         for conn in ready:
             self._serve_conn(conn, CONN_KEPT)
@@ -2184,14 +2207,14 @@ cdef class Worker(Sharing):
             n = epoll_wait(epfd, events, 16, timeout)
         if n < 0:
             return self._sleep_failed()
-        self._woke(self._work_in(events, n), n == 0)
+        self._woke(self._work_in(events, n), n == 0, self._answer(events, n))
         return self._take_events(events, n)
 
     cdef int _sleep_failed(self) except -1:
         """poll() or epoll_wait() failed: EINTR (a signal, whose handler runs now), else
         raise."""
         cdef int err = errno
-        self._woke(False, False)
+        self._woke(False, False, False)
         if err != EINTR:
             raise OSError(err, os.strerror(err))
         PyErr_CheckSignals()
@@ -2221,8 +2244,6 @@ cdef class Worker(Sharing):
                     self._take(<int>data)
             elif data == <uint64_t>self.chan_index:
                 self._take_copies()
-            elif data == BELL_EVENT:
-                self._answer()
         return 0
 
     cdef bint _take(self, int index) except -1:

@@ -102,14 +102,11 @@ class Shared:
         for index, gen in self.table.busy_of(pid):
             if self.table.drop(index, gen) and self.copies.get(index, (None,))[0] == gen:
                 _shutdown(self.copies[index][1])
-        # It may have been the watcher or the deputy, or the one the bell called.
+        # It may have been the watcher or the deputy, or the worker the bell called (dead
+        # before it answered, or between its answer and its mark): call another, anyway.
         self.table.vacate(pid)
-        self.ring()
-
-    def ring(self) -> None:
-        """Call a resting worker to take the watcher's or the deputy's place (fpm._kept)."""
-        if self.table.call():
-            os.eventfd_write(self.table.bell, 1)
+        self.table.call(anyway=True)
+        os.eventfd_write(self.table.bell, 1)
 
     def watch(self, on: bool) -> None:
         """Watch the copies in the master's poller (index: copy -> pool), or stop: only

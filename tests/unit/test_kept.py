@@ -99,6 +99,18 @@ def test_a_deputy_may_decline_and_a_dead_worker_leaves_its_place():
     assert t.vacate(300) and t.vacate(100) and not t.vacate(200)
     assert t.roles()["watcher"] == t.roles()["deputy"] == 0
     assert t.call() and not t.call(), "one ring until answered"
+    assert t.call(anyway=True), "the master rings anyway: the dead may have been the one called"
+
+
+def test_the_watcher_rings_when_the_deputy_would_look_only_later():
+    t = table()
+    assert t.take_role(100) == _kept.WATCHER
+    assert t.deputize(200, 64) == _kept.DEPUTY
+    assert t.leave_role(100, _kept.WATCHER, True), "the deputy looks in 64 ms: ring"
+    t.answer()
+    assert t.take_role(100) == _kept.WATCHER
+    assert t.deputize(200, 1) == _kept.DEPUTY
+    assert not t.leave_role(100, _kept.WATCHER, True), "it looks within 1 ms"
 
 
 def test_a_table_of_another_layout_is_refused():
