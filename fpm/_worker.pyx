@@ -1826,10 +1826,12 @@ cdef class Sharing(Serving):
             err = recv_conn(self.kept_rx, &t, buf, sizeof(buf), &n, &fd)
             if err == EAGAIN or err == EWOULDBLOCK:
                 return 0
-            if err and err != EMFILE and err != EBADMSG:
-                # EPIPE: the master re-executed (a reload) and will retire this worker: the
-                # copies held serve on, no new ones come. (Any other error alike: a channel
-                # that fails is not read again.)
+            if err and err != EBADMSG:
+                # EPIPE: the master re-executed (a reload) and will retire this worker, or
+                # cut the channel off, full; EMFILE: a copy lost for want of a descriptor.
+                # The copies held serve on, no new ones come, and without all of them it
+                # takes no place among the sleepers (_sleep_set). (Any other error alike: a
+                # channel that fails is not read again.)
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.kept_rx, NULL)
                 if self.epfd_rest >= 0:
                     epoll_ctl(self.epfd_rest, EPOLL_CTL_DEL, self.kept_rx, NULL)

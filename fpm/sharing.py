@@ -71,9 +71,11 @@ class Shared:
         self.copies[index] = (gen, fd)
         for tx in targets:
             try:
-                _passing.pass_conn(tx, fd, gen << 32 | index, 0, b"", _passing.TICKET_SHARE)
+                sent = _passing.pass_conn(tx, fd, gen << 32 | index, 0, b"", _passing.TICKET_SHARE)
             except OSError:
-                pass  # that worker is gone; its channel is closed once it is reaped
+                continue  # that worker is gone; its channel is closed once it is reaped
+            if not sent:
+                _cut(tx)
 
     def sweep(self, targets=()) -> None:
         """Close the copies of connections taken out of the table since the last sweep, and
@@ -176,6 +178,20 @@ class Shared:
 
 def _bell() -> int:
     return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def _cut(tx: int) -> None:
+    """A worker's kept channel is full (it has been busy a long time): it will miss this
+    copy, so it gets no more. It reads what came, then the end of the channel, and takes no
+    place among the pool's sleepers (fpm._kept): one that watched without this connection
+    would leave a request on it to nobody."""
+    channel = socket.socket(fileno=tx)
+    try:
+        channel.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # gone already
+    finally:
+        channel.detach()
 
 
 def _shutdown(fd: int) -> None:

@@ -1,5 +1,6 @@
 """Kept connections shared by a pool's workers: the table's claims (fpm._kept) and the
 master's copies (fpm.sharing)."""
+import errno
 import os
 import socket
 
@@ -166,6 +167,26 @@ def test_each_worker_gets_a_copy_and_the_master_keeps_one(shared):
     assert (due, flags) == (gen << 32 | index, _passing.TICKET_SHARE)
     assert shared.inherited() == ((index, gen, shared.fds()[0]),)
     os.close(fd)
+    for s in (nginx, conn, tx, rx):
+        s.close()
+
+
+def test_a_worker_whose_channel_is_full_is_cut_off(shared):
+    """It would miss that copy: it gets the copies queued, then the channel's end (and
+    takes no place among the sleepers, _worker.Sharing._sleep_set)."""
+    nginx, conn = pair()
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    queued = 0
+    while _passing.pass_conn(tx.fileno(), conn.fileno(), 0, 0, b"", _passing.TICKET_SHARE):
+        queued += 1
+    index, gen = shared.table.alloc(100)
+    shared.add(index, gen, os.dup(conn.fileno()), [tx.fileno()])
+    for _ in range(queued):
+        os.close(_passing.take_conn(rx.fileno())[0])
+    with pytest.raises(OSError) as end:
+        _passing.take_conn(rx.fileno())
+    assert end.value.errno == errno.EPIPE
     for s in (nginx, conn, tx, rx):
         s.close()
 
