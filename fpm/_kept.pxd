@@ -179,8 +179,10 @@ cdef inline bint kept_leave_role(KeptHeader *h, uint64_t pid, int role, bint wor
 cdef inline bint kept_vacate(KeptHeader *h, uint64_t pid) noexcept nogil:
     """Worker ``pid`` leaves the watcher's and the deputy's places (it stops, or it died);
     True if it had one."""
-    cdef bint had = fpm_cas64(&h.watcher, pid, 0)
-    return fpm_cas64(&h.deputy, pid, 0) or had
+    cdef bint had = k_load(&h.watcher) == pid and fpm_cas64(&h.watcher, pid, 0)
+    # Loads first: a worker with nothing shared asks before each sleep, and a locked
+    # instruction on the pool's shared line would cost every one of them.
+    return (k_load(&h.deputy) == pid and fpm_cas64(&h.deputy, pid, 0)) or had
 
 
 cdef class Table:

@@ -1943,16 +1943,6 @@ cdef class Sharing(Serving):
         if k_load(&self.kh.watcher) == 0 and kept_call(self.kh):
             self._ring()
 
-    cdef bint _answer(self, epoll_event *events, int n) noexcept:
-        """Whether the bell is among ``events``: answered then, before anything is served."""
-        cdef uint64_t count
-        cdef int i
-        for i in range(n):
-            if events[i].data.u64 == BELL_EVENT:
-                c_read(self.kept.bell, &count, sizeof(count))
-                fpm_cas64(&self.kh.rung, 1, 0)
-                return True
-        return False
 
     cdef bint _share(self, Conn conn) except -1:
         """Share a kept connection with the pool's workers: an entry in the table, this
@@ -2193,8 +2183,7 @@ cdef class Worker(Sharing):
                 ready.append(self._unhold(i))
         if self.pfds[0].revents:
             nev = max(0, epoll_wait(self.pfds[0].fd, events, 16, 0))
-        self._woke(len(ready) > 0 or self._work_in(events, nev), n == 0,
-                   self._answer(events, nev))
+        self._woke_to(events, nev, len(ready) > 0, n == 0)
         self._take_events(events, nev)
         for conn in ready:
             self._serve_conn(conn, CONN_KEPT)
@@ -2209,7 +2198,7 @@ cdef class Worker(Sharing):
             n = epoll_wait(epfd, events, 16, timeout)
         if n < 0:
             return self._sleep_failed()
-        self._woke(self._work_in(events, n), n == 0, self._answer(events, n))
+        self._woke_to(events, n, False, n == 0)
         return self._take_events(events, n)
 
     cdef int _sleep_failed(self) except -1:
@@ -2222,17 +2211,25 @@ cdef class Worker(Sharing):
         PyErr_CheckSignals()
         return 0
 
-    cdef bint _work_in(self, epoll_event *events, int n) noexcept:
-        """Whether ``events`` bring a request or a connection to serve."""
+    cdef void _woke_to(self, epoll_event *events, int n, bint work, bint timed_out) noexcept:
+        """Leave the sleep's role (_woke) before anything is served: ``work`` if ``events``
+        bring a request or a connection; the bell, if among them, answered first."""
+        cdef uint64_t count, data
+        cdef bint called = False
         cdef int i
         for i in range(n):
-            if events[i].data.u64 & KEPT_EVENT or events[i].data.u64 < <uint64_t>self.nsources:
-                return True
-        return False
+            data = events[i].data.u64
+            if data & KEPT_EVENT or data < <uint64_t>self.nsources:
+                work = True
+            elif data == BELL_EVENT:
+                c_read(self.kept.bell, &count, sizeof(count))
+                fpm_cas64(&self.kh.rung, 1, 0)
+                called = True
+        self._woke(work, timed_out, called)
 
     cdef int _take_events(self, epoll_event *events, int n) except -1:
         """Take what came: new connections, requests on shared ones, copies of newly shared
-        ones, the bell; the stop pipe only wakes us."""
+        ones; the stop pipe and the bell (answered already) only wake us."""
         cdef int i
         cdef uint64_t data
         for i in range(n):

@@ -75,7 +75,11 @@ class Shared:
             except OSError:
                 continue  # that worker is gone; its channel is closed once it is reaped
             if not sent:
-                _cut(tx)
+                # Its channel is full (it has been busy a long time): it would miss this
+                # copy, so it gets no more. It reads what came, then the channel's end, and
+                # takes no place among the pool's sleepers (fpm._kept): one that watched
+                # without this connection would leave a request on it to nobody.
+                _shutdown(tx, socket.SHUT_WR)
 
     def sweep(self, targets=()) -> None:
         """Close the copies of connections taken out of the table since the last sweep, and
@@ -180,25 +184,11 @@ def _bell() -> int:
     return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
 
-def _cut(tx: int) -> None:
-    """A worker's kept channel is full (it has been busy a long time): it will miss this
-    copy, so it gets no more. It reads what came, then the end of the channel, and takes no
-    place among the pool's sleepers (fpm._kept): one that watched without this connection
-    would leave a request on it to nobody."""
-    channel = socket.socket(fileno=tx)
-    try:
-        channel.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass  # gone already
-    finally:
-        channel.detach()
-
-
-def _shutdown(fd: int) -> None:
-    """End the connection, whatever other copies of it are open."""
+def _shutdown(fd: int, how: int = socket.SHUT_RDWR) -> None:
+    """End the connection (or one way of it), whatever other copies of it are open."""
     s = socket.socket(fileno=fd)
     try:
-        s.shutdown(socket.SHUT_RDWR)
+        s.shutdown(how)
     except OSError:
         pass  # it was reset already
     finally:
