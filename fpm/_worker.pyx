@@ -98,6 +98,10 @@ cdef enum:
     SHARE_AFTER = 2
     # Conn objects a worker keeps to serve shared connections with.
     SPARE_CONNS = 4
+    # Connections a worker takes from one source in a row when it woke to find some queued
+    # there (_take_queued): as many as its epoll events, so new connections have as fair a
+    # share of a wake as the kept ones whose requests it serves then.
+    TAKE_BATCH = 16
 
 
 MAX_HELD = C_MAX_HELD
@@ -2239,17 +2243,22 @@ cdef class Worker(Sharing):
             if data & KEPT_EVENT:
                 self._kept_ready(<int>(data & 0xffffffff), <uint32_t>(data >> 32) & GEN_MASK)
             elif data < <uint64_t>self.nsources:
-                if not self.paused_until:
-                    self._take(<int>data)
+                self._take_queued(<int>data)
             elif data == <uint64_t>self.chan_index:
                 self._take_copies()
         return 0
 
-    cdef bint _take(self, int index) except -1:
-        """Take a connection from source ``index`` and serve it; False if none waited."""
-        if index < self.nlisten:
-            return self._accept(index)
-        return self._take_handoff()
+    cdef int _take_queued(self, int index) except -1:
+        """Take and serve the connections queued at source ``index``, up to TAKE_BATCH. A
+        wake serves each ready kept connection one request: taking one new connection per
+        wake, the k-th of a burst (nginx opening more) waited k rounds of their requests."""
+        cdef int i
+        for i in range(TAKE_BATCH):
+            # Once told to stop: the one connection EPOLLEXCLUSIVE may have woken it alone for.
+            if self.paused_until or (i and _stop) or not (
+                    self._accept(index) if index < self.nlisten else self._take_handoff()):
+                break
+        return 0
 
     cdef bint _accept(self, int index) except -1:
         """Accept from listener ``index`` and serve the connection; False if none was queued.

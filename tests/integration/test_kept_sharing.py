@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -179,3 +180,55 @@ def test_no_copy_outlives_the_connections_nginx_closed(served, tmp_path):
     harness.kill_group(front.proc)
     wait_for("every copy closed", lambda: all(open_fds(p) <= before[p] for p in pids), 10,
              server)
+
+
+# Each request takes 20 ms and is answered with its place in the worker's order.
+ORDER_APP = """\
+import itertools, time
+served = itertools.count(1)
+
+
+def app(environ, start_response):
+    time.sleep(0.02)
+    body = b"%d" % next(served)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_a_burst_of_new_connections_waits_one_round_of_the_kept_ones(pyfpm, tmp_path):
+    """One worker serves 6 kept connections, each sending its next request as soon as it has
+    its answer (a busy site behind nginx); 6 new connections come at once (nginx opens more
+    for a burst). Each is served within about a round of the kept connections' requests, not
+    one new connection per round (the 6th would wait 6 rounds)."""
+    (tmp_path / "order_app.py").write_text(ORDER_APP)
+    server = pyfpm(workers=1, app="order_app:app", python_path=tmp_path)
+    server.wait_idle(1)
+    kept, new = 6, 6
+    seen, stop = [], threading.Event()
+
+    def loop(conn):
+        while not stop.is_set():
+            seen.append(int(conn.request("/kept").body))
+
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(fc.Connection(server.address, timeout=10))
+                 for _ in range(kept + new)]
+        for conn in conns[:kept]:
+            assert [conn.request("/kept").status for _ in range(2)] == [200, 200], "shared now"
+        with concurrent.futures.ThreadPoolExecutor(kept) as pool:
+            loops = [pool.submit(loop, conn) for conn in conns[:kept]]
+            try:
+                wait_for("the kept connections' requests go round", lambda: len(seen) >= 3 * kept,
+                         10, server)
+                mark = max(seen)
+                for conn in conns[kept:]:
+                    conn.send(fc.encode_request(fc.build_params("/new"), keep_conn=True))
+                waits = sorted(int(conn.read_response().body) - mark for conn in conns[kept:])
+            finally:
+                stop.set()
+            for done in loops:
+                done.result(timeout=10)
+    # Served before them: the rest of the round in progress (at most one request per kept
+    # connection), a round of the kept ones, and the other new ones.
+    assert waits[-1] <= 2 * kept + new, "places after the burst came: %s" % waits
