@@ -15,9 +15,7 @@ the 2,000 connections of a flood.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys

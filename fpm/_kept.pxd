@@ -1,8 +1,8 @@
 # Kept connections a pool's workers share (fastcgi_keep_conn): a table in shared memory of
 # one word per connection, which a worker claims by compare-and-swap before it reads a
-# request from it. Every worker holds a copy of each shared connection's descriptor in its
-# epoll set (EPOLLEXCLUSIVE: the kernel wakes an idle one), so any free worker serves any
-# connection that becomes ready. _worker cimports it; the master maps the same table.
+# request from it. Every worker holds a copy of each shared connection's descriptor; the
+# pool's queue (new_queue) holds each once, so any free worker serves the oldest request on
+# any of them. _worker cimports it; the master maps the same table.
 
 from libc.stdint cimport uint32_t, uint64_t
 
@@ -56,6 +56,21 @@ ctypedef struct KeptHeader:
 
 ctypedef struct KeptEntry:
     uint64_t word                        # gen << 40 | state << 32 | pid
+
+
+# The events of a pool's queue (new_queue): a shared connection (its generation and entry),
+# a source of new connections (its descriptor, the same in every worker of the pool), or a
+# stop (a worker was told to stop: the watcher looks at whether it is the one).
+cdef inline uint64_t q_kept(uint32_t gen, uint32_t index) noexcept nogil:
+    return (1ULL << 62) | (<uint64_t>(gen & GEN_MASK) << 32) | index
+
+
+cdef inline uint64_t q_source(int fd) noexcept nogil:
+    return (1ULL << 59) | <uint32_t>fd
+
+
+cdef inline uint64_t q_stop() noexcept nogil:
+    return 1ULL << 58
 
 
 cdef inline uint64_t k_word(uint32_t gen, uint32_t state, uint32_t pid) noexcept nogil:
@@ -189,5 +204,7 @@ cdef class Table:
     cdef KeptHeader *head
     cdef readonly int fd
     cdef readonly int bell               # eventfd: rung to call a resting worker (-1: none)
+    cdef readonly int queue              # epoll: the watcher's, one event per request (-1: none)
+    cdef readonly int stop               # eventfd: written by a worker told to stop, in the queue
     cdef readonly int size
     cdef Py_ssize_t length

@@ -8,12 +8,33 @@ from libc.string cimport memset
 from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED,
                          MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED)
 
+from posix.unistd cimport close
+from fpm._sys cimport (epoll_create1, epoll_ctl, epoll_event, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
+                      EPOLLIN, EPOLLET)
+
 import os
 
 KEPT_MAX = C_KEPT_MAX
 FREE, IDLE, BUSY, MISSED = K_FREE, K_IDLE, K_BUSY, K_MISSED
 WATCHER, DEPUTY, REST = ROLE_WATCHER, ROLE_DEPUTY, ROLE_REST
 cdef uint64_t KEPT_MAGIC = 0x70796670_6b657032  # "pyfpkep2": the header with the roles
+
+
+def new_queue(int stop):
+    """The pool's queue, the one epoll set its watcher sleeps on, taking one event at a time:
+    its shared connections (edge-triggered: one event per request, in the order they came,
+    in one ready list), its sources (each worker adds them) and the ``stop`` eventfd."""
+    cdef int q = epoll_create1(EPOLL_CLOEXEC)
+    cdef epoll_event ev
+    if q < 0:
+        raise OSError(errno, "epoll_create1() failed: " + os.strerror(errno))
+    ev.events = EPOLLIN | EPOLLET
+    ev.data.u64 = q_stop()
+    if epoll_ctl(q, EPOLL_CTL_ADD, stop, &ev) < 0:
+        err = errno
+        close(q)
+        raise OSError(err, "epoll_ctl() of the pool's stop eventfd failed: " + os.strerror(err))
+    return q
 
 
 def table_bytes(int size):
@@ -28,8 +49,11 @@ cdef class Table:
         self.head = NULL
         self.fd = -1
         self.bell = -1
+        self.queue = -1
+        self.stop = -1
 
-    def __init__(self, int fd, int size, bint create=False, int bell=-1):
+    def __init__(self, int fd, int size, bint create=False, int bell=-1, int queue=-1,
+                 int stop=-1):
         if not 0 <= size <= C_KEPT_MAX:
             raise ValueError("a kept-connection table holds 0 to %d entries, not %d"
                              % (C_KEPT_MAX, size))
@@ -41,6 +65,8 @@ cdef class Table:
         self.head = <KeptHeader *>m
         self.fd = fd
         self.bell = bell
+        self.queue = queue
+        self.stop = stop
         self.size = size
         if create:
             memset(m, 0, self.length)
@@ -54,6 +80,19 @@ cdef class Table:
     def __dealloc__(self):
         if self.head != NULL:
             munmap(self.head, self.length)
+
+    def enqueue(self, int fd, int index, uint32_t gen):
+        """Put shared connection ``gen`` of entry ``index`` (``fd``: a copy) in the queue."""
+        cdef epoll_event ev
+        ev.events = EPOLLIN | EPOLLET
+        ev.data.u64 = q_kept(gen, index)
+        if epoll_ctl(self.queue, EPOLL_CTL_ADD, fd, &ev) < 0:
+            raise OSError(errno, "epoll_ctl() of a shared connection failed: " + os.strerror(errno))
+
+    @property
+    def fds(self):
+        """The descriptors its workers keep: the bell, the queue and the stop eventfd."""
+        return tuple(fd for fd in (self.bell, self.queue, self.stop) if fd >= 0)
 
     def unshare(self):
         """In a worker of another pool: private zeroes take the shared pages' place."""

@@ -9,7 +9,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.errno cimport (EAGAIN, EBADMSG, EINTR, ECONNRESET, EPIPE, ECONNABORTED, EMFILE, ENFILE,
+from libc.errno cimport (EAGAIN, EBADMSG, EEXIST, EINTR, ECONNRESET, EPIPE, ECONNABORTED, EMFILE, ENFILE,
                          ENOBUFS, ENOMEM, errno)
 from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, raise_
 from libc.stdint cimport int64_t, uint32_t, uint64_t
@@ -33,7 +33,8 @@ from fpm._codec cimport (BLOCK, Decoder, END_LEN, HEAD_READY, HEADER_LEN, READ_S
 from fpm._kept cimport (CLAIM_OK, CLAIM_STALE, DEPUTY_MAX_MS, DEPUTY_MS, GEN_MASK, K_FREE,
                        KeptHeader, ROLE_DEPUTY, ROLE_NONE, ROLE_REST, ROLE_WATCHER, Table,
                        k_entries, k_gen, k_load, k_state, kept_alloc, kept_claim, kept_drop,
-                       kept_call, kept_leave_role, kept_release, kept_take_role, kept_vacate)
+                       kept_call, kept_leave_role, kept_release, kept_take_role, kept_vacate,
+                       q_kept, q_source, q_stop)
 from fpm._passing cimport (C_TICKET_DUPS, C_TICKET_KEPT, C_TICKET_LATE, C_TICKET_SHARE, Ticket,
                            recv_conn, send_conn)
 from fpm._sys cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLET, EPOLLEXCLUSIVE, EPOLLIN,
@@ -105,8 +106,6 @@ cdef enum:
 
 
 MAX_HELD = C_MAX_HELD
-# epoll events of shared kept connections carry this bit, their generation and index.
-cdef uint64_t KEPT_EVENT = 1ULL << 62
 # The pool's bell (fpm._kept), in the epoll set of the workers that do not watch them.
 cdef uint64_t BELL_EVENT = 1ULL << 61
 
@@ -132,6 +131,8 @@ class TooSlow(PeerError):
 
 cdef bint _stop = 0
 cdef int _wake_w = -1  # a pipe the waiting loop polls, so a stop cannot slip in before poll()
+cdef int _wake_pool = -1  # the pool's stop eventfd, in the queue its watcher sleeps on
+cdef uint64_t _ONE = 1
 
 
 cdef void _stop_now() noexcept nogil:
@@ -139,6 +140,8 @@ cdef void _stop_now() noexcept nogil:
     _stop = 1
     if _wake_w >= 0:
         c_write(_wake_w, b"q", 1)
+    if _wake_pool >= 0:
+        c_write(_wake_pool, &_ONE, sizeof(_ONE))
 
 
 def request_stop():
@@ -298,6 +301,7 @@ cdef class Conn:
     cdef int kid                         # its entry in the pool's shared table (-1: not shared)
     cdef uint32_t kgen                   # ...and the generation of that entry
     cdef bint dups                       # other processes may hold copies: shutdown() closes it
+    cdef bint drained                    # its last read left nothing in the socket
 
     def __init__(self, int fd, Decoder dec):
         self.fd = fd
@@ -309,6 +313,7 @@ cdef class Conn:
         self.fd = fd
         self.dec.start = self.dec.end = 0
         self.peer_cache = None
+        self.drained = False
         self.arrived_us = self.head_due_us = 0
         self.body_read = 0
         self.refused = self.late = False
@@ -1084,6 +1089,7 @@ cdef class Reading(Accounting):
             else:  # MSG_DONTWAIT never blocks, so the GIL is kept (see _accept)
                 n = recv(conn.fd, dec.buf + dec.end, dec.cap - dec.end, MSG_DONTWAIT)
             if n >= 0:
+                conn.drained = n < dec.cap - dec.end
                 dec.end += n
                 if dec.state == ST_STDIN or dec.draining:
                     conn.body_read += n
@@ -1556,6 +1562,12 @@ cdef class Serving(Admission):
                 self._close(conn)
             return GONE
         if dec.state == ST_IDLE and not dec.draining:
+            if conn.kid >= 0 and conn.drained and dec.end == dec.start:
+                # Its next request goes through the pool's queue, behind those that came
+                # first (read now, it went ahead of them: a few connections nginx reuses at
+                # once were served at once, the others waited). Whatever comes after the
+                # read that drained it puts it in the queue again (edge-triggered).
+                return -2
             # Between requests: what comes is the next request's head, if any.
             return self._await_head(conn, self._read(conn, False), CONN_KEPT)
         # Inside a record or a request, or the rest of an unread body: due now.
@@ -1716,11 +1728,10 @@ cdef class Serving(Admission):
 
 cdef class Sharing(Serving):
     """Kept connections shared by the pool's workers (fpm._kept): this worker's copy of
-    each, by table entry, watched in its epoll set with EPOLLET | EPOLLEXCLUSIVE, so that
-    the kernel wakes an idle worker for a request on any of them; which set it sleeps on
-    depends on its role (_sleep_set)."""
-    cdef int epfd                        # epoll: sources (EPOLLEXCLUSIVE), stop pipe, kept channel, shared conns
-    cdef int epfd_rest                   # the same without the shared conns, with the bell (-1: not shared)
+    each, by table entry; the pool's queue gives a request on any of them to the worker
+    that watches, one at a time; which set it sleeps on depends on its role (_sleep_set)."""
+    cdef int epfd                        # epoll: sources (EPOLLEXCLUSIVE), stop pipe, kept channel
+    cdef int epfd_rest                   # the same with the bell (-1: not shared)
     cdef int role                        # ROLE_*: what it is in its current sleep
     cdef int deputy_ms                   # its next sleep as the deputy (> DEPUTY_MAX_MS: it rests)
     cdef uint64_t wakes_seen             # the table's wakes at its last sleep as the deputy
@@ -1734,6 +1745,8 @@ cdef class Sharing(Serving):
     cdef uint64_t kept_drops             # the table's drops when this worker last swept
     cdef uint32_t pid
     cdef list spare                      # Conn objects to serve shared connections with
+    cdef int nsources                    # sources of new connections (Worker.srcs): their events are 0..nsources-1
+    cdef int64_t paused_until            # accept() failed for want of descriptors: not before this
 
     def __cinit__(self):
         self.epfd = -1
@@ -1778,23 +1791,20 @@ cdef class Sharing(Serving):
         for i in range(kept.size):
             self.kfd[i] = -1
         self.kept_drops = self.kh.drops
+        global _wake_pool
+        _wake_pool = kept.stop
         return 0
 
-    cdef bint _register_kept(self, int index, uint32_t gen, int fd) noexcept:
-        """Watch this worker's copy of a shared connection; False if epoll refused it. A copy
-        of the entry's previous connection, not swept yet, goes first."""
+    cdef void _register_kept(self, int index, uint32_t gen, int fd) noexcept:
+        """Keep this worker's copy of a shared connection. A copy of the entry's previous
+        connection, not swept yet, goes first."""
         if self.kfd[index] >= 0:
             self._forget_kept(index)
-        if _epoll_add(self.epfd, fd, EPOLLIN | EPOLLET | EPOLLEXCLUSIVE,
-                      KEPT_EVENT | (<uint64_t>gen << 32) | <uint32_t>index):
-            return False
         self.kfd[index] = fd
         self.kgen[index] = gen
         self.nkept += 1
-        return True
 
     cdef void _unregister_kept(self, int index) noexcept:
-        epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.kfd[index], NULL)
         self.kfd[index] = -1
         self.nkept -= 1
 
@@ -1817,8 +1827,10 @@ cdef class Sharing(Serving):
                 return
             self._forget_kept(index)
         w = (<volatile uint64_t *>&k_entries(self.kh)[index].word)[0]
-        if k_gen(w) != gen or k_state(w) == K_FREE or not self._register_kept(index, gen, fd):
+        if k_gen(w) != gen or k_state(w) == K_FREE:
             close(fd)
+        else:
+            self._register_kept(index, gen, fd)
 
     cdef int _take_copies(self) except -1:
         """Take the copies of newly shared connections the master sent."""
@@ -1847,9 +1859,13 @@ cdef class Sharing(Serving):
                                  <uint32_t>(t.head_due_us >> 32), fd)
 
     cdef int _sweep_kept(self) except -1:
-        """Close the copies of connections taken out of the table since the last sweep."""
+        """Close the copies of connections taken out of the table since the last sweep (and
+        take what came on the kept channel: the master's word to sweep, which a watcher,
+        asleep on the queue, does not see)."""
         cdef int i
         cdef uint64_t w
+        if self.kept_rx >= 0:
+            self._take_copies()
         self.kept_drops = (<volatile uint64_t *>&self.kh.drops)[0]
         for i in range(self.kept.size):
             if self.kfd[i] >= 0:
@@ -1897,16 +1913,16 @@ cdef class Sharing(Serving):
         self.role = ROLE_NONE
         if self.epfd_rest < 0:
             return self.epfd
-        if not self.nkept or self.kept_rx < 0 or _stop:
+        if not self.nkept or self.kept_rx < 0 or _stop or self.paused_until:
             # No place for a worker that watches nothing shared, or not all of it (its kept
-            # channel closed: the master re-executed, and it retires): the others would
-            # leave requests to it.
+            # channel closed: the master re-executed, and it retires), or that takes no new
+            # connection now (out of descriptors): the others would leave requests to it.
             if kept_vacate(self.kh, self.pid):
                 self._call()
             return self.epfd
         self.role = kept_take_role(self.kh, self.pid, self.deputy_ms <= DEPUTY_MAX_MS)
         if self.role == ROLE_WATCHER:
-            return self.epfd
+            return self.kept.queue
         if self.role == ROLE_DEPUTY:
             self.kh.deputy_ms = self.deputy_ms  # the watcher rings if it is over DEPUTY_MS
             if not 0 <= timeout[0] <= self.deputy_ms:
@@ -1948,10 +1964,40 @@ cdef class Sharing(Serving):
             self._ring()
 
 
+    cdef inline int _batch(self) noexcept:
+        """Events to take at a wake: one from the pool's queue (the next is the next free
+        worker's), else up to 16."""
+        return 1 if self.role == ROLE_WATCHER else 16
+
+    cdef void _woke_to(self, epoll_event *events, int n, bint work, bint timed_out) noexcept:
+        """Leave the sleep's role (_woke) before anything is served: ``work`` if ``events``
+        bring a request or a connection; the bell, if among them, answered first."""
+        cdef uint64_t count, data
+        cdef bint called = False
+        cdef int i
+        for i in range(n):
+            data = events[i].data.u64
+            if data == BELL_EVENT:
+                c_read(self.kept.bell, &count, sizeof(count))
+                fpm_cas64(&self.kh.rung, 1, 0)
+                called = True
+            elif data < <uint64_t>self.nsources or data != q_stop() and data & (
+                    q_kept(0, 0) | q_source(0)):
+                work = True
+        self._woke(work, timed_out, called)
+
+    cdef int _kept_event(self, int index, uint32_t gen) except -1:
+        """The queue gave this worker a request on shared connection ``gen`` of entry
+        ``index``: the master queued it after it sent the copies, so this worker's is in its
+        kept channel if it has not taken it yet."""
+        if 0 <= index < self.kept.size and self.kfd[index] < 0 and self.kept_rx >= 0:
+            self._take_copies()
+        return self._kept_ready(index, gen)
+
     cdef bint _share(self, Conn conn) except -1:
-        """Share a kept connection with the pool's workers: an entry in the table, this
-        worker's epoll set, and a copy to the master, which gives one to each of the
-        others. False when the table is full or the master's queue is."""
+        """Share a kept connection with the pool's workers: an entry in the table and a copy
+        to the master, which gives one to each of the others, then puts it in the pool's
+        queue. False when the table is full or the master's queue is."""
         cdef uint32_t gen = 0
         cdef int index = kept_alloc(self.kh, self.pid, &gen)
         cdef Ticket t
@@ -1959,9 +2005,7 @@ cdef class Sharing(Serving):
             return False
         if not self.kh.shares:
             fpm_atomic_add(&self.kh.shares, 1)
-        if not self._register_kept(index, gen, conn.fd):
-            kept_drop(self.kh, &k_entries(self.kh)[index], gen, self.pid)
-            return False
+        self._register_kept(index, gen, conn.fd)
         conn.kid = index
         conn.kgen = gen
         if self._pass_on(conn, C_TICKET_SHARE):
@@ -2017,9 +2061,7 @@ cdef class Worker(Sharing):
     """One worker process's loop over its listening sockets and the connections it holds."""
     cdef list listen_fds
     cdef int handoff_fd                  # the pool's hand-off socket (from the master; -1: none)
-    cdef int nsources                    # srcs: the listen fds, then the hand-off socket if any
     cdef int *srcs                       # the sources, the stop pipe, the kept channel (event indexes)
-    cdef int64_t paused_until            # accept() failed for want of descriptors: not before this
     cdef int pause_streak                # failures in a row (the pause grows with it)
     cdef int reserve_fd                  # /dev/null, given up to take a connection when out of fds
     cdef pollfd *pfds                    # the epoll set, then the connections held privately
@@ -2065,8 +2107,8 @@ cdef class Worker(Sharing):
 
     cdef int _watch_sources(self) except -1:
         """The fds the loop waits on: the epoll set of the sources of new connections, the
-        stop pipe, the kept channel and the shared connections; then the connections it
-        holds privately, polled with it."""
+        stop pipe and the kept channel (and one with the pool's queue, one with its bell:
+        the roles'); then the connections it holds privately, polled with it."""
         cdef int i, n, err
         global _wake_w
         self.nlisten = len(self.listen_fds)
@@ -2086,11 +2128,19 @@ cdef class Worker(Sharing):
             self.srcs[n] = self.kept_rx
             n += 1
         self.epfd = _listen_epoll(self.srcs, self.nsources, n)
-        if self.kh != NULL and self.kept.bell >= 0:
+        if self.kh != NULL and self.kept.bell >= 0 and self.kept.queue >= 0:
             self.epfd_rest = _listen_epoll(self.srcs, self.nsources, n)
             err = _epoll_add(self.epfd_rest, self.kept.bell, EPOLLIN | EPOLLEXCLUSIVE, BELL_EVENT)
             if err:
                 raise OSError(err, "epoll_ctl() of the pool's bell failed: " + os.strerror(err))
+            for i in range(self.nsources):
+                # Level-triggered: one event for all the connections queued at a source.
+                # The pool's workers share the source (and its descriptor's number): the
+                # first to start adds it.
+                err = _epoll_add(self.kept.queue, self.srcs[i], EPOLLIN, q_source(self.srcs[i]))
+                if err and err != EEXIST:
+                    raise OSError(err, "epoll_ctl() of the pool's queue failed: "
+                                  + os.strerror(err))
         self.pfds[0].fd = self.epfd
         self.pfds[0].events = POLLIN
         self.pfds[0].revents = 0
@@ -2186,7 +2236,7 @@ cdef class Worker(Sharing):
             if self.pfds[i].revents:
                 ready.append(self._unhold(i))
         if self.pfds[0].revents:
-            nev = max(0, epoll_wait(self.pfds[0].fd, events, 16, 0))
+            nev = max(0, epoll_wait(self.pfds[0].fd, events, self._batch(), 0))
         self._woke_to(events, nev, len(ready) > 0, n == 0)
         self._take_events(events, nev)
         for conn in ready:
@@ -2198,8 +2248,9 @@ cdef class Worker(Sharing):
         worker's role, and take what came."""
         cdef epoll_event events[16]
         cdef int n, epfd = self._sleep_set(&timeout)
+        cdef int most = self._batch()
         with nogil:
-            n = epoll_wait(epfd, events, 16, timeout)
+            n = epoll_wait(epfd, events, most, timeout)
         if n < 0:
             return self._sleep_failed()
         self._woke_to(events, n, False, n == 0)
@@ -2215,37 +2266,30 @@ cdef class Worker(Sharing):
         PyErr_CheckSignals()
         return 0
 
-    cdef void _woke_to(self, epoll_event *events, int n, bint work, bint timed_out) noexcept:
-        """Leave the sleep's role (_woke) before anything is served: ``work`` if ``events``
-        bring a request or a connection; the bell, if among them, answered first."""
-        cdef uint64_t count, data
-        cdef bint called = False
-        cdef int i
-        for i in range(n):
-            data = events[i].data.u64
-            if data & KEPT_EVENT or data < <uint64_t>self.nsources:
-                work = True
-            elif data == BELL_EVENT:
-                c_read(self.kept.bell, &count, sizeof(count))
-                fpm_cas64(&self.kh.rung, 1, 0)
-                called = True
-        self._woke(work, timed_out, called)
-
     cdef int _take_events(self, epoll_event *events, int n) except -1:
-        """Take what came: new connections, requests on shared ones, copies of newly shared
-        ones; the stop pipe and the bell (answered already) only wake us."""
-        cdef int i
+        """Take what came: new connections, a request on a shared one (from the queue),
+        copies of newly shared ones; the stop pipe, the pool's stop and the bell (answered
+        already) only wake us."""
+        cdef int i, k, fd
         cdef uint64_t data
         for i in range(n):
             data = events[i].data.u64
             # Even once told to stop: EPOLLEXCLUSIVE may have woken this worker alone for
-            # the connection or the request, and a worker that leaves it leaves it to nobody.
-            if data & KEPT_EVENT:
-                self._kept_ready(<int>(data & 0xffffffff), <uint32_t>(data >> 32) & GEN_MASK)
-            elif data < <uint64_t>self.nsources:
+            # the connection, and the queue gave the request to this worker alone.
+            if data < <uint64_t>self.nsources:
                 self._take_queued(<int>data)
             elif data == <uint64_t>self.chan_index:
                 self._take_copies()
+            elif data == q_stop():
+                pass
+            elif data & q_kept(0, 0):
+                self._kept_event(<int>(data & 0xffffffff), <uint32_t>(data >> 32) & GEN_MASK)
+            elif data & q_source(0):
+                fd = <int>(data & 0xffffffff)
+                for k in range(self.nsources):
+                    if self.srcs[k] == fd:
+                        self._take_queued(k)
+                        break
         return 0
 
     cdef int _take_queued(self, int index) except -1:

@@ -264,7 +264,7 @@ class Children:
             for shared in self.shared():
                 if shared is not seat.shared:
                     shared.table.unshare()
-            copies = (seat.shared.table.bell, *seat.shared.fds()) if seat.shared is not None else ()
+            copies = (*seat.shared.table.fds, *seat.shared.fds()) if seat.shared is not None else ()
             unix.close_fds_except({0, 1, 2, *own, seat.channel, seat.access_fd, log_end,
                                    seat.park_fd, seat.handoff_fd, *(output or ()),
                                    *seat.app_fds, seat.kept_rx, *copies})

@@ -7,11 +7,12 @@ accepted it, that request would wait whenever that worker is busy, while another
 idle. So once a kept connection has served two requests (a web server that closes each
 connection after its request never gets that far), its worker shares it: it takes an entry
 in the pool's table and sends the master a copy (TICKET_SHARE on the park socket). The
-master keeps that copy and sends one to each of the pool's workers on its kept channel; a
-worker forked later inherits it. Each worker watches its copy with EPOLLET | EPOLLEXCLUSIVE,
-so the kernel wakes one idle worker for each request, and that worker claims the entry
-(compare-and-swap) before it reads: any free worker serves any ready connection, at no
-system call more per request than a connection its worker holds alone.
+master keeps that copy, sends one to each of the pool's workers on its kept channel (a
+worker forked later inherits it), then puts its own in the pool's queue: an epoll set,
+edge-triggered, whose one ready list holds the connections with a request, in the order
+the requests came. The worker that watches (fpm._kept) takes one event at a time from it
+and claims the entry (compare-and-swap) before it reads: any free worker serves the oldest
+request, whichever connection it came on.
 
 Here the master also closes its copies of connections taken out of the table (sweep()), ends
 those a worker was serving when it died (closing copies would not end them: shutdown() does),
@@ -58,7 +59,7 @@ class Shared:
     def create(cls, name: str, size: int) -> "Shared":
         fd = os.memfd_create("pyfpm-kept-" + name, os.MFD_CLOEXEC)
         os.ftruncate(fd, _kept.table_bytes(size))
-        return cls(name, _kept.Table(fd, size, True, _bell()))
+        return cls(name, _kept.Table(fd, size, True, *_wakes(_eventfd())))
 
     def add(self, index: int, gen: int, fd: int, targets) -> None:
         """A worker shared connection ``gen`` of entry ``index`` (``fd``: the master's copy):
@@ -80,6 +81,17 @@ class Shared:
                 # takes no place among the pool's sleepers (fpm._kept): one that watched
                 # without this connection would leave a request on it to nobody.
                 _shutdown(tx, socket.SHUT_WR)
+        # Queued once every worker has its copy: whoever takes it from the queue can serve it.
+        self._enqueue(index, gen, fd)
+
+    def _enqueue(self, index: int, gen: int, fd: int) -> None:
+        try:
+            self.table.enqueue(fd, index, gen)
+        except OSError:
+            # Out of epoll watches (fs.epoll.max_user_watches) or memory: nobody would serve
+            # it, so it ends (nginx opens another); every copy is closed at the next sweep.
+            if self.table.drop(index, gen):
+                _shutdown(fd)
 
     def sweep(self, targets=()) -> None:
         """Close the copies of connections taken out of the table since the last sweep, and
@@ -127,8 +139,8 @@ class Shared:
 
     def ready(self) -> list[tuple[int, int, int]]:
         """(entry, generation, descriptor) of the connections nobody serves that have bytes
-        waiting: after a worker died, one the kernel had just woken it for waits for nobody
-        (EPOLLEXCLUSIVE woke that worker alone, and no new byte wakes another)."""
+        waiting: after a worker died, one the queue had just given it waits for nobody (the
+        queue gives each request to one worker, and no new byte queues it again)."""
         live = self.table.live()
         idle = {fd: (index, gen) for index, (gen, fd) in self.copies.items()
                 if live.get(index) == gen and self.table.entry(index)[1] == _kept.IDLE}
@@ -155,8 +167,8 @@ class Shared:
         """The pool is gone from the configuration: its copies and table go too."""
         for index in list(self.copies):
             self._close_copy(index)
-        os.close(self.table.fd)
-        os.close(self.table.bell)
+        for fd in (self.table.fd, *self.table.fds):
+            os.close(fd)
 
     # --- reload ---------------------------------------------------------------------------
 
@@ -172,16 +184,28 @@ class Shared:
         fd, size, copies, bell = int(entry[0]), int(entry[1]), entry[2], int(entry[3])
         for own in (fd, bell):
             os.set_inheritable(own, False)
-        shared = cls(name, _kept.Table(fd, size, False, bell))
+        shared = cls(name, _kept.Table(fd, size, False, *_wakes(bell)))
         for index, gen, copy in copies:
             os.set_inheritable(int(copy), False)
             shared.copies[int(index)] = (int(gen), int(copy))
         shared.sweep()
+        for index, (gen, copy) in list(shared.copies.items()):
+            shared._enqueue(index, gen, copy)
         return shared
 
 
-def _bell() -> int:
+def _eventfd() -> int:
     return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def _wakes(bell: int) -> tuple[int, int, int]:
+    """The pool's bell (kept across a reload), a new queue and its stop eventfd. Each master
+    has a queue of its own, filled with its copies and its workers' sources: one inherited
+    could hold a source of the previous configuration (a listener closed, or moved to
+    another pool), ready for ever to a watcher that cannot take from it. The old workers
+    keep the old queue until they go."""
+    stop = _eventfd()
+    return bell, _kept.new_queue(stop), stop
 
 
 def _shutdown(fd: int, how: int = socket.SHUT_RDWR) -> None:

@@ -178,8 +178,10 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "%s/a.access.log (write, append)" % tmp,
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",  # its loop's
             # its pool's bell, and the epoll set it sleeps on when it does not watch the
-            # shared kept connections (fpm._kept)
+            # shared kept connections; its pool's queue, which it sleeps on when it does,
+            # and the eventfd that wakes it there when a worker is told to stop (fpm._kept)
             "anon_inode:[eventfd] (read-write)", "epoll",
+            "epoll", "anon_inode:[eventfd] (read-write)",
         ])
         assert holdings(b, master) == sorted([
             "/dev/null (read-write)", "/dev/null (read-write)", "/dev/null (read-write)",
@@ -191,6 +193,7 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "/dev/null (read)",
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",
             "anon_inode:[eventfd] (read-write)", "epoll",
+            "epoll", "anon_inode:[eventfd] (read-write)",
             "/proc/self/statm (read)",  # its own, for pm.max_memory
         ])
         assert holdings(status, master) == sorted([
@@ -201,6 +204,7 @@ def test_a_worker_of_each_pool_holds_only_what_its_pool_needs(tmp_path, accounts
             "/dev/null (read)",
             "epoll", "pipe (read end) of its own", "pipe (write end) of its own",
             "anon_inode:[eventfd] (read-write)", "epoll",
+            "epoll", "anon_inode:[eventfd] (read-write)",
         ])
         # Nor does a worker map another pool's scoreboard: only its own (the status
         # worker's also the pool's it shows); nor another pool's kept connections.

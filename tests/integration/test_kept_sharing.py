@@ -2,8 +2,10 @@
 workers (fpm.sharing): a request nginx sends on a connection that a busy worker accepted
 earlier does not wait for that worker while another is free (no head-of-line blocking); a
 worker's death still ends the connection it served; no copy outlives its connection."""
+import bisect
 import concurrent.futures
 import contextlib
+import itertools
 import os
 import signal
 import threading
@@ -232,3 +234,52 @@ def test_a_burst_of_new_connections_waits_one_round_of_the_kept_ones(pyfpm, tmp_
     # Served before them: the rest of the round in progress (at most one request per kept
     # connection), a round of the kept ones, and the other new ones.
     assert waits[-1] <= 2 * kept + new, "places after the burst came: %s" % waits
+
+
+# Each request takes 10 ms and is answered with the time (CLOCK_MONOTONIC, ns) it began.
+STAMP_APP = """\
+import time
+
+
+def app(environ, start_response):
+    body = b"%d" % time.monotonic_ns()
+    time.sleep(0.01)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_requests_on_shared_connections_are_served_in_the_order_they_came(pyfpm, tmp_path):
+    """Two workers, eight kept connections each sending its next request as soon as it has
+    its answer (a busy site behind nginx): a request is not overtaken by one that came
+    later on another connection (the workers take them from one queue)."""
+    (tmp_path / "stamp_app.py").write_text(STAMP_APP)
+    server = pyfpm(workers=2, app="stamp_app:app", python_path=tmp_path)
+    server.wait_idle(2)
+    clients, rounds = 8, 30
+    # Later by more than this (a thread's stamp before it sends, a worker's before its app
+    # begins), a request that begins first has overtaken.
+    slack_ns = 5_000_000
+
+    def loop(conn):
+        times = []
+        for _ in range(rounds):
+            sent = time.monotonic_ns()
+            times.append((sent, int(conn.request("/").body)))
+        return times
+
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(fc.Connection(server.address, timeout=10))
+                 for _ in range(clients)]
+        for conn in conns:
+            assert [conn.request("/").status for _ in range(2)] == [200, 200], "shared now"
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            times = sorted(t for done in pool.map(loop, conns) for t in done)
+    # One overtaken began after a request sent later than it (by more than the slack): the
+    # earliest beginning among those sent after that later one is before its own.
+    sent = [s for s, _ in times]
+    earliest = list(itertools.accumulate(reversed([b for _, b in times]), min))[::-1]
+    overtaken = sum(1 for s, b in times
+                    if (j := bisect.bisect_right(sent, s + slack_ns)) < len(times)
+                    and earliest[j] < b)
+    assert overtaken <= len(times) // 20, "%d of %d requests overtaken" % (overtaken, len(times))

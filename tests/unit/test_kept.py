@@ -2,6 +2,7 @@
 master's copies (fpm.sharing)."""
 import errno
 import os
+import select
 import socket
 
 import pytest
@@ -273,3 +274,34 @@ def test_table_size_is_a_share_of_the_pools_parking_limit():
     assert sharing.table_size(1 << 20) == _kept.KEPT_MAX
     assert sharing.table_size(1) == 0
     assert sharing.table_size(100, worker_files=64) == 16, "rlimit_files = 64"
+
+
+def test_the_queue_gives_one_event_per_request_in_the_order_they_came(shared):
+    """fpm._kept.new_queue: a connection with a request is queued once, behind those that
+    came before it, and leaves the queue when a worker takes its event; what comes on it
+    after that queues it again, at the end."""
+    peers = {}
+    for index in range(3):
+        gen = shared.table.alloc(100)[1]
+        ours, theirs = socket.socketpair()
+        peers[index] = theirs
+        shared.add(index, gen, ours.detach(), [])
+        shared.table.release(index, gen, 100)
+    queue = select.epoll.fromfd(os.dup(shared.table.queue))
+    take = lambda: [fd & 0xffffffff for fd, _ in queue.poll(0, 1)]  # data: generation, entry
+    try:
+        for index in (2, 0, 1):
+            peers[index].send(b"a request")
+        peers[2].send(b"more of it")  # queued already: not again
+        assert [take(), take(), take(), take()] == [[2], [0], [1], []]
+        peers[0].send(b"the next request")
+        peers[2].send(b"the next request")
+        assert [take(), take(), take()] == [[0], [2], []]
+        # A worker told to stop writes the pool's stop eventfd: the watcher wakes (the
+        # event's low word, all that select.epoll shows, is 0).
+        os.eventfd_write(shared.table.stop, 1)
+        assert [take(), take()] == [[0], []]
+    finally:
+        queue.close()
+        for peer in peers.values():
+            peer.close()
