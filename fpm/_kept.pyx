@@ -10,7 +10,7 @@ from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FA
 
 from posix.unistd cimport close
 from fpm._sys cimport (epoll_create1, epoll_ctl, epoll_event, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
-                      EPOLLIN, EPOLLET)
+                      EPOLL_CTL_DEL, EPOLLIN, EPOLLET)
 
 import os
 
@@ -88,6 +88,12 @@ cdef class Table:
         ev.data.u64 = q_kept(gen, index)
         if epoll_ctl(self.queue, EPOLL_CTL_ADD, fd, &ev) < 0:
             raise OSError(errno, "epoll_ctl() of a shared connection failed: " + os.strerror(errno))
+
+    def dequeue(self, int fd):
+        """Take copy ``fd`` out of the queue before it is closed: the registration lives as
+        long as the connection (in the workers' copies, or parked), and would queue its
+        requests again under a generation gone."""
+        epoll_ctl(self.queue, EPOLL_CTL_DEL, fd, NULL)  # ENOENT: it never was (add failed)
 
     @property
     def fds(self):

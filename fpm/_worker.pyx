@@ -1989,9 +1989,24 @@ cdef class Sharing(Serving):
     cdef int _kept_event(self, int index, uint32_t gen) except -1:
         """The queue gave this worker a request on shared connection ``gen`` of entry
         ``index``: the master queued it after it sent the copies, so this worker's is in its
-        kept channel if it has not taken it yet."""
-        if 0 <= index < self.kept.size and self.kfd[index] < 0 and self.kept_rx >= 0:
-            self._take_copies()
+        kept channel if it holds none, or one of the entry's previous connection (not swept
+        yet: a watcher asleep on the queue does not see the master's word to sweep)."""
+        cdef uint64_t w
+        if not 0 <= index < self.kept.size:
+            return 0
+        if self.kfd[index] < 0 or self.kgen[index] != gen:
+            if self.kept_rx >= 0:
+                self._take_copies()
+            w = (<volatile uint64_t *>&k_entries(self.kh)[index].word)[0]
+            if (self.kfd[index] < 0 or self.kgen[index] != gen) and k_gen(w) == gen \
+                    and k_state(w) != K_FREE:
+                # Its copy was lost (the kept channel cut off, full, or out of descriptors)
+                # and the queue gave the request to this worker alone: it stops, and after
+                # its exit the master hands each waiting request to another (Lot.nudge).
+                self._log("warning", "a request came on a shared kept connection whose copy "
+                          "this worker lost; it stops, and the master hands the request on")
+                _stop_now()
+                return 0
         return self._kept_ready(index, gen)
 
     cdef bint _share(self, Conn conn) except -1:
@@ -2193,7 +2208,7 @@ cdef class Worker(Sharing):
                 self._set_sources(True)
             if not self.held and not self.paused_until:
                 if self.nkept:
-                    # Shared connections are watched in the epoll set with the sources:
+                    # The watcher sleeps on the pool's queue (sources and shared connections):
                     # a request on one costs no system call more than on a held one.
                     self._wait_listeners(-1)
                     continue

@@ -154,6 +154,7 @@ class Shared:
         if fd >= 0:
             if self.index.pop(fd, None) is not None:
                 self.poller.unregister(fd)
+            self.table.dequeue(fd)
             os.close(fd)
 
     def inherited(self) -> tuple[tuple[int, int, int], ...]:
@@ -237,8 +238,8 @@ class KeptConnections:
 
     def _kept_after_exits(self, exits) -> None:
         """Shut down what the workers were serving when they died; hand a request nobody
-        serves to a worker (fpm.parking.Lot.nudge: the kernel may have woken the worker
-        that left for it alone); watch an ondemand pool's copies if it has no worker left."""
+        serves to a worker (fpm.parking.Lot.nudge: the queue may have given it to the worker
+        that left, alone); watch an ondemand pool's copies if it has no worker left."""
         for gone in exits:
             lot = self.lots.get(gone.child.pool.name)
             if lot is None or lot.shared is None:

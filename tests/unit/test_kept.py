@@ -305,3 +305,24 @@ def test_the_queue_gives_one_event_per_request_in_the_order_they_came(shared):
         queue.close()
         for peer in peers.values():
             peer.close()
+
+
+def test_a_copy_the_master_closes_leaves_the_queue(shared):
+    """A connection taken out of the table lives on (parked, or held by a worker, or shared
+    again under another entry): the copy the master closes at its sweep must not go on
+    queueing its requests under a generation gone."""
+    ours, theirs = socket.socketpair()
+    index, gen = shared.table.alloc(100)
+    shared.add(index, gen, os.dup(ours.fileno()), [])
+    shared.table.release(index, gen, 100)
+    assert shared.table.drop(index, gen)  # a worker parked it, say
+    shared.sweep()
+    assert shared.copies == {}
+    theirs.send(b"a request")
+    queue = select.epoll.fromfd(os.dup(shared.table.queue))
+    try:
+        assert queue.poll(0, 1) == []
+    finally:
+        queue.close()
+        ours.close()
+        theirs.close()
