@@ -89,7 +89,11 @@ ctypedef struct BoardHeader:
     # Why the pool's app could not be loaded, by the last worker that tried and failed:
     # written between two increments of app_seq (odd while written; a second writer skips).
     uint32_t app_seq
-    uint32_t app_pad
+    # Set by the master from a reload's start until its exec (0 if the reload fails): no
+    # worker recycles (pm.max_requests, pm.max_memory) while nobody could replace it. The
+    # new master treats these boards as the previous generation's and retires their
+    # workers once its own serve.
+    uint32_t reloading
     int64_t app_error_epoch_us
     char app_error[512]
 

@@ -5,7 +5,7 @@ makes on its own slot (declared in _board.pxd). fpm.scoreboard builds the Python
 from cpython.unicode cimport PyUnicode_1BYTE_KIND, PyUnicode_DATA, PyUnicode_DecodeUTF8
 from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_KIND
 from libc.errno cimport errno
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from posix.mman cimport (mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED,
                          MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED)
@@ -158,6 +158,10 @@ cdef class Board:
         h.app_error[len(text)] = 0
         fpm_barrier()
         h.app_seq = seq + 2
+
+    def hold_recycling(self, bint on):
+        """While ``on``, the pool's workers serve on past their recycling limits."""
+        (<volatile uint32_t *>&(<BoardHeader *>self.mem).reloading)[0] = on
 
     def bump_log_generation(self):
         """Tell the pool's workers to take the reopened log files before their next line."""

@@ -943,7 +943,7 @@ cdef class Accounting(Output):
         global _stop
         stamp_done(self.slot, self.header, _now_us(),
                    _cpu_us() - self.cpu_mark if self.track_cpu else -1)
-        if self.max_requests and self.requests >= self.max_requests:
+        if self.max_requests and self.requests >= self.max_requests and not self._reloading():
             self.stop_reason = "max_requests"
             _stop = 1
         if self.max_memory:
@@ -959,10 +959,17 @@ cdef class Accounting(Output):
                 getrusage(RUSAGE_SELF, &usage)
                 self.rss = <uint64_t>usage.ru_maxrss * 1024
             self.slot.rss = self.rss
-            if self.rss > self.max_memory:
+            if self.rss > self.max_memory and not self._reloading():
                 self.stop_reason = "max_memory"
                 _stop = 1
         return 0
+
+    cdef inline bint _reloading(self):
+        """The master is reloading (BoardHeader.reloading): a worker that recycled now would
+        leave its place empty until the new master runs (the reload's check of the new
+        configuration and the exec take a few hundred ms, a worker with pm.max_requests = 50
+        under load lives less)."""
+        return self.header != NULL and (<volatile uint32_t *>&self.header.reloading)[0] != 0
 
     cdef int _log_request(self, Conn conn, dict environ, Request req) except -1:
         """Take the log files the master reopened (USR1), then write the access log line."""

@@ -420,8 +420,6 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening, KeptConnections)
                 # serve now, with a 503 if they cannot load the app, without a pause.
                 self.timers.cancel((Timer.SPAWN, name))
                 self._maintain_pool(self.pools[name])
-        if self.handover:
-            self._hand_over()
         replace = [g for g in exits if g.child.stopping is None and g.child.pool.name in self.pools]
         for gone in replace:
             pool = self.pools[gone.child.pool.name]
@@ -442,6 +440,8 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening, KeptConnections)
                 room = pool.pm_max_children - len(self.children.serving(pool.name))
                 self._spawn(pool, min(room, pool.pm_max_children if pm.of(pool).fixed_size else 1),
                             respawn=True)
+        if self.handover:  # with what the exits changed: the failures to load, the respawns
+            self._hand_over()
         if reload:
             self._reload()
 

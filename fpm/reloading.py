@@ -33,8 +33,13 @@ class Reloading:
             old = self._old_serving(name)
             if pool is not None and old:
                 fresh = self._slots(name)
-                if len(fresh) < pm.initial(pool) or any(s.stage == STARTING or s.app_failed
-                                                        for s in fresh):
+                if self.failures.get(name) or any(s.app_failed for s in fresh):
+                    # They serve on for as long as the new app fails, and recycle as usual
+                    # meanwhile (their boards crossed the exec holding it back).
+                    for child in old:
+                        child.board.mem.hold_recycling(False)
+                    continue
+                if len(fresh) < pm.initial(pool) or any(s.stage == STARTING for s in fresh):
                     continue
             if old:
                 self.log.notice("[pool %s] %d child(ren) of the previous configuration finish "
@@ -50,11 +55,23 @@ class Reloading:
 
     def _reload(self) -> None:
         """Check the new configuration and bind its new sockets, then re-execute; on any
-        problem, say so and go on serving as before."""
+        problem, say so and go on serving as before. Meanwhile this master replaces no
+        worker: the workers do not recycle until it has re-executed (the boards cross the
+        exec set, the new master retires their workers) or gone back to serving."""
         if self.state is not State.NORMAL:
             self.log.debug("not reloading, because already in '%s' state" % self.state.value)
             return
         self.log.notice("Reloading in progress ...")
+        boards = list(self.boards.values())
+        for board in boards:
+            board.mem.hold_recycling(True)
+        try:
+            self._check_and_reexec()
+        finally:  # only when the exec did not happen
+            for board in boards:
+                board.mem.hold_recycling(False)
+
+    def _check_and_reexec(self) -> None:
         try:
             if self.loader is None:
                 raise fpm_config.ConfigError(["this master cannot re-read its configuration"])

@@ -1,5 +1,6 @@
 """SIGUSR2 reload (the master re-executes itself and keeps its sockets), emergency restart, and
 request_terminate_timeout, through nginx where a user would notice."""
+import json
 import os
 import re
 import signal
@@ -251,3 +252,81 @@ def test_a_reload_adopts_workers_whose_scoreboard_has_another_layout(pyfpm):
         assert time.monotonic() < deadline, server.log_text()
         time.sleep(0.05)
     assert server.request("/hello").body == b"hello world"
+
+
+# A sitecustomize that makes the reload's check of the new configuration (the new master's
+# command with --reload-test) take SLOW_CHECK_S: a slow disk, a big configuration.
+SLOW_CHECK_S = 2.0
+SLOW_CHECK = """import sys, time
+if any(a.startswith("--reload-test") for a in sys.argv):
+    time.sleep(%g)
+""" % SLOW_CHECK_S
+
+
+def slow_check_server(tmp_path, extra):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_CHECK)
+    path = os.pathsep.join([harness.fpm_env()["PYTHONPATH"], str(site)])
+    config = pyfpm_config(tmp_path, workers=1, extra=extra)
+    return harness.Server(config, tmp_path, env={"PYTHONPATH": path}).start()
+
+
+def served_by(server, n):
+    return [json.loads(server.request("/slow?s=0", timeout=10).body)["pid"] for _ in range(n)]
+
+
+def test_a_worker_due_to_recycle_serves_on_while_the_master_reloads(tmp_path):
+    """pm.max_requests = 5, one worker. While the master checks the new configuration and
+    re-executes (a few hundred ms; 2 s here), it can replace nobody: a worker that recycled
+    then left the pool empty (a reload under load stalled the site for that long). It serves
+    on past its limit until the new master retires it."""
+    server = slow_check_server(tmp_path, "pm.max_requests = 5")
+    try:
+        (worker,) = server.wait_idle(1)
+        assert served_by(server, 3) == [worker] * 3
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"NOTICE: Reloading in progress \.\.\.$", since=mark)
+        assert served_by(server, 8) == [worker] * 8
+        server.wait_log(r"NOTICE: ready to handle connections$", SLOW_CHECK_S + 10, since=mark)
+        server.wait_log(r"NOTICE: \[pool www\] 1 child\(ren\) of the previous configuration "
+                        r"finish their requests and exit$", since=mark)
+        harness.wait_for("the old worker to exit", lambda: worker not in server.children(),
+                         server=server)
+        assert worker not in served_by(server, 3)
+    finally:
+        server.stop()
+
+
+def test_after_a_failed_reload_workers_recycle_again(tmp_path):
+    """The reload is refused (the new configuration is broken): the workers' recycling,
+    held back during the check, applies again."""
+    server = slow_check_server(tmp_path, "pm.max_requests = 5")
+    try:
+        (worker,) = server.wait_idle(1)
+        server.conf_path.write_text(server.conf_path.read_text() + "pm.max_children = many\n")
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"reload failed", SLOW_CHECK_S + 10, since=mark)
+        pids = served_by(server, 8)
+        assert pids[:5] == [worker] * 5 and worker not in pids[5:], pids
+    finally:
+        server.stop()
+
+
+def test_old_workers_recycle_as_usual_while_the_new_app_fails_to_load(pyfpm):
+    """Held back across the re-exec, the previous workers' recycling applies again once the
+    new master sees that the new app cannot load (they serve on meanwhile, for as long as
+    it takes the operator, within pm.max_requests as before)."""
+    server = pyfpm(workers=1, extra="pm.max_requests = 5")
+    (worker,) = server.wait_idle(1)
+    server.conf_path.write_text(server.conf_path.read_text().replace(
+        "app = wsgi_app:app", "app = no_such_module:app"))
+    mark = reload(server)
+    server.wait_log(r"could not load the app \(exited with code 69", since=mark)
+    answers = [server.request("/slow?s=0", timeout=10) for _ in range(8)]
+    by_old = [r for r in answers if r.status == 200 and json.loads(r.body)["pid"] == worker]
+    assert len(by_old) == 5, [(r.status, r.body[:60]) for r in answers]
+    harness.wait_for("the old worker to recycle", lambda: worker not in server.children(),
+                     server=server)
