@@ -965,10 +965,10 @@ cdef class Accounting(Output):
         return 0
 
     cdef inline bint _reloading(self):
-        """The master is reloading (BoardHeader.reloading): a worker that recycled now would
-        leave its place empty until the new master runs (the reload's check of the new
-        configuration and the exec take a few hundred ms, a worker with pm.max_requests = 50
-        under load lives less)."""
+        """The master is reloading (BoardHeader.reloading), away until the new master runs
+        (the reload's check of the new configuration and the exec take a few hundred ms):
+        a worker that recycled now would leave its place empty (with pm.max_requests = 50
+        under load it lives less), a connection shared now would wait for the master."""
         return self.header != NULL and (<volatile uint32_t *>&self.header.reloading)[0] != 0
 
     cdef int _log_request(self, Conn conn, dict environ, Request req) except -1:
@@ -1850,8 +1850,9 @@ cdef class Sharing(Serving):
             if err == EAGAIN or err == EWOULDBLOCK:
                 return 0
             if err and err != EBADMSG:
-                # EPIPE: the master re-executed (a reload) and will retire this worker, or
-                # cut the channel off, full; EMFILE: a copy lost for want of a descriptor.
+                # EPIPE: the master cut the channel off, full (or is gone: a master from
+                # before the channel crossed a reload's exec); EMFILE: a copy lost for want
+                # of a descriptor.
                 # The copies held serve on, no new ones come, and without all of them it
                 # takes no place among the sleepers (_sleep_set). (Any other error alike: a
                 # channel that fails is not read again.)
@@ -2057,8 +2058,11 @@ cdef class Sharing(Serving):
         (one, once the pool has shared any); let go of a shared one. -1 for one not shared,
         0 once let go, 1 when it must be read again at once (it became ready meanwhile:
         still ours)."""
+        # Not while the master reloads: it would queue the connection only once the new
+        # master runs, and its requests would wait for nobody meanwhile.
         if (conn.kid < 0 and self.kfd != NULL and not _stop and conn.dec.keep_conn
-                and conn.served >= (1 if k_load(&self.kh.shares) else SHARE_AFTER)):
+                and conn.served >= (1 if k_load(&self.kh.shares) else SHARE_AFTER)
+                and not self._reloading()):
             self._share(conn)
         if conn.kid < 0:
             return -1

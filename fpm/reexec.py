@@ -35,8 +35,9 @@ class Inherited:
     listeners: tuple[tuple[str, int, bool], ...]  # (listen text, fd, owned)
     boards: tuple[tuple[int, int, str], ...]  # (fd, nslots, pool name)
     # (pid, pool name, board fd, slot, started on time.monotonic(), channel fd or -1,
-    #  (stdout, stderr) read ends or None, log socket fd or -1)
-    children: tuple[tuple[int, str, int, int, float, int, tuple[int, int] | None, int], ...]
+    #  (stdout, stderr) read ends or None, log socket fd or -1, kept channel fd or -1)
+    children: tuple[tuple[int, str, int, int, float, int, tuple[int, int] | None, int, int],
+                    ...]
     streams: tuple[tuple[int, int], ...] = ()  # (descriptor number, fd of its copy)
     lots: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()  # (pool, fpm.parking.Ends fds)
     parked_fd: int = -1  # a memfd of the parked connections (parked_entries()), or -1
@@ -52,7 +53,7 @@ def encode(listeners, boards, children, streams=None, lots=None, parked_fd: int 
         "listeners": [[l.address.text, l.fd, l.owned] for l in listeners],
         "boards": [[b.fd, b.nslots, b.pool_name] for b in boards],
         "children": [[c.pid, c.pool.name, c.board.fd, c.slot, c.started, c.channel, c.output,
-                      c.log] for c in children],
+                      c.log, c.kept_tx] for c in children],
         "streams": sorted((streams or {}).items()),
     })
 
@@ -63,11 +64,12 @@ def decode(text: str) -> Inherited:
         data = json.loads(text)
         result = Inherited(tuple((str(t), int(fd), bool(o)) for t, fd, o in data["listeners"]),
                            tuple((int(fd), int(n), str(p)) for fd, n, p in data["boards"]),
-                           # A master from before fpm.workerlog passed no log socket.
+                           # A master from before fpm.workerlog passed no log socket,
+                           # one from before fpm.sharing no kept channel.
                            tuple((int(pid), str(p), int(fd), int(s), float(t), int(ch),
                                   tuple(map(int, out)) if out else None,
-                                  int(log[0]) if log else -1)
-                                 for pid, p, fd, s, t, ch, out, *log in data["children"]),
+                                  *(int(x) for x in (list(rest) + [-1, -1])[:2]))
+                                 for pid, p, fd, s, t, ch, out, *rest in data["children"]),
                            # A master from before streams were passed has none to give.
                            tuple((int(n), int(fd)) for n, fd in data.get("streams", ())),
                            tuple((str(name), tuple(int(fd) for fd in fds))
@@ -191,7 +193,7 @@ def execute(listeners, boards, children, stderr_fd: int | None, streams=None,
     with the error, everything restored. ``lots``: fpm.parking.Lot by pool."""
     lots = lots or {}
     fds = [l.fd for l in listeners] + [b.fd for b in boards]
-    fds += [fd for c in children for fd in (c.channel, c.log) if fd >= 0]
+    fds += [fd for c in children for fd in (c.channel, c.log, c.kept_tx) if fd >= 0]
     fds += [fd for c in children for fd in c.output or ()]
     fds += list((streams or {}).values())
     fds += [fd for lot in lots.values() for fd in lot.ends.fds + tuple(lot.parked)]

@@ -181,10 +181,10 @@ class Startup:
                 os.close(fd)
                 boards[fd] = Board(pool_name, nslots)
         self.old_boards = list(boards.values())
-        for pid, pool_name, board_fd, slot, started, ours, output, log in inherited.children:
+        for pid, pool_name, board_fd, slot, started, ours, output, log, kept in inherited.children:
             pool = self.pools.get(pool_name) or fpm_config.PoolConfig(name=pool_name, listen=())
             boards[board_fd].adopt(slot)
-            for fd in tuple(fd for fd in (ours, log) if fd >= 0) + (output or ()):
+            for fd in tuple(fd for fd in (ours, log, kept) if fd >= 0) + (output or ()):
                 os.set_inheritable(fd, False)
             if output is not None:
                 self._capture(pool).adopt(pid, output)
@@ -192,8 +192,10 @@ class Startup:
             if log >= 0:  # a master before fpm.workerlog: its workers write the log themselves
                 self.children.logs.attach(pid, pool, log)
                 self._watch(self.children.logs, (log,))
+            # Its kept channel crosses the exec too: closed, it would take the worker out of
+            # the pool's sleepers (fpm._kept) while the new workers still load the app.
             self.children.adopt(Child(pid, pool, started, boards[board_fd], slot, stopping="reload",
-                                      channel=ours, output=output, log=log))
+                                      channel=ours, output=output, log=log, kept_tx=kept))
             self.handover.add(pool_name)
         # Workers that died while the exec ran were reaped by nobody yet.
         self.reaped += self.children.reap()

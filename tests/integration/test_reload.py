@@ -14,7 +14,7 @@ from pathlib import Path
 
 import harness
 import load
-from tests.conftest import find_program, http_request, pool_section, pyfpm_config
+from tests.conftest import APPS, find_program, http_request, pool_section, pyfpm_config
 
 def reload(server, timeout=10.0):
     """USR2, then wait until the new master is up and the previous workers are told to go."""
@@ -263,12 +263,12 @@ if any(a.startswith("--reload-test") for a in sys.argv):
 """ % SLOW_CHECK_S
 
 
-def slow_check_server(tmp_path, extra):
+def slow_check_server(tmp_path, extra, workers=1, **section):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_CHECK)
     path = os.pathsep.join([harness.fpm_env()["PYTHONPATH"], str(site)])
-    config = pyfpm_config(tmp_path, workers=1, extra=extra)
+    config = pyfpm_config(tmp_path, workers=workers, extra=extra, **section)
     return harness.Server(config, tmp_path, env={"PYTHONPATH": path}).start()
 
 
@@ -330,3 +330,69 @@ def test_old_workers_recycle_as_usual_while_the_new_app_fails_to_load(pyfpm):
     assert len(by_old) == 5, [(r.status, r.body[:60]) for r in answers]
     harness.wait_for("the old worker to recycle", lambda: worker not in server.children(),
                      server=server)
+
+
+# The test app, 2 s slower to import once the marker file exists: the new workers of a
+# reload then take that long to be ready, and the previous ones serve meanwhile.
+SLOW_LOAD = """import os, sys, time
+sys.path.insert(0, %r)
+if os.path.exists(%r):
+    time.sleep(2)
+from wsgi_app import app
+"""
+
+
+def slowest_of_a_burst(port, clients=8, each=10):
+    """Seconds of the slowest of ``clients`` x ``each`` GETs through nginx, ``clients`` at
+    a time (nginx opens as many connections to the pool and keeps them)."""
+    times = []
+
+    def client():
+        for _ in range(each):
+            r = http_request(port, "GET", "/hello", timeout=10)
+            assert r.status == 200, r.status
+            times.append(r.seconds)
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(times) == clients * each
+    return max(times)
+
+
+def test_requests_on_kept_connections_never_wait_for_a_reload(tmp_path, nginx):
+    """fastcgi_keep_conn on. The master checks the new configuration (2 s here), re-executes,
+    then the new workers load the app (2 s here). Meanwhile the previous workers serve every
+    request on the connections nginx keeps: none waits for the master or the new workers
+    (before: a connection shared while the master was away waited for the new master, and
+    the previous workers left their places among the sleepers at the exec: 0.3-0.9 s
+    without a response per reload under load)."""
+    marker = tmp_path / "load-slowly"
+    (tmp_path / "slowload.py").write_text(SLOW_LOAD % (str(APPS), str(marker)))
+    server = slow_check_server(tmp_path, "", workers=2, app="slowload:app",
+                               python_path=str(tmp_path))
+    try:
+        front = nginx(server.address, keep_conn=True)
+        server.wait_idle(2)
+        # Each burst has nginx open more connections: shared before, during, after the exec.
+        assert slowest_of_a_burst(front.port, clients=4) < 1.0
+        marker.touch()
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"NOTICE: Reloading in progress \.\.\.$", since=mark)
+        during_check = slowest_of_a_burst(front.port, clients=8)
+        print("slowest request while the master checked: %.3f s" % during_check)
+        assert during_check < 1.0
+        assert "reloading: execvp" not in server.log_text()[mark:], "the burst came too late"
+        server.wait_log(r"NOTICE: ready to handle connections$", SLOW_CHECK_S + 10, since=mark)
+        while_loading = slowest_of_a_burst(front.port, clients=12)
+        print("slowest request while the new workers loaded: %.3f s" % while_loading)
+        assert while_loading < 1.0
+        assert "of the previous configuration finish" not in server.log_text()[mark:], \
+            "the burst came too late"
+        server.wait_log(r"of the previous configuration finish their requests and exit$",
+                        10, since=mark)
+        assert slowest_of_a_burst(front.port) < 1.0
+    finally:
+        server.stop()

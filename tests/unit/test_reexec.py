@@ -24,19 +24,22 @@ def test_malformed_streams_are_refused():
                                   "streams": [["x"]]}))
 
 
-def test_a_workers_log_socket_crosses_the_exec():
+def test_a_workers_log_socket_and_kept_channel_cross_the_exec():
     from types import SimpleNamespace
     child = SimpleNamespace(pid=12, pool=SimpleNamespace(name="www"), board=SimpleNamespace(fd=7),
-                            slot=0, started=1.5, channel=9, output=(10, 11), log=13)
+                            slot=0, started=1.5, channel=9, output=(10, 11), log=13, kept_tx=14)
     (got,) = reexec.decode(reexec.encode([], [], [child])).children
-    assert got == (12, "www", 7, 0, 1.5, 9, (10, 11), 13)
+    assert got == (12, "www", 7, 0, 1.5, 9, (10, 11), 13, 14)
 
 
-def test_workers_of_a_master_from_before_log_sockets_have_none():
-    """Their workers write the error log themselves; the new master has nothing to read."""
+@pytest.mark.parametrize("entry, tail", [([], (-1, -1)), ([13], (13, -1))],
+                         ids=["before-log-sockets", "before-kept-channels"])
+def test_workers_of_a_master_from_before_have_no_log_socket_or_kept_channel(entry, tail):
+    """Their workers write the error log themselves (the new master has nothing to read),
+    or share no kept connections."""
     old = json.dumps({"listeners": [], "boards": [],
-                      "children": [[12, "www", 7, 0, 1.5, -1, None]]})
-    assert reexec.decode(old).children == ((12, "www", 7, 0, 1.5, -1, None, -1),)
+                      "children": [[12, "www", 7, 0, 1.5, -1, None, *entry]]})
+    assert reexec.decode(old).children == ((12, "www", 7, 0, 1.5, -1, None, *tail),)
 
 
 def test_park_and_hand_off_sockets_cross_the_exec():
