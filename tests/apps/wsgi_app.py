@@ -165,6 +165,11 @@ def grow_route(environ, start_response):
     return _reply(start_response, {"pid": os.getpid(), "held_mb": sum(map(len, _HELD)) >> 20})
 
 
+def host_route(environ, start_response):
+    """Which host of a fleet answered (its pool's env[FLEET_HOST]), and which worker."""
+    return _reply(start_response, {"host": os.environ.get("FLEET_HOST"), "pid": os.getpid()})
+
+
 def hello_route(environ, start_response):
     return _reply(start_response, b"hello world", "text/plain")
 
@@ -179,7 +184,8 @@ ROUTES = {
     "/stream": stream_route, "/write": write_route, "/file": file_route,
     "/raise-before": raise_before_route, "/raise-after": raise_after_route,
     "/cookies": cookies_route, "/stderr": stderr_route, "/slow": slow_route,
-    "/hello": hello_route, "/status": status_route, "/crash": crash_route, "/grow": grow_route,
+    "/hello": hello_route, "/host": host_route, "/status": status_route, "/crash": crash_route,
+    "/grow": grow_route,
 }
 
 

@@ -208,6 +208,7 @@ def debian_nginx(tmp: Path, port: int, site: Server, drop_in: str) -> Path:
         text = re.sub(r"unix:/run/pyfpm/(\w+)\.sock",
                       lambda m: scripts if m[1] == "scripts" else www, text)
         text = text.replace("127.0.0.1:9000", www).replace("/srv/www", str(site.tmp / "www"))
+        text = re.sub(r"\b192\.0\.2\.\d+:9000\b", www, text)  # conf/nginx/fleet.conf's hosts
         path.write_text(text)
     return etc / "nginx.conf"
 
