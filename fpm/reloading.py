@@ -14,11 +14,13 @@ from fpm.children import Child
 from fpm.scoreboard import STARTING
 from fpm.signals import HANDLED
 from fpm.states import State
-from fpm.timers import HANDOVER_POLL, Timer
+from fpm.timers import HANDOVER_POLL, RECYCLE_HOLD_MAX, Timer
 
 
 class Reloading:
     """Part of fpm.master.Master: USR2, and the hand-over after it."""
+
+    adopted_at = 0.0  # time.monotonic() when this master adopted the previous one's workers
 
     def _old_serving(self, pool_name: str) -> list[Child]:
         """The previous configuration's workers that still serve the pool (a reload)."""
@@ -33,13 +35,14 @@ class Reloading:
             old = self._old_serving(name)
             if pool is not None and old:
                 fresh = self._slots(name)
-                if self.failures.get(name) or any(s.app_failed for s in fresh):
-                    # They serve on for as long as the new app fails, and recycle as usual
-                    # meanwhile (their boards crossed the exec holding it back).
+                failed = self.failures.get(name) or any(s.app_failed for s in fresh)
+                if failed or time.monotonic() - self.adopted_at > RECYCLE_HOLD_MAX:
+                    # They serve on for as long as the new app fails or loads, and recycle
+                    # as usual meanwhile (their boards crossed the exec holding it back).
                     for child in old:
                         child.board.mem.hold_recycling(False)
-                    continue
-                if len(fresh) < pm.initial(pool) or any(s.stage == STARTING for s in fresh):
+                if failed or len(fresh) < pm.initial(pool) or any(s.stage == STARTING
+                                                                   for s in fresh):
                     continue
             if old:
                 self.log.notice("[pool %s] %d child(ren) of the previous configuration finish "
@@ -61,10 +64,10 @@ class Reloading:
         if self.state is not State.NORMAL:
             self.log.debug("not reloading, because already in '%s' state" % self.state.value)
             return
-        self.log.notice("Reloading in progress ...")
         boards = list(self.boards.values())
         for board in boards:
             board.mem.hold_recycling(True)
+        self.log.notice("Reloading in progress ...")
         try:
             self._check_and_reexec()
         finally:  # only when the exec did not happen

@@ -181,6 +181,7 @@ class Startup:
                 os.close(fd)
                 boards[fd] = Board(pool_name, nslots)
         self.old_boards = list(boards.values())
+        self.adopted_at = time.monotonic()
         for pid, pool_name, board_fd, slot, started, ours, output, log, kept in inherited.children:
             pool = self.pools.get(pool_name) or fpm_config.PoolConfig(name=pool_name, listen=())
             boards[board_fd].adopt(slot)

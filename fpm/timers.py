@@ -6,6 +6,9 @@ import enum
 
 MIN_HEARTBEAT = 0.13  # floor of the request-timeout check interval, as PHP-FPM's
 HANDOVER_POLL = 0.02  # how often a reload checks whether the new workers are ready
+# How long the previous workers may serve past their recycling limits while the new ones
+# are not ready (their app still loading): a hung import must not lift pm.max_memory for good.
+RECYCLE_HOLD_MAX = 10.0
 MAINTENANCE = 1.0  # seconds between pm decisions (PHP-FPM's heartbeat)
 
 

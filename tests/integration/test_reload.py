@@ -14,6 +14,7 @@ from pathlib import Path
 
 import harness
 import load
+from fpm.timers import RECYCLE_HOLD_MAX
 from tests.conftest import APPS, find_program, http_request, pool_section, pyfpm_config
 
 def reload(server, timeout=10.0):
@@ -394,5 +395,34 @@ def test_requests_on_kept_connections_never_wait_for_a_reload(tmp_path, nginx):
         server.wait_log(r"of the previous configuration finish their requests and exit$",
                         10, since=mark)
         assert slowest_of_a_burst(front.port) < 1.0
+    finally:
+        server.stop()
+
+
+def test_a_new_app_that_does_not_load_lifts_the_hold_on_recycling_in_time(tmp_path):
+    """The new workers hang importing the app (a database unreachable at import): the
+    previous worker serves on past pm.max_requests for RECYCLE_HOLD_MAX (10 s) only, then
+    recycles as usual, so that pm.max_memory and pm.max_requests are not lifted for good."""
+    marker = tmp_path / "hang"
+    (tmp_path / "hang.py").write_text(
+        "import os, sys, time\nsys.path.insert(0, %r)\nif os.path.exists(%r):\n"
+        "    time.sleep(60)\nfrom wsgi_app import app\n" % (str(APPS), str(marker)))
+    config = pyfpm_config(tmp_path, workers=1, extra="pm.max_requests = 5", app="hang:app",
+                          python_path=str(tmp_path))
+    server = harness.Server(config, tmp_path).start()
+    try:
+        (worker,) = server.wait_idle(1)
+        marker.touch()
+        mark = server.mark()
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"NOTICE: ready to handle connections$", 10, since=mark)
+        adopted = time.monotonic()
+        assert served_by(server, 8) == [worker] * 8
+        while worker in server.children():
+            assert time.monotonic() - adopted < RECYCLE_HOLD_MAX + 5, "the hold was not lifted"
+            assert served_by(server, 1) == [worker]
+            time.sleep(0.5)  # its last request answered, it is gone by then
+        assert time.monotonic() - adopted > RECYCLE_HOLD_MAX - 1
+        assert "of the previous configuration finish" not in server.log_text()[mark:]
     finally:
         server.stop()
