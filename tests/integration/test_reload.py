@@ -333,14 +333,15 @@ def test_old_workers_recycle_as_usual_while_the_new_app_fails_to_load(pyfpm):
                      server=server)
 
 
-# The test app, 2 s slower to import once the marker file exists: the new workers of a
-# reload then take that long to be ready, and the previous ones serve meanwhile.
-SLOW_LOAD = """import os, sys, time
-sys.path.insert(0, %r)
-if os.path.exists(%r):
-    time.sleep(2)
-from wsgi_app import app
-"""
+def slow_load_app(tmp_path, seconds):
+    """The test app as module ``slowload`` in tmp_path, ``seconds`` slower to import once the
+    returned marker file exists: the new workers of a reload then take that long to be
+    ready, and the previous ones serve meanwhile."""
+    marker = tmp_path / "load-slowly"
+    (tmp_path / "slowload.py").write_text(
+        "import os, sys, time\nsys.path.insert(0, %r)\nif os.path.exists(%r):\n"
+        "    time.sleep(%g)\nfrom wsgi_app import app\n" % (str(APPS), str(marker), seconds))
+    return marker
 
 
 def slowest_of_a_burst(port, clients=8, each=10):
@@ -369,8 +370,7 @@ def test_requests_on_kept_connections_never_wait_for_a_reload(tmp_path, nginx):
     (before: a connection shared while the master was away waited for the new master, and
     the previous workers left their places among the sleepers at the exec: 0.3-0.9 s
     without a response per reload under load)."""
-    marker = tmp_path / "load-slowly"
-    (tmp_path / "slowload.py").write_text(SLOW_LOAD % (str(APPS), str(marker)))
+    marker = slow_load_app(tmp_path, 2)
     server = slow_check_server(tmp_path, "", workers=2, app="slowload:app",
                                python_path=str(tmp_path))
     try:
@@ -403,11 +403,8 @@ def test_a_new_app_that_does_not_load_lifts_the_hold_on_recycling_in_time(tmp_pa
     """The new workers hang importing the app (a database unreachable at import): the
     previous worker serves on past pm.max_requests for RECYCLE_HOLD_MAX (10 s) only, then
     recycles as usual, so that pm.max_memory and pm.max_requests are not lifted for good."""
-    marker = tmp_path / "hang"
-    (tmp_path / "hang.py").write_text(
-        "import os, sys, time\nsys.path.insert(0, %r)\nif os.path.exists(%r):\n"
-        "    time.sleep(60)\nfrom wsgi_app import app\n" % (str(APPS), str(marker)))
-    config = pyfpm_config(tmp_path, workers=1, extra="pm.max_requests = 5", app="hang:app",
+    marker = slow_load_app(tmp_path, 60)
+    config = pyfpm_config(tmp_path, workers=1, extra="pm.max_requests = 5", app="slowload:app",
                           python_path=str(tmp_path))
     server = harness.Server(config, tmp_path).start()
     try:
