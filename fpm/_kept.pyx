@@ -37,6 +37,22 @@ def new_queue(int stop):
     return q
 
 
+def enqueue(int queue, int fd, int index, uint32_t gen):
+    """Put shared connection ``gen`` of entry ``index`` (``fd``: a copy) in ``queue``."""
+    cdef epoll_event ev
+    ev.events = EPOLLIN | EPOLLET
+    ev.data.u64 = q_kept(gen, index)
+    if epoll_ctl(queue, EPOLL_CTL_ADD, fd, &ev) < 0:
+        raise OSError(errno, "epoll_ctl() of a shared connection failed: " + os.strerror(errno))
+
+
+def dequeue(int queue, int fd):
+    """Take copy ``fd`` out of ``queue`` before it is closed: the registration lives as
+    long as the connection (in the workers' copies, or parked), and would queue its
+    requests again under a generation gone."""
+    epoll_ctl(queue, EPOLL_CTL_DEL, fd, NULL)  # ENOENT: it never was (add failed)
+
+
 def table_bytes(int size):
     return sizeof(KeptHeader) + size * sizeof(KeptEntry)
 
@@ -80,20 +96,6 @@ cdef class Table:
     def __dealloc__(self):
         if self.head != NULL:
             munmap(self.head, self.length)
-
-    def enqueue(self, int fd, int index, uint32_t gen):
-        """Put shared connection ``gen`` of entry ``index`` (``fd``: a copy) in the queue."""
-        cdef epoll_event ev
-        ev.events = EPOLLIN | EPOLLET
-        ev.data.u64 = q_kept(gen, index)
-        if epoll_ctl(self.queue, EPOLL_CTL_ADD, fd, &ev) < 0:
-            raise OSError(errno, "epoll_ctl() of a shared connection failed: " + os.strerror(errno))
-
-    def dequeue(self, int fd):
-        """Take copy ``fd`` out of the queue before it is closed: the registration lives as
-        long as the connection (in the workers' copies, or parked), and would queue its
-        requests again under a generation gone."""
-        epoll_ctl(self.queue, EPOLL_CTL_DEL, fd, NULL)  # ENOENT: it never was (add failed)
 
     @property
     def fds(self):

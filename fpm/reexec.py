@@ -198,7 +198,7 @@ def execute(listeners, boards, children, stderr_fd: int | None, streams=None,
     fds += list((streams or {}).values())
     fds += [fd for lot in lots.values() for fd in lot.ends.fds + tuple(lot.parked)]
     fds += [fd for lot in lots.values() if lot.shared is not None
-            for fd in [lot.shared.table.fd, lot.shared.table.bell, *lot.shared.fds()]]
+            for fd in lot.shared.descriptors()]
     parked_fd = save_parked(lots)
     for fd in fds:
         os.set_inheritable(fd, True)

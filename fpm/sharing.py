@@ -54,6 +54,9 @@ class Shared:
         self.drops = table.drops  # the table's drops at the last sweep
         self.poller = None  # the master's, and its index of watched copies (watch())
         self.index: dict[int, str] = {}
+        # The previous masters' queues, which their workers watch until they go: each of
+        # them holds every shared connection too, new ones included.
+        self.old_queues: list[int] = []
 
     @classmethod
     def create(cls, name: str, size: int) -> "Shared":
@@ -84,9 +87,10 @@ class Shared:
         # Queued once every worker has its copy: whoever takes it from the queue can serve it.
         self._enqueue(index, gen, fd)
 
-    def _enqueue(self, index: int, gen: int, fd: int) -> None:
+    def _enqueue(self, index: int, gen: int, fd: int, queues=None) -> None:
         try:
-            self.table.enqueue(fd, index, gen)
+            for queue in self.queues() if queues is None else queues:
+                _kept.enqueue(queue, fd, index, gen)
         except OSError:
             # Out of epoll watches (fs.epoll.max_user_watches) or memory: nobody would serve
             # it, so it ends (nginx opens another); every copy is closed at the next sweep.
@@ -154,7 +158,8 @@ class Shared:
         if fd >= 0:
             if self.index.pop(fd, None) is not None:
                 self.poller.unregister(fd)
-            self.table.dequeue(fd)
+            for queue in self.queues():
+                _kept.dequeue(queue, fd)
             os.close(fd)
 
     def inherited(self) -> tuple[tuple[int, int, int], ...]:
@@ -164,34 +169,50 @@ class Shared:
     def fds(self) -> list[int]:
         return [fd for _, fd in self.copies.values()]
 
+    def queues(self) -> list[int]:
+        """This master's queue, then the previous masters' still watched."""
+        return [self.table.queue, *self.old_queues]
+
+    def retire_old_queues(self) -> None:
+        """The previous masters' workers are all gone: so is the use of their queues."""
+        for queue in self.old_queues:
+            os.close(queue)
+        self.old_queues = []
+
     def close(self) -> None:
         """The pool is gone from the configuration: its copies and table go too."""
         for index in list(self.copies):
             self._close_copy(index)
-        for fd in (self.table.fd, *self.table.fds):
+        for fd in (self.table.fd, *self.table.fds, *self.old_queues):
             os.close(fd)
 
     # --- reload ---------------------------------------------------------------------------
 
     def export(self) -> list:
-        """For the next master: [table fd, size, [[entry, generation, fd], ...], bell]; the
-        descriptors must cross the exec."""
+        """For the next master: [table fd, size, [[entry, generation, fd], ...], bell,
+        queues]; the descriptors (descriptors()) must cross the exec."""
         return [self.table.fd, self.table.size, [list(c) for c in self.inherited()],
-                self.table.bell]
+                self.table.bell, self.queues()]
+
+    def descriptors(self) -> list[int]:
+        return [self.table.fd, self.table.bell, *self.fds(), *self.queues()]
 
     @classmethod
     def adopt(cls, name: str, entry: list) -> "Shared":
         """The previous master's (export()); ValueError if malformed."""
         fd, size, copies, bell = int(entry[0]), int(entry[1]), entry[2], int(entry[3])
-        for own in (fd, bell):
+        # A master from before the queues crossed the exec passed none.
+        queues = [int(q) for q in entry[4]] if len(entry) > 4 else []
+        for own in (fd, bell, *queues):
             os.set_inheritable(own, False)
         shared = cls(name, _kept.Table(fd, size, False, *_wakes(bell)))
+        shared.old_queues = queues
         for index, gen, copy in copies:
             os.set_inheritable(int(copy), False)
             shared.copies[int(index)] = (int(gen), int(copy))
         shared.sweep()
         for index, (gen, copy) in list(shared.copies.items()):
-            shared._enqueue(index, gen, copy)
+            shared._enqueue(index, gen, copy, [shared.table.queue])  # in the old ones already
         return shared
 
 
@@ -204,7 +225,7 @@ def _wakes(bell: int) -> tuple[int, int, int]:
     has a queue of its own, filled with its copies and its workers' sources: one inherited
     could hold a source of the previous configuration (a listener closed, or moved to
     another pool), ready for ever to a watcher that cannot take from it. The old workers
-    keep the old queue until they go."""
+    keep the old queue until they go (Shared.old_queues)."""
     stop = _eventfd()
     return bell, _kept.new_queue(stop), stop
 
@@ -226,8 +247,10 @@ class KeptConnections:
     has no worker, and what a worker's exit leaves."""
 
     def _kept_targets(self, name: str) -> list[int]:
-        """The kept channels of the pool's serving workers."""
-        return [c.kept_tx for c in self.children.serving(name) if c.kept_tx >= 0]
+        """The kept channels of the pool's serving workers, the previous configuration's
+        included (they watch the previous master's queue until the hand-over)."""
+        return [c.kept_tx for c in self.children.serving(name) + self._old_serving(name)
+                if c.kept_tx >= 0]
 
     def _watch_kept(self, pool) -> None:
         """An ondemand pool's shared connections are watched here while it has no worker,
@@ -239,12 +262,17 @@ class KeptConnections:
     def _kept_after_exits(self, exits) -> None:
         """Shut down what the workers were serving when they died; hand a request nobody
         serves to a worker (fpm.parking.Lot.nudge: the queue may have given it to the worker
-        that left, alone); watch an ondemand pool's copies if it has no worker left."""
+        that left, alone); watch an ondemand pool's copies if it has no worker left; close
+        the previous masters' queues once their workers are all gone."""
         for gone in exits:
-            lot = self.lots.get(gone.child.pool.name)
+            name = gone.child.pool.name
+            lot = self.lots.get(name)
             if lot is None or lot.shared is None:
                 continue
             lot.shared.worker_gone(gone.child.pid)
             lot.nudge()
-            if gone.child.pool.name in self.pools:
-                self._watch_kept(self.pools[gone.child.pool.name])
+            if name in self.pools:
+                self._watch_kept(self.pools[name])
+            if not any(c.pool.name == name and c.stopping == "reload"
+                       for c in self.children.by_pid.values()):
+                lot.shared.retire_old_queues()

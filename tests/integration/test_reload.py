@@ -14,6 +14,7 @@ from pathlib import Path
 
 import harness
 import load
+from fpm import client as fc
 from fpm.timers import RECYCLE_HOLD_MAX
 from tests.conftest import APPS, find_program, http_request, pool_section, pyfpm_config
 
@@ -333,14 +334,36 @@ def test_old_workers_recycle_as_usual_while_the_new_app_fails_to_load(pyfpm):
                      server=server)
 
 
-def slow_load_app(tmp_path, seconds):
+SLOW_LOAD = """import os, sys, time
+sys.path.insert(0, %(apps)r)
+
+
+def slow():
+    if not os.path.exists(%(marker)r):
+        return False
+    if %(first_fast)r:
+        try:
+            os.close(os.open(%(marker)r + ".first", os.O_CREAT | os.O_EXCL))
+            return False
+        except FileExistsError:
+            pass
+    return True
+
+
+if slow():
+    time.sleep(%(seconds)r)
+from wsgi_app import app
+"""
+
+
+def slow_load_app(tmp_path, seconds, first_fast=False):
     """The test app as module ``slowload`` in tmp_path, ``seconds`` slower to import once the
-    returned marker file exists: the new workers of a reload then take that long to be
-    ready, and the previous ones serve meanwhile."""
+    returned marker file exists (``first_fast``: but for the first worker to import it
+    then): the new workers of a reload take that long to be ready, and the previous ones
+    serve meanwhile."""
     marker = tmp_path / "load-slowly"
-    (tmp_path / "slowload.py").write_text(
-        "import os, sys, time\nsys.path.insert(0, %r)\nif os.path.exists(%r):\n"
-        "    time.sleep(%g)\nfrom wsgi_app import app\n" % (str(APPS), str(marker), seconds))
+    (tmp_path / "slowload.py").write_text(SLOW_LOAD % dict(
+        apps=str(APPS), marker=str(marker), first_fast=first_fast, seconds=seconds))
     return marker
 
 
@@ -421,5 +444,57 @@ def test_a_new_app_that_does_not_load_lifts_the_hold_on_recycling_in_time(tmp_pa
             time.sleep(0.5)  # its last request answered, it is gone by then
         assert time.monotonic() - adopted > RECYCLE_HOLD_MAX - 1
         assert "of the previous configuration finish" not in server.log_text()[mark:]
+    finally:
+        server.stop()
+
+
+def epolls(pid):
+    return sum(os.readlink("/proc/%d/fd/%s" % (pid, fd)) == "anon_inode:[eventpoll]"
+               for fd in os.listdir("/proc/%d/fd" % pid))
+
+
+def test_a_connection_a_new_worker_shares_before_the_hand_over_waits_for_nobody(tmp_path):
+    """After the exec the previous workers sleep among the new ones (the pool's table of
+    kept connections crosses it) until the hand-over, which waits here for the second new
+    worker's import (4 s). A kept connection the first new worker shares meanwhile: its
+    next request is answered at once, whichever worker watches (before: it waited for the
+    hand-over when a previous worker watched, which watched the previous master's queue).
+    Once the previous workers are gone, the master closes their queue."""
+    marker = slow_load_app(tmp_path, 4, first_fast=True)
+    config = pyfpm_config(tmp_path, workers=2, app="slowload:app", python_path=str(tmp_path))
+    server = harness.Server(config, tmp_path).start()
+
+    def pid_of(response):
+        assert response.status == 200, (response.status, response.body[:200])
+        return json.loads(response.body)["pid"]
+    try:
+        old = set(server.wait_idle(2))
+        with fc.Connection(server.address, timeout=5) as kept:
+            assert [kept.request("/slow?s=0").status for _ in range(2)] == [200, 200]
+            queues = epolls(server.pid)
+            marker.touch()
+            mark = reload(server)
+            shared, deadline = 0, time.monotonic() + 2.5
+            while shared < 5 and time.monotonic() < deadline:
+                with fc.Connection(server.address, timeout=5) as conn:
+                    if pid_of(conn.request("/slow?s=0")) in old:
+                        continue  # a previous worker took it: the test wants a new one's
+                    shared += 1  # the pool shares it after its first request
+                    time.sleep(0.05)  # the new worker asleep again: a previous one watches
+                    conn.sock.settimeout(1)
+                    try:
+                        pid_of(conn.request("/slow?s=0"))
+                    except TimeoutError:
+                        pytest.fail("a request on a connection shared by a new worker waited "
+                                    "for the hand-over")
+            assert shared == 5, "the first new worker took no new connection in 2.5 s"
+            assert "of the previous configuration finish" not in server.log_text()[mark:], \
+                "the hand-over came too soon"
+            server.wait_log(r"of the previous configuration finish their requests and exit$",
+                            10, since=mark)
+            harness.wait_for("the previous workers to exit",
+                             lambda: not old & set(server.children()), server=server)
+            assert epolls(server.pid) == queues, "the previous master's queue is still open"
+            assert kept.request("/slow?s=0").status == 200
     finally:
         server.stop()

@@ -269,6 +269,38 @@ def test_the_table_and_copies_cross_a_reload(shared):
     conn.close()
 
 
+def test_after_a_reload_the_previous_queue_holds_what_the_new_master_shares(shared):
+    """The previous master's workers watch its queue until the hand-over: a connection
+    shared under the new master is queued there too (before, a request on it waited for
+    the hand-over while a previous worker watched), leaves it with its copy, and the
+    queue is closed once those workers are gone."""
+    entry = shared.export()
+    entry[4] = [os.dup(q) for q in entry[4]]  # the exec's copies: the test closes both
+    adopted = sharing.Shared.adopt("test", entry)
+    nginx, conn = pair()
+    index, gen = adopted.table.alloc(200)
+    adopted.add(index, gen, os.dup(conn.fileno()), [])
+    adopted.table.release(index, gen, 200)
+    new, old = [select.epoll.fromfd(os.dup(q)) for q in adopted.queues()]
+    take = lambda queue: [fd & 0xffffffff for fd, _ in queue.poll(0, 1)]
+    try:
+        nginx.send(b"a request")
+        assert (take(new), take(old)) == ([index], [index])
+        assert adopted.table.drop(index, gen)
+        adopted.sweep()
+        nginx.send(b"another on the connection, now parked")
+        assert (take(new), take(old)) == ([], [])
+        adopted.retire_old_queues()
+        assert adopted.queues() == [adopted.table.queue]
+        with pytest.raises(OSError):
+            os.fstat(entry[4][0])
+    finally:
+        for fd in (new, old, nginx, conn):
+            fd.close()
+        for fd in (adopted.table.queue, adopted.table.stop):
+            os.close(fd)
+
+
 def test_table_size_is_a_share_of_the_pools_parking_limit():
     assert sharing.table_size(100) == 50
     assert sharing.table_size(1 << 20) == _kept.KEPT_MAX
