@@ -273,6 +273,13 @@ class KeptConnections:
             lot.nudge()
             if name in self.pools:
                 self._watch_kept(self.pools[name])
-            if not any(c.pool.name == name and c.stopping == "reload"
-                       for c in self.children.by_pid.values()):
-                lot.shared.retire_old_queues()
+            self._retire_old_queues(name)
+
+    def _retire_old_queues(self, name: str) -> None:
+        """Close the previous masters' queues of the pool once their workers are all gone
+        (or there were none: an ondemand pool at rest)."""
+        lot = self.lots.get(name)
+        if lot is not None and lot.shared is not None and lot.shared.old_queues and not any(
+                c.pool.name == name and c.stopping == "reload"
+                for c in self.children.by_pid.values()):
+            lot.shared.retire_old_queues()

@@ -200,6 +200,8 @@ class Startup:
             self.handover.add(pool_name)
         # Workers that died while the exec ran were reaped by nobody yet.
         self.reaped += self.children.reap()
+        for name in self.lots:
+            self._retire_old_queues(name)
 
     def _preload(self) -> None:
         """``preload``: import each such pool's app here, once, so workers share its pages.

@@ -492,9 +492,23 @@ def test_a_connection_a_new_worker_shares_before_the_hand_over_waits_for_nobody(
                 "the hand-over came too soon"
             server.wait_log(r"of the previous configuration finish their requests and exit$",
                             10, since=mark)
-            harness.wait_for("the previous workers to exit",
-                             lambda: not old & set(server.children()), server=server)
-            assert epolls(server.pid) == queues, "the previous master's queue is still open"
+            harness.wait_for("the previous workers to exit and their queue to close",
+                             lambda: not old & set(server.children())
+                             and epolls(server.pid) == queues, server=server)
             assert kept.request("/slow?s=0").status == 200
     finally:
         server.stop()
+
+
+def test_a_reload_of_an_ondemand_pool_at_rest_leaves_no_queue_behind(pyfpm):
+    """An ondemand pool without a worker (idle timeout) whose kept connection is shared:
+    the master watches it alone. After a reload the previous master's queue, which no
+    worker watches, is closed at once."""
+    server = pyfpm(pm="ondemand", workers=2, extra="pm.process_idle_timeout = 1s")
+    with fc.Connection(server.address, timeout=5) as kept:
+        assert [kept.request("/slow?s=0").status for _ in range(2)] == [200, 200]
+        harness.wait_for("the idle worker to stop", lambda: not server.children(), 10, server)
+        queues = epolls(server.pid)
+        reload(server)
+        assert epolls(server.pid) == queues, "the previous master's queue is still open"
+        assert kept.request("/slow?s=0").status == 200
