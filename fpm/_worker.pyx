@@ -55,6 +55,10 @@ from urllib.parse import unquote_to_bytes
 
 from fpm._codec import HTTPOnFastCGIPort, PeerClosed, PeerError, ProtocolError, RequestAborted
 
+# What iter() gives for a list or tuple: each chunk of it is there already (send_result).
+_LIST_ITERATOR = type(iter([]))
+_TUPLE_ITERATOR = type(iter(()))
+
 
 cdef class Serving  # declared ahead: a Request holds its worker's serving side
 
@@ -465,9 +469,14 @@ cdef class Request:
         elif type(result) is FileWrapper and _regular_fileno((<FileWrapper>result).filelike) >= 0:
             self._sendfile(_regular_fileno((<FileWrapper>result).filelike))
         else:
-            for chunk in result:
+            chunks = iter(result)
+            # Over a list (a Django response) no chunk is waited for: all go out with the
+            # end in one write, which a host killed mid-request has sent whole or not at all.
+            # Other chunks go out as they come (PEP 3333).
+            ready = type(chunks) is _LIST_ITERATOR or type(chunks) is _TUPLE_ITERATOR
+            for chunk in chunks:
                 if chunk:
-                    self._body(chunk, True)
+                    self._body(chunk, not ready)
         if not self.headers_sent:
             self._send_headers()
         return 0

@@ -81,7 +81,12 @@ class Host:
         return "h%d" % self.index
 
     def config(self) -> str:
-        return pyfpm_config(self.tmp, listen=self.address, workers=2,
+        # raw_app answers with a list, sent with its end in one write as a Django response
+        # is: a host killed mid-request has sent all of a response or none of it, and nginx
+        # sends again what it had no answer to. (The validator's iterator would have each
+        # chunk sent as it comes, PEP 3333, and a kill between the last and the end cut the
+        # response after nginx had passed its start on.)
+        return pyfpm_config(self.tmp, listen=self.address, workers=2, app="wsgi_app:raw_app",
                             extra="pm.status_path = /fpm-status\nping.path = /fpm-ping\n"
                                   "env[FLEET_HOST] = %s" % self.name)
 
@@ -152,11 +157,13 @@ class Fleet:
                 start_new_session=True)
             wait_port(self.port, self.front, 10, "nginx")
         else:
-            mark = len(self.error_log())
+            # Done once the previous workers are gone: until then one may still take a
+            # client's connection, and close it (idle, between two requests) as it ends.
+            previous = harness.children_of(self.front.pid)
             conf.write_text(self.nginx_config())
             self.front.send_signal(signal.SIGHUP)
-            harness.wait_for("nginx to reload",
-                             lambda: "reconfiguring" in self.error_log()[mark:], 10)
+            harness.wait_for("nginx to reload (its previous workers to exit)",
+                             lambda: not any(map(harness.alive, previous)), 10)
         return self.port
 
     def error_log(self) -> str:

@@ -170,6 +170,26 @@ def host_route(environ, start_response):
     return _reply(start_response, {"host": os.environ.get("FLEET_HOST"), "pid": os.getpid()})
 
 
+class ListResponse:
+    """As Django's HttpResponse: iterable over a list of chunks, closed once sent."""
+
+    def __init__(self, chunks, close_seconds):
+        self.chunks = chunks
+        self.close_seconds = close_seconds
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self):
+        time.sleep(self.close_seconds)
+
+
+def list_response_route(environ, start_response):
+    """Two chunks over a list; close() takes ?close= s (0)."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return ListResponse([b"one ", b"two"], float(_query(environ).get("close", "0")))
+
+
 def hello_route(environ, start_response):
     return _reply(start_response, b"hello world", "text/plain")
 
@@ -185,7 +205,7 @@ ROUTES = {
     "/raise-before": raise_before_route, "/raise-after": raise_after_route,
     "/cookies": cookies_route, "/stderr": stderr_route, "/slow": slow_route,
     "/hello": hello_route, "/host": host_route, "/status": status_route, "/crash": crash_route,
-    "/grow": grow_route,
+    "/grow": grow_route, "/list-response": list_response_route,
 }
 
 

@@ -35,6 +35,23 @@ def count(server, pattern):
     return len(re.findall(pattern, server.log_text(), re.M))
 
 
+# --- the response ------------------------------------------------------------------------------
+
+def test_a_response_over_a_list_goes_out_with_its_end_in_one_write(pyfpm):
+    """An app whose response iterates over a list (Django's HttpResponse does) has no chunk
+    to wait for: the chunks go out with END_REQUEST in one write, so a host killed
+    mid-request has sent all of it or nothing (and nginx sends nothing on to the client
+    before the end is there). Its close() takes 0.5 s: the first bytes to arrive must
+    hold the end already."""
+    server = pyfpm(app="wsgi_app:raw_app", workers=1)
+    with client.connect(server.address) as sock:
+        sock.sendall(client.encode_request(client.build_params("/list-response?close=0.5")))
+        records = client.RecordParser().feed(sock.recv(65536))
+    assert [t for t, _, _ in records[-2:]] == [client.STDOUT, client.END_REQUEST], records
+    stdout = b"".join(content for t, _, content in records if t == client.STDOUT)
+    assert stdout.endswith(b"\r\n\r\none two"), records
+
+
 # --- wsgi.errors ---------------------------------------------------------------------------------
 
 @pytest.fixture
