@@ -7,12 +7,14 @@ else is a unix socket path. A bare port listens on ``::`` (dual stack) and falls
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import grp
 import os
 import pwd
 import socket
 import stat
+import struct
 from dataclasses import dataclass
 
 from fpm import acl
@@ -119,6 +121,20 @@ def _resolve_id(pool_name: str, directive: str, what: str, name: str, lookup) ->
         raise ListenError("[pool %s] %s: cannot get %s '%s'" % (pool_name, directive, what, name))
 
 
+# A classic BPF socket filter that drops TCP segments with SYN set and keeps the others: on a
+# listening socket the kernel runs it on what comes for the socket, from the TCP header on
+# (its flags at byte 13). No new handshake begins; those under way complete.
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+_SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
+_DROP_SYN = (
+    (0x30, 0, 0, 13),  # ldb [13]
+    (0x45, 1, 0, 0x02),  # jset #SYN: to the drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret: keep it whole
+    (0x06, 0, 0, 0))  # ret 0: drop it
+_DROP_SYN_CODE = b"".join(struct.pack("=HBBI", *op) for op in _DROP_SYN)
+_DROP_SYN_BUFFER = ctypes.create_string_buffer(_DROP_SYN_CODE, len(_DROP_SYN_CODE))
+
+
 class Listener:
     """A bound, listening, non-blocking socket of one pool."""
 
@@ -128,6 +144,8 @@ class Listener:
         self.sock = sock
         # False for a socket systemd passed: its unix socket file is systemd's to remove.
         self.owned = owned
+        self.holding = False  # SYNs held back (hold_syns)
+        self.quiet_since = 0.0  # time.monotonic() of a finishing master's hold or last take
 
     @property
     def fd(self) -> int:
@@ -144,6 +162,39 @@ class Listener:
     def close(self) -> None:
         """Close; a unix socket's file is removed so the next start can bind it."""
         self.sock.close()
+        self._unlink()
+
+    @property
+    def tcp(self) -> bool:
+        return self.address.family != socket.AF_UNIX
+
+    def refuse(self) -> None:
+        """A unix socket's file goes: a connect() fails at once, what is queued stays for
+        accept(). Raises OSError."""
+        if self.owned and not self.tcp and self.address.path:
+            os.unlink(self.address.path)
+
+    def hold_syns(self, on: bool) -> None:
+        """While ``on``, a TCP SYN is dropped (the client sends it again a second later),
+        and the handshakes under way complete: the moment a finishing master looks whether
+        anything is left before it stops the socket listening (shut()), at which point
+        a handshake would be reset once the client had sent its request. Raises OSError."""
+        if on:
+            program = struct.pack("@HP", len(_DROP_SYN), ctypes.addressof(_DROP_SYN_BUFFER))
+            self.sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
+        else:
+            self.sock.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
+        self.holding = on
+
+    def shut(self) -> None:
+        """Stop listening, in every process that holds the socket: a connect() is refused
+        from now on, and what is still queued is reset."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # not listening any more
+
+    def _unlink(self) -> None:
         if self.owned and self.address.family == socket.AF_UNIX and self.address.path:
             try:
                 os.unlink(self.address.path)

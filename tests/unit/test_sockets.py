@@ -4,6 +4,7 @@ import dataclasses
 import errno
 import fcntl
 import os
+import select
 import socket
 import stat
 import subprocess
@@ -272,3 +273,55 @@ def test_acl_on_a_file_system_without_acls_fails_clearly(no_acl_dir, log):
         "POSIX ACLs: put the socket on one that does, or use listen.owner and listen.group "
         "instead" % (path, errno.EOPNOTSUPP))
     assert not path.exists()
+
+
+def test_a_tcp_listener_holding_syns_keeps_its_queue_and_refuses_once_shut(log):
+    """A finishing master's listener (fpm.stopping): while it holds SYNs back, a new
+    connect() gets no answer and what is queued stays for accept(); once shut, a connect()
+    is refused at once."""
+    listener = open_one(log, "127.0.0.1:%d" % free_port())
+    address = listener.sock.getsockname()
+    try:
+        queued = socket.create_connection(address, 1)
+        queued.sendall(b"x")  # a TCP listener may defer accept() until data comes
+        listener.hold_syns(True)
+        with socket.socket() as held:
+            held.setblocking(False)
+            assert held.connect_ex(address) == errno.EINPROGRESS
+            assert select.select([], [held], [], 0.3)[1] == []  # no SYN-ACK came
+        listener.sock.setblocking(True)
+        listener.sock.settimeout(1)
+        conn, _ = listener.sock.accept()
+        assert conn.recv(1) == b"x"
+        conn.close()
+        queued.close()
+        listener.shut()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, 1)
+    finally:
+        listener.close()
+
+
+def test_a_tcp_listener_no_longer_holding_answers_again(log):
+    listener = open_one(log, "127.0.0.1:%d" % free_port())
+    try:
+        listener.hold_syns(True)
+        listener.hold_syns(False)
+        socket.create_connection(listener.sock.getsockname(), 1).close()
+    finally:
+        listener.close()
+
+
+def test_a_unix_listener_refusing_keeps_its_queue(tmp_path, log):
+    path = tmp_path / "www.sock"
+    listener = open_one(log, str(path))
+    try:
+        with socket.socket(socket.AF_UNIX) as queued:
+            queued.connect(str(path))
+            listener.refuse()
+            assert not path.exists()  # a connect() now fails at once
+            listener.sock.setblocking(True)
+            listener.sock.settimeout(1)
+            listener.sock.accept()[0].close()
+    finally:
+        listener.close()
