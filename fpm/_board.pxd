@@ -46,6 +46,19 @@ ctypedef struct Refusals:
     uint64_t accept_failures   # accept() failed for want of descriptors (EMFILE, ENFILE...)
     uint64_t protocol_errors   # what a peer sent broke the FastCGI protocol (or was HTTP)
 
+cdef enum MasterSays:
+    # From a reload's start until its exec (cleared if the reload fails): no worker recycles
+    # (pm.max_requests, pm.max_memory) while nobody could replace it. The new master treats
+    # these boards as the previous generation's and retires their workers once its own serve.
+    SAYS_HOLD_RECYCLING = 1
+    # The master finishes (QUIT): a worker told to stop serves on what it has and what is
+    # queued, closing each kept connection after its response (fpm._worker, "finishing").
+    SAYS_FINISHING = 2
+    # ...and its listening sockets have stopped listening: nothing new comes but what it
+    # hands over, so a worker that holds no connection stops at once.
+    SAYS_SHUT = 4
+
+
 cdef enum Refused:
     REFUSED_HEAD = 0
     REFUSED_BODY = 1
@@ -89,11 +102,8 @@ ctypedef struct BoardHeader:
     # Why the pool's app could not be loaded, by the last worker that tried and failed:
     # written between two increments of app_seq (odd while written; a second writer skips).
     uint32_t app_seq
-    # Set by the master from a reload's start until its exec (0 if the reload fails): no
-    # worker recycles (pm.max_requests, pm.max_memory) while nobody could replace it. The
-    # new master treats these boards as the previous generation's and retires their
-    # workers once its own serve.
-    uint32_t reloading
+    # What the master tells every worker of the pool (MasterSays), written by it alone.
+    uint32_t master_says
     int64_t app_error_epoch_us
     char app_error[512]
 
@@ -126,6 +136,7 @@ cdef class Board:
     cdef readonly int nslots, fd
     cdef Slot *slot(self, int index) noexcept nogil
     cdef Slot *_checked(self, int index) except NULL
+    cdef void _say(self, uint32_t flag, bint on) noexcept
 
 
 # --- stamps: plain stores into shared memory, no system call --------------------------------

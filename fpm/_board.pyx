@@ -161,7 +161,19 @@ cdef class Board:
 
     def hold_recycling(self, bint on):
         """While ``on``, the pool's workers serve on past their recycling limits."""
-        (<volatile uint32_t *>&(<BoardHeader *>self.mem).reloading)[0] = on
+        self._say(SAYS_HOLD_RECYCLING, on)
+
+    def finish(self):
+        """The master finishes: its workers drain what they have as they stop."""
+        self._say(SAYS_FINISHING, True)
+
+    def listeners_shut(self):
+        """The finishing master's listening sockets stopped listening."""
+        self._say(SAYS_SHUT, True)
+
+    cdef void _say(self, uint32_t flag, bint on) noexcept:
+        cdef volatile uint32_t *says = &(<BoardHeader *>self.mem).master_says
+        says[0] = (says[0] | flag) if on else (says[0] & ~flag)
 
     def bump_log_generation(self):
         """Tell the pool's workers to take the reopened log files before their next line."""

@@ -9,8 +9,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.errno cimport (EAGAIN, EBADMSG, EEXIST, EINTR, ECONNRESET, EPIPE, ECONNABORTED, EMFILE, ENFILE,
-                         ENOBUFS, ENOMEM, errno)
+from libc.errno cimport (EAGAIN, EBADMSG, EEXIST, EINTR, EINVAL, ECONNRESET, EPIPE, ECONNABORTED,
+                         EMFILE, ENFILE, ENOBUFS, ENOMEM, errno)
 from libc.signal cimport SIGTERM, SIGINT, SIGQUIT, SIG_DFL, signal as c_signal, raise_
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
@@ -23,6 +23,7 @@ from posix.unistd cimport close, pread, read as c_read, write as c_write
 
 from fpm._board cimport (Board, BoardHeader, C_REFUSAL_QUIET, REFUSED_ACCEPT, REFUSED_BODY,
                          REFUSED_HEAD, REFUSED_PARKED, REFUSED_PROTOCOL, ORDER_TIMEOUT,
+                         SAYS_FINISHING, SAYS_HOLD_RECYCLING, SAYS_SHUT,
                          Slot, Stage, STAGE_FINISHING, STAGE_IDLE, STAGE_READING, count, cstr,
                          fpm_atomic_add, fpm_cas64, fpm_swap64, stamp_done, stamp_request, stamp_stage)
 from fpm._codec cimport (BLOCK, Decoder, END_LEN, HEAD_READY, HEADER_LEN, READ_SIZE,
@@ -84,6 +85,13 @@ cdef enum:
     # How long a stopping worker waits for the first bytes of a connection it holds
     # (PHP-FPM's fcgi_accept_request).
     FIRST_BYTES_ON_STOP_MS = 5000
+    # A worker told to stop while its master finishes (QUIT) drains first: it stops once
+    # it holds nothing and the master's listeners stopped listening (it looks every
+    # FINISH_LOOK_MS), or no request came for FINISH_QUIET_MS (the web server has gone
+    # elsewhere: its new connections are refused), at most FINISH_MAX_MS after the QUIT.
+    FINISH_QUIET_MS = 500
+    FINISH_MAX_MS = 5000
+    FINISH_LOOK_MS = 2
     # How a connection comes to _serve_conn: just accepted, a kept one that became
     # readable between requests, or handed over by the master with its head (fpm.parking).
     CONN_FRESH = 0
@@ -134,6 +142,10 @@ class TooSlow(PeerError):
 
 
 cdef bint _stop = 0
+# Told to stop while the master finishes (SAYS_FINISHING): serve what comes on the
+# connections it has and what is queued, each kept one closed after its response, then stop.
+cdef bint _finishing = 0
+cdef BoardHeader *_g_header = NULL  # the pool's, for the QUIT handler
 cdef int _wake_w = -1  # a pipe the waiting loop polls, so a stop cannot slip in before poll()
 cdef int _wake_pool = -1  # the pool's stop eventfd, in the queue its watcher sleeps on
 cdef uint64_t _ONE = 1
@@ -154,7 +166,19 @@ def request_stop():
 
 
 cdef void _on_quit(int sig) noexcept nogil:
-    _stop_now()
+    """Stop after the request in progress; while the master finishes, drain first
+    (Worker.run; one stopping already, to recycle, closes what it holds instead of parking
+    it). A second QUIT stops at once."""
+    global _finishing
+    if _finishing or _g_header == NULL or not (
+            (<volatile uint32_t *>&_g_header.master_says)[0] & SAYS_FINISHING):
+        _stop_now()
+        return
+    _finishing = 1
+    if _wake_w >= 0:
+        c_write(_wake_w, b"f", 1)
+    if _wake_pool >= 0:
+        c_write(_wake_pool, &_ONE, sizeof(_ONE))
 
 
 def watch_quit():
@@ -784,6 +808,12 @@ cdef class Output:
         cdef int rid = conn.dec._close_request()
         self._out_reserve(END_LEN)
         self.out_len += put_end(self.out + self.out_len, rid, app_status, S_REQUEST_COMPLETE)
+        if _finishing and conn.dec.keep_conn:
+            # Closed after this response (_settle): nginx reuses a kept connection only when
+            # nothing follows END_REQUEST in what it read, so a record after it (an empty
+            # STDERR, which ends nothing) has it let go of the connection instead of sending
+            # its next request on it as it closes.
+            self._out_records(T_STDERR, rid, NULL, 0)
         return self._flush(conn)
 
     cdef void _out_drop(self) noexcept:
@@ -887,6 +917,8 @@ cdef class Accounting(Output):
     cdef object access_begin             # its begin(), called as each request starts, or None
     cdef object on_reopen                # takes the master's new log fds after a USR1
     cdef uint64_t log_generation         # the board's log_generation this worker has seen
+    cdef int64_t finish_due_us           # finishing: it stops if no request came by then (0: not yet)
+    cdef int64_t finish_end_us           # ...and by then at the latest
 
     def __cinit__(self):
         self.statm_fd = -1
@@ -896,10 +928,12 @@ cdef class Accounting(Output):
             close(self.statm_fd)
 
     def __init__(self, o):
+        global _g_header
         cdef Board board = o.board
         self.log = o.log
         self.board = board
         self.header = <BoardHeader *>board.mem if board is not None else NULL
+        _g_header = self.header
         self.slot = board._checked(o.slot) if board is not None else &_private_slot
         self.log_generation = self.header.log_generation if self.header != NULL else 0
         self.track_cpu = bool(o.special)  # for the status page's CPU column
@@ -950,8 +984,13 @@ cdef class Accounting(Output):
         cdef ssize_t n
         cdef rusage usage
         global _stop
-        stamp_done(self.slot, self.header, _now_us(),
+        cdef int64_t now = _now_us()
+        stamp_done(self.slot, self.header, now,
                    _cpu_us() - self.cpu_mark if self.track_cpu else -1)
+        if _finishing:
+            # Stopping anyway, and nobody replaces it: it drains on, past its limits.
+            self.finish_due_us = now + FINISH_QUIET_MS * 1000LL
+            return 0
         if self.max_requests and self.requests >= self.max_requests and not self._reloading():
             self.stop_reason = "max_requests"
             _stop = 1
@@ -974,11 +1013,12 @@ cdef class Accounting(Output):
         return 0
 
     cdef inline bint _reloading(self):
-        """The master is reloading (BoardHeader.reloading), away until the new master runs
+        """The master is reloading (SAYS_HOLD_RECYCLING), away until the new master runs
         (the reload's check of the new configuration and the exec take a few hundred ms):
         a worker that recycled now would leave its place empty (with pm.max_requests = 50
         under load it lives less), a connection shared now would wait for the master."""
-        return self.header != NULL and (<volatile uint32_t *>&self.header.reloading)[0] != 0
+        return self.header != NULL and (
+            (<volatile uint32_t *>&self.header.master_says)[0] & SAYS_HOLD_RECYCLING) != 0
 
     cdef int _log_request(self, Conn conn, dict environ, Request req) except -1:
         """Take the log files the master reopened (USR1), then write the access log line."""
@@ -1717,7 +1757,7 @@ cdef class Serving(Admission):
         cdef Decoder dec = conn.dec
         if dec.draining:
             self._stage(STAGE_FINISHING)
-        if dec.want_close or _stop and self.park_fd < 0:
+        if dec.want_close or _finishing or _stop and self.park_fd < 0:
             if not dec.draining:
                 # Nothing unread is left, so closing now sends no RST and nginx loses no byte.
                 self._close(conn)
@@ -2069,7 +2109,8 @@ cdef class Sharing(Serving):
         still ours)."""
         # Not while the master reloads: it would queue the connection only once the new
         # master runs, and its requests would wait for nobody meanwhile.
-        if (conn.kid < 0 and self.kfd != NULL and not _stop and conn.dec.keep_conn
+        if (conn.kid < 0 and self.kfd != NULL and not _stop and not _finishing
+                and conn.dec.keep_conn
                 and conn.served >= (1 if k_load(&self.kh.shares) else SHARE_AFTER)
                 and not self._reloading()):
             self._share(conn)
@@ -2092,23 +2133,194 @@ cdef class Sharing(Serving):
         return 0
 
 
-cdef class Worker(Sharing):
-    """One worker process's loop over its listening sockets and the connections it holds."""
+cdef class Accepting(Sharing):
+    """Where a worker's new connections come from: its pool's listening sockets, and the
+    hand-off socket (connections the master held until their head came)."""
     cdef list listen_fds
     cdef int handoff_fd                  # the pool's hand-off socket (from the master; -1: none)
     cdef int *srcs                       # the sources, the stop pipe, the kept channel (event indexes)
+    cdef int nlisten
     cdef int pause_streak                # failures in a row (the pause grows with it)
     cdef int reserve_fd                  # /dev/null, given up to take a connection when out of fds
+    cdef object allow                    # allow(fd) -> bool for each accepted connection, or None
+    cdef frozenset left_queued           # listeners whose queue a finishing master leaves to the next
+
+    def __cinit__(self):
+        self.reserve_fd = -2
+
+    def __dealloc__(self):
+        free(self.srcs)
+        if self.reserve_fd >= 0:
+            close(self.reserve_fd)
+
+    def __init__(self, list listen_fds, app, o):
+        Sharing.__init__(self, app, o)
+        self.listen_fds = list(listen_fds)
+        self.handoff_fd = o.handoff_fd
+        self.allow = o.allow
+        self.left_queued = frozenset(o.left_queued)
+        self.paused_until = 0
+        self.pause_streak = 0
+        # Without a master to park with (serve() on its own), no reserve: -2.
+        self.reserve_fd = _open_null() if o.park_fd >= 0 else -2
+
+    cdef int _take_queued(self, int index) except -1:
+        """Take and serve the connections queued at source ``index``, up to TAKE_BATCH. A
+        wake serves each ready kept connection one request: taking one new connection per
+        wake, the k-th of a burst (nginx opening more) waited k rounds of their requests."""
+        cdef int i
+        if index < self.nlisten and self.srcs[index] < 0:
+            return 0  # finishing: it left that listener (the event came before)
+        for i in range(TAKE_BATCH):
+            # Once told to stop: the one connection EPOLLEXCLUSIVE may have woken it alone for.
+            if self.paused_until or (i and _stop) or not (
+                    self._accept(index) if index < self.nlisten else self._take_handoff()):
+                break
+        return 0
+
+    cdef bint _accept(self, int index) except -1:
+        """Accept from listener ``index`` and serve the connection; False if none was queued.
+        The GIL stays held: the listeners never block, and a release and take per call
+        costs more than the call."""
+        cdef int cfd = accept4(self.srcs[index], NULL, NULL, SOCK_CLOEXEC)
+        if cfd < 0:
+            self._accept_error(errno, index)
+            return False
+        if self.pause_streak:
+            self.pause_streak = 0
+        if self.allow is not None and not self.allow(cfd):
+            close(cfd)  # allow() has logged why
+            return True
+        self._serve_conn(Conn(cfd, self._decoder()), CONN_FRESH)
+        return True
+
+    def _accept_error(self, int err, int index):
+        cdef int cfd
+        if err == EAGAIN or err == EWOULDBLOCK or err == ECONNABORTED:
+            return
+        if err == EINVAL:
+            # It stopped listening: the master finishes (fpm.stopping), or someone shut it.
+            if not _finishing:
+                self._log("warning", "listening socket %d stopped listening; this worker "
+                          "takes no more connections from it" % self.srcs[index])
+            self._leave_source(index)
+            return
+        if err == EINTR:
+            PyErr_CheckSignals()
+            return
+        if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
+            # This worker stops taking connections for a while (the master logs the
+            # episode). The one that woke it must not wait for the next to wake another
+            # (EPOLLEXCLUSIVE woke this one alone): taken with the reserve descriptor, it
+            # is parked with the master, which hands it to another worker.
+            self._pause_accepting(err)
+            if (err == EMFILE or err == ENFILE) and self.reserve_fd >= 0:
+                close(self.reserve_fd)
+                cfd = accept4(self.srcs[index], NULL, NULL, SOCK_CLOEXEC)
+                if cfd >= 0:
+                    if self.allow is None or self.allow(cfd):
+                        self._park(Conn(cfd, self._decoder()))
+                    else:
+                        close(cfd)
+                self._reopen_reserve()
+            return
+        raise OSError(err, "accept() failed: " + os.strerror(err))
+
+    cdef int _reopen_reserve(self) except -1:
+        """The descriptor a worker keeps in reserve, so that it can always take a
+        connection it was woken for (accept() out of descriptors, a hand-off); -1 while
+        the process has none to spare."""
+        self.reserve_fd = _open_null()
+        return 0
+
+    cdef int _pause_accepting(self, int err) except -1:
+        """Stop taking connections for a pause that grows while accept() keeps failing."""
+        count(self.header, REFUSED_ACCEPT)
+        if self.header != NULL:
+            self.header.accept_errno = err
+        self.paused_until = _now_us() + accept_pause_ms(self.pause_streak) * 1000
+        self.pause_streak += 1
+        self._set_sources(False)
+        return 0
+
+    cdef int _set_sources(self, bint watch) noexcept:
+        """Watch the sources in the epoll set, or not (accepting is paused). Removed and
+        added again: EPOLLEXCLUSIVE cannot be modified."""
+        cdef int i, epfd
+        for epfd in (self.epfd, self.epfd_rest):
+            if epfd < 0:
+                continue
+            for i in range(self.nsources):
+                if self.srcs[i] < 0:
+                    continue  # finishing: it left that listener
+                if watch:
+                    _epoll_add(epfd, self.srcs[i], EPOLLIN | EPOLLEXCLUSIVE, i)
+                else:
+                    epoll_ctl(epfd, EPOLL_CTL_DEL, self.srcs[i], NULL)
+        return 0
+
+    cdef bint _take_handoff(self) except -1:
+        """Take a connection the master handed over once its head came; False if none.
+        The reserve descriptor makes room for it: a worker out of descriptors would lose
+        it (the kernel closes a descriptor it cannot install)."""
+        cdef Ticket t
+        cdef Py_ssize_t n = 0
+        cdef int fd = -1, err
+        cdef Conn conn = Conn(-1, self._decoder())
+        cdef Decoder dec = conn.dec
+        if self.reserve_fd >= 0:
+            close(self.reserve_fd)
+        err = recv_conn(self.handoff_fd, &t, dec.buf, dec.cap, &n, &fd)
+        if self.reserve_fd >= 0:
+            self._reopen_reserve()
+        if err == EAGAIN or err == EWOULDBLOCK or err == EPIPE:
+            return False  # EPIPE: the master is gone, and so is this worker in a moment
+        if self.header != NULL:
+            fpm_atomic_add(<uint64_t *>&self.header.handoff_pending,
+                           <uint64_t>-1)
+        if err == EMFILE:
+            self._pause_accepting(err)  # that connection is lost: no descriptor for it
+            return True
+        if err:
+            raise OSError(err, "recvmsg() on the hand-off socket failed: " + os.strerror(err))
+        if self.pause_streak:
+            self.pause_streak = 0
+        if t.flags & C_TICKET_SHARE:
+            return self._nudged(<int>(t.head_due_us & 0xffffffff),
+                                <uint32_t>(t.head_due_us >> 32), fd)
+        dec.end = n
+        conn.fd = fd
+        conn.head_due_us = t.head_due_us
+        conn.arrived_us = t.arrived_us
+        conn.late = t.flags & C_TICKET_LATE
+        conn.dups = t.flags & C_TICKET_DUPS
+        self._serve_conn(conn, CONN_HANDED)
+        return True
+
+    cdef int _leave_source(self, int index) except -1:
+        """Finishing: take listener ``index`` out of every set this worker sleeps on (the
+        pool's queue too): systemd's, or one the master stopped (it would wake them all
+        for ever)."""
+        cdef int epfd, fd = self.srcs[index]
+        if fd < 0:
+            return 0
+        self.srcs[index] = -1
+        for epfd in (self.epfd, self.epfd_rest, self.kept.queue if self.kh != NULL else -1):
+            if epfd >= 0:
+                epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL)
+        return 0
+
+
+cdef class Worker(Accepting):
+    """One worker process's loop over its listening sockets and the connections it holds."""
     cdef pollfd *pfds                    # the epoll set, then the connections held privately
-    cdef int npfds, nlisten, pfds_cap
+    cdef int npfds, pfds_cap
     cdef int nfixed                      # pfds before the held connections (1: the epoll set)
     cdef int wake_r                      # read end of the stop pipe (see watch_quit)
     cdef list held                       # Conn objects idle between requests, parallel to pfds[nfixed:]
-    cdef object allow                    # allow(fd) -> bool for each accepted connection, or None
 
     def __cinit__(self):
         self.wake_r = -1
-        self.reserve_fd = -2
         self.pfds_cap = 16
         self.pfds = <pollfd *>malloc(self.pfds_cap * sizeof(pollfd))
         if self.pfds == NULL:
@@ -2117,24 +2329,13 @@ cdef class Worker(Sharing):
     def __dealloc__(self):
         global _wake_w
         free(self.pfds)
-        free(self.srcs)
-        if self.reserve_fd >= 0:
-            close(self.reserve_fd)
         if self.wake_r >= 0:
             close(self.wake_r)
             close(_wake_w)
             _wake_w = -1
 
-    def __init__(self, list listen_fds, app, options):
-        o = options  # fpm.options.WorkerOptions, read once
-        Sharing.__init__(self, app, o)
-        self.listen_fds = list(listen_fds)
-        self.handoff_fd = o.handoff_fd
-        self.allow = o.allow
-        self.paused_until = 0
-        self.pause_streak = 0
-        # Without a master to park with (serve() on its own), no reserve: -2.
-        self.reserve_fd = _open_null() if o.park_fd >= 0 else -2
+    def __init__(self, list listen_fds, app, o):
+        Accepting.__init__(self, listen_fds, app, o)  # o: fpm.options.WorkerOptions
         self.held = []
         self._watch_sources()
         for index, gen, fd in o.kept_conns:
@@ -2219,6 +2420,9 @@ cdef class Worker(Sharing):
         cdef bint served
         global _stop
         while not _stop:
+            if _finishing and self._drained():
+                _stop_now()
+                break
             if self.kh != NULL and self.kh.drops != self.kept_drops:
                 self._sweep_kept()
             if self.reserve_fd == -1:
@@ -2227,10 +2431,10 @@ cdef class Worker(Sharing):
                 self.paused_until = 0
                 self._set_sources(True)
             if not self.held and not self.paused_until:
-                if self.nkept:
+                if self.nkept or _finishing:
                     # The watcher sleeps on the pool's queue (sources and shared connections):
                     # a request on one costs no system call more than on a held one.
-                    self._wait_listeners(-1)
+                    self._wait_listeners(self._idle_ms())
                     continue
                 # Optimistic accept: under load the queue is never empty, so no wait is
                 # needed. A connection the master handed over goes first (it has waited
@@ -2261,6 +2465,8 @@ cdef class Worker(Sharing):
         cdef epoll_event events[16]
         if self.paused_until:
             timeout = max(1, <int>((self.paused_until - _now_us() + 999) // 1000))
+        if _finishing:
+            timeout = self._idle_ms() if timeout < 0 else min(timeout, self._idle_ms())
         self.pfds[0].fd = self._sleep_set(&timeout)
         with nogil:
             n = poll(self.pfds, self.npfds, timeout)
@@ -2277,6 +2483,45 @@ cdef class Worker(Sharing):
         for conn in ready:
             self._serve_conn(conn, CONN_KEPT)
         return 0
+
+    cdef bint _drained(self) except -1:
+        """Finishing: True once it holds no connection and nothing more can come (the
+        master's listeners stopped listening, no hand-off on its way), or no request came
+        for FINISH_QUIET_MS (the web server may still send on a kept one until then), or
+        FINISH_MAX_MS after the QUIT. At first it leaves systemd's listeners to the next
+        master (what is queued there waits for it: socket activation); it takes from the
+        others until the master, once they hold nothing more, stops them listening."""
+        cdef int64_t now = _now_us()
+        cdef int i
+        if not self.finish_end_us:
+            self.finish_due_us = now + FINISH_QUIET_MS * 1000LL
+            self.finish_end_us = now + FINISH_MAX_MS * 1000LL
+            for i in range(self.nlisten):
+                if self.srcs[i] in self.left_queued:
+                    self._leave_source(i)
+        if now >= self.finish_due_us or now >= self.finish_end_us:
+            return True
+        return not self.held and not self.nkept and self._all_shut() and (
+            (<volatile int64_t *>&self.header.handoff_pending)[0] <= 0)
+
+    cdef inline bint _all_shut(self) noexcept:
+        return self.header != NULL and (
+            (<volatile uint32_t *>&self.header.master_says)[0] & SAYS_SHUT) != 0
+
+    cdef int _idle_ms(self) noexcept:
+        """How long the loop may sleep: until something comes, or while finishing until it
+        is drained (_drained), looking every FINISH_LOOK_MS until the listeners are shut."""
+        cdef int ms
+        if not _finishing or not self.finish_end_us:
+            return -1
+        ms = max(1, <int>((min(self.finish_due_us, self.finish_end_us) - _now_us() + 999)
+                          // 1000))
+        return ms if self._all_shut() else min(ms, FINISH_LOOK_MS)
+
+    cdef void _read_wake(self) noexcept:
+        cdef char buf[64]
+        while c_read(self.wake_r, buf, sizeof(buf)) > 0:
+            pass
 
     cdef int _wait_listeners(self, int timeout) except -1:
         """Wait up to ``timeout`` ms (-1: until something comes) on the epoll set of this
@@ -2313,6 +2558,8 @@ cdef class Worker(Sharing):
             # the connection, and the queue gave the request to this worker alone.
             if data < <uint64_t>self.nsources:
                 self._take_queued(<int>data)
+            elif data == <uint64_t>self.nsources:
+                self._read_wake()  # finishing: it woke to time its drain
             elif data == <uint64_t>self.chan_index:
                 self._take_copies()
             elif data == q_stop():
@@ -2326,128 +2573,6 @@ cdef class Worker(Sharing):
                         self._take_queued(k)
                         break
         return 0
-
-    cdef int _take_queued(self, int index) except -1:
-        """Take and serve the connections queued at source ``index``, up to TAKE_BATCH. A
-        wake serves each ready kept connection one request: taking one new connection per
-        wake, the k-th of a burst (nginx opening more) waited k rounds of their requests."""
-        cdef int i
-        for i in range(TAKE_BATCH):
-            # Once told to stop: the one connection EPOLLEXCLUSIVE may have woken it alone for.
-            if self.paused_until or (i and _stop) or not (
-                    self._accept(index) if index < self.nlisten else self._take_handoff()):
-                break
-        return 0
-
-    cdef bint _accept(self, int index) except -1:
-        """Accept from listener ``index`` and serve the connection; False if none was queued.
-        The GIL stays held: the listeners never block, and a release and take per call
-        costs more than the call."""
-        cdef int cfd = accept4(self.srcs[index], NULL, NULL, SOCK_CLOEXEC)
-        if cfd < 0:
-            self._accept_error(errno, index)
-            return False
-        if self.pause_streak:
-            self.pause_streak = 0
-        if self.allow is not None and not self.allow(cfd):
-            close(cfd)  # allow() has logged why
-            return True
-        self._serve_conn(Conn(cfd, self._decoder()), CONN_FRESH)
-        return True
-
-    def _accept_error(self, int err, int index):
-        cdef int cfd
-        if err == EAGAIN or err == EWOULDBLOCK or err == ECONNABORTED:
-            return
-        if err == EINTR:
-            PyErr_CheckSignals()
-            return
-        if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
-            # This worker stops taking connections for a while (the master logs the
-            # episode). The one that woke it must not wait for the next to wake another
-            # (EPOLLEXCLUSIVE woke this one alone): taken with the reserve descriptor, it
-            # is parked with the master, which hands it to another worker.
-            self._pause_accepting(err)
-            if (err == EMFILE or err == ENFILE) and self.reserve_fd >= 0:
-                close(self.reserve_fd)
-                cfd = accept4(self.srcs[index], NULL, NULL, SOCK_CLOEXEC)
-                if cfd >= 0:
-                    if self.allow is None or self.allow(cfd):
-                        self._park(Conn(cfd, self._decoder()))
-                    else:
-                        close(cfd)
-                self._reopen_reserve()
-            return
-        raise OSError(err, "accept() failed: " + os.strerror(err))
-
-    cdef int _reopen_reserve(self) except -1:
-        """The descriptor a worker keeps in reserve, so that it can always take a
-        connection it was woken for (accept() out of descriptors, a hand-off); -1 while
-        the process has none to spare."""
-        self.reserve_fd = _open_null()
-        return 0
-
-    cdef int _pause_accepting(self, int err) except -1:
-        """Stop taking connections for a pause that grows while accept() keeps failing."""
-        count(self.header, REFUSED_ACCEPT)
-        if self.header != NULL:
-            self.header.accept_errno = err
-        self.paused_until = _now_us() + accept_pause_ms(self.pause_streak) * 1000
-        self.pause_streak += 1
-        self._set_sources(False)
-        return 0
-
-    cdef int _set_sources(self, bint watch) noexcept:
-        """Watch the sources in the epoll set, or not (accepting is paused). Removed and
-        added again: EPOLLEXCLUSIVE cannot be modified."""
-        cdef int i, epfd
-        for epfd in (self.epfd, self.epfd_rest):
-            if epfd < 0:
-                continue
-            for i in range(self.nsources):
-                if watch:
-                    _epoll_add(epfd, self.srcs[i], EPOLLIN | EPOLLEXCLUSIVE, i)
-                else:
-                    epoll_ctl(epfd, EPOLL_CTL_DEL, self.srcs[i], NULL)
-        return 0
-
-    cdef bint _take_handoff(self) except -1:
-        """Take a connection the master handed over once its head came; False if none.
-        The reserve descriptor makes room for it: a worker out of descriptors would lose
-        it (the kernel closes a descriptor it cannot install)."""
-        cdef Ticket t
-        cdef Py_ssize_t n = 0
-        cdef int fd = -1, err
-        cdef Conn conn = Conn(-1, self._decoder())
-        cdef Decoder dec = conn.dec
-        if self.reserve_fd >= 0:
-            close(self.reserve_fd)
-        err = recv_conn(self.handoff_fd, &t, dec.buf, dec.cap, &n, &fd)
-        if self.reserve_fd >= 0:
-            self._reopen_reserve()
-        if err == EAGAIN or err == EWOULDBLOCK or err == EPIPE:
-            return False  # EPIPE: the master is gone, and so is this worker in a moment
-        if self.header != NULL:
-            fpm_atomic_add(<uint64_t *>&self.header.handoff_pending,
-                           <uint64_t>-1)
-        if err == EMFILE:
-            self._pause_accepting(err)  # that connection is lost: no descriptor for it
-            return True
-        if err:
-            raise OSError(err, "recvmsg() on the hand-off socket failed: " + os.strerror(err))
-        if self.pause_streak:
-            self.pause_streak = 0
-        if t.flags & C_TICKET_SHARE:
-            return self._nudged(<int>(t.head_due_us & 0xffffffff),
-                                <uint32_t>(t.head_due_us >> 32), fd)
-        dec.end = n
-        conn.fd = fd
-        conn.head_due_us = t.head_due_us
-        conn.arrived_us = t.arrived_us
-        conn.late = t.flags & C_TICKET_LATE
-        conn.dups = t.flags & C_TICKET_DUPS
-        self._serve_conn(conn, CONN_HANDED)
-        return True
 
     def _finish_held(self):
         """On a graceful stop, serve what already arrived on held connections and park the
@@ -2481,7 +2606,7 @@ cdef class Worker(Sharing):
                 if self.pfds[i].revents:
                     self._serve_conn(self._unhold(i), CONN_KEPT)  # then closed, or held again
                 elif (<Conn>self.held[i - self.nfixed]).dec.keep_conn:
-                    if self.park_fd >= 0:
+                    if self.park_fd >= 0 and not _finishing:
                         self._park(self._unhold(i), C_TICKET_KEPT)
                     else:
                         self._close(self._unhold(i))

@@ -85,8 +85,8 @@ class Seat:
     (pool, scoreboard) whose status it shows, its pool's access log (-1 for none), its pool's
     failed tries to load the app so far, how long to answer 503 if it cannot load it
     either (see app_retry), the descriptors the preloaded app opened (the worker keeps
-    them: the app's objects use them), and its pool's park and hand-off sockets
-    (fpm.parking)."""
+    them: the app's objects use them), its pool's park and hand-off sockets
+    (fpm.parking), and its listeners systemd holds (their queue is the next master's)."""
 
     board: object
     slot: int
@@ -102,6 +102,7 @@ class Seat:
     handoff_fd: int = -1  # the pool's hand-off socket, from the master
     shared: object = None  # the pool's shared kept connections (fpm.sharing.Shared), if any
     kept_rx: int = -1  # its end of its kept channel: copies of newly shared connections
+    left_queued: frozenset[int] = frozenset()  # its pool's listeners systemd holds
 
 
 @dataclass(frozen=True)

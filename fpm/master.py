@@ -219,6 +219,8 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening, KeptConnections)
             return
         if kind is Timer.PCTL:
             self._pctl_round()
+        elif kind is Timer.SHUT:
+            self._shut_drained()
         elif kind is Timer.MAINTENANCE:
             self._maintain()
             self.timers.set(key, time.monotonic() + MAINTENANCE)
@@ -277,7 +279,9 @@ class Master(Startup, Reloading, Stopping, Timeouts, Reopening, KeptConnections)
                         theirs, None if shown is None else (self.pools[shown], self.boards[shown]),
                         self.access_fds.get(pool.name, -1), tries, retry,
                         self.app_fds.get(pool.name, frozenset()), lot.ends.park_tx,
-                        lot.ends.hand_rx, lot.shared, kept_rx)
+                        lot.ends.hand_rx, lot.shared, kept_rx,
+                        frozenset(l.fd for l in self.listeners
+                                  if l.pool_name == pool.name and not l.owned))
             try:
                 child = self.children.spawn(pool, seat, respawn, ours, kept_tx)
             except OSError as e:

@@ -47,6 +47,7 @@ class WorkerOptions:
     kept: Any = None  # the pool's table of shared kept connections (fpm._kept.Table; None: none)
     kept_rx: int = -1  # where the master sends this worker copies of newly shared connections
     kept_conns: tuple = ()  # (entry, generation, fd) of those shared when it was forked
+    left_queued: frozenset = frozenset()  # listeners systemd holds: a finishing master leaves their queue
 
 
 def for_pool(pool, base_environ: dict, *, tcp: bool = False, **given) -> WorkerOptions:

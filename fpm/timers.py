@@ -10,6 +10,14 @@ HANDOVER_POLL = 0.02  # how often a reload checks whether the new workers are re
 # are not ready (their app still loading): a hung import must not lift pm.max_memory for good.
 RECYCLE_HOLD_MAX = 10.0
 MAINTENANCE = 1.0  # seconds between pm decisions (PHP-FPM's heartbeat)
+# A finishing master's TCP listener, SYNs held back, stops listening once nothing has come
+# for SHUT_QUIET (fpm.stopping): the handshakes under way then have completed, their round
+# trip shorter (a web server on the same network). The master takes what comes for up to
+# SHUT_SPIN at a time, then looks again SHUT_POLL later. A connect() meanwhile waits for
+# its SYN to be sent again, a second later.
+SHUT_QUIET = 0.001
+SHUT_SPIN = 0.005
+SHUT_POLL = 0.001
 
 
 def heartbeat(pools) -> float | None:
@@ -31,6 +39,7 @@ class Timer(enum.Enum):
     ESCALATE = "escalate"  # a worker that outlived its signal, signalled harder (pid)
     DUMP = "dump"  # a slowlog faulthandler dump, out of time (pid)
     PCTL = "pctl"  # the next round of stop signals (process_control_timeout)
+    SHUT = "shut"  # a finishing master's listeners, looked at until they can stop listening
     SYSTEMD = "systemd"  # a status report to systemd
     PARKED = "parked"  # a lot's next head deadline (pool)
     HANDOFF = "handoff"  # a lot's hand-off, tried again (pool)

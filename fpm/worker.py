@@ -80,7 +80,8 @@ def serve(pool, listen_fds: list[int], log, seat, allow_root: bool, master: int 
         allow=clients.acceptor(pool, log_line, tcp), errors_log=workerlog.ErrorsLog(log),
         on_output=end_output, statm_fd=statm, park_fd=seat.park_fd, handoff_fd=seat.handoff_fd,
         kept=seat.shared.table if seat.shared is not None else None, kept_rx=seat.kept_rx,
-        kept_conns=seat.shared.inherited() if seat.shared is not None else ())
+        kept_conns=seat.shared.inherited() if seat.shared is not None else (),
+        left_queued=seat.left_queued)
     requests, reason, rss = _worker.serve(listen_fds, app, told)
     if retry:
         return os.EX_UNAVAILABLE

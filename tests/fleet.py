@@ -110,6 +110,7 @@ class Fleet:
         self.hosts: list[Host] = []
         self.front: subprocess.Popen | None = None
         self.port = 0
+        self.keep_conn_off = False
 
     def add(self) -> Host:
         index = len(self.hosts) + 1
@@ -125,6 +126,13 @@ class Fleet:
         ip("-n", host.ns, "link", "set", "lo", "up")
         return host.start()
 
+    def keep_conn(self, on: bool) -> None:
+        """fastcgi_keep_conn as shipped (on), or off: each request on a connection of its
+        own (nginx reloaded if it runs)."""
+        self.keep_conn_off = not on
+        if self.front is not None:
+            self.nginx()
+
     def set_link(self, host: Host, up: bool) -> None:
         ip("link", "set", host.link, "up" if up else "down")
 
@@ -138,6 +146,8 @@ class Fleet:
         lines = "".join("    server %s %s;\n" % (h.address, servers[0]) for h in self.hosts)
         site = re.sub(r"(?:^    server 192\.0\.2\.\d+:9000 .*;\n)+", lines, site, flags=re.M)
         site = site.replace("listen 80;", "listen 127.0.0.1:%d;" % self.port)
+        if self.keep_conn_off:
+            site = site.replace("fastcgi_keep_conn on;", "fastcgi_keep_conn off;")
         site = site.replace("include fastcgi_params;", "include %s;" % FASTCGI_PARAMS)
         return ("worker_processes 1;\ndaemon off;\nuser root;\npid {t}/nginx.pid;\n"
                 "error_log {t}/error.log notice;\nevents {{ worker_connections 1024; }}\n"

@@ -111,3 +111,28 @@ def test_a_fourth_host_joins_with_a_reload_of_nginx(hosts):
     assert result.non_2xx == 0, result.text
     assert hosts.upstream_errors() == []
 
+
+
+@pytest.mark.parametrize("keep_conn", [True, False], ids=["keep_conn", "no-keep_conn"])
+def test_a_host_stopped_with_quit_under_load_fails_no_post(hosts, keep_conn):
+    """POSTs through the front for 6 s; at 2 s one host is told to finish (QUIT). It stops
+    being offered connections before it stops reading those it has: what nginx sent it is
+    answered, what it could not send there goes to the others (a connect refused, or a
+    SYN held back as it stops listening), and no POST fails; nginx logs no reset and no
+    premature close."""
+    if not keep_conn:
+        hosts.keep_conn(False)
+    proc = load.start_wrk(find_program("wrk"), hosts.port, "/echo", 6, 8, body=b"a=1&b=2")
+    time.sleep(2)
+    victim = hosts.hosts[1]
+    victim.server.signal(signal.SIGQUIT)
+    victim.server.wait_exit(10)
+    result = load.finish(proc)
+    print("fleet, one host QUIT under POSTs at c8 (keep_conn %s): %d requests, %d failed, "
+          "p99 %.1f ms" % ("on" if keep_conn else "off", result.requests, result.failures,
+                           result.p99_ms))
+    assert result.requests > 500, result.text
+    assert result.failures == 0, result.text
+    # Refused, or no SYN answered: nothing was sent to that host.
+    cut = [line for line in hosts.upstream_errors() if "while connecting to upstream" not in line]
+    assert cut == []

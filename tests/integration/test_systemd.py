@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from fpm.client import request
+from fpm.client import (END_REQUEST, RecordParser, build_params, connect, encode_request,
+                        request)
 from tests.conftest import find_program, pool_section, pyfpm_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -288,6 +289,45 @@ def test_socket_activation(tmp_path, systemd, kind):
         assert os.path.exists(address), "pyfpm removed systemd's socket file"
     assert not own.exists()
     activated.close()
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_a_quit_leaves_systemds_socket_listening_with_its_queue(tmp_path, systemd, kind):
+    """systemctl restart of a socket-activated service: QUIT, then the next start. The
+    finishing master stops listening on its own sockets only: systemd's goes on queueing,
+    and what came while no master ran is answered by the next one, none refused."""
+    activated, address = listening(kind, tmp_path)
+    first = make_server(tmp_path, listen=address, env=systemd.env, cls=ActivatedServer,
+                        sockets=[activated], names=["www"])
+    waiting = []
+    try:
+        first.start()
+        assert request(address, "/").status == 200
+        first.signal(signal.SIGQUIT)
+        assert first.wait_exit() == 0
+        for _ in range(3):
+            conn = connect(address, 5)
+            conn.sendall(encode_request(build_params("/")))
+            waiting.append(conn)
+        second = make_server(tmp_path, listen=address, env=systemd.env, cls=ActivatedServer,
+                             sockets=[activated], names=["www"])
+        try:
+            second.start()
+            for conn in waiting:
+                records = RecordParser()
+                got = []
+                while not got or got[-1][0] != END_REQUEST:
+                    data = conn.recv(65536)
+                    assert data, "the connection was closed before its response"
+                    got += records.feed(data)
+                assert got[0][2].startswith(b"Status: 200"), got
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+        for conn in waiting:
+            conn.close()
+        activated.close()
 
 
 # --- the shipped units ---------------------------------------------------------------------

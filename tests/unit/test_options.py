@@ -29,7 +29,7 @@ def test_each_directive_reaches_its_option():
         start_param="REQUEST_START", stamp_reads=False, wsgi_errors="log", log=None,
         board=None, slot=-1, special=None, access=None, on_reopen=None, allow=None,
         errors_log=None, on_output=None, statm_fd=None, park_fd=-1, handoff_fd=-1, kept=None,
-        kept_rx=-1, kept_conns=())
+        kept_rx=-1, kept_conns=(), left_queued=frozenset())
 
 
 def test_what_a_worker_is_given_overrides_the_pool():
