@@ -167,6 +167,11 @@ cdef class Board:
         """The master finishes: its workers drain what they have as they stop."""
         self._say(SAYS_FINISHING, True)
 
+    def finishing(self):
+        """True once the master finishes (QUIT)."""
+        return ((<volatile uint32_t *>&(<BoardHeader *>self.mem).master_says)[0]
+                & SAYS_FINISHING) != 0
+
     def listeners_shut(self):
         """The finishing master's listening sockets stopped listening."""
         self._say(SAYS_SHUT, True)

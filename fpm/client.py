@@ -282,6 +282,7 @@ class Connection:
         self.sock = connect(address, timeout)
         self.parser = RecordParser()
         self._records = []
+        self.let_go = False  # the server said it closes the connection after a response
 
     def close(self):
         self.sock.close()
@@ -329,7 +330,12 @@ class Connection:
         response = self.read_response(request_id)
         # nginx reuses a kept connection only if nothing follows END_REQUEST; hold the server to it.
         if keep_conn and (self._records or self.parser.buffered):
-            raise FastCGIError("data after END_REQUEST on a kept connection")
+            if self._records != [(STDERR, request_id, b"")] or self.parser.buffered:
+                raise FastCGIError("data after END_REQUEST on a kept connection")
+            # Except the empty STDERR record a stopping pyfpm sends so: it closes the
+            # connection after this response, and nginx takes that as a sign not to reuse it.
+            self._records.clear()
+            self.let_go = True
         return response
 
     def get_values(self, names=("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS")):

@@ -74,12 +74,22 @@ def status_app(pool, board):
     return app
 
 
-def ping_app(text: str):
+def ping_app(text: str, board):
+    """``ping.response``; while the master finishes (QUIT), 503: a health check takes the
+    host out before it stops."""
     content_type, body = status.ping_response(text)
 
     def app(environ, start_response):
+        if board is not None and board.mem.finishing():
+            start_response("503 Service Unavailable", [
+                ("Content-Type", "text/plain"), *status.NO_CACHE_HEADERS,
+                ("Content-Length", str(len(STOPPING)))])
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [STOPPING]
         return _reply(environ, start_response, content_type, body)
     return app
+
+
+STOPPING = b"Service Unavailable: this host is stopping.\n"
 
 
 def _reply(environ, start_response, content_type: str, body: bytes):
@@ -91,12 +101,13 @@ def _reply(environ, start_response, content_type: str, body: bytes):
 def special_paths(pool, board, shown=None, unavailable=None) -> dict:
     """{path: app} for the worker loop: ``pool``'s status and ping pages, when configured,
     showing ``board``, whose pool is ``shown`` (default ``pool``; see status_pool). With
-    ``unavailable`` (the app could not be loaded), the ping answers with it: not ready."""
+    ``unavailable`` (the app could not be loaded), the ping answers with it: not ready; so
+    it does while the master finishes (ping_app)."""
     paths = {}
     if pool.pm_status_path:
         paths[pool.pm_status_path] = status_app(shown or pool, board)
     if pool.ping_path:
-        paths[pool.ping_path] = unavailable or ping_app(pool.ping_response)
+        paths[pool.ping_path] = unavailable or ping_app(pool.ping_response, board)
     return paths
 
 

@@ -2,6 +2,7 @@
 against activity the test caused."""
 import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -9,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from fpm import client
+from fpm import client, pages
 
 STATUS = "pm.status_path = /status\nping.path = /ping\nping.response = all good"
 
@@ -105,6 +106,23 @@ def test_ping_answers_and_head_has_no_body(fpm):
     assert server.request("/ping", method="HEAD").body == b""
     # Any other path still goes to the app.
     assert server.request("/hello").body == b"hello world"
+
+
+def test_ping_is_not_ready_once_the_host_stops(fpm):
+    """A health check polling the ping takes a stopping host out: once the master finishes
+    (QUIT), the ping answers 503, here on a connection the web server kept, which it says
+    it lets go after that response (an empty STDERR record after END_REQUEST)."""
+    server = fpm(children=1)
+    with client.Connection(server.address) as conn:
+        assert conn.request("/ping").status == 200
+        server.signal(signal.SIGQUIT)
+        server.wait_log(r"Finishing")
+        time.sleep(0.05)  # the master tells the boards as it logs that
+        response = conn.request("/ping")
+        assert conn.let_go
+    assert (response.status, response.body) == (503, pages.STOPPING)
+    assert response.header("Expires") == "Thu, 01 Jan 1970 00:00:00 GMT"
+    assert server.wait_exit() == 0
 
 
 def test_unix_socket_listen_queue_is_seen(fpm):
