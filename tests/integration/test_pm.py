@@ -231,15 +231,20 @@ def test_max_requests_under_load_loses_no_request(pyfpm, nginx, keep_conn, body)
     assert result.failures == 0, result.text
     assert front.upstream_errors() == []
     assert result.requests > 4 * n, result.text
-    assert len(exited_0(text)) == len(lifetimes) >= 4, text
+    # A worker that lost its copy of a shared kept connection stops before its limit (a
+    # way out by design, logged: fpm._worker, _kept_event); the master hands its request on.
+    lost = len(re.findall(r"whose copy this worker lost; it stops", text))
+    assert len(exited_0(text)) == len(lifetimes) + lost and len(lifetimes) >= 4, text
     if keep_conn:
         assert all(n <= life <= n + 2 * conns for life in lifetimes), lifetimes
     else:
         assert set(lifetimes) == {n}, lifetimes
     # Each request served once: what the recycled workers served, give or take what the two
-    # live ones hold (< n each) and what was in flight when wrk stopped (<= conns).
+    # live ones and those that stopped early hold (< n each) and what was in flight when wrk
+    # stopped (<= conns).
     served = sum(lifetimes)
-    assert served - conns <= result.requests <= served + 2 * (n - 1), (served, result.requests)
+    assert served - conns <= result.requests <= served + (2 + lost) * (n - 1), (
+        served, result.requests)
     assert "exited on signal" not in text
 
 
