@@ -125,7 +125,6 @@ def _resolve_id(pool_name: str, directive: str, what: str, name: str, lookup) ->
 # listening socket the kernel runs it on what comes for the socket, from the TCP header on
 # (its flags at byte 13). No new handshake begins; those under way complete.
 _SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
-_SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
 _DROP_SYN = (
     (0x30, 0, 0, 13),  # ldb [13]
     (0x45, 1, 0, 0x02),  # jset #SYN: to the drop
@@ -171,20 +170,17 @@ class Listener:
     def refuse(self) -> None:
         """A unix socket's file goes: a connect() fails at once, what is queued stays for
         accept(). Raises OSError."""
-        if self.owned and not self.tcp and self.address.path:
-            os.unlink(self.address.path)
+        self._unlink(strict=True)
 
-    def hold_syns(self, on: bool) -> None:
-        """While ``on``, a TCP SYN is dropped (the client sends it again a second later),
-        and the handshakes under way complete: the moment a finishing master looks whether
-        anything is left before it stops the socket listening (shut()), at which point
-        a handshake would be reset once the client had sent its request. Raises OSError."""
-        if on:
-            program = struct.pack("@HP", len(_DROP_SYN), ctypes.addressof(_DROP_SYN_BUFFER))
-            self.sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
-        else:
-            self.sock.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
-        self.holding = on
+    def hold_syns(self) -> None:
+        """From now on a TCP SYN is dropped (the client sends it again a second later), and
+        the handshakes under way complete: the moment a finishing master looks whether
+        anything is left before it stops the socket listening (shut()), at which point a
+        handshake would be reset once the client had sent its request. Tried once (holding
+        is set first); raises OSError."""
+        self.holding = True
+        program = struct.pack("@HP", len(_DROP_SYN), ctypes.addressof(_DROP_SYN_BUFFER))
+        self.sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
 
     def shut(self) -> None:
         """Stop listening, in every process that holds the socket: a connect() is refused
@@ -194,12 +190,13 @@ class Listener:
         except OSError:
             pass  # not listening any more
 
-    def _unlink(self) -> None:
-        if self.owned and self.address.family == socket.AF_UNIX and self.address.path:
+    def _unlink(self, strict: bool = False) -> None:
+        if self.owned and not self.tcp and self.address.path:
             try:
                 os.unlink(self.address.path)
             except FileNotFoundError:
-                pass
+                if strict:
+                    raise
 
 
 def open_listener(pool, text: str, log: Logger) -> Listener:

@@ -69,7 +69,7 @@ class Stopping:
         for listener in list(self.to_shut):
             if listener.tcp:
                 if not listener.holding:
-                    self._try(listener, "hold new connections back", listener.hold_syns, True)
+                    self._try(listener, "hold new connections back", listener.hold_syns)
                     listener.quiet_since = time.monotonic()
                 taken = self._take_until_quiet(listener)
             else:
