@@ -247,7 +247,7 @@ def test_names_of_every_str_kind_long_files_and_long_line_tables():
 ])
 def test_slow_app_routes_show_their_marked_lines(path, innermost):
     with child(call_app, path, "s=0.3") as (pid, result):
-        time.sleep(0.1)  # past /cbusy's calibration
+        time.sleep(0.1)  # into the call
         t = trace.stack(pid, 20)
         status, body = result()
     frames = shown(t.frames)
