@@ -155,17 +155,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port, proc, timeout, what):
+def wait_port(port, proc, timeout, what, host="127.0.0.1"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with code {proc.returncode} before listening on {port}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.02)
-    raise RuntimeError(f"{what} not listening on 127.0.0.1:{port} after {timeout} s")
+    raise RuntimeError(f"{what} not listening on {host}:{port} after {timeout} s")
 
 
 # --- pyfpm ---------------------------------------------------------------------------------

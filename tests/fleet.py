@@ -9,21 +9,32 @@ removed at the end (and any left by a test run that was killed, at the start).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import harness
 from tests.conftest import FASTCGI_PARAMS, find_program, free_port, pyfpm_config, wait_port
 
-SHIPPED = Path(__file__).resolve().parent.parent / "conf" / "nginx" / "fleet.conf"
+CONF = Path(__file__).resolve().parent.parent / "conf"
+SHIPPED = CONF / "nginx" / "fleet.conf"
+METRICS = CONF / "prometheus" / "nginx-metrics.conf"  # run as shipped inside each host
+PROMETHEUS = CONF / "prometheus" / "prometheus.yml"
+RULES = CONF / "prometheus" / "pyfpm.rules.yml"
+DASHBOARD = CONF / "prometheus" / "dashboard.md"
 PORT = 9000
+METRICS_PORT = 9253
 PREFIX = "pff"  # every namespace and interface of a fleet starts with it
 
 
@@ -57,11 +68,26 @@ def sweep() -> None:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+# Binds a listening socket in the namespace it runs in and sends it to the unix socket
+# argv[3]: the socket systemd would hold for the host (Host.activate).
+BIND = """\
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(4096)
+to = socket.socket(socket.AF_UNIX)
+to.connect(sys.argv[3])
+socket.send_fds(to, [b"fd"], [s.fileno()])
+"""
+
+
 @dataclass
 class Host:
     index: int
     tmp: Path
     server: harness.Server | None = None
+    sockets: list[socket.socket] = field(default_factory=list)  # held as systemd holds them
 
     @property
     def ns(self) -> str:
@@ -86,20 +112,54 @@ class Host:
         # sends again what it had no answer to. (The validator's iterator would have each
         # chunk sent as it comes, PEP 3333, and a kill between the last and the end cut the
         # response after nginx had passed its start on.)
+        # The status and ping as conf/pool.d/www.conf suggests, on a listener of their own
+        # (conf/prometheus/nginx-metrics.conf passes to it).
         return pyfpm_config(self.tmp, listen=self.address, workers=2, app="wsgi_app:raw_app",
-                            extra="pm.status_path = /fpm-status\nping.path = /fpm-ping\n"
+                            extra="pm.status_path = /status\nping.path = /ping\n"
+                                  "pm.status_listen = 127.0.0.1:9001\n"
                                   "env[FLEET_HOST] = %s" % self.name)
 
     def start(self) -> "Host":
-        """Start (or start again) this host's pyfpm master in its namespace."""
-        self.server = harness.Server(self.config(), self.tmp,
-                                     command=["ip", "netns", "exec", self.ns, sys.executable,
-                                              "-m", "fpm"]).start()
+        """Start (or start again) this host's pyfpm master in its namespace: as systemd
+        starts a socket-activated service once activate() was called."""
+        command = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "fpm"]
+        if self.sockets:
+            self.server = harness.ActivatedServer(self.config(), self.tmp, command=command,
+                                                  sockets=self.sockets, names=["www"])
+        else:
+            self.server = harness.Server(self.config(), self.tmp, command=command)
+        self.server.start()
         return self
+
+    def activate(self) -> None:
+        """Its listening socket bound once, in its namespace, and passed to each master it
+        starts from now on (LISTEN_FDS), as systemd's pyfpm.socket does; stop it first."""
+        path = self.tmp / "bind.sock"
+        with socket.socket(socket.AF_UNIX) as waiting:
+            waiting.bind(str(path))
+            waiting.listen(1)
+            waiting.settimeout(10)
+            subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", BIND,
+                            "10.213.%d.2" % self.index, str(PORT), str(path)],
+                           check=True, timeout=10)
+            conn, _ = waiting.accept()
+            with conn:
+                _, fds, _, _ = socket.recv_fds(conn, 16, 1)
+        path.unlink()
+        self.sockets = [socket.socket(fileno=fds[0])]
 
     def kill(self) -> None:
         """The host dies: SIGKILL to its master and every worker."""
         self.server.stop()
+
+    def serve_metrics(self) -> subprocess.Popen:
+        """nginx in this host's namespace with conf/prometheus/nginx-metrics.conf as shipped,
+        its allow list opened to the fleet's addresses (Prometheus scrapes from 10.213.K.1)."""
+        site = METRICS.read_text().replace("192.0.2.0/24", "10.213.0.0/16")
+        proc = start_nginx(self.tmp / "metrics", site, ["ip", "netns", "exec", self.ns])
+        wait_port(METRICS_PORT, proc, 10, "%s's metrics nginx" % self.name,
+                  host="10.213.%d.2" % self.index)
+        return proc
 
 
 class Fleet:
@@ -111,6 +171,7 @@ class Fleet:
         self.front: subprocess.Popen | None = None
         self.port = 0
         self.keep_conn_off = False
+        self.helpers: list[subprocess.Popen] = []  # the hosts' metrics nginx, Prometheus
 
     def add(self) -> Host:
         index = len(self.hosts) + 1
@@ -139,7 +200,7 @@ class Fleet:
     # --- the front ------------------------------------------------------------------------
 
     def nginx_config(self) -> str:
-        """conf/nginx/fleet.conf with this fleet's hosts and port, in a main config."""
+        """conf/nginx/fleet.conf with this fleet's hosts and port."""
         site = SHIPPED.read_text()
         servers = re.findall(r"^    server 192\.0\.2\.\d+:9000 (.*);$", site, re.M)
         assert servers, "conf/nginx/fleet.conf lists no upstream server"
@@ -149,28 +210,20 @@ class Fleet:
         if self.keep_conn_off:
             site = site.replace("fastcgi_keep_conn on;", "fastcgi_keep_conn off;")
         site = site.replace("include fastcgi_params;", "include %s;" % FASTCGI_PARAMS)
-        return ("worker_processes 1;\ndaemon off;\nuser root;\npid {t}/nginx.pid;\n"
-                "error_log {t}/error.log notice;\nevents {{ worker_connections 1024; }}\n"
-                "http {{\n    access_log off;\n    client_body_temp_path {t}/body;\n"
-                "    fastcgi_temp_path {t}/fastcgi;\n{site}}}\n").format(t=self.tmp, site=site)
+        return site
 
     def nginx(self) -> int:
         """Start nginx in front of every host, or reload it (HUP) with the hosts added since;
         its port."""
-        conf = self.tmp / "nginx.conf"
         if self.front is None:
             self.port = free_port()
-            conf.write_text(self.nginx_config())
-            self.front = subprocess.Popen(
-                [find_program("nginx"), "-p", str(self.tmp), "-e", str(self.tmp / "error.log"),
-                 "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                start_new_session=True)
+            self.front = start_nginx(self.tmp, self.nginx_config())
             wait_port(self.port, self.front, 10, "nginx")
         else:
             # Done once the previous workers are gone: until then one may still take a
             # client's connection, and close it (idle, between two requests) as it ends.
             previous = harness.children_of(self.front.pid)
-            conf.write_text(self.nginx_config())
+            (self.tmp / "nginx.conf").write_text(nginx_main(self.tmp, self.nginx_config()))
             self.front.send_signal(signal.SIGHUP)
             harness.wait_for("nginx to reload (its previous workers to exit)",
                              lambda: not any(map(harness.alive, previous)), 10)
@@ -184,14 +237,95 @@ class Fleet:
         return [line for line in self.error_log().splitlines()
                 if re.search(r"\[(error|crit|alert|emerg)\]", line)]
 
+    def watch(self) -> "Prometheus":
+        """Each host's metrics nginx, and Prometheus here scraping them with
+        conf/prometheus/prometheus.yml and its rules as shipped (1 s intervals)."""
+        self.helpers += [host.serve_metrics() for host in self.hosts]
+        prometheus = Prometheus(self.tmp / "prometheus", ["10.213.%d.2:%d" % (h.index, METRICS_PORT)
+                                                          for h in self.hosts])
+        self.helpers.append(prometheus.proc)
+        return prometheus
+
     def close(self) -> None:
-        if self.front is not None:
-            harness.kill_group(self.front)
+        for proc in [self.front, *self.helpers]:
+            if proc is not None:
+                harness.kill_group(proc)
         for host in self.hosts:
             if host.server is not None:
                 host.server.stop()
             subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
+            for sock in host.sockets:
+                sock.close()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(
                 os.path.exists("/sys/class/net/" + h.link) for h in self.hosts):
             time.sleep(0.05)
+
+
+def nginx_main(tmp: Path, site: str) -> str:
+    """A main nginx config around ``site`` (its http-level blocks), every file in ``tmp``."""
+    return ("worker_processes 1;\ndaemon off;\nuser root;\npid {t}/nginx.pid;\n"
+            "error_log {t}/error.log notice;\nevents {{ worker_connections 1024; }}\n"
+            "http {{\n    access_log off;\n    client_body_temp_path {t}/body;\n"
+            "    fastcgi_temp_path {t}/fastcgi;\n{site}}}\n").format(t=tmp, site=site)
+
+
+def start_nginx(tmp: Path, site: str, prefix=()) -> subprocess.Popen:
+    """nginx with ``site`` (nginx_main), its config and files in ``tmp``; ``prefix`` goes
+    before its command line (ip netns exec)."""
+    tmp.mkdir(exist_ok=True)
+    conf = tmp / "nginx.conf"
+    conf.write_text(nginx_main(tmp, site))
+    return subprocess.Popen([*prefix, find_program("nginx"), "-p", str(tmp),
+                             "-e", str(tmp / "error.log"), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+class Prometheus:
+    """Debian's prometheus on a loopback port, scraping ``targets`` with the shipped
+    scrape config and rules, every second; query() asks its HTTP API."""
+
+    def __init__(self, tmp: Path, targets: list[str]):
+        tmp.mkdir()
+        text = PROMETHEUS.read_text()
+        shipped = re.findall(r"^      - targets: \[(.*)\]$", text, re.M)
+        assert len(shipped) == 1, "conf/prometheus/prometheus.yml: one targets line expected"
+        text = text.replace(shipped[0], ", ".join('"%s"' % t for t in targets))
+        text = re.sub(r"^(  (?:scrape|evaluation)_interval:) 15s$", r"\1 1s", text, flags=re.M)
+        (tmp / "prometheus.yml").write_text(text)
+        shutil.copy(RULES, tmp / RULES.name)
+        self.port = free_port()
+        self.log = tmp / "prometheus.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [find_program("prometheus"), "--config.file", str(tmp / "prometheus.yml"),
+                 "--storage.tsdb.path", str(tmp / "data"), "--web.listen-address",
+                 "127.0.0.1:%d" % self.port], stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        harness.wait_for("prometheus to be ready (%s)" % self.log, self._ready, 30)
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError("prometheus exited with code %s:\n%s"
+                               % (self.proc.returncode, self.log.read_text(errors="replace")))
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/-/ready" % self.port, timeout=2):
+                return True
+        except OSError:  # refused, or 503 while it starts
+            return False
+
+    def query(self, expr: str) -> list[dict]:
+        """The instant vector ``expr`` gives now: [{"metric": labels, "value": float}];
+        RuntimeError with Prometheus's words when it fails."""
+        url = "http://127.0.0.1:%d/api/v1/query?%s" % (self.port,
+                                                      urllib.parse.urlencode({"query": expr}))
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                answer = json.load(r)
+        except urllib.error.HTTPError as e:
+            answer = json.load(e)
+        if answer["status"] != "success":
+            raise RuntimeError("prometheus: %s: %s" % (expr, answer.get("error")))
+        return [{"metric": s["metric"], "value": float(s["value"][1])}
+                for s in answer["data"]["result"]]

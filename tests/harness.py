@@ -270,3 +270,37 @@ def kill_group(proc, grace=3.0):
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+# What systemd does before exec: the sockets at fds 3, 4, ... and LISTEN_* naming this pid.
+ACTIVATE = """\
+import fcntl, os, sys
+fds = [int(fd) for fd in sys.argv[1].split(",")]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+for fd in fds:
+    os.close(fd)
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=sys.argv[2])
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+class ActivatedServer(Server):
+    """A master started the way systemd starts a socket-activated service."""
+
+    def __init__(self, *args, sockets, names, **kw):
+        super().__init__(*args, **kw)
+        self.sockets, self.names = sockets, names
+
+    def start(self, wait_ready: bool = True) -> "ActivatedServer":
+        fds = [s.fileno() for s in self.sockets]
+        argv = [sys.executable, "-c", ACTIVATE, ",".join(map(str, fds)), ":".join(self.names)]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv + self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, cwd=self.tmp, env=self.env, pass_fds=fds,
+                                         start_new_session=True)
+        if wait_ready:
+            self.wait_log(re.escape(READY), self.ready_timeout)
+        return self

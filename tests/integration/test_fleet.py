@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -136,3 +137,76 @@ def test_a_host_stopped_with_quit_under_load_fails_no_post(hosts, keep_conn):
     # Refused, or no SYN answered: nothing was sent to that host.
     cut = [line for line in hosts.upstream_errors() if "while connecting to upstream" not in line]
     assert cut == []
+
+
+def dashboard_queries() -> list[str]:
+    return re.findall(r"^```promql\n(.*?)\n```$", fleet.DASHBOARD.read_text(), re.M | re.S)
+
+
+def test_prometheus_sees_every_host_and_counts_every_request(hosts):
+    """Prometheus (Debian's), scraping each host through conf/prometheus/nginx-metrics.conf
+    with the shipped scrape config and rules: each host's pool has its `host` and `pool`
+    labels, the recording rule's sum of accepted connections grows by exactly the requests
+    sent through the front (the scrapes go to pm.status_listen, counted apart), and every
+    query of the shipped dashboard runs."""
+    prometheus = hosts.watch()
+    addresses = {"10.213.%d.2" % h.index for h in hosts.hosts}
+
+    def up():
+        return {(s["metric"]["host"], s["metric"]["pool"])
+                for s in prometheus.query("phpfpm_up == 1")}
+
+    harness.wait_for("every host scraped", lambda: up() == {(a, "www") for a in addresses}, 20)
+    total = 'pool:phpfpm_accepted_connections:sum{job="pyfpm",pool="www"}'
+    harness.wait_for("the rule's first value", lambda: prometheus.query(total), 10)
+    before = prometheus.query(total)[0]["value"]
+    sent = 4 * 150
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: http_request(hosts.port, "GET", "/hello").status,
+                                 range(sent)))
+    assert statuses == [200] * sent
+    start = time.monotonic()
+    harness.wait_for("the rule to count %d requests more than %d" % (sent, before),
+                     lambda: prometheus.query(total)[0]["value"] >= before + sent, 15)
+    seen = time.monotonic() - start
+    time.sleep(2.5)  # two more scrapes and evaluations: nothing counted twice
+    assert prometheus.query(total)[0]["value"] == before + sent
+    shares = {s["metric"]["host"]: s["value"] for s in prometheus.query(
+        'sum by (host) (phpfpm_accepted_connections{pool="www"})')}
+    assert set(shares) == addresses and all(shares.values()), shares
+    for expr in dashboard_queries():
+        prometheus.query(expr)  # RuntimeError with Prometheus's words if it does not parse
+    assert prometheus.query("pool:phpfpm_up:count")[0]["value"] == 3
+    print("fleet, Prometheus: %d requests sent, the rule's sum %d more, seen %.1f s after; "
+          "per host %s" % (sent, prometheus.query(total)[0]["value"] - before, seen, shares))
+
+
+def test_a_host_restarted_by_systemd_under_load_fails_no_post(hosts):
+    """systemctl restart of a socket-activated host under POSTs through the front: its
+    stop (QUIT, the unit's KillSignal) and the next start, on the listening socket systemd
+    holds for it (conf/pyfpm.socket). What comes while no master runs waits in that
+    socket's queue for the next one: no POST fails and nginx logs no error at all, nothing
+    was refused or cut."""
+    victim = hosts.hosts[1]
+    victim.kill()
+    victim.activate()
+    victim.start()
+    proc = load.start_wrk(find_program("wrk"), hosts.port, "/echo", 6, 8, body=b"a=1&b=2")
+    time.sleep(2)
+    start = time.monotonic()
+    victim.server.signal(signal.SIGQUIT)
+    victim.server.wait_exit(10)
+    stopped = time.monotonic() - start
+    victim.start()
+    ready = time.monotonic() - start
+    result = load.finish(proc)
+    assert 'using inherited socket fd=3, "%s" from systemd' % victim.address \
+        in victim.server.log_text()
+    back = whole_again(hosts.port, victim.name, 5)
+    print("fleet, one host restarted through socket activation under POSTs at c8: %d "
+          "requests, %d failed, p99 %.1f ms; stopped %.2f s and ready %.2f s after the QUIT"
+          % (result.requests, result.failures, result.p99_ms, stopped, ready))
+    assert result.requests > 500, result.text
+    assert result.failures == 0, result.text
+    assert hosts.upstream_errors() == []
+    assert back < 1

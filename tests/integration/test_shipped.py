@@ -42,6 +42,16 @@ def test_shipped_configuration_passes_test_as_root(name):
     assert out.stderr.rstrip().endswith("configuration file %s test is successful" % (CONF / name))
 
 
+def test_prometheus_scrape_config_and_rules_pass_promtool():
+    """conf/prometheus as shipped (tests/integration/test_fleet.py runs it in a fleet)."""
+    promtool = shutil.which("promtool")
+    require("promtool", promtool, "Debian's prometheus package")
+    out = subprocess.run([promtool, "check", "config", str(CONF / "prometheus/prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 4 rules found" in out.stdout, out.stdout
+
+
 # --- systemd unit, init script and README agree -----------------------------------------------
 
 def unit_values(key: str) -> list[str]:

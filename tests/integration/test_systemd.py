@@ -7,7 +7,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -200,40 +199,6 @@ def test_without_notify_socket_nothing_about_systemd(tmp_path):
 
 # --- socket activation ---------------------------------------------------------------------
 
-# What systemd does before exec: the sockets at fds 3, 4, ... and LISTEN_* naming this pid.
-ACTIVATE = """\
-import fcntl, os, sys
-fds = [int(fd) for fd in sys.argv[1].split(",")]
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
-for fd in fds:
-    os.close(fd)
-for i, fd in enumerate(high):
-    os.dup2(fd, 3 + i)
-    os.close(fd)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=sys.argv[2])
-os.execv(sys.argv[3], sys.argv[3:])
-"""
-
-
-class ActivatedServer(harness.Server):
-    """A master started the way systemd starts a socket-activated service."""
-
-    def __init__(self, *args, sockets, names, **kw):
-        super().__init__(*args, **kw)
-        self.sockets, self.names = sockets, names
-
-    def start(self, wait_ready: bool = True) -> "ActivatedServer":
-        fds = [s.fileno() for s in self.sockets]
-        argv = [sys.executable, "-c", ACTIVATE, ",".join(map(str, fds)), ":".join(self.names)]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv + self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, cwd=self.tmp, env=self.env, pass_fds=fds,
-                                         start_new_session=True)
-        if wait_ready:
-            self.wait_log(re.escape(harness.READY), self.ready_timeout)
-        return self
-
-
 def listening(kind: str, tmp_path: Path) -> tuple[socket.socket, str]:
     """A listening socket as systemd would bind it, and the pool ``listen`` naming it."""
     if kind == "unix":
@@ -258,7 +223,7 @@ def test_socket_activation(tmp_path, systemd, kind):
     more = pool_section("own", listen=own, workers=1, mode="", app="testapp:app",
                         python_path=tmp_path)
     server = make_server(tmp_path, listen=address, more=more, env=systemd.env,
-                         cls=ActivatedServer, sockets=[activated, spare], names=["www", "spare"])
+                         cls=harness.ActivatedServer, sockets=[activated, spare], names=["www", "spare"])
     try:
         server.start()
         text = server.log_text()
@@ -297,7 +262,7 @@ def test_a_quit_leaves_systemds_socket_listening_with_its_queue(tmp_path, system
     finishing master stops listening on its own sockets only: systemd's goes on queueing,
     and what came while no master ran is answered by the next one, none refused."""
     activated, address = listening(kind, tmp_path)
-    first = make_server(tmp_path, listen=address, env=systemd.env, cls=ActivatedServer,
+    first = make_server(tmp_path, listen=address, env=systemd.env, cls=harness.ActivatedServer,
                         sockets=[activated], names=["www"])
     waiting = []
     try:
@@ -309,7 +274,7 @@ def test_a_quit_leaves_systemds_socket_listening_with_its_queue(tmp_path, system
             conn = connect(address, 5)
             conn.sendall(encode_request(build_params("/")))
             waiting.append(conn)
-        second = make_server(tmp_path, listen=address, env=systemd.env, cls=ActivatedServer,
+        second = make_server(tmp_path, listen=address, env=systemd.env, cls=harness.ActivatedServer,
                              sockets=[activated], names=["www"])
         try:
             second.start()
