@@ -3,7 +3,7 @@
 Each host is a network namespace of its own with one end of a veth pair (10.213.K.2), the
 other end in this namespace (10.213.K.1), and a pyfpm master started inside it listening on
 10.213.K.2:9000. nginx runs here with conf/nginx/fleet.conf as shipped, its addresses and
-port replaced by the test's. Cutting a host's link is `ip link set down` on this side. Loads
+port replaced by the test's. Cutting a host's link is `ip link set down` on its side. Loads
 go to nginx on loopback and from it to these namespaces only; every namespace and link is
 removed at the end (and any left by a test run that was killed, at the start).
 """
@@ -195,7 +195,10 @@ class Fleet:
             self.nginx()
 
     def set_link(self, host: Host, up: bool) -> None:
-        ip("link", "set", host.link, "up" if up else "down")
+        """The host's own interface down (or up), as its cable cut: what nginx sends there
+        is lost. Not this side's end: its route would go with it, and what nginx sends
+        then take the default route (here, to a proxy that answers HTTP)."""
+        ip("-n", host.ns, "link", "set", "eth0", "up" if up else "down")
 
     # --- the front ------------------------------------------------------------------------
 

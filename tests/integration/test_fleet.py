@@ -78,6 +78,28 @@ def test_a_host_killed_under_load_costs_no_get(hosts):
     assert all(re.search(FAILED_TRY, line) for line in hosts.upstream_errors())
 
 
+def test_a_host_cut_off_under_load_costs_no_get(hosts):
+    """wrk -c8 through the front for 8 s; at 2 s one host's link goes down (`ip link set
+    down`), at 4 s up again. What nginx had sent that host waits for the link (TCP sends it
+    again) and is answered late; the connections nginx tries to open there fail and go to
+    the others: no request fails. The host serves again within fail_timeout (2 s) of its
+    link coming back."""
+    proc = load.start_wrk(find_program("wrk"), hosts.port, "/hello", 8, 8)
+    time.sleep(2)
+    victim = hosts.hosts[1]
+    hosts.set_link(victim, False)
+    time.sleep(2)
+    hosts.set_link(victim, True)
+    back = whole_again(hosts.port, victim.name, 10)
+    result = load.finish(proc)
+    print("fleet, one host's link down for 2 s under wrk -c8: %d requests, %d failed, p99 "
+          "%.1f ms; back %.2f s after its link" % (
+              result.requests, result.failures, result.p99_ms, back))
+    assert result.requests > 1000, result.text
+    assert result.failures == 0, result.text
+    assert all("while connecting to upstream" in line for line in hosts.upstream_errors())
+
+
 def test_a_rolling_reload_over_the_fleet_fails_no_post(hosts):
     """POSTs through the front for 10 s while each host in turn reloads (USR2) and its
     previous workers finish: none fails, nginx logs no error (nothing was refused or cut)."""
