@@ -166,6 +166,9 @@ def main():
               % (key, growth, bound, "flat" if good else "RISING"))
     for line in nginx_errors[:10]:
         print("soak: nginx: %s" % line)
+    if not ok:  # what the master said beyond its routine, for a failure seen once in CI
+        for line in [l for l in log.splitlines() if re.search(r"(WARNING|ERROR|ALERT):", l)][:40]:
+            print("soak: pyfpm: %s" % line)
     print("soak: %d requests, %d failed, %d reloads, %d workers started; %s; samples in %s"
           % (result["requests"], failed, reloads, spawned, "OK" if ok else "FAILED", out))
     sys.exit(0 if ok else 1)

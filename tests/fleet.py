@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import harness
-from tests.conftest import FASTCGI_PARAMS, find_program, free_port, pyfpm_config, wait_port
+from tests.conftest import (FASTCGI_PARAMS, find_program, free_port, pool_section, pyfpm_config,
+                            wait_port)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED = CONF / "nginx" / "fleet.conf"
@@ -34,6 +35,7 @@ PROMETHEUS = CONF / "prometheus" / "prometheus.yml"
 RULES = CONF / "prometheus" / "pyfpm.rules.yml"
 DASHBOARD = CONF / "prometheus" / "dashboard.md"
 PORT = 9000
+STATUS_PORT = 9001  # www's pm.status_listen, as conf/prometheus/nginx-metrics.conf has it
 METRICS_PORT = 9253
 PREFIX = "pff"  # every namespace and interface of a fleet starts with it
 
@@ -88,6 +90,7 @@ class Host:
     tmp: Path
     server: harness.Server | None = None
     sockets: list[socket.socket] = field(default_factory=list)  # held as systemd holds them
+    pools: tuple[str, ...] = ("www",)  # see pool_address()
 
     @property
     def ns(self) -> str:
@@ -100,7 +103,11 @@ class Host:
 
     @property
     def address(self) -> str:
-        return "10.213.%d.2:%d" % (self.index, PORT)
+        return self.pool_address(0)
+
+    def pool_address(self, i: int) -> str:
+        """Where pools[i] listens: www on PORT, each other on a port of its own."""
+        return "10.213.%d.2:%d" % (self.index, PORT + 100 * i)
 
     @property
     def name(self) -> str:
@@ -114,10 +121,13 @@ class Host:
         # response after nginx had passed its start on.)
         # The status and ping as conf/pool.d/www.conf suggests, on a listener of their own
         # (conf/prometheus/nginx-metrics.conf passes to it).
+        pages = "pm.status_path = /status\nping.path = /ping\npm.status_listen = 127.0.0.1:%d\n"
         return pyfpm_config(self.tmp, listen=self.address, workers=2, app="wsgi_app:raw_app",
-                            extra="pm.status_path = /status\nping.path = /ping\n"
-                                  "pm.status_listen = 127.0.0.1:9001\n"
-                                  "env[FLEET_HOST] = %s" % self.name)
+                            extra=pages % STATUS_PORT + "env[FLEET_HOST] = %s" % self.name) + \
+            "".join("\n" + pool_section(pool, listen=self.pool_address(i),
+                                        workers=1, app="wsgi_app:raw_app",
+                                        extra=pages % (STATUS_PORT + i))
+                    for i, pool in enumerate(self.pools[1:], 1))
 
     def start(self) -> "Host":
         """Start (or start again) this host's pyfpm master in its namespace: as systemd
@@ -156,6 +166,15 @@ class Host:
         """nginx in this host's namespace with conf/prometheus/nginx-metrics.conf as shipped,
         its allow list opened to the fleet's addresses (Prometheus scrapes from 10.213.K.1)."""
         site = METRICS.read_text().replace("192.0.2.0/24", "10.213.0.0/16")
+        # Each other pool's locations, as the file says to add them: www's, renamed.
+        www = "".join(re.findall(r"^    location = /(?:metrics|ping)/www \{\n.*?^    \}\n",
+                                 site, re.M | re.S))
+        assert www.count("location") == 2, "nginx-metrics.conf: www's two locations expected"
+        more = "".join("\n" + www.replace("/www", "/" + pool).replace(
+            "127.0.0.1:%d" % STATUS_PORT, "127.0.0.1:%d" % (STATUS_PORT + i))
+            for i, pool in enumerate(self.pools[1:], 1))
+        end = site.rindex("}")  # the server's
+        site = site[:end] + more + site[end:]
         proc = start_nginx(self.tmp / "metrics", site, ["ip", "netns", "exec", self.ns])
         wait_port(METRICS_PORT, proc, 10, "%s's metrics nginx" % self.name,
                   host="10.213.%d.2" % self.index)
@@ -240,12 +259,17 @@ class Fleet:
         return [line for line in self.error_log().splitlines()
                 if re.search(r"\[(error|crit|alert|emerg)\]", line)]
 
-    def watch(self) -> "Prometheus":
-        """Each host's metrics nginx, and Prometheus here scraping them with
-        conf/prometheus/prometheus.yml and its rules as shipped (1 s intervals)."""
+    def watch(self, pools: tuple[str, ...]) -> "Prometheus":
+        """Every host started again with ``pools`` (www first), each host's metrics nginx,
+        and Prometheus here scraping them with conf/prometheus/prometheus.yml and its rules
+        as shipped (1 s intervals)."""
+        for host in self.hosts:
+            host.pools = pools
+            host.kill()
+            host.start()
         self.helpers += [host.serve_metrics() for host in self.hosts]
         prometheus = Prometheus(self.tmp / "prometheus", ["10.213.%d.2:%d" % (h.index, METRICS_PORT)
-                                                          for h in self.hosts])
+                                                          for h in self.hosts], pools)
         self.helpers.append(prometheus.proc)
         return prometheus
 
@@ -286,15 +310,21 @@ def start_nginx(tmp: Path, site: str, prefix=()) -> subprocess.Popen:
 
 
 class Prometheus:
-    """Debian's prometheus on a loopback port, scraping ``targets`` with the shipped
-    scrape config and rules, every second; query() asks its HTTP API."""
+    """Debian's prometheus on a loopback port, scraping ``pools`` on ``targets`` with the
+    shipped scrape config and rules, every second; query() asks its HTTP API."""
 
-    def __init__(self, tmp: Path, targets: list[str]):
+    def __init__(self, tmp: Path, targets: list[str], pools: tuple[str, ...]):
         tmp.mkdir()
         text = PROMETHEUS.read_text()
-        shipped = re.findall(r"^      - targets: \[(.*)\]$", text, re.M)
-        assert len(shipped) == 1, "conf/prometheus/prometheus.yml: one targets line expected"
-        text = text.replace(shipped[0], ", ".join('"%s"' % t for t in targets))
+        shipped = re.findall(r"^      - targets: \[(.*)\]\n(?:^ {8}.*\n)*?^ {10}__metrics_path__: "
+                             r"/metrics/www\n", text, re.M)
+        assert len(shipped) == 1, "conf/prometheus/prometheus.yml: www's one group expected"
+        group = re.search(r"^      - targets: .*?/metrics/www\n", text, re.M | re.S)[0]
+        listed = ", ".join('"%s"' % t for t in targets)
+        # A group per pool, as the file says to add them: www's, renamed.
+        text = text.replace(group, "".join(
+            group.replace(shipped[0], listed).replace("/metrics/www", "/metrics/" + pool)
+            for pool in pools))
         text = re.sub(r"^(  (?:scrape|evaluation)_interval:) 15s$", r"\1 1s", text, flags=re.M)
         (tmp / "prometheus.yml").write_text(text)
         shutil.copy(RULES, tmp / RULES.name)

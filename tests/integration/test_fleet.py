@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 import fleet
 import harness
 import load
+from fpm import client
 from tests.conftest import find_program, http_request
 
 WHY_NOT = fleet.unavailable()
@@ -165,42 +167,61 @@ def dashboard_queries() -> list[str]:
     return re.findall(r"^```promql\n(.*?)\n```$", fleet.DASHBOARD.read_text(), re.M | re.S)
 
 
-def test_prometheus_sees_every_host_and_counts_every_request(hosts):
+def test_prometheus_sees_every_pool_of_every_host_and_counts_every_request(hosts):
     """Prometheus (Debian's), scraping each host through conf/prometheus/nginx-metrics.conf
-    with the shipped scrape config and rules: each host's pool has its `host` and `pool`
-    labels, the recording rule's sum of accepted connections grows by exactly the requests
-    sent through the front (the scrapes go to pm.status_listen, counted apart), and every
-    query of the shipped dashboard runs."""
-    prometheus = hosts.watch()
+    with the shipped scrape config and rules, each host with two pools (a location pair and
+    a scrape group each, as those files say to add them): each host's pools have their
+    `host` and `pool` labels, the recording rule's sum of accepted connections grows by
+    exactly the requests sent to each pool (the scrapes go to pm.status_listen, counted
+    apart), every query of the shipped dashboard runs, and each host's ping page answers
+    beside its metrics."""
+    pools = ("www", "api")
+    prometheus = hosts.watch(pools)
     addresses = {"10.213.%d.2" % h.index for h in hosts.hosts}
 
     def up():
         return {(s["metric"]["host"], s["metric"]["pool"])
                 for s in prometheus.query("phpfpm_up == 1")}
 
-    harness.wait_for("every host scraped", lambda: up() == {(a, "www") for a in addresses}, 20)
-    total = 'pool:phpfpm_accepted_connections:sum{job="pyfpm",pool="www"}'
-    harness.wait_for("the rule's first value", lambda: prometheus.query(total), 10)
-    before = prometheus.query(total)[0]["value"]
-    sent = 4 * 150
+    def total(pool):
+        found = prometheus.query('pool:phpfpm_accepted_connections:sum{job="pyfpm",pool="%s"}'
+                                 % pool)
+        return found[0]["value"] if found else None
+
+    harness.wait_for("every pool of every host scraped",
+                     lambda: up() == {(a, p) for a in addresses for p in pools}, 20)
+    harness.wait_for("the rule's first values", lambda: None not in map(total, pools), 10)
+    before = {pool: total(pool) for pool in pools}
+    sent = {"www": 4 * 150, "api": 5 * len(hosts.hosts)}
     with ThreadPoolExecutor(4) as pool:
         statuses = list(pool.map(lambda _: http_request(hosts.port, "GET", "/hello").status,
-                                 range(sent)))
-    assert statuses == [200] * sent
+                                 range(sent["www"])))
+    assert statuses == [200] * sent["www"]
+    for host in hosts.hosts:  # api is not behind the front: straight to each host
+        for _ in range(5):
+            assert client.request(host.pool_address(1), "/hello").status == 200
     start = time.monotonic()
-    harness.wait_for("the rule to count %d requests more than %d" % (sent, before),
-                     lambda: prometheus.query(total)[0]["value"] >= before + sent, 15)
+    for p in pools:
+        harness.wait_for("the rule to count %d requests more for %s" % (sent[p], p),
+                         lambda: total(p) >= before[p] + sent[p], 15)
     seen = time.monotonic() - start
     time.sleep(2.5)  # two more scrapes and evaluations: nothing counted twice
-    assert prometheus.query(total)[0]["value"] == before + sent
+    assert {p: total(p) - before[p] for p in pools} == sent
     shares = {s["metric"]["host"]: s["value"] for s in prometheus.query(
         'sum by (host) (phpfpm_accepted_connections{pool="www"})')}
     assert set(shares) == addresses and all(shares.values()), shares
     for expr in dashboard_queries():
         prometheus.query(expr)  # RuntimeError with Prometheus's words if it does not parse
-    assert prometheus.query("pool:phpfpm_up:count")[0]["value"] == 3
-    print("fleet, Prometheus: %d requests sent, the rule's sum %d more, seen %.1f s after; "
-          "per host %s" % (sent, prometheus.query(total)[0]["value"] - before, seen, shares))
+    assert {s["metric"]["pool"]: s["value"] for s in prometheus.query("pool:phpfpm_up:count")} \
+        == {p: 3 for p in pools}
+    # The health check's page beside the metrics, as a load balancer polls it.
+    for address in sorted(addresses):
+        for p in pools:
+            with urllib.request.urlopen("http://%s:%d/ping/%s" % (address, fleet.METRICS_PORT, p),
+                                        timeout=5) as page:
+                assert (page.status, page.read()) == (200, b"pong")
+    print("fleet, Prometheus: %s requests sent, the rule's sums %s more, seen %.1f s after; "
+          "www per host %s" % (sent, {p: total(p) - before[p] for p in pools}, seen, shares))
 
 
 def test_a_host_restarted_by_systemd_under_load_fails_no_post(hosts):
