@@ -75,21 +75,34 @@ def status_app(pool, board):
 
 
 def ping_app(text: str, board):
-    """``ping.response``; while the master finishes (QUIT), 503: a health check takes the
-    host out before it stops."""
+    """``ping.response``; 503 while the master finishes (QUIT) or a worker of the pool could
+    not load its app, as the status page's ``app status`` says: a health check takes the
+    host out. (On pm.status_listen, ``board`` is the shown pool's.)"""
     content_type, body = status.ping_response(text)
 
     def app(environ, start_response):
-        if board is not None and board.mem.finishing():
+        why = _not_ready(board)
+        if why is not None:
             start_response("503 Service Unavailable", [
                 ("Content-Type", "text/plain"), *status.NO_CACHE_HEADERS,
-                ("Content-Length", str(len(STOPPING)))])
-            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [STOPPING]
+                ("Content-Length", str(len(why)))])
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [why]
         return _reply(environ, start_response, content_type, body)
     return app
 
 
 STOPPING = b"Service Unavailable: this host is stopping.\n"
+CANNOT_LOAD = b"Service Unavailable: the application cannot be loaded; try again later.\n"
+
+
+def _not_ready(board) -> bytes | None:
+    if board is None:
+        return None
+    if board.mem.finishing():
+        return STOPPING
+    if any(s.pid and s.stage and s.app_failed for s in map(board.read, range(board.nslots))):
+        return CANNOT_LOAD
+    return None
 
 
 def _reply(environ, start_response, content_type: str, body: bytes):
@@ -114,13 +127,12 @@ def special_paths(pool, board, shown=None, unavailable=None) -> dict:
 def unavailable(retry_after: float):
     """The answer of a worker whose app could not be loaded: 503, with when to ask again.
     Why it failed is in the error log and on the status page, never in the response."""
-    body = b"Service Unavailable: the application cannot be loaded; try again later.\n"
     headers = [("Content-Type", "text/plain"), ("Retry-After", str(max(1, round(retry_after)))),
-               ("Content-Length", str(len(body)))]
+               ("Content-Length", str(len(CANNOT_LOAD)))]
 
     def app(environ, start_response):
         start_response("503 Service Unavailable", headers)
-        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [CANNOT_LOAD]
     return app
 
 

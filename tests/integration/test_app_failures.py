@@ -60,6 +60,20 @@ def test_requests_are_answered_503_at_once_and_the_log_says_why(tmp_path, nginx)
         server.stop()
 
 
+def test_the_ping_on_pm_status_listen_is_not_ready_either(tmp_path):
+    """A health check polling the status listener's ping (a worker of its own, which loads
+    no app) sees the pool failing too: 503, as the pool's own ping and the status say."""
+    server = broken(tmp_path, extra="pm.status_listen = %s" % (tmp_path / "status.sock")).start()
+    try:
+        server.wait_log(r"answering 503")
+        response = client.request(str(tmp_path / "status.sock"), "/ping")
+        assert (response.status, response.body) == (
+            503, b"Service Unavailable: the application cannot be loaded; try again later.\n")
+        assert status(str(tmp_path / "status.sock"))["app status"] == "failing"
+    finally:
+        server.stop()
+
+
 def test_the_status_page_and_pyfpm_status_show_the_pool_failing(tmp_path):
     server = broken(tmp_path).start()
     try:
