@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -105,12 +104,7 @@ def soak(minutes, every, reload_every, max_requests, tmp):
         port = conftest.free_port()
         ntmp = tmp / "nginx"
         ntmp.mkdir()
-        conf = ntmp / "nginx.conf"
-        conf.write_text(conftest.nginx_config(ntmp, port, server.address))
-        nginx = subprocess.Popen([conftest.find_program("nginx"), "-p", str(ntmp), "-e",
-                                  str(ntmp / "error.log"), "-c", str(conf)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        nginx = conftest.start_nginx(ntmp, conftest.nginx_config(ntmp, port, server.address))
         conftest.wait_port(port, nginx, 10, "nginx")
         conftest.find_program("wrk")
         start = time.monotonic()

@@ -232,7 +232,8 @@ def fastcgi_address(address):
 
 # --- nginx ---------------------------------------------------------------------------------
 
-NGINX = """\
+# The tests' every nginx: one worker, its files in {tmp}, around {site} (http-level blocks).
+NGINX_MAIN = """\
 worker_processes 1;
 daemon off;
 pid {tmp}/nginx.pid;
@@ -248,6 +249,10 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
 
+{site}}}
+"""
+
+SITE = """\
     client_max_body_size 20m;
     # 32 KiB of request headers: each line must fit one buffer, all of them the set.
     large_client_header_buffers 8 64k;
@@ -282,7 +287,6 @@ http {{
         }}
 {locations}
     }}
-}}
 """
 
 COMMON = """\
@@ -333,28 +337,40 @@ def nginx_config(tmp, port, upstream, *, keep_conn=False, request_buffering=True
                  locations=""):
     common = COMMON.format(keep_conn=onoff(keep_conn), request_buffering=onoff(request_buffering),
                            buffering=onoff(buffering))
+    return nginx_main(tmp, SITE.format(port=port, upstream=fastcgi_address(upstream),
+                                       params=FASTCGI_PARAMS, common=common, locations=locations))
+
+
+def nginx_main(tmp, site: str) -> str:
+    """A whole nginx configuration around ``site`` (its http-level blocks), files in tmp."""
     # As root, nginx's workers would run as nobody and could not reach pyfpm's socket or tmp.
     user = "user root;" if os.geteuid() == 0 else ""
-    return NGINX.format(tmp=tmp, user=user, port=port, upstream=fastcgi_address(upstream),
-                        params=FASTCGI_PARAMS, common=common, locations=locations)
+    return NGINX_MAIN.format(tmp=tmp, user=user, site=site)
+
+
+def start_nginx(tmp, config: str, prefix=()) -> subprocess.Popen:
+    """nginx running ``config`` (written to tmp/nginx.conf), its logs in tmp/error.log, in a
+    session of its own; ``prefix`` goes before its command line (ip netns exec)."""
+    conf = Path(tmp) / "nginx.conf"
+    conf.write_text(config)
+    return subprocess.Popen([*prefix, find_program("nginx"), "-p", str(tmp),
+                             "-e", str(Path(tmp) / "error.log"), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 @pytest.fixture
 def nginx(tmp_path_factory):
     """Factory: nginx(upstream_address, keep_conn=, request_buffering=, buffering=, locations=)
     → a running Nginx in front of that pyfpm address."""
-    binary = find_program("nginx")
+    find_program("nginx")  # skip (or fail under CI) before anything starts
     require(str(FASTCGI_PARAMS), FASTCGI_PARAMS.exists(), "the stock file ships with nginx-common")
     running, servers = [], []
 
     def start(upstream, **options):
         tmp = tmp_path_factory.mktemp("nginx")
         port = free_port()
-        conf = tmp / "nginx.conf"
-        conf.write_text(nginx_config(tmp, port, upstream, **options))
-        proc = subprocess.Popen([binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = start_nginx(tmp, nginx_config(tmp, port, upstream, **options))
         running.append(proc)
         server = Nginx(port, tmp, proc)
         servers.append(server)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import harness
-from tests.conftest import (FASTCGI_PARAMS, find_program, free_port, pool_section, pyfpm_config,
-                            wait_port)
+from tests.conftest import (FASTCGI_PARAMS, find_program, free_port, nginx_main, pool_section,
+                            pyfpm_config, start_nginx, wait_port)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED = CONF / "nginx" / "fleet.conf"
@@ -35,8 +35,9 @@ PROMETHEUS = CONF / "prometheus" / "prometheus.yml"
 RULES = CONF / "prometheus" / "pyfpm.rules.yml"
 DASHBOARD = CONF / "prometheus" / "dashboard.md"
 PORT = 9000
-STATUS_PORT = 9001  # www's pm.status_listen, as conf/prometheus/nginx-metrics.conf has it
-METRICS_PORT = 9253
+# www's pm.status_listen port and the metrics server's, as nginx-metrics.conf has them.
+STATUS_PORT = int(re.search(r"^ +fastcgi_pass 127\.0\.0\.1:(\d+);$", METRICS.read_text(), re.M)[1])
+METRICS_PORT = int(re.search(r"^ +listen (\d+);$", METRICS.read_text(), re.M)[1])
 PREFIX = "pff"  # every namespace and interface of a fleet starts with it
 
 
@@ -64,10 +65,22 @@ def ip(*args: str) -> None:
 
 
 def sweep() -> None:
-    """Remove the namespaces of fleets whose test run was killed (their veths go with them)."""
+    """Remove what fleets whose test run was killed (or failed midway) left: the processes
+    in their namespaces (which keep a namespace and its veth alive), the namespaces, and
+    any veth left here."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for name in re.findall(r"^(%s\S+)" % PREFIX, listed, re.M):
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                              text=True).stdout.split()
+        for pid in map(int, pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    for link in os.listdir("/sys/class/net"):
+        if link.startswith(PREFIX):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
 
 
 # Binds a listening socket in the namespace it runs in and sends it to the unix socket
@@ -102,12 +115,27 @@ class Host:
         return "%sr%d" % (PREFIX, self.index)
 
     @property
+    def ip(self) -> str:
+        """Its address, in its namespace."""
+        return "10.213.%d.2" % self.index
+
+    @property
+    def peer_ip(self) -> str:
+        """The address of the link's end here: nginx and Prometheus come from it."""
+        return "10.213.%d.1" % self.index
+
+    @property
     def address(self) -> str:
         return self.pool_address(0)
 
     def pool_address(self, i: int) -> str:
         """Where pools[i] listens: www on PORT, each other on a port of its own."""
-        return "10.213.%d.2:%d" % (self.index, PORT + 100 * i)
+        return "%s:%d" % (self.ip, PORT + 100 * i)
+
+    @staticmethod
+    def status_port(i: int) -> int:
+        """pools[i]'s pm.status_listen port (on 127.0.0.1)."""
+        return STATUS_PORT + i
 
     @property
     def name(self) -> str:
@@ -120,13 +148,16 @@ class Host:
         # chunk sent as it comes, PEP 3333, and a kill between the last and the end cut the
         # response after nginx had passed its start on.)
         # The status and ping as conf/pool.d/www.conf suggests, on a listener of their own
-        # (conf/prometheus/nginx-metrics.conf passes to it).
-        pages = "pm.status_path = /status\nping.path = /ping\npm.status_listen = 127.0.0.1:%d\n"
+        # (conf/prometheus/nginx-metrics.conf passes to it), and the front alone let in
+        # (with 127.0.0.1, for that listener), as the README's guide says.
+        pages = ("pm.status_path = /status\nping.path = /ping\npm.status_listen = 127.0.0.1:%d\n"
+                 "listen.allowed_clients = %s, 127.0.0.1\n")
         return pyfpm_config(self.tmp, listen=self.address, workers=2, app="wsgi_app:raw_app",
-                            extra=pages % STATUS_PORT + "env[FLEET_HOST] = %s" % self.name) + \
+                            extra=pages % (self.status_port(0), self.peer_ip)
+                            + "env[FLEET_HOST] = %s" % self.name) + \
             "".join("\n" + pool_section(pool, listen=self.pool_address(i),
                                         workers=1, app="wsgi_app:raw_app",
-                                        extra=pages % (STATUS_PORT + i))
+                                        extra=pages % (self.status_port(i), self.peer_ip))
                     for i, pool in enumerate(self.pools[1:], 1))
 
     def start(self) -> "Host":
@@ -144,13 +175,15 @@ class Host:
     def activate(self) -> None:
         """Its listening socket bound once, in its namespace, and passed to each master it
         starts from now on (LISTEN_FDS), as systemd's pyfpm.socket does; stop it first."""
+        for sock in self.sockets:
+            sock.close()
         path = self.tmp / "bind.sock"
         with socket.socket(socket.AF_UNIX) as waiting:
             waiting.bind(str(path))
             waiting.listen(1)
             waiting.settimeout(10)
             subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", BIND,
-                            "10.213.%d.2" % self.index, str(PORT), str(path)],
+                            self.ip, str(PORT), str(path)],
                            check=True, timeout=10)
             conn, _ = waiting.accept()
             with conn:
@@ -162,23 +195,23 @@ class Host:
         """The host dies: SIGKILL to its master and every worker."""
         self.server.stop()
 
-    def serve_metrics(self) -> subprocess.Popen:
+    def metrics_nginx(self) -> subprocess.Popen:
         """nginx in this host's namespace with conf/prometheus/nginx-metrics.conf as shipped,
-        its allow list opened to the fleet's addresses (Prometheus scrapes from 10.213.K.1)."""
-        site = METRICS.read_text().replace("192.0.2.0/24", "10.213.0.0/16")
+        its allow list opened to the fleet's addresses (Prometheus scrapes from 10.213.K.1);
+        listening at METRICS_PORT soon."""
+        site = re.sub(r"\b192\.0\.2\.\d+\b", "10.213.0.0/16", METRICS.read_text())
         # Each other pool's locations, as the file says to add them: www's, renamed.
         www = "".join(re.findall(r"^    location = /(?:metrics|ping)/www \{\n.*?^    \}\n",
                                  site, re.M | re.S))
         assert www.count("location") == 2, "nginx-metrics.conf: www's two locations expected"
         more = "".join("\n" + www.replace("/www", "/" + pool).replace(
-            "127.0.0.1:%d" % STATUS_PORT, "127.0.0.1:%d" % (STATUS_PORT + i))
+            "127.0.0.1:%d" % self.status_port(0), "127.0.0.1:%d" % self.status_port(i))
             for i, pool in enumerate(self.pools[1:], 1))
         end = site.rindex("}")  # the server's
         site = site[:end] + more + site[end:]
-        proc = start_nginx(self.tmp / "metrics", site, ["ip", "netns", "exec", self.ns])
-        wait_port(METRICS_PORT, proc, 10, "%s's metrics nginx" % self.name,
-                  host="10.213.%d.2" % self.index)
-        return proc
+        tmp = self.tmp / "metrics"
+        tmp.mkdir(exist_ok=True)
+        return start_nginx(tmp, nginx_main(tmp, site), ["ip", "netns", "exec", self.ns])
 
 
 class Fleet:
@@ -199,9 +232,9 @@ class Fleet:
         self.hosts.append(host)
         ip("netns", "add", host.ns)
         ip("link", "add", host.link, "type", "veth", "peer", "name", "eth0", "netns", host.ns)
-        ip("addr", "add", "10.213.%d.1/24" % index, "dev", host.link)
+        ip("addr", "add", host.peer_ip + "/24", "dev", host.link)
         ip("link", "set", host.link, "up")
-        ip("-n", host.ns, "addr", "add", "10.213.%d.2/24" % index, "dev", "eth0")
+        ip("-n", host.ns, "addr", "add", host.ip + "/24", "dev", "eth0")
         ip("-n", host.ns, "link", "set", "eth0", "up")
         ip("-n", host.ns, "link", "set", "lo", "up")
         return host.start()
@@ -239,7 +272,7 @@ class Fleet:
         its port."""
         if self.front is None:
             self.port = free_port()
-            self.front = start_nginx(self.tmp, self.nginx_config())
+            self.front = start_nginx(self.tmp, nginx_main(self.tmp, self.nginx_config()))
             wait_port(self.port, self.front, 10, "nginx")
         else:
             # Done once the previous workers are gone: until then one may still take a
@@ -267,10 +300,14 @@ class Fleet:
             host.pools = pools
             host.kill()
             host.start()
-        self.helpers += [host.serve_metrics() for host in self.hosts]
-        prometheus = Prometheus(self.tmp / "prometheus", ["10.213.%d.2:%d" % (h.index, METRICS_PORT)
-                                                          for h in self.hosts], pools)
+        for host in self.hosts:  # each kept before it is waited for: close() ends it
+            self.helpers.append(host.metrics_nginx())
+            wait_port(METRICS_PORT, self.helpers[-1], 10, "%s's metrics nginx" % host.name,
+                      host=host.ip)
+        prometheus = Prometheus(self.tmp / "prometheus",
+                                ["%s:%d" % (h.ip, METRICS_PORT) for h in self.hosts], pools)
         self.helpers.append(prometheus.proc)
+        prometheus.wait_ready()
         return prometheus
 
     def close(self) -> None:
@@ -289,24 +326,8 @@ class Fleet:
             time.sleep(0.05)
 
 
-def nginx_main(tmp: Path, site: str) -> str:
-    """A main nginx config around ``site`` (its http-level blocks), every file in ``tmp``."""
-    return ("worker_processes 1;\ndaemon off;\nuser root;\npid {t}/nginx.pid;\n"
-            "error_log {t}/error.log notice;\nevents {{ worker_connections 1024; }}\n"
-            "http {{\n    access_log off;\n    client_body_temp_path {t}/body;\n"
-            "    fastcgi_temp_path {t}/fastcgi;\n{site}}}\n").format(t=tmp, site=site)
-
-
-def start_nginx(tmp: Path, site: str, prefix=()) -> subprocess.Popen:
-    """nginx with ``site`` (nginx_main), its config and files in ``tmp``; ``prefix`` goes
-    before its command line (ip netns exec)."""
-    tmp.mkdir(exist_ok=True)
-    conf = tmp / "nginx.conf"
-    conf.write_text(nginx_main(tmp, site))
-    return subprocess.Popen([*prefix, find_program("nginx"), "-p", str(tmp),
-                             "-e", str(tmp / "error.log"), "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+# HTTP to loopback and the fleet's namespaces, never through a proxy the environment names.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Prometheus:
@@ -336,14 +357,16 @@ class Prometheus:
                  "--storage.tsdb.path", str(tmp / "data"), "--web.listen-address",
                  "127.0.0.1:%d" % self.port], stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
-        harness.wait_for("prometheus to be ready (%s)" % self.log, self._ready, 30)
+
+    def wait_ready(self) -> None:
+        harness.wait_for("prometheus to be ready (%s)" % self.log, self._ready, 30, every=0.1)
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError("prometheus exited with code %s:\n%s"
                                % (self.proc.returncode, self.log.read_text(errors="replace")))
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/-/ready" % self.port, timeout=2):
+            with DIRECT.open("http://127.0.0.1:%d/-/ready" % self.port, timeout=2):
                 return True
         except OSError:  # refused, or 503 while it starts
             return False
@@ -354,7 +377,7 @@ class Prometheus:
         url = "http://127.0.0.1:%d/api/v1/query?%s" % (self.port,
                                                       urllib.parse.urlencode({"query": expr}))
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
+            with DIRECT.open(url, timeout=10) as r:
                 answer = json.load(r)
         except urllib.error.HTTPError as e:
             answer = json.load(e)

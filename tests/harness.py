@@ -81,8 +81,9 @@ def children_of(pid: int) -> list[int]:
     return sorted(int(d) for d in os.listdir("/proc") if d.isdigit() and parent_of(int(d)) == pid)
 
 
-def wait_for(what: str, predicate, timeout: float = 5.0, server: "Server | None" = None):
-    """predicate()'s first true value, polled every 10 ms; after ``timeout`` an
+def wait_for(what: str, predicate, timeout: float = 5.0, server: "Server | None" = None,
+             every: float = 0.01):
+    """predicate()'s first true value, polled ``every`` seconds; after ``timeout`` an
     AssertionError naming ``what`` (with the server's workers and log when given)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -93,7 +94,7 @@ def wait_for(what: str, predicate, timeout: float = 5.0, server: "Server | None"
             detail = ("; workers %s; log:\n%s" % (server.children(), server.log_text())
                       if server is not None else "")
             raise AssertionError("timed out waiting for %s after %g s%s" % (what, timeout, detail))
-        time.sleep(0.01)
+        time.sleep(every)
 
 
 class Server:
@@ -161,6 +162,11 @@ class Server:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+            # Gone, not dying: a worker still holding a listening socket would keep its
+            # address from the next master (or test) binding it.
+            deadline = time.monotonic() + 5
+            while any(map(alive, workers)) and time.monotonic() < deadline:
+                time.sleep(0.005)
         if self._own_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -20,7 +20,6 @@ import pytest
 import harness
 import load
 from tests.conftest import find_program, http_request, pyfpm_config
-from tests.integration.test_systemd import ActivatedServer
 
 LOAD_SECONDS = 6
 CONNECTIONS = 8
@@ -212,8 +211,8 @@ def test_a_killed_master_restarted_on_its_socket_loses_only_the_requests_in_hand
     servers = []
 
     def start():
-        server = ActivatedServer(config(listen=address), tmp_path / str(len(servers)),
-                                 sockets=[sock], names=["www"])
+        server = harness.ActivatedServer(config(listen=address), tmp_path / str(len(servers)),
+                                         sockets=[sock], names=["www"])
         servers.append(server)
         return server.start()
 

@@ -12,7 +12,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -85,19 +84,6 @@ def test_one_pool_serves_on_each_of_its_addresses_and_keeps_them_across_a_reload
             assert fc.request(address, "/hello").body == b"hello world"
 
 
-# What systemd does before exec: the sockets at fds 3, 4, ... and LISTEN_* naming this pid.
-ACTIVATE = """\
-import os, sys
-fds = [int(fd) for fd in sys.argv[1].split(",")]
-for i, fd in enumerate(fds):
-    os.dup2(fd, 100 + i)
-for i in range(len(fds)):
-    os.dup2(100 + i, 3 + i)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)))
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
 def test_socket_activation_gives_each_address_its_socket(tmp_path):
     """systemd passes one socket of a pool with two addresses: that one is used, the other
     bound by pyfpm, and both serve."""
@@ -105,14 +91,10 @@ def test_socket_activation_gives_each_address_its_socket(tmp_path):
     activated.bind(str(tmp_path / "activated.sock"))
     activated.listen()
     listen = "listen[] = 127.0.0.1:{port}\nlisten[] = %s" % (tmp_path / "activated.sock")
-    srv = server(tmp_path, listen)
-    srv.argv = [sys.executable, "-c", ACTIVATE, str(activated.fileno())] + srv.argv
+    srv = harness.ActivatedServer(config(listen=listen), tmp_path, sockets=[activated],
+                                  names=["www"])
     try:
-        with open(srv.log_path, "wb") as log:
-            srv.proc = subprocess.Popen(srv.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=log, cwd=srv.tmp, env=srv.env,
-                                        pass_fds=[activated.fileno()], start_new_session=True)
-        srv.wait_log(re.escape(harness.READY))
+        srv.start()
         tcp = "127.0.0.1:%d" % srv.values["port"]
         text = srv.log_text()
         assert ('NOTICE: [pool www] using inherited socket fd=3, "%s" from systemd'
