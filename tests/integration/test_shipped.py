@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (find_program, free_port, pool_section, pyfpm_config, require,
-                            wait_port)
+from tests.conftest import (find_program, free_port, nginx_main, pool_section, pyfpm_config,
+                            require, wait_port)
 from tests.harness import Server, kill_group, run_fpm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,20 @@ def test_prometheus_scrape_config_and_rules_pass_promtool():
     rules = len(re.findall(r"^ +- record: ", (CONF / "prometheus/pyfpm.rules.yml").read_text(),
                            re.M))
     assert "SUCCESS: %d rules found" % rules in out.stdout, out.stdout
+
+
+def test_metrics_server_block_passes_nginx_t(tmp_path):
+    """conf/prometheus/nginx-metrics.conf loads (the fleet test serves it where the machine
+    allows network namespaces)."""
+    site = (CONF / "prometheus/nginx-metrics.conf").read_text()
+    site = re.sub(r"^    listen 9253;$", "    listen 127.0.0.1:%d;" % free_port(), site, flags=re.M)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx_main(tmp_path, site))
+    out = subprocess.run([find_program("nginx"), "-t", "-p", str(tmp_path), "-e",
+                          str(tmp_path / "error.log"), "-c", str(conf)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert not re.search(r"\[(warn|emerg)\]", out.stderr), out.stderr
 
 
 # --- systemd unit, init script and README agree -----------------------------------------------
