@@ -41,12 +41,16 @@ def proc_status(slot: Slot, now_us: int, epoch_now: float) -> status.ProcStatus:
         "last_request_memory": (slot.rss or rss) if idle else 0, "rss": rss})
 
 
+def _live_slots(board) -> list[Slot]:
+    return [s for s in map(board.read, range(board.nslots)) if s.pid and s.stage]
+
+
 def snapshot(pool, board) -> status.PoolStatus:
     """The pool's status now, from its scoreboard (this request's own worker included)."""
     now_us = time.monotonic_ns() // 1000
     epoch_now = time.time()
     header = board.header()
-    slots = [s for s in map(board.read, range(board.nslots)) if s.pid and s.stage]
+    slots = _live_slots(board)
     procs = tuple(proc_status(s, now_us, epoch_now) for s in slots)
     failing = any(s.app_failed for s in slots)
     idle = sum(s.idle for s in slots)
@@ -100,7 +104,7 @@ def _not_ready(board) -> bytes | None:
         return None
     if board.mem.finishing():
         return STOPPING
-    if any(s.pid and s.stage and s.app_failed for s in map(board.read, range(board.nslots))):
+    if any(s.app_failed for s in _live_slots(board)):
         return CANNOT_LOAD
     return None
 

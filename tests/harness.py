@@ -133,15 +133,20 @@ class Server:
     # --- life cycle ---------------------------------------------------------------------
 
     def start(self, wait_ready: bool = True) -> "Server":
+        argv, fds = self.launch()
         with open(self.log_path, "wb") as log, \
                 open(self.stdout_path or os.devnull, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                          stdout=out if self.stdout_path else log,
-                                         stderr=log, cwd=self.cwd, env=self.env,
+                                         stderr=log, cwd=self.cwd, env=self.env, pass_fds=fds,
                                          start_new_session=True)
         if wait_ready:
             self.wait_log(re.escape(READY), self.ready_timeout)
         return self
+
+    def launch(self) -> tuple[list[str], tuple[int, ...]]:
+        """The command line that starts the master, and the descriptors it inherits."""
+        return self.argv, ()
 
     def stop(self) -> None:
         """Kill the master's whole process group, and each worker's; never fails."""
@@ -300,13 +305,7 @@ class ActivatedServer(Server):
         super().__init__(*args, **kw)
         self.sockets, self.names = sockets, names
 
-    def start(self, wait_ready: bool = True) -> "ActivatedServer":
-        fds = [s.fileno() for s in self.sockets]
-        argv = [sys.executable, "-c", ACTIVATE, ",".join(map(str, fds)), ":".join(self.names)]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv + self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, cwd=self.tmp, env=self.env, pass_fds=fds,
-                                         start_new_session=True)
-        if wait_ready:
-            self.wait_log(re.escape(READY), self.ready_timeout)
-        return self
+    def launch(self) -> tuple[list[str], tuple[int, ...]]:
+        fds = tuple(s.fileno() for s in self.sockets)
+        return ([sys.executable, "-c", ACTIVATE, ",".join(map(str, fds)), ":".join(self.names),
+                 *self.argv], fds)
