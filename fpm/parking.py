@@ -274,18 +274,17 @@ class Lot:
             self._close(p, PARKED_CLOSED)
         if self.stopping:
             self._hand_over_all()
-        self._publish()
 
     def adopt(self, fd: int, due: int, arrived: int, flags: int, data: bytes, age: float) -> None:
         """A connection the previous master held (a reload)."""
         os.set_inheritable(fd, False)
         self._add(Parked(socket.socket(fileno=fd), due, arrived, flags, data,
                          time.monotonic() - age))
-        self._publish()
 
     def _add(self, p: Parked) -> None:
         self.parked[p.fd] = p
         self.index[p.fd] = self
+        self._publish()
         # Registering reports what is waiting already: its first look comes at once.
         self.poller.register(p.fd, WATCHED)
 
@@ -302,7 +301,6 @@ class Lot:
             return
         except OSError:  # reset by the peer
             self._close(p)
-            self._publish()
             return
         p.waiting = len(waiting)
         if p.waiting and not p.due:  # a kept one: the web server sends its next request
@@ -321,7 +319,6 @@ class Lot:
             if not self.edge:
                 self.poller.unregister(fd)
                 self.resting.add(fd)
-        self._publish()
 
     def recheck(self) -> None:
         """Level-triggered pollers: watch the resting ones again (what waits is reported)."""
@@ -335,7 +332,6 @@ class Lot:
         self.retry = False
         for p in [p for p in self.parked.values() if p.ready]:
             self._hand_over(p)
-        self._publish()
 
     def hand_over_all(self) -> None:
         """The master stops gracefully: its workers finish and no one will be there to take
@@ -344,7 +340,6 @@ class Lot:
         does each one parked from now on."""
         self.stopping = True
         self._hand_over_all()
-        self._publish()
 
     def _hand_over_all(self) -> None:
         for p in list(self.parked.values()):
@@ -364,7 +359,6 @@ class Lot:
                 self._hand_over(p)
             else:
                 self._close(p, HEAD_TIMEOUTS)
-        self._publish()
 
     def next_due(self) -> int | None:
         """When the next deadline is (µs), None with nothing parked."""
@@ -374,8 +368,10 @@ class Lot:
     # --- the edges ------------------------------------------------------------------------
 
     def _hand_over(self, p: Parked) -> None:
-        # Counted first: a worker may take it before pass_conn() returns.
+        # Counted as handed over, and no longer as parked, first: a worker may take it
+        # before pass_conn() returns, and it may be the status request that reads both.
         self.board.mem.add_handoffs(1)
+        self.board.mem.set_parked(len(self.parked) - 1)
         try:
             sent = _passing.pass_conn(self.ends.hand_tx, p.fd, p.due, p.arrived, p.data,
                                     p.flags | (_passing.TICKET_LATE if p.late else 0))
@@ -387,6 +383,7 @@ class Lot:
                 self._close(p, PARKED_CLOSED)
             else:
                 self.retry = True  # the queue is full: every worker is busy
+                self._publish()
             return
         self._forget(p)
         p.sock.close()
@@ -428,6 +425,7 @@ class Lot:
             self.resting.discard(fd)
         else:
             self.poller.unregister(fd)
+        self._publish()  # before its fate is counted, which a status request may read
 
     def _publish(self) -> None:
         self.board.mem.set_parked(len(self.parked))

@@ -338,6 +338,38 @@ def test_heads_not_there_in_time_are_closed_and_counted(lot):
     on_time.close()
 
 
+def test_the_board_never_counts_as_parked_what_is_closed_or_handed_over(lot, monkeypatch):
+    """The status page must not show a connection parked once its fate is counted (a head
+    timeout) or once a worker can take it: that worker may be serving this very status
+    request, parked a moment by a worker that accepted it before its bytes came."""
+    seen = []
+    count_refusal = lot.board.mem.count_refusal
+    pass_conn = _passing.pass_conn
+
+    def counting(cause, n=1):
+        seen.append(("refused", lot.board.mem.parked, len(lot.parked)))
+        count_refusal(cause, n)
+
+    def passing(fd, *args):
+        seen.append(("passed", lot.board.mem.parked, len(lot.parked) - 1))
+        return pass_conn(fd, *args)
+
+    late = [park(lot, due=parking.now_us() - 1) for _ in range(2)]
+    whole = park(lot)
+    monkeypatch.setattr(lot.board.mem, "count_refusal", counting)
+    monkeypatch.setattr(_passing, "pass_conn", passing)
+    lot.receive()
+    whole.sendall(request())
+    look_all(lot)
+    lot.expire(parking.now_us())
+    assert [s[0] for s in seen] == ["passed", "refused", "refused"], seen
+    assert all(shown == parked for _, shown, parked in seen), seen
+    fd, *_ = _passing.take_conn(lot.ends.hand_rx)
+    os.close(fd)
+    for peer in late + [whole]:
+        peer.close()
+
+
 def test_a_late_body_goes_to_a_worker_marked_late(lot):
     lot.allowance, lot.rate = 100_000, 1024
     data = fc.encode_request(fc.build_params("/up", method="POST", body=b"x" * 5000),
