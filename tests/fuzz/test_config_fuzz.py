@@ -8,8 +8,9 @@ nasty values (NUL, huge and negative numbers, unicode, missing paths, empty) and
 keys. Each example runs the real ``pyfpm -t``: exit 0, or 78 with an ERROR line, never a
 traceback. For the first START_LIMIT configurations -t passes (a small pool each), the
 master is started: it must listen, answer one FastCGI request and stop on QUIT.
-PYFPM_CONFIG_FUZZ_EXAMPLES sets the number of examples (default 200, about 2 minutes), and
-PYFPM_CONFIG_FUZZ_VERBOSE=1 prints each one's verdict (with -s).
+PYFPM_CONFIG_FUZZ_EXAMPLES sets the number of random examples: 25 by default, in the suite
+(each base as it is and each finding run as well); the test command's fuzz step runs 200
+(scripts/test, about a minute). PYFPM_CONFIG_FUZZ_VERBOSE=1 prints each one's verdict (with -s).
 """
 
 import os
@@ -29,7 +30,7 @@ from fpm import config as fpm_config
 from tests.conftest import free_port, pyfpm_config
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = int(os.environ.get("PYFPM_CONFIG_FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("PYFPM_CONFIG_FUZZ_EXAMPLES", "25"))
 START_LIMIT = 25  # starts per run: each takes about a second
 MAX_WORKERS = 8  # a configuration that -t passes with more is not started
 

@@ -21,7 +21,7 @@ import harness
 import load
 from tests.conftest import find_program, http_request, pyfpm_config
 
-LOAD_SECONDS = 6
+LOAD_SECONDS = 4
 CONNECTIONS = 8
 WORKERS = 4
 
@@ -94,7 +94,7 @@ def test_workers_killed_lose_only_the_request_in_hand(pool):
     front.expected_errors += DIED_UNDER
     seen: dict[int, float] = {}
     kills = 0
-    with Load(front) as run:
+    with Load(front, seconds=6) as run:  # 5 kills at least, each of a settled worker
         while run.running():
             time.sleep(0.4)
             now = time.monotonic()
@@ -116,7 +116,7 @@ def test_workers_killed_lose_only_the_request_in_hand(pool):
 def test_workers_stopped_and_continued_delay_but_lose_nothing(pool):
     front, server = pool()
     stops = 0
-    with Load(front) as run:
+    with Load(front, seconds=6) as run:  # two stops
         time.sleep(0.5)
         while run.running(2.5):
             victim = random.choice(server.children())

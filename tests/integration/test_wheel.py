@@ -2,8 +2,9 @@
 wheel scripts/build-wheels makes for this interpreter is a stripped manylinux wheel that
 installs with no compiler reachable and serves the demo page.
 
-Both build with PyPI's setuptools and Cython (pyproject's build-system, in pip's isolated
-build environment), from a copy of the checkout: the tree itself is never built in."""
+One run of the script builds both (the wheel from the sdist) with PyPI's setuptools and
+Cython (pyproject's build-system, in pip's isolated build environment), from a copy of the
+checkout: the tree itself is never built in."""
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import pytest
 import harness
 from fpm import __version__
 from fpm import client
-from tests.conftest import DEFAULT_ADDRESS, find_program, require, require_default_address
+from tests.conftest import DEFAULT_ADDRESS, find_program, require_default_address
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = "cp%d%d" % sys.version_info[:2]
@@ -30,7 +31,7 @@ ALWAYS = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
           "fpm/_pystack.c", "fpm/_worker.pyx", "fpm/default.conf",
           "tests/apps/scripts/readme.txt", "bench/peers/nginx.conf"]
 
-pytestmark = pytest.mark.timeout(1500)  # two isolated builds, the wheel's with -O2 C
+pytestmark = pytest.mark.timeout(1500)  # an isolated build, the wheel's with -O2 C
 
 
 def git_checkout() -> bool:
@@ -39,36 +40,24 @@ def git_checkout() -> bool:
         capture_output=True, timeout=30).returncode == 0
 
 
-def copy_tree(dest: Path) -> Path:
-    """The checkout's files, as scripts/build-wheels copies them: tracked and new ones in a
-    git checkout, else all but a build's output. Building the sdist runs setup.py, which
-    cythonizes next to the .pyx files; in the tree that would rewrite another build's C."""
-    if git_checkout():
-        files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others",
-                                "--exclude-standard"], capture_output=True, check=True,
-                               timeout=60).stdout.split(b"\0")
-        for name in filter(None, files):
-            src = ROOT / os.fsdecode(name)
-            if src.is_file():  # a tracked file deleted in the work tree is not copied
-                (dest / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest / os.fsdecode(name))
-    else:
-        skip = shutil.ignore_patterns(".venv", "build", "dist", "*.egg-info", "__pycache__",
-                                      "*.so", ".git")
-        shutil.copytree(ROOT, dest, dirs_exist_ok=True, symlinks=True, ignore=skip)
-    return dest
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The folder scripts/build-wheels --here fills for this interpreter: its one wheel and
+    the sdist it was built from (`python -m build` in pip's isolated environment)."""
+    for tool in ("bash", "strip", "readelf", "cc"):
+        find_program(tool)
+    out = tmp_path_factory.mktemp("wheels")
+    build = subprocess.run([str(ROOT / "scripts/build-wheels"), "--here", "--out", str(out)],
+                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                           text=True, timeout=1200)
+    assert build.returncode == 0, build.stderr[-5000:]
+    return out
 
 
 @pytest.fixture(scope="module")
-def sdist(tmp_path_factory) -> set[str]:
-    """The names in the sdist `python -m build --sdist` makes, without their top folder."""
-    import importlib.util
-    require("build", importlib.util.find_spec("build"), "pip install -e .[test]")
-    tmp = tmp_path_factory.mktemp("sdist")
-    src = copy_tree(tmp / "src")
-    subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp / "dist"),
-                    str(src)], check=True, capture_output=True, timeout=600)
-    (archive,) = (tmp / "dist").glob("pyfpm-*.tar.gz")
+def sdist(built) -> set[str]:
+    """The names in the sdist, without their top folder."""
+    (archive,) = built.glob("pyfpm-*.tar.gz")
     with tarfile.open(archive) as tar:
         return {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
 
@@ -96,16 +85,8 @@ def test_sdist_carries_every_file_git_tracks_in_tests_bench_scripts_conf(sdist):
 # --- the wheel -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """scripts/build-wheels --here for this interpreter: its one wheel."""
-    for tool in ("bash", "strip", "readelf", "cc"):
-        find_program(tool)
-    out = tmp_path_factory.mktemp("wheels")
-    build = subprocess.run([str(ROOT / "scripts/build-wheels"), "--here", "--out", str(out)],
-                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
-                           text=True, timeout=1200)
-    assert build.returncode == 0, build.stderr[-5000:]
-    wheels = list(out.glob("*.whl"))
+def wheel(built) -> Path:
+    wheels = list(built.glob("*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
 
