@@ -10,7 +10,8 @@ traceback. For the first START_LIMIT configurations -t passes (a small pool each
 master is started: it must listen, answer one FastCGI request and stop on QUIT.
 PYFPM_CONFIG_FUZZ_EXAMPLES sets the number of random examples: 25 by default, in the suite
 (each base as it is and each finding run as well); the test command's fuzz step runs 200
-(scripts/test, about a minute). PYFPM_CONFIG_FUZZ_VERBOSE=1 prints each one's verdict (with -s).
+(scripts/test, about a minute). PYFPM_CONFIG_FUZZ_VERBOSE=1 prints each one's verdict
+(with -s).
 """
 
 import os

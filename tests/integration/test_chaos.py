@@ -127,6 +127,7 @@ def test_workers_stopped_and_continued_delay_but_lose_nothing(pool):
             time.sleep(0.3)
         result = run.finish()
     assert report("worker SIGSTOP 1.5 s", stops, result) == 0, result.text
+    assert stops >= 2
     assert upstream_errors(front) == []
 
 
